@@ -1,0 +1,237 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// MaxNotifyPayload is the largest NOTIFY payload PostgreSQL accepts, in bytes. A payload of
+// 8000 bytes or more fails with "payload string too long".
+const MaxNotifyPayload = 7999
+
+// Encoded is a message ready to publish: either an inline JSON notification, or a
+// MessagePack body for the attachments table whose notification is a header naming the
+// row (see AttachmentHeaderPrefix).
+type Encoded struct {
+	// JSON is the notification payload, when the message travels inline.
+	JSON string
+	// Attachment is the MessagePack encoding of the whole message, when it travels
+	// through the attachments table; JSON is then empty.
+	Attachment []byte
+}
+
+// Encode turns m into what goes on the wire. Messages whose data holds binary ([]byte)
+// anywhere, and messages whose JSON text is threshold bytes or longer, become attachments,
+// as Node does. threshold is capped at 8000 so that no inline payload can be refused by
+// PostgreSQL.
+func Encode(m *Message, threshold int) (Encoded, error) {
+	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
+		threshold = MaxNotifyPayload + 1
+	}
+	t := m.tree()
+	if !HasBinary(t["data"]) {
+		js, err := marshalJSON(t)
+		if err != nil {
+			return Encoded{}, fmt.Errorf("wire: encode %s: %w", m.Type, err)
+		}
+		if len(js) < threshold {
+			return Encoded{JSON: js}, nil
+		}
+	}
+	body, err := marshalMsgpack(t)
+	if err != nil {
+		return Encoded{}, fmt.Errorf("wire: encode %s attachment: %w", m.Type, err)
+	}
+	return Encoded{Attachment: body}, nil
+}
+
+// EncodeJSON returns the JSON notification text of m, whatever its size or content. It is
+// for tests and tools; publishers use Encode.
+func EncodeJSON(m *Message) (string, error) { return marshalJSON(m.tree()) }
+
+// EncodeMsgpack returns the MessagePack attachment body of m.
+func EncodeMsgpack(m *Message) ([]byte, error) { return marshalMsgpack(m.tree()) }
+
+// AttachmentHeaderPrefix returns the start of the notification that announces an
+// attachment: `{"uid":U,"type":T,"attachmentId":"`. The row id and `"}` complete it; the
+// split lets a single SQL statement insert the row and notify with its id.
+func AttachmentHeaderPrefix(uid string, typ Type) string {
+	u, _ := json.Marshal(uid) // a string always marshals
+	return `{"uid":` + string(u) + `,"type":` + strconv.Itoa(int(typ)) + `,"attachmentId":"`
+}
+
+// AttachmentHeaderSuffix completes AttachmentHeaderPrefix after the row id.
+const AttachmentHeaderSuffix = `"}`
+
+// Notification is a decoded NOTIFY payload: a whole message, or the header of one that
+// waits in the attachments table.
+type Notification struct {
+	UID  string
+	Type Type
+	// Message is the decoded message when it travelled inline; nil for an attachment.
+	Message *Message
+	// AttachmentID is the attachments table row holding the message, when it is not
+	// inline (HasAttachment).
+	AttachmentID  int64
+	HasAttachment bool
+}
+
+// DecodeNotification parses a NOTIFY payload.
+func DecodeNotification(payload string) (*Notification, error) {
+	if payload == "" {
+		return nil, errEmpty
+	}
+	var raw any
+	dec := json.NewDecoder(strings.NewReader(payload))
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("wire: notification is not JSON: %w", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("wire: notification has trailing data after the JSON object")
+	}
+	t, ok := raw.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("wire: notification is %s, want a JSON object", describe(raw))
+	}
+	if a, present := t["attachmentId"]; present {
+		n := &Notification{HasAttachment: true}
+		typ, ok := asInt(t["type"])
+		if !ok || !Type(typ).Valid() {
+			return nil, fmt.Errorf("wire: attachment header type is %s, want a message type", describe(t["type"]))
+		}
+		n.Type = Type(typ)
+		if n.UID, ok = t["uid"].(string); !ok {
+			return nil, fmt.Errorf("wire: attachment header uid is %s, want a string", describe(t["uid"]))
+		}
+		var err error
+		switch id := a.(type) {
+		case string:
+			n.AttachmentID, err = strconv.ParseInt(id, 10, 64)
+		case float64:
+			n.AttachmentID = int64(id)
+			if float64(n.AttachmentID) != id {
+				err = fmt.Errorf("not an integer")
+			}
+		default:
+			err = fmt.Errorf("it is %s", describe(a))
+		}
+		if err != nil || n.AttachmentID <= 0 {
+			return nil, fmt.Errorf("wire: attachmentId %s is not a row id", describe(a))
+		}
+		return n, nil
+	}
+	m, err := fromTree(t)
+	if err != nil {
+		return nil, err
+	}
+	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
+}
+
+// DecodeAttachment parses the MessagePack body of an attachment row. Integers are turned
+// into float64, as JSON decoding gives, so that a value reads the same whichever way it
+// travelled.
+func DecodeAttachment(body []byte) (*Message, error) {
+	if len(body) == 0 {
+		return nil, errEmpty
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(body))
+	v, err := dec.DecodeInterface()
+	if err != nil {
+		return nil, fmt.Errorf("wire: attachment is not MessagePack: %w", err)
+	}
+	if _, err := dec.PeekCode(); err == nil {
+		return nil, fmt.Errorf("wire: attachment has trailing data after the message")
+	}
+	v, err = fromMsgpack(v)
+	if err != nil {
+		return nil, fmt.Errorf("wire: attachment: %w", err)
+	}
+	t, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("wire: attachment is %s, want a map", describe(v))
+	}
+	return fromTree(t)
+}
+
+func marshalJSON(v any) (string, error) {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // fewer bytes; the payload is never embedded in HTML
+	if err := enc.Encode(v); err != nil {
+		return "", err
+	}
+	s := b.String()
+	return s[:len(s)-1], nil // Encode appends a newline
+}
+
+func marshalMsgpack(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := msgpack.NewEncoder(&b)
+	enc.UseCompactInts(true)
+	enc.UseCompactFloats(true)
+	enc.SetCustomStructTag("json")
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// fromMsgpack turns the decoder's output into the tree JSON decoding gives: numbers as
+// float64, maps with string keys.
+func fromMsgpack(v any) (any, error) {
+	switch x := v.(type) {
+	case int8:
+		return float64(x), nil
+	case int16:
+		return float64(x), nil
+	case int32:
+		return float64(x), nil
+	case int64:
+		return float64(x), nil
+	case uint8:
+		return float64(x), nil
+	case uint16:
+		return float64(x), nil
+	case uint32:
+		return float64(x), nil
+	case uint64:
+		return float64(x), nil
+	case float32:
+		return float64(x), nil
+	case []any:
+		for i := range x {
+			var err error
+			if x[i], err = fromMsgpack(x[i]); err != nil {
+				return nil, err
+			}
+		}
+		return x, nil
+	case map[string]any:
+		for k, e := range x {
+			var err error
+			if x[k], err = fromMsgpack(e); err != nil {
+				return nil, err
+			}
+		}
+		return x, nil
+	case map[any]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			ks, ok := k.(string)
+			if !ok {
+				return nil, fmt.Errorf("map key is %s, want a string", describe(k))
+			}
+			var err error
+			if out[ks], err = fromMsgpack(e); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	return v, nil
+}

@@ -1,0 +1,141 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Normalize turns event arguments into the generic tree the codec carries: nil, bool,
+// string, numbers, []byte, []any and map[string]any. Readers are read once into []byte
+// (they are binary to socket.io, and a reader cannot be read twice: once for the wire and
+// once for local clients); any other value (structs, typed slices and maps) goes through
+// encoding/json, as socket.io's own encoder would send it to a client, with integers kept
+// exact. The input is not modified.
+//
+// It reports whether the result holds binary anywhere.
+func Normalize(v any) (any, bool, error) {
+	switch x := v.(type) {
+	case nil, bool, string, float64, float32, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+		return v, false, nil
+	case []byte:
+		return x, true, nil
+	case *strings.Reader:
+		// socket.io does not treat a strings.Reader as binary; send its text.
+		s, err := io.ReadAll(x)
+		return string(s), false, err
+	case fmt.Stringer:
+		if r, ok := v.(io.Reader); ok && isStringBuffer(v) {
+			s, err := io.ReadAll(r)
+			return string(s), false, err
+		}
+	case []any:
+		out := make([]any, len(x))
+		bin := false
+		for i, e := range x {
+			n, b, err := Normalize(e)
+			if err != nil {
+				return nil, false, fmt.Errorf("[%d]: %w", i, err)
+			}
+			out[i], bin = n, bin || b
+		}
+		return out, bin, nil
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		bin := false
+		for k, e := range x {
+			n, b, err := Normalize(e)
+			if err != nil {
+				return nil, false, fmt.Errorf("%q: %w", k, err)
+			}
+			out[k], bin = n, bin || b
+		}
+		return out, bin, nil
+	}
+	if r, ok := v.(io.Reader); ok {
+		if c, ok := v.(io.Closer); ok {
+			defer c.Close()
+		}
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return nil, false, fmt.Errorf("read binary argument: %w", err)
+		}
+		return b, true, nil
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return nil, false, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	var out any
+	if err := dec.Decode(&out); err != nil {
+		return nil, false, err
+	}
+	return numbers(out), false, nil
+}
+
+// isStringBuffer recognises engine.io's *types.StringBuffer by name, which socket.io sends
+// as text although it is a Reader, without making the codec depend on engine.io.
+func isStringBuffer(v any) bool {
+	return fmt.Sprintf("%T", v) == "*types.StringBuffer"
+}
+
+// numbers replaces json.Number with int64 when the number is an integer that fits, and
+// float64 otherwise, so that MessagePack gets numbers rather than strings.
+func numbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case []any:
+		for i := range x {
+			x[i] = numbers(x[i])
+		}
+	case map[string]any:
+		for k := range x {
+			x[k] = numbers(x[k])
+		}
+	}
+	return v
+}
+
+// NormalizeArgs normalizes each argument of an event.
+func NormalizeArgs(args []any) ([]any, bool, error) {
+	out := make([]any, len(args))
+	bin := false
+	for i, a := range args {
+		n, b, err := Normalize(a)
+		if err != nil {
+			return nil, false, fmt.Errorf("argument %d: %w", i, err)
+		}
+		out[i], bin = n, bin || b
+	}
+	return out, bin, nil
+}
+
+// HasBinary reports whether a normalized tree holds a []byte anywhere.
+func HasBinary(v any) bool {
+	switch x := v.(type) {
+	case []byte:
+		return true
+	case []any:
+		for _, e := range x {
+			if HasBinary(e) {
+				return true
+			}
+		}
+	case map[string]any:
+		for _, e := range x {
+			if HasBinary(e) {
+				return true
+			}
+		}
+	}
+	return false
+}

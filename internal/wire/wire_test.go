@@ -1,0 +1,313 @@
+package wire
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// vector is one captured Node message (testdata/node-0.5.0.jsonl, a copy of
+// shared/wire/node-0.5.0.jsonl).
+type vector struct {
+	Name          string `json:"name"`
+	Channel       string `json:"channel"`
+	Notify        string `json:"notify"`
+	AttachmentHex string `json:"attachment_msgpack_hex"`
+}
+
+func loadVectors(t testing.TB) []vector {
+	t.Helper()
+	f, err := os.Open("testdata/node-0.5.0.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []vector
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var v vector
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Fatalf("bad vector line: %v", err)
+		}
+		out = append(out, v)
+	}
+	if len(out) < 20 {
+		t.Fatalf("only %d vectors loaded", len(out))
+	}
+	return out
+}
+
+func jsonValue(t *testing.T, s string) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("not JSON: %v: %s", err, s)
+	}
+	return v
+}
+
+func msgpackValue(t *testing.T, b []byte) any {
+	t.Helper()
+	m, err := DecodeAttachment(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.tree()
+}
+
+// TestVectorsBothWays decodes every captured Node message and encodes the decoded value
+// again, comparing as values (JSON key order and msgpack map order are free).
+func TestVectorsBothWays(t *testing.T) {
+	for _, v := range loadVectors(t) {
+		t.Run(v.Name, func(t *testing.T) {
+			n, err := DecodeNotification(v.Notify)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if !n.HasAttachment {
+				again, err := EncodeJSON(n.Message)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := jsonValue(t, again), jsonValue(t, v.Notify); !reflect.DeepEqual(got, want) {
+					t.Fatalf("re-encoded JSON differs\n got: %s\nwant: %s", again, v.Notify)
+				}
+				enc, err := Encode(n.Message, 8000)
+				if err != nil || enc.Attachment != nil || !reflect.DeepEqual(jsonValue(t, enc.JSON), jsonValue(t, v.Notify)) {
+					t.Fatalf("Encode: %v %q", err, enc.JSON)
+				}
+				return
+			}
+			header := AttachmentHeaderPrefix(n.UID, n.Type) + strconv.FormatInt(n.AttachmentID, 10) + AttachmentHeaderSuffix
+			if !reflect.DeepEqual(jsonValue(t, header), jsonValue(t, v.Notify)) {
+				t.Fatalf("header differs\n got: %s\nwant: %s", header, v.Notify)
+			}
+			body, err := hex.DecodeString(v.AttachmentHex)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := DecodeAttachment(body)
+			if err != nil {
+				t.Fatalf("decode attachment: %v", err)
+			}
+			if m.UID != n.UID || m.Type != n.Type {
+				t.Fatalf("attachment uid/type %s/%s, header %s/%s", m.UID, m.Type, n.UID, n.Type)
+			}
+			enc, err := Encode(m, 8000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if enc.Attachment == nil {
+				t.Fatalf("binary message encoded inline: %s", enc.JSON)
+			}
+			if got, want := msgpackValue(t, enc.Attachment), msgpackValue(t, body); !reflect.DeepEqual(got, want) {
+				t.Fatalf("re-encoded attachment differs\n got: %#v\nwant: %#v", got, want)
+			}
+		})
+	}
+}
+
+// TestVectorMeanings checks what the decoded vectors mean, not only that they round-trip.
+func TestVectorMeanings(t *testing.T) {
+	byName := map[string]vector{}
+	for _, v := range loadVectors(t) {
+		byName[v.Name] = v
+	}
+	decode := func(name string) *Message {
+		t.Helper()
+		v, ok := byName[name]
+		if !ok {
+			t.Fatalf("no vector %q", name)
+		}
+		n, err := DecodeNotification(v.Notify)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.HasAttachment {
+			body, _ := hex.DecodeString(v.AttachmentHex)
+			m, err := DecodeAttachment(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		return n.Message
+	}
+
+	b := decode("broadcast_rooms_flags").Data.(*BroadcastData)
+	if b.Packet.Type != EventPacketType || b.Packet.Data[0] != "roomed" || !reflect.DeepEqual(b.Opts.Rooms, []string{"room1"}) ||
+		!reflect.DeepEqual(b.Opts.Except, []string{"room2"}) || !*b.Opts.Flags.Volatile || *b.Opts.Flags.Compress || b.Opts.Flags.Local != nil {
+		t.Fatalf("broadcast_rooms_flags: %+v", b)
+	}
+	ack := decode("broadcast_with_ack").Data.(*BroadcastData)
+	if ack.RequestID != "f3ae522f7b6c75e7" || ack.Opts.Flags.Timeout == nil || *ack.Opts.Flags.Timeout != time.Second {
+		t.Fatalf("broadcast_with_ack: %+v", ack)
+	}
+	if cc := decode("broadcast_client_count").Data.(*ClientCountData); cc.ClientCount != 1 {
+		t.Fatalf("client count: %+v", cc)
+	}
+	if a := decode("broadcast_ack").Data.(*AckData); a.Packet != "ack-from-cB" {
+		t.Fatalf("broadcast ack: %+v", a)
+	}
+	fr := decode("fetch_sockets_response").Data.(*FetchResponseData)
+	if len(fr.Sockets) != 1 || fr.Sockets[0].ID != "-tq5wJQm6RnBHTdQAAAB" || fr.Sockets[0].Handshake["address"] != "127.0.0.1" ||
+		!reflect.DeepEqual(fr.Sockets[0].Data, map[string]any{"name": "B", "n": 1.0}) {
+		t.Fatalf("fetch response: %+v", fr)
+	}
+	if s := decode("server_side_emit").Data.(*ServerSideEmitData); s.RequestID != "" || !reflect.DeepEqual(s.Packet, []any{"sse", 1.0, "a"}) {
+		t.Fatalf("server side emit: %+v", s)
+	}
+	bin := decode("attachment_header_binary_broadcast")
+	bd := bin.Data.(*BroadcastData)
+	if bin.Nsp != "/" || !bytes.Equal(bd.Packet.Data[1].([]byte), []byte{1, 2, 3}) ||
+		!bytes.Equal(bd.Packet.Data[2].(map[string]any)["nested"].([]byte), []byte{4, 5}) {
+		t.Fatalf("binary broadcast: %#v", bd.Packet.Data)
+	}
+	em := decode("emitter_broadcast")
+	if em.UID != EmitterUID || em.Nsp != "" || em.Data.(*BroadcastData).Packet.Nsp != "/" {
+		t.Fatalf("emitter broadcast: %+v", em)
+	}
+	eb := decode("emitter_binary_to_room").Data.(*BroadcastData)
+	if !reflect.DeepEqual(eb.Opts.Rooms, []string{"room1"}) || !bytes.Equal(eb.Packet.Data[1].([]byte), []byte{9}) {
+		t.Fatalf("emitter binary: %+v", eb)
+	}
+	for _, name := range []string{"initial_heartbeat", "heartbeat", "adapter_close"} {
+		if m := decode(name); m.Data != nil || m.Nsp != "/" {
+			t.Fatalf("%s: %+v", name, m)
+		}
+	}
+}
+
+func TestEncodeThreshold(t *testing.T) {
+	// The JSON envelope around the argument is fixed; find the argument length that makes
+	// the payload exactly 7999 and 8000 bytes.
+	msg := func(n int) *Message {
+		return &Message{Type: Broadcast, UID: "0123456789abcdef", Nsp: "/", Data: &BroadcastData{
+			Packet: Packet{Type: EventPacketType, Data: []any{"e", strings.Repeat("x", n)}},
+		}}
+	}
+	base, _ := EncodeJSON(msg(0))
+	for _, size := range []int{7999, 8000} {
+		m := msg(size - len(base))
+		js, _ := EncodeJSON(m)
+		if len(js) != size {
+			t.Fatalf("built %d bytes, want %d", len(js), size)
+		}
+		enc, err := Encode(m, 8000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inline := enc.Attachment == nil; inline != (size < 8000) {
+			t.Fatalf("%d bytes: inline=%v", size, inline)
+		}
+		if size == 7999 && len(enc.JSON) != 7999 {
+			t.Fatalf("inline payload is %d bytes", len(enc.JSON))
+		}
+	}
+	// A threshold above PostgreSQL's limit is capped.
+	m := msg(9000)
+	if enc, _ := Encode(m, 100000); enc.Attachment == nil {
+		t.Fatal("9000-byte message sent inline with a too-large threshold")
+	}
+}
+
+func TestNoNullRequestID(t *testing.T) {
+	m := &Message{Type: ServerSideEmit, UID: "u", Nsp: "/", Data: &ServerSideEmitData{Packet: []any{"ev"}}}
+	js, _ := EncodeJSON(m)
+	if strings.Contains(js, "requestId") {
+		t.Fatalf("requestId present without ack: %s", js)
+	}
+	b := &Message{Type: Broadcast, UID: "u", Nsp: "/", Data: &BroadcastData{Packet: Packet{Type: 2, Data: []any{"ev"}}}}
+	js, _ = EncodeJSON(b)
+	if strings.Contains(js, "requestId") || !strings.Contains(js, `"rooms":[]`) || !strings.Contains(js, `"except":[]`) {
+		t.Fatalf("bad broadcast: %s", js)
+	}
+	c := &Message{Type: BroadcastClientCount, UID: "u", Nsp: "/", Data: &ClientCountData{RequestID: "r"}}
+	js, _ = EncodeJSON(c)
+	if !strings.Contains(js, `"clientCount":0`) {
+		t.Fatalf("clientCount 0 dropped: %s", js)
+	}
+	f := &Message{Type: FetchSocketsResponse, UID: "u", Nsp: "/", Data: &FetchResponseData{RequestID: "r"}}
+	js, _ = EncodeJSON(f)
+	if !strings.Contains(js, `"sockets":[]`) {
+		t.Fatalf("empty sockets dropped: %s", js)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	bad := map[string]string{
+		"empty":            ``,
+		"not json":         `{"type":`,
+		"array":            `[1,2]`,
+		"trailing":         `{"type":2,"uid":"a"} {}`,
+		"unknown type":     `{"type":99,"uid":"a"}`,
+		"string type":      `{"type":"3","uid":"a"}`,
+		"no uid":           `{"type":2}`,
+		"data not object":  `{"type":3,"uid":"a","data":7}`,
+		"packet data str":  `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":"x"},"opts":{}}}`,
+		"event not string": `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":[1]},"opts":{}}}`,
+		"rooms not array":  `{"type":4,"uid":"a","data":{"opts":{"rooms":"r"},"rooms":[]}}`,
+		"flag type":        `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":["e"]},"opts":{"flags":{"volatile":"yes"}}}}`,
+		"timeout negative": `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":["e"]},"opts":{"flags":{"timeout":-1}}}}`,
+		"count negative":   `{"type":11,"uid":"a","data":{"requestId":"r","clientCount":-1}}`,
+		"no request id":    `{"type":12,"uid":"a","data":{"packet":1}}`,
+		"attachment zero":  `{"type":3,"uid":"a","attachmentId":"0"}`,
+		"attachment junk":  `{"type":3,"uid":"a","attachmentId":"1; DROP TABLE x"}`,
+		"attachment float": `{"type":3,"uid":"a","attachmentId":1.5}`,
+		"attachment type":  `{"type":42,"uid":"a","attachmentId":"1"}`,
+	}
+	for name, payload := range bad {
+		if _, err := DecodeNotification(payload); err == nil {
+			t.Errorf("%s: no error for %q", name, payload)
+		}
+	}
+	if n, err := DecodeNotification(`{"type":3,"uid":"a","attachmentId":12}`); err != nil || n.AttachmentID != 12 {
+		t.Fatalf("numeric attachment id: %v %+v", err, n)
+	}
+	for _, body := range [][]byte{nil, {0xc1}, {0x93, 1, 2, 3}, {0x81, 0x01, 0x02}} {
+		if _, err := DecodeAttachment(body); err == nil {
+			t.Errorf("no error for attachment %x", body)
+		}
+	}
+}
+
+type point struct {
+	X   int    `json:"x"`
+	Tag string `json:"tag,omitempty"`
+}
+
+func TestNormalize(t *testing.T) {
+	big := int64(1) << 60
+	in := []any{point{X: 3}, []string{"a"}, map[string]int{"n": 1}, big, bytes.NewReader([]byte{1, 2}), strings.NewReader("txt"), map[string]any{"b": []byte{7}}}
+	out, bin, err := NormalizeArgs(in)
+	if err != nil || !bin {
+		t.Fatalf("err=%v bin=%v", err, bin)
+	}
+	want := []any{map[string]any{"x": int64(3)}, []any{"a"}, map[string]any{"n": int64(1)}, big, []byte{1, 2}, "txt", map[string]any{"b": []byte{7}}}
+	if !reflect.DeepEqual(out, want) {
+		t.Fatalf("got %#v\nwant %#v", out, want)
+	}
+	if _, bin, _ := NormalizeArgs([]any{"x", 1, map[string]any{"a": []any{true}}}); bin {
+		t.Fatal("binary reported for plain values")
+	}
+	if _, _, err := Normalize(func() {}); err == nil {
+		t.Fatal("no error for a func argument")
+	}
+	// A large integer survives both encodings exactly.
+	m := &Message{Type: ServerSideEmit, UID: "u", Nsp: "/", Data: &ServerSideEmitData{Packet: []any{"e", big}}}
+	js, _ := EncodeJSON(m)
+	if !strings.Contains(js, strconv.FormatInt(big, 10)) {
+		t.Fatalf("integer changed: %s", js)
+	}
+}
