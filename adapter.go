@@ -1,0 +1,423 @@
+package pgadapter
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zishang520/engine.io/v2/types"
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// Adapter is the cluster adapter of one namespace. socket.io creates it through
+// Builder.New; applications use it through the namespace (io.To(...).Emit,
+// FetchSockets, ServerSideEmit, ...), not directly.
+//
+// Local work (rooms, delivery to this server's clients) is done by socket.io's in-memory
+// adapter, which Adapter embeds; Adapter adds the cluster protocol on top: it publishes
+// each operation for the other servers and applies theirs locally.
+type Adapter struct {
+	socket.Adapter
+
+	b       *Builder
+	rt      *runtime
+	name    string
+	channel string
+	uid     string
+
+	lastPublish atomic.Int64 // unix nanoseconds
+	closed      atomic.Bool
+
+	mu       sync.Mutex
+	nodes    map[string]time.Time // other servers of this namespace: uid → last message
+	requests map[string]*request
+}
+
+func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
+	a := &Adapter{
+		Adapter:  socket.MakeAdapter(),
+		b:        b,
+		name:     nsp.Name(),
+		channel:  ChannelName(b.opts.ChannelPrefix, nsp.Name()),
+		uid:      randomID(),
+		nodes:    map[string]time.Time{},
+		requests: map[string]*request{},
+	}
+	a.Prototype(a)
+	a.Construct(nsp)
+	return a
+}
+
+// randomID returns 16 hex digits, the shape of Node's uids and request ids.
+func randomID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// UID returns the id this namespace adapter uses on the wire.
+func (a *Adapter) UID() string { return a.uid }
+
+// Channel returns the NOTIFY channel of this namespace (see ChannelName).
+func (a *Adapter) Channel() string { return a.channel }
+
+// Init does nothing: socket.io v2.5.0 never calls it, so the adapter announces itself
+// (INITIAL_HEARTBEAT) as soon as its channel is LISTENed, and again after every
+// reconnection of the LISTEN connection.
+func (a *Adapter) Init() {}
+
+// Close announces to the other servers that this one leaves (ADAPTER_CLOSE), fails the
+// requests still waiting with ErrClosed, and stops listening to the namespace's channel.
+// Closing the last namespace of a Builder stops its goroutines and closes its LISTEN
+// connection. socket.io calls Close from io.Close and when it removes an empty dynamic
+// namespace. Close is idempotent.
+func (a *Adapter) Close() {
+	if a.closed.Swap(true) {
+		return
+	}
+	sent := make(chan struct{})
+	a.send(wire.AdapterClose, nil, func(error) { close(sent) })
+	t := time.NewTimer(a.b.opts.RequestsTimeout)
+	select {
+	case <-sent:
+	case <-t.C:
+	}
+	t.Stop()
+	a.closeRequests()
+	a.b.remove(a)
+}
+
+// ServerCount returns the number of servers of the namespace in the cluster: this one
+// and every other that has sent a message within the heartbeat timeout.
+func (a *Adapter) ServerCount() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return int64(1 + len(a.nodes))
+}
+
+// Broadcast delivers packet to the matching local clients and publishes it to the other
+// servers, unless the Local flag is set. Local delivery never waits for PostgreSQL.
+func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
+	if !isLocal(opts) {
+		if data, ok := a.prepare(packet); ok {
+			a.publish(wire.Broadcast, &wire.BroadcastData{
+				Packet: wire.Packet{Type: wirePacketType(packet.Type), Data: data},
+				Opts:   toWireOpts(opts),
+			}, nil)
+		}
+	}
+	a.Adapter.Broadcast(packet, opts)
+}
+
+// BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
+// its clients were targeted (clientCountCallback), then each client's acknowledgement
+// reaches ack. Every client contributes exactly one response (its first argument, nil if
+// it acknowledged with none), locally and remotely alike, as Node does; servers that leave
+// or that the message could not reach count as zero clients, so the caller's callback
+// fires as soon as everything that can answer has, instead of at the timeout.
+func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
+	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
+	if !isLocal(opts) {
+		if data, ok := a.prepare(packet); ok {
+			id := randomID()
+			members := a.members()
+			if len(members) > 0 {
+				r := &request{kind: wire.Broadcast, waiting: members, members: clone(members),
+					onCount: clientCountCallback, onAck: ack, single: single}
+				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout))
+				a.publish(wire.Broadcast, &wire.BroadcastData{
+					Packet:    wire.Packet{Type: wirePacketType(packet.Type), Data: data},
+					Opts:      toWireOpts(opts),
+					RequestID: id,
+				}, a.abandonOnError(id))
+			}
+		}
+	}
+	a.Adapter.BroadcastWithAck(packet, opts, clientCountCallback, func(args []any, err error) {
+		ack(ackShape(args, single), err)
+	})
+}
+
+// ackShape is what one client's acknowledgement contributes to socket.io's
+// BroadcastOperator: one response each. With ExpectSingleResponse (RemoteSocket.Emit),
+// the operator hands the first response to the caller as the argument list, so the whole
+// list is wrapped.
+func ackShape(args []any, single bool) []any {
+	if single {
+		if args == nil {
+			args = []any{}
+		}
+		return []any{args}
+	}
+	if len(args) == 0 {
+		return []any{nil}
+	}
+	return args[:1]
+}
+
+// AddSockets makes the matching sockets of every server join rooms.
+func (a *Adapter) AddSockets(opts *socket.BroadcastOptions, rooms []socket.Room) {
+	if !isLocal(opts) {
+		a.publish(wire.SocketsJoin, &wire.RoomsData{Opts: toWireOpts(opts), Rooms: roomStrings(rooms)}, nil)
+	}
+	a.Adapter.AddSockets(opts, rooms)
+}
+
+// DelSockets makes the matching sockets of every server leave rooms.
+func (a *Adapter) DelSockets(opts *socket.BroadcastOptions, rooms []socket.Room) {
+	if !isLocal(opts) {
+		a.publish(wire.SocketsLeave, &wire.RoomsData{Opts: toWireOpts(opts), Rooms: roomStrings(rooms)}, nil)
+	}
+	a.Adapter.DelSockets(opts, rooms)
+}
+
+// DisconnectSockets disconnects the matching sockets of every server.
+func (a *Adapter) DisconnectSockets(opts *socket.BroadcastOptions, close bool) {
+	if !isLocal(opts) {
+		a.publish(wire.DisconnectSockets, &wire.DisconnectData{Opts: toWireOpts(opts), Close: close}, nil)
+	}
+	a.Adapter.DisconnectSockets(opts, close)
+}
+
+// FetchSockets returns the matching sockets of every server: the local ones, and one
+// answer from each other server. It completes when every server counted at the call has
+// answered or left, or with ErrTimeout and the sockets gathered so far after the
+// timeout (the Timeout flag, or Options.RequestsTimeout).
+func (a *Adapter) FetchSockets(opts *socket.BroadcastOptions) func(func([]socket.SocketDetails, error)) {
+	return func(callback func([]socket.SocketDetails, error)) {
+		a.Adapter.FetchSockets(opts)(func(local []socket.SocketDetails, err error) {
+			members := a.members()
+			if err != nil || isLocal(opts) || len(members) == 0 {
+				callback(local, err)
+				return
+			}
+			id := randomID()
+			a.track(id, &request{kind: wire.FetchSockets, waiting: members, sockets: local, onFetch: callback},
+				timeoutOf(opts, a.b.opts.RequestsTimeout))
+			a.publish(wire.FetchSockets, &wire.FetchData{Opts: toWireOpts(opts), RequestID: id}, a.abandonOnError(id))
+		})
+	}
+}
+
+// ServerSideEmit sends an event to the other servers of the namespace. When the last
+// element of packet is a socket.Ack, each other server's handler answers through it, and
+// the Ack receives one answer per server once all have answered or left, or ErrTimeout
+// with the answers so far after Options.RequestsTimeout.
+func (a *Adapter) ServerSideEmit(packet []any) error {
+	if len(packet) == 0 {
+		return errors.New("pgadapter: ServerSideEmit needs an event name")
+	}
+	ack, withAck := packet[len(packet)-1].(socket.Ack)
+	if withAck {
+		packet = packet[:len(packet)-1]
+	}
+	data, _, err := wire.NormalizeArgs(packet)
+	if err != nil {
+		return fmt.Errorf("pgadapter: ServerSideEmit %v: %w", packet[0], err)
+	}
+	if !withAck {
+		a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data}, nil)
+		return nil
+	}
+	members := a.members()
+	if len(members) == 0 {
+		ack([]any{}, nil)
+		return nil
+	}
+	id := randomID()
+	a.track(id, &request{kind: wire.ServerSideEmit, waiting: members, answers: []any{}, onSSE: ack}, a.b.opts.RequestsTimeout)
+	a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data, RequestID: id}, a.abandonOnError(id))
+	return nil
+}
+
+// prepare normalizes a packet's arguments once for both destinations: the wire, and the
+// local clients (readers are read into bytes, since they cannot be read twice).
+func (a *Adapter) prepare(packet *parser.Packet) ([]any, bool) {
+	args, _ := packet.Data.([]any)
+	data, _, err := wire.NormalizeArgs(args)
+	if err != nil {
+		a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not published: %w", a.name, err))
+		return nil, false
+	}
+	packet.Data = data
+	return data, true
+}
+
+// publish encodes a message in the caller's goroutine and queues it. It never blocks.
+func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
+	if a.closed.Load() {
+		if done != nil {
+			done(ErrClosed)
+		}
+		return
+	}
+	a.send(typ, data, done)
+}
+
+func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
+	m := &wire.Message{Type: typ, UID: a.uid, Nsp: a.name, Data: data}
+	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
+	if err != nil {
+		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
+		a.b.report(err)
+		if done != nil {
+			done(err)
+		}
+		return
+	}
+	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done}
+	if enc.Attachment != nil {
+		o.prefix = wire.AttachmentHeaderPrefix(a.uid, typ)
+	}
+	if err := a.rt.pub.enqueue(o); err != nil {
+		a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, typ, err))
+		return
+	}
+	a.lastPublish.Store(time.Now().UnixNano())
+}
+
+// announce tells the other servers this one is here; they answer with heartbeats.
+func (a *Adapter) announce() { a.publish(wire.InitialHeartbeat, nil, nil) }
+
+// heartbeat forgets servers silent for longer than the heartbeat timeout and publishes a
+// HEARTBEAT if this adapter has published nothing for a heartbeat interval.
+func (a *Adapter) heartbeat(now time.Time) {
+	var gone []string
+	a.mu.Lock()
+	for uid, seen := range a.nodes {
+		if now.Sub(seen) > a.b.opts.HeartbeatTimeout {
+			gone = append(gone, uid)
+		}
+	}
+	a.mu.Unlock()
+	for _, uid := range gone {
+		a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
+		a.removeNode(uid)
+	}
+	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval {
+		a.publish(wire.Heartbeat, nil, nil)
+	}
+}
+
+// onMessage applies a message from another server or an emitter.
+func (a *Adapter) onMessage(m *wire.Message) {
+	if a.closed.Load() || m.UID == a.uid {
+		return
+	}
+	if m.Type == wire.AdapterClose {
+		a.removeNode(m.UID)
+		return
+	}
+	if m.UID != wire.EmitterUID {
+		a.mu.Lock()
+		a.nodes[m.UID] = time.Now()
+		a.mu.Unlock()
+	}
+	switch m.Type {
+	case wire.InitialHeartbeat:
+		a.publish(wire.Heartbeat, nil, nil)
+	case wire.Heartbeat:
+	case wire.Broadcast:
+		d := m.Data.(*wire.BroadcastData)
+		packet := &parser.Packet{Type: parser.EVENT, Data: d.Packet.Data}
+		opts := fromWireOpts(d.Opts)
+		if d.RequestID == "" {
+			a.Adapter.Broadcast(packet, opts)
+			return
+		}
+		a.Adapter.BroadcastWithAck(packet, opts, func(n uint64) {
+			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
+		}, func(args []any, _ error) {
+			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)
+		})
+	case wire.SocketsJoin:
+		d := m.Data.(*wire.RoomsData)
+		a.Adapter.AddSockets(fromWireOpts(d.Opts), socketRooms(d.Rooms))
+	case wire.SocketsLeave:
+		d := m.Data.(*wire.RoomsData)
+		a.Adapter.DelSockets(fromWireOpts(d.Opts), socketRooms(d.Rooms))
+	case wire.DisconnectSockets:
+		d := m.Data.(*wire.DisconnectData)
+		a.Adapter.DisconnectSockets(fromWireOpts(d.Opts), d.Close)
+	case wire.FetchSockets:
+		d := m.Data.(*wire.FetchData)
+		a.Adapter.FetchSockets(fromWireOpts(d.Opts))(func(sockets []socket.SocketDetails, _ error) {
+			infos := make([]wire.SocketInfo, 0, len(sockets))
+			for _, s := range sockets {
+				infos = append(infos, a.socketInfo(s))
+			}
+			a.publish(wire.FetchSocketsResponse, &wire.FetchResponseData{RequestID: d.RequestID, Sockets: infos}, nil)
+		})
+	case wire.ServerSideEmit:
+		d := m.Data.(*wire.ServerSideEmitData)
+		if d.RequestID == "" {
+			a.Nsp().OnServerSideEmit(d.Packet)
+			return
+		}
+		var once sync.Once
+		reply := socket.Ack(func(args []any, _ error) {
+			once.Do(func() {
+				a.publish(wire.ServerSideEmitResponse, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)
+			})
+		})
+		a.Nsp().OnServerSideEmit(append(d.Packet[:len(d.Packet):len(d.Packet)], reply))
+	default:
+		if m.Type.IsResponse() {
+			a.onResponse(m)
+		}
+	}
+}
+
+// firstArg is the value that travels in an acknowledgement: the first argument only, as
+// Node sends it.
+func (a *Adapter) firstArg(args []any) any {
+	if len(args) == 0 {
+		return nil
+	}
+	v, _, err := wire.Normalize(args[0])
+	if err != nil {
+		a.b.report(fmt.Errorf("pgadapter: namespace %q: acknowledgement argument: %w", a.name, err))
+		return nil
+	}
+	return v
+}
+
+// members returns the uids of the other servers known now.
+func (a *Adapter) members() map[string]struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := make(map[string]struct{}, len(a.nodes))
+	for uid := range a.nodes {
+		m[uid] = struct{}{}
+	}
+	return m
+}
+
+func clone(m map[string]struct{}) map[string]struct{} {
+	c := make(map[string]struct{}, len(m))
+	for k := range m {
+		c[k] = struct{}{}
+	}
+	return c
+}
+
+func isLocal(opts *socket.BroadcastOptions) bool {
+	return opts != nil && opts.Flags != nil && opts.Flags.Local
+}
+
+func timeoutOf(opts *socket.BroadcastOptions, def time.Duration) time.Duration {
+	if opts != nil && opts.Flags != nil && opts.Flags.Timeout != nil && *opts.Flags.Timeout > 0 {
+		return *opts.Flags.Timeout
+	}
+	return def
+}
+
+var _ socket.Adapter = (*Adapter)(nil)
+var _ = types.NewSet[string]

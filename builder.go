@@ -1,0 +1,318 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// Builder makes the cluster adapter of every namespace of a Socket.IO server. Give it to
+// the server with io.SetAdapter(pgadapter.New(pool, opts)).
+//
+// One Builder owns one LISTEN connection, shared by all its namespaces (one channel
+// each), and one publisher, so that every message a server publishes reaches the other
+// servers in the order it was published. Its goroutines start with the first namespace
+// adapter and stop when the last one closes (io.Close closes them all), at which point
+// the LISTEN connection is closed too.
+type Builder struct {
+	pool *pgxpool.Pool
+	opts Options
+	err  error // configuration error: adapters then work locally only
+	st   statements
+
+	mu       sync.Mutex
+	adapters map[string]*Adapter // by channel
+	rt       *runtime            // running machinery; nil when no adapter is open
+	closed   bool
+
+	reported      atomic.Bool // configuration error reported once
+	drops         atomic.Int64
+	lastDrop      atomic.Int64 // unix nanos of the last drop report
+	queueFull     atomic.Int64
+	lastQueueFull atomic.Int64
+}
+
+// New returns a Builder publishing through pool. opts may be nil; its zero fields take
+// their defaults. New does no I/O and never fails: an invalid configuration (see Err)
+// is reported through Options.ErrorHandler and the logger, and the namespaces then work
+// on this server alone, as with socket.io's in-memory adapter.
+func New(pool *pgxpool.Pool, opts *Options) *Builder {
+	b := &Builder{pool: pool, adapters: map[string]*Adapter{}}
+	b.opts, b.err = opts.withDefaults()
+	if b.err == nil && pool == nil {
+		b.err = errors.New("pgadapter: nil pool")
+	}
+	b.st = newStatements(b.opts.TableName)
+	return b
+}
+
+// Err returns the configuration error that keeps the Builder from clustering, or nil.
+func (b *Builder) Err() error { return b.err }
+
+// New implements socket.AdapterConstructor: it returns the adapter of namespace nsp.
+// socket.io calls it for each namespace, including dynamic ones created later.
+func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
+	if b.err != nil {
+		if !b.reported.Swap(true) {
+			b.report(fmt.Errorf("%w; namespaces work on this server only", b.err))
+		}
+		return socket.NewAdapter(nsp)
+	}
+	a := newAdapter(b, nsp)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		b.report(fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
+		return socket.NewAdapter(nsp)
+	}
+	if old := b.adapters[a.channel]; old != nil {
+		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
+		// one would otherwise keep its channel and heartbeats.
+		b.mu.Unlock()
+		old.Close()
+		b.mu.Lock()
+	}
+	if b.rt == nil {
+		b.rt = b.start()
+	}
+	a.rt = b.rt
+	b.adapters[a.channel] = a
+	b.mu.Unlock()
+	a.rt.lis.listen(a.channel)
+	return a
+}
+
+// Ready waits until the LISTEN connection is up and every namespace created so far is
+// listening, so that this server receives what other servers publish from now on. It
+// returns the configuration error at once, if any.
+func (b *Builder) Ready(ctx context.Context) error {
+	if b.err != nil {
+		return b.err
+	}
+	b.mu.Lock()
+	rt := b.rt
+	b.mu.Unlock()
+	if rt == nil {
+		return fmt.Errorf("pgadapter: no namespace uses this Builder yet (call io.SetAdapter first)")
+	}
+	return rt.lis.waitSynced(ctx)
+}
+
+// Close closes every namespace adapter made by b, as io.Close does, and waits for the
+// goroutines to stop or ctx to end. Namespaces created afterwards work locally only.
+func (b *Builder) Close(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
+	list := make([]*Adapter, 0, len(b.adapters))
+	for _, a := range b.adapters {
+		list = append(list, a)
+	}
+	b.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		for _, a := range list {
+			a.Close()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// remove unregisters a closing adapter and stops the machinery with the last one.
+func (b *Builder) remove(a *Adapter) {
+	b.mu.Lock()
+	if b.adapters[a.channel] == a {
+		delete(b.adapters, a.channel)
+	}
+	rt := a.rt
+	last := rt != nil && b.rt == rt && len(b.adapters) == 0
+	if last {
+		b.rt = nil
+	}
+	b.mu.Unlock()
+	if rt == nil {
+		return
+	}
+	rt.lis.unlisten(a.channel)
+	if last {
+		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
+	}
+}
+
+func (b *Builder) adapter(channel string) *Adapter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.adapters[channel]
+}
+
+func (b *Builder) snapshot() []*Adapter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]*Adapter, 0, len(b.adapters))
+	for _, a := range b.adapters {
+		out = append(out, a)
+	}
+	return out
+}
+
+// report sends a background error to the logger and the ErrorHandler.
+func (b *Builder) report(err error) {
+	level := slog.LevelWarn
+	if errors.Is(err, ErrClosed) {
+		level = slog.LevelDebug
+	}
+	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+trimPrefix(err.Error()), "error", err)
+	if h := b.opts.ErrorHandler; h != nil {
+		h(err)
+	}
+}
+
+func trimPrefix(s string) string {
+	const p = "pgadapter: "
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}
+
+// onDrop counts a notification the receive queue had no room for, and reports drops at
+// most once a second so that a flood does not become a flood of reports.
+func (b *Builder) onDrop() {
+	n := b.drops.Add(1)
+	now := time.Now().UnixNano()
+	last := b.lastDrop.Load()
+	if now-last >= int64(time.Second) && b.lastDrop.CompareAndSwap(last, now) {
+		b.report(fmt.Errorf("%w (%d dropped so far)", ErrReceiveQueueFull, n))
+	}
+}
+
+// runtime is the machinery of a Builder while at least one adapter is open.
+type runtime struct {
+	b       *Builder
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	pub     *publisher
+	lis     *listener
+	inbound chan *pgconn.Notification
+	ordered chan *delivery
+}
+
+func (b *Builder) start() *runtime {
+	ctx, cancel := context.WithCancel(context.Background())
+	rt := &runtime{b: b, cancel: cancel,
+		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
+		ordered: make(chan *delivery, 256),
+	}
+	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report)
+	cfg := b.pool.Config().ConnConfig
+	rt.lis = newListener(cfg, &b.opts, rt.inbound)
+	rt.lis.report = b.report
+	rt.lis.onDrop = b.onDrop
+	rt.lis.onListen = func(channel string) {
+		if a := b.adapter(channel); a != nil {
+			a.announce()
+		}
+	}
+	pubCtx, pubCancel := context.WithCancel(context.Background())
+	rt.wg.Add(5)
+	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
+	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
+	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
+	go func() { defer rt.wg.Done(); rt.deliver(ctx) }()
+	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
+	return rt
+}
+
+// stop publishes what is queued, then stops every goroutine and closes the LISTEN
+// connection, waiting at most wait.
+func (rt *runtime) stop(wait time.Duration) {
+	rt.pub.close() // the publisher drains its queue, then returns
+	done := make(chan struct{})
+	go func() {
+		// The other goroutines stop at once; the publisher may take up to RequestsTimeout.
+		rt.cancel()
+		rt.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a handler blocking the delivery goroutine?)"))
+	}
+}
+
+// tick publishes heartbeats for adapters that have been quiet, forgets servers that have
+// been silent too long, and deletes old attachments.
+func (rt *runtime) tick(ctx context.Context) {
+	o := &rt.b.opts
+	period := min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var cleanup <-chan time.Time
+	if o.CleanupInterval > 0 {
+		c := time.NewTicker(o.CleanupInterval)
+		defer c.Stop()
+		cleanup = c.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, a := range rt.b.snapshot() {
+				a.heartbeat(now)
+			}
+		case <-cleanup:
+			cctx, cancel := context.WithTimeout(ctx, o.RequestsTimeout)
+			n, err := cleanupAttachments(cctx, rt.b.pool, rt.b.st, o.AttachmentRetention)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				rt.b.report(err)
+			} else if n > 0 {
+				o.Logger.Debug("pgadapter: deleted old attachments", "rows", n)
+			}
+		}
+	}
+}
+
+// listenerPID returns the backend pid of the LISTEN connection, 0 when it is down.
+func (b *Builder) listenerPID() uint32 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rt == nil {
+		return 0
+	}
+	return b.rt.lis.pid.Load()
+}
+
+var _ socket.AdapterConstructor = (*Builder)(nil)
+var _ = pgx.Identifier{}
+
+// reportQueue reports a message that could not be queued, at most once a second for
+// ErrQueueFull, which comes in floods while PostgreSQL is unreachable.
+func (b *Builder) reportQueue(err error) {
+	if !errors.Is(err, ErrQueueFull) {
+		b.report(err)
+		return
+	}
+	n := b.queueFull.Add(1)
+	now := time.Now().UnixNano()
+	last := b.lastQueueFull.Load()
+	if now-last >= int64(time.Second) && b.lastQueueFull.CompareAndSwap(last, now) {
+		b.report(fmt.Errorf("%w (%d dropped so far)", err, n))
+	}
+}

@@ -1,0 +1,282 @@
+package pgadapter
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+)
+
+// channelHashBytes is the length of the hash that ends a shortened channel name.
+const channelHashBytes = 16
+
+// ChannelName returns the NOTIFY channel of a namespace: "<prefix>#<namespace>", as
+// @socket.io/postgres-adapter names it. PostgreSQL truncates channel names to 63 bytes
+// (LISTEN) or refuses them (pg_notify), so a longer name, or one PostgreSQL cannot hold
+// (a NUL byte, invalid UTF-8), becomes its first 46 bytes, "#", and 16 hex digits of the
+// SHA-256 of the full name: deterministic, so every pgadapter server derives the same
+// channel. Node servers cannot use such namespaces at all.
+func ChannelName(prefix, nsp string) string {
+	full := prefix + "#" + nsp
+	if len(full) <= maxChannelBytes && utf8.ValidString(full) && !strings.ContainsRune(full, 0) {
+		return full
+	}
+	sum := sha256.Sum256([]byte(full))
+	keep := strings.ToValidUTF8(strings.ReplaceAll(full, "\x00", ""), "")
+	n := maxChannelBytes - channelHashBytes - 1
+	if len(keep) > n {
+		for n > 0 && !utf8.RuneStart(keep[n]) {
+			n--
+		}
+		keep = keep[:n]
+	}
+	return keep + "#" + hex.EncodeToString(sum[:])[:channelHashBytes]
+}
+
+// listener owns the dedicated LISTEN connection: one goroutine connects, LISTENs to every
+// wanted channel, drains notifications into inbound without ever blocking on their
+// processing, pings when the connection has been quiet, and reconnects with jittered
+// exponential backoff when it fails.
+type listener struct {
+	cfg      *pgx.ConnConfig
+	opts     *Options
+	inbound  chan<- *pgconn.Notification
+	report   func(error)
+	onListen func(channel string) // called after each successful LISTEN
+	onDrop   func()               // called when inbound is full
+
+	mu       sync.Mutex
+	wanted   map[string]struct{}
+	dirty    bool               // wanted changed since the goroutine last applied it
+	wake     context.CancelFunc // interrupts the current wait, when waiting
+	synced   bool               // connected and every wanted channel LISTENed
+	changed  chan struct{}      // closed and replaced at each change of synced
+	pid      atomic.Uint32      // backend pid of the LISTEN connection, 0 when down
+	connects atomic.Int64
+}
+
+func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Notification) *listener {
+	cfg = cfg.Copy()
+	// Cancel waits by deadline only, so that interrupting WaitForNotification (to LISTEN a
+	// new channel or to ping) leaves the connection usable. A pool configured to send
+	// cancel requests would otherwise cancel nothing and break the connection.
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
+	}
+	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, changed: make(chan struct{})}
+}
+
+// listen asks for channel to be LISTENed, now and after every reconnect.
+func (l *listener) listen(channel string) { l.update(channel, true) }
+
+// unlisten stops listening to channel.
+func (l *listener) unlisten(channel string) { l.update(channel, false) }
+
+func (l *listener) update(channel string, want bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if want {
+		l.wanted[channel] = struct{}{}
+	} else {
+		delete(l.wanted, channel)
+	}
+	l.dirty = true
+	l.setSyncedLocked(false)
+	if l.wake != nil {
+		l.wake()
+	}
+}
+
+func (l *listener) setSyncedLocked(v bool) {
+	if l.synced != v {
+		l.synced = v
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+}
+
+// waitSynced waits until the connection is up with every wanted channel LISTENed.
+func (l *listener) waitSynced(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		ok, ch := l.synced, l.changed
+		l.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgadapter: listener not ready: %w", ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+func (l *listener) run(ctx context.Context) {
+	attempt := 0
+	for {
+		conn, err := l.connect(ctx)
+		if err == nil {
+			l.connects.Add(1)
+			var listened bool
+			listened, err = l.serve(ctx, conn)
+			l.pid.Store(0)
+			l.mu.Lock()
+			l.setSyncedLocked(false)
+			l.mu.Unlock()
+			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn.Close(cctx)
+			cancel()
+			if listened {
+				attempt = 0
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		delay := backoff(attempt)
+		attempt++
+		l.opts.Logger.Warn("pgadapter: listener reconnecting", "error", err, "attempt", attempt, "delay", delay)
+		l.report(fmt.Errorf("pgadapter: listener connection lost, reconnecting in %v: %w", delay, err))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoff is full-jitter exponential: between half and all of 100ms·2^attempt, capped
+// at 5s, so that servers cut off together do not reconnect in lockstep.
+func backoff(attempt int) time.Duration {
+	d := 100 * time.Millisecond << min(attempt, 6)
+	d = min(d, 5*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
+	cctx, cancel := context.WithTimeout(ctx, l.opts.RequestsTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, l.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// serve runs one connection until it fails or ctx ends. listened reports whether every
+// channel was LISTENed at least once, which resets the backoff.
+func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, err error) {
+	applied := map[string]struct{}{}
+	l.pid.Store(conn.PgConn().PID())
+	for {
+		l.mu.Lock()
+		dirty := l.dirty || !l.synced
+		l.mu.Unlock()
+		if dirty {
+			if err := l.apply(ctx, conn, applied); err != nil {
+				return listened, err
+			}
+			listened = true
+		}
+
+		l.mu.Lock()
+		if l.dirty {
+			l.mu.Unlock()
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
+		l.wake = cancel
+		l.mu.Unlock()
+
+		n, err := conn.WaitForNotification(wctx)
+		l.mu.Lock()
+		l.wake = nil
+		l.mu.Unlock()
+		waitErr := wctx.Err()
+		cancel()
+
+		switch {
+		case err == nil:
+			select {
+			case l.inbound <- n:
+			default:
+				l.onDrop()
+			}
+		case ctx.Err() != nil:
+			return listened, ctx.Err()
+		case errors.Is(waitErr, context.Canceled):
+			// woken to apply a LISTEN or UNLISTEN
+		case errors.Is(waitErr, context.DeadlineExceeded):
+			// Quiet for a whole heartbeat interval although our own heartbeats come back
+			// on this connection: make sure it is still alive.
+			pctx, pcancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
+			err := conn.Ping(pctx)
+			pcancel()
+			if err != nil {
+				return listened, fmt.Errorf("ping: %w", err)
+			}
+		default:
+			return listened, fmt.Errorf("wait for notification: %w", err)
+		}
+	}
+}
+
+// apply brings the connection's LISTENs in line with the wanted channels.
+func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string]struct{}) error {
+	l.mu.Lock()
+	wanted := make([]string, 0, len(l.wanted))
+	for ch := range l.wanted {
+		wanted = append(wanted, ch)
+	}
+	var unwanted []string
+	for ch := range applied {
+		if _, ok := l.wanted[ch]; !ok {
+			unwanted = append(unwanted, ch)
+		}
+	}
+	l.dirty = false
+	l.mu.Unlock()
+
+	qctx, cancel := context.WithTimeout(ctx, l.opts.RequestsTimeout)
+	defer cancel()
+	for _, ch := range unwanted {
+		if _, err := conn.Exec(qctx, "UNLISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("unlisten %q: %w", ch, err)
+		}
+		delete(applied, ch)
+	}
+	var added []string
+	for _, ch := range wanted {
+		if _, ok := applied[ch]; ok {
+			continue
+		}
+		if _, err := conn.Exec(qctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("listen %q: %w", ch, err)
+		}
+		applied[ch] = struct{}{}
+		added = append(added, ch)
+	}
+	l.mu.Lock()
+	if !l.dirty {
+		l.setSyncedLocked(true)
+	}
+	l.mu.Unlock()
+	for _, ch := range added {
+		l.onListen(ch)
+	}
+	return nil
+}

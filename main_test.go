@@ -1,0 +1,45 @@
+package pgadapter
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
+)
+
+// dbURL is the PostgreSQL every test of this package uses: DATABASE_URL, or a temporary
+// server started for this test binary.
+var dbURL string
+
+func TestMain(m *testing.M) {
+	url, stop, temporary, err := pgtest.Database(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if temporary {
+		fmt.Fprintln(os.Stderr, "pgadapter tests: DATABASE_URL unset, using a temporary PostgreSQL at", url)
+	}
+	dbURL = url
+	code := m.Run()
+	stop()
+	if code == 0 {
+		if err := goleak.Find(leakOptions()...); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// leakOptions ignores goroutines that belong to the test clients' and servers' libraries
+// rather than to pgadapter.
+func leakOptions() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreCurrent(),
+	}
+}

@@ -1,0 +1,169 @@
+package pgadapter
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Options configures a Builder. The zero value works: every field has a default, applied
+// by New on a copy.
+type Options struct {
+	// ChannelPrefix starts the NOTIFY channel of each namespace: "<prefix>#<namespace>".
+	// Default "socket.io", as @socket.io/postgres-adapter. Every server of a cluster must
+	// use the same prefix.
+	ChannelPrefix string
+
+	// TableName is the attachments table, holding messages too large for a NOTIFY payload
+	// or carrying binary. Default "socket_io_attachments", as @socket.io/postgres-adapter.
+	// It is always quoted as one identifier: use the search_path to pick a schema.
+	TableName string
+
+	// PayloadThreshold is the size in bytes from which a message's JSON goes through the
+	// attachments table instead of the NOTIFY payload. Default and maximum 8000, since
+	// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+	PayloadThreshold int
+
+	// CleanupInterval is how often this server deletes old attachment rows. Default 30s. A
+	// row is deleted once it is older than AttachmentRetention. Negative disables cleanup
+	// (for a deployment that cleans the table itself).
+	CleanupInterval time.Duration
+
+	// AttachmentRetention is the age at which attachment rows become eligible for
+	// deletion. Default twice CleanupInterval (60s with the defaults): every receiver
+	// reads a row within RequestsTimeout of its notification in normal operation, so the
+	// margin covers a node whose receive queue lags by up to a minute. A node that lags
+	// more reports each attachment it can no longer read through ErrorHandler
+	// (ErrAttachmentMissing). Node.js servers in the same cluster delete rows older than
+	// their own cleanupInterval (30s) whatever this says.
+	AttachmentRetention time.Duration
+
+	// SkipTableCreation, when true, makes the adapter assume the attachments table exists,
+	// for database roles without the right to create tables. Create it with:
+	//
+	//	CREATE TABLE IF NOT EXISTS socket_io_attachments (
+	//	    id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea);
+	SkipTableCreation bool
+
+	// HeartbeatInterval is how long a namespace adapter stays silent before it publishes
+	// a HEARTBEAT; any message it publishes counts as one. Default 5s.
+	HeartbeatInterval time.Duration
+
+	// HeartbeatTimeout is how long without any message from a server before it is no
+	// longer counted and requests stop waiting for it. Default 10s. It must exceed
+	// HeartbeatInterval.
+	HeartbeatTimeout time.Duration
+
+	// RequestsTimeout bounds requests to other servers (FetchSockets,
+	// ServerSideEmitWithAck, broadcasts with acks without their own timeout) and each
+	// query the adapter runs. Default 5s.
+	RequestsTimeout time.Duration
+
+	// PublishQueueSize is how many messages may wait to be published. When PostgreSQL is
+	// slow or down and the queue is full, further publishes fail at once with
+	// ErrQueueFull (reported through ErrorHandler) rather than blocking the caller or
+	// growing memory. Default 10000.
+	PublishQueueSize int
+
+	// ReceiveQueueSize is how many received notifications may wait to be processed. The
+	// LISTEN connection is always drained, so that PostgreSQL's notification queue never
+	// fills; when this queue is full, notifications are dropped, counted and reported
+	// (ErrReceiveQueueFull). Default 10000.
+	ReceiveQueueSize int
+
+	// ErrorHandler, when set, receives every error the adapter meets in the background:
+	// publish failures, malformed notifications, lost attachments, listener failures. It
+	// is called from the adapter's goroutines and must not block. Errors are logged as
+	// well.
+	ErrorHandler func(error)
+
+	// Logger receives the adapter's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+const (
+	defaultChannelPrefix = "socket.io"
+	defaultTableName     = "socket_io_attachments"
+	maxPayloadThreshold  = 8000
+	maxChannelBytes      = 63
+)
+
+// withDefaults returns a copy of o with every unset field given its default, or an error
+// naming the first invalid field.
+func (o *Options) withDefaults() (Options, error) {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	c.ChannelPrefix = cmp.Or(c.ChannelPrefix, defaultChannelPrefix)
+	c.TableName = cmp.Or(c.TableName, defaultTableName)
+	c.PayloadThreshold = cmp.Or(c.PayloadThreshold, maxPayloadThreshold)
+	c.CleanupInterval = cmp.Or(c.CleanupInterval, 30*time.Second)
+	if c.AttachmentRetention == 0 {
+		c.AttachmentRetention = 2 * max(c.CleanupInterval, 0)
+		if c.AttachmentRetention == 0 {
+			c.AttachmentRetention = time.Minute
+		}
+	}
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, 5*time.Second)
+	c.HeartbeatTimeout = cmp.Or(c.HeartbeatTimeout, 10*time.Second)
+	c.RequestsTimeout = cmp.Or(c.RequestsTimeout, 5*time.Second)
+	c.PublishQueueSize = cmp.Or(c.PublishQueueSize, 10000)
+	c.ReceiveQueueSize = cmp.Or(c.ReceiveQueueSize, 10000)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+
+	switch {
+	case strings.ContainsRune(c.ChannelPrefix, 0):
+		return c, errors.New("pgadapter: ChannelPrefix contains a NUL byte")
+	case len(c.ChannelPrefix) > maxChannelBytes-channelHashBytes-2:
+		return c, fmt.Errorf("pgadapter: ChannelPrefix is %d bytes; at most %d leave room for the namespace in a %d-byte channel name",
+			len(c.ChannelPrefix), maxChannelBytes-channelHashBytes-2, maxChannelBytes)
+	case strings.ContainsRune(c.TableName, 0):
+		return c, errors.New("pgadapter: TableName contains a NUL byte")
+	case len(c.TableName) > maxChannelBytes:
+		return c, fmt.Errorf("pgadapter: TableName %q is longer than PostgreSQL's %d-byte identifiers", c.TableName, maxChannelBytes)
+	case c.PayloadThreshold < 0 || c.PayloadThreshold > maxPayloadThreshold:
+		return c, fmt.Errorf("pgadapter: PayloadThreshold %d is outside 1..%d (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)", c.PayloadThreshold, maxPayloadThreshold)
+	case c.AttachmentRetention < 0:
+		return c, fmt.Errorf("pgadapter: AttachmentRetention %v is negative", c.AttachmentRetention)
+	case c.HeartbeatInterval < 0 || c.HeartbeatTimeout < 0 || c.RequestsTimeout < 0:
+		return c, errors.New("pgadapter: HeartbeatInterval, HeartbeatTimeout and RequestsTimeout must be positive")
+	case c.HeartbeatTimeout <= c.HeartbeatInterval:
+		return c, fmt.Errorf("pgadapter: HeartbeatTimeout %v must exceed HeartbeatInterval %v, or every server is dropped between two heartbeats", c.HeartbeatTimeout, c.HeartbeatInterval)
+	case c.PublishQueueSize < 0 || c.ReceiveQueueSize < 0:
+		return c, errors.New("pgadapter: PublishQueueSize and ReceiveQueueSize must be positive")
+	}
+	return c, nil
+}
+
+// Errors the adapter reports. Test for them with errors.Is: reported errors wrap them with
+// the namespace, channel or message type concerned.
+var (
+	// ErrClosed is returned for operations on a closed adapter or builder, and given to
+	// requests still waiting when it closes.
+	ErrClosed = errors.New("pgadapter: closed")
+
+	// ErrQueueFull is reported when a message cannot be queued for publishing because
+	// PublishQueueSize messages are already waiting (PostgreSQL slow or unreachable).
+	ErrQueueFull = errors.New("pgadapter: publish queue full, message dropped")
+
+	// ErrReceiveQueueFull is reported when received notifications are dropped because
+	// ReceiveQueueSize of them already wait to be processed.
+	ErrReceiveQueueFull = errors.New("pgadapter: receive queue full, notifications dropped")
+
+	// ErrAttachmentMissing is reported when a notification names an attachment row that no
+	// longer exists (deleted by cleanup before this server read it, or never written).
+	ErrAttachmentMissing = errors.New("pgadapter: attachment row not found")
+
+	// ErrMalformed is reported for a notification on one of our channels that cannot be
+	// decoded. It is dropped; other traffic is unaffected.
+	ErrMalformed = errors.New("pgadapter: malformed notification")
+
+	// ErrTimeout is given to requests that did not get every answer in time.
+	ErrTimeout = errors.New("pgadapter: request timed out")
+)

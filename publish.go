@@ -1,0 +1,258 @@
+package pgadapter
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// outgoing is one encoded message waiting to be published.
+type outgoing struct {
+	channel string
+	nsp     string
+	typ     wire.Type
+	enc     wire.Encoded
+	prefix  string      // attachment header prefix, when enc.Attachment is set
+	done    func(error) // optional; called by the publisher once the message is sent or lost
+}
+
+const (
+	maxBatchMessages = 256
+	maxBatchBytes    = 1 << 20
+)
+
+// publisher sends every message of one Builder, in the order they were queued, from one
+// goroutine. Messages that queue up while a round trip is under way go together in the
+// next one: a pipelined batch that PostgreSQL runs as one implicit transaction, so that
+// many notifications share one commit (NOTIFY's commit lock is the cluster-wide
+// bottleneck). Within a transaction PostgreSQL merges notifications with the same channel
+// and payload, so a batch is cut before a repeated one.
+type publisher struct {
+	pool   *pgxpool.Pool
+	st     statements
+	opts   *Options
+	report func(error)
+	onSent func(n int)
+
+	mu     sync.RWMutex // guards closed against sends on queue
+	closed bool
+	queue  chan outgoing
+	stop   chan struct{}
+
+	// owned by the goroutine
+	tableReady bool
+	carry      []outgoing // taken from the queue, to publish before anything queued
+	batch      []outgoing
+	seen       map[string]struct{}
+}
+
+func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error)) *publisher {
+	return &publisher{pool: pool, st: st, opts: opts, report: report,
+		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
+}
+
+// enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
+// calling m.done with the same error.
+func (p *publisher) enqueue(m outgoing) error {
+	p.mu.RLock()
+	var err error
+	if p.closed {
+		err = ErrClosed
+	} else {
+		select {
+		case p.queue <- m:
+		default:
+			err = ErrQueueFull
+		}
+	}
+	p.mu.RUnlock()
+	if err != nil && m.done != nil {
+		m.done(err)
+	}
+	return err
+}
+
+// close stops accepting messages; run then publishes what is queued and returns.
+func (p *publisher) close() {
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.stop)
+	}
+	p.mu.Unlock()
+}
+
+func (p *publisher) run(ctx context.Context) {
+	if !p.opts.SkipTableCreation {
+		p.createTable(ctx)
+	}
+	for {
+		if len(p.carry) == 0 {
+			select {
+			case m := <-p.queue:
+				p.carry = append(p.carry, m)
+			case <-p.stop:
+				p.drain(ctx)
+				return
+			}
+		}
+		p.sendBatch(ctx, p.nextBatch())
+	}
+}
+
+// drain publishes what was accepted before close, for at most RequestsTimeout, and
+// reports the rest as lost.
+func (p *publisher) drain(ctx context.Context) {
+	deadline := time.Now().Add(p.opts.RequestsTimeout)
+	for (len(p.carry) > 0 || len(p.queue) > 0) && time.Now().Before(deadline) && ctx.Err() == nil {
+		p.sendBatch(ctx, p.nextBatch())
+	}
+	lost := len(p.carry) + len(p.queue)
+	for _, m := range p.carry {
+		if m.done != nil {
+			m.done(ErrClosed)
+		}
+	}
+	p.carry = nil
+	for len(p.queue) > 0 {
+		if m := <-p.queue; m.done != nil {
+			m.done(ErrClosed)
+		}
+	}
+	if lost > 0 {
+		p.report(&PublishError{Messages: lost, Err: ErrClosed})
+	}
+}
+
+// nextBatch takes carried messages first, then queued ones without waiting, up to the
+// batch limits, and stops before a notification that repeats one already in the batch
+// (it is carried to the next batch, keeping the order).
+func (p *publisher) nextBatch() []outgoing {
+	batch := p.batch[:0]
+	if p.seen == nil {
+		p.seen = map[string]struct{}{}
+	}
+	clear(p.seen)
+	size := 0
+	add := func(m outgoing) bool {
+		if m.enc.Attachment == nil {
+			key := m.channel + "\x00" + m.enc.JSON
+			if _, dup := p.seen[key]; dup {
+				return false
+			}
+			p.seen[key] = struct{}{}
+		}
+		batch = append(batch, m)
+		size += m.size()
+		return true
+	}
+	for len(p.carry) > 0 && len(batch) < maxBatchMessages && size < maxBatchBytes {
+		if !add(p.carry[0]) {
+			return p.keep(batch)
+		}
+		p.carry = p.carry[1:]
+	}
+	for len(batch) < maxBatchMessages && size < maxBatchBytes {
+		select {
+		case m := <-p.queue:
+			if !add(m) {
+				p.carry = append(p.carry, m)
+				return p.keep(batch)
+			}
+		default:
+			return p.keep(batch)
+		}
+	}
+	return p.keep(batch)
+}
+
+func (p *publisher) keep(batch []outgoing) []outgoing {
+	p.batch = batch
+	return batch
+}
+
+func (m *outgoing) size() int { return len(m.enc.JSON) + len(m.enc.Attachment) + len(m.channel) }
+
+func (p *publisher) createTable(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+	defer cancel()
+	if err := ensureTable(cctx, p.pool, p.st); err != nil {
+		p.report(err)
+		return
+	}
+	p.tableReady = true
+}
+
+// sendBatch publishes a batch in one round trip. A batch that fails before anything
+// reached the server is tried once more on another connection; otherwise every message
+// of it is reported lost.
+func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
+	if !p.tableReady && !p.opts.SkipTableCreation && hasAttachment(batch) {
+		p.createTable(ctx)
+	}
+	b := &pgx.Batch{}
+	for i := range batch {
+		m := &batch[i]
+		if m.enc.Attachment != nil {
+			b.Queue(p.st.insertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
+		} else {
+			b.Queue("SELECT pg_notify($1, $2)", m.channel, m.enc.JSON)
+		}
+	}
+	var err error
+	for try := 0; try < 2; try++ {
+		qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+		err = p.pool.SendBatch(qctx, b).Close()
+		cancel()
+		if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		types := map[wire.Type]int{}
+		for _, m := range batch {
+			types[m.typ]++
+		}
+		p.report(&PublishError{Messages: len(batch), Types: types, Err: err})
+	}
+	for _, m := range batch {
+		if m.done != nil {
+			m.done(err)
+		}
+	}
+	if p.onSent != nil && err == nil {
+		p.onSent(len(batch))
+	}
+}
+
+func hasAttachment(batch []outgoing) bool {
+	for _, m := range batch {
+		if m.enc.Attachment != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// PublishError reports messages that could not be published. They are lost: the adapter
+// delivers at most once.
+type PublishError struct {
+	// Messages is how many messages were lost.
+	Messages int
+	// Types counts them by message type name.
+	Types map[wire.Type]int
+	// Err is the cause.
+	Err error
+}
+
+func (e *PublishError) Error() string {
+	return fmt.Sprintf("pgadapter: publish failed, %d message(s) lost %v: %v", e.Messages, e.Types, e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }

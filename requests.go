@@ -1,0 +1,196 @@
+package pgadapter
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// request is a question this server asked the other servers of a namespace: it knows
+// exactly which servers it waits for, so that an answer from a server that joined later,
+// or a second answer from the same server, is ignored, and a server that leaves stops
+// being waited for.
+type request struct {
+	kind    wire.Type           // FetchSockets, ServerSideEmit or Broadcast (with acks)
+	waiting map[string]struct{} // servers whose answer (or client count) is still due
+	members map[string]struct{} // Broadcast: servers whose client acks are accepted
+	timer   *time.Timer
+
+	sockets []socket.SocketDetails // FetchSockets: gathered so far
+	onFetch func([]socket.SocketDetails, error)
+
+	answers []any // ServerSideEmit: gathered so far
+	onSSE   socket.Ack
+
+	onCount func(uint64) // Broadcast
+	onAck   socket.Ack
+	single  bool
+}
+
+// track registers a request before it is published, and arranges its timeout.
+func (a *Adapter) track(id string, r *request, timeout time.Duration) {
+	a.mu.Lock()
+	a.requests[id] = r
+	r.timer = time.AfterFunc(timeout, func() { a.expire(id) })
+	a.mu.Unlock()
+}
+
+// expire ends a request at its timeout, with what it has.
+func (a *Adapter) expire(id string) {
+	a.mu.Lock()
+	r := a.requests[id]
+	delete(a.requests, id)
+	a.mu.Unlock()
+	if r == nil {
+		return
+	}
+	switch r.kind {
+	case wire.FetchSockets:
+		r.onFetch(r.sockets, fmt.Errorf("%w: FetchSockets in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+	case wire.ServerSideEmit:
+		r.onSSE(r.answers, fmt.Errorf("%w: ServerSideEmit in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+	}
+	// A broadcast with acks has its own timer in socket.io's BroadcastOperator; here the
+	// request is only forgotten, so late acks are dropped.
+}
+
+// abandonOnError returns a publish callback that ends request id at once if its message
+// could not be published: no server will answer it.
+func (a *Adapter) abandonOnError(id string) func(error) {
+	return func(err error) {
+		if err == nil {
+			return
+		}
+		// Callbacks run on a goroutine of their own: the publisher must not run user code.
+		go a.finish(id, fmt.Errorf("pgadapter: request not published: %w", err))
+	}
+}
+
+// finish ends a request with err, giving it what it has; broadcasts count every server
+// still due as zero clients.
+func (a *Adapter) finish(id string, err error) {
+	a.mu.Lock()
+	r := a.requests[id]
+	delete(a.requests, id)
+	a.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.timer.Stop()
+	switch r.kind {
+	case wire.FetchSockets:
+		r.onFetch(r.sockets, err)
+	case wire.ServerSideEmit:
+		r.onSSE(r.answers, err)
+	case wire.Broadcast:
+		for range r.waiting {
+			r.onCount(0)
+		}
+	}
+}
+
+// onResponse applies an answer to one of this server's requests.
+func (a *Adapter) onResponse(m *wire.Message) {
+	id := m.RequestID()
+	var run func()
+	a.mu.Lock()
+	r := a.requests[id]
+	if r == nil {
+		a.mu.Unlock()
+		return // not ours, or already complete: every server sees every response
+	}
+	_, due := r.waiting[m.UID]
+	switch d := m.Data.(type) {
+	case *wire.FetchResponseData:
+		if r.kind != wire.FetchSockets || !due {
+			break
+		}
+		delete(r.waiting, m.UID)
+		for _, info := range d.Sockets {
+			r.sockets = append(r.sockets, newRemoteSocket(info))
+		}
+		if len(r.waiting) == 0 {
+			delete(a.requests, id)
+			r.timer.Stop()
+			run = func() { r.onFetch(r.sockets, nil) }
+		}
+	case *wire.AckData:
+		switch {
+		case m.Type == wire.ServerSideEmitResponse && r.kind == wire.ServerSideEmit && due:
+			delete(r.waiting, m.UID)
+			r.answers = append(r.answers, d.Packet)
+			if len(r.waiting) == 0 {
+				delete(a.requests, id)
+				r.timer.Stop()
+				run = func() { r.onSSE(r.answers, nil) }
+			}
+		case m.Type == wire.BroadcastAck && r.kind == wire.Broadcast:
+			if _, member := r.members[m.UID]; member {
+				run = func() { r.onAck(ackShape([]any{d.Packet}, r.single), nil) }
+			}
+		}
+	case *wire.ClientCountData:
+		if r.kind != wire.Broadcast || !due {
+			break
+		}
+		delete(r.waiting, m.UID)
+		run = func() { r.onCount(d.ClientCount) }
+	}
+	a.mu.Unlock()
+	if run != nil {
+		run()
+	}
+}
+
+// removeNode forgets a server that closed or timed out, and stops waiting for it.
+func (a *Adapter) removeNode(uid string) {
+	var runs []func()
+	a.mu.Lock()
+	_, known := a.nodes[uid]
+	delete(a.nodes, uid)
+	for id, r := range a.requests {
+		if _, due := r.waiting[uid]; !due {
+			continue
+		}
+		delete(r.waiting, uid)
+		switch r.kind {
+		case wire.Broadcast:
+			runs = append(runs, func() { r.onCount(0) })
+		case wire.FetchSockets:
+			if len(r.waiting) == 0 {
+				delete(a.requests, id)
+				r.timer.Stop()
+				runs = append(runs, func() { r.onFetch(r.sockets, nil) })
+			}
+		case wire.ServerSideEmit:
+			if len(r.waiting) == 0 {
+				delete(a.requests, id)
+				r.timer.Stop()
+				runs = append(runs, func() { r.onSSE(r.answers, nil) })
+			}
+		}
+	}
+	a.mu.Unlock()
+	if known {
+		a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
+	}
+	for _, run := range runs {
+		run()
+	}
+}
+
+// closeRequests ends every waiting request with ErrClosed.
+func (a *Adapter) closeRequests() {
+	a.mu.Lock()
+	ids := make([]string, 0, len(a.requests))
+	for id := range a.requests {
+		ids = append(ids, id)
+	}
+	a.mu.Unlock()
+	for _, id := range ids {
+		a.finish(id, ErrClosed)
+	}
+}
