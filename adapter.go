@@ -113,7 +113,7 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 			}, nil)
 		}
 	}
-	a.Adapter.Broadcast(packet, opts)
+	a.localBroadcast(packet, opts)
 }
 
 // BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
@@ -140,7 +140,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			}
 		}
 	}
-	a.Adapter.BroadcastWithAck(packet, opts, clientCountCallback, func(args []any, err error) {
+	a.localBroadcastWithAck(packet, opts, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
 }
@@ -329,10 +329,10 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		packet := &parser.Packet{Type: parser.EVENT, Data: d.Packet.Data}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {
-			a.Adapter.Broadcast(packet, opts)
+			a.localBroadcast(packet, opts)
 			return
 		}
-		a.Adapter.BroadcastWithAck(packet, opts, func(n uint64) {
+		a.localBroadcastWithAck(packet, opts, func(n uint64) {
 			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
 		}, func(args []any, _ error) {
 			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)

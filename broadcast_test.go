@@ -1,19 +1,552 @@
 package pgadapter
 
 import (
+	"bytes"
+	"context"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/zishang520/engine.io/v2/types"
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-func TestSmokeBroadcast(t *testing.T) {
+// world is the 3-server cluster most tests use:
+//
+//	A: a1 (r1), a2 (ra)
+//	B: b1 (r1, r2), b2 (r2)
+//	C: c1 (r1)
+type world struct {
+	nodes   []*node
+	a, b, c *node
+	clients map[string]*tclient
+}
+
+func newWorld(t *testing.T, opts Options) *world {
+	t.Helper()
+	w := &world{nodes: cluster(t, 3, opts), clients: map[string]*tclient{}}
+	w.a, w.b, w.c = w.nodes[0], w.nodes[1], w.nodes[2]
+	w.clients["a1"] = w.a.connect(t, "/", "a1", "r1")
+	w.clients["a2"] = w.a.connect(t, "/", "a2", "ra")
+	w.clients["b1"] = w.b.connect(t, "/", "b1", "r1", "r2")
+	w.clients["b2"] = w.b.connect(t, "/", "b2", "r2")
+	w.clients["c1"] = w.c.connect(t, "/", "c1", "r1")
+	return w
+}
+
+func (w *world) all() []string { return []string{"a1", "a2", "b1", "b2", "c1"} }
+
+// fence emits "end" from n and waits until each named client's server has written it
+// to the client, and the client has received it. Since one server's messages are applied
+// in order, anything n published before has been written by then: what was not written
+// to a client by now, never will be.
+func (w *world) fence(t *testing.T, n *node, names ...string) {
+	t.Helper()
+	n.io.Emit("end")
+	for _, name := range names {
+		c := w.clients[name]
+		if c.sent.count("end") == 0 {
+			// diagnostics for a missing fence
+			for _, nd := range w.nodes {
+				nd.io.Sockets().Sockets().Range(func(id socket.SocketId, s *socket.Socket) bool {
+					t.Logf("%s has socket %s %v rooms %v", nd.name, id, s.Data(), s.Rooms().Keys())
+					return true
+				})
+			}
+			for _, nd := range w.nodes {
+				t.Logf("%s disconnects %v errors %v", nd.name, nd.errs.drain("disconnect"), nd.errs.drain("conn-error"))
+			}
+			t.Logf("client %s id %s connected=%v events %v disconnect %v", name, c.s.Id(), c.s.Connected(), c.rec.names(), c.rec.drain("disconnect"))
+		}
+		c.sent.next(t, name+"'s server", "end")
+		w.clients[name].expect(t, "end")
+	}
+}
+
+// checkSent verifies that ev was written exactly once to each of names, and to no other
+// client, and that each of names received it.
+func (w *world) checkSent(t *testing.T, ev string, names ...string) {
+	t.Helper()
+	for _, name := range w.all() {
+		c := w.clients[name]
+		want := 0
+		if slices.Contains(names, name) {
+			want = 1
+			if ev != "volatile" { // socket.io drops volatile packets while a write is in progress
+				c.expect(t, ev)
+			}
+		}
+		if got := c.sent.count(ev); got != want {
+			t.Errorf("%q written to %s %d times, want %d", ev, name, got, want)
+		}
+	}
+}
+
+// checkArgs verifies the arguments a client received with ev.
+func (w *world) checkArgs(t *testing.T, name, ev string, want ...any) {
+	t.Helper()
+	if got := w.clients[name].rec.next(t, name, ev); !reflect.DeepEqual(got, want) {
+		t.Errorf("%s got %s%v, want %v", name, ev, got, want)
+	}
+}
+
+// serverSocket returns the server-side socket of a client.
+func serverSocket(t *testing.T, n *node, c *tclient) *socket.Socket {
+	t.Helper()
+	s, ok := n.io.Sockets().Sockets().Load(socket.SocketId(c.s.Id()))
+	if !ok {
+		t.Fatalf("%s: no socket %s", n.name, c.s.Id())
+	}
+	return s
+}
+
+func TestBroadcastReachesExactlyTheSelectedClients(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	a := w.a.io
+	a.Emit("args", 1, "two", map[string]any{"three": []any{3.5, true, nil}})
+	a.Emit("all", 1)
+	a.To("r1").Emit("r1")
+	a.To("r1", "r2").Emit("r1r2") // b1 is in both: once
+	a.Except("r2").Emit("not-r2")
+	a.To("r1").Except("r2").Emit("r1-not-r2")
+	a.In("ra", "r2").Emit("ra-r2")
+	serverSocket(t, w.a, w.clients["a1"]).Broadcast().Emit("from-socket")
+	serverSocket(t, w.a, w.clients["a1"]).To("r2").Emit("socket-to-r2")
+	a.Local().Emit("local")
+	a.Volatile().Emit("volatile")
+	a.Compress(true).Emit("compressed")
+	a.Except(socket.Room(w.clients["b2"].s.Id())).Emit("not-b2")
+	w.fence(t, w.a, w.all()...)
+	for _, name := range w.all() {
+		w.checkArgs(t, name, "args", 1.0, "two", map[string]any{"three": []any{3.5, true, nil}})
+	}
+
+	want := map[string][]string{
+		"all":          w.all(),
+		"r1":           {"a1", "b1", "c1"},
+		"r1r2":         {"a1", "b1", "b2", "c1"},
+		"not-r2":       {"a1", "a2", "c1"},
+		"r1-not-r2":    {"a1", "c1"},
+		"ra-r2":        {"a2", "b1", "b2"},
+		"from-socket":  {"a2", "b1", "b2", "c1"},
+		"socket-to-r2": {"b1", "b2"},
+		"local":        {"a1", "a2"},
+		"volatile":     w.all(),
+		"compressed":   w.all(),
+		"not-b2":       {"a1", "a2", "b1", "c1"},
+	}
+	for ev, names := range want {
+		w.checkSent(t, ev, names...)
+	}
+}
+
+func TestBroadcastFromEveryServer(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	for _, n := range w.nodes {
+		ev := "hello-from-" + n.name
+		n.io.To("r1").Emit(ev, n.name)
+		w.fence(t, n, w.all()...)
+		w.checkSent(t, ev, "a1", "b1", "c1")
+	}
+}
+
+func sortedStrings(t *testing.T, args []any) []string {
+	t.Helper()
+	out := make([]string, len(args))
+	for i, a := range args {
+		s, ok := a.(string)
+		if !ok {
+			t.Fatalf("response %d is %T %v, want a string", i, a, a)
+		}
+		out[i] = s
+	}
+	sort.Strings(out)
+	return out
+}
+
+func fetchSockets(t *testing.T, op interface {
+	FetchSockets() func(func([]*socket.RemoteSocket, error))
+}) ([]*socket.RemoteSocket, error) {
+	t.Helper()
+	type result struct {
+		s   []*socket.RemoteSocket
+		err error
+	}
+	ch := make(chan result, 1)
+	op.FetchSockets()(func(s []*socket.RemoteSocket, err error) { ch <- result{s, err} })
+	select {
+	case r := <-ch:
+		return r.s, r.err
+	case <-time.After(waitFor):
+		t.Fatal("FetchSockets callback never called")
+		return nil, nil
+	}
+}
+
+func socketNames(t *testing.T, list []*socket.RemoteSocket) []string {
+	t.Helper()
+	var out []string
+	for _, s := range list {
+		data, ok := s.Data().(map[string]any)
+		if !ok {
+			t.Fatalf("socket %s data %T %v", s.Id(), s.Data(), s.Data())
+		}
+		out = append(out, data["name"].(string))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestFetchSockets(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	list, err := fetchSockets(t, w.a.io)
+	if err != nil || !slices.Equal(socketNames(t, list), w.all()) {
+		t.Fatalf("all: %v %v (server sockets A=%d B=%d C=%d)", socketNames(t, list), err, w.a.io.Sockets().Sockets().Len(), w.b.io.Sockets().Sockets().Len(), w.c.io.Sockets().Sockets().Len())
+	}
+	for _, s := range list {
+		data := s.Data().(map[string]any)
+		name := data["name"].(string)
+		c := w.clients[name]
+		if string(s.Id()) != c.s.Id() {
+			t.Errorf("%s: id %s, client says %s", name, s.Id(), c.s.Id())
+		}
+		if !s.Rooms().Has(socket.Room(c.s.Id())) {
+			t.Errorf("%s: rooms %v lack its own id", name, s.Rooms().Keys())
+		}
+		if data["node"] != strings.ToUpper(name[:1]) {
+			t.Errorf("%s: data says node %v", name, data["node"])
+		}
+		hs := s.Handshake()
+		if hs == nil || hs.Address == "" || hs.Issued == 0 || hs.Time == "" || len(hs.Headers) == 0 ||
+			!slices.Equal(hs.Query["EIO"], []string{"4"}) {
+			t.Errorf("%s: handshake %+v", name, hs)
+		}
+		if auth, ok := hs.Auth.(map[string]any); !ok || auth["name"] != name {
+			t.Errorf("%s: handshake auth %v", name, hs.Auth)
+		}
+	}
+	list, err = fetchSockets(t, w.c.io.In("r2"))
+	if err != nil || !slices.Equal(socketNames(t, list), []string{"b1", "b2"}) {
+		t.Fatalf("in r2: %v %v", socketNames(t, list), err)
+	}
+	list, err = fetchSockets(t, w.b.io.In("r1").Except("r2"))
+	if err != nil || !slices.Equal(socketNames(t, list), []string{"a1", "c1"}) {
+		t.Fatalf("r1 except r2: %v %v", socketNames(t, list), err)
+	}
+	list, err = fetchSockets(t, w.b.io.Local())
+	if err != nil || !slices.Equal(socketNames(t, list), []string{"b1", "b2"}) {
+		t.Fatalf("local: %v %v", socketNames(t, list), err)
+	}
+
+	// A remote socket acts through the cluster: emit with ack, join, leave, disconnect.
+	list, _ = fetchSockets(t, w.a.io.In("r2").Except("r1"))
+	if len(list) != 1 {
+		t.Fatalf("want b2 alone, got %v", socketNames(t, list))
+	}
+	b2 := list[0]
+	b2.Join("r7")
+	w.a.io.To("r7").Emit("r7")
+	w.clients["b2"].expect(t, "r7")
+	b2.Leave("r7")
+	w.a.io.To("r7").Emit("r7-again")
+	w.a.io.To(socket.Room(b2.Id())).Emit("direct")
+	w.clients["b2"].sent.next(t, "b2's server", "direct")
+	if n := w.clients["b2"].sent.count("r7-again"); n != 0 {
+		t.Fatalf("r7-again written to b2 after it left r7")
+	}
+	b2.Disconnect(true)
+	w.clients["b2"].expect(t, "disconnect")
+}
+
+func TestSocketsJoinLeaveDisconnect(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	a := w.a.io
+	a.In("r1").SocketsJoin("r9", "r10") // a1, b1, c1
+	a.To("r9").Emit("r9")
+	a.To("r10").Emit("r10")
+	a.Except("r9").SocketsJoin("r11") // a2, b2
+	a.To("r11").Emit("r11")
+	a.SocketsLeave("r9")
+	a.To("r9").Emit("r9-after-leave")
+	a.Local().SocketsJoin("local-room") // a1, a2 only
+	w.b.io.To("local-room").Emit("local-room")
+	w.fence(t, w.a, w.all()...)
+	w.fence(t, w.b, w.all()...)
+	w.checkSent(t, "r9", "a1", "b1", "c1")
+	w.checkSent(t, "r10", "a1", "b1", "c1")
+	w.checkSent(t, "r11", "a2", "b2")
+	w.checkSent(t, "r9-after-leave")
+	w.checkSent(t, "local-room", "a1", "a2")
+
+	// Disconnect every socket of r2 (b1, b2), from C.
+	w.c.io.In("r2").DisconnectSockets(true)
+	w.clients["b1"].expect(t, "disconnect")
+	w.clients["b2"].expect(t, "disconnect")
+	w.fence(t, w.c, "a1", "a2", "c1")
+	for _, name := range []string{"a1", "a2", "c1"} {
+		if w.clients[name].rec.count("disconnect") != 0 {
+			t.Errorf("%s disconnected", name)
+		}
+	}
+	if n := w.c.io.Sockets().Sockets().Len() + w.a.io.Sockets().Sockets().Len(); n != 3 {
+		t.Errorf("%d sockets left on A and C, want 3", n)
+	}
+	eventually(t, "b's sockets gone", func() bool { return w.b.io.Sockets().Sockets().Len() == 0 })
+}
+
+func TestServerSideEmit(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	recs := map[string]*recorder{}
+	for _, n := range w.nodes {
+		rec := newRecorder()
+		recs[n.name] = rec
+		name := n.name
+		for _, ev := range []string{"hello", "bin", "end"} {
+			n.io.On(ev, func(args ...any) { rec.add(ev, args...) })
+		}
+		n.io.On("question", func(args ...any) {
+			ack := args[len(args)-1].(socket.Ack)
+			ack([]any{"answer-" + name, "ignored"}, nil)
+		})
+	}
+	if err := w.a.io.ServerSideEmit("hello", 1.0, "x", map[string]any{"k": []any{true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.a.io.ServerSideEmit("bin", []byte{7, 7}); err != nil {
+		t.Fatal(err)
+	}
+	w.a.io.ServerSideEmit("end")
+	for _, name := range []string{"B", "C"} {
+		recs[name].next(t, name, "end")
+		if args := recs[name].next(t, name, "hello"); len(args) != 3 || args[0] != 1.0 || args[1] != "x" {
+			t.Errorf("%s got hello %v", name, args)
+		}
+		if args := recs[name].next(t, name, "bin"); len(args) != 1 || !bytes.Equal(args[0].([]byte), []byte{7, 7}) {
+			t.Errorf("%s got bin %#v", name, args)
+		}
+	}
+	if n := len(recs["A"].names()); n != 0 {
+		t.Fatalf("the sender received its own server-side events: %v", recs["A"].names())
+	}
+
+	ch := make(chan []any, 1)
+	err := w.b.io.ServerSideEmitWithAck("question", "q")(func(args []any, err error) {
+		if err != nil {
+			t.Errorf("ServerSideEmitWithAck: %v", err)
+		}
+		ch <- args
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case args := <-ch:
+		if !slices.Equal(sortedStrings(t, args), []string{"answer-A", "answer-C"}) {
+			t.Fatalf("answers %v", args)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("ServerSideEmitWithAck callback never called")
+	}
+	if err := w.a.io.ServerSideEmit("connection"); err == nil {
+		t.Fatal("reserved event accepted")
+	}
+}
+
+// jsonSize returns the size of the NOTIFY payload that broadcasting ev with one string
+// argument of n bytes from a produces.
+func jsonSize(t *testing.T, a *Adapter, n int) int {
+	js, err := wire.EncodeJSON(&wire.Message{Type: wire.Broadcast, UID: a.uid, Nsp: a.name, Data: &wire.BroadcastData{
+		Packet: wire.Packet{Type: wire.EventPacketType, Data: []any{"big", strings.Repeat("x", n)}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(js)
+}
+
+func countRows(t *testing.T, n *node, table string) int {
+	t.Helper()
+	var c int
+	if err := n.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestLargeAndBinaryMessages(t *testing.T) {
+	opts := testOptions(t)
+	opts.CleanupInterval = -1 // keep rows so they can be counted
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	ca := a.connect(t, "/", "ca")
+	root := a.io.Sockets().Adapter().(*Adapter)
+	base := jsonSize(t, root, 0)
+	for _, size := range []int{7999, 8000, 20000} {
+		s := strings.Repeat("x", size-base)
+		if got := jsonSize(t, root, len(s)); got != size {
+			t.Fatalf("built a %d-byte payload, want %d", got, size)
+		}
+		before := countRows(t, a, opts.TableName)
+		a.io.Emit("big", s)
+		args := cb.expect(t, "big")
+		if len(args) != 1 || args[0] != s {
+			t.Fatalf("%d bytes: remote client got %d args", size, len(args))
+		}
+		rows := countRows(t, a, opts.TableName) - before
+		if wantRow := size >= 8000; (rows == 1) != wantRow || rows > 1 {
+			t.Fatalf("%d bytes: %d attachment rows written", size, rows)
+		}
+	}
+
+	// Binary, at the top level and nested, from a []byte and from a reader.
+	a.io.Emit("bin", []byte{1, 2, 3}, map[string]any{"nested": []byte{4, 5}}, bytes.NewReader([]byte{6}))
+	for _, c := range []*tclient{ca, cb} {
+		args := c.expect(t, "bin")
+		if len(args) != 3 {
+			t.Fatalf("%s: %d args", c.name, len(args))
+		}
+		nested, _ := args[1].(map[string]any)
+		if !bytes.Equal(bufBytes(t, args[0]), []byte{1, 2, 3}) || !bytes.Equal(bufBytes(t, nested["nested"]), []byte{4, 5}) ||
+			!bytes.Equal(bufBytes(t, args[2]), []byte{6}) {
+			t.Fatalf("%s got %#v", c.name, args)
+		}
+	}
+	// The sender never reads its own attachments back, and nothing failed.
+	if errs := a.errs.names(); len(errs) > 0 {
+		t.Fatalf("errors on A: %v", a.errs.drain("error"))
+	}
+}
+
+func bufBytes(t *testing.T, v any) []byte {
+	t.Helper()
+	switch b := v.(type) {
+	case *types.BytesBuffer:
+		return b.Bytes()
+	case []byte:
+		return b
+	}
+	t.Fatalf("not binary: %T %v", v, v)
+	return nil
+}
+
+func TestOrderPerSendingServer(t *testing.T) {
 	nodes := cluster(t, 2, testOptions(t))
 	a, b := nodes[0], nodes[1]
-	ca := a.connect(t, "/", "ca")
 	cb := b.connect(t, "/", "cb")
-	a.io.Emit("hello", 1, "two")
-	for _, c := range []*tclient{ca, cb} {
-		args := c.expect(t, "hello")
-		if len(args) != 2 || args[0] != 1.0 || args[1] != "two" {
-			t.Fatalf("%s got %v", c.name, args)
+	const n = 300
+	big := strings.Repeat("y", 9000)
+	for i := range n {
+		switch i % 3 {
+		case 0:
+			a.io.Emit("seq", i)
+		case 1:
+			a.io.Emit("seq", i, big) // attachment
+		case 2:
+			a.io.Emit("seq", i, []byte{byte(i)}) // binary attachment
 		}
+	}
+	// The order B writes to its client is the order B applied A's messages (the Go
+	// client itself may reorder events, see harness_test.go).
+	for i := range n {
+		args := cb.sent.next(t, "cb's server", "seq")
+		if got := args[0].(float64); int(got) != i {
+			t.Fatalf("message %d applied in position %d", int(got), i)
+		}
+	}
+	for range n {
+		cb.expect(t, "seq")
+	}
+}
+
+func TestNamespaces(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	names := []string{
+		"/chat",
+		"/" + strings.Repeat("long-namespace-", 6), // its channel would exceed 63 bytes
+		`/it's"; DROP TABLE x; --\`,
+		"/ünïcødé-名前",
+	}
+	for _, name := range names {
+		a.io.Of(name, nil)
+		b.io.Of(name, nil)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for _, n := range nodes {
+		if err := n.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := b.connect(t, "/", "root")
+	for _, name := range names {
+		ch := ChannelName(opts.ChannelPrefix, name)
+		if len(ch) > 63 {
+			t.Fatalf("channel %q is %d bytes", ch, len(ch))
+		}
+		cb := b.connect(t, name, "cb")
+		a.io.Of(name, nil).Emit("in-nsp", name)
+		if args := cb.expect(t, "in-nsp"); args[0] != name {
+			t.Fatalf("%s: got %v", name, args)
+		}
+		eventually(t, name+" counted on both servers", func() bool {
+			return a.io.Of(name, nil).Adapter().ServerCount() == 2 && b.io.Of(name, nil).Adapter().ServerCount() == 2
+		})
+	}
+	a.io.Emit("end")
+	root.sent.next(t, "root's server", "end")
+	if root.sent.count("in-nsp") != 0 {
+		t.Fatal("a namespace broadcast reached the root namespace")
+	}
+
+	// Dynamic namespaces: children are created on connection, each with its own channel.
+	dyn := func(n *node) {
+		n.io.Of(regexpNamespace(`^/dyn-\d+$`), nil)
+	}
+	dyn(a)
+	dyn(b)
+	cb := b.connect(t, "/dyn-1", "cb")
+	a.connect(t, "/dyn-1", "ca")
+	for _, n := range nodes {
+		if err := n.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.io.Of("/dyn-1", nil).Emit("dynamic")
+	cb.expect(t, "dynamic")
+
+	// All of it over one LISTEN connection per server.
+	for _, n := range nodes {
+		if c := n.b.rt.lis.connects.Load(); c != 1 {
+			t.Errorf("%s opened %d LISTEN connections", n.name, c)
+		}
+	}
+	var count int
+	if err := a.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", a.b.listenerPID()).Scan(&count); err != nil || count != 1 {
+		t.Fatalf("listener backend: %d %v", count, err)
+	}
+}
+
+func TestChannelName(t *testing.T) {
+	if got := ChannelName("socket.io", "/chat"); got != "socket.io#/chat" {
+		t.Fatalf("got %q", got)
+	}
+	long := "/" + strings.Repeat("é", 40)
+	got := ChannelName("socket.io", long)
+	if len(got) > 63 || got != ChannelName("socket.io", long) || got == ChannelName("socket.io", long+"x") {
+		t.Fatalf("long channel %q", got)
+	}
+	if !strings.HasPrefix(got, "socket.io#/") || !strings.Contains(got, "#") {
+		t.Fatalf("long channel %q", got)
+	}
+	if got := ChannelName("p", "/a\x00b"); strings.ContainsRune(got, 0) {
+		t.Fatalf("NUL kept: %q", got)
 	}
 }

@@ -38,7 +38,7 @@ func testOptions(t testing.TB) Options {
 		ChannelPrefix:     pgtest.Name("t"),
 		TableName:         table,
 		HeartbeatInterval: 300 * time.Millisecond,
-		HeartbeatTimeout:  2 * time.Second,
+		HeartbeatTimeout:  5 * time.Second,
 		Logger:            testLogger(),
 	}
 }
@@ -70,6 +70,21 @@ type node struct {
 	http   *httptest.Server
 	errs   *recorder // errors reported through ErrorHandler
 	closed bool
+
+	mu   sync.Mutex
+	sent map[string]*recorder // by client name: what this server wrote to the client, in order
+}
+
+// sentTo returns the record of what n wrote to the client called name.
+func (n *node) sentTo(name string) *recorder {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := n.sent[name]
+	if r == nil {
+		r = newRecorder()
+		n.sent[name] = r
+	}
+	return r
 }
 
 // startNode starts a server clustered with opts. Connecting sockets join the rooms listed
@@ -77,7 +92,7 @@ type node struct {
 // completes.
 func startNode(t testing.TB, name string, opts Options) *node {
 	t.Helper()
-	n := &node{t: t, name: name, errs: newRecorder()}
+	n := &node{t: t, name: name, errs: newRecorder(), sent: map[string]*recorder{}}
 	n.pool = newPool(t)
 	opts.ErrorHandler = func(err error) { n.errs.add("error", err) }
 	n.b = New(n.pool, &opts)
@@ -85,12 +100,31 @@ func startNode(t testing.TB, name string, opts Options) *node {
 	n.io.SetAdapter(n.b)
 	n.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
 		auth, _ := s.Handshake().Auth.(map[string]any)
+		// A client name is unique per namespace: a second CONNECT for the same name is a
+		// ghost of the client library's start-up race (see connect) and is refused.
+		if cname, _ := auth["name"].(string); n.socketNamed(s.Nsp().Name(), cname) != nil {
+			next(socket.NewExtendedError("duplicate client name "+cname, nil))
+			return
+		}
 		if rooms, ok := auth["rooms"].([]any); ok {
 			for _, r := range rooms {
 				s.Join(socket.Room(r.(string)))
 			}
 		}
 		s.SetData(map[string]any{"name": auth["name"], "node": name})
+		s.On("disconnect", func(args ...any) { n.errs.add("disconnect", append([]any{auth["name"]}, args...)...) })
+		s.Conn().On("error", func(args ...any) { n.errs.add("conn-error", append([]any{auth["name"]}, args...)...) })
+		// socket.io-client-go v1.1.0 hands each packet to a goroutine of its own, so a
+		// client may see events out of order. What the server writes to the connection
+		// is recorded here, in order: tests use it for order and for absence.
+		if cname, ok := auth["name"].(string); ok {
+			sent := n.sentTo(cname)
+			s.OnAnyOutgoing(func(args ...any) {
+				if ev, ok := args[0].(string); ok {
+					sent.add(ev, args[1:]...)
+				}
+			})
+		}
 		next(nil)
 	})
 	n.http = httptest.NewServer(n.io.ServeHandler(nil))
@@ -240,24 +274,66 @@ func (r *recorder) drain(name string) [][]any {
 type tclient struct {
 	name string
 	s    *client.Socket
-	rec  *recorder
+	rec  *recorder // what the client received (in any order)
+	sent *recorder // what its server wrote to it (in order)
 }
 
 // connect opens a client to nsp on n, joining rooms, and waits until it is connected.
 // Events it receives are recorded; an event whose last argument is an ack is answered
-// by ackWith (nil: ack with the client's name).
+// with the client's name (events named "ack0…": no argument; "ack2…": two).
+//
+// socket.io-client-go v1.1.0 has a start-up race (Manager.onopen emits "open", which
+// sends CONNECT, before it subscribes to incoming data, so a quick CONNECT reply can be
+// lost and the client never connects): a client that is not connected after a few
+// seconds is closed, the server is given time to drop its half-open socket, and the
+// connection is tried again.
 func (n *node) connect(t testing.TB, nsp, name string, rooms ...string) *tclient {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, ok := n.tryConnect(t, nsp, name, rooms)
+		if ok {
+			return c
+		}
+		t.Logf("%s: attempt %d to connect to %s%s failed (client saw %v); retrying", name, attempt, n.name, nsp, c.rec.names())
+		if attempt == 3 {
+			t.Fatalf("%s: not connected to %s%s after %d attempts", name, n.name, nsp, attempt)
+		}
+		c.s.Disconnect()
+		c.s.Close()
+		eventually(t, "server drops "+name+"'s half-open socket", func() bool { return n.socketNamed(nsp, name) == nil })
+		n.mu.Lock()
+		delete(n.sent, name)
+		n.mu.Unlock()
+	}
+}
+
+// socketNamed returns the server-side socket of the client called name.
+func (n *node) socketNamed(nsp, name string) *socket.Socket {
+	var found *socket.Socket
+	n.io.Of(nsp, nil).Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		if d, ok := s.Data().(map[string]any); ok && d["name"] == name {
+			found = s
+			return false
+		}
+		return true
+	})
+	return found
+}
+
+func (n *node) tryConnect(t testing.TB, nsp, name string, rooms []string) (*tclient, bool) {
 	opts := client.DefaultOptions()
 	opts.SetTransports(types.NewSet(eiotransports.WebSocket))
 	opts.SetForceNew(true)
 	opts.SetReconnection(false)
+	// Opening the manager here and again in Connect can send CONNECT twice (a second,
+	// ghost socket on the server): let Connect alone open it.
+	opts.SetAutoConnect(false)
 	r := make([]any, len(rooms))
 	for i, room := range rooms {
 		r[i] = room
 	}
 	opts.SetAuth(map[string]any{"name": name, "rooms": r})
-	c := &tclient{name: name, rec: newRecorder()}
+	c := &tclient{name: name, rec: newRecorder(), sent: n.sentTo(name)}
 	manager := client.NewManager(n.http.URL, opts)
 	c.s = manager.Socket(nsp, opts)
 	c.s.On("connect", func(...any) { c.rec.add("connect") })
@@ -281,9 +357,16 @@ func (n *node) connect(t testing.TB, nsp, name string, rooms ...string) *tclient
 		c.rec.add(ev, rest...)
 	})
 	c.s.Connect()
-	t.Cleanup(func() { c.s.Disconnect(); c.s.Close() })
+	deadline := time.Now().Add(3 * time.Second)
+	for c.rec.count("connect") == 0 {
+		if time.Now().After(deadline) {
+			return c, false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	c.rec.next(t, name, "connect")
-	return c
+	t.Cleanup(func() { c.s.Disconnect(); c.s.Close() })
+	return c, true
 }
 
 // expect waits for event ev and returns its arguments.

@@ -92,6 +92,12 @@ func (a *Adapter) finish(id string, err error) {
 	}
 }
 
+// The acks of a broadcast reach socket.io's BroadcastOperator, which completes when
+// the client counts of every server and as many acks have arrived. socket.io v2.5.0's
+// operator reads its expected server count without synchronisation from the goroutine
+// that delivers remote answers (a data race in the library, reported by -race whatever
+// the adapter does); see acks_test.go.
+
 // onResponse applies an answer to one of this server's requests.
 func (a *Adapter) onResponse(m *wire.Message) {
 	id := m.RequestID()
@@ -158,6 +164,8 @@ func (a *Adapter) removeNode(uid string) {
 		delete(r.waiting, uid)
 		switch r.kind {
 		case wire.Broadcast:
+			// Counted as zero clients: its acks, if it comes back, must not be counted.
+			delete(r.members, uid)
 			runs = append(runs, func() { r.onCount(0) })
 		case wire.FetchSockets:
 			if len(r.waiting) == 0 {

@@ -1,0 +1,107 @@
+package pgadapter
+
+import (
+	"github.com/zishang520/engine.io/v2/types"
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// Local delivery. socket.io v2.5.0's in-memory Broadcast and BroadcastWithAck attach a
+// pre-encoded WebSocket frame to each packet, and engine.io v2.5.0's WebSocket transport
+// returns after writing the first packet that carries one: when several broadcasts are
+// buffered for a client (the norm under load, since a client's packets are flushed
+// together while its previous write is in progress), all but the first are silently
+// lost. These versions encode once and write without the pre-encoded frame, which keeps
+// every packet.
+
+// localBroadcast delivers packet to the matching sockets of this server.
+func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
+	packetOpts := writeOptions(opts)
+	packet.Nsp = a.name
+	encoded := a.Nsp().Server().Encoder().Encode(packet)
+	a.apply(opts, func(s *socket.Socket) {
+		if notify := s.NotifyOutgoingListeners(); notify != nil {
+			notify(packet)
+		}
+		s.Client().WriteToEngine(encoded, packetOpts)
+	})
+}
+
+// localBroadcastWithAck delivers packet to the matching sockets of this server, registers
+// ack for each, and reports how many there were.
+func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCount func(uint64), ack socket.Ack) {
+	packetOpts := writeOptions(opts)
+	packet.Nsp = a.name
+	// One id for every socket: the namespace's counter is shared, so it is unique.
+	id := a.Nsp().Ids()
+	packet.Id = &id
+	encoded := a.Nsp().Server().Encoder().Encode(packet)
+	var n uint64
+	a.apply(opts, func(s *socket.Socket) {
+		n++
+		s.Acks().Store(id, ack)
+		if notify := s.NotifyOutgoingListeners(); notify != nil {
+			notify(packet)
+		}
+		s.Client().WriteToEngine(encoded, packetOpts)
+	})
+	clientCount(n)
+}
+
+func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {
+	w := &socket.WriteOptions{}
+	w.PreEncoded = true
+	if opts != nil && opts.Flags != nil {
+		w.Volatile = opts.Flags.Volatile
+		w.Compress = opts.Flags.Compress
+	}
+	return w
+}
+
+// apply calls fn for each local socket selected by opts: the sockets of opts.Rooms (all
+// when empty), each once, minus those in opts.Except.
+func (a *Adapter) apply(opts *socket.BroadcastOptions, fn func(*socket.Socket)) {
+	var rooms, except *types.Set[socket.Room]
+	if opts != nil {
+		rooms, except = opts.Rooms, opts.Except
+	}
+	excluded := map[socket.SocketId]struct{}{}
+	if except != nil {
+		for _, room := range except.Keys() {
+			if ids, ok := a.Rooms().Load(room); ok {
+				for _, id := range ids.Keys() {
+					excluded[id] = struct{}{}
+				}
+			}
+		}
+	}
+	sockets := a.Nsp().Sockets()
+	visit := func(id socket.SocketId) {
+		if _, skip := excluded[id]; skip {
+			return
+		}
+		if s, ok := sockets.Load(id); ok {
+			fn(s)
+		}
+	}
+	if rooms != nil && rooms.Len() > 0 {
+		seen := map[socket.SocketId]struct{}{}
+		for _, room := range rooms.Keys() {
+			ids, ok := a.Rooms().Load(room)
+			if !ok {
+				continue
+			}
+			for _, id := range ids.Keys() {
+				if _, dup := seen[id]; !dup {
+					seen[id] = struct{}{}
+					visit(id)
+				}
+			}
+		}
+		return
+	}
+	a.Sids().Range(func(id socket.SocketId, _ *types.Set[socket.Room]) bool {
+		visit(id)
+		return true
+	})
+}
