@@ -87,54 +87,69 @@ func (n *node) sentTo(name string) *recorder {
 	return r
 }
 
-// startNode starts a server clustered with opts. Connecting sockets join the rooms listed
-// in their auth ("rooms") and carry their auth "name" as data, before the connection
-// completes.
+// startNode starts a server clustered with opts, on a pool of its own, and waits until
+// its adapter listens.
 func startNode(t testing.TB, name string, opts Options) *node {
 	t.Helper()
-	n := &node{t: t, name: name, errs: newRecorder(), sent: map[string]*recorder{}}
-	n.pool = newPool(t)
-	opts.ErrorHandler = func(err error) { n.errs.add("error", err) }
-	n.b = New(n.pool, &opts)
-	n.io = socket.NewServer(nil, nil)
-	n.io.SetAdapter(n.b)
-	n.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
-		auth, _ := s.Handshake().Auth.(map[string]any)
-		// A client name is unique per namespace: a second CONNECT for the same name is a
-		// ghost of the client library's start-up race (see connect) and is refused.
-		if cname, _ := auth["name"].(string); n.socketNamed(s.Nsp().Name(), cname) != nil {
-			next(socket.NewExtendedError("duplicate client name "+cname, nil))
-			return
-		}
-		if rooms, ok := auth["rooms"].([]any); ok {
-			for _, r := range rooms {
-				s.Join(socket.Room(r.(string)))
-			}
-		}
-		s.SetData(map[string]any{"name": auth["name"], "node": name})
-		s.On("disconnect", func(args ...any) { n.errs.add("disconnect", append([]any{auth["name"]}, args...)...) })
-		s.Conn().On("error", func(args ...any) { n.errs.add("conn-error", append([]any{auth["name"]}, args...)...) })
-		// socket.io-client-go v1.1.0 hands each packet to a goroutine of its own, so a
-		// client may see events out of order. What the server writes to the connection
-		// is recorded here, in order: tests use it for order and for absence.
-		if cname, ok := auth["name"].(string); ok {
-			sent := n.sentTo(cname)
-			s.OnAnyOutgoing(func(args ...any) {
-				if ev, ok := args[0].(string); ok {
-					sent.add(ev, args[1:]...)
-				}
-			})
-		}
-		next(nil)
-	})
-	n.http = httptest.NewServer(n.io.ServeHandler(nil))
-	t.Cleanup(n.close)
+	n := newNode(t, name, newPool(t), opts)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := n.b.Ready(ctx); err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
 	return n
+}
+
+// newNode starts a server on pool without waiting for its adapter to be ready.
+func newNode(t testing.TB, name string, pool *pgxpool.Pool, opts Options) *node {
+	t.Helper()
+	n := &node{t: t, name: name, errs: newRecorder(), sent: map[string]*recorder{}, pool: pool}
+	opts.ErrorHandler = func(err error) { n.errs.add("error", err) }
+	n.b = New(n.pool, &opts)
+	n.io = socket.NewServer(nil, nil)
+	n.io.SetAdapter(n.b)
+	// Every namespace, including those created later and dynamic children, gets the
+	// test middleware.
+	n.io.Sockets().On("new_namespace", func(args ...any) { args[0].(socket.Namespace).Use(n.middleware) })
+	n.io.Use(n.middleware)
+	n.http = newHTTPServer(n.io)
+	t.Cleanup(n.close)
+	return n
+}
+
+// middleware prepares each connecting socket: it joins the rooms listed in its auth,
+// carries its name as data, answers the harness ping, and records what the server writes
+// to it. It runs before the connection completes.
+func (n *node) middleware(s *socket.Socket, next func(*socket.ExtendedError)) {
+	auth, _ := s.Handshake().Auth.(map[string]any)
+	if rooms, ok := auth["rooms"].([]any); ok {
+		for _, r := range rooms {
+			s.Join(socket.Room(r.(string)))
+		}
+	}
+	s.SetData(map[string]any{"name": auth["name"], "node": n.name})
+	s.On("disconnect", func(args ...any) { n.errs.add("disconnect", append([]any{auth["name"]}, args...)...) })
+	s.On("harness-ping", func(args ...any) {
+		if ack, ok := args[len(args)-1].(socket.Ack); ok {
+			ack([]any{"pong"}, nil)
+		}
+	})
+	// socket.io-client-go v1.1.0 hands each packet to a goroutine of its own, so a
+	// client may see events out of order. What the server writes to the connection is
+	// recorded here, in order: tests use it for order and for absence.
+	if cname, ok := auth["name"].(string); ok {
+		sent := n.sentTo(cname)
+		s.OnAnyOutgoing(func(args ...any) {
+			if ev, ok := args[0].(string); ok {
+				sent.add(ev, args[1:]...)
+			}
+		})
+	}
+	next(nil)
+}
+
+func newHTTPServer(io *socket.Server) *httptest.Server {
+	return httptest.NewServer(io.ServeHandler(nil))
 }
 
 func (n *node) close() {
@@ -300,20 +315,19 @@ func (n *node) connect(t testing.TB, nsp, name string, rooms ...string) *tclient
 		}
 		c.s.Disconnect()
 		c.s.Close()
-		eventually(t, "server drops "+name+"'s half-open socket", func() bool { return n.socketNamed(nsp, name) == nil })
+		eventually(t, "server drops "+name+"'s half-open socket", func() bool { return len(n.socketsNamed(nsp, name)) == 0 })
 		n.mu.Lock()
 		delete(n.sent, name)
 		n.mu.Unlock()
 	}
 }
 
-// socketNamed returns the server-side socket of the client called name.
-func (n *node) socketNamed(nsp, name string) *socket.Socket {
-	var found *socket.Socket
+// socketsNamed returns the server-side sockets of the client called name.
+func (n *node) socketsNamed(nsp, name string) []*socket.Socket {
+	var found []*socket.Socket
 	n.io.Of(nsp, nil).Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
 		if d, ok := s.Data().(map[string]any); ok && d["name"] == name {
-			found = s
-			return false
+			found = append(found, s)
 		}
 		return true
 	})
@@ -364,7 +378,25 @@ func (n *node) tryConnect(t testing.TB, nsp, name string, rooms []string) (*tcli
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The client may have sent CONNECT twice; the server handles packets of a connection
+	// in order, so once a later round trip completes, a second CONNECT has been handled
+	// too: it either closed the connection or made a second (ghost) socket.
+	pong := make(chan struct{}, 1)
+	c.s.Timeout(3 * time.Second).EmitWithAck("harness-ping")(func(args []any, err error) {
+		if err == nil {
+			pong <- struct{}{}
+		}
+	})
+	select {
+	case <-pong:
+	case <-time.After(3 * time.Second):
+		return c, false
+	}
+	if list := n.socketsNamed(nsp, name); len(list) != 1 || string(list[0].Id()) != c.s.Id() || !c.s.Connected() {
+		return c, false
+	}
 	c.rec.next(t, name, "connect")
+	c.rec.drain("harness-ping")
 	t.Cleanup(func() { c.s.Disconnect(); c.s.Close() })
 	return c, true
 }

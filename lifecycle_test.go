@@ -1,0 +1,347 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// crash stops a node's adapter machinery the way a killed process would: no
+// ADAPTER_CLOSE, no more heartbeats, no answers.
+func (n *node) crash(t *testing.T) {
+	t.Helper()
+	b := n.b
+	b.mu.Lock()
+	rt := b.rt
+	for _, a := range b.adapters {
+		a.closed.Store(true) // publishes nothing more, ignores what arrives
+	}
+	b.adapters = map[string]*Adapter{}
+	b.rt = nil
+	b.mu.Unlock()
+	rt.stop(waitFor)
+}
+
+func TestServerCountFollowsTheCluster(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatTimeout = 1500 * time.Millisecond
+	opts.RequestsTimeout = 30 * time.Second // a request must not need its timeout to finish
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+
+	// A new server is counted by the others when it announces itself, and counts them
+	// from their answers.
+	c := startNode(t, "C", opts)
+	waitServerCount(t, []*node{a, b, c}, 3)
+
+	// A server that closes cleanly is dropped at once (ADAPTER_CLOSE), long before the
+	// heartbeat timeout would.
+	closedAt := time.Now()
+	c.close()
+	waitServerCount(t, []*node{a, b}, 2)
+	if d := time.Since(closedAt); d >= opts.HeartbeatTimeout {
+		t.Errorf("closed server dropped after %v, not at once", d)
+	}
+
+	// A server that crashes is dropped after the heartbeat timeout, and a request
+	// waiting for it completes with the answers it has instead of timing out.
+	d := startNode(t, "D", opts)
+	waitServerCount(t, []*node{a, b, d}, 3)
+	a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+	d.crash(t)
+	start := time.Now()
+	list, err := fetchSockets(t, a.io)
+	if err != nil {
+		t.Fatalf("FetchSockets with a crashed server: %v", err)
+	}
+	if names := socketNames(t, list); !slices.Equal(names, []string{"ca", "cb"}) {
+		t.Fatalf("FetchSockets: %v", names)
+	}
+	if took := time.Since(start); took >= opts.RequestsTimeout {
+		t.Fatalf("FetchSockets took %v: it waited for the timeout", took)
+	}
+	waitServerCount(t, []*node{a, b}, 2)
+
+	// ServerSideEmitWithAck too.
+	e := startNode(t, "E", opts)
+	waitServerCount(t, []*node{a, b, e}, 3)
+	b.io.On("q", func(args ...any) { args[len(args)-1].(socket.Ack)([]any{"from-b"}, nil) })
+	e.io.On("q", func(args ...any) {}) // never answers, then crashes
+	got := make(chan []any, 1)
+	a.io.ServerSideEmitWithAck("q")(func(args []any, err error) {
+		if err != nil {
+			t.Errorf("ServerSideEmitWithAck: %v", err)
+		}
+		got <- args
+	})
+	e.crash(t)
+	select {
+	case args := <-got:
+		if !slices.Equal(args, []any{"from-b"}) {
+			t.Fatalf("answers %v", args)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("ServerSideEmitWithAck never completed after a server crashed")
+	}
+}
+
+func TestRequestTimeout(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 300 * time.Millisecond
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	b.io.On("slow", func(args ...any) {}) // never answers
+	got := make(chan error, 1)
+	a.io.ServerSideEmitWithAck("slow")(func(args []any, err error) { got <- err })
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrTimeout) {
+			t.Fatalf("got %v, want ErrTimeout", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no timeout")
+	}
+}
+
+// terminate ends a backend the way a DBA or a failover would.
+func terminate(t *testing.T, pool *pgxpool.Pool, pid uint32) {
+	t.Helper()
+	var ok bool
+	if err := pool.QueryRow(context.Background(), "SELECT pg_terminate_backend($1)", int32(pid)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend(%d): %v %v", pid, ok, err)
+	}
+}
+
+func TestListenerReconnects(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 3, opts)
+	a, b := nodes[0], nodes[1]
+	ca := a.connect(t, "/", "ca")
+	for round := range 3 {
+		pid := a.b.listenerPID()
+		terminate(t, b.pool, pid)
+		eventually(t, "A's listener back on a new connection", func() bool {
+			p := a.b.listenerPID()
+			return p != 0 && p != pid
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		if err := a.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		// Cross-server delivery works again, both ways.
+		ev := "after-reconnect-" + string(rune('0'+round))
+		b.io.Emit(ev)
+		ca.expect(t, ev)
+		cb := b.connect(t, "/", "cb-"+string(rune('0'+round)))
+		a.io.Emit(ev + "-back")
+		cb.expect(t, ev+"-back")
+		waitServerCount(t, nodes, 3)
+	}
+	if n := len(a.errs.drain("error")); n < 3 {
+		t.Errorf("%d errors reported for 3 lost listener connections", n)
+	}
+}
+
+func TestLocalDeliveryWithoutDatabase(t *testing.T) {
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Second
+	n := newNode(t, "A", pool, opts)
+	errs := n.errs
+	c := n.connect(t, "/", "c")
+	n.io.Emit("still-works", 1)
+	c.expect(t, "still-works")
+	// The publish failure and the listener failure are reported, not hidden.
+	var publishErr *PublishError
+	deadline := time.Now().Add(waitFor)
+	for publishErr == nil {
+		for _, e := range errs.drain("error") {
+			errors.As(e[0].(error), &publishErr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no PublishError reported")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if publishErr.Messages == 0 {
+		t.Fatalf("PublishError %v", publishErr)
+	}
+	// Requests do not hang: with no other server known, they complete at once.
+	list, err := fetchSockets(t, n.io)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("FetchSockets: %v %v", list, err)
+	}
+}
+
+func TestInvalidOptions(t *testing.T) {
+	pool := newPool(t)
+	defer pool.Close()
+	cases := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"threshold", Options{PayloadThreshold: 9000}, "PayloadThreshold"},
+		{"heartbeat", Options{HeartbeatInterval: time.Second, HeartbeatTimeout: time.Second}, "HeartbeatTimeout"},
+		{"prefix", Options{ChannelPrefix: strings.Repeat("p", 50)}, "ChannelPrefix"},
+		{"table", Options{TableName: "a\x00b"}, "TableName"},
+	}
+	for _, tc := range cases {
+		b := New(pool, &tc.opts)
+		if b.Err() == nil || !strings.Contains(b.Err().Error(), tc.want) {
+			t.Errorf("%s: Err() = %v", tc.name, b.Err())
+		}
+	}
+	if New(nil, nil).Err() == nil {
+		t.Error("nil pool accepted")
+	}
+	if b := New(pool, nil); b.Err() != nil {
+		t.Errorf("zero options: %v", b.Err())
+	}
+
+	// A misconfigured server still works on its own, and says why it is alone.
+	n := newNode(t, "A", newPool(t), Options{PayloadThreshold: -1, Logger: testLogger()})
+	errs := n.errs
+	c := n.connect(t, "/", "c")
+	n.io.Emit("alone")
+	c.expect(t, "alone")
+	if e := errs.next(t, "A", "error"); !strings.Contains(e[0].(error).Error(), "PayloadThreshold") {
+		t.Fatalf("reported %v", e)
+	}
+	if err := n.b.Ready(context.Background()); err == nil {
+		t.Fatal("Ready succeeded with invalid options")
+	}
+}
+
+func TestTableCreatedOnceByManyServers(t *testing.T) {
+	opts := testOptions(t)
+	const count = 6
+	nodes := make([]*node, count)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nodes[i] = startNode(t, string(rune('A'+i)), opts)
+		}()
+	}
+	wg.Wait()
+	// Each publisher creates the table before its first message; an attachment proves
+	// it exists for all of them.
+	cb := nodes[1].connect(t, "/", "cb")
+	nodes[0].io.Emit("big", strings.Repeat("z", 10000))
+	cb.expect(t, "big")
+	for _, n := range nodes {
+		if errs := n.errs.drain("error"); len(errs) > 0 {
+			t.Errorf("%s reported %v", n.name, errs)
+		}
+	}
+}
+
+func TestSkipTableCreation(t *testing.T) {
+	opts := testOptions(t)
+	opts.SkipTableCreation = true
+	nodes := cluster(t, 2, opts)
+	a := nodes[0]
+	a.io.Emit("big", strings.Repeat("z", 10000))
+	e := a.errs.next(t, "A", "error")
+	var pe *PublishError
+	if !errors.As(e[0].(error), &pe) || !strings.Contains(pe.Error(), opts.TableName) {
+		t.Fatalf("reported %v", e)
+	}
+}
+
+func TestCleanupKeepsRecentAttachments(t *testing.T) {
+	opts := testOptions(t)
+	opts.CleanupInterval = 100 * time.Millisecond
+	opts.AttachmentRetention = time.Hour
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("big", strings.Repeat("z", 10000)) // creates the table and a fresh row
+	cb.expect(t, "big")
+	ctx := context.Background()
+	if _, err := a.pool.Exec(ctx, "INSERT INTO "+opts.TableName+" (created_at, payload) VALUES (now() - interval '2 hours', 'old')"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the old row deleted", func() bool {
+		var n int
+		a.pool.QueryRow(ctx, "SELECT count(*) FROM "+opts.TableName+" WHERE payload = 'old'").Scan(&n)
+		return n == 0
+	})
+	if n := countRows(t, a, opts.TableName); n != 1 {
+		t.Fatalf("%d rows left, want the recent one", n)
+	}
+}
+
+func TestCloseReleasesEverything(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	pid := a.b.listenerPID()
+	a.io.Of("/other", nil)
+	a.close()
+	if a.b.listenerPID() != 0 || a.b.rt != nil {
+		t.Fatal("A's machinery still running after io.Close")
+	}
+	eventually(t, "A's LISTEN backend gone", func() bool {
+		var n int
+		b.pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(pid)).Scan(&n)
+		return n == 0
+	})
+	waitServerCount(t, []*node{b}, 1)
+	// The builder can be closed too, and namespaces made afterwards stay local.
+	if err := b.b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b.b.rt != nil {
+		t.Fatal("B's machinery still running after Builder.Close")
+	}
+}
+
+func TestMalformedNotificationsAreReported(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	channel := ChannelName(opts.ChannelPrefix, "/")
+	for _, payload := range []string{
+		`not json`,
+		`{"type":3,"uid":"x","data":{"packet":"oops"}}`,
+		`{"type":99,"uid":"x"}`,
+		`{"uid":"x","type":3,"attachmentId":"999999999"}`,
+		`{"type":8,"uid":"x","data":{"requestId":"nobody","sockets":[]}}`, // a response to no request: ignored
+	} {
+		if _, err := a.pool.Exec(context.Background(), "SELECT pg_notify($1, $2)", channel, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.io.Emit("fine")
+	cb.expect(t, "fine")
+	var malformed, missing int
+	for _, e := range b.errs.drain("error") {
+		err := e[0].(error)
+		switch {
+		case errors.Is(err, ErrMalformed):
+			malformed++
+		case errors.Is(err, ErrAttachmentMissing):
+			missing++
+		}
+	}
+	if malformed != 3 || missing != 1 {
+		t.Fatalf("reported %d malformed and %d missing attachments, want 3 and 1", malformed, missing)
+	}
+}
