@@ -1,0 +1,63 @@
+// Package pgadapter makes many Socket.IO servers act as one cluster through PostgreSQL.
+//
+// Servers built on github.com/zishang520/socket.io/v2 (v2.5.0) use it as their adapter:
+//
+//	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+//	...
+//	io := socket.NewServer(nil, nil)
+//	io.SetAdapter(pgadapter.New(pool, nil)) // nil or zero Options work
+//
+// A broadcast, a room, an acknowledgement, FetchSockets or ServerSideEmit made on one
+// server then reaches the clients and servers of every other server using the same
+// database and channel prefix, including Node.js servers running
+// @socket.io/postgres-adapter 0.5.0 (the wire protocol is Node's).
+//
+// # How it works
+//
+// Each namespace has a NOTIFY channel, "<prefix>#<namespace>". A server publishes each
+// cluster operation there as a JSON notification; messages of 8000 bytes or more, and
+// messages carrying binary, go through an attachments table (MessagePack), and the
+// notification names the row. Each Builder owns one dedicated LISTEN connection shared by
+// all its namespaces, one publisher goroutine that sends every message of the server in
+// order (batching what queues up into one round trip and one commit), and a receive
+// pipeline that reads attachments concurrently and applies messages in arrival order.
+//
+// # Guarantees
+//
+//   - Local delivery never waits for PostgreSQL, and keeps working while it is down.
+//   - Messages from one server are applied by every other server in the order they were
+//     published.
+//   - Delivery between servers is at most once: a message published while PostgreSQL is
+//     unreachable, or while a receiver's LISTEN connection is being re-established, is
+//     lost for that receiver. Every such loss the adapter can see (publish failures,
+//     full queues, unreadable attachments, malformed notifications) is reported through
+//     Options.ErrorHandler and the logger, never silently.
+//   - The LISTEN connection is re-established with jittered exponential backoff, every
+//     channel is LISTENed again and the server announces itself again, so that the
+//     others count it again.
+//   - Requests to other servers (FetchSockets, ServerSideEmitWithAck, broadcasts with
+//     acknowledgements) wait only for the servers known when they were made, stop waiting
+//     for a server that leaves or times out, and always complete: with every answer, or
+//     with the answers so far and ErrTimeout.
+//
+// # Shutdown
+//
+// io.Close closes every namespace adapter: each publishes ADAPTER_CLOSE (the others drop
+// it at once) and UNLISTENs; with the last one, the Builder's goroutines stop and the
+// LISTEN connection is closed. Builder.Close does the same without closing the server.
+//
+// # Known defects of the socket.io v2.5.0 stack, and what the adapter does
+//
+//   - engine.io v2.5.0 loses every packet after the first of a batch written to a
+//     WebSocket when the first carries a pre-encoded frame, which the in-memory adapter
+//     attaches to every broadcast. The adapter delivers broadcasts locally without it.
+//   - socket.io's BroadcastOperator completes a broadcast with acknowledgements when as
+//     many responses as clients have arrived; a client acknowledging with no argument or
+//     several would stall or end it early. The adapter makes each client contribute
+//     exactly one response (its first argument), locally and remotely, as Node does.
+//   - The same operator reads its expected server count without synchronisation from the
+//     goroutine that delivers remote answers: a data race inside socket.io that the race
+//     detector reports for any cluster adapter. It is benign on common hardware.
+//   - socket.io v2.5.0 never calls Adapter.Init: the adapter announces itself when its
+//     channel is LISTENed instead.
+package pgadapter
