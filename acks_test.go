@@ -17,6 +17,8 @@ import (
 	"github.com/zishang520/socket.io/v2/socket"
 )
 
+func roomOf(s string) socket.Room { return socket.Room(s) }
+
 // emitWithAck runs a broadcast with acks and returns what its callback got.
 func emitWithAck(t *testing.T, op *socket.BroadcastOperator, ev string, args ...any) ([]any, error) {
 	t.Helper()

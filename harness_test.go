@@ -53,7 +53,12 @@ func testLogger() *slog.Logger {
 
 func newPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), dbURL)
+	return newPoolURL(t, dbURL)
+}
+
+func newPoolURL(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +96,13 @@ func (n *node) sentTo(name string) *recorder {
 // its adapter listens.
 func startNode(t testing.TB, name string, opts Options) *node {
 	t.Helper()
-	n := newNode(t, name, newPool(t), opts)
+	return startNodeOn(t, name, dbURL, opts)
+}
+
+// startNodeOn is startNode on the database at url.
+func startNodeOn(t testing.TB, name, url string, opts Options) *node {
+	t.Helper()
+	n := newNode(t, name, newPoolURL(t, url), opts)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := n.b.Ready(ctx); err != nil {
@@ -304,21 +315,53 @@ type tclient struct {
 // connection is tried again.
 func (n *node) connect(t testing.TB, nsp, name string, rooms ...string) *tclient {
 	t.Helper()
+	return connectTo(t, n, nsp, name, rooms...)
+}
+
+// peer is a Socket.IO server the tests connect clients to: a Go node, or a Node.js
+// server (node_peer_test.go).
+type peer interface {
+	label() string
+	baseURL() string
+	// sentTo is the record of what the server wrote to the client called name.
+	sentTo(name string) *recorder
+	// forget drops the record of name, after a failed connection attempt.
+	forget(name string)
+	// socketIDs returns the ids of the server's sockets for the client called name.
+	socketIDs(t testing.TB, nsp, name string) []string
+}
+
+func (n *node) label() string   { return n.name }
+func (n *node) baseURL() string { return n.http.URL }
+func (n *node) forget(name string) {
+	n.mu.Lock()
+	delete(n.sent, name)
+	n.mu.Unlock()
+}
+func (n *node) socketIDs(_ testing.TB, nsp, name string) []string {
+	var ids []string
+	for _, s := range n.socketsNamed(nsp, name) {
+		ids = append(ids, string(s.Id()))
+	}
+	return ids
+}
+
+// connectTo is node.connect for any peer.
+func connectTo(t testing.TB, p peer, nsp, name string, rooms ...string) *tclient {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		c, ok := n.tryConnect(t, nsp, name, rooms)
+		c, ok := tryConnect(t, p, nsp, name, rooms)
 		if ok {
 			return c
 		}
-		t.Logf("%s: attempt %d to connect to %s%s failed (client saw %v); retrying", name, attempt, n.name, nsp, c.rec.names())
+		t.Logf("%s: attempt %d to connect to %s%s failed (client saw %v); retrying", name, attempt, p.label(), nsp, c.rec.names())
 		if attempt == 3 {
-			t.Fatalf("%s: not connected to %s%s after %d attempts", name, n.name, nsp, attempt)
+			t.Fatalf("%s: not connected to %s%s after %d attempts", name, p.label(), nsp, attempt)
 		}
 		c.s.Disconnect()
 		c.s.Close()
-		eventually(t, "server drops "+name+"'s half-open socket", func() bool { return len(n.socketsNamed(nsp, name)) == 0 })
-		n.mu.Lock()
-		delete(n.sent, name)
-		n.mu.Unlock()
+		eventually(t, "server drops "+name+"'s half-open socket", func() bool { return len(p.socketIDs(t, nsp, name)) == 0 })
+		p.forget(name)
 	}
 }
 
@@ -334,7 +377,7 @@ func (n *node) socketsNamed(nsp, name string) []*socket.Socket {
 	return found
 }
 
-func (n *node) tryConnect(t testing.TB, nsp, name string, rooms []string) (*tclient, bool) {
+func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclient, bool) {
 	opts := client.DefaultOptions()
 	opts.SetTransports(types.NewSet(eiotransports.WebSocket))
 	opts.SetForceNew(true)
@@ -347,8 +390,8 @@ func (n *node) tryConnect(t testing.TB, nsp, name string, rooms []string) (*tcli
 		r[i] = room
 	}
 	opts.SetAuth(map[string]any{"name": name, "rooms": r})
-	c := &tclient{name: name, rec: newRecorder(), sent: n.sentTo(name)}
-	manager := client.NewManager(n.http.URL, opts)
+	c := &tclient{name: name, rec: newRecorder(), sent: p.sentTo(name)}
+	manager := client.NewManager(p.baseURL(), opts)
 	c.s = manager.Socket(nsp, opts)
 	c.s.On("connect", func(...any) { c.rec.add("connect") })
 	c.s.On("disconnect", func(args ...any) { c.rec.add("disconnect", args...) })
@@ -392,7 +435,7 @@ func (n *node) tryConnect(t testing.TB, nsp, name string, rooms []string) (*tcli
 	case <-time.After(3 * time.Second):
 		return c, false
 	}
-	if list := n.socketsNamed(nsp, name); len(list) != 1 || string(list[0].Id()) != c.s.Id() || !c.s.Connected() {
+	if ids := p.socketIDs(t, nsp, name); len(ids) != 1 || ids[0] != c.s.Id() || !c.s.Connected() {
 		return c, false
 	}
 	c.rec.next(t, name, "connect")
