@@ -9,31 +9,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-// statements holds the SQL the adapter runs, built once with the table name quoted.
-type statements struct {
-	table        string // quoted identifier
-	insertNotify string // $1 payload, $2 channel, $3 header prefix, $4 header suffix
-	fetch        string // $1 id
-	cleanup      string // $1 age in seconds
-	create       string
-}
+// statements is the protocol's SQL for one attachments table.
+type statements = wire.Statements
 
-func newStatements(table string) statements {
-	t := pgx.Identifier{table}.Sanitize()
-	return statements{
-		table: t,
-		// One round trip: the row and the notification naming it, in the same implicit
-		// transaction, so a receiver can never see the header before the row.
-		insertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id) " +
-			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
-		fetch:   "SELECT payload FROM " + t + " WHERE id = $1",
-		cleanup: "DELETE FROM " + t + " WHERE created_at < now() - make_interval(secs => $1)",
-		// Node's README DDL, so that Node servers can share the table.
-		create: "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
-	}
-}
+func newStatements(table string) statements { return wire.NewStatements(table) }
 
 // ensureTable creates the attachments table if it is missing. Servers starting together
 // would race in CREATE TABLE IF NOT EXISTS (it can fail with a unique violation on the
@@ -42,23 +25,23 @@ func newStatements(table string) statements {
 // roles without CREATE rights work when the table was made for them.
 func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 	var exists bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", st.table).Scan(&exists); err != nil {
-		return fmt.Errorf("pgadapter: look up attachments table %s: %w", st.table, err)
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", st.Table).Scan(&exists); err != nil {
+		return fmt.Errorf("pgadapter: look up attachments table %s: %w", st.Table, err)
 	}
 	if exists {
 		return nil
 	}
 	h := fnv.New64a()
-	h.Write([]byte("pgadapter table " + st.table))
+	h.Write([]byte("pgadapter table " + st.Table))
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(h.Sum64())); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, st.create)
+		_, err := tx.Exec(ctx, st.Create)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("pgadapter: create attachments table %s (set Options.SkipTableCreation if it is created for you): %w", st.table, err)
+		return fmt.Errorf("pgadapter: create attachments table %s (set Options.SkipTableCreation if it is created for you): %w", st.Table, err)
 	}
 	return nil
 }
@@ -66,7 +49,7 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 // fetchAttachment reads the MessagePack body of an attachment row.
 func fetchAttachment(ctx context.Context, pool *pgxpool.Pool, st statements, id int64) ([]byte, error) {
 	var body []byte
-	err := pool.QueryRow(ctx, st.fetch, id).Scan(&body)
+	err := pool.QueryRow(ctx, st.Fetch, id).Scan(&body)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("attachment %d: %w", id, ErrAttachmentMissing)
 	}
@@ -78,7 +61,7 @@ func fetchAttachment(ctx context.Context, pool *pgxpool.Pool, st statements, id 
 
 // cleanupAttachments deletes rows older than the retention.
 func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration) (int64, error) {
-	tag, err := pool.Exec(ctx, st.cleanup, retention.Seconds())
+	tag, err := pool.Exec(ctx, st.Cleanup, retention.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("pgadapter: delete old attachments: %w", err)
 	}

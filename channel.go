@@ -2,47 +2,30 @@ package pgadapter
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // channelHashBytes is the length of the hash that ends a shortened channel name.
-const channelHashBytes = 16
+const channelHashBytes = wire.ChannelHashBytes
 
 // ChannelName returns the NOTIFY channel of a namespace: "<prefix>#<namespace>", as
 // @socket.io/postgres-adapter names it. PostgreSQL truncates channel names to 63 bytes
 // (LISTEN) or refuses them (pg_notify), so a longer name, or one PostgreSQL cannot hold
 // (a NUL byte, invalid UTF-8), becomes its first 46 bytes, "#", and 16 hex digits of the
-// SHA-256 of the full name: deterministic, so every pgadapter server derives the same
-// channel. Node servers cannot use such namespaces at all.
-func ChannelName(prefix, nsp string) string {
-	full := prefix + "#" + nsp
-	if len(full) <= maxChannelBytes && utf8.ValidString(full) && !strings.ContainsRune(full, 0) {
-		return full
-	}
-	sum := sha256.Sum256([]byte(full))
-	keep := strings.ToValidUTF8(strings.ReplaceAll(full, "\x00", ""), "")
-	n := maxChannelBytes - channelHashBytes - 1
-	if len(keep) > n {
-		for n > 0 && !utf8.RuneStart(keep[n]) {
-			n--
-		}
-		keep = keep[:n]
-	}
-	return keep + "#" + hex.EncodeToString(sum[:])[:channelHashBytes]
-}
+// SHA-256 of the full name: deterministic, so every pgadapter server (and emitter)
+// derives the same channel. Node servers cannot use such namespaces at all.
+func ChannelName(prefix, nsp string) string { return wire.ChannelName(prefix, nsp) }
 
 // listener owns the dedicated LISTEN connection: one goroutine connects, LISTENs to every
 // wanted channel, drains notifications into inbound without ever blocking on their

@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"bytes"
+	"context"
 	"reflect"
 	"slices"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/emitter"
 )
 
 // mixed is a cluster of one Go server (G) and one Node.js server (N) with
@@ -340,5 +343,41 @@ func TestMixedNodeEmitterReachesGoClients(t *testing.T) {
 	}
 	if m.clients["g2"].sent.count("from-emitter") != 0 {
 		t.Fatal("a room-targeted emitter message reached g2")
+	}
+}
+
+// The Go emitter's messages carry nsp, so Node servers deliver them too.
+func TestMixedGoEmitterReachesNodeClients(t *testing.T) {
+	m := newMixed(t)
+	pool := newPoolURL(t, m.db)
+	defer pool.Close()
+	e, err := emitter.New(pool, nil) // default prefix and table, as the Node servers
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.To("r1").Emit(ctx, "from-go-emitter", 1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Emit(ctx, "bin-from-go-emitter", []byte{3, 2, 1}, strings.Repeat("b", 9000)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"g1", "n1"} {
+		if args := m.clients[name].expect(t, "from-go-emitter"); !reflect.DeepEqual(args, []any{1.0, "x"}) {
+			t.Fatalf("%s got %v", name, args)
+		}
+	}
+	for _, name := range m.all() {
+		args := normalizeBinary(m.clients[name].expect(t, "bin-from-go-emitter")).([]any)
+		if !bytes.Equal(args[0].([]byte), []byte{3, 2, 1}) || len(args[1].(string)) != 9000 {
+			t.Fatalf("%s got %d args", name, len(args))
+		}
+	}
+	if err := e.ServerSideEmit(ctx, "from-emitter-sse", 7); err != nil {
+		t.Fatal(err)
+	}
+	m.n.call(t, map[string]any{"op": "listen", "event": "late"}) // a round trip, then check
+	if errs := m.n.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("Node reported %v", errs)
 	}
 }

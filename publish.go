@@ -200,9 +200,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	for i := range batch {
 		m := &batch[i]
 		if m.enc.Attachment != nil {
-			b.Queue(p.st.insertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
+			b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
 		} else {
-			b.Queue("SELECT pg_notify($1, $2)", m.channel, m.enc.JSON)
+			b.Queue(p.st.Notify, m.channel, m.enc.JSON)
 		}
 	}
 	var err error

@@ -1,0 +1,252 @@
+// Package emitter publishes into a pgadapter (or @socket.io/postgres-adapter) cluster from
+// any Go process: a worker, a cron job, an HTTP handler of another service. It needs no
+// Socket.IO server, only a database connection:
+//
+//	e, err := emitter.New(pool, nil)
+//	...
+//	err = e.To("room1").Emit(ctx, "hello", "world")
+//
+// Every server of the cluster delivers the message to its matching clients. The emitter
+// speaks the adapter's wire protocol through the same codec: large and binary payloads go
+// through the attachments table, and messages carry the namespace (so Node.js servers
+// accept them, unlike those of Node's own emitter) and the uid "emitter".
+//
+// An Emitter is an immutable value: To, In, Except, Volatile, Compress and Of return a new
+// one, so a shared Emitter is safe for concurrent use.
+//
+// # Transactions
+//
+// Given a pgx.Tx, a message is published when the transaction commits, and never if it
+// rolls back: PostgreSQL holds NOTIFY until commit, and the attachment row is part of the
+// transaction too. Use it to announce a change exactly when it becomes visible.
+package emitter
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// DB is what the emitter needs from a database handle: *pgxpool.Pool, *pgx.Conn and
+// pgx.Tx all satisfy it.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Options configures an Emitter. The zero value works; the defaults are the adapter's.
+type Options struct {
+	// ChannelPrefix must match the servers' Options.ChannelPrefix. Default "socket.io".
+	ChannelPrefix string
+	// TableName must match the servers' attachments table. Default
+	// "socket_io_attachments". The emitter does not create it: the servers do.
+	TableName string
+	// PayloadThreshold is the JSON size in bytes from which a message goes through the
+	// attachments table. Default and maximum 8000.
+	PayloadThreshold int
+}
+
+// Errors returned by the emitter.
+var (
+	// ErrReservedEvent is returned for event names socket.io reserves.
+	ErrReservedEvent = errors.New("emitter: reserved event name")
+	// ErrAckNotSupported is returned when an acknowledgement callback is passed: an
+	// emitter is not a server and cannot receive answers.
+	ErrAckNotSupported = errors.New("emitter: acknowledgements are not supported")
+)
+
+// Emitter publishes to the cluster. Create it with New.
+type Emitter struct {
+	db        DB
+	prefix    string
+	threshold int
+	st        wire.Statements
+	nsp       string
+	rooms     []string
+	except    []string
+	flags     wire.Flags
+}
+
+// New returns an Emitter for the root namespace "/". It fails only for invalid options.
+func New(db DB, opts *Options) (*Emitter, error) {
+	if db == nil {
+		return nil, errors.New("emitter: nil DB")
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.ChannelPrefix = cmp.Or(o.ChannelPrefix, "socket.io")
+	o.TableName = cmp.Or(o.TableName, "socket_io_attachments")
+	o.PayloadThreshold = cmp.Or(o.PayloadThreshold, wire.MaxNotifyPayload+1)
+	switch {
+	case strings.ContainsRune(o.ChannelPrefix, 0) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
+		return nil, fmt.Errorf("emitter: invalid ChannelPrefix %q", o.ChannelPrefix)
+	case strings.ContainsRune(o.TableName, 0) || len(o.TableName) > wire.MaxChannelBytes:
+		return nil, fmt.Errorf("emitter: invalid TableName %q", o.TableName)
+	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
+		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
+	}
+	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, st: wire.NewStatements(o.TableName), nsp: "/"}, nil
+}
+
+func (e *Emitter) clone() *Emitter {
+	c := *e
+	c.rooms = append([]string(nil), e.rooms...)
+	c.except = append([]string(nil), e.except...)
+	return &c
+}
+
+// Of returns an Emitter for namespace nsp ("/" is prepended if missing), keeping the
+// rooms, exclusions and flags already set.
+func (e *Emitter) Of(nsp string) *Emitter {
+	c := e.clone()
+	if !strings.HasPrefix(nsp, "/") {
+		nsp = "/" + nsp
+	}
+	c.nsp = nsp
+	return c
+}
+
+// To returns an Emitter that targets the given rooms in addition to those already
+// targeted. With no room targeted, every client of the namespace is.
+func (e *Emitter) To(rooms ...string) *Emitter {
+	c := e.clone()
+	c.rooms = append(c.rooms, rooms...)
+	return c
+}
+
+// In is To.
+func (e *Emitter) In(rooms ...string) *Emitter { return e.To(rooms...) }
+
+// Except returns an Emitter that skips the clients in the given rooms (or with the given
+// socket ids), in addition to those already skipped.
+func (e *Emitter) Except(rooms ...string) *Emitter {
+	c := e.clone()
+	c.except = append(c.except, rooms...)
+	return c
+}
+
+// Volatile returns an Emitter whose events may be dropped for clients that are not ready
+// to receive them.
+func (e *Emitter) Volatile() *Emitter {
+	c := e.clone()
+	yes := true
+	c.flags.Volatile = &yes
+	return c
+}
+
+// Compress returns an Emitter whose events are compressed (or not) on the way to the
+// clients.
+func (e *Emitter) Compress(compress bool) *Emitter {
+	c := e.clone()
+	c.flags.Compress = &compress
+	return c
+}
+
+// reservedEvents are the event names socket.io refuses to emit to clients.
+var reservedEvents = map[string]bool{"connect": true, "connect_error": true, "disconnect": true,
+	"disconnecting": true, "newListener": true, "removeListener": true}
+
+// reservedServerEvents are the event names socket.io refuses for server-side emits.
+var reservedServerEvents = map[string]bool{"connect": true, "connection": true, "new_namespace": true}
+
+// Emit broadcasts an event to the selected clients of every server. Arguments are
+// anything socket.io can send: JSON values, structs, []byte and io.Reader for binary.
+func (e *Emitter) Emit(ctx context.Context, event string, args ...any) error {
+	if reservedEvents[event] {
+		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
+	}
+	data, err := e.args(event, args)
+	if err != nil {
+		return err
+	}
+	return e.publish(ctx, wire.Broadcast, &wire.BroadcastData{
+		Packet: wire.Packet{Type: wire.EventPacketType, Data: data, Nsp: e.nsp},
+		Opts:   e.opts(),
+	})
+}
+
+// SocketsJoin makes the selected sockets of every server join rooms.
+func (e *Emitter) SocketsJoin(ctx context.Context, rooms ...string) error {
+	return e.publish(ctx, wire.SocketsJoin, &wire.RoomsData{Opts: e.opts(), Rooms: rooms})
+}
+
+// SocketsLeave makes the selected sockets of every server leave rooms.
+func (e *Emitter) SocketsLeave(ctx context.Context, rooms ...string) error {
+	return e.publish(ctx, wire.SocketsLeave, &wire.RoomsData{Opts: e.opts(), Rooms: rooms})
+}
+
+// DisconnectSockets disconnects the selected sockets of every server; close also closes
+// their underlying connections.
+func (e *Emitter) DisconnectSockets(ctx context.Context, close bool) error {
+	return e.publish(ctx, wire.DisconnectSockets, &wire.DisconnectData{Opts: e.opts(), Close: close})
+}
+
+// ServerSideEmit sends an event to every server of the namespace (their
+// io.On(event, ...) handlers). Acknowledgements are not supported.
+func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any) error {
+	if reservedServerEvents[event] {
+		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
+	}
+	data, err := e.args(event, args)
+	if err != nil {
+		return err
+	}
+	return e.publish(ctx, wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data})
+}
+
+// args checks and normalizes an event's arguments, refusing acknowledgement callbacks.
+func (e *Emitter) args(event string, args []any) ([]any, error) {
+	if event == "" {
+		return nil, errors.New("emitter: empty event name")
+	}
+	for i, a := range args {
+		if isFunc(a) {
+			return nil, fmt.Errorf("%w (argument %d of %q is a function)", ErrAckNotSupported, i, event)
+		}
+	}
+	data, _, err := wire.NormalizeArgs(args)
+	if err != nil {
+		return nil, fmt.Errorf("emitter: %q: %w", event, err)
+	}
+	return append([]any{event}, data...), nil
+}
+
+func isFunc(v any) bool {
+	return v != nil && reflect.TypeOf(v).Kind() == reflect.Func
+}
+
+func (e *Emitter) opts() wire.Opts {
+	return wire.Opts{Rooms: e.rooms, Except: e.except, Flags: e.flags}
+}
+
+// publish encodes and sends one message in one statement.
+func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
+	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
+	enc, err := wire.Encode(m, e.threshold)
+	if err != nil {
+		return fmt.Errorf("emitter: %w", err)
+	}
+	channel := wire.ChannelName(e.prefix, e.nsp)
+	if enc.Attachment == nil {
+		_, err = e.db.Exec(ctx, e.st.Notify, channel, enc.JSON)
+	} else {
+		_, err = e.db.Exec(ctx, e.st.InsertNotify, enc.Attachment, channel,
+			wire.AttachmentHeaderPrefix(wire.EmitterUID, typ), wire.AttachmentHeaderSuffix)
+	}
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+			return fmt.Errorf("emitter: %s on %s: attachments table %s does not exist (the servers create it at start): %w", typ, channel, e.st.Table, err)
+		}
+		return fmt.Errorf("emitter: %s on %s: %w", typ, channel, err)
+	}
+	return nil
+}

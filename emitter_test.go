@@ -1,0 +1,286 @@
+package pgadapter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/emitter"
+)
+
+// emitterWorld is two servers and an emitter on the test's channel prefix and table:
+//
+//	A: a1 (r1), a2 (r2), ca (/chat, r1)
+//	B: b1 (r1), b2, cb (/chat)
+type emitterWorld struct {
+	nodes   []*node
+	e       *emitter.Emitter
+	clients map[string]*tclient
+}
+
+func newEmitterWorld(t *testing.T) *emitterWorld {
+	t.Helper()
+	opts := testOptions(t)
+	w := &emitterWorld{nodes: cluster(t, 2, opts), clients: map[string]*tclient{}}
+	a, b := w.nodes[0], w.nodes[1]
+	for _, n := range w.nodes {
+		n.io.Of("/chat", nil)
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		if err := n.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	w.clients["a1"] = a.connect(t, "/", "a1", "r1")
+	w.clients["a2"] = a.connect(t, "/", "a2", "r2")
+	w.clients["b1"] = b.connect(t, "/", "b1", "r1")
+	w.clients["b2"] = b.connect(t, "/", "b2")
+	w.clients["ca"] = a.connect(t, "/chat", "ca", "r1")
+	w.clients["cb"] = b.connect(t, "/chat", "cb")
+	var err error
+	w.e, err = emitter.New(a.pool, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func (w *emitterWorld) root() []string { return []string{"a1", "a2", "b1", "b2"} }
+
+// fence publishes "end" through the emitter to every client of "/" and "/chat": the
+// emitter's messages are published one after the other, so everything before it has
+// been applied when it arrives.
+func (w *emitterWorld) fence(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if err := w.e.Emit(ctx, "end"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.e.Of("/chat").Emit(ctx, "end"); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range w.clients {
+		c.sent.next(t, name+"'s server", "end")
+	}
+}
+
+func (w *emitterWorld) check(t *testing.T, ev string, names ...string) {
+	t.Helper()
+	for name, c := range w.clients {
+		want := 0
+		if slices.Contains(names, name) {
+			want = 1
+			if ev != "volatile" {
+				c.expect(t, ev)
+			}
+		}
+		if got := c.sent.count(ev); got != want {
+			t.Errorf("%q written to %s %d times, want %d", ev, name, got, want)
+		}
+	}
+}
+
+func TestEmitterReachesSelectedClients(t *testing.T) {
+	w := newEmitterWorld(t)
+	ctx := context.Background()
+	e := w.e
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(e.Emit(ctx, "all", 1, "x", map[string]any{"k": true}))
+	must(e.To("r1").Emit(ctx, "r1"))
+	must(e.In("r1", "r2").Emit(ctx, "r1r2"))
+	must(e.Except("r1").Emit(ctx, "not-r1"))
+	must(e.To("r1").Except(string(w.clients["b1"].s.Id())).Emit(ctx, "r1-not-b1"))
+	must(e.Volatile().Emit(ctx, "volatile"))
+	must(e.Compress(false).Emit(ctx, "uncompressed"))
+	must(e.To("r1").Of("chat").Emit(ctx, "chat-r1")) // Of keeps the rooms
+	must(e.Of("/chat").Emit(ctx, "chat-all"))
+	w.fence(t)
+	w.check(t, "all", w.root()...)
+	w.check(t, "r1", "a1", "b1")
+	w.check(t, "r1r2", "a1", "a2", "b1")
+	w.check(t, "not-r1", "a2", "b2")
+	w.check(t, "r1-not-b1", "a1")
+	w.check(t, "volatile", w.root()...)
+	w.check(t, "uncompressed", w.root()...)
+	w.check(t, "chat-r1", "ca")
+	w.check(t, "chat-all", "ca", "cb")
+	if args := w.clients["b1"].sent.drain("all"); !reflect.DeepEqual(args, [][]any{{1.0, "x", map[string]any{"k": true}}}) {
+		t.Fatalf("b1 was sent all%v", args)
+	}
+
+	// Large and binary payloads, through the attachments table.
+	big := strings.Repeat("e", 20000)
+	must(e.Emit(ctx, "big", big))
+	must(e.To("r2").Emit(ctx, "bin", []byte{1, 2, 3}, map[string]any{"n": []byte{4}}, bytes.NewReader([]byte{5})))
+	for _, name := range w.root() {
+		if args := w.clients[name].expect(t, "big"); len(args) != 1 || args[0] != big {
+			t.Fatalf("%s: big payload differs", name)
+		}
+	}
+	args := normalizeBinary(w.clients["a2"].expect(t, "bin")).([]any)
+	if !reflect.DeepEqual(args, []any{[]byte{1, 2, 3}, map[string]any{"n": []byte{4}}, []byte{5}}) {
+		t.Fatalf("binary: %#v", args)
+	}
+
+	// Room operations.
+	must(e.In("r1").SocketsJoin(ctx, "joined"))
+	must(e.To("joined").Emit(ctx, "to-joined"))
+	must(e.In("r1").SocketsLeave(ctx, "r1"))
+	must(e.To("r1").Emit(ctx, "r1-after-leave"))
+	w.fence(t)
+	w.check(t, "to-joined", "a1", "b1")
+	w.check(t, "r1-after-leave")
+
+	// Server-side events reach every server.
+	recs := []*recorder{newRecorder(), newRecorder()}
+	for i, n := range w.nodes {
+		n.io.On("job-done", func(args ...any) { recs[i].add("job-done", args...) })
+	}
+	must(e.ServerSideEmit(ctx, "job-done", 42.0, "ok"))
+	for i, n := range w.nodes {
+		if args := recs[i].next(t, n.name, "job-done"); !reflect.DeepEqual(args, []any{42.0, "ok"}) {
+			t.Fatalf("%s got %v", n.name, args)
+		}
+	}
+
+	must(e.In("r2").DisconnectSockets(ctx, true))
+	w.clients["a2"].expect(t, "disconnect")
+}
+
+func TestEmitterTransactions(t *testing.T) {
+	w := newEmitterWorld(t)
+	ctx := context.Background()
+	pool := w.nodes[0].pool
+	opts := &emitter.Options{ChannelPrefix: w.nodes[0].b.opts.ChannelPrefix, TableName: w.nodes[0].b.opts.TableName}
+
+	inTx := func(commit bool, ev string, args ...any) {
+		t.Helper()
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := emitter.New(tx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Emit(ctx, ev, args...); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Emit(ctx, ev+"-big", strings.Repeat("t", 9000)); err != nil { // an attachment row too
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inTx(false, "rolled-back")
+	inTx(true, "committed", 1)
+	w.fence(t)
+	w.check(t, "committed", w.root()...)
+	w.check(t, "committed-big", w.root()...)
+	w.check(t, "rolled-back")
+	w.check(t, "rolled-back-big")
+
+	// A single connection works too.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var db emitter.DB = conn.Conn()
+	e, err := emitter.New(db, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Emit(ctx, "from-conn"); err != nil {
+		t.Fatal(err)
+	}
+	w.clients["b2"].expect(t, "from-conn")
+	var _ emitter.DB = pgx.Tx(nil)
+}
+
+func TestEmitterConcurrentUse(t *testing.T) {
+	w := newEmitterWorld(t)
+	ctx := context.Background()
+	shared := w.e.To("r1")
+	const goroutines, each = 16, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines*each)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Deriving from a shared emitter must not affect the others.
+			mine := shared.Except(fmt.Sprint("nobody-", g))
+			for i := range each {
+				errs <- mine.Emit(ctx, "burst", g, i)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.fence(t)
+	for _, name := range []string{"a1", "b1"} {
+		if n := w.clients[name].sent.count("burst"); n != goroutines*each {
+			t.Fatalf("%s: %d of %d messages", name, n, goroutines*each)
+		}
+	}
+	if n := w.clients["a2"].sent.count("burst"); n != 0 {
+		t.Fatalf("a2 got %d messages meant for r1", n)
+	}
+}
+
+func TestEmitterRefusals(t *testing.T) {
+	pool := newPool(t)
+	defer pool.Close()
+	e, err := emitter.New(pool, &emitter.Options{ChannelPrefix: "refusals", TableName: "no_such_table_here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.Emit(ctx, "disconnect"); !errors.Is(err, emitter.ErrReservedEvent) {
+		t.Errorf("reserved event: %v", err)
+	}
+	if err := e.ServerSideEmit(ctx, "connection"); !errors.Is(err, emitter.ErrReservedEvent) {
+		t.Errorf("reserved server event: %v", err)
+	}
+	if err := e.Emit(ctx, "ask", "q", socket.Ack(func([]any, error) {})); !errors.Is(err, emitter.ErrAckNotSupported) {
+		t.Errorf("ack: %v", err)
+	}
+	if err := e.ServerSideEmit(ctx, "ask", func(...any) {}); !errors.Is(err, emitter.ErrAckNotSupported) {
+		t.Errorf("server-side ack: %v", err)
+	}
+	if err := e.Emit(ctx, "bin", []byte{1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("missing table: %v", err)
+	}
+	if _, err := emitter.New(pool, &emitter.Options{PayloadThreshold: 9000}); err == nil {
+		t.Error("threshold above 8000 accepted")
+	}
+	if _, err := emitter.New(nil, nil); err == nil {
+		t.Error("nil DB accepted")
+	}
+}

@@ -1,0 +1,69 @@
+package wire
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MaxChannelBytes is PostgreSQL's limit on channel names (NAMEDATALEN - 1).
+const MaxChannelBytes = 63
+
+// ChannelHashBytes is the length of the hash that ends a shortened channel name.
+const ChannelHashBytes = 16
+
+// ChannelName returns the NOTIFY channel of a namespace: "<prefix>#<namespace>", as
+// @socket.io/postgres-adapter names it. A name longer than 63 bytes, or one PostgreSQL
+// cannot hold (a NUL byte, invalid UTF-8), becomes its first 46 bytes (cut at a
+// character boundary), "#", and 16 hex digits of the SHA-256 of the full name.
+func ChannelName(prefix, nsp string) string {
+	full := prefix + "#" + nsp
+	if len(full) <= MaxChannelBytes && utf8.ValidString(full) && !strings.ContainsRune(full, 0) {
+		return full
+	}
+	sum := sha256.Sum256([]byte(full))
+	keep := strings.ToValidUTF8(strings.ReplaceAll(full, "\x00", ""), "")
+	n := MaxChannelBytes - ChannelHashBytes - 1
+	if len(keep) > n {
+		for n > 0 && !utf8.RuneStart(keep[n]) {
+			n--
+		}
+		keep = keep[:n]
+	}
+	return keep + "#" + hex.EncodeToString(sum[:])[:ChannelHashBytes]
+}
+
+// Statements is the SQL of the protocol, with the attachments table quoted.
+type Statements struct {
+	// Table is the quoted table name.
+	Table string
+	// Notify publishes an inline message: $1 channel, $2 payload.
+	Notify string
+	// InsertNotify stores an attachment and publishes its header in one statement, so
+	// that a receiver never sees the header before the row: $1 MessagePack body,
+	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix.
+	InsertNotify string
+	// Fetch reads an attachment: $1 id.
+	Fetch string
+	// Cleanup deletes attachments older than $1 seconds.
+	Cleanup string
+	// Create creates the table with Node's DDL, so that Node servers can share it.
+	Create string
+}
+
+// NewStatements builds the statements for the attachments table named table.
+func NewStatements(table string) Statements {
+	t := pgx.Identifier{table}.Sanitize()
+	return Statements{
+		Table:  t,
+		Notify: "SELECT pg_notify($1, $2)",
+		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id) " +
+			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
+		Fetch:   "SELECT payload FROM " + t + " WHERE id = $1",
+		Cleanup: "DELETE FROM " + t + " WHERE created_at < now() - make_interval(secs => $1)",
+		Create:  "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
+	}
+}
