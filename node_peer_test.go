@@ -3,16 +3,13 @@ package pgadapter
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/testenv"
 )
 
 // The mixed-cluster tests run Node.js servers with @socket.io/postgres-adapter next to Go
@@ -31,57 +29,16 @@ import (
 // into a failure; .ci/run sets it, so that CI cannot pass without running them.
 const requireNodeEnv = "PGADAPTER_REQUIRE_NODE"
 
-var (
-	nodeSetupOnce sync.Once
-	nodeSetupErr  error
-	nodeMissing   bool
-)
-
 const nodeDir = "testdata/node"
 
 // requireNode skips the test when Node.js is not installed (fails when requireNodeEnv is
 // set), and installs the Node server's packages.
 func requireNode(t *testing.T) {
 	t.Helper()
-	nodeSetupOnce.Do(func() {
-		for _, tool := range []string{"node", "npm"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				nodeMissing = true
-				nodeSetupErr = fmt.Errorf("%s not found on PATH", tool)
-				return
-			}
-		}
-		nodeSetupErr = npmInstall()
-	})
-	if nodeMissing {
-		if os.Getenv(requireNodeEnv) != "" {
-			t.Fatalf("mixed-cluster test needs Node.js: %v (%s is set)", nodeSetupErr, requireNodeEnv)
-		}
-		t.Skipf("skipping mixed-cluster test: %v; install Node.js 20+ and npm to run it", nodeSetupErr)
+	testenv.Require(t, requireNodeEnv, testenv.Tools("node", "npm"))
+	if err := testenv.NpmCI(nodeDir); err != nil {
+		t.Fatalf("installing the Node server's packages: %v", err)
 	}
-	if nodeSetupErr != nil {
-		t.Fatalf("installing the Node server's packages: %v", nodeSetupErr)
-	}
-}
-
-func npmInstall() error {
-	lock, err := os.ReadFile(filepath.Join(nodeDir, "package-lock.json"))
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(lock)
-	stamp := filepath.Join(nodeDir, "node_modules", ".pgadapter-stamp")
-	if got, err := os.ReadFile(stamp); err == nil && string(got) == hex.EncodeToString(sum[:]) {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	cmd.Dir = nodeDir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("npm ci: %w: %s", err, out)
-	}
-	return os.WriteFile(stamp, []byte(hex.EncodeToString(sum[:])), 0o644)
 }
 
 // mixedDatabase creates a database of its own for a mixed-cluster test: Node servers use
