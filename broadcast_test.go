@@ -473,6 +473,7 @@ func TestNamespaces(t *testing.T) {
 		"/" + strings.Repeat("long-namespace-", 6), // its channel would exceed 63 bytes
 		`/it's"; DROP TABLE x; --\`,
 		"/ünïcødé-名前",
+		"/" + strings.Repeat("k", 1024), // 1 KB
 	}
 	for _, name := range names {
 		a.io.Of(name, nil)

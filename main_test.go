@@ -16,6 +16,10 @@ import (
 var dbURL string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		runChild()
+		return
+	}
 	url, stop, temporary, err := pgtest.Database(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -103,7 +103,7 @@ func run() error {
 	select {
 	case msg := <-received:
 		fmt.Println("bob, connected to server B, received:", msg)
-	case <-ctx.Done():
+	case <-time.After(15 * time.Second):
 		return errors.New("the message never reached server B")
 	}
 
@@ -148,6 +148,11 @@ func startServer(ctx context.Context, name, url string) (*server, error) {
 		auth, _ := c.Handshake().Auth.(map[string]any)
 		c.SetData(map[string]any{"user": auth["user"], "server": name})
 		c.Join("lobby")
+		c.On("ping", func(args ...any) {
+			if ack, ok := args[len(args)-1].(socket.Ack); ok {
+				ack([]any{"pong"}, nil)
+			}
+		})
 		c.On("say", func(args ...any) {
 			s.io.To("lobby").Emit("chat", auth["user"], args[0])
 		})
@@ -182,10 +187,12 @@ func (s *server) close() {
 	s.pool.Close()
 }
 
-// connect opens a client to s as user and waits until it is connected, retrying once if
-// the Go client's start-up race leaves it unconnected.
+// connect opens a client to s as user and waits until it is connected and has made a
+// round trip. socket.io-client-go v1.1.0 can lose the server's CONNECT reply, or send
+// CONNECT twice (the server then closes the connection): such a client is closed and
+// the connection tried again.
 func connect(s *server, user string, setup func(*client.Socket)) (*client.Socket, error) {
-	for attempt := 0; attempt < 3; attempt++ {
+	for attempt := 0; attempt < 5; attempt++ {
 		opts := client.DefaultOptions()
 		opts.SetTransports(types.NewSet(eiotransports.WebSocket))
 		opts.SetForceNew(true)
@@ -201,10 +208,24 @@ func connect(s *server, user string, setup func(*client.Socket)) (*client.Socket
 		c.Connect()
 		select {
 		case <-connected:
-			return c, nil
 		case <-time.After(3 * time.Second):
 			c.Close()
+			continue
 		}
+		pong := make(chan struct{}, 1)
+		c.Timeout(3*time.Second).EmitWithAck("ping")(func(_ []any, err error) {
+			if err == nil {
+				pong <- struct{}{}
+			}
+		})
+		select {
+		case <-pong:
+			if c.Connected() {
+				return c, nil
+			}
+		case <-time.After(3 * time.Second):
+		}
+		c.Close()
 	}
 	return nil, fmt.Errorf("%s could not connect to server %s", user, s.name)
 }

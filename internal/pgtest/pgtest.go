@@ -179,9 +179,16 @@ func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 // Restart stops the server (fast shutdown, which ends every connection) and starts it
 // again on the same port with the same data.
 func (s *Server) Restart(ctx context.Context) error {
-	s.signal(syscall.SIGINT)
-	return s.start(ctx)
+	s.Down()
+	return s.Up(ctx)
 }
+
+// Down stops the server (fast shutdown, which ends every connection) and keeps its data;
+// Up starts it again on the same port.
+func (s *Server) Down() { s.signal(syscall.SIGINT) }
+
+// Up starts a server stopped by Down, and waits until it accepts connections.
+func (s *Server) Up(ctx context.Context) error { return s.start(ctx) }
 
 func (s *Server) signal(sig syscall.Signal) {
 	s.mu.Lock()

@@ -139,6 +139,9 @@ func DecodeAttachment(body []byte) (*Message, error) {
 	if len(body) == 0 {
 		return nil, errEmpty
 	}
+	if err := validateMsgpack(body); err != nil {
+		return nil, fmt.Errorf("wire: attachment is not valid MessagePack: %w", err)
+	}
 	dec := msgpack.NewDecoder(bytes.NewReader(body))
 	v, err := dec.DecodeInterface()
 	if err != nil {

@@ -275,7 +275,12 @@ func TestDecodeErrors(t *testing.T) {
 	if n, err := DecodeNotification(`{"type":3,"uid":"a","attachmentId":12}`); err != nil || n.AttachmentID != 12 {
 		t.Fatalf("numeric attachment id: %v %+v", err, n)
 	}
-	for _, body := range [][]byte{nil, {0xc1}, {0x93, 1, 2, 3}, {0x81, 0x01, 0x02}} {
+	deep := bytes.Repeat([]byte{0x91}, 10000)
+	deep = append(deep, 0xc0)
+	for _, body := range [][]byte{nil, {0xc1}, {0x93, 1, 2, 3}, {0x81, 0x01, 0x02},
+		// Declared sizes far beyond the input: rejected before any allocation (these hung
+		// the decoder, found by FuzzDecodeAttachment).
+		{0xdf, 0xff, 0xff, 0xff, 0xff}, {0xc6, 0x7f, 0xff, 0xff, 0xff}, {0xdd, 0x7f, 0xff, 0xff, 0xff}, deep} {
 		if _, err := DecodeAttachment(body); err == nil {
 			t.Errorf("no error for attachment %x", body)
 		}

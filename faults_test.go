@@ -1,0 +1,310 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
+)
+
+// The fault suite injects each fault for real and reports what it measured with t.Logf
+// ("fault: ..."); the README's Reliability section quotes a run. Bounds asserted here
+// are loose on purpose (these machines are noisy): they catch a recovery that does not
+// happen, not a slow one.
+
+// flow publishes from n until stop is closed, bounded in count.
+func flow(n *node, stop <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	for i := 0; i < 100000; i++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+		n.io.Emit("flow", i)
+	}
+}
+
+func TestFaultListenerKilledRepeatedly(t *testing.T) {
+	nodes := cluster(t, 3, testOptions(t))
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go flow(a, stop, &wg)
+	defer func() { close(stop); wg.Wait() }()
+
+	const kills = 5
+	var worst time.Duration
+	for i := range kills {
+		pid := b.b.listenerPID()
+		killed := time.Now()
+		terminate(t, a.pool, pid)
+		eventually(t, "B's listener back", func() bool {
+			p := b.b.listenerPID()
+			return p != 0 && p != pid
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		if err := b.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		took := time.Since(killed)
+		worst = max(worst, took)
+		t.Logf("fault: LISTEN backend killed (%d/%d): listening again after %v", i+1, kills, took.Round(time.Millisecond))
+		// The flow reaches B again.
+		cb.sent.drain("flow")
+		cb.sent.next(t, "cb's server", "flow")
+	}
+	if worst > 5*time.Second {
+		t.Errorf("slowest recovery %v, bound 5s", worst)
+	}
+	waitServerCount(t, nodes, 3)
+	if c := b.b.rt.lis.connects.Load(); c != kills+1 {
+		t.Errorf("%d LISTEN connections opened for %d kills", c, kills)
+	}
+	t.Logf("fault: worst listener recovery %v over %d kills", worst.Round(time.Millisecond), kills)
+}
+
+func TestFaultPostgresRestart(t *testing.T) {
+	srv, err := pgtest.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	opts := testOptions(t)
+	opts.PublishQueueSize = 200
+	opts.RequestsTimeout = time.Second
+	a := startNodeOn(t, "A", srv.URL(), opts)
+	b := startNodeOn(t, "B", srv.URL(), opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	ca := a.connect(t, "/", "ca")
+	cb := b.connect(t, "/", "cb")
+	pidA, pidB := a.b.listenerPID(), b.b.listenerPID()
+
+	srv.Down()
+	down := time.Now()
+	// Local delivery goes on.
+	a.io.Emit("local-during-outage")
+	ca.expect(t, "local-during-outage")
+	// Publishing fails, is reported, and the queue stays bounded.
+	for i := range 2000 {
+		a.io.Emit("lost", i)
+	}
+	var queueFull, publishFailed bool
+	eventually(t, "publish failures reported", func() bool {
+		for _, e := range a.errs.drain("error") {
+			err := e[0].(error)
+			var pe *PublishError
+			queueFull = queueFull || errors.Is(err, ErrQueueFull)
+			publishFailed = publishFailed || errors.As(err, &pe)
+		}
+		return queueFull && publishFailed
+	})
+	if q := len(a.b.rt.pub.queue); q > opts.PublishQueueSize {
+		t.Fatalf("publish queue holds %d messages, bound %d", q, opts.PublishQueueSize)
+	}
+	t.Logf("fault: PostgreSQL down %v: local delivery went on, %d queue-full drops reported", time.Since(down).Round(time.Millisecond), a.b.queueFull.Load())
+
+	if err := srv.Up(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	// Cross-server delivery resumes: probe until B's client gets one.
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; cb.sent.count("probe") == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("cross-server delivery did not resume within 30s of PostgreSQL's restart")
+		}
+		a.io.Emit("probe", i)
+		time.Sleep(50 * time.Millisecond)
+	}
+	resumed := time.Since(up)
+	eventually(t, "both listeners reconnected", func() bool {
+		return a.b.listenerPID() != 0 && a.b.listenerPID() != pidA && b.b.listenerPID() != 0 && b.b.listenerPID() != pidB
+	})
+	waitServerCount(t, []*node{a, b}, 2)
+	b.io.Emit("back")
+	ca.expect(t, "back")
+	t.Logf("fault: PostgreSQL restarted: cross-server delivery resumed %v after it accepted connections again", resumed.Round(time.Millisecond))
+	if resumed > 10*time.Second {
+		t.Errorf("delivery resumed after %v, bound 10s", resumed)
+	}
+}
+
+func TestFaultSilentConnection(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Second
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	a := startNode(t, "A", opts)
+	b := startNodeOn(t, "B", u.String(), opts) // everything of B goes through the proxy
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	pid := b.b.listenerPID()
+
+	stalled := time.Now()
+	if n := p.stall(); n == 0 {
+		t.Fatal("no connection to stall")
+	}
+	eventually(t, "B's silent LISTEN connection replaced", func() bool {
+		p := b.b.listenerPID()
+		return p != 0 && p != pid
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	detected := time.Since(stalled)
+	a.io.Emit("after-stall")
+	cb.expect(t, "after-stall")
+	t.Logf("fault: LISTEN connection silenced: detected and replaced after %v (heartbeat interval %v)", detected.Round(time.Millisecond), opts.HeartbeatInterval)
+	if bound := 2*opts.HeartbeatInterval + 3*time.Second; detected > bound {
+		t.Errorf("detected after %v, bound %v", detected, bound)
+	}
+	// Cut the stalled connections now: closing them through a silent proxy would make
+	// the pool wait out its own close timeout.
+	p.close()
+}
+
+func TestFaultSlowNode(t *testing.T) {
+	opts := testOptions(t)
+	opts.ReceiveQueueSize = 100
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	release := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	b.io.On("block", func(...any) {
+		blocked <- struct{}{}
+		select {
+		case <-release:
+		case <-time.After(waitFor):
+		}
+	})
+	a.io.ServerSideEmit("block")
+	<-blocked
+	const flood = 3000
+	for i := range flood {
+		a.io.Emit("flood", i)
+	}
+	// B's handler blocks, yet its LISTEN socket is drained: PostgreSQL's queue stays empty
+	// and the drops are counted and reported.
+	eventually(t, "B drops what it has no room for", func() bool { return b.b.drops.Load() > 0 })
+	var usage float64
+	if err := a.pool.QueryRow(context.Background(), "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {
+		t.Fatal(err)
+	}
+	if usage > 0.01 {
+		t.Errorf("PostgreSQL's notification queue is %.1f%% full", usage*100)
+	}
+	var reported bool
+	for _, e := range b.errs.drain("error") {
+		reported = reported || errors.Is(e[0].(error), ErrReceiveQueueFull)
+	}
+	if !reported {
+		t.Error("drops not reported")
+	}
+	close(release)
+	a.io.Emit("after")
+	cb.sent.next(t, "cb's server", "after")
+	written := cb.sent.count("flood")
+	dropped := int(b.b.drops.Load())
+	t.Logf("fault: slow node: %d of %d messages applied, %d dropped and reported, notification queue %.2f%%", written, flood, dropped, usage*100)
+	if written == 0 || written+dropped < flood {
+		t.Errorf("%d applied + %d dropped < %d sent: some loss was silent", written, dropped, flood)
+	}
+}
+
+func TestFaultServerKilled(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatTimeout = 1500 * time.Millisecond
+	opts.RequestsTimeout = 30 * time.Second
+	a := startNode(t, "A", opts)
+	child := startChild(t, dbURL, opts)
+	waitServerCount(t, []*node{a}, 2)
+	got := make(chan []any, 1)
+	a.io.ServerSideEmitWithAck("who")(func(args []any, err error) { got <- args })
+	if args := <-got; !slices.Equal(args, []any{"child"}) {
+		t.Fatalf("child answered %v", args)
+	}
+
+	child.Process.Signal(syscall.SIGKILL)
+	child.Wait()
+	killed := time.Now()
+	// A request made now waits for the dead server, until it is dropped.
+	errc := make(chan error, 1)
+	a.io.ServerSideEmitWithAck("who")(func(args []any, err error) { got <- args; errc <- err })
+	select {
+	case args := <-got:
+		if err := <-errc; err != nil || len(args) != 0 {
+			t.Fatalf("after SIGKILL: %v %v", args, err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("request never completed after SIGKILL")
+	}
+	took := time.Since(killed)
+	waitServerCount(t, []*node{a}, 1)
+	t.Logf("fault: server SIGKILLed: dropped and its pending request completed after %v (heartbeat timeout %v)", took.Round(time.Millisecond), opts.HeartbeatTimeout)
+	if took >= opts.RequestsTimeout {
+		t.Errorf("the request waited for its timeout")
+	}
+}
+
+func TestFaultCleanupRacesSlowReader(t *testing.T) {
+	opts := testOptions(t)
+	opts.CleanupInterval = 100 * time.Millisecond
+	opts.AttachmentRetention = 3 * time.Second
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	big := strings.Repeat("c", 9000)
+	round := func(name string, hold time.Duration) (written, missing int) {
+		release := make(chan struct{})
+		b.io.On("hold-"+name, func(...any) { <-release })
+		a.io.ServerSideEmit("hold-" + name)
+		const n = 400
+		for i := range n {
+			a.io.Emit(name, i, big)
+		}
+		time.Sleep(hold) // the fault itself: a reader that lags for this long
+		close(release)
+		a.io.Emit("end-" + name)
+		cb.sent.next(t, "cb's server", "end-"+name)
+		for _, e := range b.errs.drain("error") {
+			if errors.Is(e[0].(error), ErrAttachmentMissing) {
+				missing++
+			}
+		}
+		return cb.sent.count(name), missing
+	}
+	written, missing := round("within", 500*time.Millisecond)
+	t.Logf("fault: reader lagging 0.5s (retention %v): %d/400 attachments read, %d missing", opts.AttachmentRetention, written, missing)
+	if written != 400 || missing != 0 {
+		t.Errorf("within the retention window: %d read, %d missing", written, missing)
+	}
+	written, missing = round("beyond", opts.AttachmentRetention+time.Second)
+	t.Logf("fault: reader lagging %v (retention %v): %d/400 read, %d missing and reported", opts.AttachmentRetention+time.Second, opts.AttachmentRetention, written, missing)
+	if written+missing != 400 {
+		t.Errorf("beyond the window: %d read + %d reported missing != 400: a loss was silent", written, missing)
+	}
+}
+
+var _ = fmt.Sprint
+var _ socket.Room

@@ -1,0 +1,103 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestHostileNotifications sends garbage on a server's channel, as any role that can
+// connect to the database could: each is reported through the error handler, nothing
+// panics or hangs, and real traffic goes on.
+func TestHostileNotifications(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("big", strings.Repeat("x", 9000)) // the table exists from here on
+	cb.expect(t, "big")
+	ctx := context.Background()
+	channel := ChannelName(opts.ChannelPrefix, "/")
+	var garbageID int64
+	if err := a.pool.QueryRow(ctx, "INSERT INTO "+opts.TableName+" (payload) VALUES ('\\xc1c1c1'::bytea) RETURNING id").Scan(&garbageID); err != nil {
+		t.Fatal(err)
+	}
+	malformed := []string{
+		``,
+		`not json`,
+		`{"type":`,
+		`[1,2,3]`,
+		`"a string"`,
+		`{"type":"3","uid":"x"}`,
+		`{"type":3,"uid":42}`,
+		`{"type":3,"uid":"x","data":{"packet":"oops"}}`,
+		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[]},"opts":{}}}`,
+		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[7]},"opts":{}}}`,
+		`{"type":4,"uid":"x","data":{"opts":{"rooms":[1]},"rooms":[]}}`,
+		`{"type":6,"uid":"x","data":{"opts":{},"close":"yes"}}`,
+		`{"type":11,"uid":"x","data":{"requestId":"r","clientCount":-5}}`,
+		`{"type":99,"uid":"x"}`,
+		`{"type":3,"uid":"x","nsp":"/other","data":{"packet":{"type":2,"data":["e"]},"opts":{}}}`,
+		`{"uid":"x","type":3,"attachmentId":"-1"}`,
+		`{"uid":"x","type":3,"attachmentId":"abc"}`,
+		`{"uid":"x","type":3,"attachmentId":"99999999999999999999999"}`,
+		`{"uid":"x","type":3,"attachmentId":{"$gt":0}}`,
+		`{"uid":"x","type":3,"attachmentId":"` + itoa(garbageID) + `"}`, // a row that holds garbage
+	}
+	missing := []string{
+		`{"uid":"x","type":3,"attachmentId":"999999999"}`, // a row that is gone
+	}
+	ignored := []string{
+		// Responses to requests this server never made: every server sees every
+		// response on the channel, so they are normal and dropped without a report.
+		`{"type":8,"uid":"x","nsp":"/","data":{"requestId":"nobody","sockets":[]}}`,
+		`{"type":12,"uid":"x","nsp":"/","data":{"requestId":"nobody","packet":1}}`,
+	}
+	for _, list := range [][]string{malformed, missing, ignored} {
+		for _, payload := range list {
+			if _, err := a.pool.Exec(ctx, "SELECT pg_notify($1, $2)", channel, payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A flood: 2000 garbage notifications in one transaction.
+	if _, err := a.pool.Exec(ctx, "SELECT pg_notify($1, 'garbage ' || g) FROM generate_series(1, 2000) g", channel); err != nil {
+		t.Fatal(err)
+	}
+	a.io.Emit("still-fine")
+	cb.expect(t, "still-fine")
+	cb.sent.next(t, "cb's server", "still-fine")
+	var gotMalformed, gotMissing, other int
+	for _, e := range b.errs.drain("error") {
+		err := e[0].(error)
+		var me *MessageError
+		switch {
+		case !errors.As(err, &me):
+			other++
+		case errors.Is(err, ErrMalformed):
+			gotMalformed++
+		case errors.Is(err, ErrAttachmentMissing):
+			gotMissing++
+		default:
+			other++
+		}
+	}
+	if want := len(malformed) + 2000; gotMalformed != want || gotMissing != len(missing) || other != 0 {
+		t.Fatalf("reported %d malformed (want %d), %d missing (want %d), %d other", gotMalformed, want, gotMissing, len(missing), other)
+	}
+	// A forged message that decodes is applied like any other: LISTEN/NOTIFY has no
+	// authentication, which is why the database should be dedicated (see the README).
+}
+
+func itoa(n int64) string {
+	var b []byte
+	for n > 0 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+		n /= 10
+	}
+	if len(b) == 0 {
+		return "0"
+	}
+	return string(b)
+}

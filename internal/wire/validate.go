@@ -1,0 +1,118 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// maxDepth bounds the nesting of containers in an attachment.
+const maxDepth = 512
+
+var errTruncated = errors.New("truncated")
+
+// validateMsgpack checks that b holds exactly one MessagePack value whose declared lengths
+// fit in b, before a decoder allocates for them: without it, a five-byte body declaring a
+// map of four billion entries makes the decoder allocate for hours. Every element takes at
+// least one byte, so a container of n elements needs n more bytes.
+func validateMsgpack(b []byte) error {
+	pending := []int{1} // elements still expected, per open container
+	i := 0
+	for len(pending) > 0 {
+		if pending[len(pending)-1] == 0 {
+			pending = pending[:len(pending)-1]
+			continue
+		}
+		pending[len(pending)-1]--
+		if i >= len(b) {
+			return fmt.Errorf("msgpack: %w at byte %d", errTruncated, i)
+		}
+		c := b[i]
+		i++
+		var skip, elems int // bytes of payload to skip; elements of a container
+		var err error
+		switch {
+		case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		case c >= 0x80 && c <= 0x8f:
+			elems = 2 * int(c&0x0f)
+		case c >= 0x90 && c <= 0x9f:
+			elems = int(c & 0x0f)
+		case c >= 0xa0 && c <= 0xbf:
+			skip = int(c & 0x1f)
+		case c == 0xc4 || c == 0xd9:
+			skip, i, err = length(b, i, 1)
+		case c == 0xc5 || c == 0xda:
+			skip, i, err = length(b, i, 2)
+		case c == 0xc6 || c == 0xdb:
+			skip, i, err = length(b, i, 4)
+		case c == 0xc7:
+			skip, i, err = length(b, i, 1)
+			skip++ // type byte
+		case c == 0xc8:
+			skip, i, err = length(b, i, 2)
+			skip++
+		case c == 0xc9:
+			skip, i, err = length(b, i, 4)
+			skip++
+		case c == 0xca || c == 0xce || c == 0xd2:
+			skip = 4
+		case c == 0xcb || c == 0xcf || c == 0xd3:
+			skip = 8
+		case c == 0xcc || c == 0xd0:
+			skip = 1
+		case c == 0xcd || c == 0xd1:
+			skip = 2
+		case c >= 0xd4 && c <= 0xd8:
+			skip = 1 + 1<<(c-0xd4)
+		case c == 0xdc:
+			elems, i, err = length(b, i, 2)
+		case c == 0xdd:
+			elems, i, err = length(b, i, 4)
+		case c == 0xde:
+			elems, i, err = length(b, i, 2)
+			elems *= 2
+		case c == 0xdf:
+			elems, i, err = length(b, i, 4)
+			elems *= 2
+		default: // 0xc1 is never used
+			return fmt.Errorf("msgpack: invalid code 0x%02x at byte %d", c, i-1)
+		}
+		if err != nil {
+			return err
+		}
+		if skip > len(b)-i {
+			return fmt.Errorf("msgpack: value at byte %d declares %d bytes, %d remain", i, skip, len(b)-i)
+		}
+		i += skip
+		if elems > 0 {
+			if elems > len(b)-i {
+				return fmt.Errorf("msgpack: container at byte %d declares %d elements, %d bytes remain", i, elems, len(b)-i)
+			}
+			if len(pending) >= maxDepth {
+				return fmt.Errorf("msgpack: nested deeper than %d", maxDepth)
+			}
+			pending = append(pending, elems)
+		}
+	}
+	if i != len(b) {
+		return fmt.Errorf("msgpack: %d bytes of trailing data", len(b)-i)
+	}
+	return nil
+}
+
+// length reads a big-endian length of size bytes at b[i:].
+func length(b []byte, i, size int) (int, int, error) {
+	if len(b)-i < size {
+		return 0, i, fmt.Errorf("msgpack: %w length at byte %d", errTruncated, i)
+	}
+	var n uint64
+	switch size {
+	case 1:
+		n = uint64(b[i])
+	case 2:
+		n = uint64(binary.BigEndian.Uint16(b[i:]))
+	case 4:
+		n = uint64(binary.BigEndian.Uint32(b[i:]))
+	}
+	return int(n), i + size, nil
+}
