@@ -213,7 +213,7 @@ func connect(s *server, user string, setup func(*client.Socket)) (*client.Socket
 			continue
 		}
 		pong := make(chan struct{}, 1)
-		c.Timeout(3*time.Second).EmitWithAck("ping")(func(_ []any, err error) {
+		c.Timeout(3 * time.Second).EmitWithAck("ping")(func(_ []any, err error) {
 			if err == nil {
 				pong <- struct{}{}
 			}
