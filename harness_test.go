@@ -355,7 +355,7 @@ func connectTo(t testing.TB, p peer, nsp, name string, rooms ...string) *tclient
 			return c
 		}
 		t.Logf("%s: attempt %d to connect to %s%s failed (client saw %v); retrying", name, attempt, p.label(), nsp, c.rec.names())
-		if attempt == 3 {
+		if attempt == 5 {
 			t.Fatalf("%s: not connected to %s%s after %d attempts", name, p.label(), nsp, attempt)
 		}
 		c.s.Disconnect()
@@ -414,7 +414,7 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 		c.rec.add(ev, rest...)
 	})
 	c.s.Connect()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(4 * time.Second)
 	for c.rec.count("connect") == 0 {
 		if time.Now().After(deadline) {
 			return c, false
@@ -432,7 +432,7 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	})
 	select {
 	case <-pong:
-	case <-time.After(3 * time.Second):
+	case <-time.After(4 * time.Second):
 		return c, false
 	}
 	if ids := p.socketIDs(t, nsp, name); len(ids) != 1 || ids[0] != c.s.Id() || !c.s.Connected() {
