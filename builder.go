@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // Builder makes the cluster adapter of every namespace of a Socket.IO server. Give it to
@@ -33,6 +35,10 @@ type Builder struct {
 	adapters map[string]*Adapter // by channel
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
+
+	// applied, when set (by benchmarks, before the first adapter), sees every message
+	// applied from another server, on the delivery goroutine.
+	applied func(*wire.Message)
 
 	reported      atomic.Bool // configuration error reported once
 	drops         atomic.Int64

@@ -111,6 +111,23 @@ func startNodeOn(t testing.TB, name, url string, opts Options) *node {
 	return n
 }
 
+// newServerFor starts a server with an adapter Builder made by the caller, and waits
+// until it listens.
+func newServerFor(t testing.TB, b *Builder, pool *pgxpool.Pool) *node {
+	t.Helper()
+	n := &node{t: t, name: "custom", errs: newRecorder(), sent: map[string]*recorder{}, pool: pool, b: b}
+	n.io = socket.NewServer(nil, nil)
+	n.io.SetAdapter(b)
+	n.http = newHTTPServer(n.io)
+	t.Cleanup(n.close)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // newNode starts a server on pool without waiting for its adapter to be ready.
 func newNode(t testing.TB, name string, pool *pgxpool.Pool, opts Options) *node {
 	t.Helper()

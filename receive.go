@@ -117,6 +117,9 @@ func (rt *runtime) deliver(ctx context.Context) {
 			continue
 		}
 		d.a.onMessage(msg)
+		if h := rt.b.applied; h != nil {
+			h(msg)
+		}
 	}
 }
 

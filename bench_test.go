@@ -1,0 +1,207 @@
+package pgadapter
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// Throughput between servers, against PostgreSQL's own NOTIFY ceiling measured in the
+// same run. Compare msgs/s across the sub-benchmarks as ratios: these machines are noisy.
+//
+//	go test -run=NONE -bench=. -benchtime=20000x .
+
+// listenCount LISTENs on channel and returns a function that waits until n
+// notifications have arrived.
+func listenCount(b *testing.B, channel string) (wait func(n int64), stop func()) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		b.Fatal(err)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := conn.WaitForNotification(ctx); err != nil {
+				return
+			}
+			got.Add(1)
+		}
+	}()
+	wait = func(n int64) {
+		deadline := time.Now().Add(time.Minute)
+		for got.Load() < n {
+			if time.Now().After(deadline) {
+				b.Fatalf("received %d of %d notifications", got.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	stop = func() {
+		cancel()
+		<-done
+		conn.Close(context.Background())
+	}
+	return wait, stop
+}
+
+// BenchmarkPostgresNotify is the baseline: 100-byte notifications committed one per
+// transaction (NOTIFY's commit lock is the limit), and 100 per transaction, from 4
+// connections, received by one listener.
+func BenchmarkPostgresNotify(b *testing.B) {
+	for _, perTx := range []int{1, 100} {
+		b.Run(fmt.Sprintf("per-tx-%d", perTx), func(b *testing.B) {
+			channel := pgtest.Name("bench")
+			wait, stop := listenCount(b, channel)
+			defer stop()
+			pool := newPool(b)
+			defer pool.Close()
+			payload := strings.Repeat("x", 100)
+			var next atomic.Int64
+			total := int64(b.N)
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						first := next.Add(int64(perTx)) - int64(perTx)
+						if first >= total {
+							return
+						}
+						batch := &pgx.Batch{}
+						for i := first; i < min(first+int64(perTx), total); i++ {
+							// unique payloads: PostgreSQL merges equal ones within a transaction
+							batch.Queue("SELECT pg_notify($1, $2)", channel, fmt.Sprint(i, payload))
+						}
+						if err := pool.SendBatch(context.Background(), batch).Close(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			wait(total)
+			b.ReportMetric(float64(total)/time.Since(start).Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkClusterBroadcast measures broadcasts from server A applied by server B (no
+// clients: delivery to sockets is not what is measured), with bounded in-flight, and the
+// latency from Emit on A to application on B.
+func BenchmarkClusterBroadcast(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		payload any
+	}{
+		{"json-100B", strings.Repeat("x", 100)},
+		{"json-20KB", strings.Repeat("x", 20000)},
+		{"binary-1KB", make([]byte, 1024)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			a, probe := benchCluster(b)
+			const window = 4000 // bounded in-flight
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				for int64(i)-probe.applied.Load() > window {
+					time.Sleep(100 * time.Microsecond)
+				}
+				a.io.Emit("bench", float64(time.Now().UnixNano()), c.payload)
+			}
+			probe.wait(b, b.N)
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+			probe.report(b)
+		})
+	}
+}
+
+// BenchmarkClusterLatencyPaced emits 100-byte broadcasts at 1000 per second and reports
+// the latency from Emit on A to application on B.
+func BenchmarkClusterLatencyPaced(b *testing.B) {
+	a, probe := benchCluster(b)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	payload := strings.Repeat("x", 100)
+	b.ResetTimer()
+	for range b.N {
+		<-tick.C
+		a.io.Emit("bench", float64(time.Now().UnixNano()), payload)
+	}
+	probe.wait(b, b.N)
+	b.StopTimer()
+	probe.report(b)
+}
+
+// latencyProbe records what server B applies.
+type latencyProbe struct {
+	applied   atomic.Int64
+	mu        sync.Mutex
+	latencies []time.Duration
+	b         *Builder
+}
+
+// benchCluster starts servers A and B; B's probe records each broadcast A sends with
+// its send time as first argument.
+func benchCluster(b *testing.B) (*node, *latencyProbe) {
+	b.Helper()
+	opts := testOptions(b)
+	a := startNode(b, "A", opts)
+	probe := &latencyProbe{latencies: make([]time.Duration, 0, b.N)}
+	// The hook must be set before B's first adapter: B is made by hand.
+	pool := newPool(b)
+	probe.b = New(pool, &opts)
+	probe.b.applied = func(m *wire.Message) {
+		if d, ok := m.Data.(*wire.BroadcastData); ok && len(d.Packet.Data) > 1 {
+			if sent, ok := d.Packet.Data[1].(float64); ok {
+				probe.mu.Lock()
+				probe.latencies = append(probe.latencies, time.Duration(time.Now().UnixNano()-int64(sent)))
+				probe.mu.Unlock()
+				probe.applied.Add(1)
+			}
+		}
+	}
+	bsrv := newServerFor(b, probe.b, pool)
+	waitServerCount(b, []*node{a, bsrv}, 2)
+	return a, probe
+}
+
+func (p *latencyProbe) wait(b *testing.B, n int) {
+	deadline := time.Now().Add(time.Minute)
+	for p.applied.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			b.Fatalf("applied %d of %d (drops %d)", p.applied.Load(), n, p.b.drops.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (p *latencyProbe) report(b *testing.B) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	slices.Sort(p.latencies)
+	b.ReportMetric(float64(p.latencies[len(p.latencies)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(p.latencies[len(p.latencies)*99/100].Microseconds()), "p99-µs")
+}

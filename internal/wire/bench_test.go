@@ -1,0 +1,64 @@
+package wire
+
+import (
+	"strings"
+	"testing"
+)
+
+func benchMessage(payload any) *Message {
+	return &Message{Type: Broadcast, UID: "0123456789abcdef", Nsp: "/", Data: &BroadcastData{
+		Packet: Packet{Type: EventPacketType, Data: []any{"bench", payload}},
+		Opts:   Opts{Rooms: []string{"room1"}},
+	}}
+}
+
+var sinkEnc Encoded
+
+func BenchmarkEncode(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		payload any
+	}{
+		{"json-100B", strings.Repeat("x", 100)},
+		{"json-20KB", strings.Repeat("x", 20000)},
+		{"binary-1KB", make([]byte, 1024)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			m := benchMessage(c.payload)
+			b.ReportAllocs()
+			for b.Loop() {
+				var err error
+				if sinkEnc, err = Encode(m, 8000); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	js, _ := EncodeJSON(benchMessage(strings.Repeat("x", 100)))
+	b.Run("json-100B", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeNotification(js); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, c := range []struct {
+		name    string
+		payload any
+	}{{"attachment-20KB", strings.Repeat("x", 20000)}, {"attachment-binary-1KB", make([]byte, 1024)}} {
+		body, _ := EncodeMsgpack(benchMessage(c.payload))
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, err := DecodeAttachment(body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
