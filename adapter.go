@@ -1,10 +1,12 @@
 package pgadapter
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,7 @@ type Adapter struct {
 
 	mu       sync.Mutex
 	nodes    map[string]time.Time // other servers of this namespace: uid → last message
+	capable  map[string]bool      // those that advertised CapAllRooms
 	requests map[string]*request
 }
 
@@ -48,12 +51,16 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 		channel:  ChannelName(b.opts.ChannelPrefix, nsp.Name()),
 		uid:      randomID(),
 		nodes:    map[string]time.Time{},
+		capable:  map[string]bool{},
 		requests: map[string]*request{},
 	}
 	a.Prototype(a)
 	a.Construct(nsp)
 	return a
 }
+
+// ourCaps are the capabilities every pgadapter server advertises.
+var ourCaps = []string{wire.CapAllRooms}
 
 // randomID returns 16 hex digits, the shape of Node's uids and request ids.
 func randomID() string {
@@ -263,6 +270,9 @@ func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 
 func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 	m := &wire.Message{Type: typ, UID: a.uid, Nsp: a.name, Data: data}
+	if typ == wire.InitialHeartbeat || typ == wire.Heartbeat {
+		m.Caps = ourCaps // Node servers ignore the extra field
+	}
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
 	if err != nil {
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
@@ -318,6 +328,9 @@ func (a *Adapter) onMessage(m *wire.Message) {
 	if m.UID != wire.EmitterUID {
 		a.mu.Lock()
 		a.nodes[m.UID] = time.Now()
+		if m.Type == wire.InitialHeartbeat || m.Type == wire.Heartbeat {
+			a.capable[m.UID] = slices.Contains(m.Caps, wire.CapAllRooms)
+		}
 		a.mu.Unlock()
 	}
 	switch m.Type {
@@ -368,6 +381,9 @@ func (a *Adapter) onMessage(m *wire.Message) {
 			})
 		})
 		a.Nsp().OnServerSideEmit(append(d.Packet[:len(d.Packet):len(d.Packet)], reply))
+	case wire.AllRooms:
+		d := m.Data.(*wire.AllRoomsData)
+		a.publish(wire.AllRoomsResponse, &wire.AllRoomsResponseData{RequestID: d.RequestID, Rooms: roomStrings(a.Rooms().Keys())}, nil)
 	default:
 		if m.Type.IsResponse() {
 			a.onResponse(m)
@@ -400,6 +416,19 @@ func (a *Adapter) members() map[string]struct{} {
 	return m
 }
 
+// capableMembers returns the uids of the other servers known now that answer AllRooms.
+func (a *Adapter) capableMembers() map[string]struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := map[string]struct{}{}
+	for uid := range a.nodes {
+		if a.capable[uid] {
+			m[uid] = struct{}{}
+		}
+	}
+	return m
+}
+
 func clone(m map[string]struct{}) map[string]struct{} {
 	c := make(map[string]struct{}, len(m))
 	for k := range m {
@@ -421,3 +450,61 @@ func timeoutOf(opts *socket.BroadcastOptions, def time.Duration) time.Duration {
 
 var _ socket.Adapter = (*Adapter)(nil)
 var _ = types.NewSet[string]
+
+// AllRooms returns every room of the namespace across the cluster: this server's, and
+// those of every other pgadapter server (socket ids, which are rooms too, included). Node
+// servers do not answer this request and are not waited for: pgadapter servers
+// advertise the capability in their heartbeats. It returns when every capable server
+// has answered or left, or with the rooms so far and an error when ctx ends or
+// Options.RequestsTimeout passes.
+func (a *Adapter) AllRooms(ctx context.Context) ([]socket.Room, error) {
+	rooms := map[string]struct{}{}
+	for _, r := range a.Rooms().Keys() {
+		rooms[string(r)] = struct{}{}
+	}
+	collect := func() []socket.Room {
+		out := make([]socket.Room, 0, len(rooms))
+		for r := range rooms {
+			out = append(out, socket.Room(r))
+		}
+		slices.Sort(out)
+		return out
+	}
+	if a.closed.Load() {
+		return collect(), ErrClosed
+	}
+	members := a.capableMembers()
+	if len(members) == 0 {
+		return collect(), nil
+	}
+	type result struct {
+		rooms map[string]struct{}
+		err   error
+	}
+	done := make(chan result, 1)
+	id := randomID()
+	a.track(id, &request{kind: wire.AllRooms, waiting: members, rooms: rooms,
+		onRooms: func(r map[string]struct{}, err error) { done <- result{r, err} }}, a.b.opts.RequestsTimeout)
+	a.publish(wire.AllRooms, &wire.AllRoomsData{RequestID: id}, a.abandonOnError(id))
+	select {
+	case r := <-done:
+		rooms = r.rooms
+		return collect(), r.err
+	case <-ctx.Done():
+		a.finish(id, ctx.Err())
+		r := <-done
+		rooms = r.rooms
+		return collect(), r.err
+	}
+}
+
+// AllRooms returns every room of namespace nsp across the cluster (see Adapter.AllRooms).
+// For a namespace whose adapter is not a pgadapter one, it returns the local rooms.
+func AllRooms(ctx context.Context, nsp socket.Namespace) ([]socket.Room, error) {
+	if a, ok := nsp.Adapter().(*Adapter); ok {
+		return a.AllRooms(ctx)
+	}
+	rooms := nsp.Adapter().Rooms().Keys()
+	slices.Sort(rooms)
+	return rooms, nil
+}

@@ -40,6 +40,9 @@ type Builder struct {
 	// applied from another server, on the delivery goroutine.
 	applied func(*wire.Message)
 
+	stats counters
+	owned bool // the pool was made by NewFromURL, and is closed by Close
+
 	reported      atomic.Bool // configuration error reported once
 	drops         atomic.Int64
 	lastDrop      atomic.Int64 // unix nanos of the last drop report
@@ -59,6 +62,26 @@ func New(pool *pgxpool.Pool, opts *Options) *Builder {
 	}
 	b.st = newStatements(b.opts.TableName)
 	return b
+}
+
+// NewFromURL connects a pool to a PostgreSQL URL ("postgres://user:pass@host:port/db?...")
+// and returns a Builder that owns it: Builder.Close closes the pool after the adapters.
+// It fails for an invalid URL or invalid options; it does not wait for the database.
+func NewFromURL(ctx context.Context, url string, opts *Options) (*Builder, error) {
+	if _, err := opts.withDefaults(); err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("pgadapter: %w", err)
+	}
+	b := New(pool, opts)
+	if b.err != nil {
+		pool.Close()
+		return nil, b.err
+	}
+	b.owned = true
+	return b, nil
 }
 
 // Err returns the configuration error that keeps the Builder from clustering, or nil.
@@ -114,7 +137,8 @@ func (b *Builder) Ready(ctx context.Context) error {
 }
 
 // Close closes every namespace adapter made by b, as io.Close does, and waits for the
-// goroutines to stop or ctx to end. Namespaces created afterwards work locally only.
+// goroutines to stop or ctx to end. Namespaces created afterwards work locally only. A
+// Builder made by NewFromURL closes its pool too.
 func (b *Builder) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
@@ -127,6 +151,9 @@ func (b *Builder) Close(ctx context.Context) error {
 	go func() {
 		for _, a := range list {
 			a.Close()
+		}
+		if b.owned && b.pool != nil {
+			b.pool.Close()
 		}
 		close(done)
 	}()
@@ -206,6 +233,20 @@ func (b *Builder) onDrop() {
 	}
 }
 
+// listenerState records and announces a change of the LISTEN connection's state.
+func (b *Builder) listenerState(up bool, pid uint32, err error) {
+	b.stats.listenerUp.Store(up)
+	if up {
+		b.stats.listenerConnects.Add(1)
+		b.opts.Logger.Info("pgadapter: listener up", "pid", pid)
+	} else {
+		b.opts.Logger.Warn("pgadapter: listener down", "error", err)
+	}
+	if h := b.opts.OnListenerState; h != nil {
+		h(up, err)
+	}
+}
+
 // runtime is the machinery of a Builder while at least one adapter is open.
 type runtime struct {
 	b       *Builder
@@ -223,9 +264,13 @@ func (b *Builder) start() *runtime {
 		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
 		ordered: make(chan *delivery, 256),
 	}
-	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report)
-	cfg := b.pool.Config().ConnConfig
+	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
+	cfg := b.opts.ListenConnConfig
+	if cfg == nil {
+		cfg = b.pool.Config().ConnConfig
+	}
 	rt.lis = newListener(cfg, &b.opts, rt.inbound)
+	rt.lis.onState = b.listenerState
 	rt.lis.report = b.report
 	rt.lis.onDrop = b.onDrop
 	rt.lis.onListen = func(channel string) {

@@ -38,6 +38,7 @@ type listener struct {
 	report   func(error)
 	onListen func(channel string) // called after each successful LISTEN
 	onDrop   func()               // called when inbound is full
+	onState  func(up bool, pid uint32, err error)
 
 	mu       sync.Mutex
 	wanted   map[string]struct{}
@@ -47,6 +48,9 @@ type listener struct {
 	changed  chan struct{}      // closed and replaced at each change of synced
 	pid      atomic.Uint32      // backend pid of the LISTEN connection, 0 when down
 	connects atomic.Int64
+	// announced is set once the current connection has been reported up (owned by the
+	// goroutine).
+	announced bool
 }
 
 func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Notification) *listener {
@@ -114,6 +118,9 @@ func (l *listener) run(ctx context.Context) {
 			l.connects.Add(1)
 			var listened bool
 			listened, err = l.serve(ctx, conn)
+			if listened && l.onState != nil && ctx.Err() == nil {
+				l.onState(false, 0, err)
+			}
 			l.pid.Store(0)
 			l.mu.Lock()
 			l.setSyncedLocked(false)
@@ -164,6 +171,7 @@ func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
 // channel was LISTENed at least once, which resets the backoff.
 func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, err error) {
 	applied := map[string]struct{}{}
+	l.announced = false
 	l.pid.Store(conn.PgConn().PID())
 	for {
 		l.mu.Lock()
@@ -254,10 +262,16 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 		added = append(added, ch)
 	}
 	l.mu.Lock()
+	wasUp := l.synced
 	if !l.dirty {
 		l.setSyncedLocked(true)
 	}
+	nowUp := l.synced
 	l.mu.Unlock()
+	if !wasUp && nowUp && l.onState != nil && !l.announced {
+		l.announced = true
+		l.onState(true, conn.PgConn().PID(), nil)
+	}
 	for _, ch := range added {
 		l.onListen(ch)
 	}

@@ -381,3 +381,21 @@ func TestMixedGoEmitterReachesNodeClients(t *testing.T) {
 		t.Fatalf("Node reported %v", errs)
 	}
 }
+
+// Node servers do not answer AllRooms and do not advertise the capability: a Go server
+// must not wait for them.
+func TestMixedAllRoomsDoesNotWaitForNode(t *testing.T) {
+	m := newMixed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	rooms, err := AllRooms(ctx, m.g.io.Sockets())
+	if err != nil {
+		t.Fatalf("AllRooms in a mixed cluster: %v (it waited for the Node server)", err)
+	}
+	if !slices.Contains(rooms, "only-g") || slices.Contains(rooms, "only-n") {
+		t.Fatalf("AllRooms: %v", rooms)
+	}
+	if errs := m.n.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("Node reported %v", errs)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Options configures a Builder. The zero value works: every field has a default, applied
@@ -82,6 +84,19 @@ type Options struct {
 
 	// Logger receives the adapter's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// ListenConnConfig, when set, configures the dedicated LISTEN connection instead of
+	// the pool's configuration. LISTEN does not work through PgBouncer in transaction
+	// pooling mode nor on a read replica: point the pool at PgBouncer and this at the
+	// primary directly. ListenURL is the same as a connection string; ListenConnConfig
+	// wins when both are set.
+	ListenConnConfig *pgx.ConnConfig
+	ListenURL        string
+
+	// OnListenerState, when set, is called when the LISTEN connection comes up (every
+	// channel listened; err nil) or goes down (with the cause). It is called from the
+	// listener's goroutine and must not block.
+	OnListenerState func(up bool, err error)
 }
 
 const (
@@ -115,6 +130,13 @@ func (o *Options) withDefaults() (Options, error) {
 	c.ReceiveQueueSize = cmp.Or(c.ReceiveQueueSize, 10000)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.ListenConnConfig == nil && c.ListenURL != "" {
+		cfg, err := pgx.ParseConfig(c.ListenURL)
+		if err != nil {
+			return c, fmt.Errorf("pgadapter: ListenURL: %w", err)
+		}
+		c.ListenConnConfig = cfg
 	}
 
 	switch {

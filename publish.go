@@ -38,7 +38,7 @@ type publisher struct {
 	st     statements
 	opts   *Options
 	report func(error)
-	onSent func(n int)
+	stats  *counters
 
 	mu     sync.RWMutex // guards closed against sends on queue
 	closed bool
@@ -52,8 +52,8 @@ type publisher struct {
 	seen       map[string]struct{}
 }
 
-func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error)) *publisher {
-	return &publisher{pool: pool, st: st, opts: opts, report: report,
+func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
+	return &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
 		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
 }
 
@@ -126,6 +126,7 @@ func (p *publisher) drain(ctx context.Context) {
 		}
 	}
 	if lost > 0 {
+		p.stats.publishErrors.Add(int64(lost))
 		p.report(&PublishError{Messages: lost, Err: ErrClosed})
 	}
 }
@@ -219,15 +220,21 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for _, m := range batch {
 			types[m.typ]++
 		}
+		p.stats.publishErrors.Add(int64(len(batch)))
 		p.report(&PublishError{Messages: len(batch), Types: types, Err: err})
 	}
-	for _, m := range batch {
+	for i := range batch {
+		m := &batch[i]
+		if err == nil {
+			countType(&p.stats.published, m.typ)
+			p.stats.publishedBytes.Add(int64(len(m.enc.JSON) + len(m.enc.Attachment)))
+			if m.enc.Attachment != nil {
+				p.stats.attachmentsWritten.Add(1)
+			}
+		}
 		if m.done != nil {
 			m.done(err)
 		}
-	}
-	if p.onSent != nil && err == nil {
-		p.onSent(len(batch))
 	}
 }
 

@@ -43,11 +43,16 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		}
 		note, err := wire.DecodeNotification(n.Payload)
 		if err != nil {
+			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
 			continue
 		}
 		if note.UID == a.uid {
 			continue // our own message, echoed by PostgreSQL
+		}
+		rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
+		if !note.HasAttachment {
+			countType(&rt.b.stats.received, note.Type)
 		}
 		d := &delivery{a: a, channel: n.Channel, msg: note.Message}
 		if note.HasAttachment {
@@ -77,13 +82,18 @@ func (rt *runtime) fetch(ctx context.Context, id int64, uid string) fetchResult 
 	if err != nil {
 		return fetchResult{err: err}
 	}
+	rt.b.stats.attachmentsRd.Add(1)
+	rt.b.stats.receivedBytes.Add(int64(len(body)))
 	m, err := wire.DecodeAttachment(body)
 	if err != nil {
+		rt.b.stats.malformed.Add(1)
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: %w", id, ErrMalformed, err)}
 	}
 	if m.UID != uid {
+		rt.b.stats.malformed.Add(1)
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: row is from %q, header from %q", id, ErrMalformed, m.UID, uid)}
 	}
+	countType(&rt.b.stats.received, m.Type)
 	return fetchResult{msg: m}
 }
 
@@ -113,6 +123,7 @@ func (rt *runtime) deliver(ctx context.Context) {
 			msg = r.msg
 		}
 		if msg.Nsp != "" && msg.Nsp != d.a.name {
+			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			continue
 		}

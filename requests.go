@@ -14,7 +14,7 @@ import (
 // or a second answer from the same server, is ignored, and a server that leaves stops
 // being waited for.
 type request struct {
-	kind    wire.Type           // FetchSockets, ServerSideEmit or Broadcast (with acks)
+	kind    wire.Type           // FetchSockets, ServerSideEmit, AllRooms or Broadcast (with acks)
 	waiting map[string]struct{} // servers whose answer (or client count) is still due
 	members map[string]struct{} // Broadcast: servers whose client acks are accepted
 	timer   *time.Timer
@@ -28,6 +28,9 @@ type request struct {
 	onCount func(uint64) // Broadcast
 	onAck   socket.Ack
 	single  bool
+
+	rooms   map[string]struct{} // AllRooms: gathered so far
+	onRooms func(map[string]struct{}, error)
 }
 
 // track registers a request before it is published, and arranges its timeout.
@@ -52,6 +55,8 @@ func (a *Adapter) expire(id string) {
 		r.onFetch(r.sockets, fmt.Errorf("%w: FetchSockets in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
 	case wire.ServerSideEmit:
 		r.onSSE(r.answers, fmt.Errorf("%w: ServerSideEmit in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+	case wire.AllRooms:
+		r.onRooms(r.rooms, fmt.Errorf("%w: AllRooms in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
 	}
 	// A broadcast with acks has its own timer in socket.io's BroadcastOperator; here the
 	// request is only forgotten, so late acks are dropped.
@@ -85,6 +90,8 @@ func (a *Adapter) finish(id string, err error) {
 		r.onFetch(r.sockets, err)
 	case wire.ServerSideEmit:
 		r.onSSE(r.answers, err)
+	case wire.AllRooms:
+		r.onRooms(r.rooms, err)
 	case wire.Broadcast:
 		for range r.waiting {
 			r.onCount(0)
@@ -138,6 +145,19 @@ func (a *Adapter) onResponse(m *wire.Message) {
 				run = func() { r.onAck(ackShape([]any{d.Packet}, r.single), nil) }
 			}
 		}
+	case *wire.AllRoomsResponseData:
+		if r.kind != wire.AllRooms || !due {
+			break
+		}
+		delete(r.waiting, m.UID)
+		for _, room := range d.Rooms {
+			r.rooms[room] = struct{}{}
+		}
+		if len(r.waiting) == 0 {
+			delete(a.requests, id)
+			r.timer.Stop()
+			run = func() { r.onRooms(r.rooms, nil) }
+		}
 	case *wire.ClientCountData:
 		if r.kind != wire.Broadcast || !due {
 			break
@@ -157,6 +177,7 @@ func (a *Adapter) removeNode(uid string) {
 	a.mu.Lock()
 	_, known := a.nodes[uid]
 	delete(a.nodes, uid)
+	delete(a.capable, uid)
 	for id, r := range a.requests {
 		if _, due := r.waiting[uid]; !due {
 			continue
@@ -178,6 +199,12 @@ func (a *Adapter) removeNode(uid string) {
 				delete(a.requests, id)
 				r.timer.Stop()
 				runs = append(runs, func() { r.onSSE(r.answers, nil) })
+			}
+		case wire.AllRooms:
+			if len(r.waiting) == 0 {
+				delete(a.requests, id)
+				r.timer.Stop()
+				runs = append(runs, func() { r.onRooms(r.rooms, nil) })
 			}
 		}
 	}

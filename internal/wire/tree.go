@@ -21,6 +21,9 @@ func (m *Message) tree() map[string]any {
 	if d := dataTree(m.Data); d != nil {
 		t["data"] = d
 	}
+	if len(m.Caps) > 0 {
+		t["caps"] = stringsTree(m.Caps)
+	}
 	return t
 }
 
@@ -62,6 +65,10 @@ func dataTree(data any) map[string]any {
 		return map[string]any{"requestId": d.RequestID, "packet": d.Packet}
 	case *ClientCountData:
 		return map[string]any{"requestId": d.RequestID, "clientCount": d.ClientCount}
+	case *AllRoomsData:
+		return map[string]any{"requestId": d.RequestID}
+	case *AllRoomsResponseData:
+		return map[string]any{"requestId": d.RequestID, "rooms": stringsTree(d.Rooms)}
 	}
 	return nil
 }
@@ -121,6 +128,9 @@ func fromTree(t map[string]any) (*Message, error) {
 	var err error
 	m.Data, err = dataFromTree(m.Type, t["data"])
 	if err != nil {
+		return nil, fmt.Errorf("wire: %s: %w", m.Type, err)
+	}
+	if m.Caps, err = stringsFromTree("caps", t["caps"]); err != nil {
 		return nil, fmt.Errorf("wire: %s: %w", m.Type, err)
 	}
 	return m, nil
@@ -238,6 +248,17 @@ func dataFromTree(typ Type, raw any) (any, error) {
 		}
 		c.ClientCount = uint64(n)
 		return c, nil
+	case AllRooms:
+		r := &AllRoomsData{}
+		r.RequestID, err = requiredString(d, "requestId")
+		return r, err
+	case AllRoomsResponse:
+		r := &AllRoomsResponseData{}
+		if r.RequestID, err = requiredString(d, "requestId"); err != nil {
+			return nil, err
+		}
+		r.Rooms, err = stringsFromTree("rooms", d["rooms"])
+		return r, err
 	}
 	return nil, fmt.Errorf("unknown message type %d", typ)
 }

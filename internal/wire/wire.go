@@ -32,7 +32,16 @@ const (
 	BroadcastClientCount   Type = 11
 	BroadcastAck           Type = 12
 	AdapterClose           Type = 13
+
+	// AllRooms and AllRoomsResponse are pgadapter's own: Node servers ignore unknown
+	// types, and are never asked (see CapAllRooms).
+	AllRooms         Type = 100
+	AllRoomsResponse Type = 101
 )
+
+// CapAllRooms is the capability a server advertises in its heartbeats when it answers
+// AllRooms requests.
+const CapAllRooms = "allRooms"
 
 var typeNames = [...]string{
 	InitialHeartbeat:       "INITIAL_HEARTBEAT",
@@ -52,19 +61,26 @@ var typeNames = [...]string{
 
 // String returns the name socket.io-adapter uses for the type.
 func (t Type) String() string {
-	if t.Valid() {
+	switch {
+	case t >= InitialHeartbeat && t <= AdapterClose:
 		return typeNames[t]
+	case t == AllRooms:
+		return "ALL_ROOMS"
+	case t == AllRoomsResponse:
+		return "ALL_ROOMS_RESPONSE"
 	}
 	return fmt.Sprintf("Type(%d)", int(t))
 }
 
-// Valid reports whether t is one of the 13 known types.
-func (t Type) Valid() bool { return t >= InitialHeartbeat && t <= AdapterClose }
+// Valid reports whether t is a known type.
+func (t Type) Valid() bool {
+	return t >= InitialHeartbeat && t <= AdapterClose || t == AllRooms || t == AllRoomsResponse
+}
 
 // IsResponse reports whether t answers a request (and is routed by request id).
 func (t Type) IsResponse() bool {
 	switch t {
-	case FetchSocketsResponse, ServerSideEmitResponse, BroadcastClientCount, BroadcastAck:
+	case FetchSocketsResponse, ServerSideEmitResponse, BroadcastClientCount, BroadcastAck, AllRoomsResponse:
 		return true
 	}
 	return false
@@ -86,8 +102,22 @@ type Message struct {
 	Nsp string
 	// Data is nil for the types without data (1, 2, 13), otherwise one of *BroadcastData,
 	// *RoomsData, *DisconnectData, *FetchData, *FetchResponseData, *ServerSideEmitData,
-	// *AckData or *ClientCountData, by type.
+	// *AckData, *ClientCountData, *AllRoomsData or *AllRoomsResponseData, by type.
 	Data any
+	// Caps lists the sender's optional capabilities (CapAllRooms), on heartbeats; Node
+	// servers neither send nor read it.
+	Caps []string
+}
+
+// AllRoomsData is the data of ALL_ROOMS.
+type AllRoomsData struct {
+	RequestID string
+}
+
+// AllRoomsResponseData is the data of ALL_ROOMS_RESPONSE.
+type AllRoomsResponseData struct {
+	RequestID string
+	Rooms     []string
 }
 
 // Opts selects sockets: rooms to target (all when empty), rooms to skip, and flags.
@@ -198,6 +228,10 @@ func (m *Message) RequestID() string {
 	case *AckData:
 		return d.RequestID
 	case *ClientCountData:
+		return d.RequestID
+	case *AllRoomsData:
+		return d.RequestID
+	case *AllRoomsResponseData:
 		return d.RequestID
 	}
 	return ""

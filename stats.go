@@ -1,0 +1,76 @@
+package pgadapter
+
+import (
+	"sync/atomic"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// Stats is a snapshot of what a Builder has done since it was made. Counting costs an
+// atomic add per message: cheap enough to leave on.
+type Stats struct {
+	// Published and Received count messages by type name ("BROADCAST", "HEARTBEAT", ...).
+	// Received counts messages from other servers and emitters that were decoded.
+	Published map[string]int64
+	Received  map[string]int64
+	// PublishedBytes and ReceivedBytes count NOTIFY payloads and attachment bodies.
+	PublishedBytes int64
+	ReceivedBytes  int64
+	// AttachmentsWritten and AttachmentsRead count rows of the attachments table.
+	AttachmentsWritten int64
+	AttachmentsRead    int64
+	// PublishErrors counts messages lost because their publication failed.
+	PublishErrors int64
+	// QueueFull counts messages refused because the publish queue was full.
+	QueueFull int64
+	// ReceiveDrops counts notifications dropped because the receive queue was full.
+	ReceiveDrops int64
+	// Malformed counts notifications and attachments that could not be used.
+	Malformed int64
+	// ListenerConnects counts LISTEN connections opened (1 + reconnections).
+	ListenerConnects int64
+	// ListenerUp reports whether the LISTEN connection is up with every channel listened.
+	ListenerUp bool
+	// Nodes gives, per namespace, how many other servers are known.
+	Nodes map[string]int
+}
+
+// counters are the Builder's statistics.
+type counters struct {
+	published, received               [int(wire.AllRoomsResponse) + 1]atomic.Int64
+	publishedBytes, receivedBytes     atomic.Int64
+	attachmentsWritten, attachmentsRd atomic.Int64
+	publishErrors, malformed          atomic.Int64
+	listenerConnects                  atomic.Int64
+	listenerUp                        atomic.Bool
+}
+
+func countType(arr *[int(wire.AllRoomsResponse) + 1]atomic.Int64, t wire.Type) {
+	if int(t) >= 0 && int(t) < len(arr) {
+		arr[t].Add(1)
+	}
+}
+
+// Stats returns a snapshot of the Builder's counters.
+func (b *Builder) Stats() Stats {
+	s := Stats{
+		Published: map[string]int64{}, Received: map[string]int64{}, Nodes: map[string]int{},
+		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
+		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
+		PublishErrors: b.stats.publishErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
+		Malformed: b.stats.malformed.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
+		ListenerUp: b.stats.listenerUp.Load(),
+	}
+	for i := range b.stats.published {
+		if n := b.stats.published[i].Load(); n > 0 {
+			s.Published[wire.Type(i).String()] = n
+		}
+		if n := b.stats.received[i].Load(); n > 0 {
+			s.Received[wire.Type(i).String()] = n
+		}
+	}
+	for _, a := range b.snapshot() {
+		s.Nodes[a.name] = int(a.ServerCount() - 1)
+	}
+	return s
+}
