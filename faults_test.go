@@ -102,15 +102,15 @@ func TestFaultPostgresRestart(t *testing.T) {
 	for i := range 2000 {
 		a.io.Emit("lost", i)
 	}
-	var queueFull, publishFailed bool
+	// Publications fail and are reported. Whether the queue also fills depends on how
+	// fast connection attempts fail; either way it never exceeds its bound.
+	var publishFailed bool
 	eventually(t, "publish failures reported", func() bool {
 		for _, e := range a.errs.drain("error") {
-			err := e[0].(error)
 			var pe *PublishError
-			queueFull = queueFull || errors.Is(err, ErrQueueFull)
-			publishFailed = publishFailed || errors.As(err, &pe)
+			publishFailed = publishFailed || errors.As(e[0].(error), &pe)
 		}
-		return queueFull && publishFailed
+		return publishFailed
 	})
 	if q := len(a.b.rt.pub.queue); q > opts.PublishQueueSize {
 		t.Fatalf("publish queue holds %d messages, bound %d", q, opts.PublishQueueSize)
