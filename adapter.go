@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
 
@@ -449,7 +448,6 @@ func timeoutOf(opts *socket.BroadcastOptions, def time.Duration) time.Duration {
 }
 
 var _ socket.Adapter = (*Adapter)(nil)
-var _ = types.NewSet[string]
 
 // AllRooms returns every room of the namespace across the cluster: this server's, and
 // those of every other pgadapter server (socket ids, which are rooms too, included). Node

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
@@ -351,7 +350,6 @@ func (b *Builder) listenerPID() uint32 {
 }
 
 var _ socket.AdapterConstructor = (*Builder)(nil)
-var _ = pgx.Identifier{}
 
 // reportQueue reports a message that could not be queued, at most once a second for
 // ErrQueueFull, which comes in floods while PostgreSQL is unreachable.

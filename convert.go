@@ -2,7 +2,6 @@ package pgadapter
 
 import (
 	"strings"
-	"time"
 
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
@@ -205,4 +204,3 @@ func (r *remoteSocket) Rooms() *types.Set[socket.Room] { return r.rooms }
 func (r *remoteSocket) Data() any                      { return r.data }
 
 var _ socket.SocketDetails = (*remoteSocket)(nil)
-var _ = time.Second

@@ -3,7 +3,6 @@ package pgadapter
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -11,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
@@ -313,6 +310,3 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		t.Errorf("beyond the window: %d read + %d reported missing != 400: a loss was silent", written, missing)
 	}
 }
-
-var _ = fmt.Sprint
-var _ socket.Room

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,5 +298,3 @@ func (p *nodeProc) connect(t testing.TB, name string, rooms ...string) *tclient 
 	t.Helper()
 	return connectTo(t, p, "/", name, rooms...)
 }
-
-var _ = strings.TrimSpace

@@ -41,25 +41,35 @@ func (a *Adapter) track(id string, r *request, timeout time.Duration) {
 	a.mu.Unlock()
 }
 
-// expire ends a request at its timeout, with what it has.
-func (a *Adapter) expire(id string) {
-	a.mu.Lock()
-	r := a.requests[id]
-	delete(a.requests, id)
-	a.mu.Unlock()
-	if r == nil {
-		return
-	}
+// complete hands a request what it gathered. Broadcasts have nothing to hand: their
+// acks went to socket.io's BroadcastOperator as they came.
+func (r *request) complete(err error) {
 	switch r.kind {
 	case wire.FetchSockets:
-		r.onFetch(r.sockets, fmt.Errorf("%w: FetchSockets in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+		r.onFetch(r.sockets, err)
 	case wire.ServerSideEmit:
-		r.onSSE(r.answers, fmt.Errorf("%w: ServerSideEmit in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+		r.onSSE(r.answers, err)
 	case wire.AllRooms:
-		r.onRooms(r.rooms, fmt.Errorf("%w: AllRooms in %q: %d server(s) did not answer", ErrTimeout, a.name, len(r.waiting)))
+		r.onRooms(r.rooms, err)
 	}
-	// A broadcast with acks has its own timer in socket.io's BroadcastOperator; here the
-	// request is only forgotten, so late acks are dropped.
+}
+
+// take removes request id, if still there.
+func (a *Adapter) take(id string) *request {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.requests[id]
+	delete(a.requests, id)
+	return r
+}
+
+// expire ends a request at its timeout, with what it has. A broadcast with acks has its
+// own timer in socket.io's BroadcastOperator: here it is only forgotten, so late acks
+// are dropped.
+func (a *Adapter) expire(id string) {
+	if r := a.take(id); r != nil {
+		r.complete(fmt.Errorf("%w: %s in %q: %d server(s) did not answer", ErrTimeout, r.kind, a.name, len(r.waiting)))
+	}
 }
 
 // abandonOnError returns a publish callback that ends request id at once if its message
@@ -74,29 +84,21 @@ func (a *Adapter) abandonOnError(id string) func(error) {
 	}
 }
 
-// finish ends a request with err, giving it what it has; broadcasts count every server
-// still due as zero clients.
+// finish ends a request early with err, giving it what it has; a broadcast counts every
+// server still due as zero clients, so that socket.io's operator completes.
 func (a *Adapter) finish(id string, err error) {
-	a.mu.Lock()
-	r := a.requests[id]
-	delete(a.requests, id)
-	a.mu.Unlock()
+	r := a.take(id)
 	if r == nil {
 		return
 	}
 	r.timer.Stop()
-	switch r.kind {
-	case wire.FetchSockets:
-		r.onFetch(r.sockets, err)
-	case wire.ServerSideEmit:
-		r.onSSE(r.answers, err)
-	case wire.AllRooms:
-		r.onRooms(r.rooms, err)
-	case wire.Broadcast:
+	if r.kind == wire.Broadcast {
 		for range r.waiting {
 			r.onCount(0)
 		}
+		return
 	}
+	r.complete(err)
 }
 
 // The acks of a broadcast reach socket.io's BroadcastOperator, which completes when
@@ -104,6 +106,17 @@ func (a *Adapter) finish(id string, err error) {
 // operator reads its expected server count without synchronisation from the goroutine
 // that delivers remote answers (a data race in the library, reported by -race whatever
 // the adapter does); see acks_test.go.
+
+// doneLocked removes a request whose answers are all in, and returns its completion.
+// a.mu is held.
+func (a *Adapter) doneLocked(id string, r *request) func() {
+	if len(r.waiting) > 0 {
+		return nil
+	}
+	delete(a.requests, id)
+	r.timer.Stop()
+	return func() { r.complete(nil) }
+}
 
 // onResponse applies an answer to one of this server's requests.
 func (a *Adapter) onResponse(m *wire.Message) {
@@ -125,21 +138,13 @@ func (a *Adapter) onResponse(m *wire.Message) {
 		for _, info := range d.Sockets {
 			r.sockets = append(r.sockets, newRemoteSocket(info))
 		}
-		if len(r.waiting) == 0 {
-			delete(a.requests, id)
-			r.timer.Stop()
-			run = func() { r.onFetch(r.sockets, nil) }
-		}
+		run = a.doneLocked(id, r)
 	case *wire.AckData:
 		switch {
 		case m.Type == wire.ServerSideEmitResponse && r.kind == wire.ServerSideEmit && due:
 			delete(r.waiting, m.UID)
 			r.answers = append(r.answers, d.Packet)
-			if len(r.waiting) == 0 {
-				delete(a.requests, id)
-				r.timer.Stop()
-				run = func() { r.onSSE(r.answers, nil) }
-			}
+			run = a.doneLocked(id, r)
 		case m.Type == wire.BroadcastAck && r.kind == wire.Broadcast:
 			if _, member := r.members[m.UID]; member {
 				run = func() { r.onAck(ackShape([]any{d.Packet}, r.single), nil) }
@@ -153,11 +158,7 @@ func (a *Adapter) onResponse(m *wire.Message) {
 		for _, room := range d.Rooms {
 			r.rooms[room] = struct{}{}
 		}
-		if len(r.waiting) == 0 {
-			delete(a.requests, id)
-			r.timer.Stop()
-			run = func() { r.onRooms(r.rooms, nil) }
-		}
+		run = a.doneLocked(id, r)
 	case *wire.ClientCountData:
 		if r.kind != wire.Broadcast || !due {
 			break
@@ -183,29 +184,12 @@ func (a *Adapter) removeNode(uid string) {
 			continue
 		}
 		delete(r.waiting, uid)
-		switch r.kind {
-		case wire.Broadcast:
+		if r.kind == wire.Broadcast {
 			// Counted as zero clients: its acks, if it comes back, must not be counted.
 			delete(r.members, uid)
 			runs = append(runs, func() { r.onCount(0) })
-		case wire.FetchSockets:
-			if len(r.waiting) == 0 {
-				delete(a.requests, id)
-				r.timer.Stop()
-				runs = append(runs, func() { r.onFetch(r.sockets, nil) })
-			}
-		case wire.ServerSideEmit:
-			if len(r.waiting) == 0 {
-				delete(a.requests, id)
-				r.timer.Stop()
-				runs = append(runs, func() { r.onSSE(r.answers, nil) })
-			}
-		case wire.AllRooms:
-			if len(r.waiting) == 0 {
-				delete(a.requests, id)
-				r.timer.Stop()
-				runs = append(runs, func() { r.onRooms(r.rooms, nil) })
-			}
+		} else if run := a.doneLocked(id, r); run != nil {
+			runs = append(runs, run)
 		}
 	}
 	a.mu.Unlock()
