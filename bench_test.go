@@ -174,8 +174,15 @@ func benchCluster(b *testing.B) (*node, *latencyProbe) {
 	pool := newPool(b)
 	probe.b = New(pool, &opts)
 	probe.b.applied = func(m *wire.Message) {
-		if d, ok := m.Data.(*wire.BroadcastData); ok && len(d.Packet.Data) > 1 {
-			if sent, ok := d.Packet.Data[1].(float64); ok {
+		var args []any
+		switch d := m.Data.(type) {
+		case *wire.BroadcastData:
+			args = d.Packet.Data
+		case *wire.ServerSideEmitData:
+			args = d.Packet
+		}
+		if len(args) > 1 {
+			if sent, ok := args[1].(float64); ok {
 				probe.mu.Lock()
 				probe.latencies = append(probe.latencies, time.Duration(time.Now().UnixNano()-int64(sent)))
 				probe.mu.Unlock()
@@ -204,4 +211,64 @@ func (p *latencyProbe) report(b *testing.B) {
 	slices.Sort(p.latencies)
 	b.ReportMetric(float64(p.latencies[len(p.latencies)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(p.latencies[len(p.latencies)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkServerSideEmitGoVsNode sends the same server-side events from server A to
+// server B on a cluster of two Go servers and on a cluster of two Node.js servers
+// (@socket.io/postgres-adapter 0.5.0, pg pool of 10), in the same run, and reports the
+// rate at which B applied them and the latency from A's call to B's handler. Run with
+// -benchtime=Nx to choose the count.
+func BenchmarkServerSideEmitGoVsNode(b *testing.B) {
+	payloads := []struct {
+		name   string
+		size   int
+		binary bool
+	}{{"json-100B", 100, false}, {"json-20KB", 20000, false}, {"binary-1KB", 1024, true}}
+	for _, p := range payloads {
+		b.Run("go/"+p.name, func(b *testing.B) {
+			a, probe := benchCluster(b)
+			var payload any = strings.Repeat("x", p.size)
+			if p.binary {
+				payload = make([]byte, p.size)
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N { // no in-flight window: a burst, as Node's
+				a.io.ServerSideEmit("bench", float64(time.Now().UnixNano()), payload)
+			}
+			probe.wait(b, b.N)
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+			b.StopTimer()
+			probe.report(b)
+		})
+		b.Run("node/"+p.name, func(b *testing.B) {
+			requireNode(b)
+			db := mixedDatabase(b)
+			n1 := startNodeProc(b, "N1", db, "NODE_POOL_MAX=10")
+			n2 := startNodeProc(b, "N2", db, "NODE_POOL_MAX=10")
+			eventually(b, "the Node servers count each other", func() bool { return n1.serverCount(b) == 2 && n2.serverCount(b) == 2 })
+			b.ResetTimer()
+			start := time.Now()
+			n1.call(b, map[string]any{"op": "burst", "count": b.N, "size": p.size, "binary": p.binary})
+			var stats map[string]any
+			deadline := time.Now().Add(2 * time.Minute)
+			for {
+				stats = n2.call(b, map[string]any{"op": "benchStats"}).(map[string]any)
+				if int(stats["count"].(float64)) >= b.N {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Logf("Node applied %v of %d", stats["count"], b.N)
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(stats["count"].(float64)/elapsed.Seconds(), "msgs/s")
+			b.ReportMetric(stats["count"].(float64), "applied")
+			b.ReportMetric(stats["p50ms"].(float64)*1000, "p50-µs")
+			b.ReportMetric(stats["p99ms"].(float64)*1000, "p99-µs")
+		})
+	}
 }

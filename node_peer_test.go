@@ -32,7 +32,7 @@ const nodeDir = "testdata/node"
 
 // requireNode skips the test when Node.js is not installed (fails when requireNodeEnv is
 // set), and installs the Node server's packages.
-func requireNode(t *testing.T) {
+func requireNode(t testing.TB) {
 	t.Helper()
 	testenv.Require(t, requireNodeEnv, testenv.Tools("node", "npm"))
 	if err := testenv.NpmCI(nodeDir); err != nil {
@@ -43,7 +43,7 @@ func requireNode(t *testing.T) {
 // mixedDatabase creates a database of its own for a mixed-cluster test: Node servers use
 // the default channel prefix and table, so tests are kept apart by database (NOTIFY
 // channels are per database). It returns its URL, with the attachments table created.
-func mixedDatabase(t *testing.T) string {
+func mixedDatabase(t testing.TB) string {
 	t.Helper()
 	u, err := url.Parse(dbURL)
 	if err != nil || u.Scheme == "" {
@@ -91,15 +91,15 @@ type nodeResult struct {
 	Error  string          `json:"error"`
 }
 
-// startNodeProc starts a Node.js server on the database at dbURL.
-func startNodeProc(t *testing.T, name, dbURL string) *nodeProc {
+// startNodeProc starts a Node.js server on the database at dbURL; env adds variables.
+func startNodeProc(t testing.TB, name, dbURL string, env ...string) *nodeProc {
 	t.Helper()
 	requireNode(t)
 	p := &nodeProc{name: name, pending: map[int]chan nodeResult{}, sent: map[string]*recorder{},
 		sse: newRecorder(), errs: newRecorder(), exit: make(chan struct{})}
 	p.cmd = exec.Command("node", "server.js")
 	p.cmd.Dir = nodeDir
-	p.cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "NAME="+name)
+	p.cmd.Env = append(append(os.Environ(), "DATABASE_URL="+dbURL, "NAME="+name), env...)
 	p.cmd.Stderr = os.Stderr
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {

@@ -67,6 +67,14 @@ io.use((socket, next) => {
   next();
 });
 
+// Benchmark support: server-side events named "bench" carry their send time (ms since
+// the epoch, sub-millisecond) and are counted on arrival.
+const bench = { count: 0, latencies: [] };
+io.on("bench", (sent) => {
+  bench.count++;
+  bench.latencies.push(performance.timeOrigin + performance.now() - sent);
+});
+
 // operator builds a BroadcastOperator from a command's selection.
 function operator(cmd) {
   let op = cmd.from ? socketNamed(cmd.from).broadcast : io;
@@ -141,6 +149,19 @@ async function run(cmd) {
       if (cmd.except && cmd.except.length) e = e.except(cmd.except);
       e.emit(cmd.event, ...args);
       return null;
+    }
+    case "burst": {
+      const payload = cmd.binary ? Buffer.alloc(cmd.size) : "x".repeat(cmd.size);
+      for (let i = 0; i < cmd.count; i++) {
+        io.serverSideEmit("bench", performance.timeOrigin + performance.now(), payload);
+        if (i % 1000 === 999) await new Promise((r) => setImmediate(r));
+      }
+      return null;
+    }
+    case "benchStats": {
+      const sorted = [...bench.latencies].sort((a, b) => a - b);
+      const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] : 0);
+      return { count: bench.count, p50ms: at(0.5), p99ms: at(0.99), cpuUs: process.cpuUsage().user + process.cpuUsage().system };
     }
     case "close":
       // io.close() closes every namespace adapter, which publishes ADAPTER_CLOSE through
