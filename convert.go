@@ -198,6 +198,7 @@ func newRemoteSocket(info wire.SocketInfo) *remoteSocket {
 		rooms: types.NewSet(socketRooms(info.Rooms)...), data: info.Data}
 }
 
+// Id, Handshake, Rooms and Data implement socket.SocketDetails.
 func (r *remoteSocket) Id() socket.SocketId            { return r.id }
 func (r *remoteSocket) Handshake() *socket.Handshake   { return r.hs }
 func (r *remoteSocket) Rooms() *types.Set[socket.Room] { return r.rooms }

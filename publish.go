@@ -258,8 +258,10 @@ type PublishError struct {
 	Err error
 }
 
+// Error says how many messages were lost, of which types, and why.
 func (e *PublishError) Error() string {
 	return fmt.Sprintf("pgadapter: publish failed, %d message(s) lost %v: %v", e.Messages, e.Types, e.Err)
 }
 
+// Unwrap returns the cause, for errors.Is and errors.As.
 func (e *PublishError) Unwrap() error { return e.Err }

@@ -145,6 +145,8 @@ type MessageError struct {
 	Err     error
 }
 
+// Error names the channel, the cause and, for a malformed notification, its first 200
+// bytes.
 func (e *MessageError) Error() string {
 	p := e.Payload
 	if len(p) > 200 {
