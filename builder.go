@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,18 +208,10 @@ func (b *Builder) report(err error) {
 	if errors.Is(err, ErrClosed) {
 		level = slog.LevelDebug
 	}
-	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+trimPrefix(err.Error()), "error", err)
+	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), "error", err)
 	if h := b.opts.ErrorHandler; h != nil {
 		h(err)
 	}
-}
-
-func trimPrefix(s string) string {
-	const p = "pgadapter: "
-	if len(s) > len(p) && s[:len(p)] == p {
-		return s[len(p):]
-	}
-	return s
 }
 
 // onDrop counts a notification the receive queue had no room for, and reports drops at

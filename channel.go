@@ -40,14 +40,13 @@ type listener struct {
 	onDrop   func()               // called when inbound is full
 	onState  func(up bool, pid uint32, err error)
 
-	mu       sync.Mutex
-	wanted   map[string]struct{}
-	dirty    bool               // wanted changed since the goroutine last applied it
-	wake     context.CancelFunc // interrupts the current wait, when waiting
-	synced   bool               // connected and every wanted channel LISTENed
-	changed  chan struct{}      // closed and replaced at each change of synced
-	pid      atomic.Uint32      // backend pid of the LISTEN connection, 0 when down
-	connects atomic.Int64
+	mu      sync.Mutex
+	wanted  map[string]struct{}
+	dirty   bool               // wanted changed since the goroutine last applied it
+	wake    context.CancelFunc // interrupts the current wait, when waiting
+	synced  bool               // connected and every wanted channel LISTENed
+	changed chan struct{}      // closed and replaced at each change of synced
+	pid     atomic.Uint32      // backend pid of the LISTEN connection, 0 when down
 	// announced is set once the current connection has been reported up (owned by the
 	// goroutine).
 	announced bool
@@ -115,7 +114,6 @@ func (l *listener) run(ctx context.Context) {
 	for {
 		conn, err := l.connect(ctx)
 		if err == nil {
-			l.connects.Add(1)
 			var listened bool
 			listened, err = l.serve(ctx, conn)
 			if listened && l.onState != nil && ctx.Err() == nil {

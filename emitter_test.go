@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -75,18 +74,7 @@ func (w *emitterWorld) fence(t *testing.T) {
 
 func (w *emitterWorld) check(t *testing.T, ev string, names ...string) {
 	t.Helper()
-	for name, c := range w.clients {
-		want := 0
-		if slices.Contains(names, name) {
-			want = 1
-			if ev != "volatile" {
-				c.expect(t, ev)
-			}
-		}
-		if got := c.sent.count(ev); got != want {
-			t.Errorf("%q written to %s %d times, want %d", ev, name, got, want)
-		}
-	}
+	checkWritten(t, w.clients, ev, names)
 }
 
 func TestEmitterReachesSelectedClients(t *testing.T) {

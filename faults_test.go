@@ -68,7 +68,7 @@ func TestFaultListenerKilledRepeatedly(t *testing.T) {
 		t.Errorf("slowest recovery %v, bound 5s", worst)
 	}
 	waitServerCount(t, nodes, 3)
-	if c := b.b.rt.lis.connects.Load(); c != kills+1 {
+	if c := b.b.Stats().ListenerConnects; c != kills+1 {
 		t.Errorf("%d LISTEN connections opened for %d kills", c, kills)
 	}
 	t.Logf("fault: worst listener recovery %v over %d kills", worst.Round(time.Millisecond), kills)

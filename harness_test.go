@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -459,6 +460,29 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	c.rec.drain("harness-ping")
 	t.Cleanup(func() { c.s.Disconnect(); c.s.Close() })
 	return c, true
+}
+
+// checkWritten verifies that ev was written exactly once to each client in names and to
+// no other of clients (server-side record, in order), and that each of names received it,
+// with args when they are given. Volatile events are only checked as written: socket.io
+// drops them while a write is in progress.
+func checkWritten(t *testing.T, clients map[string]*tclient, ev string, names []string, args ...any) {
+	t.Helper()
+	for name, c := range clients {
+		want := 0
+		if slices.Contains(names, name) {
+			want = 1
+			if ev != "volatile" {
+				got := c.expect(t, ev)
+				if args != nil && !reflect.DeepEqual(normalizeBinary(got), args) {
+					t.Errorf("%s got %s%#v, want %#v", name, ev, got, args)
+				}
+			}
+		}
+		if got := c.sent.count(ev); got != want {
+			t.Errorf("%q written to %s %d times, want %d (written: %v)", ev, name, got, want, c.sent.names())
+		}
+	}
 }
 
 // expect waits for event ev and returns its arguments.

@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -43,7 +44,7 @@ func TestHostileNotifications(t *testing.T) {
 		`{"uid":"x","type":3,"attachmentId":"abc"}`,
 		`{"uid":"x","type":3,"attachmentId":"99999999999999999999999"}`,
 		`{"uid":"x","type":3,"attachmentId":{"$gt":0}}`,
-		`{"uid":"x","type":3,"attachmentId":"` + itoa(garbageID) + `"}`, // a row that holds garbage
+		`{"uid":"x","type":3,"attachmentId":"` + strconv.FormatInt(garbageID, 10) + `"}`, // a row that holds garbage
 	}
 	missing := []string{
 		`{"uid":"x","type":3,"attachmentId":"999999999"}`, // a row that is gone
@@ -88,16 +89,4 @@ func TestHostileNotifications(t *testing.T) {
 	}
 	// A forged message that decodes is applied like any other: LISTEN/NOTIFY has no
 	// authentication, which is why the database should be dedicated (see the README).
-}
-
-func itoa(n int64) string {
-	var b []byte
-	for n > 0 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-	}
-	if len(b) == 0 {
-		return "0"
-	}
-	return string(b)
 }

@@ -81,8 +81,6 @@ func TestListenURL(t *testing.T) {
 		sep = "&"
 	}
 	opts.ListenURL = dbURL + sep + "application_name=pgadapter-listener"
-	var states []bool
-	opts.OnListenerState = func(up bool, err error) { states = append(states, up) }
 	n := startNode(t, "A", opts)
 	var app string
 	if err := n.pool.QueryRow(context.Background(), "SELECT application_name FROM pg_stat_activity WHERE pid = $1", int32(n.b.listenerPID())).Scan(&app); err != nil {
@@ -97,7 +95,6 @@ func TestListenURL(t *testing.T) {
 		t.Fatal("invalid ListenURL accepted")
 	}
 	eventually(t, "listener reported up", func() bool { return n.b.Stats().ListenerUp })
-	_ = states
 }
 
 func TestStatsAndListenerEvents(t *testing.T) {

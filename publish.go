@@ -216,9 +216,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		}
 	}
 	if err != nil {
-		types := map[wire.Type]int{}
+		types := map[string]int{}
 		for _, m := range batch {
-			types[m.typ]++
+			types[m.typ.String()]++
 		}
 		p.stats.publishErrors.Add(int64(len(batch)))
 		p.report(&PublishError{Messages: len(batch), Types: types, Err: err})
@@ -252,8 +252,8 @@ func hasAttachment(batch []outgoing) bool {
 type PublishError struct {
 	// Messages is how many messages were lost.
 	Messages int
-	// Types counts them by message type name.
-	Types map[wire.Type]int
+	// Types counts them by message type name ("BROADCAST", ...), as Stats does.
+	Types map[string]int
 	// Err is the cause.
 	Err error
 }

@@ -27,7 +27,8 @@ type Stats struct {
 	ReceiveDrops int64
 	// Malformed counts notifications and attachments that could not be used.
 	Malformed int64
-	// ListenerConnects counts LISTEN connections opened (1 + reconnections).
+	// ListenerConnects counts LISTEN connections that came up with every channel
+	// listened: 1, plus one per reconnection.
 	ListenerConnects int64
 	// ListenerUp reports whether the LISTEN connection is up with every channel listened.
 	ListenerUp bool
