@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,9 @@ type Adapter struct {
 	name    string
 	channel string
 	uid     string
+	// How our own notifications end (inline) and begin (attachment headers), to drop
+	// PostgreSQL's echo of them without decoding.
+	ownSuffix, ownPrefix string
 
 	lastPublish atomic.Int64 // unix nanoseconds
 	closed      atomic.Bool
@@ -53,6 +57,8 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 		capable:  map[string]bool{},
 		requests: map[string]*request{},
 	}
+	a.ownSuffix = wire.OwnSuffix(a.uid)
+	a.ownPrefix = wire.OwnPrefix(a.uid)
 	a.Prototype(a)
 	a.Construct(nsp)
 	return a
@@ -66,6 +72,11 @@ func randomID() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// isOwn reports whether a notification payload is one this adapter published.
+func (a *Adapter) isOwn(payload string) bool {
+	return strings.HasSuffix(payload, a.ownSuffix) || strings.HasPrefix(payload, a.ownPrefix)
 }
 
 // UID returns the id this namespace adapter uses on the wire.
@@ -119,7 +130,7 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 			}, nil)
 		}
 	}
-	a.localBroadcast(packet, opts)
+	a.localBroadcast(packet, opts, false)
 }
 
 // BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
@@ -146,7 +157,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			}
 		}
 	}
-	a.localBroadcastWithAck(packet, opts, clientCountCallback, func(args []any, err error) {
+	a.localBroadcastWithAck(packet, opts, false, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
 }
@@ -341,10 +352,10 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		packet := &parser.Packet{Type: parser.EVENT, Data: d.Packet.Data}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {
-			a.localBroadcast(packet, opts)
+			a.localBroadcast(packet, opts, true)
 			return
 		}
-		a.localBroadcastWithAck(packet, opts, func(n uint64) {
+		a.localBroadcastWithAck(packet, opts, true, func(n uint64) {
 			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
 		}, func(args []any, _ error) {
 			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)

@@ -1,9 +1,14 @@
 package pgadapter
 
 import (
+	"reflect"
+	"strconv"
+
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // Local delivery. socket.io v2.5.0's in-memory Broadcast and BroadcastWithAck attach a
@@ -14,11 +19,12 @@ import (
 // lost. These versions encode once and write without the pre-encoded frame, which keeps
 // every packet.
 
-// localBroadcast delivers packet to the matching sockets of this server.
-func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
+// localBroadcast delivers packet to the matching sockets of this server. fromWire tells
+// that packet's data was decoded by the codec (see encode).
+func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, fromWire bool) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	encoded := a.Nsp().Server().Encoder().Encode(packet)
+	encoded := a.encode(packet, fromWire)
 	a.apply(opts, func(s *socket.Socket) {
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
 			notify(packet)
@@ -29,13 +35,13 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 
 // localBroadcastWithAck delivers packet to the matching sockets of this server, registers
 // ack for each, and reports how many there were.
-func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCount func(uint64), ack socket.Ack) {
+func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, fromWire bool, clientCount func(uint64), ack socket.Ack) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	encoded := a.Nsp().Server().Encoder().Encode(packet)
+	encoded := a.encode(packet, fromWire)
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -46,6 +52,44 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 		s.Client().WriteToEngine(encoded, packetOpts)
 	})
 	clientCount(n)
+}
+
+// defaultEncoder is the type of socket.io's own packet encoder.
+var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
+
+// encode encodes packet for this server's clients. Data that came off the wire holds
+// only the codec's JSON types, which the codec writes without reflection; this is the
+// text socket.io's default encoder writes (except that it leaves <, > and & unescaped,
+// which reads the same), at a fraction of the cost on a server that relays every
+// broadcast of the cluster. Binary data, other encoders and the values of local
+// emits, which may be of any type, take the server's encoder.
+func (a *Adapter) encode(packet *parser.Packet, fromWire bool) []types.BufferInterface {
+	enc := a.Nsp().Server().Encoder()
+	if !fromWire || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT || wire.HasBinary(packet.Data) {
+		return enc.Encode(packet)
+	}
+	b, err := encodeEvent(packet)
+	if err != nil {
+		return enc.Encode(packet)
+	}
+	return []types.BufferInterface{types.NewStringBuffer(b)}
+}
+
+// encodeEvent writes an event packet as socket.io's string encoding: type, namespace
+// unless it is the main one, id, and the JSON of the data.
+func encodeEvent(packet *parser.Packet) ([]byte, error) {
+	b := make([]byte, 0, 128)
+	b = append(b, byte(packet.Type))
+	if packet.Nsp != "" && packet.Nsp != "/" {
+		b = append(append(b, packet.Nsp...), ',')
+	}
+	if packet.Id != nil {
+		b = strconv.AppendUint(b, *packet.Id, 10)
+	}
+	if packet.Data != nil {
+		return wire.AppendJSON(b, packet.Data)
+	}
+	return b, nil
 }
 
 func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {

@@ -41,6 +41,9 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		if a == nil {
 			continue // a channel just unlistened
 		}
+		if a.isOwn(n.Payload) {
+			continue // our own message, echoed by PostgreSQL: not worth decoding
+		}
 		note, err := wire.DecodeNotification(n.Payload)
 		if err != nil {
 			rt.b.stats.malformed.Add(1)

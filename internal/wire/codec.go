@@ -2,10 +2,9 @@ package wire
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -61,8 +60,7 @@ func EncodeMsgpack(m *Message) ([]byte, error) { return marshalMsgpack(m.tree())
 // attachment: `{"uid":U,"type":T,"attachmentId":"`. The row id and `"}` complete it; the
 // split lets a single SQL statement insert the row and notify with its id.
 func AttachmentHeaderPrefix(uid string, typ Type) string {
-	u, _ := json.Marshal(uid) // a string always marshals
-	return `{"uid":` + string(u) + `,"type":` + strconv.Itoa(int(typ)) + `,"attachmentId":"`
+	return OwnPrefix(uid) + `"type":` + strconv.Itoa(int(typ)) + `,"attachmentId":"`
 }
 
 // AttachmentHeaderSuffix completes AttachmentHeaderPrefix after the row id.
@@ -86,13 +84,9 @@ func DecodeNotification(payload string) (*Notification, error) {
 	if payload == "" {
 		return nil, errEmpty
 	}
-	var raw any
-	dec := json.NewDecoder(strings.NewReader(payload))
-	if err := dec.Decode(&raw); err != nil {
+	raw, err := parseJSON(payload)
+	if err != nil {
 		return nil, fmt.Errorf("wire: notification is not JSON: %w", err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("wire: notification has trailing data after the JSON object")
 	}
 	t, ok := raw.(map[string]any)
 	if !ok {
@@ -161,16 +155,24 @@ func DecodeAttachment(body []byte) (*Message, error) {
 	return fromTree(t)
 }
 
+// marshalJSON writes v as encoding/json with SetEscapeHTML(false) would (fewer bytes; the
+// payload is never embedded in HTML).
 func marshalJSON(v any) (string, error) {
-	var b strings.Builder
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false) // fewer bytes; the payload is never embedded in HTML
-	if err := enc.Encode(v); err != nil {
+	bp := jsonBuffers.Get().(*[]byte)
+	defer jsonBuffers.Put(bp)
+	b, err := appendJSON((*bp)[:0], v, 0)
+	if err != nil {
 		return "", err
 	}
-	s := b.String()
-	return s[:len(s)-1], nil // Encode appends a newline
+	if cap(b) <= 64<<10 {
+		*bp = b // keep the grown buffer, unless a rare huge message grew it
+	}
+	return string(b), nil
 }
+
+// jsonBuffers recycles marshalJSON's buffers: one server encodes every message it
+// publishes.
+var jsonBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 func marshalMsgpack(v any) ([]byte, error) {
 	var b bytes.Buffer

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ceiling measures PostgreSQL's own NOTIFY throughput on this machine: 100-byte
+// notifications from 4 connections, perTx per transaction, sent for about d, received by
+// one listener. It returns the notifications per second from the first send to the last
+// receipt.
+func ceiling(ctx context.Context, dbURL, channel string, perTx int, d time.Duration) (float64, error) {
+	lconn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return 0, err
+	}
+	defer lconn.Close(context.Background())
+	if _, err := lconn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return 0, err
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+
+	var got atomic.Int64
+	lctx, cancel := context.WithCancel(ctx)
+	listenDone := make(chan struct{})
+	var last atomic.Int64
+	go func() {
+		defer close(listenDone)
+		for {
+			if _, err := lconn.WaitForNotification(lctx); err != nil {
+				return
+			}
+			got.Add(1)
+			last.Store(time.Now().UnixNano())
+		}
+	}()
+	defer func() { cancel(); <-listenDone }()
+
+	payload := strings.Repeat("x", 100)
+	var seq atomic.Int64
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				batch := &pgx.Batch{}
+				for range perTx {
+					// unique payloads: PostgreSQL merges equal ones within a transaction
+					n := seq.Add(1)
+					batch.Queue("SELECT pg_notify($1, $2)", channel, fmt.Sprint(n, payload)[:100])
+				}
+				if err := pool.SendBatch(ctx, batch).Close(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	sent := seq.Load()
+	for wait := time.Now().Add(30 * time.Second); got.Load() < sent; {
+		if time.Now().After(wait) {
+			return 0, fmt.Errorf("PostgreSQL ceiling: received %d of %d notifications", got.Load(), sent)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return float64(sent) / time.Duration(last.Load()-start.UnixNano()).Seconds(), nil
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// writeChart draws throughput and paced latency against the references as SVG, and, for
+// a .png path, renders that SVG with headless Chromium (no image library needed).
+func writeChart(path string, r *report) error {
+	svg := chartSVG(r)
+	if !strings.HasSuffix(path, ".png") {
+		return os.WriteFile(path, []byte(svg), 0o644)
+	}
+	browser := ""
+	for _, b := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(b); err == nil {
+			browser = p
+			break
+		}
+	}
+	if browser == "" {
+		return fmt.Errorf("a .png chart needs Chromium on PATH; write .svg instead")
+	}
+	dir, err := os.MkdirTemp("", "pgadapter-chart")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	page := filepath.Join(dir, "chart.html")
+	doc := `<!doctype html><html><body style="margin:0;background:#fff">` + svg + `</body></html>`
+	if err := os.WriteFile(page, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+		"--user-data-dir="+filepath.Join(dir, "profile"), fmt.Sprintf("--window-size=%d,%d", chartW, chartH),
+		"--screenshot="+abs, "file://"+page)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", browser, err, out)
+	}
+	return nil
+}
+
+const chartW, chartH = 1100, 620
+
+type bar struct {
+	label string
+	value float64
+	color string
+	text  string
+}
+
+func chartSVG(r *report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="DejaVu Sans, Arial, sans-serif" font-size="13">`, chartW, chartH)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#fff"/>`)
+	m := r.Machine
+	title := fmt.Sprintf("pgadapter vs @socket.io/postgres-adapter 0.5.0: %d servers, %d clients each", r.Config.Servers, r.Config.Clients)
+	fmt.Fprintf(&b, `<text x="20" y="28" font-size="18" font-weight="bold">%s</text>`, html.EscapeString(title))
+	fmt.Fprintf(&b, `<text x="20" y="48" fill="#555">%s</text>`, html.EscapeString(fmt.Sprintf("%d CPUs, %s, PostgreSQL %s, Node.js %s, %s — one run, %s",
+		m.CPUs, m.GoVersion, m.PostgreSQL, orNone(m.Node), r.Started.Format("2006-01-02"), "every figure measured in the same run")))
+
+	const goColor, nodeColor, pgColor = "#1f6feb", "#d29922", "#6e7781"
+	// Throughput panel.
+	var tput []bar
+	if r.Ceiling.OnePerTx > 0 {
+		tput = append(tput,
+			bar{"PostgreSQL NOTIFY, 1 per tx", r.Ceiling.OnePerTx, pgColor, num(r.Ceiling.OnePerTx) + "/s"},
+			bar{fmt.Sprintf("PostgreSQL NOTIFY, %d per tx", r.Ceiling.ManyPerTxSize), r.Ceiling.ManyPerTx, pgColor, num(r.Ceiling.ManyPerTx) + "/s"})
+	}
+	add := func(scenario, payload, label string) {
+		for _, impl := range []string{"go", "node"} {
+			x := r.find(impl, scenario, payload, "saturation")
+			if x == nil {
+				continue
+			}
+			color, name := goColor, "pgadapter"
+			if impl == "node" {
+				color, name = nodeColor, "Node adapter"
+			}
+			tput = append(tput, bar{fmt.Sprintf("%s, %s (%d cl.)", name, label, x.ClientsPerServer), x.DeliveredPerSec, color, num(x.DeliveredPerSec) + "/s"})
+		}
+	}
+	add(scenarioBetween, "json-100B", "100 B")
+	for _, p := range r.Config.Payloads {
+		add(scenarioClients, p.Name, p.Name)
+	}
+	drawBars(&b, 20, 80, 640, "Broadcasts per second delivered to every client of the other servers (saturation)", tput)
+
+	// Latency panel.
+	var lat []bar
+	for _, p := range r.Config.Payloads {
+		for _, impl := range []string{"go", "node"} {
+			x := r.find(impl, scenarioClients, p.Name, "paced")
+			if x == nil {
+				continue
+			}
+			color, name := goColor, "pgadapter"
+			if impl == "node" {
+				color, name = nodeColor, "Node"
+			}
+			lat = append(lat, bar{fmt.Sprintf("%s, %s", name, p.Name), x.P99Ms, color, fmt.Sprintf("%.1f ms", x.P99Ms)})
+		}
+	}
+	drawBars(&b, 700, 80, 380, fmt.Sprintf("p99 latency, emit to receipt on another server, paced %d/s", r.Config.Rate), lat)
+	b.WriteString(`</svg>`)
+	return b.String()
+}
+
+// drawBars draws horizontal bars with their labels above them, scaled to the largest.
+func drawBars(b *strings.Builder, x, y, w int, title string, bars []bar) {
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">%s</text>`, x, y, html.EscapeString(title))
+	maxV := 0.0
+	for _, br := range bars {
+		maxV = max(maxV, br.value)
+	}
+	if maxV == 0 {
+		return
+	}
+	barW := float64(w - 90)
+	for i, br := range bars {
+		top := y + 20 + i*38
+		fmt.Fprintf(b, `<text x="%d" y="%d" fill="#333">%s</text>`, x, top+12, html.EscapeString(br.label))
+		bw := max(1, br.value/maxV*barW)
+		fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`, x, top+16, bw, br.color)
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" fill="#111">%s</text>`, float64(x)+bw+6, top+29, html.EscapeString(br.text))
+	}
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+)
+
+const (
+	scenarioBetween = "between servers"
+	scenarioClients = "to clients"
+)
+
+// cluster is the servers of one implementation and the clients connected to them.
+type cluster struct {
+	impl    string
+	procs   []*proc
+	clients [][]*client // per server
+}
+
+// phase is one measurement on a cluster.
+type phase struct {
+	Scenario string
+	Payload  payload
+	Rate     int   // broadcasts per second; 0 for saturation
+	Window   int64 // in flight at most, in saturation
+	Duration time.Duration
+	Drain    time.Duration
+	Clients  int // set by run
+}
+
+func (p phase) kind() string {
+	if p.Rate > 0 {
+		return "paced"
+	}
+	return "saturation"
+}
+
+// connect brings every server to n clients.
+func (cl *cluster) connect(n int) error {
+	for i, p := range cl.procs {
+		addr := "127.0.0.1:" + strconv.Itoa(p.port)
+		var mu sync.Mutex
+		var firstErr error
+		var wg sync.WaitGroup
+		for range n - len(cl.clients[i]) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := dial(addr, 10*time.Second)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					firstErr = err
+					return
+				}
+				cl.clients[i] = append(cl.clients[i], c)
+			}()
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return fmt.Errorf("connecting clients to %s: %w", p.name, firstErr)
+		}
+	}
+	return nil
+}
+
+func (cl *cluster) close() {
+	for _, cs := range cl.clients {
+		for _, c := range cs {
+			c.close()
+		}
+	}
+	for _, p := range cl.procs {
+		p.quit()
+	}
+}
+
+// run measures one phase: server 0 emits, every client of every server receives.
+func (cl *cluster) run(ph phase) (*result, error) {
+	ph.Clients = len(cl.clients[0])
+	var all, remote []*client
+	for i, cs := range cl.clients {
+		for _, c := range cs {
+			c.reset()
+			all = append(all, c)
+			if i > 0 {
+				remote = append(remote, c)
+			}
+		}
+	}
+	for _, p := range cl.procs {
+		p.takeErrors()
+	}
+	res := &result{Impl: cl.impl, Scenario: ph.Scenario, Payload: ph.Payload.Name, Phase: ph.kind(),
+		Servers: len(cl.procs), ClientsPerServer: ph.Clients, Rate: ph.Rate}
+	if ph.Rate == 0 {
+		res.Window = ph.Window
+	}
+	peakReset := true
+	cpu0 := make([]time.Duration, len(cl.procs))
+	for i, p := range cl.procs {
+		peakReset = p.resetPeak() && peakReset
+		var err error
+		if cpu0[i], err = p.cpu(); err != nil {
+			return nil, err
+		}
+	}
+	self0 := selfCPU()
+	sender := cl.procs[0]
+	start := time.Now()
+	if err := sender.send(map[string]any{"op": "start", "size": ph.Payload.Size, "binary": ph.Payload.Binary,
+		"rate": ph.Rate, "window": ph.Window}); err != nil {
+		return nil, err
+	}
+
+	// minRemote is how many broadcasts every client of the other servers has received.
+	minRemote := func() int64 {
+		m := int64(-1)
+		for _, c := range remote {
+			if n := c.count.Load(); m < 0 || n < m {
+				m = n
+			}
+		}
+		return m
+	}
+	var credited, delivered int64
+	var deliveredAt time.Time
+	progress := func() {
+		if m := minRemote(); m > delivered {
+			delivered, deliveredAt = m, time.Now()
+		}
+	}
+	for time.Since(start) < ph.Duration {
+		time.Sleep(500 * time.Microsecond)
+		progress()
+		if ph.Rate == 0 && delivered > credited {
+			if err := sender.send(map[string]any{"op": "credit", "n": delivered - credited}); err != nil {
+				return nil, err
+			}
+			credited = delivered
+		}
+	}
+	st, err := sender.stop()
+	if err != nil {
+		return nil, err
+	}
+	// Wait for what is in flight, as long as it progresses.
+	sum := func() int64 {
+		var n int64
+		for _, c := range all {
+			n += c.count.Load()
+		}
+		return n
+	}
+	want := st.Count * int64(len(all))
+	got, lastSum, lastMove := sum(), int64(-1), time.Now()
+	allAt := time.Now()
+	for got < want {
+		if got != lastSum {
+			lastSum, lastMove, allAt = got, time.Now(), time.Now()
+		}
+		if time.Since(lastMove) > ph.Drain {
+			break
+		}
+		time.Sleep(500 * time.Microsecond)
+		progress()
+		got = sum()
+	}
+	if got != lastSum {
+		allAt = time.Now()
+	}
+	progress()
+
+	res.Emitted = st.Count
+	if st.LastUs > st.FirstUs {
+		res.AcceptedPerSec = float64(st.Count) / (float64(st.LastUs-st.FirstUs) / 1e6)
+	}
+	res.Delivered = delivered
+	if delivered > 0 {
+		res.DeliveredPerSec = float64(delivered) / deliveredAt.Sub(start).Seconds()
+		res.DeliveriesPerSec = float64(got) / allAt.Sub(start).Seconds()
+	}
+	res.Lost = want - got
+	h := newHistogram()
+	for _, c := range remote {
+		h.merge(c.rec.Load())
+		res.Reordered += c.reordered.Load()
+	}
+	res.P50Ms, res.P99Ms, res.MaxMs = h.quantile(0.5), h.quantile(0.99), float64(h.max.Load())/1000
+	res.Seconds = time.Since(start).Seconds()
+	for i, p := range cl.procs {
+		cpu1, err := p.cpu()
+		if err != nil {
+			return nil, err
+		}
+		ps := procStats{Name: p.name, CPUSeconds: (cpu1 - cpu0[i]).Seconds()}
+		if delivered > 0 {
+			ps.CPUPer1000 = ps.CPUSeconds / (float64(delivered) / 1000)
+		}
+		if peakReset {
+			ps.PeakRSSMB = float64(p.peakRSS()) / (1 << 20)
+		}
+		ps.Errors = p.takeErrors()
+		res.Procs = append(res.Procs, ps)
+	}
+	res.LoadGenCPUSeconds = (selfCPU() - self0).Seconds()
+	return res, nil
+}

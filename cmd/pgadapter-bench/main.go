@@ -1,0 +1,327 @@
+// Command pgadapter-bench measures a cluster of Socket.IO servers joined through
+// PostgreSQL: broadcasts emitted on one server and received by real clients of every
+// server. It measures pgadapter and, in the same run, the references it is judged
+// against: PostgreSQL's own NOTIFY ceiling on this machine and, when Node.js is present, a
+// cluster of Node.js servers with @socket.io/postgres-adapter 0.5.0.
+//
+//	go run ./cmd/pgadapter-bench                 # the full run, about 3 minutes
+//	go run ./cmd/pgadapter-bench -h              # the settings
+//
+// Each server is its own process (the command re-executes itself for Go servers, and runs
+// testdata/node/bench-server.js for Node servers), so that CPU time and peak memory are
+// per server. Server 0 emits; every server has the same number of clients. A phase is
+// either saturation, where the sender may have at most -window broadcasts not yet received
+// by every client of the other servers, or paced at -rate broadcasts per second. Every
+// phase runs for -duration, then waits for what is in flight.
+//
+// It prints a table and, with -json and -chart, writes the results as JSON and a chart.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/testenv"
+)
+
+// serveEnv, when set in the environment, makes the command run as one Go server of the
+// cluster under test instead of as the benchmark (its value: DB URL, channel prefix and
+// table name, separated by spaces).
+const serveEnv = "PGADAPTER_BENCH_SERVE"
+
+type config struct {
+	Servers        int           `json:"servers"`
+	Clients        int           `json:"clientsPerServer"`
+	BetweenClients int           `json:"betweenServersClients"`
+	Duration       time.Duration `json:"-"`
+	Drain          time.Duration `json:"-"`
+	Rate           int           `json:"pacedRate"`
+	Window         int64         `json:"window"`
+	Payloads       []payload     `json:"payloads"`
+	Node           string        `json:"-"`
+	NodeDir        string        `json:"-"`
+	DB             string        `json:"-"`
+	JSON           string        `json:"-"`
+	Chart          string        `json:"-"`
+	Impls          []string      `json:"impls"`
+	Scenarios      []string      `json:"scenarios"`
+	PhaseSeconds   float64       `json:"phaseSeconds"`
+}
+
+type payload struct {
+	Name   string `json:"name"`
+	Size   int    `json:"size"`
+	Binary bool   `json:"binary"`
+}
+
+var allPayloads = []payload{
+	{"json-100B", 100, false},
+	{"json-20KB", 20000, false},
+	{"binary-1KB", 1024, true},
+}
+
+func main() {
+	if v := os.Getenv(serveEnv); v != "" {
+		serveMain(strings.Fields(v))
+		return
+	}
+	cfg := config{}
+	flag.IntVar(&cfg.Servers, "servers", 2, "servers in each cluster (at least 2); server 0 emits")
+	flag.IntVar(&cfg.Clients, "clients", 50, "Socket.IO clients per server")
+	flag.IntVar(&cfg.BetweenClients, "between-clients", 1, "clients per server in the between-servers phase, where delivery to clients is not what is measured")
+	flag.DurationVar(&cfg.Duration, "duration", 5*time.Second, "how long each phase emits")
+	flag.DurationVar(&cfg.Drain, "drain", 20*time.Second, "how long a phase waits for what is in flight after it stops emitting, without progress, before counting the rest as lost")
+	flag.IntVar(&cfg.Rate, "rate", 200, "broadcasts per second in the paced phases")
+	flag.Int64Var(&cfg.Window, "window", 2000, "broadcasts in flight at most in the saturation phases")
+	scenarios := flag.String("scenarios", "between,clients", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced)")
+	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
+	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
+	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
+	flag.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (default $DATABASE_URL, or else a temporary server started from the local PostgreSQL binaries)")
+	flag.StringVar(&cfg.JSON, "json", "", "write the results as JSON to this file")
+	flag.StringVar(&cfg.Chart, "chart", "", "write a chart of the results to this file (.svg, or .png when Chromium is installed)")
+	flag.Parse()
+	for _, name := range strings.Split(*payloads, ",") {
+		p, ok := payloadNamed(strings.TrimSpace(name))
+		if !ok {
+			fatalf("unknown payload %q (want %s)", name, payloadNames())
+		}
+		cfg.Payloads = append(cfg.Payloads, p)
+	}
+	for _, name := range strings.Split(*scenarios, ",") {
+		switch name = strings.TrimSpace(name); name {
+		case "between", "clients":
+			cfg.Scenarios = append(cfg.Scenarios, name)
+		default:
+			fatalf("unknown scenario %q (want between, clients)", name)
+		}
+	}
+	if cfg.Servers < 2 || cfg.Clients < 1 || cfg.BetweenClients < 1 || cfg.BetweenClients > cfg.Clients || cfg.Rate < 1 || cfg.Window < 1 || cfg.Duration <= 0 {
+		fatalf("need -servers ≥ 2, 1 ≤ -between-clients ≤ -clients, -rate ≥ 1, -window ≥ 1, -duration > 0")
+	}
+	rep, err := run(context.Background(), cfg, os.Stderr)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	printTable(os.Stdout, rep)
+	if cfg.JSON != "" {
+		data, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(cfg.JSON, append(data, '\n'), 0o644); err != nil {
+			fatalf("%v", err)
+		}
+	}
+	if cfg.Chart != "" {
+		if err := writeChart(cfg.Chart, rep); err != nil {
+			fatalf("chart: %v", err)
+		}
+	}
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "pgadapter-bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func payloadNamed(name string) (payload, bool) {
+	for _, p := range allPayloads {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return payload{}, false
+}
+
+func payloadNames() string {
+	var names []string
+	for _, p := range allPayloads {
+		names = append(names, p.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// run measures everything cfg asks for; progress goes to log.
+func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
+	cfg.PhaseSeconds = cfg.Duration.Seconds()
+	dbURL := cfg.DB
+	if dbURL == "" {
+		dbURL = os.Getenv("DATABASE_URL")
+	}
+	if dbURL == "" {
+		fmt.Fprintln(log, "starting a temporary PostgreSQL")
+		srv, err := pgtest.Start(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("no -db or DATABASE_URL, and a temporary PostgreSQL: %w", err)
+		}
+		defer srv.Stop()
+		dbURL = srv.URL()
+	}
+	cfg.Impls = []string{"go"}
+	switch cfg.Node {
+	case "off":
+	case "on", "auto":
+		err := testenv.NpmCI(cfg.NodeDir)
+		if err == nil {
+			cfg.Impls = append(cfg.Impls, "node")
+		} else if cfg.Node == "on" {
+			return nil, fmt.Errorf("the Node.js reference: %w", err)
+		} else {
+			fmt.Fprintf(log, "no Node.js reference: %v\n", err)
+		}
+	default:
+		return nil, fmt.Errorf("-node %q: want auto, on or off", cfg.Node)
+	}
+
+	rep := &report{Config: cfg, Machine: describeMachine(ctx, dbURL), Started: time.Now().UTC()}
+	tag := strings.TrimPrefix(pgtest.Name("b"), "b_")
+	table := "bench_attachments_" + tag
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+		conn.Close(context.Background())
+	}()
+	// The Go servers create their table; Node's adapter expects it to exist.
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{table}.Sanitize()+
+		" (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)"); err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintln(log, "PostgreSQL's ceiling")
+	d := min(cfg.Duration, 3*time.Second)
+	if rep.Ceiling.OnePerTx, err = ceiling(ctx, dbURL, "bench_ceiling_"+tag, 1, d); err != nil {
+		return nil, err
+	}
+	if rep.Ceiling.ManyPerTx, err = ceiling(ctx, dbURL, "bench_ceiling_"+tag, 100, d); err != nil {
+		return nil, err
+	}
+	rep.Ceiling.ManyPerTxSize = 100
+
+	for _, impl := range cfg.Impls {
+		results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
+		rep.Results = append(rep.Results, results...)
+		if err != nil {
+			return nil, fmt.Errorf("%s cluster: %w", impl, err)
+		}
+	}
+	rep.Checks = checks(rep)
+	return rep, nil
+}
+
+// runImpl starts a cluster of impl servers and runs every phase on it: the
+// between-servers phase with few clients first, then the others with all of them.
+func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string, log *os.File) ([]*result, error) {
+	fmt.Fprintf(log, "%s cluster: %d servers\n", impl, cfg.Servers)
+	cl, err := startCluster(cfg, impl, dbURL, prefix, table)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.close()
+	if err := cl.connect(cfg.BetweenClients); err != nil {
+		return nil, err
+	}
+	// Warm up (connections, JIT) and prove that every server listens before measuring.
+	warm := phase{Scenario: "warm-up", Payload: allPayloads[0], Window: cfg.Window, Duration: time.Second, Drain: cfg.Drain}
+	if r, err := cl.run(warm); err != nil {
+		return nil, err
+	} else if r.Lost > 0 {
+		return nil, fmt.Errorf("warm-up: %d deliveries missing", r.Lost)
+	}
+	var results []*result
+	add := func(p phase) error {
+		fmt.Fprintf(log, "  %s, %s, %s\n", p.Scenario, p.Payload.Name, p.kind())
+		r, err := cl.run(p)
+		if r != nil {
+			results = append(results, r)
+		}
+		return err
+	}
+	if slices.Contains(cfg.Scenarios, "between") {
+		between := phase{Scenario: scenarioBetween, Payload: allPayloads[0], Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}
+		if err := add(between); err != nil {
+			return results, err
+		}
+	}
+	if !slices.Contains(cfg.Scenarios, "clients") {
+		return results, nil
+	}
+	if err := cl.connect(cfg.Clients); err != nil {
+		return results, err
+	}
+	for _, p := range cfg.Payloads {
+		if err := add(phase{Scenario: scenarioClients, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+			return results, err
+		}
+		if err := add(phase{Scenario: scenarioClients, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// startCluster starts cfg.Servers servers of impl.
+func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, error) {
+	cl := &cluster{impl: impl}
+	for i := range cfg.Servers {
+		var cmd *exec.Cmd
+		switch impl {
+		case "go":
+			self, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			cmd = exec.Command(self)
+			cmd.Env = append(os.Environ(), serveEnv+"="+dbURL+" "+prefix+" "+table)
+		case "node":
+			dir, err := filepath.Abs(cfg.NodeDir)
+			if err != nil {
+				return nil, err
+			}
+			cmd = exec.Command("node", filepath.Join(dir, "bench-server.js"))
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "CHANNEL_PREFIX="+prefix, "TABLE_NAME="+table)
+		}
+		p, err := startProc(fmt.Sprintf("%s-%d", impl, i), cmd)
+		if err != nil {
+			cl.close()
+			return nil, err
+		}
+		cl.procs = append(cl.procs, p)
+		cl.clients = append(cl.clients, nil)
+	}
+	return cl, nil
+}
+
+func describeMachine(ctx context.Context, dbURL string) machine {
+	m := machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if name, ok := strings.CutPrefix(line, "model name"); ok {
+				m.CPU = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+				break
+			}
+		}
+	}
+	m.MemoryGB = float64(statusKB("/proc/meminfo", "MemTotal:")) / (1 << 20)
+	if out, err := exec.Command("node", "--version").Output(); err == nil {
+		m.Node = strings.TrimSpace(string(out))
+	}
+	if conn, err := pgx.Connect(ctx, dbURL); err == nil {
+		conn.QueryRow(ctx, "SHOW server_version").Scan(&m.PostgreSQL)
+		conn.Close(ctx)
+	}
+	return m
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// report is everything one run measured; it is also the JSON output.
+type report struct {
+	Started time.Time `json:"started"`
+	Machine machine   `json:"machine"`
+	Config  config    `json:"config"`
+	Ceiling struct {
+		OnePerTx      float64 `json:"onePerTxPerSec"`
+		ManyPerTx     float64 `json:"manyPerTxPerSec"`
+		ManyPerTxSize int     `json:"manyPerTxSize"`
+	} `json:"postgresCeiling"`
+	Results []*result `json:"results"`
+	Checks  []check   `json:"checks"`
+}
+
+type machine struct {
+	CPU        string  `json:"cpu"`
+	CPUs       int     `json:"cpus"`
+	MemoryGB   float64 `json:"memoryGB"`
+	OS         string  `json:"os"`
+	GoVersion  string  `json:"go"`
+	Node       string  `json:"node,omitempty"`
+	PostgreSQL string  `json:"postgresql"`
+}
+
+// result is one phase on one implementation.
+type result struct {
+	Impl             string `json:"impl"`
+	Scenario         string `json:"scenario"`
+	Payload          string `json:"payload"`
+	Phase            string `json:"phase"`
+	Servers          int    `json:"servers"`
+	ClientsPerServer int    `json:"clientsPerServer"`
+	Rate             int    `json:"rate,omitempty"`
+	Window           int64  `json:"window,omitempty"`
+
+	Emitted          int64   `json:"emitted"`
+	AcceptedPerSec   float64 `json:"acceptedPerSec"`   // broadcasts the sender's emit accepted
+	Delivered        int64   `json:"delivered"`        // broadcasts every client of the other servers received
+	DeliveredPerSec  float64 `json:"deliveredPerSec"`  // of those
+	DeliveriesPerSec float64 `json:"deliveriesPerSec"` // receipts by clients, all servers
+	Lost             int64   `json:"lost"`             // receipts missing after the drain
+	Reordered        int64   `json:"reordered"`        // receipts after a later broadcast, other servers
+	P50Ms            float64 `json:"p50ms"`            // emit on server 0 to receipt on the other servers' clients
+	P99Ms            float64 `json:"p99ms"`
+	MaxMs            float64 `json:"maxMs"`
+	Seconds          float64 `json:"seconds"`
+
+	Procs             []procStats `json:"servers_"`
+	LoadGenCPUSeconds float64     `json:"loadGeneratorCPUSeconds"`
+}
+
+type procStats struct {
+	Name       string   `json:"name"`
+	CPUSeconds float64  `json:"cpuSeconds"`
+	CPUPer1000 float64  `json:"cpuSecondsPer1000"` // per 1000 broadcasts delivered
+	PeakRSSMB  float64  `json:"peakRSSMB"`
+	Errors     []string `json:"errors,omitempty"`
+}
+
+// check is one of the targets the run is judged by.
+type check struct {
+	Name   string  `json:"name"`
+	Ratio  float64 `json:"ratio"`
+	Target string  `json:"target"`
+	Pass   bool    `json:"pass"`
+}
+
+func (r *report) find(impl, scenario, payload, phase string) *result {
+	for _, x := range r.Results {
+		if x.Impl == impl && x.Scenario == scenario && x.Payload == payload && x.Phase == phase {
+			return x
+		}
+	}
+	return nil
+}
+
+// checks compares pgadapter with its references, as the project's targets state them.
+func checks(r *report) []check {
+	var cs []check
+	if g := r.find("go", scenarioBetween, "json-100B", "saturation"); g != nil && r.Ceiling.OnePerTx > 0 {
+		ratio := g.DeliveredPerSec / r.Ceiling.OnePerTx
+		cs = append(cs, check{"between servers, 100B: pgadapter / PostgreSQL 1-per-tx ceiling", ratio, "> 3, none lost",
+			ratio > 3 && g.Lost == 0})
+	}
+	for _, p := range r.Config.Payloads {
+		g := r.find("go", scenarioClients, p.Name, "saturation")
+		n := r.find("node", scenarioClients, p.Name, "saturation")
+		if g == nil || n == nil || n.DeliveredPerSec == 0 {
+			continue
+		}
+		want := 5.0
+		if p.Name == "json-100B" {
+			want = 3
+		}
+		ratio := g.DeliveredPerSec / n.DeliveredPerSec
+		cs = append(cs, check{fmt.Sprintf("%d clients/server, %s: broadcasts/s, pgadapter / Node", g.ClientsPerServer, p.Name),
+			ratio, fmt.Sprintf("≥ %g, none lost", want), ratio >= want && g.Lost == 0})
+		if p.Name == "json-100B" {
+			for i := range g.Procs {
+				if i < len(n.Procs) && n.Procs[i].CPUPer1000 > 0 {
+					ratio := g.Procs[i].CPUPer1000 / n.Procs[i].CPUPer1000
+					cs = append(cs, check{fmt.Sprintf("%d clients/server, %s: CPU per 1000 broadcasts, server %d, pgadapter / Node", g.ClientsPerServer, p.Name, i),
+						ratio, "≤ 0.2", ratio <= 0.2})
+				}
+			}
+		}
+		gp := r.find("go", scenarioClients, p.Name, "paced")
+		np := r.find("node", scenarioClients, p.Name, "paced")
+		if gp != nil && np != nil && np.P99Ms > 0 {
+			ratio := gp.P99Ms / np.P99Ms
+			cs = append(cs, check{fmt.Sprintf("%d clients/server, %s paced at %d/s: p99 latency, pgadapter / Node", gp.ClientsPerServer, p.Name, gp.Rate),
+				ratio, "≤ 0.33, none lost", ratio <= 1.0/3 && gp.Lost == 0})
+		}
+	}
+	return cs
+}
+
+func printTable(w io.Writer, r *report) {
+	m := r.Machine
+	fmt.Fprintf(w, "pgadapter-bench, %s\n", r.Started.Format(time.RFC3339))
+	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, m.PostgreSQL, orNone(m.Node))
+	c := r.Config
+	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s\n\n",
+		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate)
+	fmt.Fprintf(w, "PostgreSQL's NOTIFY ceiling: %s/s one per transaction, %s/s %d per transaction (4 senders, 1 listener)\n\n",
+		num(r.Ceiling.OnePerTx), num(r.Ceiling.ManyPerTx), r.Ceiling.ManyPerTxSize)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "impl\tscenario\tpayload\tphase\tclients\tbcast/s accepted\tbcast/s delivered\tdeliveries/s\tp50 ms\tp99 ms\tCPU s/1000 per server\tpeak RSS MB\tlost\treordered\t")
+	for _, x := range r.Results {
+		var cpu, rss []string
+		for _, p := range x.Procs {
+			cpu = append(cpu, fmt.Sprintf("%.3f", p.CPUPer1000))
+			rss = append(rss, fmt.Sprintf("%.0f", p.PeakRSSMB))
+		}
+		phase := x.Phase
+		if x.Rate > 0 {
+			phase = fmt.Sprintf("paced %d/s", x.Rate)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%d\t\n", x.Impl, x.Scenario, x.Payload, phase, x.ClientsPerServer,
+			num(x.AcceptedPerSec), num(x.DeliveredPerSec), num(x.DeliveriesPerSec), x.P50Ms, x.P99Ms,
+			strings.Join(cpu, " "), strings.Join(rss, " "), x.Lost, x.Reordered)
+	}
+	tw.Flush()
+	if len(r.Checks) > 0 {
+		fmt.Fprintln(w, "\ntargets:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, c := range r.Checks {
+			verdict := "pass"
+			if !c.Pass {
+				verdict = "MISS"
+			}
+			fmt.Fprintf(tw, "  %s\t%.2f×\t(%s)\t%s\n", c.Name, c.Ratio, c.Target, verdict)
+		}
+		tw.Flush()
+	}
+	for _, x := range r.Results {
+		for _, p := range x.Procs {
+			for _, e := range p.Errors {
+				fmt.Fprintf(w, "error reported by %s during %s %s %s: %s\n", p.Name, x.Scenario, x.Payload, x.Phase, e)
+			}
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// num formats a rate with thousands separators.
+func num(f float64) string {
+	s := fmt.Sprintf("%.0f", f)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter"
+)
+
+// The server role: the bench command re-executes itself with -serve to run one Go
+// Socket.IO server with pgadapter per process, so that each server's CPU and memory are
+// its own. It speaks the line protocol of testdata/node/bench-server.js:
+//
+//	stdout: {"type":"ready","port":N}
+//	        {"type":"stopped","count":C,"firstUs":F,"lastUs":L}
+//	        {"type":"error","message":M}
+//	stdin:  {"op":"start","size":S,"binary":B,"rate":R,"window":W}
+//	        {"op":"credit","n":N}
+//	        {"op":"stop"}
+//	        {"op":"quit"}
+
+// profileEnv names a directory where each Go server writes a CPU profile.
+const profileEnv = "PGADAPTER_BENCH_PROFILE"
+
+// command is one line of the protocol's stdin.
+type command struct {
+	Op     string `json:"op"`
+	Size   int    `json:"size"`
+	Binary bool   `json:"binary"`
+	Rate   int    `json:"rate"`
+	Window int64  `json:"window"`
+	N      int64  `json:"n"`
+}
+
+// serverOut serializes the server's stdout lines.
+type serverOut struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func (o *serverOut) send(v any) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.enc.Encode(v)
+}
+
+func serve(dbURL, prefix, table string) error {
+	out := &serverOut{enc: json.NewEncoder(os.Stdout)}
+	if dir := os.Getenv(profileEnv); dir != "" {
+		// A CPU profile of the whole server, for finding where its time goes.
+		f, err := os.CreateTemp(dir, "server-*.pprof")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	b := pgadapter.New(pool, &pgadapter.Options{
+		ChannelPrefix: prefix,
+		TableName:     table,
+		ErrorHandler: func(err error) {
+			out.send(map[string]any{"type": "error", "message": err.Error()})
+		},
+	})
+	defer b.Close(context.Background())
+	io := socket.NewServer(nil, nil)
+	io.SetAdapter(b)
+	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.Ready(readyCtx); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/socket.io/", io.ServeHandler(nil))
+	httpServer := &http.Server{Handler: mux}
+	go httpServer.Serve(l)
+	defer httpServer.Close()
+	defer io.Close(nil)
+	out.send(map[string]any{"type": "ready", "port": l.Addr().(*net.TCPAddr).Port})
+
+	var s *sender
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var cmd command
+		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
+			out.send(map[string]any{"type": "error", "message": "bad command: " + in.Text()})
+			continue
+		}
+		switch cmd.Op {
+		case "start":
+			if s != nil {
+				s.stop()
+			}
+			s = startSender(io, cmd)
+		case "credit":
+			if s != nil {
+				s.credit(cmd.N)
+			}
+		case "stop":
+			stopped := map[string]any{"type": "stopped", "count": 0, "firstUs": 0, "lastUs": 0}
+			if s != nil {
+				s.stop()
+				stopped["count"], stopped["firstUs"], stopped["lastUs"] = s.sent, s.first, s.last
+				s = nil
+			}
+			out.send(stopped)
+		case "quit":
+			if s != nil {
+				s.stop()
+			}
+			return nil
+		default:
+			out.send(map[string]any{"type": "error", "message": "unknown op " + cmd.Op})
+		}
+	}
+	return in.Err()
+}
+
+// sender emits broadcasts "b" to every client of the cluster: at a fixed rate, or as fast
+// as the driver's credits allow (bounded in-flight).
+type sender struct {
+	io   *socket.Server
+	cmd  command
+	bin  []byte
+	pad  string
+	done chan struct{}
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	credits int64
+	running bool
+
+	// Written by the emitting goroutine, read after done.
+	sent, first, last int64
+}
+
+func startSender(io *socket.Server, cmd command) *sender {
+	s := &sender{io: io, cmd: cmd, done: make(chan struct{}), credits: cmd.Window, running: true}
+	s.cond = sync.NewCond(&s.mu)
+	if cmd.Binary {
+		s.bin = make([]byte, cmd.Size)
+		for i := range s.bin {
+			s.bin[i] = 7
+		}
+	} else {
+		s.pad = strings.Repeat("x", cmd.Size)
+	}
+	if cmd.Rate > 0 {
+		go s.paced()
+	} else {
+		go s.credited()
+	}
+	return s
+}
+
+func (s *sender) credit(n int64) {
+	s.mu.Lock()
+	s.credits += n
+	s.mu.Unlock()
+	s.cond.Signal()
+}
+
+func (s *sender) stop() {
+	s.mu.Lock()
+	s.running = false
+	s.mu.Unlock()
+	s.cond.Signal()
+	<-s.done
+}
+
+func (s *sender) isRunning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// emit sends broadcast number s.sent: {"p":"...","s":seq,"t":µs} of exactly cmd.Size
+// bytes of JSON, or {"s":seq,"t":µs} and cmd.Size bytes of binary.
+func (s *sender) emit() {
+	seq := s.sent
+	s.sent++
+	t := time.Now().UnixMicro()
+	if s.first == 0 {
+		s.first = t
+	}
+	if s.cmd.Binary {
+		s.io.Emit("b", map[string]any{"s": seq, "t": t}, s.bin)
+	} else {
+		fixed := 18 + len(strconv.FormatInt(seq, 10)) + len(strconv.FormatInt(t, 10))
+		s.io.Emit("b", map[string]any{"s": seq, "t": t, "p": s.pad[:max(0, s.cmd.Size-fixed)]})
+	}
+	s.last = time.Now().UnixMicro()
+}
+
+func (s *sender) credited() {
+	defer close(s.done)
+	for {
+		s.mu.Lock()
+		for s.running && s.credits == 0 {
+			s.cond.Wait()
+		}
+		if !s.running {
+			s.mu.Unlock()
+			return
+		}
+		n := min(s.credits, 64)
+		s.credits -= n
+		s.mu.Unlock()
+		for range n {
+			s.emit()
+		}
+	}
+}
+
+func (s *sender) paced() {
+	defer close(s.done)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	for range tick.C {
+		if !s.isRunning() {
+			return
+		}
+		due := int64(time.Since(start).Seconds() * float64(s.cmd.Rate))
+		for s.sent < due {
+			s.emit()
+		}
+	}
+}
+
+func serveMain(args []string) {
+	if len(args) != 3 {
+		fmt.Fprintln(os.Stderr, "pgadapter-bench -serve: want DATABASE_URL CHANNEL_PREFIX TABLE_NAME")
+		os.Exit(2)
+	}
+	if err := serve(args[0], args[1], args[2]); err != nil {
+		fmt.Fprintln(os.Stderr, "pgadapter-bench server:", err)
+		os.Exit(1)
+	}
+}

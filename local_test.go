@@ -1,0 +1,71 @@
+package pgadapter
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// Broadcasts that arrive from other servers are encoded for clients by the codec, not by
+// socket.io's encoder: the text must be the same, byte for byte, except for HTML
+// escaping, which socket.io's encoder adds and which decodes to the same JSON.
+func TestEncodeEventMatchesSocketIO(t *testing.T) {
+	id := uint64(42)
+	trees := []any{
+		[]any{"chat", "hello"},
+		[]any{"e", 1.5, nil, true, []any{"x", 2.0}, map[string]any{"b": "é😀\u2028", "a": map[string]any{}}},
+		[]any{"quotes\"\\\n\t", -0.000001, 1e21},
+		[]any{"html", "<b>&amp;</b>"},
+	}
+	for _, nsp := range []string{"/", "/chat", "/a,b"} {
+		for _, id := range []*uint64{nil, &id} {
+			for _, data := range trees {
+				// Round-trip through the codec, as a remote broadcast's data does.
+				js, err := wire.AppendJSON(nil, data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n, err := wire.DecodeNotification(`{"type":3,"uid":"u","data":{"opts":{"rooms":[],"except":[],"flags":{}},"packet":{"type":2,"data":` + string(js) + `}}}`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tree := n.Message.Data.(*wire.BroadcastData).Packet.Data
+				ours, err := encodeEvent(&parser.Packet{Type: parser.EVENT, Nsp: nsp, Id: id, Data: tree})
+				if err != nil {
+					t.Fatal(err)
+				}
+				theirs := parser.NewEncoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: nsp, Id: id, Data: tree})
+				if len(theirs) != 1 {
+					t.Fatalf("socket.io encoded %d parts", len(theirs))
+				}
+				want := theirs[0].String()
+				if string(ours) == want {
+					continue
+				}
+				// Only HTML escaping may differ: the same header, and the same JSON.
+				i := strings.IndexByte(want, '[')
+				if i < 0 || string(ours[:i]) != want[:i] || !sameJSON(t, string(ours[i:]), want[i:]) {
+					t.Errorf("nsp %q id %v: ours %s, socket.io's %s", nsp, id, ours, want)
+				}
+			}
+		}
+	}
+}
+
+func sameJSON(t *testing.T, a, b string) bool {
+	t.Helper()
+	var x, y any
+	if err := json.Unmarshal([]byte(a), &x); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(b), &y); err != nil {
+		t.Fatal(err)
+	}
+	xs, _ := json.Marshal(x)
+	ys, _ := json.Marshal(y)
+	return string(xs) == string(ys)
+}
