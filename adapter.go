@@ -122,15 +122,17 @@ func (a *Adapter) ServerCount() int64 {
 // Broadcast delivers packet to the matching local clients and publishes it to the other
 // servers, unless the Local flag is set. Local delivery never waits for PostgreSQL.
 func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
+	tree := false
 	if !isLocal(opts) {
 		if data, ok := a.prepare(packet); ok {
+			tree = true
 			a.publish(wire.Broadcast, &wire.BroadcastData{
 				Packet: wire.Packet{Type: wirePacketType(packet.Type), Data: data},
 				Opts:   toWireOpts(opts),
 			}, nil)
 		}
 	}
-	a.localBroadcast(packet, opts, false)
+	a.localBroadcast(packet, opts, tree)
 }
 
 // BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
@@ -141,8 +143,10 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 // fires as soon as everything that can answer has, instead of at the timeout.
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
+	tree := false
 	if !isLocal(opts) {
 		if data, ok := a.prepare(packet); ok {
+			tree = true
 			id := randomID()
 			members := a.members()
 			if len(members) > 0 {
@@ -157,7 +161,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			}
 		}
 	}
-	a.localBroadcastWithAck(packet, opts, false, clientCountCallback, func(args []any, err error) {
+	a.localBroadcastWithAck(packet, opts, tree, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
 }

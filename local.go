@@ -19,12 +19,13 @@ import (
 // lost. These versions encode once and write without the pre-encoded frame, which keeps
 // every packet.
 
-// localBroadcast delivers packet to the matching sockets of this server. fromWire tells
-// that packet's data was decoded by the codec (see encode).
-func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, fromWire bool) {
+// localBroadcast delivers packet to the matching sockets of this server. tree tells
+// that packet's data holds only the codec's value types: decoded from the wire, or
+// normalized for it (see encode).
+func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, tree bool) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	encoded := a.encode(packet, fromWire)
+	encoded := a.encode(packet, tree)
 	a.apply(opts, func(s *socket.Socket) {
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
 			notify(packet)
@@ -35,13 +36,13 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 
 // localBroadcastWithAck delivers packet to the matching sockets of this server, registers
 // ack for each, and reports how many there were.
-func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, fromWire bool, clientCount func(uint64), ack socket.Ack) {
+func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, tree bool, clientCount func(uint64), ack socket.Ack) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	encoded := a.encode(packet, fromWire)
+	encoded := a.encode(packet, tree)
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -57,15 +58,15 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 // defaultEncoder is the type of socket.io's own packet encoder.
 var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
 
-// encode encodes packet for this server's clients. Data that came off the wire holds
-// only the codec's JSON types, which the codec writes without reflection; this is the
-// text socket.io's default encoder writes (except that it leaves <, > and & unescaped,
-// which reads the same), at a fraction of the cost on a server that relays every
-// broadcast of the cluster. Binary data, other encoders and the values of local
-// emits, which may be of any type, take the server's encoder.
-func (a *Adapter) encode(packet *parser.Packet, fromWire bool) []types.BufferInterface {
+// encode encodes packet for this server's clients. Data that came off the wire, or was
+// normalized for it, holds only the codec's value types, which the codec writes without
+// reflection: the text socket.io's default encoder writes (except that it leaves <, >
+// and & unescaped, which reads the same), at a fraction of the cost, on the path every
+// broadcast of the cluster takes. Binary data, other encoders, and values that were not
+// normalized (local-only emits: they may be of any type) take the server's encoder.
+func (a *Adapter) encode(packet *parser.Packet, tree bool) []types.BufferInterface {
 	enc := a.Nsp().Server().Encoder()
-	if !fromWire || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT || wire.HasBinary(packet.Data) {
+	if !tree || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT || wire.HasBinary(packet.Data) {
 		return enc.Encode(packet)
 	}
 	b, err := encodeEvent(packet)

@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,30 +22,42 @@ import (
 // possible: a WebSocket connection straight to engine.io (EIO=4), the connect to the main
 // namespace, pong for ping, and for each broadcast "b" its sequence number and send time.
 // To the server it is a real client: the server does all the work it does for a browser.
+//
+// One goroutine reads every client's socket through epoll (see poller), rather than a
+// goroutine per client: under load a read then returns many frames at once, and no
+// goroutine is woken per frame.
 
 // client is one Socket.IO connection.
 type client struct {
 	conn net.Conn
-	r    *bufio.Reader
+	fd   int
+	p    *poller
 	wmu  sync.Mutex
 
 	connected chan struct{}
 	closed    chan struct{}
-	err       error // why the read loop ended; read after closed
+	err       error // why reading ended; read after closed
 
 	count     atomic.Int64 // broadcasts received in the current phase
 	reordered atomic.Int64 // broadcasts received after a later one
 	rec       atomic.Pointer[histogram]
-	next      int64 // the sequence number expected next; read loop only
-	pending   *event
+
+	// Owned by the poller goroutine.
+	buf     []byte // read buffer
+	in      []byte // bytes read and not yet parsed, in buf
+	next    int64  // the sequence number expected next
+	pending *event
+	frag    []byte // a fragmented message so far
+	fragOp  byte
+	ended   bool
 }
 
 // event is a broadcast whose binary attachment has not arrived yet.
 type event struct{ seq, sent int64 }
 
-// dial connects a client to the Socket.IO server at addr (host:port) and starts its read
-// loop; it returns once the main namespace is connected.
-func dial(addr string, timeout time.Duration) (*client, error) {
+// dial connects a client to the Socket.IO server at addr (host:port), hands it to p, and
+// returns once the main namespace is connected.
+func dial(p *poller, addr string, timeout time.Duration) (*client, error) {
 	conn, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return nil, err
@@ -56,7 +67,7 @@ func dial(addr string, timeout time.Duration) (*client, error) {
 	rand.Read(key)
 	k := base64.StdEncoding.EncodeToString(key)
 	fmt.Fprintf(conn, "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n", addr, k)
-	r := bufio.NewReaderSize(conn, 64<<10)
+	r := bufio.NewReaderSize(conn, 4096)
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
 		conn.Close()
@@ -68,24 +79,35 @@ func dial(addr string, timeout time.Duration) (*client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("websocket handshake: %s", resp.Status)
 	}
-	c := &client{conn: conn, r: r, connected: make(chan struct{}), closed: make(chan struct{})}
+	conn.SetDeadline(time.Time{})
+	c := &client{conn: conn, connected: make(chan struct{}), closed: make(chan struct{}), next: -1}
 	c.rec.Store(newHistogram())
-	go c.read()
+	// What the reader buffered past the response (engine.io's open packet, often).
+	buffered, _ := r.Peek(r.Buffered())
+	c.buf = make([]byte, 64<<10)
+	c.in = c.buf[:copy(c.buf, buffered)]
+	if err := p.add(c); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	select {
 	case <-c.connected:
-		conn.SetDeadline(time.Time{})
 		return c, nil
 	case <-c.closed:
 		return nil, fmt.Errorf("socket.io connect: %w", c.err)
+	case <-time.After(timeout):
+		c.close()
+		return nil, errors.New("socket.io connect: timed out")
 	}
 }
 
 func (c *client) close() {
+	c.p.remove(c, net.ErrClosed)
 	c.conn.Close()
-	<-c.closed
 }
 
-// reset starts a new phase: counts from zero, a new latency record.
+// reset starts a new phase: counts from zero, a new latency record. The caller makes sure
+// nothing is in flight.
 func (c *client) reset() {
 	c.count.Store(0)
 	c.reordered.Store(0)
@@ -121,47 +143,46 @@ func (c *client) write(msg string) error {
 	return err
 }
 
-// readFrame reads one message (joining continuation frames) into buf.
-func (c *client) readFrame(buf []byte) (opcode byte, msg []byte, err error) {
-	msg = buf[:0]
-	for {
-		var h [2]byte
-		if _, err = io.ReadFull(c.r, h[:]); err != nil {
-			return 0, nil, err
-		}
-		n := int64(h[1] & 0x7f)
-		switch n {
-		case 126:
-			var l [2]byte
-			if _, err = io.ReadFull(c.r, l[:]); err != nil {
-				return 0, nil, err
-			}
-			n = int64(binary.BigEndian.Uint16(l[:]))
-		case 127:
-			var l [8]byte
-			if _, err = io.ReadFull(c.r, l[:]); err != nil {
-				return 0, nil, err
-			}
-			n = int64(binary.BigEndian.Uint64(l[:]))
-		}
-		if h[1]&0x80 != 0 {
-			return 0, nil, errors.New("masked frame from the server")
-		}
-		if n > 64<<20 {
-			return 0, nil, fmt.Errorf("frame of %d bytes", n)
-		}
-		start := len(msg)
-		msg = append(msg, make([]byte, n)...)
-		if _, err = io.ReadFull(c.r, msg[start:]); err != nil {
-			return 0, nil, err
-		}
-		if op := h[0] & 0x0f; op != 0 {
-			opcode = op
-		}
-		if h[0]&0x80 != 0 {
-			return opcode, msg, nil
-		}
+// end stops reading the client, for err.
+func (c *client) end(err error) {
+	if !c.ended {
+		c.ended = true
+		c.err = err
+		close(c.closed)
 	}
+}
+
+// frame cuts one whole frame off c.in: its opcode, fin bit and payload (valid until the
+// next read), or ok false when c.in does not hold a whole frame yet.
+func (c *client) frame() (opcode byte, fin bool, payload []byte, ok bool, err error) {
+	in := c.in
+	if len(in) < 2 {
+		return 0, false, nil, false, nil
+	}
+	if in[1]&0x80 != 0 {
+		return 0, false, nil, false, errors.New("masked frame from the server")
+	}
+	n, h := uint64(in[1]&0x7f), 2
+	switch n {
+	case 126:
+		if len(in) < 4 {
+			return 0, false, nil, false, nil
+		}
+		n, h = uint64(binary.BigEndian.Uint16(in[2:])), 4
+	case 127:
+		if len(in) < 10 {
+			return 0, false, nil, false, nil
+		}
+		n, h = binary.BigEndian.Uint64(in[2:]), 10
+	}
+	if n > 64<<20 {
+		return 0, false, nil, false, fmt.Errorf("frame of %d bytes", n)
+	}
+	if uint64(len(in)-h) < n {
+		return 0, false, nil, false, nil
+	}
+	c.in = in[h+int(n):]
+	return in[0] & 0x0f, in[0]&0x80 != 0, in[h : h+int(n)], true, nil
 }
 
 var (
@@ -169,20 +190,30 @@ var (
 	binaryEventPrefix = []byte(`451-["b",`)
 )
 
-func (c *client) read() {
-	defer close(c.closed)
-	c.next = -1
-	buf := make([]byte, 0, 64<<10)
+// parse handles every whole frame in c.in.
+func (c *client) parse() error {
+	now := time.Now().UnixMicro()
 	for {
-		op, msg, err := c.readFrame(buf)
+		op, fin, msg, ok, err := c.frame()
 		if err != nil {
-			c.err = err
-			return
+			return err
 		}
-		if cap(msg) > cap(buf) {
-			buf = msg
+		if !ok {
+			return nil
 		}
-		now := time.Now().UnixMicro()
+		// gorilla/websocket, under engine.io v2.5.0, cuts every message of more than
+		// about 1 KB into fragments: put them back together.
+		if op < 0x8 && (!fin || op == 0) {
+			if op != 0 {
+				c.fragOp, c.frag = op, append(c.frag[:0], msg...)
+			} else {
+				c.frag = append(c.frag, msg...)
+			}
+			if !fin {
+				continue
+			}
+			op, msg = c.fragOp, c.frag
+		}
 		switch {
 		case op == 0x2: // binary: the attachment of the pending binary event
 			if c.pending != nil {
@@ -190,8 +221,7 @@ func (c *client) read() {
 				c.pending = nil
 			}
 		case op == 0x8:
-			c.err = errors.New("closed by the server")
-			return
+			return errors.New("closed by the server")
 		case op == 0x9: // WebSocket ping: engine.io uses its own, but answer anyway
 			c.wmu.Lock()
 			c.conn.Write([]byte{0x8a, 0x80, 0, 0, 0, 0})
@@ -204,19 +234,16 @@ func (c *client) read() {
 			c.pending = &event{seq: seq, sent: sent}
 		case len(msg) == 1 && msg[0] == '2': // engine.io ping
 			if err := c.write("3"); err != nil {
-				c.err = err
-				return
+				return err
 			}
 		case len(msg) > 0 && msg[0] == '0': // engine.io open
 			if err := c.write("40"); err != nil {
-				c.err = err
-				return
+				return err
 			}
 		case bytes.HasPrefix(msg, []byte("40")):
 			close(c.connected)
 		case bytes.HasPrefix(msg, []byte("44")):
-			c.err = fmt.Errorf("connect refused: %s", msg)
-			return
+			return fmt.Errorf("connect refused: %s", msg)
 		}
 	}
 }

@@ -274,7 +274,11 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 
 // startCluster starts cfg.Servers servers of impl.
 func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, error) {
-	cl := &cluster{impl: impl}
+	poller, err := newPoller()
+	if err != nil {
+		return nil, err
+	}
+	cl := &cluster{impl: impl, poller: poller}
 	for i := range cfg.Servers {
 		var cmd *exec.Cmd
 		switch impl {
