@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -121,6 +122,7 @@ func BenchmarkClusterBroadcast(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			a, probe := benchCluster(b)
 			const window = 4000 // bounded in-flight
+			b.ReportAllocs()
 			b.ResetTimer()
 			start := time.Now()
 			for i := 0; i < b.N; i++ {
@@ -269,6 +271,49 @@ func BenchmarkServerSideEmitGoVsNode(b *testing.B) {
 			b.ReportMetric(stats["count"].(float64), "applied")
 			b.ReportMetric(stats["p50ms"].(float64)*1000, "p50-µs")
 			b.ReportMetric(stats["p99ms"].(float64)*1000, "p99-µs")
+		})
+	}
+}
+
+// BenchmarkDispatch is the CPU path of one broadcast received from another server,
+// without PostgreSQL or sockets: the own-message check, decoding, and encoding the packet
+// for this server's clients. The other hot paths: BenchmarkEncode and BenchmarkDecode in
+// internal/wire, and BenchmarkClusterBroadcast end to end.
+func BenchmarkDispatch(b *testing.B) {
+	m := &wire.Message{Type: wire.Broadcast, UID: "0123456789abcdef", Nsp: "/", Data: &wire.BroadcastData{
+		Packet: wire.Packet{Type: 2, Data: []any{"chat", map[string]any{"s": 1.0, "t": 2.0, "p": strings.Repeat("x", 80)}}},
+		Opts:   wire.Opts{Rooms: []string{"room1"}},
+	}}
+	payload, err := wire.EncodeJSON(m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := &Adapter{ownSuffix: wire.OwnSuffix("fedcba9876543210"), ownPrefix: wire.OwnPrefix("fedcba9876543210")}
+	for _, c := range []struct {
+		name   string
+		encode func(*parser.Packet) error
+	}{
+		{"codec-encoder", func(p *parser.Packet) error { _, err := encodeEvent(p); return err }},
+		// the baseline: what socket.io's own encoder costs for the same packet
+		{"socketio-encoder", func(p *parser.Packet) error { parser.NewEncoder().Encode(p); return nil }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(payload)))
+			for b.Loop() {
+				if a.isOwn(payload) {
+					b.Fatal("taken for our own")
+				}
+				n, err := wire.DecodeNotification(payload)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d := n.Message.Data.(*wire.BroadcastData)
+				_ = fromWireOpts(d.Opts)
+				if err := c.encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: d.Packet.Data}); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

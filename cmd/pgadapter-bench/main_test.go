@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	// The Go servers of the cluster are this test binary, re-executed.
+	if v := os.Getenv(serveEnv); v != "" {
+		serveMain(strings.Fields(v))
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestBenchRuns runs every phase briefly, on Go servers and, when Node.js is present
+// (required in CI), on Node servers: every broadcast must reach every client, pgadapter's
+// in order, and the report must hold every figure.
+func TestBenchRuns(t *testing.T) {
+	node := "auto"
+	if os.Getenv("PGADAPTER_REQUIRE_NODE") == "1" {
+		node = "on"
+	}
+	cfg := config{Servers: 2, Clients: 3, BetweenClients: 1, Duration: 300 * time.Millisecond, Drain: 20 * time.Second,
+		Rate: 100, Window: 200, Payloads: allPayloads, Node: node, NodeDir: "../../testdata/node",
+		Scenarios: []string{"between", "clients"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, cfg, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Ceiling.OnePerTx <= 0 || rep.Ceiling.ManyPerTx <= 0 {
+		t.Errorf("PostgreSQL ceiling not measured: %+v", rep.Ceiling)
+	}
+	want := 1 + 2*len(allPayloads)
+	for _, impl := range rep.Config.Impls {
+		n := 0
+		for _, r := range rep.Results {
+			if r.Impl != impl {
+				continue
+			}
+			n++
+			name := impl + " " + r.Scenario + " " + r.Payload + " " + r.Phase
+			if r.Emitted == 0 || r.Delivered != r.Emitted || r.Lost != 0 {
+				t.Errorf("%s: emitted %d, delivered to every remote client %d, receipts missing %d", name, r.Emitted, r.Delivered, r.Lost)
+			}
+			if impl == "go" && r.Reordered != 0 {
+				t.Errorf("%s: %d broadcasts out of order", name, r.Reordered)
+			}
+			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != 2 {
+				t.Errorf("%s: figures missing: %+v", name, r)
+			}
+			for _, p := range r.Procs {
+				if len(p.Errors) > 0 {
+					t.Errorf("%s: %s reported %q", name, p.Name, p.Errors)
+				}
+			}
+		}
+		if n != want {
+			t.Errorf("%s: %d results, want %d", impl, n, want)
+		}
+	}
+	var table bytes.Buffer
+	printTable(&table, rep)
+	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	chart := filepath.Join(t.TempDir(), "chart.svg")
+	if err := writeChart(chart, rep); err != nil {
+		t.Fatal(err)
+	}
+	if svg, _ := os.ReadFile(chart); !bytes.Contains(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("<rect")) {
+		t.Errorf("chart: %.200s", svg)
+	}
+}
