@@ -91,6 +91,7 @@ func main() {
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
 	flag.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (default $DATABASE_URL, or else a temporary server started from the local PostgreSQL binaries)")
 	flag.StringVar(&cfg.JSON, "json", "", "write the results as JSON to this file")
+	from := flag.String("from", "", "measure nothing: print the table of, and chart, the results in this JSON file (from -json)")
 	flag.StringVar(&cfg.Chart, "chart", "", "write a chart of the results to this file (.svg, or .png when Chromium is installed)")
 	flag.Parse()
 	for _, name := range strings.Split(*payloads, ",") {
@@ -111,9 +112,22 @@ func main() {
 	if cfg.Servers < 2 || cfg.Clients < 1 || cfg.BetweenClients < 1 || cfg.BetweenClients > cfg.Clients || cfg.Rate < 1 || cfg.Window < 1 || cfg.Duration <= 0 {
 		fatalf("need -servers ≥ 2, 1 ≤ -between-clients ≤ -clients, -rate ≥ 1, -window ≥ 1, -duration > 0")
 	}
-	rep, err := run(context.Background(), cfg, os.Stderr)
-	if err != nil {
-		fatalf("%v", err)
+	var rep *report
+	if *from != "" {
+		data, err := os.ReadFile(*from)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		rep = &report{}
+		if err := json.Unmarshal(data, rep); err != nil {
+			fatalf("%s: %v", *from, err)
+		}
+		cfg.JSON = ""
+	} else {
+		var err error
+		if rep, err = run(context.Background(), cfg, os.Stderr); err != nil {
+			fatalf("%v", err)
+		}
 	}
 	printTable(os.Stdout, rep)
 	if cfg.JSON != "" {
