@@ -247,7 +247,23 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 	if err := cl.connect(cfg.BetweenClients); err != nil {
 		return nil, err
 	}
-	// Warm up (connections, JIT) and prove that every server listens before measuring.
+	// A Node server says it is ready once its HTTP server listens, before its adapter's
+	// LISTEN is in place, and what is published until then never reaches it: probe with
+	// one broadcast at a time until one reaches every client.
+	probe := phase{Scenario: "probe", Payload: allPayloads[0], Window: 1, Duration: 100 * time.Millisecond, Drain: 2 * time.Second}
+	for try := 1; ; try++ {
+		r, err := cl.run(probe)
+		if err != nil {
+			return nil, err
+		}
+		if r.Lost == 0 && r.Delivered > 0 {
+			break
+		}
+		if try == 30 {
+			return nil, fmt.Errorf("the servers do not receive each other's broadcasts")
+		}
+	}
+	// Warm up (connections, JIT) and prove that every server receives before measuring.
 	warm := phase{Scenario: "warm-up", Payload: allPayloads[0], Window: cfg.Window, Duration: time.Second, Drain: cfg.Drain}
 	if r, err := cl.run(warm); err != nil {
 		return nil, err
