@@ -122,17 +122,14 @@ func (a *Adapter) ServerCount() int64 {
 // Broadcast delivers packet to the matching local clients and publishes it to the other
 // servers, unless the Local flag is set. Local delivery never waits for PostgreSQL.
 func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
-	tree := false
+	raw := ""
 	if !isLocal(opts) {
-		if data, ok := a.prepare(packet); ok {
-			tree = true
-			a.publish(wire.Broadcast, &wire.BroadcastData{
-				Packet: wire.Packet{Type: wirePacketType(packet.Type), Data: data},
-				Opts:   toWireOpts(opts),
-			}, nil)
+		if p, ok := a.prepare(packet); ok {
+			raw = p.Raw
+			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts)}, nil)
 		}
 	}
-	a.localBroadcast(packet, opts, tree)
+	a.localBroadcast(packet, opts, raw)
 }
 
 // BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
@@ -143,25 +140,22 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 // fires as soon as everything that can answer has, instead of at the timeout.
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
-	tree := false
+	raw := ""
 	if !isLocal(opts) {
-		if data, ok := a.prepare(packet); ok {
-			tree = true
+		if p, ok := a.prepare(packet); ok {
+			raw = p.Raw
 			id := randomID()
 			members := a.members()
 			if len(members) > 0 {
 				r := &request{kind: wire.Broadcast, waiting: members, members: clone(members),
 					onCount: clientCountCallback, onAck: ack, single: single}
 				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout))
-				a.publish(wire.Broadcast, &wire.BroadcastData{
-					Packet:    wire.Packet{Type: wirePacketType(packet.Type), Data: data},
-					Opts:      toWireOpts(opts),
-					RequestID: id,
-				}, a.abandonOnError(id))
+				a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts), RequestID: id},
+					a.abandonOnError(id))
 			}
 		}
 	}
-	a.localBroadcastWithAck(packet, opts, tree, clientCountCallback, func(args []any, err error) {
+	a.localBroadcastWithAck(packet, opts, raw, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
 }
@@ -259,16 +253,23 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 }
 
 // prepare normalizes a packet's arguments once for both destinations: the wire, and the
-// local clients (readers are read into bytes, since they cannot be read twice).
-func (a *Adapter) prepare(packet *parser.Packet) ([]any, bool) {
+// local clients (readers are read into bytes, since they cannot be read twice). Without
+// binary data, it also writes their JSON text once, for both (Packet.Raw).
+func (a *Adapter) prepare(packet *parser.Packet) (wire.Packet, bool) {
 	args, _ := packet.Data.([]any)
 	data, _, err := wire.NormalizeArgs(args)
 	if err != nil {
 		a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not published: %w", a.name, err))
-		return nil, false
+		return wire.Packet{}, false
 	}
 	packet.Data = data
-	return data, true
+	p := wire.Packet{Type: wirePacketType(packet.Type), Data: data}
+	if !wire.HasBinary(data) {
+		if text, err := wire.AppendJSON(make([]byte, 0, 128), data); err == nil {
+			p.Raw = string(text)
+		}
+	}
+	return p, true
 }
 
 // publish encodes a message in the caller's goroutine and queues it. It never blocks.
@@ -353,13 +354,22 @@ func (a *Adapter) onMessage(m *wire.Message) {
 	case wire.Heartbeat:
 	case wire.Broadcast:
 		d := m.Data.(*wire.BroadcastData)
-		packet := &parser.Packet{Type: parser.EVENT, Data: d.Packet.Data}
+		packet := &parser.Packet{Type: parser.EVENT}
+		raw := d.Packet.Raw
+		if d.Packet.Data != nil { // from an attachment: values, no text
+			packet.Data = d.Packet.Data
+			if !wire.HasBinary(d.Packet.Data) {
+				if text, err := wire.AppendJSON(nil, d.Packet.Data); err == nil {
+					raw = string(text)
+				}
+			}
+		}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {
-			a.localBroadcast(packet, opts, true)
+			a.localBroadcast(packet, opts, raw)
 			return
 		}
-		a.localBroadcastWithAck(packet, opts, true, func(n uint64) {
+		a.localBroadcastWithAck(packet, opts, raw, func(n uint64) {
 			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
 		}, func(args []any, _ error) {
 			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)

@@ -179,7 +179,7 @@ func benchCluster(b *testing.B) (*node, *latencyProbe) {
 		var args []any
 		switch d := m.Data.(type) {
 		case *wire.BroadcastData:
-			args = d.Packet.Data
+			args, _ = d.Packet.Args()
 		case *wire.ServerSideEmitData:
 			args = d.Packet
 		}
@@ -290,12 +290,42 @@ func BenchmarkDispatch(b *testing.B) {
 	}
 	a := &Adapter{ownSuffix: wire.OwnSuffix("fedcba9876543210"), ownPrefix: wire.OwnPrefix("fedcba9876543210")}
 	for _, c := range []struct {
-		name   string
-		encode func(*parser.Packet) error
+		name     string
+		dispatch func() error
 	}{
-		{"codec-encoder", func(p *parser.Packet) error { _, err := encodeEvent(p); return err }},
-		// the baseline: what socket.io's own encoder costs for the same packet
-		{"socketio-encoder", func(p *parser.Packet) error { parser.NewEncoder().Encode(p); return nil }},
+		// the arguments' text passes through (the adapter's path)
+		{"raw", func() error {
+			n, err := wire.DecodeNotificationRaw(payload)
+			if err != nil {
+				return err
+			}
+			d := n.Message.Data.(*wire.BroadcastData)
+			_ = fromWireOpts(d.Opts)
+			encodeEvent(&parser.Packet{Type: parser.EVENT, Nsp: "/"}, d.Packet.Raw)
+			return nil
+		}},
+		// the arguments decoded into a tree and written again by the codec
+		{"tree", func() error {
+			n, err := wire.DecodeNotification(payload)
+			if err != nil {
+				return err
+			}
+			d := n.Message.Data.(*wire.BroadcastData)
+			_ = fromWireOpts(d.Opts)
+			_, err = wire.AppendJSON([]byte{'2'}, d.Packet.Data)
+			return err
+		}},
+		// the baseline: decoded, and written again by socket.io's own encoder
+		{"socketio-encoder", func() error {
+			n, err := wire.DecodeNotification(payload)
+			if err != nil {
+				return err
+			}
+			d := n.Message.Data.(*wire.BroadcastData)
+			_ = fromWireOpts(d.Opts)
+			parser.NewEncoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: d.Packet.Data})
+			return nil
+		}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -304,13 +334,7 @@ func BenchmarkDispatch(b *testing.B) {
 				if a.isOwn(payload) {
 					b.Fatal("taken for our own")
 				}
-				n, err := wire.DecodeNotification(payload)
-				if err != nil {
-					b.Fatal(err)
-				}
-				d := n.Message.Data.(*wire.BroadcastData)
-				_ = fromWireOpts(d.Opts)
-				if err := c.encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: d.Packet.Data}); err != nil {
+				if err := c.dispatch(); err != nil {
 					b.Fatal(err)
 				}
 			}

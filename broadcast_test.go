@@ -426,29 +426,43 @@ func bufBytes(t *testing.T, v any) []byte {
 func TestOrderPerSendingServer(t *testing.T) {
 	nodes := cluster(t, 2, testOptions(t))
 	a, b := nodes[0], nodes[1]
+	a.io.Of("/o", nil)
 	cb := b.connect(t, "/", "cb")
-	const n = 300
+	co := b.connect(t, "/o", "co")
+	const n = 600
 	big := strings.Repeat("y", 9000)
+	// Runs of inline messages (published together in one statement), for two channels,
+	// between attachments (a statement each).
+	others := 0
 	for i := range n {
-		switch i % 3 {
-		case 0:
-			a.io.Emit("seq", i)
-		case 1:
+		switch k := i % 12; {
+		case k == 8 || k == 9:
 			a.io.Emit("seq", i, big) // attachment
-		case 2:
+		case k == 10:
 			a.io.Emit("seq", i, []byte{byte(i)}) // binary attachment
+		default:
+			a.io.Emit("seq", i)
+			if k%2 == 0 {
+				a.io.Of("/o", nil).Emit("seq", others)
+				others++
+			}
 		}
 	}
 	// The order B writes to its client is the order B applied A's messages (the Go
 	// client itself may reorder events, see harness_test.go).
-	for i := range n {
-		args := cb.sent.next(t, "cb's server", "seq")
-		if got := args[0].(float64); int(got) != i {
-			t.Fatalf("message %d applied in position %d", int(got), i)
+	for _, c := range []struct {
+		client *tclient
+		n      int
+	}{{cb, n}, {co, others}} {
+		for i := range c.n {
+			args := c.client.sent.next(t, "B", "seq")
+			if got := args[0].(float64); int(got) != i {
+				t.Fatalf("message %d applied in position %d", int(got), i)
+			}
 		}
-	}
-	for range n {
-		cb.expect(t, "seq")
+		for range c.n {
+			c.client.expect(t, "seq")
+		}
 	}
 }
 

@@ -2,9 +2,9 @@ package pgadapter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,11 +42,12 @@ type listener struct {
 
 	mu      sync.Mutex
 	wanted  map[string]struct{}
-	dirty   bool               // wanted changed since the goroutine last applied it
-	wake    context.CancelFunc // interrupts the current wait, when waiting
-	synced  bool               // connected and every wanted channel LISTENed
-	changed chan struct{}      // closed and replaced at each change of synced
-	pid     atomic.Uint32      // backend pid of the LISTEN connection, 0 when down
+	dirty   bool          // wanted changed since the goroutine last applied it
+	waiting net.Conn      // the connection being read for notifications, if any
+	woken   bool          // the current wait was interrupted
+	synced  bool          // connected and every wanted channel LISTENed
+	changed chan struct{} // closed and replaced at each change of synced
+	pid     atomic.Uint32 // backend pid of the LISTEN connection, 0 when down
 	// announced is set once the current connection has been reported up (owned by the
 	// goroutine).
 	announced bool
@@ -79,8 +80,9 @@ func (l *listener) update(channel string, want bool) {
 	}
 	l.dirty = true
 	l.setSyncedLocked(false)
-	if l.wake != nil {
-		l.wake()
+	if l.waiting != nil {
+		l.woken = true
+		l.waiting.SetReadDeadline(time.Now())
 	}
 }
 
@@ -171,6 +173,9 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 	applied := map[string]struct{}{}
 	l.announced = false
 	l.pid.Store(conn.PgConn().PID())
+	netConn := conn.PgConn().Conn()
+	stop := context.AfterFunc(ctx, l.interrupt)
+	defer stop()
 	for {
 		l.mu.Lock()
 		dirty := l.dirty || !l.synced
@@ -182,34 +187,55 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			listened = true
 		}
 
+		// Wait for notifications until the read deadline: a heartbeat interval from
+		// now, or now when interrupt is called. One deadline covers every notification
+		// read meanwhile: no context, timer or watcher per notification, which at tens
+		// of thousands per second was a large share of the listener's allocations.
 		l.mu.Lock()
 		if l.dirty {
 			l.mu.Unlock()
 			continue
 		}
-		wctx, cancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
-		l.wake = cancel
+		if ctx.Err() != nil {
+			l.mu.Unlock()
+			return listened, ctx.Err()
+		}
+		netConn.SetReadDeadline(time.Now().Add(l.opts.HeartbeatInterval))
+		l.waiting, l.woken = netConn, false
 		l.mu.Unlock()
 
-		n, err := conn.WaitForNotification(wctx)
-		l.mu.Lock()
-		l.wake = nil
-		l.mu.Unlock()
-		waitErr := wctx.Err()
-		cancel()
-
-		switch {
-		case err == nil:
+		received := 0
+		var err error
+		for {
+			var n *pgconn.Notification
+			// context.Background: pgconn then sets no context watcher; the deadline
+			// does its work.
+			if n, err = conn.WaitForNotification(context.Background()); err != nil {
+				break
+			}
+			received++
 			select {
 			case l.inbound <- n:
 			default:
 				l.onDrop()
 			}
+		}
+		l.mu.Lock()
+		l.waiting = nil
+		woken := l.woken
+		l.mu.Unlock()
+		netConn.SetReadDeadline(time.Time{})
+
+		switch {
 		case ctx.Err() != nil:
 			return listened, ctx.Err()
-		case errors.Is(waitErr, context.Canceled):
-			// woken to apply a LISTEN or UNLISTEN
-		case errors.Is(waitErr, context.DeadlineExceeded):
+		case !pgconn.Timeout(err):
+			return listened, fmt.Errorf("wait for notification: %w", err)
+		case woken:
+			// to apply a LISTEN or UNLISTEN
+		case received > 0:
+			// the connection is alive
+		default:
 			// Quiet for a whole heartbeat interval although our own heartbeats come back
 			// on this connection: make sure it is still alive.
 			pctx, pcancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
@@ -218,9 +244,18 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			if err != nil {
 				return listened, fmt.Errorf("ping: %w", err)
 			}
-		default:
-			return listened, fmt.Errorf("wait for notification: %w", err)
 		}
+	}
+}
+
+// interrupt ends the current wait for notifications, if there is one, by moving the
+// connection's read deadline to now: a timeout leaves a pgconn connection usable.
+func (l *listener) interrupt() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.waiting != nil {
+		l.woken = true
+		l.waiting.SetReadDeadline(time.Now())
 	}
 }
 

@@ -19,15 +19,17 @@ import (
 // lost. These versions encode once and write without the pre-encoded frame, which keeps
 // every packet.
 
-// localBroadcast delivers packet to the matching sockets of this server. tree tells
-// that packet's data holds only the codec's value types: decoded from the wire, or
-// normalized for it (see encode).
-func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, tree bool) {
+// localBroadcast delivers packet to the matching sockets of this server. raw, when set,
+// is the JSON text of packet's arguments, which are then written as they are; packet.Data
+// may be nil, and is decoded from raw only if a socket has outgoing listeners or the
+// server has its own encoder.
+func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	encoded := a.encode(packet, tree)
+	encoded := a.encode(packet, raw)
 	a.apply(opts, func(s *socket.Socket) {
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
+			a.fillArgs(packet, raw)
 			notify(packet)
 		}
 		s.Client().WriteToEngine(encoded, packetOpts)
@@ -35,19 +37,20 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 }
 
 // localBroadcastWithAck delivers packet to the matching sockets of this server, registers
-// ack for each, and reports how many there were.
-func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, tree bool, clientCount func(uint64), ack socket.Ack) {
+// ack for each, and reports how many there were. raw is as for localBroadcast.
+func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, clientCount func(uint64), ack socket.Ack) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	encoded := a.encode(packet, tree)
+	encoded := a.encode(packet, raw)
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
 		s.Acks().Store(id, ack)
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
+			a.fillArgs(packet, raw)
 			notify(packet)
 		}
 		s.Client().WriteToEngine(encoded, packetOpts)
@@ -55,31 +58,44 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	clientCount(n)
 }
 
+// fillArgs decodes packet's arguments from raw when they are not there yet.
+func (a *Adapter) fillArgs(packet *parser.Packet, raw string) {
+	if packet.Data != nil || raw == "" {
+		return
+	}
+	p := wire.Packet{Raw: raw}
+	args, err := p.Args()
+	if err != nil { // raw was checked when it was decoded or written
+		a.b.report(&MessageError{Channel: a.channel, Err: err})
+		args = []any{}
+	}
+	packet.Data = args
+}
+
 // defaultEncoder is the type of socket.io's own packet encoder.
 var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
 
-// encode encodes packet for this server's clients. Data that came off the wire, or was
-// normalized for it, holds only the codec's value types, which the codec writes without
-// reflection: the text socket.io's default encoder writes (except that it leaves <, >
-// and & unescaped, which reads the same), at a fraction of the cost, on the path every
-// broadcast of the cluster takes. Binary data, other encoders, and values that were not
-// normalized (local-only emits: they may be of any type) take the server's encoder.
-func (a *Adapter) encode(packet *parser.Packet, tree bool) []types.BufferInterface {
+// encode encodes packet for this server's clients. With the JSON text of its arguments
+// (raw: a broadcast without binary data, as it came off the wire or as it was written
+// for it) and socket.io's default encoder, it writes socket.io's string encoding around
+// that text, on the path every broadcast of the cluster takes: no tree is built and no
+// reflection runs. The text is what socket.io's encoder writes, except that <, > and &
+// are not escaped, which reads the same. Binary data, other encoders, and local-only
+// emits (their values were not normalized, and may be of any type) take the server's
+// encoder.
+func (a *Adapter) encode(packet *parser.Packet, raw string) []types.BufferInterface {
 	enc := a.Nsp().Server().Encoder()
-	if !tree || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT || wire.HasBinary(packet.Data) {
+	if raw == "" || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT {
+		a.fillArgs(packet, raw)
 		return enc.Encode(packet)
 	}
-	b, err := encodeEvent(packet)
-	if err != nil {
-		return enc.Encode(packet)
-	}
-	return []types.BufferInterface{types.NewStringBuffer(b)}
+	return []types.BufferInterface{types.NewStringBuffer(encodeEvent(packet, raw))}
 }
 
 // encodeEvent writes an event packet as socket.io's string encoding: type, namespace
-// unless it is the main one, id, and the JSON of the data.
-func encodeEvent(packet *parser.Packet) ([]byte, error) {
-	b := make([]byte, 0, 128)
+// unless it is the main one, id, and the JSON text of the data.
+func encodeEvent(packet *parser.Packet, raw string) []byte {
+	b := make([]byte, 0, 24+len(packet.Nsp)+len(raw))
 	b = append(b, byte(packet.Type))
 	if packet.Nsp != "" && packet.Nsp != "/" {
 		b = append(append(b, packet.Nsp...), ',')
@@ -87,10 +103,7 @@ func encodeEvent(packet *parser.Packet) ([]byte, error) {
 	if packet.Id != nil {
 		b = strconv.AppendUint(b, *packet.Id, 10)
 	}
-	if packet.Data != nil {
-		return wire.AppendJSON(b, packet.Data)
-	}
-	return b, nil
+	return append(b, raw...)
 }
 
 func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {

@@ -10,9 +10,10 @@ import (
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-// Broadcasts that arrive from other servers are encoded for clients by the codec, not by
-// socket.io's encoder: the text must be the same, byte for byte, except for HTML
-// escaping, which socket.io's encoder adds and which decodes to the same JSON.
+// Broadcasts that arrive from other servers reach clients as the JSON text they arrived
+// in, not encoded again by socket.io's encoder: the text must be the same, byte for byte,
+// except for HTML escaping, which socket.io's encoder adds and which decodes to the same
+// JSON.
 func TestEncodeEventMatchesSocketIO(t *testing.T) {
 	id := uint64(42)
 	trees := []any{
@@ -29,15 +30,21 @@ func TestEncodeEventMatchesSocketIO(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				n, err := wire.DecodeNotification(`{"type":3,"uid":"u","data":{"opts":{"rooms":[],"except":[],"flags":{}},"packet":{"type":2,"data":` + string(js) + `}}}`)
+				payload := `{"type":3,"uid":"u","data":{"opts":{"rooms":[],"except":[],"flags":{}},"packet":{"type":2,"data":` + string(js) + `}}}`
+				n, err := wire.DecodeNotification(payload)
 				if err != nil {
 					t.Fatal(err)
 				}
 				tree := n.Message.Data.(*wire.BroadcastData).Packet.Data
-				ours, err := encodeEvent(&parser.Packet{Type: parser.EVENT, Nsp: nsp, Id: id, Data: tree})
+				n, err = wire.DecodeNotificationRaw(payload)
 				if err != nil {
 					t.Fatal(err)
 				}
+				raw := n.Message.Data.(*wire.BroadcastData).Packet.Raw
+				if raw == "" {
+					t.Fatalf("%s: arguments not kept raw", payload)
+				}
+				ours := encodeEvent(&parser.Packet{Type: parser.EVENT, Nsp: nsp, Id: id}, raw)
 				theirs := parser.NewEncoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: nsp, Id: id, Data: tree})
 				if len(theirs) != 1 {
 					t.Fatalf("socket.io encoded %d parts", len(theirs))

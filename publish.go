@@ -50,6 +50,8 @@ type publisher struct {
 	carry      []outgoing // taken from the queue, to publish before anything queued
 	batch      []outgoing
 	seen       map[string]struct{}
+	chans      []string // sendBatch's NotifyMany arguments, reused
+	payloads   []string
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
@@ -198,14 +200,30 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		p.createTable(ctx)
 	}
 	b := &pgx.Batch{}
+	// Runs of inline messages go as one NotifyMany each; attachments between them keep
+	// their place, since the statements of a batch run in order.
+	chans, payloads := p.chans[:0], p.payloads[:0]
+	run := 0 // start of the current run in chans/payloads
+	endRun := func() {
+		switch n := len(payloads) - run; {
+		case n == 1:
+			b.Queue(p.st.Notify, chans[run], payloads[run])
+		case n > 1:
+			b.Queue(p.st.NotifyMany, chans[run:], payloads[run:])
+		}
+		run = len(payloads)
+	}
 	for i := range batch {
 		m := &batch[i]
 		if m.enc.Attachment != nil {
+			endRun()
 			b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
 		} else {
-			b.Queue(p.st.Notify, m.channel, m.enc.JSON)
+			chans = append(chans, m.channel)
+			payloads = append(payloads, m.enc.JSON)
 		}
 	}
+	endRun()
 	var err error
 	for try := 0; try < 2; try++ {
 		qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
@@ -215,6 +233,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			break
 		}
 	}
+	clear(chans) // drop references to sent payloads; the arrays are reused
+	clear(payloads)
+	p.chans, p.payloads = chans[:0], payloads[:0]
 	if err != nil {
 		types := map[string]int{}
 		for _, m := range batch {

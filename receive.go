@@ -44,7 +44,7 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		if a.isOwn(n.Payload) {
 			continue // our own message, echoed by PostgreSQL: not worth decoding
 		}
-		note, err := wire.DecodeNotification(n.Payload)
+		note, err := wire.DecodeNotificationRaw(n.Payload)
 		if err != nil {
 			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})

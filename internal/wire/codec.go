@@ -42,6 +42,11 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			return Encoded{JSON: js}, nil
 		}
 	}
+	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && d.Packet.Data != nil {
+		c := *d // MessagePack carries the values, which the sender has
+		c.Packet.Raw = ""
+		t["data"] = dataTree(&c)
+	}
 	body, err := marshalMsgpack(t)
 	if err != nil {
 		return Encoded{}, fmt.Errorf("wire: encode %s attachment: %w", m.Type, err)
@@ -81,10 +86,26 @@ type Notification struct {
 
 // DecodeNotification parses a NOTIFY payload.
 func DecodeNotification(payload string) (*Notification, error) {
+	return decodeNotification(payload, false)
+}
+
+// DecodeNotificationRaw is DecodeNotification, except that a BROADCAST's arguments are
+// checked but not decoded: its Packet has Raw set and Data nil (see Packet.Args). A
+// server that forwards them to its clients as they are then neither builds nor
+// re-encodes them.
+func DecodeNotificationRaw(payload string) (*Notification, error) {
+	return decodeNotification(payload, true)
+}
+
+func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	if payload == "" {
 		return nil, errEmpty
 	}
-	raw, err := parseJSON(payload)
+	parse := parseJSON
+	if keepRaw {
+		parse = parseJSONRawPacket
+	}
+	raw, err := parse(payload)
 	if err != nil {
 		return nil, fmt.Errorf("wire: notification is not JSON: %w", err)
 	}
@@ -174,13 +195,24 @@ func marshalJSON(v any) (string, error) {
 // publishes.
 var jsonBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-func marshalMsgpack(v any) ([]byte, error) {
+func marshalMsgpack(t map[string]any) ([]byte, error) {
+	if p, ok := t["data"].(map[string]any)["packet"].(map[string]any); ok {
+		if raw, ok := p["data"].(RawJSON); ok {
+			// MessagePack carries the values, not their JSON text. The tree is the
+			// caller's own, built for this encoding.
+			v, err := parseJSON(string(raw))
+			if err != nil {
+				return nil, fmt.Errorf("packet.data: %w", err)
+			}
+			p["data"] = v
+		}
+	}
 	var b bytes.Buffer
 	enc := msgpack.NewEncoder(&b)
 	enc.UseCompactInts(true)
 	enc.UseCompactFloats(true)
 	enc.SetCustomStructTag("json")
-	if err := enc.Encode(v); err != nil {
+	if err := enc.Encode(t); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil

@@ -36,12 +36,19 @@ func OwnSuffix(uid string) string { return `,"uid":` + string(appendString(nil, 
 // OwnPrefix returns how every attachment header the codec writes for uid begins.
 func OwnPrefix(uid string) string { return `{"uid":` + string(appendString(nil, uid)) + `,` }
 
+// RawJSON is JSON text that was validated once and is written verbatim: a broadcast's
+// arguments travel from the notification to the clients as the text they arrived in,
+// with no tree built and no re-encoding.
+type RawJSON string
+
 // appendJSON appends the JSON text of v to b.
 func appendJSON(b []byte, v any, depth int) ([]byte, error) {
 	if depth > maxJSONDepth {
 		return nil, errors.New("json: exceeded max depth")
 	}
 	switch x := v.(type) {
+	case RawJSON:
+		return append(b, x...), nil
 	case nil:
 		return append(b, "null"...), nil
 	case bool:
@@ -219,6 +226,52 @@ func parseJSON(s string) (any, error) {
 type parser struct {
 	s string
 	i int
+	// rawPacket makes object keep a BROADCAST's data.packet.data array as RawJSON.
+	rawPacket bool
+	keys      [2]string // the keys leading to the object being read, at depths 0 and 1
+	// skip makes value check syntax only, returning nil and allocating nothing;
+	// badUTF8 records that a skipped string holds invalid UTF-8.
+	skip    bool
+	badUTF8 bool
+}
+
+// parseJSONRawPacket is parseJSON, except that data.packet.data, when it is an array
+// whose first element is a string (an event), is returned as RawJSON: its text, checked
+// as parseJSON would check it. Text holding invalid UTF-8 is decoded instead (decoding
+// replaces it, as encoding/json does; passed through, it would break a client's
+// WebSocket, which requires UTF-8 text).
+func parseJSONRawPacket(s string) (any, error) {
+	p := parser{s: s, rawPacket: true}
+	p.space()
+	v, err := p.value(0)
+	if err != nil {
+		return nil, err
+	}
+	p.space()
+	if p.i < len(p.s) {
+		return nil, p.errorf("invalid character %q after top-level value", p.s[p.i])
+	}
+	return v, nil
+}
+
+// raw reads the array at p.i as RawJSON, or as a value when it must be decoded.
+func (p *parser) raw(depth int) (any, error) {
+	start := p.i
+	p.skip, p.badUTF8 = true, false
+	_, err := p.value(depth)
+	p.skip = false
+	if err != nil {
+		return nil, err
+	}
+	text := p.s[start:p.i]
+	if !p.badUTF8 {
+		rest := strings.TrimLeft(text[1:], " \t\n\r")
+		if rest != "" && rest[0] == '"' {
+			return RawJSON(text), nil
+		}
+	}
+	sub := parser{s: text}
+	return sub.value(depth)
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -249,6 +302,10 @@ func (p *parser) value(depth int) (any, error) {
 	case c == '[':
 		return p.array(depth)
 	case c == '"':
+		if p.skip {
+			_, err := p.string() // boxing the string would allocate
+			return nil, err
+		}
 		return p.string()
 	case c == 't':
 		return true, p.literal("true")
@@ -273,7 +330,10 @@ func (p *parser) literal(word string) error {
 
 func (p *parser) object(depth int) (any, error) {
 	p.i++ // {
-	m := make(map[string]any)
+	var m map[string]any
+	if !p.skip {
+		m = make(map[string]any)
+	}
 	p.space()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
@@ -294,11 +354,22 @@ func (p *parser) object(depth int) (any, error) {
 		}
 		p.i++
 		p.space()
-		v, err := p.value(depth + 1)
+		var v any
+		if p.rawPacket && !p.skip && depth < 2 {
+			p.keys[depth] = k
+		}
+		if p.rawPacket && !p.skip && depth == 2 && k == "data" && p.keys[0] == "data" && p.keys[1] == "packet" &&
+			p.i < len(p.s) && p.s[p.i] == '[' {
+			v, err = p.raw(depth + 1)
+		} else {
+			v, err = p.value(depth + 1)
+		}
 		if err != nil {
 			return nil, err
 		}
-		m[k] = v
+		if !p.skip {
+			m[k] = v
+		}
 		p.space()
 		if p.i >= len(p.s) {
 			return nil, p.errorf("unexpected end of JSON input")
@@ -317,7 +388,10 @@ func (p *parser) object(depth int) (any, error) {
 
 func (p *parser) array(depth int) (any, error) {
 	p.i++ // [
-	a := []any{}
+	var a []any
+	if !p.skip {
+		a = []any{}
+	}
 	p.space()
 	if p.i < len(p.s) && p.s[p.i] == ']' {
 		p.i++
@@ -329,7 +403,9 @@ func (p *parser) array(depth int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		a = append(a, v)
+		if !p.skip {
+			a = append(a, v)
+		}
 		p.space()
 		if p.i >= len(p.s) {
 			return nil, p.errorf("unexpected end of JSON input")
@@ -384,6 +460,9 @@ func (p *parser) number() (any, error) {
 	f, err := strconv.ParseFloat(s[start:p.i], 64)
 	if err != nil {
 		return nil, p.errorf("number %s out of range", s[start:p.i])
+	}
+	if p.skip {
+		return nil, nil // boxing f would allocate
 	}
 	return f, nil
 }
@@ -480,6 +559,9 @@ func (p *parser) unquote(start int) (string, error) {
 			p.i++
 		default:
 			r, size := utf8.DecodeRuneInString(s[p.i:])
+			if r == utf8.RuneError && size == 1 {
+				p.badUTF8 = true
+			}
 			p.i += size
 			b = utf8.AppendRune(b, r) // RuneError for an invalid byte
 		}

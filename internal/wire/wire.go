@@ -147,8 +147,29 @@ type Packet struct {
 	Type int
 	// Data is the event name followed by its arguments.
 	Data []any
+	// Raw, when set, is the JSON text of the arguments array, which encoders write
+	// instead of Data. DecodeNotificationRaw sets it and leaves Data nil; a sender that
+	// has the text already sets both, so that the arguments are encoded once for the
+	// wire and for its own clients.
+	Raw string
 	// Nsp is set by Node's emitter inside the packet; empty otherwise.
 	Nsp string
+}
+
+// Args returns Data, decoding Raw when Data is nil.
+func (p *Packet) Args() ([]any, error) {
+	if p.Data != nil || p.Raw == "" {
+		return p.Data, nil
+	}
+	v, err := parseJSON(p.Raw)
+	if err != nil {
+		return nil, fmt.Errorf("wire: packet.data: %w", err)
+	}
+	a, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("wire: packet.data is %s, want an array", describe(v))
+	}
+	return a, nil
 }
 
 // BroadcastData is the data of a BROADCAST.
