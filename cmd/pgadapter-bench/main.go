@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ type config struct {
 	Drain          time.Duration `json:"-"`
 	Rate           int           `json:"pacedRate"`
 	Window         int64         `json:"window"`
+	GOGC           int           `json:"goGOGC,omitempty"`
 	Payloads       []payload     `json:"payloads"`
 	Node           string        `json:"-"`
 	NodeDir        string        `json:"-"`
@@ -85,6 +87,7 @@ func main() {
 	flag.DurationVar(&cfg.Drain, "drain", 20*time.Second, "how long a phase waits for what is in flight after it stops emitting, without progress, before counting the rest as lost")
 	flag.IntVar(&cfg.Rate, "rate", 200, "broadcasts per second in the paced phases")
 	flag.Int64Var(&cfg.Window, "window", 2000, "broadcasts in flight at most in the saturation phases")
+	flag.IntVar(&cfg.GOGC, "gogc", 400, "GOGC of the Go servers: the garbage collector's heap growth, in percent (Go's default is 100; 400 trades tens of MB for fewer collections)")
 	scenarios := flag.String("scenarios", "between,clients", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
@@ -319,6 +322,9 @@ func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, erro
 			}
 			cmd = exec.Command(self)
 			cmd.Env = append(os.Environ(), serveEnv+"="+dbURL+" "+prefix+" "+table)
+			if cfg.GOGC > 0 {
+				cmd.Env = append(cmd.Env, "GOGC="+strconv.Itoa(cfg.GOGC))
+			}
 		case "node":
 			dir, err := filepath.Abs(cfg.NodeDir)
 			if err != nil {

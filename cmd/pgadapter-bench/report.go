@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -130,8 +131,12 @@ func printTable(w io.Writer, r *report) {
 	fmt.Fprintf(w, "pgadapter-bench, %s\n", r.Started.Format(time.RFC3339))
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, m.PostgreSQL, orNone(m.Node))
 	c := r.Config
-	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s\n\n",
-		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate)
+	gogc := "default"
+	if c.GOGC > 0 {
+		gogc = strconv.Itoa(c.GOGC)
+	}
+	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' GOGC %s\n\n",
+		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, gogc)
 	fmt.Fprintf(w, "PostgreSQL's NOTIFY ceiling: %s/s one per transaction, %s/s %d per transaction (4 senders, 1 listener)\n\n",
 		num(r.Ceiling.OnePerTx), num(r.Ceiling.ManyPerTx), r.Ceiling.ManyPerTxSize)
 
