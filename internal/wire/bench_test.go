@@ -34,6 +34,23 @@ func BenchmarkEncode(b *testing.B) {
 			}
 		})
 	}
+	// As a server publishes a broadcast: the arguments' text written once (it also goes
+	// to the server's own clients), then the envelope around it.
+	b.Run("json-100B-raw", func(b *testing.B) {
+		m := benchMessage(strings.Repeat("x", 100))
+		d := m.Data.(*BroadcastData)
+		b.ReportAllocs()
+		for b.Loop() {
+			text, err := AppendJSON(nil, d.Packet.Data)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d.Packet.Raw = string(text)
+			if sinkEnc, err = Encode(m, 8000); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 func BenchmarkDecode(b *testing.B) {
@@ -42,6 +59,15 @@ func BenchmarkDecode(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := DecodeNotification(js); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// As a server receives a broadcast: the fast path, arguments kept as text.
+	b.Run("json-100B-raw", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeNotificationRaw(js); err != nil {
 				b.Fatal(err)
 			}
 		}

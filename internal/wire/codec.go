@@ -32,6 +32,15 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
 		threshold = MaxNotifyPayload + 1
 	}
+	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && len(m.Caps) == 0 {
+		bp := jsonBuffers.Get().(*[]byte)
+		js := string(appendBroadcastJSON((*bp)[:0], m, d))
+		jsonBuffers.Put(bp)
+		if len(js) < threshold {
+			return Encoded{JSON: js}, nil
+		}
+		return encodeAttachment(m, m.tree())
+	}
 	t := m.tree()
 	if !HasBinary(t["data"]) {
 		js, err := marshalJSON(t)
@@ -42,6 +51,11 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			return Encoded{JSON: js}, nil
 		}
 	}
+	return encodeAttachment(m, t)
+}
+
+// encodeAttachment encodes m, whose tree is t, as an attachment body.
+func encodeAttachment(m *Message, t map[string]any) (Encoded, error) {
 	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && d.Packet.Data != nil {
 		c := *d // MessagePack carries the values, which the sender has
 		c.Packet.Raw = ""
@@ -103,6 +117,9 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	}
 	parse := parseJSON
 	if keepRaw {
+		if n, ok := decodeBroadcastFast(payload); ok {
+			return n, nil
+		}
 		parse = parseJSONRawPacket
 	}
 	raw, err := parse(payload)

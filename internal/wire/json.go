@@ -423,6 +423,15 @@ func (p *parser) array(depth int) (any, error) {
 }
 
 func (p *parser) number() (any, error) {
+	f, err := p.float()
+	if err != nil || p.skip {
+		return nil, err // boxing f would allocate
+	}
+	return f, nil
+}
+
+// float reads a number.
+func (p *parser) float() (float64, error) {
 	start := p.i
 	s := p.s
 	if s[p.i] == '-' {
@@ -440,12 +449,12 @@ func (p *parser) number() (any, error) {
 	case p.i < len(s) && s[p.i] == '0':
 		p.i++
 	case digits() == 0:
-		return nil, p.errorf("invalid number")
+		return 0, p.errorf("invalid number")
 	}
 	if p.i < len(s) && s[p.i] == '.' {
 		p.i++
 		if digits() == 0 {
-			return nil, p.errorf("invalid number")
+			return 0, p.errorf("invalid number")
 		}
 	}
 	if p.i < len(s) && (s[p.i] == 'e' || s[p.i] == 'E') {
@@ -454,15 +463,12 @@ func (p *parser) number() (any, error) {
 			p.i++
 		}
 		if digits() == 0 {
-			return nil, p.errorf("invalid number")
+			return 0, p.errorf("invalid number")
 		}
 	}
 	f, err := strconv.ParseFloat(s[start:p.i], 64)
 	if err != nil {
-		return nil, p.errorf("number %s out of range", s[start:p.i])
-	}
-	if p.skip {
-		return nil, nil // boxing f would allocate
+		return 0, p.errorf("number %s out of range", s[start:p.i])
 	}
 	return f, nil
 }

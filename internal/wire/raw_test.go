@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // sameAsFullDecode checks that DecodeNotificationRaw agrees with DecodeNotification on
@@ -150,4 +151,84 @@ func FuzzDecodeNotificationRaw(f *testing.F) {
 	}
 	f.Add("{\"type\":3,\"uid\":\"u\",\"data\":{\"opts\":{},\"packet\":{\"type\":2,\"data\":[\"e\",\"\xff\"]}}}")
 	f.Fuzz(func(t *testing.T, payload string) { sameAsFullDecode(t, payload) })
+}
+
+// The fast path must answer for the broadcasts the codec and Node write; what it
+// answers is checked against the generic decoder by sameAsFullDecode.
+func TestBroadcastFastPathTaken(t *testing.T) {
+	var payloads []string
+	for _, v := range loadVectors(t) {
+		if n, err := DecodeNotification(v.Notify); err == nil && !n.HasAttachment && n.Type == Broadcast {
+			payloads = append(payloads, v.Notify)
+		}
+	}
+	if len(payloads) == 0 {
+		t.Fatal("no BROADCAST vector")
+	}
+	yes, ms := true, 1500*time.Millisecond
+	for _, d := range []*BroadcastData{
+		{Packet: Packet{Type: 2, Data: []any{"ev", 1.0}}},
+		{Packet: Packet{Type: 2, Data: []any{"ev"}, Nsp: "/x"}, RequestID: "r1",
+			Opts: Opts{Rooms: []string{"a", `b"\`}, Except: []string{"c"}, Flags: Flags{Volatile: &yes, Compress: &yes, Local: &yes, Broadcast: &yes, Binary: &yes, ExpectSingleResponse: &yes, Timeout: &ms}}},
+	} {
+		js, err := EncodeJSON(&Message{Type: Broadcast, UID: "u", Nsp: "/ns", Data: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		payloads = append(payloads, js)
+	}
+	for _, s := range payloads {
+		if _, ok := decodeBroadcastFast(s); !ok {
+			t.Errorf("fast path declined %s", s)
+		}
+		sameAsFullDecode(t, s)
+	}
+	// and declines what it does not know, leaving it to the generic decoder
+	for _, s := range []string{
+		`{"type":3,"uid":"u","data":{"packet":{"type":2,"data":["e"]}},"caps":[]}`,
+		`{"type":3,"type":3,"uid":"u","data":{"packet":{"type":2,"data":["e"]}}}`,
+		`{"type":3,"uid":"u","data":{"packet":{"type":2,"data":["e"]},"opts":null}}`,
+		`{"type":3,"uid":"u","data":{"packet":{"type":2,"data":["e"]},"opts":{"flags":{"other":1}}}}`,
+		`{"type":9,"uid":"u","data":{"packet":{"type":2,"data":["e"]}}}`,
+		`{"type":3,"uid":"u","data":{"packet":{"type":2.5,"data":["e"]}}}`,
+		`{"type":3,"uid":"u","data":{"packet":{"type":2,"data":[1]}}}`,
+	} {
+		if _, ok := decodeBroadcastFast(s); ok {
+			t.Errorf("fast path took %s", s)
+		}
+		sameAsFullDecode(t, s)
+	}
+}
+
+// The direct BROADCAST writer gives the bytes of the generic one.
+func TestAppendBroadcastJSONMatchesTree(t *testing.T) {
+	yes, no, ms := true, false, 2500*time.Millisecond
+	raw := `["ev",{"a":1},"x\"y"]`
+	var cases []*Message
+	for _, nsp := range []string{"", "/", `/we"ird\é`} {
+		for _, d := range []BroadcastData{
+			{},
+			{RequestID: "req-1", Opts: Opts{Rooms: []string{"a", "b"}, Except: []string{"c"}}},
+			{Opts: Opts{Flags: Flags{Volatile: &yes, Local: &no}}},
+			{Opts: Opts{Flags: Flags{Binary: &no, Broadcast: &yes, Compress: &yes, ExpectSingleResponse: &yes, Local: &yes, Timeout: &ms, Volatile: &no}}},
+			{Opts: Opts{Flags: Flags{Timeout: &ms}}},
+		} {
+			d := d
+			d.Packet = Packet{Type: 2, Raw: raw, Nsp: nsp}
+			cases = append(cases, &Message{Type: Broadcast, UID: "uid-" + nsp, Nsp: nsp, Data: &d})
+		}
+	}
+	for _, m := range cases {
+		want, err := marshalJSON(m.tree())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(appendBroadcastJSON(nil, m, m.Data.(*BroadcastData))); got != want {
+			t.Errorf("wrote %s\nwant  %s", got, want)
+		}
+		enc, err := Encode(m, 0)
+		if err != nil || enc.JSON != want {
+			t.Errorf("Encode gives %q, %v; want %s", enc.JSON, err, want)
+		}
+	}
 }
