@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"bytes"
 	"context"
+	"net/url"
 	"reflect"
 	"slices"
 	"sort"
@@ -551,5 +552,34 @@ func TestChannelName(t *testing.T) {
 	}
 	if got := ChannelName("p", "/a\x00b"); strings.ContainsRune(got, 0) {
 		t.Fatalf("NUL kept: %q", got)
+	}
+}
+
+// Pools in simple-protocol mode (as behind PgBouncer in transaction mode) send the
+// batched notifications' text arrays as literals: every payload must arrive intact and in
+// order, whatever characters it holds.
+func TestSimpleProtocolPool(t *testing.T) {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("default_query_exec_mode", "simple_protocol")
+	u.RawQuery = q.Encode()
+	opts := testOptions(t)
+	a := startNodeOn(t, "A", u.String(), opts)
+	b := startNodeOn(t, "B", u.String(), opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	texts := []string{`plain`, `quote " and backslash \ and {braces,} and 'single'`, "NULL", `"NULL"`, "é 😀 \u2028", ""}
+	const n = 200
+	for i := range n {
+		a.io.Emit("s", i, texts[i%len(texts)])
+	}
+	for i := range n {
+		args := cb.sent.next(t, "B", "s")
+		if int(args[0].(float64)) != i || args[1] != texts[i%len(texts)] {
+			t.Fatalf("message %d arrived as %v", i, args)
+		}
 	}
 }
