@@ -432,7 +432,9 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 		c.rec.add(ev, rest...)
 	})
 	c.s.Connect()
-	deadline := time.Now().Add(4 * time.Second)
+	// Generous: under -race, with other packages' tests and browsers on the same two
+	// cores, a connect can take seconds; a slow attempt costs nothing when it succeeds.
+	deadline := time.Now().Add(8 * time.Second)
 	for c.rec.count("connect") == 0 {
 		if time.Now().After(deadline) {
 			return c, false
@@ -443,14 +445,14 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	// in order, so once a later round trip completes, a second CONNECT has been handled
 	// too: it either closed the connection or made a second (ghost) socket.
 	pong := make(chan struct{}, 1)
-	c.s.Timeout(3 * time.Second).EmitWithAck("harness-ping")(func(args []any, err error) {
+	c.s.Timeout(6 * time.Second).EmitWithAck("harness-ping")(func(args []any, err error) {
 		if err == nil {
 			pong <- struct{}{}
 		}
 	})
 	select {
 	case <-pong:
-	case <-time.After(4 * time.Second):
+	case <-time.After(8 * time.Second):
 		return c, false
 	}
 	if ids := p.socketIDs(t, nsp, name); len(ids) != 1 || ids[0] != c.s.Id() || !c.s.Connected() {
