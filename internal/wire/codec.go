@@ -213,7 +213,8 @@ func marshalJSON(v any) (string, error) {
 var jsonBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 func marshalMsgpack(t map[string]any) ([]byte, error) {
-	if p, ok := t["data"].(map[string]any)["packet"].(map[string]any); ok {
+	d, _ := t["data"].(map[string]any) // absent for types without data
+	if p, ok := d["packet"].(map[string]any); ok {
 		if raw, ok := p["data"].(RawJSON); ok {
 			// MessagePack carries the values, not their JSON text. The tree is the
 			// caller's own, built for this encoding.
