@@ -533,7 +533,10 @@ func TestNamespaces(t *testing.T) {
 		}
 	}
 	var count int
-	if err := a.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", a.b.listenerPID()).Scan(&count); err != nil || count != 1 {
+	// A context of its own: slow connects above may have used up ctx's time.
+	qctx, qcancel := context.WithTimeout(context.Background(), waitFor)
+	defer qcancel()
+	if err := a.pool.QueryRow(qctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", a.b.listenerPID()).Scan(&count); err != nil || count != 1 {
 		t.Fatalf("listener backend: %d %v", count, err)
 	}
 }
