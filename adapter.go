@@ -263,13 +263,20 @@ func (a *Adapter) prepare(packet *parser.Packet) (wire.Packet, bool) {
 		return wire.Packet{}, false
 	}
 	packet.Data = data
-	p := wire.Packet{Type: wirePacketType(packet.Type), Data: data}
-	if !wire.HasBinary(data) {
-		if text, err := wire.AppendJSON(make([]byte, 0, 128), data); err == nil {
-			p.Raw = string(text)
-		}
+	return wire.Packet{Type: wirePacketType(packet.Type), Data: data, Raw: argsText(data)}, true
+}
+
+// argsText is the JSON text of normalized arguments, written once for every destination,
+// or "" when they hold binary data (which socket.io's encoder sends as attachments).
+func argsText(args []any) string {
+	if wire.HasBinary(args) {
+		return ""
 	}
-	return p, true
+	text, err := wire.AppendJSON(make([]byte, 0, 128), args)
+	if err != nil {
+		return ""
+	}
+	return string(text)
 }
 
 // publish encodes a message in the caller's goroutine and queues it. It never blocks.
@@ -356,13 +363,9 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		d := m.Data.(*wire.BroadcastData)
 		packet := &parser.Packet{Type: parser.EVENT}
 		raw := d.Packet.Raw
-		if d.Packet.Data != nil { // from an attachment: values, no text
+		if d.Packet.Data != nil { // decoded in full (an attachment, or an unusual shape)
 			packet.Data = d.Packet.Data
-			if !wire.HasBinary(d.Packet.Data) {
-				if text, err := wire.AppendJSON(nil, d.Packet.Data); err == nil {
-					raw = string(text)
-				}
-			}
+			raw = argsText(d.Packet.Data)
 		}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {

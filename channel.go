@@ -80,10 +80,7 @@ func (l *listener) update(channel string, want bool) {
 	}
 	l.dirty = true
 	l.setSyncedLocked(false)
-	if l.waiting != nil {
-		l.woken = true
-		l.waiting.SetReadDeadline(time.Now())
-	}
+	l.interruptLocked()
 }
 
 func (l *listener) setSyncedLocked(v bool) {
@@ -253,6 +250,10 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 func (l *listener) interrupt() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.interruptLocked()
+}
+
+func (l *listener) interruptLocked() {
 	if l.waiting != nil {
 		l.woken = true
 		l.waiting.SetReadDeadline(time.Now())

@@ -32,17 +32,16 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
 		threshold = MaxNotifyPayload + 1
 	}
+	var t map[string]any // the values' tree, when built already
 	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && len(m.Caps) == 0 {
+		// The arguments' text is there: write the envelope around it (no binary in text).
 		bp := jsonBuffers.Get().(*[]byte)
 		js := string(appendBroadcastJSON((*bp)[:0], m, d))
 		jsonBuffers.Put(bp)
 		if len(js) < threshold {
 			return Encoded{JSON: js}, nil
 		}
-		return encodeAttachment(m, m.tree())
-	}
-	t := m.tree()
-	if !HasBinary(t["data"]) {
+	} else if t = m.tree(); !HasBinary(t["data"]) {
 		js, err := marshalJSON(t)
 		if err != nil {
 			return Encoded{}, fmt.Errorf("wire: encode %s: %w", m.Type, err)
@@ -51,15 +50,11 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			return Encoded{JSON: js}, nil
 		}
 	}
-	return encodeAttachment(m, t)
-}
-
-// encodeAttachment encodes m, whose tree is t, as an attachment body.
-func encodeAttachment(m *Message, t map[string]any) (Encoded, error) {
-	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && d.Packet.Data != nil {
-		c := *d // MessagePack carries the values, which the sender has
-		c.Packet.Raw = ""
-		t["data"] = dataTree(&c)
+	if t == nil {
+		var err error
+		if t, err = valueTree(m); err != nil {
+			return Encoded{}, fmt.Errorf("wire: encode %s: %w", m.Type, err)
+		}
 	}
 	body, err := marshalMsgpack(t)
 	if err != nil {
@@ -68,12 +63,35 @@ func encodeAttachment(m *Message, t map[string]any) (Encoded, error) {
 	return Encoded{Attachment: body}, nil
 }
 
+// valueTree is m's tree with a broadcast's arguments as values, as MessagePack carries
+// them: Data when the sender has it, else Raw decoded.
+func valueTree(m *Message) (map[string]any, error) {
+	d, ok := m.Data.(*BroadcastData)
+	if !ok || d.Packet.Raw == "" {
+		return m.tree(), nil
+	}
+	args, err := d.Packet.Args()
+	if err != nil {
+		return nil, err
+	}
+	c, cd := *m, *d
+	cd.Packet.Data, cd.Packet.Raw = args, ""
+	c.Data = &cd
+	return c.tree(), nil
+}
+
 // EncodeJSON returns the JSON notification text of m, whatever its size or content. It is
 // for tests and tools; publishers use Encode.
 func EncodeJSON(m *Message) (string, error) { return marshalJSON(m.tree()) }
 
 // EncodeMsgpack returns the MessagePack attachment body of m.
-func EncodeMsgpack(m *Message) ([]byte, error) { return marshalMsgpack(m.tree()) }
+func EncodeMsgpack(m *Message) ([]byte, error) {
+	t, err := valueTree(m)
+	if err != nil {
+		return nil, err
+	}
+	return marshalMsgpack(t)
+}
 
 // AttachmentHeaderPrefix returns the start of the notification that announces an
 // attachment: `{"uid":U,"type":T,"attachmentId":"`. The row id and `"}` complete it; the
@@ -103,10 +121,10 @@ func DecodeNotification(payload string) (*Notification, error) {
 	return decodeNotification(payload, false)
 }
 
-// DecodeNotificationRaw is DecodeNotification, except that a BROADCAST's arguments are
-// checked but not decoded: its Packet has Raw set and Data nil (see Packet.Args). A
-// server that forwards them to its clients as they are then neither builds nor
-// re-encodes them.
+// DecodeNotificationRaw is DecodeNotification, except that a BROADCAST of the shape the
+// codec and Node write has its arguments checked but not decoded: its Packet has Raw set
+// and Data nil (see Packet.Args). A server that forwards them to its clients as they are
+// then neither builds nor re-encodes them. Other messages are decoded in full.
 func DecodeNotificationRaw(payload string) (*Notification, error) {
 	return decodeNotification(payload, true)
 }
@@ -115,14 +133,12 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	if payload == "" {
 		return nil, errEmpty
 	}
-	parse := parseJSON
 	if keepRaw {
 		if n, ok := decodeBroadcastFast(payload); ok {
 			return n, nil
 		}
-		parse = parseJSONRawPacket
 	}
-	raw, err := parse(payload)
+	raw, err := parseJSON(payload)
 	if err != nil {
 		return nil, fmt.Errorf("wire: notification is not JSON: %w", err)
 	}
@@ -213,18 +229,6 @@ func marshalJSON(v any) (string, error) {
 var jsonBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 func marshalMsgpack(t map[string]any) ([]byte, error) {
-	d, _ := t["data"].(map[string]any) // absent for types without data
-	if p, ok := d["packet"].(map[string]any); ok {
-		if raw, ok := p["data"].(RawJSON); ok {
-			// MessagePack carries the values, not their JSON text. The tree is the
-			// caller's own, built for this encoding.
-			v, err := parseJSON(string(raw))
-			if err != nil {
-				return nil, fmt.Errorf("packet.data: %w", err)
-			}
-			p["data"] = v
-		}
-	}
 	var b bytes.Buffer
 	enc := msgpack.NewEncoder(&b)
 	enc.UseCompactInts(true)

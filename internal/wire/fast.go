@@ -32,34 +32,30 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 	ok = p.fastObject(func(key string) bool {
 		switch key {
 		case "type":
-			if seen&sawType != 0 {
+			if !first(&seen, sawType) {
 				return false
 			}
-			seen |= sawType
 			var ok bool
 			typ, ok = p.fastInt()
 			return ok
 		case "uid":
-			if seen&sawUID != 0 {
+			if !first(&seen, sawUID) {
 				return false
 			}
-			seen |= sawUID
 			var ok bool
 			m.UID, ok = p.fastString()
 			return ok
 		case "nsp":
-			if seen&sawNsp != 0 {
+			if !first(&seen, sawNsp) {
 				return false
 			}
-			seen |= sawNsp
 			var ok bool
 			m.Nsp, ok = p.fastStringOrNull()
 			return ok
 		case "data":
-			if seen&sawData != 0 {
+			if !first(&seen, sawData) {
 				return false
 			}
-			seen |= sawData
 			return p.fastBroadcastData(d)
 		}
 		return false
@@ -82,22 +78,19 @@ func (p *parser) fastBroadcastData(d *BroadcastData) bool {
 	ok := p.fastObject(func(key string) bool {
 		switch key {
 		case "packet":
-			if seen&sawPacket != 0 {
+			if !first(&seen, sawPacket) {
 				return false
 			}
-			seen |= sawPacket
 			return p.fastPacket(&d.Packet)
 		case "opts":
-			if seen&sawOpts != 0 {
+			if !first(&seen, sawOpts) {
 				return false
 			}
-			seen |= sawOpts
 			return p.fastOpts(&d.Opts)
 		case "requestId":
-			if seen&sawRequestID != 0 {
+			if !first(&seen, sawRequestID) {
 				return false
 			}
-			seen |= sawRequestID
 			var ok bool
 			d.RequestID, ok = p.fastStringOrNull()
 			return ok
@@ -117,27 +110,24 @@ func (p *parser) fastPacket(pk *Packet) bool {
 	ok := p.fastObject(func(key string) bool {
 		switch key {
 		case "type":
-			if seen&sawType != 0 {
+			if !first(&seen, sawType) {
 				return false
 			}
-			seen |= sawType
 			var ok bool
 			pk.Type, ok = p.fastInt()
 			return ok
 		case "data":
-			if seen&sawData != 0 || p.i >= len(p.s) || p.s[p.i] != '[' {
+			if !first(&seen, sawData) || p.i >= len(p.s) || p.s[p.i] != '[' {
 				return false
 			}
-			seen |= sawData
 			v, err := p.raw(3)
 			raw, ok := v.(RawJSON)
 			pk.Raw = string(raw)
 			return err == nil && ok
 		case "nsp":
-			if seen&sawNsp != 0 {
+			if !first(&seen, sawNsp) {
 				return false
 			}
-			seen |= sawNsp
 			var ok bool
 			pk.Nsp, ok = p.fastString()
 			return ok
@@ -160,26 +150,23 @@ func (p *parser) fastOpts(o *Opts) bool {
 	return p.fastObject(func(key string) bool {
 		switch key {
 		case "rooms":
-			if seen&sawRooms != 0 {
+			if !first(&seen, sawRooms) {
 				return false
 			}
-			seen |= sawRooms
 			var ok bool
 			o.Rooms, ok = p.fastStrings()
 			return ok
 		case "except":
-			if seen&sawExcept != 0 {
+			if !first(&seen, sawExcept) {
 				return false
 			}
-			seen |= sawExcept
 			var ok bool
 			o.Except, ok = p.fastStrings()
 			return ok
 		case "flags":
-			if seen&sawFlags != 0 {
+			if !first(&seen, sawFlags) {
 				return false
 			}
-			seen |= sawFlags
 			return p.fastFlags(&o.Flags)
 		}
 		return false
@@ -208,12 +195,11 @@ func (p *parser) fastFlags(f *Flags) bool {
 		case "expectSingleResponse":
 			dst, bit = &f.ExpectSingleResponse, 32
 		case "timeout":
-			if seen&64 != 0 {
+			if !first(&seen, 64) {
 				return false
 			}
-			seen |= 64
-			ms, err := p.float()
-			if err != nil || ms < 0 || ms > float64(math.MaxInt64/int64(time.Millisecond)) {
+			ms, ok := p.fastFloat()
+			if !ok || ms < 0 || ms > float64(math.MaxInt64/int64(time.Millisecond)) {
 				return false
 			}
 			d := time.Duration(ms * float64(time.Millisecond))
@@ -222,10 +208,9 @@ func (p *parser) fastFlags(f *Flags) bool {
 		default:
 			return false
 		}
-		if seen&bit != 0 {
+		if !first(&seen, bit) {
 			return false
 		}
-		seen |= bit
 		switch {
 		case p.match("true"):
 			yes := true
@@ -238,6 +223,17 @@ func (p *parser) fastFlags(f *Flags) bool {
 		}
 		return true
 	})
+}
+
+// first marks bit in seen and reports whether it was unmarked: each key is read once,
+// and a repeated one (whose last value encoding/json would keep) is left to the generic
+// decoder.
+func first(seen *uint8, bit uint8) bool {
+	if *seen&bit != 0 {
+		return false
+	}
+	*seen |= bit
+	return true
 }
 
 // fastObject reads an object, calling field for each key with p at its value; field
@@ -338,13 +334,19 @@ func (p *parser) fastStringOrNull() (string, bool) {
 	return p.fastString()
 }
 
-// fastInt reads a number that is an integer in int32's range, as asInt accepts.
-func (p *parser) fastInt() (int, bool) {
+// fastFloat reads a number, if one starts at p.i.
+func (p *parser) fastFloat() (float64, bool) {
 	if p.i >= len(p.s) || (p.s[p.i] != '-' && (p.s[p.i] < '0' || p.s[p.i] > '9')) {
 		return 0, false
 	}
 	f, err := p.float()
-	if err != nil || f != math.Trunc(f) || f > math.MaxInt32 || f < math.MinInt32 {
+	return f, err == nil
+}
+
+// fastInt reads a number that is an integer in int32's range, as asInt accepts.
+func (p *parser) fastInt() (int, bool) {
+	f, ok := p.fastFloat()
+	if !ok || f != math.Trunc(f) || f > math.MaxInt32 || f < math.MinInt32 {
 		return 0, false
 	}
 	return int(f), true

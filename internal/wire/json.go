@@ -226,35 +226,17 @@ func parseJSON(s string) (any, error) {
 type parser struct {
 	s string
 	i int
-	// rawPacket makes object keep a BROADCAST's data.packet.data array as RawJSON.
-	rawPacket bool
-	keys      [2]string // the keys leading to the object being read, at depths 0 and 1
 	// skip makes value check syntax only, returning nil and allocating nothing;
 	// badUTF8 records that a skipped string holds invalid UTF-8.
 	skip    bool
 	badUTF8 bool
 }
 
-// parseJSONRawPacket is parseJSON, except that data.packet.data, when it is an array
-// whose first element is a string (an event), is returned as RawJSON: its text, checked
-// as parseJSON would check it. Text holding invalid UTF-8 is decoded instead (decoding
-// replaces it, as encoding/json does; passed through, it would break a client's
-// WebSocket, which requires UTF-8 text).
-func parseJSONRawPacket(s string) (any, error) {
-	p := parser{s: s, rawPacket: true}
-	p.space()
-	v, err := p.value(0)
-	if err != nil {
-		return nil, err
-	}
-	p.space()
-	if p.i < len(p.s) {
-		return nil, p.errorf("invalid character %q after top-level value", p.s[p.i])
-	}
-	return v, nil
-}
-
-// raw reads the array at p.i as RawJSON, or as a value when it must be decoded.
+// raw reads the array at p.i, an event's arguments, as RawJSON: its text, checked as
+// value would check it. It returns the decoded value instead when the first element is
+// not a string (not an event), or when the text holds invalid UTF-8 (decoding replaces
+// it, as encoding/json does; passed through, it would break a client's WebSocket, which
+// requires UTF-8 text).
 func (p *parser) raw(depth int) (any, error) {
 	start := p.i
 	p.skip, p.badUTF8 = true, false
@@ -354,16 +336,7 @@ func (p *parser) object(depth int) (any, error) {
 		}
 		p.i++
 		p.space()
-		var v any
-		if p.rawPacket && !p.skip && depth < 2 {
-			p.keys[depth] = k
-		}
-		if p.rawPacket && !p.skip && depth == 2 && k == "data" && p.keys[0] == "data" && p.keys[1] == "packet" &&
-			p.i < len(p.s) && p.s[p.i] == '[' {
-			v, err = p.raw(depth + 1)
-		} else {
-			v, err = p.value(depth + 1)
-		}
+		v, err := p.value(depth + 1)
 		if err != nil {
 			return nil, err
 		}

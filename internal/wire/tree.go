@@ -129,11 +129,6 @@ func fromTree(t map[string]any) (*Message, error) {
 			return nil, fmt.Errorf("wire: %s: nsp is %s, want a string", m.Type, describe(n))
 		}
 	}
-	if m.Type != Broadcast {
-		if err := unraw(t); err != nil {
-			return nil, err
-		}
-	}
 	var err error
 	m.Data, err = dataFromTree(m.Type, t["data"])
 	if err != nil {
@@ -143,20 +138,6 @@ func fromTree(t map[string]any) (*Message, error) {
 		return nil, fmt.Errorf("wire: %s: %w", m.Type, err)
 	}
 	return m, nil
-}
-
-// unraw decodes a data.packet.data kept as RawJSON by parseJSONRawPacket in a message
-// that is not a BROADCAST, whose data.packet is then a value of the user's.
-func unraw(t map[string]any) error {
-	d, _ := t["data"].(map[string]any)
-	p, _ := d["packet"].(map[string]any)
-	raw, ok := p["data"].(RawJSON)
-	if !ok {
-		return nil
-	}
-	v, err := parseJSON(string(raw))
-	p["data"] = v
-	return err
 }
 
 func dataFromTree(typ Type, raw any) (any, error) {
@@ -179,12 +160,10 @@ func dataFromTree(typ Type, raw any) (any, error) {
 		if b.Packet.Type, ok = asInt(p["type"]); !ok {
 			return nil, fmt.Errorf("packet.type is %s, want an integer", describe(p["type"]))
 		}
-		if raw, isRaw := p["data"].(RawJSON); isRaw {
-			// checked by the parser: an array whose first element is a string
-			b.Packet.Raw = string(raw)
-		} else if b.Packet.Data, ok = p["data"].([]any); !ok || len(b.Packet.Data) == 0 {
+		if b.Packet.Data, ok = p["data"].([]any); !ok || len(b.Packet.Data) == 0 {
 			return nil, fmt.Errorf("packet.data is %s, want a non-empty array", describe(p["data"]))
-		} else if _, ok := b.Packet.Data[0].(string); !ok {
+		}
+		if _, ok := b.Packet.Data[0].(string); !ok {
 			return nil, fmt.Errorf("event name is %s, want a string", describe(b.Packet.Data[0]))
 		}
 		b.Packet.Nsp, _ = p["nsp"].(string)

@@ -148,7 +148,7 @@ type Packet struct {
 	// Data is the event name followed by its arguments.
 	Data []any
 	// Raw, when set, is the JSON text of the arguments array, which encoders write
-	// instead of Data. DecodeNotificationRaw sets it and leaves Data nil; a sender that
+	// instead of Data. DecodeNotificationRaw may set it and leave Data nil; a sender that
 	// has the text already sets both, so that the arguments are encoded once for the
 	// wire and for its own clients.
 	Raw string
