@@ -205,10 +205,17 @@ func (b *Builder) snapshot() []*Adapter {
 // report sends a background error to the logger and the ErrorHandler.
 func (b *Builder) report(err error) {
 	level := slog.LevelWarn
-	if errors.Is(err, ErrClosed) {
+	attrs := []any{"error", err}
+	var p *PanicError
+	switch {
+	case errors.Is(err, ErrClosed):
 		level = slog.LevelDebug
+	case errors.As(err, &p):
+		b.stats.panics.Add(1)
+		level = slog.LevelError
+		attrs = append(attrs, "stack", string(p.Stack))
 	}
-	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), "error", err)
+	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), attrs...)
 	if h := b.opts.ErrorHandler; h != nil {
 		h(err)
 	}
@@ -317,7 +324,9 @@ func (rt *runtime) tick(ctx context.Context) {
 			return
 		case now := <-t.C:
 			for _, a := range rt.b.snapshot() {
-				a.heartbeat(now)
+				// Forgetting a silent server completes the requests that waited for it,
+				// which runs their callbacks.
+				a.guard("heartbeat", func() { a.heartbeat(now) })
 			}
 		case <-cleanup:
 			cctx, cancel := context.WithTimeout(ctx, o.RequestsTimeout)

@@ -32,6 +32,9 @@
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
 //     full queues, unreadable attachments, malformed notifications) is reported through
 //     Options.ErrorHandler and the logger, never silently.
+//   - A panic in code the adapter's goroutines run (a server-side event handler, a
+//     request callback, an outgoing-packet listener, the decoder) is recovered and
+//     reported as a *PanicError; the message is dropped and the next one handled.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -188,4 +189,44 @@ var (
 
 	// ErrTimeout is given to requests that did not get every answer in time.
 	ErrTimeout = errors.New("pgadapter: request timed out")
+
+	// ErrPanic is wrapped by the *PanicError reported when code run by one of the
+	// adapter's goroutines panics.
+	ErrPanic = errors.New("pgadapter: recovered panic")
 )
+
+// PanicError is a panic recovered in one of the adapter's goroutines: in a handler of a
+// server-side event, an ack or request callback, an outgoing-packet listener, or the
+// adapter's own decoding. It is reported through ErrorHandler, and logged at level Error
+// with the stack. The message being handled is dropped and the goroutine goes on with
+// the next: it serves every namespace of the server, and an unrecovered panic would end
+// the process, as net/http's recovery of a handler's panic avoids.
+type PanicError struct {
+	// Value is what was passed to panic.
+	Value any
+	// Stack is the panicking goroutine's stack, taken where it was recovered.
+	Stack []byte
+}
+
+// Error gives the panic's value.
+func (e *PanicError) Error() string { return fmt.Sprintf("pgadapter: recovered panic: %v", e.Value) }
+
+// Unwrap returns ErrPanic and, when the panic's value is an error (a runtime error, for
+// instance), that error too.
+func (e *PanicError) Unwrap() []error {
+	if err, ok := e.Value.(error); ok {
+		return []error{ErrPanic, err}
+	}
+	return []error{ErrPanic}
+}
+
+// recovered runs fn and returns a panic in it as a *PanicError.
+func recovered(fn func()) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	fn()
+	return nil
+}

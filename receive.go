@@ -44,7 +44,7 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		if a.isOwn(n.Payload) {
 			continue // our own message, echoed by PostgreSQL: not worth decoding
 		}
-		note, err := wire.DecodeNotificationRaw(n.Payload)
+		note, err := decodeNotification(n.Payload)
 		if err != nil {
 			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
@@ -87,7 +87,10 @@ func (rt *runtime) fetch(ctx context.Context, id int64, uid string) fetchResult 
 	}
 	rt.b.stats.attachmentsRd.Add(1)
 	rt.b.stats.receivedBytes.Add(int64(len(body)))
-	m, err := wire.DecodeAttachment(body)
+	var m *wire.Message
+	if perr := recovered(func() { m, err = wire.DecodeAttachment(body) }); perr != nil {
+		err = perr
+	}
 	if err != nil {
 		rt.b.stats.malformed.Add(1)
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: %w", id, ErrMalformed, err)}
@@ -130,11 +133,26 @@ func (rt *runtime) deliver(ctx context.Context) {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			continue
 		}
-		d.a.onMessage(msg)
-		if h := rt.b.applied; h != nil {
-			h(msg)
+		err := recovered(func() {
+			d.a.onMessage(msg)
+			if h := rt.b.applied; h != nil {
+				h(msg)
+			}
+		})
+		if err != nil {
+			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
 	}
+}
+
+// decodeNotification is wire.DecodeNotificationRaw, with a panic in the decoder returned
+// as an error: anyone who may NOTIFY on the channel chooses the payload, and a decoder
+// bug must cost that one message, not the process.
+func decodeNotification(payload string) (note *wire.Notification, err error) {
+	if perr := recovered(func() { note, err = wire.DecodeNotificationRaw(payload) }); perr != nil {
+		return nil, perr
+	}
+	return note, err
 }
 
 // MessageError reports a notification on one of the adapter's channels that could not be

@@ -37,7 +37,7 @@ type request struct {
 func (a *Adapter) track(id string, r *request, timeout time.Duration) {
 	a.mu.Lock()
 	a.requests[id] = r
-	r.timer = time.AfterFunc(timeout, func() { a.expire(id) })
+	r.timer = time.AfterFunc(timeout, func() { a.guard("request timeout", func() { a.expire(id) }) })
 	a.mu.Unlock()
 }
 
@@ -80,7 +80,15 @@ func (a *Adapter) abandonOnError(id string) func(error) {
 			return
 		}
 		// Callbacks run on a goroutine of their own: the publisher must not run user code.
-		go a.finish(id, fmt.Errorf("pgadapter: request not published: %w", err))
+		go a.guard("request not published", func() { a.finish(id, fmt.Errorf("pgadapter: request not published: %w", err)) })
+	}
+}
+
+// guard runs fn, which calls a request's callback on a goroutine of the adapter's, and
+// reports a panic in it instead of ending the process.
+func (a *Adapter) guard(what string, fn func()) {
+	if err := recovered(fn); err != nil {
+		a.b.report(fmt.Errorf("pgadapter: namespace %q: %s: %w", a.name, what, err))
 	}
 }
 

@@ -27,6 +27,8 @@ type Stats struct {
 	ReceiveDrops int64
 	// Malformed counts notifications and attachments that could not be used.
 	Malformed int64
+	// Panics counts panics recovered in the adapter's goroutines (see PanicError).
+	Panics int64
 	// ListenerConnects counts LISTEN connections that came up with every channel
 	// listened: 1, plus one per reconnection.
 	ListenerConnects int64
@@ -41,7 +43,7 @@ type counters struct {
 	published, received               [int(wire.AllRoomsResponse) + 1]atomic.Int64
 	publishedBytes, receivedBytes     atomic.Int64
 	attachmentsWritten, attachmentsRd atomic.Int64
-	publishErrors, malformed          atomic.Int64
+	publishErrors, malformed, panics  atomic.Int64
 	listenerConnects                  atomic.Int64
 	listenerUp                        atomic.Bool
 }
@@ -59,7 +61,7 @@ func (b *Builder) Stats() Stats {
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
 		PublishErrors: b.stats.publishErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
-		Malformed: b.stats.malformed.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
+		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}
 	for i := range b.stats.published {
