@@ -117,6 +117,28 @@ func chartSVG(r *report) string {
 		}
 	}
 	drawBars(&b, 700, 80, 380, fmt.Sprintf("p99 latency to another server, paced %d/s", r.Config.Rate), lat)
+
+	// CPU panel: a receiving server of each cluster against socket.io alone, whose cost
+	// no adapter removes.
+	var cpu []bar
+	const goAloneColor, nodeAloneColor = "#79c0ff", "#f2cc60"
+	for _, c := range []struct {
+		impl, scenario, label, color string
+		proc                         int
+	}{
+		{"go", scenarioClients, "pgadapter, receiving server", goColor, 1},
+		{"node", scenarioClients, "Node adapter, receiving server", nodeColor, 1},
+		{"go", scenarioAlone, "Go socket.io v2.5.0 alone", goAloneColor, 0},
+		{"node", scenarioAlone, "Node socket.io alone", nodeAloneColor, 0},
+	} {
+		if x := r.find(c.impl, c.scenario, "json-100B", "saturation"); x != nil && c.proc < len(x.Procs) {
+			v := x.Procs[c.proc].CPUPer1000
+			cpu = append(cpu, bar{c.label, v, c.color, fmt.Sprintf("%.3f s", v)})
+		}
+	}
+	if len(cpu) > 0 {
+		drawBars(&b, 700, 80+20+len(lat)*38+40, 380, fmt.Sprintf("CPU per 1000 broadcasts, 100 B, %d clients", r.Config.Clients), cpu)
+	}
 	b.WriteString(`</svg>`)
 	return b.String()
 }

@@ -10,6 +10,10 @@ import (
 const (
 	scenarioBetween = "between servers"
 	scenarioClients = "to clients"
+	// scenarioAlone is one server with socket.io's in-memory adapter and no PostgreSQL:
+	// what the Socket.IO library itself costs to deliver to its clients, which no
+	// adapter can go below.
+	scenarioAlone = "socket.io alone"
 )
 
 // cluster is the servers of one implementation and the clients connected to them.
@@ -90,6 +94,8 @@ func (cl *cluster) close() {
 }
 
 // run measures one phase: server 0 emits, every client of every server receives.
+// Delivery and latency are measured on the clients of the other servers, or, for a
+// single server, on its own.
 func (cl *cluster) run(ph phase) (*result, error) {
 	ph.Clients = len(cl.clients[0])
 	var all, remote []*client
@@ -97,7 +103,7 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		for _, c := range cs {
 			c.reset()
 			all = append(all, c)
-			if i > 0 {
+			if i > 0 || len(cl.clients) == 1 {
 				remote = append(remote, c)
 			}
 		}

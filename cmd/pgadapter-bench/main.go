@@ -2,7 +2,9 @@
 // PostgreSQL: broadcasts emitted on one server and received by real clients of every
 // server. It measures pgadapter and, in the same run, the references it is judged
 // against: PostgreSQL's own NOTIFY ceiling on this machine and, when Node.js is present, a
-// cluster of Node.js servers with @socket.io/postgres-adapter 0.5.0.
+// cluster of Node.js servers with @socket.io/postgres-adapter 0.5.0. It also measures
+// "socket.io alone": one server of each library with its in-memory adapter and no
+// PostgreSQL, whose cost to deliver to its clients no adapter can remove.
 //
 //	go run ./cmd/pgadapter-bench                 # the full run, about 3 minutes
 //	go run ./cmd/pgadapter-bench -h              # the settings
@@ -88,7 +90,7 @@ func main() {
 	flag.IntVar(&cfg.Rate, "rate", 200, "broadcasts per second in the paced phases")
 	flag.Int64Var(&cfg.Window, "window", 2000, "broadcasts in flight at most in the saturation phases")
 	flag.IntVar(&cfg.GOGC, "gogc", 0, "GOGC of the Go servers, the garbage collector's heap growth in percent; 0 leaves Go's default (100). Higher values collect less often: faster for small messages, slower for 20 KB ones, whose larger heap costs page faults")
-	scenarios := flag.String("scenarios", "between,clients", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced)")
+	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
@@ -106,10 +108,10 @@ func main() {
 	}
 	for _, name := range strings.Split(*scenarios, ",") {
 		switch name = strings.TrimSpace(name); name {
-		case "between", "clients":
+		case "between", "clients", "alone":
 			cfg.Scenarios = append(cfg.Scenarios, name)
 		default:
-			fatalf("unknown scenario %q (want between, clients)", name)
+			fatalf("unknown scenario %q (want between, clients, alone)", name)
 		}
 	}
 	if cfg.Servers < 2 || cfg.Clients < 1 || cfg.BetweenClients < 1 || cfg.BetweenClients > cfg.Clients || cfg.Rate < 1 || cfg.Window < 1 || cfg.Duration <= 0 {
@@ -228,13 +230,23 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 	rep.Ceiling.ManyPerTxSize = 100
 
 	for _, impl := range cfg.Impls {
-		results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
-		rep.Results = append(rep.Results, results...)
-		if err != nil {
-			return nil, fmt.Errorf("%s cluster: %w", impl, err)
+		if slices.Contains(cfg.Scenarios, "between") || slices.Contains(cfg.Scenarios, "clients") {
+			results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
+			rep.Results = append(rep.Results, results...)
+			if err != nil {
+				return nil, fmt.Errorf("%s cluster: %w", impl, err)
+			}
+		}
+		if slices.Contains(cfg.Scenarios, "alone") {
+			results, err := runAlone(cfg, impl, log)
+			rep.Results = append(rep.Results, results...)
+			if err != nil {
+				return nil, fmt.Errorf("%s alone: %w", impl, err)
+			}
 		}
 	}
 	rep.Checks = checks(rep)
+	rep.Bounds = bounds(rep)
 	return rep, nil
 }
 
@@ -242,7 +254,8 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 // between-servers phase with few clients first, then the others with all of them.
 func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string, log *os.File) ([]*result, error) {
 	fmt.Fprintf(log, "%s cluster: %d servers\n", impl, cfg.Servers)
-	cl, err := startCluster(cfg, impl, dbURL, prefix, table)
+	cl, err := startCluster(cfg, impl, cfg.Servers, []string{serveEnv + "=" + dbURL + " " + prefix + " " + table},
+		[]string{"DATABASE_URL=" + dbURL, "CHANNEL_PREFIX=" + prefix, "TABLE_NAME=" + table})
 	if err != nil {
 		return nil, err
 	}
@@ -266,17 +279,12 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 			return nil, fmt.Errorf("the servers do not receive each other's broadcasts")
 		}
 	}
-	// Warm up (connections, JIT) and prove that every server receives before measuring.
-	warm := phase{Scenario: "warm-up", Payload: allPayloads[0], Window: cfg.Window, Duration: time.Second, Drain: cfg.Drain}
-	if r, err := cl.run(warm); err != nil {
+	if err := cl.warmUp(cfg); err != nil {
 		return nil, err
-	} else if r.Lost > 0 {
-		return nil, fmt.Errorf("warm-up: %d deliveries missing", r.Lost)
 	}
 	var results []*result
 	add := func(p phase) error {
-		fmt.Fprintf(log, "  %s, %s, %s\n", p.Scenario, p.Payload.Name, p.kind())
-		r, err := cl.run(p)
+		r, err := cl.measure(p, log)
 		if r != nil {
 			results = append(results, r)
 		}
@@ -305,14 +313,61 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 	return results, nil
 }
 
-// startCluster starts cfg.Servers servers of impl.
-func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, error) {
+// runAlone measures the reference of one server of impl with socket.io's in-memory
+// adapter and cfg.Clients clients: each payload, saturated.
+func runAlone(cfg config, impl string, log *os.File) ([]*result, error) {
+	fmt.Fprintf(log, "%s alone: 1 server, in-memory adapter\n", impl)
+	cl, err := startCluster(cfg, impl, 1, []string{serveEnv + "=- - -", adapterEnv + "=memory"}, []string{"ADAPTER=memory"})
+	if err != nil {
+		return nil, err
+	}
+	defer cl.close()
+	if err := cl.connect(cfg.Clients); err != nil {
+		return nil, err
+	}
+	if err := cl.warmUp(cfg); err != nil {
+		return nil, err
+	}
+	var results []*result
+	for _, p := range cfg.Payloads {
+		r, err := cl.measure(phase{Scenario: scenarioAlone, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}, log)
+		if r != nil {
+			results = append(results, r)
+		}
+		if err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// warmUp runs a short saturated phase (connections, JIT) and checks that every client
+// received everything before anything is measured.
+func (cl *cluster) warmUp(cfg config) error {
+	warm := phase{Scenario: "warm-up", Payload: allPayloads[0], Window: cfg.Window, Duration: time.Second, Drain: cfg.Drain}
+	if r, err := cl.run(warm); err != nil {
+		return err
+	} else if r.Lost > 0 {
+		return fmt.Errorf("warm-up: %d deliveries missing", r.Lost)
+	}
+	return nil
+}
+
+// measure runs one phase, saying so on log.
+func (cl *cluster) measure(p phase, log *os.File) (*result, error) {
+	fmt.Fprintf(log, "  %s, %s, %s\n", p.Scenario, p.Payload.Name, p.kind())
+	return cl.run(p)
+}
+
+// startCluster starts n servers of impl, Go servers with goEnv and Node servers with
+// nodeEnv added to the environment.
+func startCluster(cfg config, impl string, n int, goEnv, nodeEnv []string) (*cluster, error) {
 	poller, err := newPoller()
 	if err != nil {
 		return nil, err
 	}
 	cl := &cluster{impl: impl, poller: poller}
-	for i := range cfg.Servers {
+	for i := range n {
 		var cmd *exec.Cmd
 		switch impl {
 		case "go":
@@ -321,7 +376,7 @@ func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, erro
 				return nil, err
 			}
 			cmd = exec.Command(self)
-			cmd.Env = append(os.Environ(), serveEnv+"="+dbURL+" "+prefix+" "+table)
+			cmd.Env = append(os.Environ(), goEnv...)
 			if cfg.GOGC > 0 {
 				cmd.Env = append(cmd.Env, "GOGC="+strconv.Itoa(cfg.GOGC))
 			}
@@ -332,7 +387,7 @@ func startCluster(cfg config, impl, dbURL, prefix, table string) (*cluster, erro
 			}
 			cmd = exec.Command("node", filepath.Join(dir, "bench-server.js"))
 			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "CHANNEL_PREFIX="+prefix, "TABLE_NAME="+table)
+			cmd.Env = append(os.Environ(), nodeEnv...)
 		}
 		p, err := startProc(fmt.Sprintf("%s-%d", impl, i), cmd)
 		if err != nil {

@@ -20,8 +20,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestBenchRuns runs every phase briefly, on Go servers and, when Node.js is present
-// (required in CI), on Node servers: every broadcast must reach every client, pgadapter's
-// in order, and the report must hold every figure.
+// (required in CI), on Node servers, clustered and alone: every broadcast must reach
+// every client, pgadapter's in order, and the report must hold every figure.
 func TestBenchRuns(t *testing.T) {
 	node := "auto"
 	if os.Getenv("PGADAPTER_REQUIRE_NODE") == "1" {
@@ -29,7 +29,7 @@ func TestBenchRuns(t *testing.T) {
 	}
 	cfg := config{Servers: 2, Clients: 3, BetweenClients: 1, Duration: 300 * time.Millisecond, Drain: 20 * time.Second,
 		Rate: 100, Window: 200, Payloads: allPayloads, Node: node, NodeDir: "../../testdata/node",
-		Scenarios: []string{"between", "clients"}}
+		Scenarios: []string{"between", "clients", "alone"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rep, err := run(ctx, cfg, os.Stderr)
@@ -39,7 +39,7 @@ func TestBenchRuns(t *testing.T) {
 	if rep.Ceiling.OnePerTx <= 0 || rep.Ceiling.ManyPerTx <= 0 {
 		t.Errorf("PostgreSQL ceiling not measured: %+v", rep.Ceiling)
 	}
-	want := 1 + 2*len(allPayloads)
+	want := 1 + 3*len(allPayloads) // between; to clients saturated and paced; alone
 	for _, impl := range rep.Config.Impls {
 		n := 0
 		for _, r := range rep.Results {
@@ -54,7 +54,11 @@ func TestBenchRuns(t *testing.T) {
 			if impl == "go" && r.Reordered != 0 {
 				t.Errorf("%s: %d broadcasts out of order", name, r.Reordered)
 			}
-			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != 2 {
+			servers := 2
+			if r.Scenario == scenarioAlone {
+				servers = 1
+			}
+			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != servers {
 				t.Errorf("%s: figures missing: %+v", name, r)
 			}
 			for _, p := range r.Procs {
@@ -69,7 +73,8 @@ func TestBenchRuns(t *testing.T) {
 	}
 	var table bytes.Buffer
 	printTable(&table, rep)
-	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") {
+	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") ||
+		!strings.Contains(table.String(), "what socket.io itself allows:") {
 		t.Errorf("table:\n%s", table.String())
 	}
 	chart := filepath.Join(t.TempDir(), "chart.svg")

@@ -21,6 +21,7 @@ type report struct {
 	} `json:"postgresCeiling"`
 	Results []*result `json:"results"`
 	Checks  []check   `json:"checks"`
+	Bounds  []bound   `json:"bounds,omitempty"`
 }
 
 type machine struct {
@@ -74,6 +75,46 @@ type check struct {
 	Ratio  float64 `json:"ratio"`
 	Target string  `json:"target"`
 	Pass   bool    `json:"pass"`
+}
+
+// bound compares socket.io alone (one server, in-memory adapter) with the clusters: the
+// Socket.IO library's own cost, which no adapter removes, bounds what an adapter's
+// server can reach.
+type bound struct {
+	Name  string  `json:"name"`
+	Ratio float64 `json:"ratio"`
+	Note  string  `json:"note"`
+}
+
+// bounds computes the comparisons with socket.io alone that the run allows.
+func bounds(r *report) []bound {
+	var bs []bound
+	for _, p := range r.Config.Payloads {
+		ga := r.find("go", scenarioAlone, p.Name, "saturation")
+		na := r.find("node", scenarioAlone, p.Name, "saturation")
+		gc := r.find("go", scenarioClients, p.Name, "saturation")
+		nc := r.find("node", scenarioClients, p.Name, "saturation")
+		if ga == nil {
+			continue
+		}
+		if na != nil && na.DeliveredPerSec > 0 {
+			bs = append(bs, bound{fmt.Sprintf("socket.io alone, %s: broadcasts/s, Go / Node", p.Name),
+				ga.DeliveredPerSec / na.DeliveredPerSec, "the libraries compared, without adapters"})
+		}
+		if na != nil && len(na.Procs) > 0 && na.Procs[0].CPUPer1000 > 0 {
+			bs = append(bs, bound{fmt.Sprintf("socket.io alone, %s: CPU per 1000 broadcasts, Go / Node", p.Name),
+				ga.Procs[0].CPUPer1000 / na.Procs[0].CPUPer1000, "the libraries compared, without adapters"})
+		}
+		if nc != nil && len(nc.Procs) > 1 && nc.Procs[1].CPUPer1000 > 0 {
+			bs = append(bs, bound{fmt.Sprintf("%s: CPU per 1000 broadcasts, Go socket.io alone / Node adapter's receiving server", p.Name),
+				ga.Procs[0].CPUPer1000 / nc.Procs[1].CPUPer1000, "the library's own cost, emit and delivery, against the ≤ 0.2 target for pgadapter / Node"})
+		}
+		if gc != nil && len(gc.Procs) > 1 && ga.Procs[0].CPUPer1000 > 0 {
+			bs = append(bs, bound{fmt.Sprintf("%s: CPU per 1000 broadcasts, pgadapter's receiving server / Go socket.io alone", p.Name),
+				gc.Procs[1].CPUPer1000 / ga.Procs[0].CPUPer1000, "what receiving through PostgreSQL adds to delivering"})
+		}
+	}
+	return bs
 }
 
 func (r *report) find(impl, scenario, payload, phase string) *result {
@@ -166,6 +207,14 @@ func printTable(w io.Writer, r *report) {
 				verdict = "MISS"
 			}
 			fmt.Fprintf(tw, "  %s\t%.2f×\t(%s)\t%s\n", c.Name, c.Ratio, c.Target, verdict)
+		}
+		tw.Flush()
+	}
+	if len(r.Bounds) > 0 {
+		fmt.Fprintln(w, "\nwhat socket.io itself allows:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, b := range r.Bounds {
+			fmt.Fprintf(tw, "  %s\t%.2f×\t(%s)\n", b.Name, b.Ratio, b.Note)
 		}
 		tw.Flush()
 	}

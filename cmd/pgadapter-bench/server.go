@@ -35,6 +35,10 @@ import (
 // profileEnv names a directory where each Go server writes a CPU profile.
 const profileEnv = "PGADAPTER_BENCH_PROFILE"
 
+// adapterEnv set to "memory" makes a server use socket.io's own in-memory adapter, with
+// no PostgreSQL: the "socket.io alone" reference (ADAPTER for the Node server).
+const adapterEnv = "PGADAPTER_BENCH_ADAPTER"
+
 // command is one line of the protocol's stdin.
 type command struct {
 	Op     string `json:"op"`
@@ -71,26 +75,30 @@ func serve(dbURL, prefix, table string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	b := pgadapter.New(pool, &pgadapter.Options{
-		ChannelPrefix: prefix,
-		TableName:     table,
-		ErrorHandler: func(err error) {
-			out.send(map[string]any{"type": "error", "message": err.Error()})
-		},
-	})
-	defer b.Close(context.Background())
 	io := socket.NewServer(nil, nil)
-	io.SetAdapter(b)
-	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := b.Ready(readyCtx); err != nil {
-		return err
+	if os.Getenv(adapterEnv) == "memory" {
+		io.SetAdapter(keepAll{})
+	} else {
+		ctx := context.Background()
+		pool, err := pgxpool.New(ctx, dbURL)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		b := pgadapter.New(pool, &pgadapter.Options{
+			ChannelPrefix: prefix,
+			TableName:     table,
+			ErrorHandler: func(err error) {
+				out.send(map[string]any{"type": "error", "message": err.Error()})
+			},
+		})
+		defer b.Close(context.Background())
+		io.SetAdapter(b)
+		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := b.Ready(readyCtx); err != nil {
+			return err
+		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

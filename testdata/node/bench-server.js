@@ -3,7 +3,8 @@
 // same line protocol as the bench command's Go servers (see cmd/pgadapter-bench/server.go).
 //
 // Environment: DATABASE_URL, CHANNEL_PREFIX, TABLE_NAME, NODE_POOL_MAX (default 10, pg's
-// own default). Stdout, one JSON object per line:
+// own default); ADAPTER=memory keeps socket.io's in-memory adapter and uses no PostgreSQL
+// (the "socket.io alone" reference). Stdout, one JSON object per line:
 //   {"type":"ready","port":N}
 //   {"type":"stopped","count":C,"firstUs":F,"lastUs":L}   after {"op":"stop"}
 //   {"type":"error","message":M}
@@ -26,17 +27,19 @@ function out(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
-const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.NODE_POOL_MAX || 10) });
-pool.on("error", (err) => out({ type: "error", message: "pool: " + String(err && err.message || err) }));
 const httpServer = http.createServer();
 const io = new Server(httpServer);
-io.adapter(
-  createAdapter(pool, {
-    channelPrefix: process.env.CHANNEL_PREFIX || "socket.io",
-    tableName: process.env.TABLE_NAME || "socket_io_attachments",
-    errorHandler: (err) => out({ type: "error", message: String(err && err.message || err) }),
-  }),
-);
+if (process.env.ADAPTER !== "memory") {
+  const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.NODE_POOL_MAX || 10) });
+  pool.on("error", (err) => out({ type: "error", message: "pool: " + String(err && err.message || err) }));
+  io.adapter(
+    createAdapter(pool, {
+      channelPrefix: process.env.CHANNEL_PREFIX || "socket.io",
+      tableName: process.env.TABLE_NAME || "socket_io_attachments",
+      errorHandler: (err) => out({ type: "error", message: String(err && err.message || err) }),
+    }),
+  );
+}
 
 function nowUs() {
   return Math.round((performance.timeOrigin + performance.now()) * 1000);
