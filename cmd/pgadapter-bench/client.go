@@ -201,8 +201,8 @@ func (c *client) parse() error {
 		if !ok {
 			return nil
 		}
-		// gorilla/websocket, under engine.io v2.5.0, cuts every message of more than
-		// about 1 KB into fragments: put them back together.
+		// gorilla/websocket, under engine.io v2.5.0's 1 KB write buffer, sends every
+		// message of more than 1 KB in two frames or more: put them back together.
 		if op < 0x8 && (!fin || op == 0) {
 			if op != 0 {
 				c.fragOp, c.frag = op, append(c.frag[:0], msg...)
