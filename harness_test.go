@@ -398,6 +398,11 @@ func (n *node) socketsNamed(nsp, name string) []*socket.Socket {
 func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclient, bool) {
 	opts := client.DefaultOptions()
 	opts.SetTransports(types.NewSet(eiotransports.WebSocket))
+	if strings.HasPrefix(name, "poll") {
+		// A client named poll… stays on HTTP long polling.
+		opts.SetTransports(types.NewSet(eiotransports.Polling))
+		opts.SetUpgrade(false)
+	}
 	opts.SetForceNew(true)
 	opts.SetReconnection(false)
 	// Opening the manager here and again in Connect can send CONNECT twice (a second,

@@ -8,6 +8,7 @@ import (
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
 
+	"github.com/socketio-pg/pgadapter/fastws"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
@@ -27,12 +28,13 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	encoded := a.encode(packet, raw)
+	light := preEncode(packetOpts, encoded)
 	a.apply(opts, func(s *socket.Socket) {
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
 			a.fillArgs(packet, raw)
 			notify(packet)
 		}
-		s.Client().WriteToEngine(encoded, packetOpts)
+		s.Client().WriteToEngine(forSocket(s, encoded, light), packetOpts)
 	})
 }
 
@@ -45,6 +47,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	id := a.Nsp().Ids()
 	packet.Id = &id
 	encoded := a.encode(packet, raw)
+	light := preEncode(packetOpts, encoded)
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -53,7 +56,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 			a.fillArgs(packet, raw)
 			notify(packet)
 		}
-		s.Client().WriteToEngine(encoded, packetOpts)
+		s.Client().WriteToEngine(forSocket(s, encoded, light), packetOpts)
 	})
 	clientCount(n)
 }
@@ -104,6 +107,37 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 		b = strconv.AppendUint(b, *packet.Id, 10)
 	}
 	return append(b, raw...)
+}
+
+// preEncode attaches to w, when the fastws transport is installed, the WebSocket message
+// of a packet encoded as one string: engine.io's message type, then the packet. Every
+// client on fastws is then written that one message, with no copy per client; clients
+// still on HTTP long-polling are written the packet as usual. engine.io's own transport
+// must not see it (see above).
+//
+// It returns the packet to give the sockets that are on fastws, which write the frame and
+// ignore the packet (see forSocket), or nil when there is no frame.
+func preEncode(w *socket.WriteOptions, encoded []types.BufferInterface) []types.BufferInterface {
+	if len(encoded) != 1 || !fastws.Installed() {
+		return nil
+	}
+	s, ok := encoded[0].(*types.StringBuffer)
+	if !ok {
+		return nil
+	}
+	frame := make([]byte, 0, 1+s.Len())
+	w.WsPreEncodedFrame = types.NewStringBuffer(append(append(frame, '4'), s.Bytes()...))
+	return []types.BufferInterface{types.NewStringBuffer(nil)}
+}
+
+// forSocket returns what to write to s: light, an empty packet, when s is on fastws
+// (socket.io copies what it is given for each client, and fastws writes the shared
+// pre-encoded frame instead), and encoded otherwise.
+func forSocket(s *socket.Socket, encoded, light []types.BufferInterface) []types.BufferInterface {
+	if light != nil && fastws.Handles(s.Conn().Transport()) {
+		return light
+	}
+	return encoded
 }
 
 func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/socketio-pg/pgadapter/fastws"
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
 
@@ -19,6 +20,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		runChild()
 		return
+	}
+	if os.Getenv("PGADAPTER_TEST_FASTWS") == "1" {
+		// The whole suite again, with clients on the fastws transport (see .ci/run).
+		fastws.Install()
 	}
 	url, stop, temporary, err := pgtest.Database(context.Background())
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter"
+	"github.com/socketio-pg/pgadapter/fastws"
 )
 
 // The server role: the bench command re-executes itself with -serve to run one Go
@@ -34,6 +35,9 @@ import (
 
 // profileEnv names a directory where each Go server writes a CPU profile.
 const profileEnv = "PGADAPTER_BENCH_PROFILE"
+
+// transportEnv set to "fastws" makes a Go server use the fastws WebSocket transport.
+const transportEnv = "PGADAPTER_BENCH_TRANSPORT"
 
 // adapterEnv set to "memory" makes a server use socket.io's own in-memory adapter, with
 // no PostgreSQL: the "socket.io alone" reference (ADAPTER for the Node server).
@@ -74,6 +78,9 @@ func serve(dbURL, prefix, table string) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if os.Getenv(transportEnv) == "fastws" {
+		fastws.Install()
 	}
 	io := socket.NewServer(nil, nil)
 	if os.Getenv(adapterEnv) == "memory" {

@@ -1,0 +1,291 @@
+// Package fastws is a WebSocket transport for engine.io v2.5.0 (the engine of
+// github.com/zishang520/socket.io/v2 v2.5.0) that writes what engine.io hands it
+// without losing any of it, without copying it per client, and with one system call per
+// batch instead of one per message.
+//
+// engine.io's own WebSocket transport has three costs that dominate a server with many
+// clients, whatever its adapter:
+//
+//   - It returns after writing the first packet of a batch that carries a pre-encoded
+//     frame, so the packets after it are lost. socket.io's in-memory adapter attaches
+//     such a frame to every JSON broadcast: under load, a single server loses most of
+//     them.
+//   - It encodes every packet again for every client (a copy of the message into a
+//     buffer grown from 64 bytes), then copies it into a 1 KB write buffer.
+//   - It writes each message with its own write(2), and a message of more than 2 KB with
+//     two (a frame, then an empty final frame).
+//
+// This transport writes each batch of packets as complete WebSocket frames with a single
+// writev(2). A packet with a pre-encoded frame is written from that frame, shared by
+// every client, with no copy; the others are encoded once, by engine.io's parser, as
+// before. pgadapter attaches pre-encoded frames to the broadcasts it delivers when this
+// transport is installed.
+//
+// Install it once, before any engine.io server accepts connections:
+//
+//	fastws.Install()
+//	io := socket.NewServer(nil, nil)
+//
+// engine.io keeps its transports in a process-wide table, read without a lock when a
+// connection upgrades, which is why Install must come first, and why it applies to
+// every engine.io server of the process.
+//
+// Frames are written uncompressed. A connection that negotiated permessage-deflate still
+// receives valid messages (RFC 7692 lets a sender leave any message uncompressed), and a
+// packet that asks for compression goes through gorilla/websocket's writer, as with
+// engine.io's transport, which compresses it if the connection negotiated it.
+// socket.io v2.5.0 emits without compression unless asked (Compress(true)).
+package fastws
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	ws "github.com/gorilla/websocket"
+	"github.com/zishang520/engine.io-go-parser/packet"
+	"github.com/zishang520/engine.io/v2/transports"
+	"github.com/zishang520/engine.io/v2/types"
+)
+
+// Install makes this package's transport the WebSocket transport of every engine.io
+// server of the process. Call it before the servers accept connections.
+func Install() {
+	transports.Transports()[transports.WEBSOCKET] = &builder{}
+}
+
+// Installed reports whether Install was called (and the transport not replaced since).
+func Installed() bool {
+	_, ok := transports.Transports()[transports.WEBSOCKET].(*builder)
+	return ok
+}
+
+// Handles reports whether t, a connection's current engine.io transport, is this
+// package's. Such a transport writes the pre-encoded frame of a packet that has one, and
+// ignores the packet's data: a sender that knows it may give an empty packet instead of
+// a copy per client. A connection's transport changes only by upgrading from HTTP long
+// polling to WebSocket, never back, so the answer stays true for the connection's life.
+func Handles(t transports.Transport) bool {
+	_, ok := t.(*webSocket)
+	return ok
+}
+
+// builder is the transports.TransportCtor engine.io calls on each WebSocket upgrade.
+type builder struct{}
+
+func (*builder) New(ctx *types.HttpContext) transports.Transport { return newWebSocket(ctx) }
+
+func (*builder) HandlesUpgrades() bool { return true }
+
+func (*builder) UpgradesTo() *types.Set[string] { return types.NewSet[string]() }
+
+// webSocket is engine.io's transport interface over one WebSocket connection. Reading is
+// engine.io's: gorilla/websocket's reader, one message at a time. Writing is this
+// package's.
+type webSocket struct {
+	transports.Transport
+
+	conn *types.WebSocketConn
+	raw  net.Conn
+
+	mu     sync.Mutex // one batch written at a time, in order
+	bufs   net.Buffers
+	header []byte // the frame headers of the batch being written
+}
+
+func newWebSocket(ctx *types.HttpContext) *webSocket {
+	w := &webSocket{Transport: transports.MakeTransport()}
+	w.Prototype(w)
+	w.Construct(ctx)
+	return w
+}
+
+// Construct is engine.io's, for the reading side: it starts the read loop and marks the
+// transport writable.
+func (w *webSocket) Construct(ctx *types.HttpContext) {
+	w.Transport.Construct(ctx)
+	w.conn = ctx.Websocket
+	w.raw = w.conn.NetConn()
+	w.conn.On("error", func(errs ...any) {
+		if err, ok := errs[0].(error); ok {
+			w.OnError("websocket error", err)
+		}
+	})
+	w.conn.Once("close", func(...any) { w.OnClose() })
+	go w.read()
+	w.SetWritable(true)
+	w.SetPerMessageDeflate(nil)
+}
+
+// Name is engine.io's name for the transport, which clients ask for.
+func (w *webSocket) Name() string { return transports.WEBSOCKET }
+
+// HandlesUpgrades reports that a connection may upgrade to this transport.
+func (w *webSocket) HandlesUpgrades() bool { return true }
+
+// read hands every message received to engine.io, until the connection ends.
+func (w *webSocket) read() {
+	for {
+		mt, r, err := w.conn.NextReader()
+		if err != nil {
+			w.failed(err)
+			return
+		}
+		var data types.BufferInterface
+		switch mt {
+		case ws.BinaryMessage:
+			data = types.NewBytesBuffer(nil)
+		case ws.TextMessage:
+			data = types.NewStringBuffer(nil)
+		default:
+			continue // control frames are handled by gorilla/websocket
+		}
+		if _, err := data.ReadFrom(r); err != nil {
+			w.failed(err)
+			return
+		}
+		w.Transport.OnData(data)
+	}
+}
+
+// failed reports an error of the connection the way engine.io's transport does: a
+// closed connection as "close", anything else as "error".
+func (w *webSocket) failed(err error) {
+	if ws.IsUnexpectedCloseError(err) || errors.Is(err, net.ErrClosed) {
+		w.conn.Emit("close")
+	} else {
+		w.conn.Emit("error", err)
+	}
+}
+
+// Send writes packets, in a goroutine so that the caller (socket.io's emit) never waits
+// for a slow client. engine.io buffers what is sent meanwhile and hands it over as the
+// next batch when this one signals "drain".
+func (w *webSocket) Send(packets []*packet.Packet) {
+	w.SetWritable(false)
+	go w.send(packets)
+}
+
+func (w *webSocket) send(packets []*packet.Packet) {
+	defer func() {
+		w.Emit("drain")
+		w.SetWritable(true)
+		w.Emit("ready")
+	}()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range packets {
+		if p.Options != nil && p.Options.Compress {
+			// Compression, if negotiated, is gorilla/websocket's: write what is pending,
+			// then this packet through its writer.
+			if err := w.flush(); err != nil {
+				w.failed(err)
+				return
+			}
+			if err := w.writeCompressed(p); err != nil {
+				w.failed(err)
+				return
+			}
+			continue
+		}
+		if p.Options != nil && p.Options.WsPreEncodedFrame != nil {
+			f := p.Options.WsPreEncodedFrame
+			w.frame(isText(f), f.Bytes())
+			continue
+		}
+		data, err := w.Parser().EncodePacket(p, w.SupportsBinary())
+		if err != nil {
+			w.failed(err)
+			return
+		}
+		w.frame(isText(data), data.Bytes())
+	}
+	if err := w.flush(); err != nil {
+		w.failed(err)
+	}
+}
+
+// isText reports whether engine.io means data as a text message: its strings are
+// StringBuffers.
+func isText(data types.BufferInterface) bool {
+	_, ok := data.(*types.StringBuffer)
+	return ok
+}
+
+// frame adds one unfragmented, unmasked WebSocket data frame to the batch. payload is
+// referenced, not copied.
+func (w *webSocket) frame(text bool, payload []byte) {
+	op := byte(0x2) // binary
+	if text {
+		op = 0x1
+	}
+	start := len(w.header)
+	w.header = appendHeader(w.header, op, len(payload))
+	w.bufs = append(w.bufs, w.header[start:len(w.header):len(w.header)])
+	if len(payload) > 0 {
+		w.bufs = append(w.bufs, payload)
+	}
+}
+
+// appendHeader appends the header of a final, unmasked frame of opcode op carrying n
+// bytes (RFC 6455, 5.2).
+func appendHeader(b []byte, op byte, n int) []byte {
+	b = append(b, 0x80|op)
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
+}
+
+// flush writes the batch with one writev(2). The frames' headers live in w.header, which
+// must not move while w.bufs points into it: it is sized before the batch is built (see
+// frame's three-index slices) or, when it grows, the earlier slices keep the old array,
+// which stays valid.
+func (w *webSocket) flush() error {
+	if len(w.bufs) == 0 {
+		return nil
+	}
+	bufs := w.bufs
+	// No deadline: engine.io's transport sets none either, and a pong that
+	// gorilla/websocket wrote with one must not leave it on the connection.
+	w.raw.SetWriteDeadline(time.Time{})
+	_, err := bufs.WriteTo(w.raw)
+	clear(w.bufs[:cap(w.bufs)])
+	w.bufs = w.bufs[:0]
+	w.header = w.header[:0]
+	return err
+}
+
+// writeCompressed writes p through gorilla/websocket's writer, which compresses it when
+// the connection negotiated permessage-deflate.
+func (w *webSocket) writeCompressed(p *packet.Packet) error {
+	var data types.BufferInterface
+	if f := p.Options.WsPreEncodedFrame; f != nil {
+		data = f
+	} else {
+		var err error
+		if data, err = w.Parser().EncodePacket(p, w.SupportsBinary()); err != nil {
+			return err
+		}
+	}
+	mt := ws.BinaryMessage
+	if isText(data) {
+		mt = ws.TextMessage
+	}
+	w.conn.EnableWriteCompression(true)
+	return w.conn.WriteMessage(mt, data.Bytes())
+}
+
+// DoClose closes the connection; the read loop then reports "close".
+func (w *webSocket) DoClose(fn types.Callable) {
+	defer w.conn.Close()
+	if fn != nil {
+		fn()
+	}
+}

@@ -1,0 +1,324 @@
+package fastws
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ws "github.com/gorilla/websocket"
+	eiotransports "github.com/zishang520/engine.io-client-go/transports"
+	"github.com/zishang520/engine.io/v2/transports"
+	"github.com/zishang520/engine.io/v2/types"
+	client "github.com/zishang520/socket.io-client-go/socket"
+	"github.com/zishang520/socket.io/v2/socket"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	Install()
+	// The client and server libraries start goroutines of their own when loaded.
+	ignore := goleak.IgnoreCurrent()
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(ignore); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const waitFor = 10 * time.Second
+
+// server is a socket.io v2.5.0 server with its in-memory adapter, which attaches a
+// pre-encoded frame to every JSON broadcast.
+func server(t *testing.T) (*socket.Server, string) {
+	t.Helper()
+	io := socket.NewServer(nil, nil)
+	h := httptest.NewServer(io.ServeHandler(nil))
+	t.Cleanup(func() {
+		done := make(chan struct{})
+		io.Close(func(error) { close(done) })
+		<-done
+		h.Close()
+	})
+	return io, h.URL
+}
+
+// rawClient is a WebSocket client speaking engine.io v4 and socket.io v5 by hand, so that
+// the test sees every WebSocket message as the server framed it, in order.
+type rawClient struct {
+	t    *testing.T
+	conn *ws.Conn
+}
+
+// dial connects to the main namespace, and returns once the server has a socket for it.
+func dial(t *testing.T, io *socket.Server, url string) *rawClient {
+	t.Helper()
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rawClient{t: t, conn: conn}
+	t.Cleanup(func() { conn.Close() })
+	if _, msg := c.next(); !strings.HasPrefix(string(msg), "0{") {
+		t.Fatalf("open packet: %q", msg)
+	}
+	n := io.Sockets().Sockets().Len()
+	if err := conn.WriteMessage(ws.TextMessage, []byte("40")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg := c.next(); !strings.HasPrefix(string(msg), "40{") {
+		t.Fatalf("connect reply: %q", msg)
+	}
+	deadline := time.Now().Add(waitFor)
+	for io.Sockets().Sockets().Len() == n {
+		if time.Now().After(deadline) {
+			t.Fatal("no socket on the server")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return c
+}
+
+// next reads one WebSocket message, answering engine.io's pings on the way.
+func (c *rawClient) next() (int, []byte) {
+	c.t.Helper()
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(waitFor))
+		mt, msg, err := c.conn.ReadMessage()
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if mt == ws.TextMessage && string(msg) == "2" {
+			c.conn.WriteMessage(ws.TextMessage, []byte("3"))
+			continue
+		}
+		return mt, msg
+	}
+}
+
+// event reads a socket.io EVENT and returns its arguments, name first.
+func (c *rawClient) event() []any {
+	c.t.Helper()
+	mt, msg := c.next()
+	if mt != ws.TextMessage || !bytes.HasPrefix(msg, []byte("42")) {
+		c.t.Fatalf("want an event, got %d %.80q", mt, msg)
+	}
+	var args []any
+	if err := json.Unmarshal(msg[2:], &args); err != nil {
+		c.t.Fatalf("%v: %.80q", err, msg)
+	}
+	return args
+}
+
+// TestBurstKeepsEveryBroadcast emits broadcasts faster than they can be written, so that
+// engine.io hands the transport batches of them, each with a pre-encoded frame: every
+// one must arrive, in order. engine.io's own transport writes only the first of each
+// batch.
+func TestBurstKeepsEveryBroadcast(t *testing.T) {
+	io, url := server(t)
+	clients := []*rawClient{dial(t, io, url), dial(t, io, url), dial(t, io, url)}
+	const n = 5000
+	go func() {
+		for i := range n {
+			io.Emit("n", i)
+		}
+	}()
+	for ci, c := range clients {
+		for i := range n {
+			args := c.event()
+			if len(args) != 2 || args[0] != "n" || args[1] != float64(i) {
+				t.Fatalf("client %d, broadcast %d: got %v", ci, i, args)
+			}
+		}
+	}
+}
+
+// TestFrames sends messages of every header size, text and binary, through broadcasts
+// (pre-encoded) and to one socket (encoded by engine.io's parser), with and without
+// compression asked for, and checks each message's type and content.
+func TestFrames(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	var s *socket.Socket
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, v *socket.Socket) bool { s = v; return false })
+	sizes := []int{0, 1, 118, 119, 125, 126, 200, 65_000, 65_535, 65_536, 300_000}
+	for _, size := range sizes {
+		text := strings.Repeat("é", size/2) + strings.Repeat("x", size%2)
+		bin := bytes.Repeat([]byte{0xfe}, size)
+		for _, how := range []string{"broadcast", "socket", "compressed"} {
+			switch how {
+			case "broadcast":
+				io.Emit("t", text)
+				io.Emit("b", bin)
+			case "socket":
+				s.Emit("t", text)
+				s.Emit("b", bin)
+			case "compressed":
+				io.Compress(true).Emit("t", text)
+				s.Compress(true).Emit("b", bin)
+			}
+			if args := c.event(); len(args) != 2 || args[0] != "t" || args[1] != text {
+				t.Fatalf("%s, %d bytes of text: got %.80v", how, size, args)
+			}
+			// A binary event: its header as text, then the attachment as a binary message.
+			mt, header := c.next()
+			if mt != ws.TextMessage || !bytes.HasPrefix(header, []byte(`451-["b",{"_placeholder":true,"num":0}]`)) {
+				t.Fatalf("%s, %d bytes of binary: header %d %.80q", how, size, mt, header)
+			}
+			mt, att := c.next()
+			if mt != ws.BinaryMessage || !bytes.Equal(att, bin) {
+				t.Fatalf("%s, %d bytes of binary: attachment of type %d, %d bytes", how, size, mt, len(att))
+			}
+		}
+	}
+}
+
+// TestFrameHeaders checks the three encodings of a frame's length (RFC 6455, 5.2).
+func TestFrameHeaders(t *testing.T) {
+	cases := []struct {
+		op   byte
+		n    int
+		want []byte
+	}{
+		{0x1, 0, []byte{0x81, 0}},
+		{0x2, 125, []byte{0x82, 125}},
+		{0x1, 126, []byte{0x81, 126, 0, 126}},
+		{0x1, 65535, []byte{0x81, 126, 0xff, 0xff}},
+		{0x2, 65536, []byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}},
+	}
+	for _, c := range cases {
+		if got := appendHeader(nil, c.op, c.n); !bytes.Equal(got, c.want) {
+			t.Errorf("op %d, %d bytes: % x, want % x", c.op, c.n, got, c.want)
+		}
+	}
+}
+
+// TestUpgradeFromPolling connects the Go socket.io client the default way, HTTP long
+// polling first and then an upgrade to this transport, and exchanges events and acks in
+// both directions.
+func TestUpgradeFromPolling(t *testing.T) {
+	io, url := server(t)
+	io.On("connection", func(args ...any) {
+		s := args[0].(*socket.Socket)
+		s.On("ask", func(args ...any) {
+			args[len(args)-1].(socket.Ack)([]any{"answer", args[0]}, nil)
+		})
+	})
+	opts := client.DefaultOptions()
+	opts.SetTransports(types.NewSet(eiotransports.Polling, eiotransports.WebSocket))
+	opts.SetForceNew(true)
+	opts.SetReconnection(false)
+	c := client.NewManager(url, opts).Socket("/", opts)
+	var mu sync.Mutex
+	got := map[string]int{}
+	c.On("e", func(args ...any) {
+		mu.Lock()
+		got[args[0].(string)]++
+		mu.Unlock()
+	})
+	c.Connect()
+	defer c.Close()
+	upgraded := func() bool {
+		ok := false
+		io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+			ok = s.Conn().Transport().Name() == transports.WEBSOCKET
+			return false
+		})
+		return ok
+	}
+	deadline := time.Now().Add(waitFor)
+	for !upgraded() {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never upgraded to WebSocket")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, ok := transportOf(io).(*webSocket); !ok {
+		t.Fatalf("the upgraded transport is %T, not this package's", transportOf(io))
+	}
+	const n = 200
+	for i := range n {
+		io.Emit("e", strconv.Itoa(i))
+	}
+	answer := make(chan []any, 1)
+	c.EmitWithAck("ask", "q")(func(args []any, err error) { answer <- args })
+	select {
+	case args := <-answer:
+		if len(args) != 2 || args[0] != "answer" || args[1] != "q" {
+			t.Fatalf("ack: %v", args)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no ack")
+	}
+	deadline = time.Now().Add(waitFor)
+	for {
+		mu.Lock()
+		k := len(got)
+		mu.Unlock()
+		if k == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d of %d events", k, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func transportOf(io *socket.Server) transports.Transport {
+	var tr transports.Transport
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		tr = s.Conn().Transport()
+		return false
+	})
+	return tr
+}
+
+// TestCloseEndsTheSocket checks that a client going away closes the server's socket,
+// and that the server closing a socket closes the connection.
+func TestCloseEndsTheSocket(t *testing.T) {
+	io, url := server(t)
+	a := dial(t, io, url)
+	b := dial(t, io, url)
+	a.conn.Close()
+	deadline := time.Now().Add(waitFor)
+	for io.Sockets().Sockets().Len() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sockets after a client left, want 1", io.Sockets().Sockets().Len())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	io.DisconnectSockets(true)
+	b.conn.SetReadDeadline(time.Now().Add(waitFor))
+	for {
+		_, msg, err := b.conn.ReadMessage()
+		if err != nil {
+			break // closed by the server
+		}
+		if string(msg) != "41" && string(msg) != "2" {
+			t.Fatalf("unexpected %q before the close", msg)
+		}
+	}
+}
+
+// TestInstalled checks Install's report.
+func TestInstalled(t *testing.T) {
+	if !Installed() {
+		t.Fatal("Installed() = false after Install")
+	}
+	orig := transports.Transports()[transports.WEBSOCKET]
+	transports.Transports()[transports.WEBSOCKET] = &transports.WebSocketBuilder{}
+	defer func() { transports.Transports()[transports.WEBSOCKET] = orig }()
+	if Installed() {
+		t.Fatal("Installed() = true with engine.io's transport")
+	}
+}

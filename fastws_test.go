@@ -1,0 +1,58 @@
+package pgadapter
+
+import (
+	"strconv"
+	"testing"
+
+	"github.com/zishang520/engine.io/v2/transports"
+
+	"github.com/socketio-pg/pgadapter/fastws"
+)
+
+// TestFastWSDelivery delivers broadcasts, from this server and from another, to clients
+// on the fastws transport (written from the shared pre-encoded frame, given an empty
+// packet) and to a client on HTTP long polling (given the packet): each gets every
+// broadcast, whole.
+func TestFastWSDelivery(t *testing.T) {
+	orig := transports.Transports()[transports.WEBSOCKET]
+	fastws.Install()
+	t.Cleanup(func() { transports.Transports()[transports.WEBSOCKET] = orig })
+
+	nodes := cluster(t, 2, testOptions(t))
+	a, b := nodes[0], nodes[1]
+	clients := map[string]*tclient{
+		"wa":    a.connect(t, "/", "wa"),
+		"wb":    b.connect(t, "/", "wb"),
+		"polla": a.connect(t, "/", "polla"),
+		"pollb": b.connect(t, "/", "pollb"),
+	}
+	for name := range clients {
+		n := a
+		if name[len(name)-1] == 'b' {
+			n = b
+		}
+		s := n.socketsNamed("/", name)[0]
+		if on, want := fastws.Handles(s.Conn().Transport()), name[0] == 'w'; on != want {
+			t.Fatalf("%s: on fastws %v, want %v", name, on, want)
+		}
+	}
+	const n = 300
+	for i := range n {
+		a.io.Emit("n", i, "payload-"+strconv.Itoa(i))
+	}
+	a.io.Emit("bin", []byte{1, 2, 3}) // binary: no pre-encoded frame
+	for name, c := range clients {
+		seen := make([]bool, n)
+		for range n {
+			args := c.expect(t, "n")
+			i, ok := args[0].(float64)
+			if !ok || i < 0 || int(i) >= n || seen[int(i)] || args[1] != "payload-"+strconv.Itoa(int(i)) {
+				t.Fatalf("%s: got %v", name, args)
+			}
+			seen[int(i)] = true
+		}
+		if args := c.expect(t, "bin"); len(args) != 1 {
+			t.Fatalf("%s: bin %v", name, args)
+		}
+	}
+}
