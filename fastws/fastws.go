@@ -93,7 +93,16 @@ type webSocket struct {
 	mu     sync.Mutex // one batch written at a time, in order
 	bufs   net.Buffers
 	header []byte // the frame headers of the batch being written
+	// writev: the connection writes net.Buffers with one writev(2) (TCP and Unix
+	// sockets). Others, TLS above all, would turn each buffer into a Write of its own
+	// (a TLS record each): for them the batch is copied into flat and written once.
+	writev bool
+	flat   []byte
 }
+
+// maxKept bounds the buffers a connection keeps between batches: a burst may need more,
+// but an idle connection should not hold on to them.
+const maxKept = 1 << 10
 
 func newWebSocket(ctx *types.HttpContext) *webSocket {
 	w := &webSocket{Transport: transports.MakeTransport()}
@@ -108,6 +117,10 @@ func (w *webSocket) Construct(ctx *types.HttpContext) {
 	w.Transport.Construct(ctx)
 	w.conn = ctx.Websocket
 	w.raw = w.conn.NetConn()
+	switch w.raw.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		w.writev = true
+	}
 	w.conn.On("error", func(errs ...any) {
 		if err, ok := errs[0].(error); ok {
 			w.OnError("websocket error", err)
@@ -243,22 +256,36 @@ func appendHeader(b []byte, op byte, n int) []byte {
 	}
 }
 
-// flush writes the batch with one writev(2). The frames' headers live in w.header, which
-// must not move while w.bufs points into it: it is sized before the batch is built (see
-// frame's three-index slices) or, when it grows, the earlier slices keep the old array,
-// which stays valid.
+// flush writes the batch with one writev(2), or one write(2) of a copy. The frames'
+// headers live in w.header; when it grows while the batch is built, the headers already
+// in w.bufs keep pointing into its old array, which stays valid.
 func (w *webSocket) flush() error {
 	if len(w.bufs) == 0 {
 		return nil
 	}
-	bufs := w.bufs
 	// No deadline: engine.io's transport sets none either, and a pong that
 	// gorilla/websocket wrote with one must not leave it on the connection.
 	w.raw.SetWriteDeadline(time.Time{})
-	_, err := bufs.WriteTo(w.raw)
-	clear(w.bufs[:cap(w.bufs)])
+	var err error
+	if w.writev {
+		bufs := w.bufs // WriteTo consumes the slice it is called on
+		_, err = bufs.WriteTo(w.raw)
+	} else {
+		w.flat = w.flat[:0]
+		for _, b := range w.bufs {
+			w.flat = append(w.flat, b...)
+		}
+		_, err = w.raw.Write(w.flat)
+		if cap(w.flat) > maxKept*maxKept {
+			w.flat = nil
+		}
+	}
+	clear(w.bufs[:cap(w.bufs)]) // drop the references to the payloads
 	w.bufs = w.bufs[:0]
 	w.header = w.header[:0]
+	if cap(w.bufs) > maxKept {
+		w.bufs, w.header = nil, nil
+	}
 	return err
 }
 

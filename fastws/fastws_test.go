@@ -2,6 +2,7 @@ package fastws
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -41,8 +42,36 @@ const waitFor = 10 * time.Second
 // pre-encoded frame to every JSON broadcast.
 func server(t *testing.T) (*socket.Server, string) {
 	t.Helper()
-	io := socket.NewServer(nil, nil)
-	h := httptest.NewServer(io.ServeHandler(nil))
+	return serverWith(t, variant{})
+}
+
+// variant is how a test server differs from the default.
+type variant struct {
+	// tls serves over TLS: the transport then writes each batch as one copy instead of
+	// with writev.
+	tls bool
+	// deflate offers permessage-deflate, which the test client accepts.
+	deflate bool
+}
+
+var variants = []variant{{}, {tls: true}, {deflate: true}}
+
+func (v variant) String() string { return fmt.Sprintf("tls=%v,deflate=%v", v.tls, v.deflate) }
+
+// serverWith is server, varied by v.
+func serverWith(t *testing.T, v variant) (*socket.Server, string) {
+	t.Helper()
+	opts := socket.DefaultServerOptions()
+	if v.deflate {
+		opts.SetPerMessageDeflate(&types.PerMessageDeflate{Threshold: 0})
+	}
+	io := socket.NewServer(nil, opts)
+	h := httptest.NewUnstartedServer(io.ServeHandler(nil))
+	if v.tls {
+		h.StartTLS()
+	} else {
+		h.Start()
+	}
 	t.Cleanup(func() {
 		done := make(chan struct{})
 		io.Close(func(error) { close(done) })
@@ -57,16 +86,21 @@ func server(t *testing.T) (*socket.Server, string) {
 type rawClient struct {
 	t    *testing.T
 	conn *ws.Conn
+	// deflate: the connection negotiated permessage-deflate.
+	deflate bool
 }
 
 // dial connects to the main namespace, and returns once the server has a socket for it.
 func dial(t *testing.T, io *socket.Server, url string) *rawClient {
 	t.Helper()
-	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	dialer := *ws.DefaultDialer
+	dialer.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // httptest's certificate
+	dialer.EnableCompression = true
+	conn, resp, err := dialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &rawClient{t: t, conn: conn}
+	c := &rawClient{t: t, conn: conn, deflate: strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")}
 	t.Cleanup(func() { conn.Close() })
 	if _, msg := c.next(); !strings.HasPrefix(string(msg), "0{") {
 		t.Fatalf("open packet: %q", msg)
@@ -124,7 +158,13 @@ func (c *rawClient) event() []any {
 // one must arrive, in order. engine.io's own transport writes only the first of each
 // batch.
 func TestBurstKeepsEveryBroadcast(t *testing.T) {
-	io, url := server(t)
+	for _, v := range variants {
+		t.Run(v.String(), func(t *testing.T) { testBurst(t, v) })
+	}
+}
+
+func testBurst(t *testing.T, v variant) {
+	io, url := serverWith(t, v)
 	clients := []*rawClient{dial(t, io, url), dial(t, io, url), dial(t, io, url)}
 	const n = 5000
 	go func() {
@@ -146,8 +186,17 @@ func TestBurstKeepsEveryBroadcast(t *testing.T) {
 // (pre-encoded) and to one socket (encoded by engine.io's parser), with and without
 // compression asked for, and checks each message's type and content.
 func TestFrames(t *testing.T) {
-	io, url := server(t)
+	for _, v := range variants {
+		t.Run(v.String(), func(t *testing.T) { testFrames(t, v) })
+	}
+}
+
+func testFrames(t *testing.T, v variant) {
+	io, url := serverWith(t, v)
 	c := dial(t, io, url)
+	if c.deflate != v.deflate {
+		t.Fatalf("permessage-deflate negotiated: %v, want %v", c.deflate, v.deflate)
+	}
 	var s *socket.Socket
 	io.Sockets().Sockets().Range(func(_ socket.SocketId, v *socket.Socket) bool { s = v; return false })
 	sizes := []int{0, 1, 118, 119, 125, 126, 200, 65_000, 65_535, 65_536, 300_000}
@@ -242,7 +291,7 @@ func TestUpgradeFromPolling(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if _, ok := transportOf(io).(*webSocket); !ok {
+	if !Handles(transportOf(io)) {
 		t.Fatalf("the upgraded transport is %T, not this package's", transportOf(io))
 	}
 	const n = 200
