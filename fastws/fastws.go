@@ -72,6 +72,10 @@ func Handles(t transports.Transport) bool {
 	return ok
 }
 
+// listenDelayMax bounds the wait for the upgrade's HTTP handler to return before the
+// transport reads (see Construct), in case something keeps the handler from returning.
+const listenDelayMax = 2 * time.Second
+
 // builder is the transports.TransportCtor engine.io calls on each WebSocket upgrade.
 type builder struct{}
 
@@ -127,9 +131,20 @@ func (w *webSocket) Construct(ctx *types.HttpContext) {
 		}
 	})
 	w.conn.Once("close", func(...any) { w.OnClose() })
-	go w.read()
+	go func() {
+		// engine.io creates the transport before the socket that listens to it, and
+		// socket.io attaches its listeners to that socket later still, in the same
+		// HTTP handler: a packet read before then is dropped, and the client's
+		// CONNECT (or its upgrade probe) is often the first thing it sends, at once.
+		// The request's context ends when that handler returns.
+		select {
+		case <-ctx.Context().Done():
+		case <-time.After(listenDelayMax):
+		}
+		w.read()
+	}()
 	w.SetWritable(true)
-	w.SetPerMessageDeflate(nil)
+	w.SetPerMessageDeflate(nil) // engine.io sets the server's, if any, after this
 }
 
 // Name is engine.io's name for the transport, which clients ask for.
@@ -190,34 +205,42 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range packets {
-		if p.Options != nil && p.Options.Compress {
-			// Compression, if negotiated, is gorilla/websocket's: write what is pending,
-			// then this packet through its writer.
-			if err := w.flush(); err != nil {
-				w.failed(err)
-				return
-			}
-			if err := w.writeCompressed(p); err != nil {
-				w.failed(err)
-				return
-			}
-			continue
-		}
+		var data types.BufferInterface
 		if p.Options != nil && p.Options.WsPreEncodedFrame != nil {
-			f := p.Options.WsPreEncodedFrame
-			w.frame(isText(f), f.Bytes())
+			data = p.Options.WsPreEncodedFrame
+		} else {
+			var err error
+			if data, err = w.Parser().EncodePacket(p, w.SupportsBinary()); err != nil {
+				w.failed(err)
+				return
+			}
+		}
+		if !w.compress(p, data) {
+			w.frame(isText(data), data.Bytes())
 			continue
 		}
-		data, err := w.Parser().EncodePacket(p, w.SupportsBinary())
-		if err != nil {
+		// Compression is gorilla/websocket's: write what is pending, then this packet
+		// through its writer.
+		if err := w.flush(); err != nil {
 			w.failed(err)
 			return
 		}
-		w.frame(isText(data), data.Bytes())
+		if err := w.writeCompressed(data); err != nil {
+			w.failed(err)
+			return
+		}
 	}
 	if err := w.flush(); err != nil {
 		w.failed(err)
 	}
+}
+
+// compress reports whether p is to be written compressed, as engine.io's transport
+// decides: the server offers permessage-deflate, p asks for it, and it is at least the
+// threshold's size. gorilla/websocket then compresses it if the client accepted.
+func (w *webSocket) compress(p *packet.Packet, data types.BufferInterface) bool {
+	pmd := w.PerMessageDeflate()
+	return pmd != nil && p.Options != nil && p.Options.Compress && data.Len() >= pmd.Threshold
 }
 
 // isText reports whether engine.io means data as a text message: its strings are
@@ -289,18 +312,9 @@ func (w *webSocket) flush() error {
 	return err
 }
 
-// writeCompressed writes p through gorilla/websocket's writer, which compresses it when
-// the connection negotiated permessage-deflate.
-func (w *webSocket) writeCompressed(p *packet.Packet) error {
-	var data types.BufferInterface
-	if f := p.Options.WsPreEncodedFrame; f != nil {
-		data = f
-	} else {
-		var err error
-		if data, err = w.Parser().EncodePacket(p, w.SupportsBinary()); err != nil {
-			return err
-		}
-	}
+// writeCompressed writes data through gorilla/websocket's writer, which compresses it
+// when the connection negotiated permessage-deflate.
+func (w *webSocket) writeCompressed(data types.BufferInterface) error {
 	mt := ws.BinaryMessage
 	if isText(data) {
 		mt = ws.TextMessage
