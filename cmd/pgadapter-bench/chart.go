@@ -53,7 +53,20 @@ func writeChart(path string, r *report) error {
 	return nil
 }
 
-const chartW, chartH = 1100, 620
+const chartW, chartH = 1100, 820
+
+const goColor, fastColor, nodeColor, pgColor = "#1f6feb", "#1a7f37", "#d29922", "#6e7781"
+
+// implColor is impl's color in the chart.
+func implColor(impl string) string {
+	switch impl {
+	case "go":
+		return goColor
+	case "go-fastws":
+		return fastColor
+	}
+	return nodeColor
+}
 
 type bar struct {
 	label string
@@ -72,7 +85,6 @@ func chartSVG(r *report) string {
 	fmt.Fprintf(&b, `<text x="20" y="48" fill="#555">%s</text>`, html.EscapeString(fmt.Sprintf("%d CPUs, %s, PostgreSQL %s, Node.js %s, %s — one run, %s",
 		m.CPUs, m.GoVersion, m.PostgreSQL, orNone(m.Node), r.Started.Format("2006-01-02"), "every figure measured in the same run")))
 
-	const goColor, nodeColor, pgColor = "#1f6feb", "#d29922", "#6e7781"
 	// Throughput panel.
 	var tput []bar
 	if r.Ceiling.OnePerTx > 0 {
@@ -83,16 +95,12 @@ func chartSVG(r *report) string {
 			"PostgreSQL NOTIFY ceiling, %d per transaction: %s/s (4 senders, 1 listener)", r.Ceiling.ManyPerTxSize, num(r.Ceiling.ManyPerTx))))
 	}
 	add := func(scenario, payload, label string) {
-		for _, impl := range []string{"go", "node"} {
+		for _, impl := range []string{"go", "go-fastws", "node"} {
 			x := r.find(impl, scenario, payload, "saturation")
 			if x == nil {
 				continue
 			}
-			color, name := goColor, "pgadapter"
-			if impl == "node" {
-				color, name = nodeColor, "Node adapter"
-			}
-			tput = append(tput, bar{fmt.Sprintf("%s, %s (%d cl.)", name, label, x.ClientsPerServer), x.DeliveredPerSec, color, num(x.DeliveredPerSec) + "/s"})
+			tput = append(tput, bar{fmt.Sprintf("%s, %s (%d cl.)", implLabel(impl), label, x.ClientsPerServer), x.DeliveredPerSec, implColor(impl), num(x.DeliveredPerSec) + "/s"})
 		}
 	}
 	add(scenarioBetween, "json-100B", "100 B")
@@ -104,16 +112,12 @@ func chartSVG(r *report) string {
 	// Latency panel.
 	var lat []bar
 	for _, p := range r.Config.Payloads {
-		for _, impl := range []string{"go", "node"} {
+		for _, impl := range []string{"go", "go-fastws", "node"} {
 			x := r.find(impl, scenarioClients, p.Name, "paced")
 			if x == nil {
 				continue
 			}
-			color, name := goColor, "pgadapter"
-			if impl == "node" {
-				color, name = nodeColor, "Node"
-			}
-			lat = append(lat, bar{fmt.Sprintf("%s, %s", name, p.Name), x.P99Ms, color, fmt.Sprintf("%.1f ms", x.P99Ms)})
+			lat = append(lat, bar{fmt.Sprintf("%s, %s", implLabel(impl), p.Name), x.P99Ms, implColor(impl), fmt.Sprintf("%.1f ms", x.P99Ms)})
 		}
 	}
 	drawBars(&b, 700, 80, 380, fmt.Sprintf("p99 latency to another server, paced %d/s", r.Config.Rate), lat)
@@ -121,14 +125,16 @@ func chartSVG(r *report) string {
 	// CPU panel: a receiving server of each cluster against socket.io alone, whose cost
 	// no adapter removes.
 	var cpu []bar
-	const goAloneColor, nodeAloneColor = "#79c0ff", "#f2cc60"
+	const goAloneColor, fastAloneColor, nodeAloneColor = "#79c0ff", "#7ee2a8", "#f2cc60"
 	for _, c := range []struct {
 		impl, scenario, label, color string
 		proc                         int
 	}{
 		{"go", scenarioClients, "pgadapter, receiving server", goColor, 1},
+		{"go-fastws", scenarioClients, "pgadapter + fastws, receiving server", fastColor, 1},
 		{"node", scenarioClients, "Node adapter, receiving server", nodeColor, 1},
 		{"go", scenarioAlone, "Go socket.io v2.5.0 alone", goAloneColor, 0},
+		{"go-fastws", scenarioAlone, "Go socket.io v2.5.0 + fastws alone", fastAloneColor, 0},
 		{"node", scenarioAlone, "Node socket.io alone", nodeAloneColor, 0},
 	} {
 		if x := r.find(c.impl, c.scenario, "json-100B", "saturation"); x != nil && c.proc < len(x.Procs) {

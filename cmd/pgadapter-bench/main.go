@@ -60,6 +60,7 @@ type config struct {
 	JSON           string        `json:"-"`
 	Chart          string        `json:"-"`
 	Impls          []string      `json:"impls"`
+	FastWS         bool          `json:"-"`
 	Scenarios      []string      `json:"scenarios"`
 	PhaseSeconds   float64       `json:"phaseSeconds"`
 }
@@ -92,6 +93,7 @@ func main() {
 	flag.IntVar(&cfg.GOGC, "gogc", 0, "GOGC of the Go servers, the garbage collector's heap growth in percent; 0 leaves Go's default (100). Higher values collect less often: faster for small messages, slower for 20 KB ones, whose larger heap costs page faults")
 	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
+	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws), in the to-clients and alone phases")
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
 	flag.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (default $DATABASE_URL, or else a temporary server started from the local PostgreSQL binaries)")
@@ -187,6 +189,9 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 		dbURL = srv.URL()
 	}
 	cfg.Impls = []string{"go"}
+	if cfg.FastWS {
+		cfg.Impls = append(cfg.Impls, "go-fastws")
+	}
 	switch cfg.Node {
 	case "off":
 	case "on", "auto":
@@ -230,7 +235,7 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 	rep.Ceiling.ManyPerTxSize = 100
 
 	for _, impl := range cfg.Impls {
-		if slices.Contains(cfg.Scenarios, "between") || slices.Contains(cfg.Scenarios, "clients") {
+		if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") && impl != "go-fastws" {
 			results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
 			rep.Results = append(rep.Results, results...)
 			if err != nil {
@@ -290,7 +295,8 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 		}
 		return err
 	}
-	if slices.Contains(cfg.Scenarios, "between") {
+	// The transport does not matter with one client per server: go-fastws skips it.
+	if slices.Contains(cfg.Scenarios, "between") && impl != "go-fastws" {
 		between := phase{Scenario: scenarioBetween, Payload: allPayloads[0], Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}
 		if err := add(between); err != nil {
 			return results, err
@@ -370,13 +376,16 @@ func startCluster(cfg config, impl string, n int, goEnv, nodeEnv []string) (*clu
 	for i := range n {
 		var cmd *exec.Cmd
 		switch impl {
-		case "go":
+		case "go", "go-fastws":
 			self, err := os.Executable()
 			if err != nil {
 				return nil, err
 			}
 			cmd = exec.Command(self)
 			cmd.Env = append(os.Environ(), goEnv...)
+			if impl == "go-fastws" {
+				cmd.Env = append(cmd.Env, transportEnv+"=fastws")
+			}
 			if cfg.GOGC > 0 {
 				cmd.Env = append(cmd.Env, "GOGC="+strconv.Itoa(cfg.GOGC))
 			}

@@ -84,7 +84,11 @@ func serve(dbURL, prefix, table string) error {
 	}
 	io := socket.NewServer(nil, nil)
 	if os.Getenv(adapterEnv) == "memory" {
-		io.SetAdapter(keepAll{})
+		// fastws writes the pre-encoded frames of socket.io's own in-memory adapter
+		// correctly; engine.io's transport needs keepAll.
+		if !fastws.Installed() {
+			io.SetAdapter(keepAll{})
+		}
 	} else {
 		ctx := context.Background()
 		pool, err := pgxpool.New(ctx, dbURL)
