@@ -12,6 +12,12 @@
 // database and channel prefix, including Node.js servers running
 // @socket.io/postgres-adapter 0.5.0 (the wire protocol is Node's).
 //
+// Delivering to many clients costs a server more than the adapter does. The fastws
+// subpackage is a WebSocket transport for engine.io v2.5.0 that writes a broadcast's
+// frame once for all clients and each client's batch with one system call, and keeps the
+// packets engine.io's own transport loses; call fastws.Install() before the servers
+// accept connections, and pgadapter hands it pre-encoded broadcasts.
+//
 // # How it works
 //
 // Each namespace has a NOTIFY channel, "<prefix>#<namespace>". A server publishes each

@@ -6,7 +6,7 @@
 // "socket.io alone": one server of each library with its in-memory adapter and no
 // PostgreSQL, whose cost to deliver to its clients no adapter can remove.
 //
-//	go run ./cmd/pgadapter-bench                 # the full run, about 2.5 minutes
+//	go run ./cmd/pgadapter-bench                 # the full run, about 3 minutes
 //	go run ./cmd/pgadapter-bench -h              # the settings
 //
 // Each server is its own process (the command re-executes itself for Go servers, and runs
