@@ -18,7 +18,9 @@ import (
 // buffered for a client (the norm under load, since a client's packets are flushed
 // together while its previous write is in progress), all but the first are silently
 // lost. These versions encode once and write without the pre-encoded frame, which keeps
-// every packet.
+// every packet. When the fastws transport is installed, its clients are given fastws
+// Messages instead: each packet (a JSON event, or a binary event's header and
+// attachments) encoded as a WebSocket message once, and shared by all of them.
 
 // localBroadcast delivers packet to the matching sockets of this server. raw, when set,
 // is the JSON text of packet's arguments, which are then written as they are; packet.Data
@@ -28,13 +30,13 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	encoded := a.encode(packet, raw)
-	light := preEncode(packetOpts, encoded)
+	shared := shareable(encoded)
 	a.apply(opts, func(s *socket.Socket) {
 		if notify := s.NotifyOutgoingListeners(); notify != nil {
 			a.fillArgs(packet, raw)
 			notify(packet)
 		}
-		s.Client().WriteToEngine(forSocket(s, encoded, light), packetOpts)
+		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
 	})
 }
 
@@ -47,7 +49,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	id := a.Nsp().Ids()
 	packet.Id = &id
 	encoded := a.encode(packet, raw)
-	light := preEncode(packetOpts, encoded)
+	shared := shareable(encoded)
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -56,7 +58,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 			a.fillArgs(packet, raw)
 			notify(packet)
 		}
-		s.Client().WriteToEngine(forSocket(s, encoded, light), packetOpts)
+		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
 	})
 	clientCount(n)
 }
@@ -109,33 +111,26 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 	return append(b, raw...)
 }
 
-// preEncode attaches to w, when the fastws transport is installed, the WebSocket message
-// of a packet encoded as one string: engine.io's message type, then the packet. Every
-// client on fastws is then written that one message, with no copy per client; clients
-// still on HTTP long-polling are written the packet as usual. engine.io's own transport
-// must not see it (see above).
-//
-// It returns the packet to give the sockets that are on fastws, which write the frame and
-// ignore the packet (see forSocket), or nil when there is no frame.
-func preEncode(w *socket.WriteOptions, encoded []types.BufferInterface) []types.BufferInterface {
-	if len(encoded) != 1 || !fastws.Installed() {
+// shareable returns, when the fastws transport is installed, encoded as fastws Messages:
+// each packet encoded as one WebSocket message, once, for every client on fastws (see
+// forSocket). It returns nil otherwise.
+func shareable(encoded []types.BufferInterface) []types.BufferInterface {
+	if !fastws.Installed() {
 		return nil
 	}
-	s, ok := encoded[0].(*types.StringBuffer)
-	if !ok {
-		return nil
+	shared := make([]types.BufferInterface, len(encoded))
+	for i, e := range encoded {
+		shared[i] = fastws.Message(e)
 	}
-	frame := make([]byte, 0, 1+s.Len())
-	w.WsPreEncodedFrame = types.NewStringBuffer(append(append(frame, '4'), s.Bytes()...))
-	return []types.BufferInterface{types.NewStringBuffer(nil)}
+	return shared
 }
 
-// forSocket returns what to write to s: light, an empty packet, when s is on fastws
-// (socket.io copies what it is given for each client, and fastws writes the shared
-// pre-encoded frame instead), and encoded otherwise.
-func forSocket(s *socket.Socket, encoded, light []types.BufferInterface) []types.BufferInterface {
-	if light != nil && fastws.Handles(s.Conn().Transport()) {
-		return light
+// forSocket returns what to write to s: shared when s is on fastws (socket.io copies what
+// it is given for each client, and fastws writes the shared message instead), and
+// encoded otherwise, for clients on HTTP long polling and for engine.io's transport.
+func forSocket(s *socket.Socket, encoded, shared []types.BufferInterface) []types.BufferInterface {
+	if shared != nil && fastws.Handles(s.Conn().Transport()) {
+		return shared
 	}
 	return encoded
 }

@@ -16,10 +16,10 @@
 //     two (a frame, then an empty final frame).
 //
 // This transport writes each batch of packets as complete WebSocket frames with a single
-// writev(2). A packet with a pre-encoded frame is written from that frame, shared by
-// every client, with no copy; the others are encoded once, by engine.io's parser, as
-// before. pgadapter attaches pre-encoded frames to the broadcasts it delivers when this
-// transport is installed.
+// writev(2). A packet with a pre-encoded frame (socket.io's adapter attaches one to JSON
+// broadcasts), or whose data is a Message, is written from those bytes, shared by every
+// client, with no copy; the others are encoded once per client, by engine.io's parser, as
+// before. pgadapter gives its broadcasts to clients on this transport as Messages.
 //
 // Install it once, before any engine.io server accepts connections:
 //
@@ -63,10 +63,9 @@ func Installed() bool {
 }
 
 // Handles reports whether t, a connection's current engine.io transport, is this
-// package's. Such a transport writes the pre-encoded frame of a packet that has one, and
-// ignores the packet's data: a sender that knows it may give an empty packet instead of
-// a copy per client. A connection's transport changes only by upgrading from HTTP long
-// polling to WebSocket, never back, so the answer stays true for the connection's life.
+// package's, and so may be given a Message. A connection's transport changes only by
+// upgrading from HTTP long polling to WebSocket, never back, so the answer stays true
+// for the connection's life.
 func Handles(t transports.Transport) bool {
 	_, ok := t.(*webSocket)
 	return ok
@@ -75,6 +74,41 @@ func Handles(t transports.Transport) bool {
 // listenDelayMax bounds the wait for the upgrade's HTTP handler to return before the
 // transport reads (see Construct), in case something keeps the handler from returning.
 const listenDelayMax = 2 * time.Second
+
+// Message returns, for a packet socket.io encoded (data: a string, or one binary
+// attachment), what to give engine.io's socket.Write for connections on this transport
+// instead: this transport writes it as one WebSocket message encoded here, once, and
+// shared by every connection it is given to. socket.io copies what it writes for each
+// client (Clone); a Message's copy shares the bytes. Give it only to connections whose
+// transport Handles: engine.io's own transports would take a string for binary.
+func Message(data types.BufferInterface) types.BufferInterface {
+	m := &message{BufferInterface: types.NewBytesBuffer(data.Bytes()), original: data.Bytes()}
+	if isText(data) {
+		// A text packet goes as engine.io's message type, then the packet.
+		m.text = true
+		m.payload = append(append(make([]byte, 0, 1+len(m.original)), '4'), m.original...)
+	} else {
+		m.payload = m.original
+	}
+	return m
+}
+
+// message is what Message returns. The embedded buffer holds the packet as socket.io
+// encoded it, for anything that reads it as engine.io data; payload is the WebSocket
+// message.
+type message struct {
+	types.BufferInterface
+	original []byte
+	payload  []byte
+	text     bool
+}
+
+// Clone shares the bytes: they are never written to.
+func (m *message) Clone() types.BufferInterface {
+	c := *m
+	c.BufferInterface = types.NewBytesBuffer(m.original)
+	return &c
+}
 
 // builder is the transports.TransportCtor engine.io calls on each WebSocket upgrade.
 type builder struct{}
@@ -205,18 +239,13 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range packets {
-		var data types.BufferInterface
-		if p.Options != nil && p.Options.WsPreEncodedFrame != nil {
-			data = p.Options.WsPreEncodedFrame
-		} else {
-			var err error
-			if data, err = w.Parser().EncodePacket(p, w.SupportsBinary()); err != nil {
-				w.failed(err)
-				return
-			}
+		text, payload, err := w.encode(p)
+		if err != nil {
+			w.failed(err)
+			return
 		}
-		if !w.compress(p, data) {
-			w.frame(isText(data), data.Bytes())
+		if !w.compress(p, len(payload)) {
+			w.frame(text, payload)
 			continue
 		}
 		// Compression is gorilla/websocket's: write what is pending, then this packet
@@ -225,7 +254,7 @@ func (w *webSocket) send(packets []*packet.Packet) {
 			w.failed(err)
 			return
 		}
-		if err := w.writeCompressed(data); err != nil {
+		if err := w.writeCompressed(text, payload); err != nil {
 			w.failed(err)
 			return
 		}
@@ -235,12 +264,31 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	}
 }
 
+// encode returns the WebSocket message of p: a Message's, shared; a pre-encoded frame,
+// shared; or engine.io's encoding of the packet.
+func (w *webSocket) encode(p *packet.Packet) (text bool, payload []byte, err error) {
+	// A binary Message to a client that takes no binary (engine.io's b64 mode) is
+	// encoded by engine.io, in base64, from the bytes it holds.
+	if m, ok := p.Data.(*message); ok && (m.text || w.SupportsBinary()) {
+		return m.text, m.payload, nil
+	}
+	if p.Options != nil && p.Options.WsPreEncodedFrame != nil {
+		f := p.Options.WsPreEncodedFrame
+		return isText(f), f.Bytes(), nil
+	}
+	data, err := w.Parser().EncodePacket(p, w.SupportsBinary())
+	if err != nil {
+		return false, nil, err
+	}
+	return isText(data), data.Bytes(), nil
+}
+
 // compress reports whether p is to be written compressed, as engine.io's transport
 // decides: the server offers permessage-deflate, p asks for it, and it is at least the
 // threshold's size. gorilla/websocket then compresses it if the client accepted.
-func (w *webSocket) compress(p *packet.Packet, data types.BufferInterface) bool {
+func (w *webSocket) compress(p *packet.Packet, size int) bool {
 	pmd := w.PerMessageDeflate()
-	return pmd != nil && p.Options != nil && p.Options.Compress && data.Len() >= pmd.Threshold
+	return pmd != nil && p.Options != nil && p.Options.Compress && size >= pmd.Threshold
 }
 
 // isText reports whether engine.io means data as a text message: its strings are
@@ -312,15 +360,15 @@ func (w *webSocket) flush() error {
 	return err
 }
 
-// writeCompressed writes data through gorilla/websocket's writer, which compresses it
-// when the connection negotiated permessage-deflate.
-func (w *webSocket) writeCompressed(data types.BufferInterface) error {
+// writeCompressed writes a message through gorilla/websocket's writer, which compresses
+// it when the connection negotiated permessage-deflate.
+func (w *webSocket) writeCompressed(text bool, payload []byte) error {
 	mt := ws.BinaryMessage
-	if isText(data) {
+	if text {
 		mt = ws.TextMessage
 	}
 	w.conn.EnableWriteCompression(true)
-	return w.conn.WriteMessage(mt, data.Bytes())
+	return w.conn.WriteMessage(mt, payload)
 }
 
 // DoClose closes the connection; the read loop then reports "close".

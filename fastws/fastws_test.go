@@ -18,6 +18,7 @@ import (
 	"github.com/zishang520/engine.io/v2/transports"
 	"github.com/zishang520/engine.io/v2/types"
 	client "github.com/zishang520/socket.io-client-go/socket"
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
 	"go.uber.org/goleak"
 )
@@ -93,10 +94,16 @@ type rawClient struct {
 // dial connects to the main namespace, and returns once the server has a socket for it.
 func dial(t *testing.T, io *socket.Server, url string) *rawClient {
 	t.Helper()
+	return dialQuery(t, io, url, "")
+}
+
+// dialQuery is dial with more of engine.io's query parameters ("&b64=1").
+func dialQuery(t *testing.T, io *socket.Server, url, query string) *rawClient {
+	t.Helper()
 	dialer := *ws.DefaultDialer
 	dialer.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // httptest's certificate
 	dialer.EnableCompression = true
-	conn, resp, err := dialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	conn, resp, err := dialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket"+query, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +235,52 @@ func testFrames(t *testing.T, v variant) {
 			if mt != ws.BinaryMessage || !bytes.Equal(att, bin) {
 				t.Fatalf("%s, %d bytes of binary: attachment of type %d, %d bytes", how, size, mt, len(att))
 			}
+		}
+	}
+}
+
+// TestMessage writes an event with binary data as Messages, the way pgadapter delivers
+// broadcasts to clients on this transport, to a client that takes binary and to one in
+// engine.io's base64 mode, and checks what each receives.
+func TestMessage(t *testing.T) {
+	io, url := server(t)
+	bin := dial(t, io, url)
+	b64 := dialQuery(t, io, url, "&b64=1")
+	enc := io.Encoder()
+	id := uint64(7)
+	packets := enc.Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Id: &id, Data: []any{"e", "é", []byte{0, 1, 2}}})
+	if len(packets) != 2 {
+		t.Fatalf("encoded as %d packets", len(packets))
+	}
+	shared := make([]types.BufferInterface, len(packets))
+	for i, p := range packets {
+		shared[i] = Message(p)
+	}
+	opts := &socket.WriteOptions{}
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		if !Handles(s.Conn().Transport()) {
+			t.Errorf("socket %s is not on fastws", s.Id())
+		}
+		s.Client().WriteToEngine(shared, opts)
+		return true
+	})
+	header := `451-7["e","é",{"_placeholder":true,"num":0}]`
+	for _, c := range []struct {
+		name       string
+		client     *rawClient
+		mt         int
+		attachment []byte
+	}{
+		{"binary", bin, ws.BinaryMessage, []byte{0, 1, 2}},
+		{"base64", b64, ws.TextMessage, []byte("bAAEC")}, // engine.io's base64 message
+	} {
+		mt, msg := c.client.next()
+		if mt != ws.TextMessage || string(msg) != header {
+			t.Errorf("%s: header %d %q, want %q", c.name, mt, msg, header)
+		}
+		mt, msg = c.client.next()
+		if mt != c.mt || !bytes.Equal(msg, c.attachment) {
+			t.Errorf("%s: attachment %d %q, want %d %q", c.name, mt, msg, c.mt, c.attachment)
 		}
 	}
 }
