@@ -32,10 +32,7 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 	encoded := a.encode(packet, raw)
 	shared := shareable(encoded)
 	a.apply(opts, func(s *socket.Socket) {
-		if notify := s.NotifyOutgoingListeners(); notify != nil {
-			a.fillArgs(packet, raw)
-			notify(packet)
-		}
+		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
 	})
 }
@@ -54,13 +51,21 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	a.apply(opts, func(s *socket.Socket) {
 		n++
 		s.Acks().Store(id, ack)
-		if notify := s.NotifyOutgoingListeners(); notify != nil {
-			a.fillArgs(packet, raw)
-			notify(packet)
-		}
+		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
 	})
 	clientCount(n)
+}
+
+// notifyOutgoing gives packet to s's outgoing-packet listeners (OnAnyOutgoing), if it
+// has any: only then are its arguments decoded from raw. (socket.io's
+// NotifyOutgoingListeners returns a function whether or not there are listeners.)
+func (a *Adapter) notifyOutgoing(s *socket.Socket, packet *parser.Packet, raw string) {
+	if len(s.ListenersAnyOutgoing()) == 0 {
+		return
+	}
+	a.fillArgs(packet, raw)
+	s.NotifyOutgoingListeners()(packet)
 }
 
 // fillArgs decodes packet's arguments from raw when they are not there yet.

@@ -93,7 +93,7 @@ func main() {
 	flag.IntVar(&cfg.GOGC, "gogc", 0, "GOGC of the Go servers, the garbage collector's heap growth in percent; 0 leaves Go's default (100). Higher values collect less often: faster for small messages, slower for 20 KB ones, whose larger heap costs page faults")
 	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
-	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws), in the to-clients and alone phases")
+	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws)")
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
 	flag.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (default $DATABASE_URL, or else a temporary server started from the local PostgreSQL binaries)")
@@ -235,7 +235,7 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 	rep.Ceiling.ManyPerTxSize = 100
 
 	for _, impl := range cfg.Impls {
-		if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") && impl != "go-fastws" {
+		if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") {
 			results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
 			rep.Results = append(rep.Results, results...)
 			if err != nil {
@@ -295,8 +295,7 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 		}
 		return err
 	}
-	// The transport does not matter with one client per server: go-fastws skips it.
-	if slices.Contains(cfg.Scenarios, "between") && impl != "go-fastws" {
+	if slices.Contains(cfg.Scenarios, "between") {
 		between := phase{Scenario: scenarioBetween, Payload: allPayloads[0], Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}
 		if err := add(between); err != nil {
 			return results, err

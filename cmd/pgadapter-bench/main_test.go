@@ -45,9 +45,6 @@ func TestBenchRuns(t *testing.T) {
 	}
 	for _, impl := range rep.Config.Impls {
 		want := 1 + 3*len(allPayloads) // between; to clients saturated and paced; alone
-		if impl == "go-fastws" {
-			want-- // no between-servers phase
-		}
 		n := 0
 		for _, r := range rep.Results {
 			if r.Impl != impl {

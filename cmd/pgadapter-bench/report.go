@@ -152,12 +152,12 @@ func (r *report) find(impl, scenario, payload, phase string) *result {
 // for each Go variant measured.
 func checks(r *report) []check {
 	var cs []check
-	if g := r.find("go", scenarioBetween, "json-100B", "saturation"); g != nil && r.Ceiling.OnePerTx > 0 {
-		ratio := g.DeliveredPerSec / r.Ceiling.OnePerTx
-		cs = append(cs, check{"between servers, 100B: pgadapter / PostgreSQL 1-per-tx ceiling", ratio, "> 3, none lost",
-			ratio > 3 && g.Lost == 0})
-	}
 	for _, gi := range goImpls {
+		if g := r.find(gi.impl, scenarioBetween, "json-100B", "saturation"); g != nil && r.Ceiling.OnePerTx > 0 {
+			ratio := g.DeliveredPerSec / r.Ceiling.OnePerTx
+			cs = append(cs, check{"between servers, 100B: " + gi.label + " / PostgreSQL 1-per-tx ceiling", ratio, "> 3, none lost",
+				ratio > 3 && g.Lost == 0})
+		}
 		for _, p := range r.Config.Payloads {
 			g := r.find(gi.impl, scenarioClients, p.Name, "saturation")
 			n := r.find("node", scenarioClients, p.Name, "saturation")
