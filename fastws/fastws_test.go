@@ -41,7 +41,7 @@ const waitFor = 10 * time.Second
 
 // server is a socket.io v2.5.0 server with its in-memory adapter, which attaches a
 // pre-encoded frame to every JSON broadcast.
-func server(t *testing.T) (*socket.Server, string) {
+func server(t testing.TB) (*socket.Server, string) {
 	t.Helper()
 	return serverWith(t, variant{})
 }
@@ -60,7 +60,7 @@ var variants = []variant{{}, {tls: true}, {deflate: true}}
 func (v variant) String() string { return fmt.Sprintf("tls=%v,deflate=%v", v.tls, v.deflate) }
 
 // serverWith is server, varied by v.
-func serverWith(t *testing.T, v variant) (*socket.Server, string) {
+func serverWith(t testing.TB, v variant) (*socket.Server, string) {
 	t.Helper()
 	opts := socket.DefaultServerOptions()
 	if v.deflate {
@@ -85,20 +85,20 @@ func serverWith(t *testing.T, v variant) (*socket.Server, string) {
 // rawClient is a WebSocket client speaking engine.io v4 and socket.io v5 by hand, so that
 // the test sees every WebSocket message as the server framed it, in order.
 type rawClient struct {
-	t    *testing.T
+	t    testing.TB
 	conn *ws.Conn
 	// deflate: the connection negotiated permessage-deflate.
 	deflate bool
 }
 
 // dial connects to the main namespace, and returns once the server has a socket for it.
-func dial(t *testing.T, io *socket.Server, url string) *rawClient {
+func dial(t testing.TB, io *socket.Server, url string) *rawClient {
 	t.Helper()
 	return dialQuery(t, io, url, "")
 }
 
 // dialQuery is dial with more of engine.io's query parameters ("&b64=1").
-func dialQuery(t *testing.T, io *socket.Server, url, query string) *rawClient {
+func dialQuery(t testing.TB, io *socket.Server, url, query string) *rawClient {
 	t.Helper()
 	dialer := *ws.DefaultDialer
 	dialer.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // httptest's certificate
