@@ -29,11 +29,10 @@ import (
 func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	encoded := a.encode(packet, raw)
-	shared := shareable(encoded)
+	w := writes{encoded: a.encode(packet, raw)}
 	a.apply(opts, func(s *socket.Socket) {
 		a.notifyOutgoing(s, packet, raw)
-		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
+		s.Client().WriteToEngine(w.to(s), packetOpts)
 	})
 }
 
@@ -45,14 +44,13 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	encoded := a.encode(packet, raw)
-	shared := shareable(encoded)
+	w := writes{encoded: a.encode(packet, raw)}
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
 		s.Acks().Store(id, ack)
 		a.notifyOutgoing(s, packet, raw)
-		s.Client().WriteToEngine(forSocket(s, encoded, shared), packetOpts)
+		s.Client().WriteToEngine(w.to(s), packetOpts)
 	})
 	clientCount(n)
 }
@@ -116,28 +114,26 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 	return append(b, raw...)
 }
 
-// shareable returns, when the fastws transport is installed, encoded as fastws Messages:
-// each packet encoded as one WebSocket message, once, for every client on fastws (see
-// forSocket). It returns nil otherwise.
-func shareable(encoded []types.BufferInterface) []types.BufferInterface {
-	if !fastws.Installed() {
-		return nil
-	}
-	shared := make([]types.BufferInterface, len(encoded))
-	for i, e := range encoded {
-		shared[i] = fastws.Message(e)
-	}
-	return shared
+// writes is what one broadcast writes to each socket: the encoded packet, or, for a
+// socket on the fastws transport, the same packet as fastws Messages, made once, on the
+// first such socket. socket.io copies what it is given for each client; fastws writes a
+// Message's shared bytes instead. Clients on HTTP long polling, and engine.io's own
+// transport, are given the packet.
+type writes struct {
+	encoded, shared []types.BufferInterface
 }
 
-// forSocket returns what to write to s: shared when s is on fastws (socket.io copies what
-// it is given for each client, and fastws writes the shared message instead), and
-// encoded otherwise, for clients on HTTP long polling and for engine.io's transport.
-func forSocket(s *socket.Socket, encoded, shared []types.BufferInterface) []types.BufferInterface {
-	if shared != nil && fastws.Handles(s.Conn().Transport()) {
-		return shared
+func (w *writes) to(s *socket.Socket) []types.BufferInterface {
+	if !fastws.Handles(s.Conn().Transport()) {
+		return w.encoded
 	}
-	return encoded
+	if w.shared == nil {
+		w.shared = make([]types.BufferInterface, len(w.encoded))
+		for i, e := range w.encoded {
+			w.shared[i] = fastws.Message(e)
+		}
+	}
+	return w.shared
 }
 
 func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {
