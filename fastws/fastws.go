@@ -3,13 +3,17 @@
 // without losing any of it, without copying it per client, and with one system call per
 // batch instead of one per message.
 //
-// engine.io's own WebSocket transport has three costs that dominate a server with many
-// clients, whatever its adapter:
+// engine.io's own WebSocket transport loses messages in two ways, and has two costs that
+// dominate a server with many clients, whatever its adapter:
 //
 //   - It returns after writing the first packet of a batch that carries a pre-encoded
 //     frame, so the packets after it are lost. socket.io's in-memory adapter attaches
 //     such a frame to every JSON broadcast: under load, a single server loses most of
 //     them.
+//   - It starts reading when it is created, before socket.io listens to the connection:
+//     a client's first packet (its CONNECT, or its upgrade probe), sent as soon as the
+//     open packet arrives, is sometimes dropped, and the client never connects. This
+//     transport reads once the upgrade's HTTP handler has returned.
 //   - It encodes every packet again for every client (a copy of the message into a
 //     buffer grown from 64 bytes), then copies it into a 1 KB write buffer.
 //   - It writes each message with its own write(2), and a message of more than 2 KB with
