@@ -16,7 +16,7 @@
 // subpackage is a WebSocket transport for engine.io v2.5.0 that writes a broadcast's
 // frame once for all clients and each client's batch with one system call, and keeps the
 // packets engine.io's own transport loses; call fastws.Install() before the servers
-// accept connections, and pgadapter hands it pre-encoded broadcasts.
+// accept connections, and pgadapter hands it each broadcast encoded once for all clients.
 //
 // # How it works
 //

@@ -81,8 +81,13 @@ func benchBroadcast(b *testing.B, shared bool) {
 		for _, s := range sockets {
 			s.Client().WriteToEngine(encoded, opts)
 		}
-		// Bounded in flight, as a real server's clients would push back.
+		// Bounded in flight, as a real server's clients would push back; a client that
+		// stops reading fails the benchmark instead of stalling it.
+		stalled := time.Now().Add(time.Minute)
 		for int64(i)*clients-received.Load() > 2000*clients {
+			if time.Now().After(stalled) {
+				b.Fatalf("clients stopped reading: %d of %d received", received.Load(), int64(i)*clients)
+			}
 			time.Sleep(50 * time.Microsecond)
 		}
 	}
