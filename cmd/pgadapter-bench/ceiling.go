@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,4 +86,57 @@ func ceiling(ctx context.Context, dbURL, channel string, perTx int, d time.Durat
 		time.Sleep(time.Millisecond)
 	}
 	return float64(sent) / time.Duration(last.Load()-start.UnixNano()).Seconds(), nil
+}
+
+// notifyLatency measures PostgreSQL's own latency: one 100-byte notification per
+// transaction, rate per second for d, from one connection to one listener, each stamped
+// when it is sent and timed when the listener has it. No adapter can deliver between
+// servers faster than this, at this rate on this machine. It returns p50 and p99 in
+// milliseconds.
+func notifyLatency(ctx context.Context, dbURL, channel string, rate int, d time.Duration) (p50, p99 float64, err error) {
+	lconn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer lconn.Close(context.Background())
+	if _, err := lconn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return 0, 0, err
+	}
+	sconn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer sconn.Close(context.Background())
+
+	h := newHistogram()
+	want := max(1, int(d.Seconds()*float64(rate)))
+	received := make(chan error, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+		defer cancel()
+		for range want {
+			n, err := lconn.WaitForNotification(wctx)
+			if err != nil {
+				received <- fmt.Errorf("PostgreSQL latency: %w", err)
+				return
+			}
+			sent, _ := strconv.ParseInt(strings.TrimRight(n.Payload, "x"), 10, 64)
+			h.add(nowUs() - sent)
+		}
+		received <- nil
+	}()
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for range want {
+		<-tick.C
+		payload := strconv.FormatInt(nowUs(), 10)
+		payload += strings.Repeat("x", max(0, 100-len(payload)))
+		if _, err := sconn.Exec(ctx, "SELECT pg_notify($1, $2)", channel, payload); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := <-received; err != nil {
+		return 0, 0, err
+	}
+	return h.quantile(0.5), h.quantile(0.99), nil
 }

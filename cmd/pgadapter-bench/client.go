@@ -192,7 +192,7 @@ var (
 
 // parse handles every whole frame in c.in.
 func (c *client) parse() error {
-	now := time.Now().UnixMicro()
+	now := nowUs()
 	for {
 		op, fin, msg, ok, err := c.frame()
 		if err != nil {

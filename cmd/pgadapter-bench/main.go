@@ -233,6 +233,9 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 		return nil, err
 	}
 	rep.Ceiling.ManyPerTxSize = 100
+	if rep.Ceiling.LatencyP50Ms, rep.Ceiling.LatencyP99Ms, err = notifyLatency(ctx, dbURL, "bench_latency_"+tag, cfg.Rate, cfg.Duration); err != nil {
+		return nil, err
+	}
 
 	for _, impl := range cfg.Impls {
 		if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") {
@@ -296,9 +299,13 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 		return err
 	}
 	if slices.Contains(cfg.Scenarios, "between") {
-		between := phase{Scenario: scenarioBetween, Payload: allPayloads[0], Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}
-		if err := add(between); err != nil {
-			return results, err
+		for _, p := range cfg.Payloads {
+			if err := add(phase{Scenario: scenarioBetween, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+				return results, err
+			}
+			if err := add(phase{Scenario: scenarioBetween, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+				return results, err
+			}
 		}
 	}
 	if !slices.Contains(cfg.Scenarios, "clients") {

@@ -224,7 +224,7 @@ func (s *sender) isRunning() bool {
 func (s *sender) emit() {
 	seq := s.sent
 	s.sent++
-	t := time.Now().UnixMicro()
+	t := nowUs()
 	if s.first == 0 {
 		s.first = t
 	}
@@ -234,7 +234,7 @@ func (s *sender) emit() {
 		fixed := 18 + len(strconv.FormatInt(seq, 10)) + len(strconv.FormatInt(t, 10))
 		s.io.Emit("b", map[string]any{"s": seq, "t": t, "p": s.pad[:max(0, s.cmd.Size-fixed)]})
 	}
-	s.last = time.Now().UnixMicro()
+	s.last = nowUs()
 }
 
 func (s *sender) credited() {

@@ -41,8 +41,12 @@ if (process.env.ADAPTER !== "memory") {
   );
 }
 
+// CLOCK_MONOTONIC, as every process of the benchmark stamps with (see
+// cmd/pgadapter-bench/clock.go): performance.timeOrigin's wall-clock time is taken at
+// another instant than performance.now()'s origin, off by a millisecond or more on a
+// loaded machine.
 function nowUs() {
-  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+  return Number(process.hrtime.bigint() / 1000n);
 }
 
 const pad = "x".repeat(1 << 20);
