@@ -392,6 +392,24 @@ func TestLargeAndBinaryMessages(t *testing.T) {
 			t.Fatalf("%d bytes: %d attachment rows written", size, rows)
 		}
 	}
+	// The rows are compressed with lz4 where the server has it, not with pglz, its
+	// default, which costs it ten times as much.
+	var lz4 bool
+	var method string
+	ctx := context.Background()
+	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.pool.QueryRow(ctx, "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+opts.TableName+" ORDER BY id DESC LIMIT 1").Scan(&method); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[bool]string{true: "lz4", false: "pglz"}[lz4]; method != want {
+		t.Errorf("the 20 KB attachment is compressed with %s, want %s", method, want)
+	}
+	var setting string
+	if err := a.pool.QueryRow(ctx, "SHOW default_toast_compression").Scan(&setting); err != nil || setting != "pglz" {
+		t.Errorf("the pool's sessions now compress with %q (%v): the setting must stay local to the adapter's transactions", setting, err)
+	}
 
 	// Binary, at the top level and nested, from a []byte and from a reader.
 	a.io.Emit("bin", []byte{1, 2, 3}, map[string]any{"nested": []byte{4, 5}}, bytes.NewReader([]byte{6}))
@@ -559,8 +577,9 @@ func TestChannelName(t *testing.T) {
 }
 
 // Pools in simple-protocol mode (as behind PgBouncer in transaction mode) send the
-// batched notifications' text arrays as literals: every payload must arrive intact and in
-// order, whatever characters it holds.
+// batched notifications' text arrays as literals, and a batch as one multi-statement
+// query: every payload must arrive intact and in order, whatever characters it holds,
+// attachments included.
 func TestSimpleProtocolPool(t *testing.T) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
@@ -574,7 +593,9 @@ func TestSimpleProtocolPool(t *testing.T) {
 	b := startNodeOn(t, "B", u.String(), opts)
 	waitServerCount(t, []*node{a, b}, 2)
 	cb := b.connect(t, "/", "cb")
-	texts := []string{`plain`, `quote " and backslash \ and {braces,} and 'single'`, "NULL", `"NULL"`, "é 😀 \u2028", ""}
+	// The last one is large enough for the attachments table, which the batch's
+	// compression setting then applies to.
+	texts := []string{`plain`, `quote " and backslash \ and {braces,} and 'single'`, "NULL", `"NULL"`, "é 😀 \u2028", "", strings.Repeat("é", 5000)}
 	const n = 200
 	for i := range n {
 		a.io.Emit("s", i, texts[i%len(texts)])

@@ -47,6 +47,8 @@ type publisher struct {
 
 	// owned by the goroutine
 	tableReady bool
+	lz4        int8       // whether the server compresses with lz4: 0 not known yet, 1 yes, -1 no
+	lz4Probe   time.Time  // when to ask again after a failed probe
 	carry      []outgoing // taken from the queue, to publish before anything queued
 	batch      []outgoing
 	seen       map[string]struct{}
@@ -196,10 +198,17 @@ func (p *publisher) createTable(ctx context.Context) {
 // reached the server is tried once more on another connection; otherwise every message
 // of it is reported lost.
 func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
-	if !p.tableReady && !p.opts.SkipTableCreation && hasAttachment(batch) {
+	attachments := hasAttachment(batch)
+	if !p.tableReady && !p.opts.SkipTableCreation && attachments {
 		p.createTable(ctx)
 	}
+	if attachments && p.lz4 == 0 && time.Now().After(p.lz4Probe) {
+		p.probeLZ4(ctx)
+	}
 	b := &pgx.Batch{}
+	if attachments && p.lz4 > 0 {
+		b.Queue(setLZ4)
+	}
 	// Runs of inline messages go as one NotifyMany each; attachments between them keep
 	// their place, since the statements of a batch run in order.
 	chans, payloads := p.chans[:0], p.payloads[:0]
@@ -256,6 +265,33 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		if m.done != nil {
 			m.done(err)
 		}
+	}
+}
+
+// setLZ4 makes the rest of a batch's transaction compress the attachment rows it inserts
+// with lz4 instead of PostgreSQL's default, pglz: about a tenth of the server's CPU time
+// per 20 KB row (81 µs against 8 µs on the development machine), for rows that live a
+// minute. It is local to the transaction and changes nothing else; readers, Node's
+// included, never see the difference, since PostgreSQL decompresses either on read.
+const setLZ4 = "SELECT set_config('default_toast_compression', 'lz4', true)"
+
+// probeLZ4 asks once whether the server can compress with lz4 (PostgreSQL 14 and later,
+// built with it, which every major distribution's package is). A failed probe is tried
+// again a RequestsTimeout later, so that a database that is down does not cost every
+// batch a second timeout.
+func (p *publisher) probeLZ4(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+	defer cancel()
+	var ok bool
+	err := p.pool.QueryRow(qctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&ok)
+	switch {
+	case err != nil:
+		p.lz4Probe = time.Now().Add(p.opts.RequestsTimeout)
+		p.opts.Logger.Debug("pgadapter: lz4 probe failed", "error", err)
+	case ok:
+		p.lz4 = 1
+	default:
+		p.lz4 = -1
 	}
 }
 
