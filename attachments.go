@@ -2,7 +2,6 @@ package pgadapter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"time"
@@ -46,17 +45,25 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 	return nil
 }
 
-// fetchAttachment reads the MessagePack body of an attachment row.
-func fetchAttachment(ctx context.Context, pool *pgxpool.Pool, st statements, id int64) ([]byte, error) {
-	var body []byte
-	err := pool.QueryRow(ctx, st.Fetch, id).Scan(&body)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("attachment %d: %w", id, ErrAttachmentMissing)
-	}
+// fetchAttachments reads the MessagePack bodies of attachment rows in one query, and
+// returns them by id; an id without a row is missing from the map.
+func fetchAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, ids []int64) (map[int64][]byte, error) {
+	rows, err := pool.Query(ctx, st.Fetch, ids)
 	if err != nil {
-		return nil, fmt.Errorf("pgadapter: read attachment %d: %w", id, err)
+		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	}
-	return body, nil
+	bodies := make(map[int64][]byte, len(ids))
+	var id int64
+	var body []byte
+	_, err = pgx.ForEachRow(rows, []any{&id, &body}, func() error {
+		bodies[id] = body
+		body = nil // the next row gets its own slice
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+	}
+	return bodies, nil
 }
 
 // cleanupAttachments deletes rows older than the retention.

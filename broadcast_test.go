@@ -607,3 +607,25 @@ func TestSimpleProtocolPool(t *testing.T) {
 		}
 	}
 }
+
+// A burst of attachments is read with fewer queries than attachments, in order.
+func TestAttachmentBurstGrouped(t *testing.T) {
+	nodes := cluster(t, 2, testOptions(t))
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	const n = 500
+	for i := range n {
+		a.io.Emit("bin", i, []byte{byte(i)})
+	}
+	for i := range n {
+		args := cb.sent.next(t, "B", "bin")
+		if int(args[0].(float64)) != i {
+			t.Fatalf("message %d arrived as %v", i, args)
+		}
+	}
+	st := b.b.Stats()
+	t.Logf("attachments read %d, queries %d", st.AttachmentsRead, st.AttachmentQueries)
+	if st.AttachmentsRead < n || st.AttachmentQueries >= st.AttachmentsRead {
+		t.Fatalf("attachments read %d with %d queries: not grouped", st.AttachmentsRead, st.AttachmentQueries)
+	}
+}

@@ -11,6 +11,10 @@ import (
 // maxConcurrentFetches bounds the attachment reads in flight.
 const maxConcurrentFetches = 8
 
+// maxFetchGroup bounds the attachments read by one query, and the messages dispatched
+// while a group waits to be read.
+const maxFetchGroup = 64
+
 // delivery is one message on its way to a namespace adapter, in arrival order. An
 // attachment is read concurrently with the messages around it; the delivery goroutine
 // waits for it in turn, so that order is kept.
@@ -19,6 +23,8 @@ type delivery struct {
 	channel string
 	msg     *wire.Message
 	fetched chan fetchResult // set for attachments
+	id      int64            // the attachment's row, with the uid its header names
+	uid     string
 }
 
 type fetchResult struct {
@@ -28,76 +34,145 @@ type fetchResult struct {
 
 // dispatch decodes notifications, drops our own messages, starts attachment reads, and
 // passes everything on in arrival order.
+//
+// Attachments whose notifications arrive together are read by one query: a group grows
+// while more notifications are waiting, and is read as soon as none is, or it is full, or
+// dispatching would block (the delivery goroutine may be waiting for one of the group).
+// Under load that is one query per tens of attachments instead of one each, for
+// PostgreSQL and for this server; a lone attachment is read at once.
 func (rt *runtime) dispatch(ctx context.Context) {
 	sem := make(chan struct{}, maxConcurrentFetches)
+	var group []*delivery
+	since := 0 // messages dispatched since the group's first
+	flush := func() bool {
+		if len(group) == 0 {
+			return true
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
+		go func(g []*delivery) {
+			defer func() { <-sem }()
+			rt.fetch(ctx, g)
+		}(group)
+		group, since = nil, 0
+		return true
+	}
 	for {
 		var n *pgconn.Notification
 		select {
-		case <-ctx.Done():
-			return
 		case n = <-rt.inbound:
-		}
-		a := rt.b.adapter(n.Channel)
-		if a == nil {
-			continue // a channel just unlistened
-		}
-		if a.isOwn(n.Payload) {
-			continue // our own message, echoed by PostgreSQL: not worth decoding
-		}
-		note, err := decodeNotification(n.Payload)
-		if err != nil {
-			rt.b.stats.malformed.Add(1)
-			rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
-			continue
-		}
-		if note.UID == a.uid {
-			continue // our own message, echoed by PostgreSQL
-		}
-		rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
-		if !note.HasAttachment {
-			countType(&rt.b.stats.received, note.Type)
-		}
-		d := &delivery{a: a, channel: n.Channel, msg: note.Message}
-		if note.HasAttachment {
-			d.fetched = make(chan fetchResult, 1)
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
+		default:
+			if !flush() {
 				return
 			}
-			go func(id int64, uid string) {
-				defer func() { <-sem }()
-				d.fetched <- rt.fetch(ctx, id, uid)
-			}(note.AttachmentID, note.UID)
+			select {
+			case <-ctx.Done():
+				return
+			case n = <-rt.inbound:
+			}
+		}
+		d := rt.decode(n)
+		if d == nil {
+			continue
+		}
+		if len(group) > 0 {
+			since++
+		}
+		if d.fetched != nil {
+			group = append(group, d)
+		}
+		if len(group) >= maxFetchGroup || since >= maxFetchGroup {
+			if !flush() {
+				return
+			}
 		}
 		select {
 		case rt.ordered <- d:
-		case <-ctx.Done():
-			return
+		default:
+			if !flush() {
+				return
+			}
+			select {
+			case rt.ordered <- d:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}
 }
 
-func (rt *runtime) fetch(ctx context.Context, id int64, uid string) fetchResult {
-	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
-	defer cancel()
-	body, err := fetchAttachment(fctx, rt.b.pool, rt.b.st, id)
+// decode turns a notification into a delivery, or nil for our own messages, channels no
+// longer listened to, and malformed notifications (reported).
+func (rt *runtime) decode(n *pgconn.Notification) *delivery {
+	a := rt.b.adapter(n.Channel)
+	if a == nil {
+		return nil // a channel just unlistened
+	}
+	if a.isOwn(n.Payload) {
+		return nil // our own message, echoed by PostgreSQL: not worth decoding
+	}
+	note, err := decodeNotification(n.Payload)
 	if err != nil {
-		return fetchResult{err: err}
+		rt.b.stats.malformed.Add(1)
+		rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
+		return nil
+	}
+	if note.UID == a.uid {
+		return nil // our own message, echoed by PostgreSQL
+	}
+	rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
+	d := &delivery{a: a, channel: n.Channel, msg: note.Message}
+	if note.HasAttachment {
+		d.fetched = make(chan fetchResult, 1)
+		d.id, d.uid = note.AttachmentID, note.UID
+	} else {
+		countType(&rt.b.stats.received, note.Type)
+	}
+	return d
+}
+
+// fetch reads the attachments of group with one query and hands each delivery its
+// message or its error.
+func (rt *runtime) fetch(ctx context.Context, group []*delivery) {
+	ids := make([]int64, len(group))
+	for i, d := range group {
+		ids[i] = d.id
+	}
+	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
+	bodies, err := fetchAttachments(fctx, rt.b.pool, rt.b.st, ids)
+	cancel()
+	rt.b.stats.attachmentQueries.Add(1)
+	for _, d := range group {
+		if err != nil {
+			d.fetched <- fetchResult{err: err}
+			continue
+		}
+		d.fetched <- rt.decodeAttachment(d, bodies)
+	}
+}
+
+func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64][]byte) fetchResult {
+	body, ok := bodies[d.id]
+	if !ok {
+		return fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
 	}
 	rt.b.stats.attachmentsRd.Add(1)
 	rt.b.stats.receivedBytes.Add(int64(len(body)))
 	var m *wire.Message
+	var err error
 	if perr := recovered(func() { m, err = wire.DecodeAttachment(body) }); perr != nil {
 		err = perr
 	}
 	if err != nil {
 		rt.b.stats.malformed.Add(1)
-		return fetchResult{err: fmt.Errorf("attachment %d: %w: %w", id, ErrMalformed, err)}
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: %w", d.id, ErrMalformed, err)}
 	}
-	if m.UID != uid {
+	if m.UID != d.uid {
 		rt.b.stats.malformed.Add(1)
-		return fetchResult{err: fmt.Errorf("attachment %d: %w: row is from %q, header from %q", id, ErrMalformed, m.UID, uid)}
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: row is from %q, header from %q", d.id, ErrMalformed, m.UID, d.uid)}
 	}
 	countType(&rt.b.stats.received, m.Type)
 	return fetchResult{msg: m}

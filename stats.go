@@ -19,6 +19,9 @@ type Stats struct {
 	// AttachmentsWritten and AttachmentsRead count rows of the attachments table.
 	AttachmentsWritten int64
 	AttachmentsRead    int64
+	// AttachmentQueries counts the queries that read attachments: those whose
+	// notifications arrive together are read by one.
+	AttachmentQueries int64
 	// PublishErrors counts messages lost because their publication failed.
 	PublishErrors int64
 	// QueueFull counts messages refused because the publish queue was full.
@@ -43,6 +46,7 @@ type counters struct {
 	published, received               [int(wire.AllRoomsResponse) + 1]atomic.Int64
 	publishedBytes, receivedBytes     atomic.Int64
 	attachmentsWritten, attachmentsRd atomic.Int64
+	attachmentQueries                 atomic.Int64
 	publishErrors, malformed, panics  atomic.Int64
 	listenerConnects                  atomic.Int64
 	listenerUp                        atomic.Bool
@@ -60,7 +64,8 @@ func (b *Builder) Stats() Stats {
 		Published: map[string]int64{}, Received: map[string]int64{}, Nodes: map[string]int{},
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
-		PublishErrors: b.stats.publishErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
+		AttachmentQueries: b.stats.attachmentQueries.Load(),
+		PublishErrors:     b.stats.publishErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}

@@ -52,7 +52,9 @@ type Statements struct {
 	// that a receiver never sees the header before the row: $1 MessagePack body,
 	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix.
 	InsertNotify string
-	// Fetch reads an attachment: $1 id.
+	// Fetch reads attachments: $1 their ids, as a bigint array; rows come as (id,
+	// payload), in no particular order. One statement reads every attachment whose
+	// notification arrived together.
 	Fetch string
 	// Cleanup deletes attachments older than $1 seconds.
 	Cleanup string
@@ -69,7 +71,7 @@ func NewStatements(table string) Statements {
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id) " +
 			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
-		Fetch:   "SELECT payload FROM " + t + " WHERE id = $1",
+		Fetch:   "SELECT id, payload FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE created_at < now() - make_interval(secs => $1)",
 		Create:  "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
 	}
