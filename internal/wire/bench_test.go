@@ -88,3 +88,14 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendString writes a 20 KB string of printable ASCII, as the cluster
+// benchmark's large broadcasts carry.
+func BenchmarkAppendString(b *testing.B) {
+	s := strings.Repeat("abcdefghij", 2000)
+	buf := make([]byte, 0, len(s)+2)
+	b.SetBytes(int64(len(s)))
+	for b.Loop() {
+		buf = appendString(buf[:0], s)
+	}
+}

@@ -52,6 +52,26 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// Strings are scanned eight bytes at a time: every byte that needs care, at every offset
+// in and around a word, next to every byte that does not.
+func TestAppendStringWordAtATime(t *testing.T) {
+	specials := []string{"\x00", "\x1f", "\x20", "\"", "\\", "\x7f", "\x80", "\xff", "é", "\u2028", "\u2029", "😀", "\xe2\x80"}
+	fillers := []string{"x", "\x21", "\x5b", "\x5d", "\x7e", "!"}
+	for _, sp := range specials {
+		for _, fill := range fillers {
+			for n := 0; n < 26; n++ {
+				for at := 0; at <= n; at++ {
+					s := strings.Repeat(fill, at) + sp + strings.Repeat(fill, n-at)
+					want, _ := stdEncode(t, s)
+					if got := string(appendString(nil, s)); got != want {
+						t.Fatalf("%q: got %s, encoding/json writes %s", s, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestParseJSONMatchesEncodingJSON(t *testing.T) {
 	inputs := []string{
 		`null`, ` true `, `false`, `0`, `-0`, `1.5e3`, `1E-2`, `-12.25`, `1e400`, `01`, `1.`, `.5`, `-`, `1e`, `+1`,
