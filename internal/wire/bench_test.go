@@ -36,21 +36,27 @@ func BenchmarkEncode(b *testing.B) {
 	}
 	// As a server publishes a broadcast: the arguments' text written once (it also goes
 	// to the server's own clients), then the envelope around it.
-	b.Run("json-100B-raw", func(b *testing.B) {
-		m := benchMessage(strings.Repeat("x", 100))
-		d := m.Data.(*BroadcastData)
-		b.ReportAllocs()
-		for b.Loop() {
-			text, err := AppendJSON(nil, d.Packet.Data)
-			if err != nil {
-				b.Fatal(err)
-			}
-			d.Packet.Raw = string(text)
-			if sinkEnc, err = Encode(m, 8000); err != nil {
-				b.Fatal(err)
-			}
+	for _, size := range []int{100, 20000} {
+		name := "json-100B-raw"
+		if size == 20000 {
+			name = "json-20KB-raw"
 		}
-	})
+		b.Run(name, func(b *testing.B) {
+			m := benchMessage(strings.Repeat("x", size))
+			d := m.Data.(*BroadcastData)
+			b.ReportAllocs()
+			for b.Loop() {
+				text, err := AppendJSON(nil, d.Packet.Data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d.Packet.Raw = string(text)
+				if sinkEnc, err = Encode(m, 8000); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 func BenchmarkDecode(b *testing.B) {

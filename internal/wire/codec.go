@@ -34,6 +34,9 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 	}
 	var t map[string]any // the values' tree, when built already
 	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && len(m.Caps) == 0 {
+		if len(d.Packet.Raw) >= threshold {
+			goto attachment // the envelope would only make it longer
+		}
 		// The arguments' text is there: write the envelope around it (no binary in text).
 		bp := jsonBuffers.Get().(*[]byte)
 		js := string(appendBroadcastJSON((*bp)[:0], m, d))
@@ -50,13 +53,18 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			return Encoded{JSON: js}, nil
 		}
 	}
+attachment:
 	if t == nil {
 		var err error
 		if t, err = valueTree(m); err != nil {
 			return Encoded{}, fmt.Errorf("wire: encode %s: %w", m.Type, err)
 		}
 	}
-	body, err := marshalMsgpack(t)
+	hint := 512
+	if d, ok := m.Data.(*BroadcastData); ok {
+		hint += len(d.Packet.Raw) // the arguments' size, near enough, when known
+	}
+	body, err := marshalMsgpack(t, hint)
 	if err != nil {
 		return Encoded{}, fmt.Errorf("wire: encode %s attachment: %w", m.Type, err)
 	}
@@ -90,7 +98,7 @@ func EncodeMsgpack(m *Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return marshalMsgpack(t)
+	return marshalMsgpack(t, 512)
 }
 
 // AttachmentHeaderPrefix returns the start of the notification that announces an
@@ -187,6 +195,17 @@ func DecodeAttachment(body []byte) (*Message, error) {
 	if len(body) == 0 {
 		return nil, errEmpty
 	}
+	if v, ok := decodeMsgpackTree(body); ok {
+		if t, ok := v.(map[string]any); ok {
+			return fromTree(t)
+		}
+	}
+	// The library's decoder, for what the direct one does not take, and for its errors.
+	return decodeAttachmentLib(body)
+}
+
+// decodeAttachmentLib is DecodeAttachment through vmihailenco/msgpack.
+func decodeAttachmentLib(body []byte) (*Message, error) {
 	if err := validateMsgpack(body); err != nil {
 		return nil, fmt.Errorf("wire: attachment is not valid MessagePack: %w", err)
 	}
@@ -228,7 +247,17 @@ func marshalJSON(v any) (string, error) {
 // publishes.
 var jsonBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-func marshalMsgpack(t map[string]any) ([]byte, error) {
+// marshalMsgpack encodes t into a buffer of hint bytes to begin with.
+func marshalMsgpack(t map[string]any, hint int) ([]byte, error) {
+	if b, ok := appendMsgpack(make([]byte, 0, hint), t, 0); ok {
+		return b, nil
+	}
+	return marshalMsgpackLib(t)
+}
+
+// marshalMsgpackLib is marshalMsgpack through vmihailenco/msgpack, for trees holding
+// other types (structs in a handshake, say).
+func marshalMsgpackLib(t map[string]any) ([]byte, error) {
 	var b bytes.Buffer
 	enc := msgpack.NewEncoder(&b)
 	enc.UseCompactInts(true)

@@ -1,0 +1,157 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/hex"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The direct MessagePack reader and writer against vmihailenco/msgpack, the reference.
+
+// libTree decodes b with the library, as DecodeAttachment did before the direct reader.
+func libTree(b []byte) (any, error) {
+	if err := validateMsgpack(b); err != nil {
+		return nil, err
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(b))
+	v, err := dec.DecodeInterface()
+	if err != nil {
+		return nil, err
+	}
+	return fromMsgpack(v)
+}
+
+// sameTree is reflect.DeepEqual for trees, with NaN equal to NaN, and -0 to 0 (integral
+// floats are written as integers, by the library's compact encoding too).
+func sameTree(a, b any) bool {
+	switch x := a.(type) {
+	case float64:
+		y, ok := b.(float64)
+		return ok && (x == y || math.IsNaN(x) && math.IsNaN(y))
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) || (x == nil) != (y == nil) {
+			return false
+		}
+		for i := range x {
+			if !sameTree(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) || (x == nil) != (y == nil) {
+			return false
+		}
+		for k, e := range x {
+			f, present := y[k]
+			if !present || !sameTree(e, f) {
+				return false
+			}
+		}
+		return true
+	case []byte:
+		y, ok := b.([]byte)
+		return ok && bytes.Equal(x, y) && (x == nil) == (y == nil)
+	}
+	return a == b
+}
+
+// checkMsgpack checks that what the direct reader takes from b, the library reads the
+// same, and that the direct writer's encoding of it reads back the same.
+func checkMsgpack(t *testing.T, b []byte) {
+	t.Helper()
+	v, ok := decodeMsgpackTree(b)
+	if !ok {
+		return
+	}
+	want, err := libTree(b)
+	if err != nil {
+		t.Fatalf("%x: the direct reader took it as %#v, the library fails: %v", b, v, err)
+	}
+	if !sameTree(v, want) {
+		t.Fatalf("%x: the direct reader gives %#v, the library %#v", b, v, want)
+	}
+	enc, ok := appendMsgpack(nil, v, 0)
+	if !ok {
+		t.Fatalf("%#v: the direct writer refuses a tree the reader gave", v)
+	}
+	again, err := libTree(enc)
+	if err != nil || !sameTree(again, v) {
+		t.Fatalf("%#v written as %x reads back as %#v (%v)", v, enc, again, err)
+	}
+}
+
+func TestMsgpackAgainstLibrary(t *testing.T) {
+	var values []any
+	for _, n := range []int64{0, 1, 127, 128, 255, 256, 65535, 65536, math.MaxUint32, math.MaxUint32 + 1, math.MaxInt64,
+		-1, -32, -33, -128, -129, -32768, -32769, math.MinInt32, math.MinInt32 - 1, math.MinInt64} {
+		values = append(values, n, float64(n))
+	}
+	values = append(values, uint64(math.MaxUint64), 0.5, -0.25, 1e300, -1e-300, math.Inf(1), math.Inf(-1), math.NaN(),
+		float32(0.1), float32(3), nil, true, false, int(7), int8(-8), int16(300), int32(-70000), uint(9), uint8(200), uint16(60000), uint32(1<<31))
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536} {
+		values = append(values, strings.Repeat("é", n/2)+strings.Repeat("x", n%2), bytes.Repeat([]byte{7}, n))
+		a := make([]any, n%20000)
+		m := map[string]any{}
+		for i := range a {
+			a[i] = float64(i)
+			if i < 40 {
+				m[strings.Repeat("k", i)] = float64(i)
+			}
+		}
+		values = append(values, a, m)
+	}
+	values = append(values, []any{}, map[string]any{}, []byte{}, map[string]any{"a": []any{map[string]any{"b": []byte{1}}}})
+	for _, v := range values {
+		enc, ok := appendMsgpack(nil, v, 0)
+		if !ok {
+			t.Fatalf("%#v: not written", v)
+		}
+		norm, _ := fromMsgpack(v) // numbers as the readers give them
+		switch x := v.(type) {
+		case int:
+			norm = float64(x)
+		case uint:
+			norm = float64(x)
+		}
+		if lib, err := libTree(enc); err != nil || !sameTree(lib, norm) {
+			t.Fatalf("%.60v written as %.40x reads back with the library as %.60v (%v)", v, enc, lib, err)
+		}
+		if got, ok := decodeMsgpackTree(enc); !ok || !sameTree(got, norm) {
+			t.Fatalf("%.60v written as %.40x reads back directly as %.60v (%v)", v, enc, got, ok)
+		}
+		checkMsgpack(t, enc)
+	}
+	// What the direct path leaves to the library: extension types, a type of no tree.
+	if _, ok := decodeMsgpackTree([]byte{0xd4, 0x01, 0x00}); ok {
+		t.Error("an extension type was taken")
+	}
+	if _, ok := appendMsgpack(nil, map[string]any{"t": struct{ A int }{1}}, 0); ok {
+		t.Error("a struct was written")
+	}
+	// Keys as the library reads them: bin and nil keys are strings, others refused.
+	checkMsgpack(t, []byte{0x82, 0xc4, 0x01, 'a', 0x01, 0xc0, 0x02})
+	if _, ok := decodeMsgpackTree([]byte{0x81, 0x01, 0x01}); ok {
+		t.Error("an integer key was taken")
+	}
+}
+
+func FuzzMsgpackTree(f *testing.F) {
+	for _, v := range loadVectors(f) {
+		if v.AttachmentHex != "" {
+			b, _ := hex.DecodeString(v.AttachmentHex)
+			f.Add(b)
+		}
+	}
+	for _, b := range [][]byte{{0x80}, {0x90}, {0xc4, 0x00}, {0x81, 0xc0, 0xc0}, {0xdf, 0xff, 0xff, 0xff, 0xff},
+		{0x92, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 1, 0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0}} {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { checkMsgpack(t, b) })
+}
