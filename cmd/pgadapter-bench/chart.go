@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -53,7 +54,7 @@ func writeChart(path string, r *report) error {
 	return nil
 }
 
-const chartW, chartH = 1100, 820
+const chartW, chartH = 1100, 1180
 
 const goColor, fastColor, nodeColor, pgColor = "#1f6feb", "#1a7f37", "#d29922", "#6e7781"
 
@@ -103,21 +104,27 @@ func chartSVG(r *report) string {
 			tput = append(tput, bar{fmt.Sprintf("%s, %s (%d cl.)", implLabel(impl), label, x.ClientsPerServer), x.DeliveredPerSec, implColor(impl), num(x.DeliveredPerSec) + "/s"})
 		}
 	}
-	add(scenarioBetween, "json-100B", "100 B")
-	for _, p := range r.Config.Payloads {
-		add(scenarioClients, p.Name, p.Name)
+	for _, sc := range []string{scenarioBetween, scenarioClients} {
+		for _, p := range r.Config.Payloads {
+			add(sc, p.Name, p.Name)
+		}
 	}
 	drawBars(&b, 20, 80, 640, "Broadcasts/s delivered to every client of the other servers (saturation)", tput)
 
 	// Latency panel.
 	var lat []bar
-	for _, p := range r.Config.Payloads {
-		for _, impl := range []string{"go", "go-fastws", "node"} {
-			x := r.find(impl, scenarioClients, p.Name, "paced")
-			if x == nil {
-				continue
+	if r.Ceiling.LatencyP99Ms > 0 {
+		lat = append(lat, bar{"PostgreSQL NOTIFY alone, 1 per transaction", r.Ceiling.LatencyP99Ms, pgColor, fmt.Sprintf("%.1f ms", r.Ceiling.LatencyP99Ms)})
+	}
+	for _, sc := range []string{scenarioBetween, scenarioClients} {
+		for _, p := range r.Config.Payloads {
+			for _, impl := range []string{"go", "go-fastws", "node"} {
+				x := r.find(impl, sc, p.Name, "paced")
+				if x == nil {
+					continue
+				}
+				lat = append(lat, bar{fmt.Sprintf("%s, %s (%d cl.)", implLabel(impl), p.Name, x.ClientsPerServer), x.P99Ms, implColor(impl), fmt.Sprintf("%.1f ms", x.P99Ms)})
 			}
-			lat = append(lat, bar{fmt.Sprintf("%s, %s", implLabel(impl), p.Name), x.P99Ms, implColor(impl), fmt.Sprintf("%.1f ms", x.P99Ms)})
 		}
 	}
 	drawBars(&b, 700, 80, 380, fmt.Sprintf("p99 latency to another server, paced %d/s", r.Config.Rate), lat)
@@ -152,19 +159,27 @@ func chartSVG(r *report) string {
 // drawBars draws horizontal bars with their labels above them, scaled to the largest.
 func drawBars(b *strings.Builder, x, y, w int, title string, bars []bar) {
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">%s</text>`, x, y, html.EscapeString(title))
-	maxV := 0.0
+	// Scale to the largest bar, or to four times the median when one is far beyond the
+	// rest (Node's 20 KB p99 is a hundred times the others'): such bars are cut, with
+	// their figure still printed.
+	values := make([]float64, 0, len(bars))
 	for _, br := range bars {
-		maxV = max(maxV, br.value)
+		values = append(values, br.value)
 	}
-	if maxV == 0 {
+	slices.Sort(values)
+	if len(values) == 0 || values[len(values)-1] == 0 {
 		return
 	}
+	maxV := min(values[len(values)-1], 4*values[len(values)/2])
 	barW := float64(w - 90)
 	for i, br := range bars {
 		top := y + 20 + i*38
 		fmt.Fprintf(b, `<text x="%d" y="%d" fill="#333">%s</text>`, x, top+12, html.EscapeString(br.label))
-		bw := max(1, br.value/maxV*barW)
+		bw := max(1, min(br.value/maxV, 1)*barW)
 		fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`, x, top+16, bw, br.color)
+		if br.value > maxV {
+			fmt.Fprintf(b, `<rect x="%.1f" y="%d" width="3" height="16" fill="#fff"/>`, float64(x)+bw-12, top+16) // the cut
+		}
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" fill="#111">%s</text>`, float64(x)+bw+6, top+29, html.EscapeString(br.text))
 	}
 }
