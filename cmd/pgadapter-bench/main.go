@@ -6,7 +6,7 @@
 // "socket.io alone": one server of each library with its in-memory adapter and no
 // PostgreSQL, whose cost to deliver to its clients no adapter can remove.
 //
-//	go run ./cmd/pgadapter-bench                 # the full run, about 3 minutes
+//	go run ./cmd/pgadapter-bench                 # the full run, about 5 minutes
 //	go run ./cmd/pgadapter-bench -h              # the settings
 //
 // Each server is its own process (the command re-executes itself for Go servers, and runs
@@ -98,7 +98,7 @@ func main() {
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
 	flag.StringVar(&cfg.DB, "db", "", "PostgreSQL URL (default $DATABASE_URL, or else a temporary server started from the local PostgreSQL binaries)")
 	flag.StringVar(&cfg.JSON, "json", "", "write the results as JSON to this file")
-	from := flag.String("from", "", "measure nothing: print the table of, and chart, the results in this JSON file (from -json)")
+	from := flag.String("from", "", "measure nothing: print the table of, and chart, the results in this JSON file (from -json), judged by this version's targets")
 	flag.StringVar(&cfg.Chart, "chart", "", "write a chart of the results to this file (.svg, or .png when Chromium is installed)")
 	flag.Parse()
 	for _, name := range strings.Split(*payloads, ",") {
@@ -129,7 +129,8 @@ func main() {
 		if err := json.Unmarshal(data, rep); err != nil {
 			fatalf("%s: %v", *from, err)
 		}
-		cfg.JSON = ""
+		// Judged again by this version's targets and bounds (and written back with -json).
+		rep.Checks, rep.Bounds = checks(rep), bounds(rep)
 	} else {
 		var err error
 		if rep, err = run(context.Background(), cfg, os.Stderr); err != nil {

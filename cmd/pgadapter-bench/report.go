@@ -109,6 +109,16 @@ func implLabel(impl string) string {
 // bounds computes the comparisons with socket.io alone that the run allows.
 func bounds(r *report) []bound {
 	var bs []bound
+	// PostgreSQL's own latency bounds any adapter's: where its p99 alone is above a
+	// third of the Node adapter's, the latency target is out of reach on this machine.
+	for _, sc := range []string{scenarioBetween, scenarioClients} {
+		for _, p := range r.Config.Payloads {
+			if np := r.find("node", sc, p.Name, "paced"); np != nil && np.P99Ms > 0 && r.Ceiling.LatencyP99Ms > 0 {
+				bs = append(bs, bound{fmt.Sprintf("%s, %s paced: p99 latency, PostgreSQL NOTIFY alone / Node adapter", sc, p.Name),
+					r.Ceiling.LatencyP99Ms / np.P99Ms, "what PostgreSQL itself costs, against the ≤ 0.33 target"})
+			}
+		}
+	}
 	for _, p := range r.Config.Payloads {
 		na := r.find("node", scenarioAlone, p.Name, "saturation")
 		nc := r.find("node", scenarioClients, p.Name, "saturation")
