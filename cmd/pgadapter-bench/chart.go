@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"html"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 )
@@ -109,7 +109,7 @@ func chartSVG(r *report) string {
 			add(sc, p.Name, p.Name)
 		}
 	}
-	drawBars(&b, 20, 80, 640, "Broadcasts/s delivered to every client of the other servers (saturation)", tput)
+	drawBars(&b, 20, 80, 640, "Broadcasts/s delivered to every client of the other servers (saturation)", tput, true)
 
 	// Latency panel.
 	var lat []bar
@@ -127,7 +127,7 @@ func chartSVG(r *report) string {
 			}
 		}
 	}
-	drawBars(&b, 700, 80, 380, fmt.Sprintf("p99 latency to another server, paced %d/s", r.Config.Rate), lat)
+	drawBars(&b, 690, 80, 400, fmt.Sprintf("p99 latency to the other server, paced %d/s", r.Config.Rate), lat, true)
 
 	// CPU panel: a receiving server of each cluster against socket.io alone, whose cost
 	// no adapter removes.
@@ -150,36 +150,45 @@ func chartSVG(r *report) string {
 		}
 	}
 	if len(cpu) > 0 {
-		drawBars(&b, 700, 80+20+len(lat)*38+40, 380, fmt.Sprintf("CPU per 1000 broadcasts, 100 B, %d clients", r.Config.Clients), cpu)
+		drawBars(&b, 690, 80+20+len(lat)*38+40, 400, fmt.Sprintf("CPU per 1000 broadcasts, 100 B, %d clients", r.Config.Clients), cpu, false)
 	}
 	b.WriteString(`</svg>`)
 	return b.String()
 }
 
-// drawBars draws horizontal bars with their labels above them, scaled to the largest.
-func drawBars(b *strings.Builder, x, y, w int, title string, bars []bar) {
-	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">%s</text>`, x, y, html.EscapeString(title))
-	// Scale to the largest bar, or to four times the median when one is far beyond the
-	// rest (Node's 20 KB p99 is a hundred times the others'): such bars are cut, with
-	// their figure still printed.
-	values := make([]float64, 0, len(bars))
-	for _, br := range bars {
-		values = append(values, br.value)
+// drawBars draws horizontal bars with their labels above them, scaled to the largest,
+// or on a logarithmic scale when logScale is set (throughputs and latencies that span
+// two orders of magnitude, where a linear scale would flatten all but the largest).
+func drawBars(b *strings.Builder, x, y, w int, title string, bars []bar, logScale bool) {
+	if logScale {
+		title += " (log scale)"
 	}
-	slices.Sort(values)
-	if len(values) == 0 || values[len(values)-1] == 0 {
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-weight="bold">%s</text>`, x, y, html.EscapeString(title))
+	lo, hi := math.Inf(1), 0.0
+	for _, br := range bars {
+		if br.value > 0 {
+			lo, hi = min(lo, br.value), max(hi, br.value)
+		}
+	}
+	if hi == 0 {
 		return
 	}
-	maxV := min(values[len(values)-1], 4*values[len(values)/2])
+	lo /= 2 // the smallest bar still shows
+	scale := func(v float64) float64 {
+		if !logScale {
+			return v / hi
+		}
+		if v <= lo {
+			return 0
+		}
+		return math.Log(v/lo) / math.Log(hi/lo)
+	}
 	barW := float64(w - 90)
 	for i, br := range bars {
 		top := y + 20 + i*38
 		fmt.Fprintf(b, `<text x="%d" y="%d" fill="#333">%s</text>`, x, top+12, html.EscapeString(br.label))
-		bw := max(1, min(br.value/maxV, 1)*barW)
+		bw := max(1, scale(br.value)*barW)
 		fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`, x, top+16, bw, br.color)
-		if br.value > maxV {
-			fmt.Fprintf(b, `<rect x="%.1f" y="%d" width="3" height="16" fill="#fff"/>`, float64(x)+bw-12, top+16) // the cut
-		}
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" fill="#111">%s</text>`, float64(x)+bw+6, top+29, html.EscapeString(br.text))
 	}
 }
