@@ -26,7 +26,10 @@
 // notification names the row. Each Builder owns one dedicated LISTEN connection shared by
 // all its namespaces, one publisher goroutine that sends every message of the server in
 // order (batching what queues up into one round trip and one commit), and a receive
-// pipeline that reads attachments concurrently and applies messages in arrival order.
+// pipeline that reads attachments concurrently, those that arrive together with one
+// query, and applies messages in arrival order. Attachment rows are compressed with lz4
+// where the server has it (a setting local to the publishing transaction), because
+// PostgreSQL's default, pglz, costs it about ten times as much CPU per row.
 //
 // # Guarantees
 //
