@@ -34,15 +34,15 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 	}
 	var t map[string]any // the values' tree, when built already
 	if d, ok := m.Data.(*BroadcastData); ok && d.Packet.Raw != "" && len(m.Caps) == 0 {
-		if len(d.Packet.Raw) >= threshold {
-			goto attachment // the envelope would only make it longer
-		}
-		// The arguments' text is there: write the envelope around it (no binary in text).
-		bp := jsonBuffers.Get().(*[]byte)
-		js := string(appendBroadcastJSON((*bp)[:0], m, d))
-		jsonBuffers.Put(bp)
-		if len(js) < threshold {
-			return Encoded{JSON: js}, nil
+		// The arguments' text is there: write the envelope around it (no binary in text),
+		// unless the text alone is too long already.
+		if len(d.Packet.Raw) < threshold {
+			bp := jsonBuffers.Get().(*[]byte)
+			js := string(appendBroadcastJSON((*bp)[:0], m, d))
+			jsonBuffers.Put(bp)
+			if len(js) < threshold {
+				return Encoded{JSON: js}, nil
+			}
 		}
 	} else if t = m.tree(); !HasBinary(t["data"]) {
 		js, err := marshalJSON(t)
@@ -53,7 +53,6 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			return Encoded{JSON: js}, nil
 		}
 	}
-attachment:
 	if t == nil {
 		var err error
 		if t, err = valueTree(m); err != nil {
