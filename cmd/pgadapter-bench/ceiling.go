@@ -111,9 +111,11 @@ func notifyLatency(ctx context.Context, dbURL, channel string, rate int, d time.
 	h := newHistogram()
 	want := max(1, int(d.Seconds()*float64(rate)))
 	received := make(chan error, 1)
+	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	// The listener is read by this goroutine only: every return below waits for it to
+	// stop before the deferred Close, which must not race with its read.
 	go func() {
-		wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
-		defer cancel()
 		for range want {
 			n, err := lconn.WaitForNotification(wctx)
 			if err != nil {
@@ -132,6 +134,8 @@ func notifyLatency(ctx context.Context, dbURL, channel string, rate int, d time.
 		payload := strconv.FormatInt(nowUs(), 10)
 		payload += strings.Repeat("x", max(0, 100-len(payload)))
 		if _, err := sconn.Exec(ctx, "SELECT pg_notify($1, $2)", channel, payload); err != nil {
+			cancel()
+			<-received
 			return 0, 0, err
 		}
 	}

@@ -171,7 +171,8 @@ type mpReader struct {
 	i int
 }
 
-// n reads a big-endian unsigned integer of size bytes.
+// n reads a big-endian unsigned integer of size bytes: a number, or the length that
+// follows a str, bin, array or map code.
 func (r *mpReader) n(size int) (uint64, bool) {
 	if len(r.b)-r.i < size {
 		return 0, false
@@ -198,9 +199,6 @@ func (r *mpReader) bytes(n uint64) ([]byte, bool) {
 	r.i += int(n)
 	return p, true
 }
-
-// length reads the length that follows a str, bin, array or map code of size bytes.
-func (r *mpReader) length(size int) (uint64, bool) { return r.n(size) }
 
 func (r *mpReader) value(depth int) (any, bool) {
 	if r.i >= len(r.b) || depth > maxDepth {
@@ -229,7 +227,7 @@ func (r *mpReader) value(depth int) (any, bool) {
 	case 0xc3:
 		return true, true
 	case 0xc4, 0xc5, 0xc6:
-		n, ok := r.length(1 << (c - 0xc4))
+		n, ok := r.n(1 << (c - 0xc4))
 		if !ok {
 			return nil, false
 		}
@@ -257,20 +255,20 @@ func (r *mpReader) value(depth int) (any, bool) {
 		u, ok := r.n(8)
 		return float64(int64(u)), ok
 	case 0xd9, 0xda, 0xdb:
-		n, ok := r.length(1 << (c - 0xd9))
+		n, ok := r.n(1 << (c - 0xd9))
 		if !ok {
 			return nil, false
 		}
 		p, ok := r.bytes(n)
 		return string(p), ok
 	case 0xdc, 0xdd:
-		n, ok := r.length(2 << (c - 0xdc))
+		n, ok := r.n(2 << (c - 0xdc))
 		if !ok {
 			return nil, false
 		}
 		return r.arrayOf(n, depth)
 	case 0xde, 0xdf:
-		n, ok := r.length(2 << (c - 0xde))
+		n, ok := r.n(2 << (c - 0xde))
 		if !ok {
 			return nil, false
 		}
@@ -326,11 +324,11 @@ func (r *mpReader) key() (string, bool) {
 	case c == 0xc0:
 		return "", true
 	case c == 0xc4 || c == 0xd9:
-		n, ok = r.length(1)
+		n, ok = r.n(1)
 	case c == 0xc5 || c == 0xda:
-		n, ok = r.length(2)
+		n, ok = r.n(2)
 	case c == 0xc6 || c == 0xdb:
-		n, ok = r.length(4)
+		n, ok = r.n(4)
 	}
 	if !ok {
 		return "", false
