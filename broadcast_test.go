@@ -446,6 +446,12 @@ func TestOrderPerSendingServer(t *testing.T) {
 	nodes := cluster(t, 2, testOptions(t))
 	a, b := nodes[0], nodes[1]
 	a.io.Of("/o", nil)
+	b.io.Of("/o", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.b.Ready(ctx); err != nil { // B listens on /o's channel
+		t.Fatal(err)
+	}
 	cb := b.connect(t, "/", "cb")
 	co := b.connect(t, "/o", "co")
 	const n = 600

@@ -10,10 +10,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	eioclient "github.com/zishang520/engine.io-client-go/engine"
 	eiotransports "github.com/zishang520/engine.io-client-go/transports"
 	"github.com/zishang520/engine.io/v2/types"
 	client "github.com/zishang520/socket.io-client-go/socket"
@@ -79,6 +81,81 @@ type node struct {
 
 	mu   sync.Mutex
 	sent map[string]*recorder // by client name: what this server wrote to the client, in order
+
+	// engines fires with an engine.io connection's id once socket.io listens to it, and
+	// sockets with a socket's id once socket.io has announced it ("connection"): see
+	// tryConnect.
+	engines, sockets signals
+}
+
+// watch records, for tryConnect, when socket.io has taken up each engine.io connection
+// and each socket. It runs once n.io serves HTTP (its engine exists from then on).
+func (n *node) watch() {
+	// socket.io's own "connection" listener was added when the engine was bound, so it
+	// has subscribed to the connection's packets when this one runs.
+	n.io.Engine().On("connection", func(args ...any) {
+		if c, ok := args[0].(interface{ Id() string }); ok {
+			n.engines.fire(c.Id())
+		}
+	})
+	announced := func(args ...any) {
+		if s, ok := args[0].(*socket.Socket); ok {
+			n.sockets.fire(string(s.Id()))
+		}
+	}
+	n.io.Sockets().On("connection", announced)
+	n.io.Sockets().On("new_namespace", func(args ...any) {
+		if nsp, ok := args[0].(socket.Namespace); ok && nsp.Name() != "/" {
+			nsp.On("connection", announced)
+		}
+	})
+}
+
+func (n *node) awaitEngine(id string, d time.Duration) bool    { return n.engines.wait(id, d) }
+func (n *node) awaitAnnounced(id string, d time.Duration) bool { return n.sockets.wait(id, d) }
+
+// signals are one-off events, by key, that a test can wait for whether they happen
+// before or after it starts waiting.
+type signals struct {
+	mu sync.Mutex
+	m  map[string]chan struct{}
+}
+
+func (s *signals) ch(key string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]chan struct{}{}
+	}
+	c := s.m[key]
+	if c == nil {
+		c = make(chan struct{})
+		s.m[key] = c
+	}
+	return c
+}
+
+func (s *signals) fire(key string) {
+	c := s.ch(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-c:
+	default:
+		close(c)
+	}
+}
+
+// wait reports whether key fired within d.
+func (s *signals) wait(key string, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.ch(key):
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // sentTo returns the record of what n wrote to the client called name.
@@ -120,6 +197,7 @@ func newServerFor(t testing.TB, b *Builder, pool *pgxpool.Pool) *node {
 	n.io = socket.NewServer(nil, nil)
 	n.io.SetAdapter(b)
 	n.http = newHTTPServer(n.io)
+	n.watch()
 	t.Cleanup(n.close)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -142,6 +220,7 @@ func newNode(t testing.TB, name string, pool *pgxpool.Pool, opts Options) *node 
 	n.io.Sockets().On("new_namespace", func(args ...any) { args[0].(socket.Namespace).Use(n.middleware) })
 	n.io.Use(n.middleware)
 	n.http = newHTTPServer(n.io)
+	n.watch()
 	t.Cleanup(n.close)
 	return n
 }
@@ -326,11 +405,12 @@ type tclient struct {
 // Events it receives are recorded; an event whose last argument is an ack is answered
 // with the client's name (events named "ack0…": no argument; "ack2…": two).
 //
-// socket.io-client-go v1.1.0 has a start-up race (Manager.onopen emits "open", which
-// sends CONNECT, before it subscribes to incoming data, so a quick CONNECT reply can be
-// lost and the client never connects): a client that is not connected after a few
-// seconds is closed, the server is given time to drop its half-open socket, and the
-// connection is tried again.
+// socket.io-client-go v1.1.0 has a start-up race: Manager.onopen emits "open", which
+// makes a subscribed socket send CONNECT, before it subscribes to incoming data, so a
+// quick CONNECT reply can be lost and the client never connects. tryConnect avoids it by
+// opening the engine.io connection first and connecting the namespace only once the
+// manager is subscribed. Should a connection still fail, the client is closed, the server
+// is given time to drop its half-open socket, and the connection is tried again.
 func (n *node) connect(t testing.TB, nsp, name string, rooms ...string) *tclient {
 	t.Helper()
 	return connectTo(t, n, nsp, name, rooms...)
@@ -347,6 +427,11 @@ type peer interface {
 	forget(name string)
 	// socketIDs returns the ids of the server's sockets for the client called name.
 	socketIDs(t testing.TB, nsp, name string) []string
+	// awaitEngine waits up to d until the server listens to the packets of the
+	// engine.io connection id, and awaitAnnounced until it has announced the socket id
+	// ("connection"); both report whether that happened.
+	awaitEngine(id string, d time.Duration) bool
+	awaitAnnounced(id string, d time.Duration) bool
 }
 
 func (n *node) label() string   { return n.name }
@@ -368,11 +453,11 @@ func (n *node) socketIDs(_ testing.TB, nsp, name string) []string {
 func connectTo(t testing.TB, p peer, nsp, name string, rooms ...string) *tclient {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		c, ok := tryConnect(t, p, nsp, name, rooms)
-		if ok {
+		c, failure := tryConnect(t, p, nsp, name, rooms)
+		if failure == "" {
 			return c
 		}
-		t.Logf("%s: attempt %d to connect to %s%s failed (client saw %v); retrying", name, attempt, p.label(), nsp, c.rec.names())
+		t.Logf("%s: attempt %d to connect to %s%s failed: %s (client saw %v); retrying", name, attempt, p.label(), nsp, failure, c.rec.names())
 		if attempt == 5 {
 			t.Fatalf("%s: not connected to %s%s after %d attempts", name, p.label(), nsp, attempt)
 		}
@@ -395,7 +480,8 @@ func (n *node) socketsNamed(nsp, name string) []*socket.Socket {
 	return found
 }
 
-func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclient, bool) {
+// tryConnect makes one attempt at connect; it returns why the attempt failed, or "".
+func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclient, string) {
 	opts := client.DefaultOptions()
 	opts.SetTransports(types.NewSet(eiotransports.WebSocket))
 	if strings.HasPrefix(name, "poll") {
@@ -405,8 +491,9 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	}
 	opts.SetForceNew(true)
 	opts.SetReconnection(false)
-	// Opening the manager here and again in Connect can send CONNECT twice (a second,
-	// ghost socket on the server): let Connect alone open it.
+	// With autoConnect, the socket would subscribe to the manager's "open" event and also
+	// connect on its own when the manager is already open: CONNECT twice, a second ghost
+	// socket on the server. The manager is opened explicitly below.
 	opts.SetAutoConnect(false)
 	r := make([]any, len(rooms))
 	for i, room := range rooms {
@@ -417,6 +504,13 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	manager := client.NewManager(p.baseURL(), opts)
 	c.s = manager.Socket(nsp, opts)
 	c.s.On("connect", func(...any) { c.rec.add("connect") })
+	refused := make(chan any, 1)
+	c.s.On("connect_error", func(args ...any) {
+		select {
+		case refused <- args:
+		default:
+		}
+	})
 	c.s.On("disconnect", func(args ...any) { c.rec.add("disconnect", args...) })
 	c.s.OnAny(func(args ...any) {
 		ev := args[0].(string)
@@ -436,19 +530,91 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 		}
 		c.rec.add(ev, rest...)
 	})
-	c.s.Connect()
+	connected := make(chan struct{}, 1)
+	c.s.On("connect", func(...any) {
+		select {
+		case connected <- struct{}{}:
+		default:
+		}
+	})
 	// Generous: under -race, with other packages' tests and browsers on the same two
 	// cores, a connect can take seconds; a slow attempt costs nothing when it succeeds.
-	deadline := time.Now().Add(8 * time.Second)
-	for c.rec.count("connect") == 0 {
-		if time.Now().After(deadline) {
-			return c, false
+	const attemptTimeout = 8 * time.Second
+	// Open the manager first and connect the namespace from its open callback. The
+	// callback runs after Manager.onopen has subscribed to incoming data, so the reply to
+	// CONNECT cannot be lost; CONNECT is sent once, the "open" event having passed; and
+	// it is sent from the engine's own goroutine, as it would be from that event: the
+	// engine.io client's write buffer is not safe for a second writer at that moment.
+	//
+	// Before it sends CONNECT, the client waits until the server's socket.io listens to
+	// the connection: engine.io v2.5.0's WebSocket transport reads, and drops, packets
+	// from before then (README, "Defects").
+	opened := make(chan error, 1)
+	var called atomic.Bool
+	manager.Open(func(err error) {
+		called.Store(true)
+		if err == nil {
+			if id := manager.Engine().Id(); !p.awaitEngine(id, attemptTimeout) {
+				err = fmt.Errorf("the server never took up engine.io connection %s", id)
+			} else {
+				c.s.Connect()
+			}
 		}
-		time.Sleep(5 * time.Millisecond)
+		opened <- err
+	})
+	// Manager.Open creates the engine.io socket, which starts connecting, before it
+	// subscribes to the socket's "open" event: an engine that opens at once leaves the
+	// manager waiting for its 20 s timeout. Such an attempt is given up soon after the
+	// engine has opened.
+	engineOpen := make(chan struct{}, 1)
+	if eng := manager.Engine(); eng != nil {
+		eng.On("open", func(...any) {
+			select {
+			case engineOpen <- struct{}{}:
+			default:
+			}
+		})
+		if eng.ReadyState() == eioclient.SocketStateOpen {
+			engineOpen <- struct{}{}
+		}
 	}
-	// The client may have sent CONNECT twice; the server handles packets of a connection
-	// in order, so once a later round trip completes, a second CONNECT has been handled
-	// too: it either closed the connection or made a second (ghost) socket.
+	timeout := time.NewTimer(attemptTimeout)
+	defer timeout.Stop()
+	var missed <-chan time.Time
+wait:
+	for {
+		select {
+		case err := <-opened:
+			if err != nil {
+				return c, fmt.Sprintf("opening the connection: %v", err)
+			}
+			break wait
+		case <-engineOpen:
+			missed = time.After(2 * time.Second)
+		case <-missed:
+			if !called.Load() {
+				return c, "the client missed its engine.io connection's open event"
+			}
+		case <-timeout.C:
+			return c, "the connection did not open"
+		}
+	}
+	select {
+	case <-connected:
+	case why := <-refused:
+		return c, fmt.Sprintf("CONNECT refused: %v", why)
+	case <-time.After(attemptTimeout):
+		return c, fmt.Sprintf("no reply to CONNECT on engine.io connection %s", manager.Engine().Id())
+	}
+	// socket.io v2.5.0 answers CONNECT before its client records the socket: a packet
+	// the client sends at once can find no socket, and the server then closes the
+	// connection (README, "Defects"). It records the socket before it announces it.
+	if !p.awaitAnnounced(c.s.Id(), attemptTimeout) {
+		return c, "the server never announced socket " + c.s.Id()
+	}
+	// Should the client still have sent CONNECT twice: the server handles packets of a
+	// connection in order, so once a later round trip completes, a second CONNECT has been
+	// handled too, and either closed the connection or made a second (ghost) socket.
 	pong := make(chan struct{}, 1)
 	c.s.Timeout(6 * time.Second).EmitWithAck("harness-ping")(func(args []any, err error) {
 		if err == nil {
@@ -458,15 +624,15 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	select {
 	case <-pong:
 	case <-time.After(8 * time.Second):
-		return c, false
+		return c, "no answer to harness-ping"
 	}
 	if ids := p.socketIDs(t, nsp, name); len(ids) != 1 || ids[0] != c.s.Id() || !c.s.Connected() {
-		return c, false
+		return c, fmt.Sprintf("client socket %s (connected: %v), server sockets %v", c.s.Id(), c.s.Connected(), ids)
 	}
 	c.rec.next(t, name, "connect")
 	c.rec.drain("harness-ping")
 	t.Cleanup(func() { c.s.Disconnect(); c.s.Close() })
-	return c, true
+	return c, ""
 }
 
 // checkWritten verifies that ev was written exactly once to each client in names and to

@@ -294,6 +294,11 @@ func (p *nodeProc) socketIDs(t testing.TB, nsp, name string) []string {
 	return ids
 }
 
+// awaitEngine and awaitAnnounced report at once: Node's socket.io listens to a
+// connection as soon as it exists and records a socket before it answers CONNECT.
+func (p *nodeProc) awaitEngine(string, time.Duration) bool    { return true }
+func (p *nodeProc) awaitAnnounced(string, time.Duration) bool { return true }
+
 func (p *nodeProc) connect(t testing.TB, name string, rooms ...string) *tclient {
 	t.Helper()
 	return connectTo(t, p, "/", name, rooms...)
