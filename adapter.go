@@ -61,7 +61,29 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 	a.ownPrefix = wire.OwnPrefix(a.uid)
 	a.Prototype(a)
 	a.Construct(nsp)
+	if err := nsp.On("connect", a.dropIfClosed); err != nil {
+		b.report(fmt.Errorf("pgadapter: namespace %q: watching connections: %w", nsp.Name(), err))
+	}
 	return a
+}
+
+// dropIfClosed disconnects a socket announced after its connection closed.
+//
+// socket.io v2.5.0 answers a client's CONNECT before its Client records the socket. A
+// packet the client sends at once (an emit on "connect", as clients do) then finds no
+// socket, and the server closes the connection; the Client's close handler, finding no
+// socket either, leaves it connected in the namespace and its rooms for good: a
+// ghost that FetchSockets returns on every server and that broadcasts still count. The
+// namespace announces a socket ("connect", then "connection") only after the Client has
+// recorded it, so a close that came before is seen here, and one that comes after is
+// handled by socket.io itself. The listener runs before any the application adds.
+func (a *Adapter) dropIfClosed(args ...any) {
+	s, ok := args[0].(*socket.Socket)
+	if !ok || s.Conn().ReadyState() == "open" {
+		return
+	}
+	a.b.opts.Logger.Debug("pgadapter: disconnecting a socket whose connection closed while it connected", "namespace", a.name, "socket", string(s.Id()))
+	s.Disconnect(false)
 }
 
 // ourCaps are the capabilities every pgadapter server advertises.

@@ -511,6 +511,12 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 		default:
 		}
 	})
+	manager.On("close", func(args ...any) {
+		select {
+		case refused <- fmt.Sprint(append([]any{"connection closed:"}, args...)...):
+		default:
+		}
+	})
 	c.s.On("disconnect", func(args ...any) { c.rec.add("disconnect", args...) })
 	c.s.OnAny(func(args ...any) {
 		ev := args[0].(string)
@@ -602,7 +608,7 @@ wait:
 	select {
 	case <-connected:
 	case why := <-refused:
-		return c, fmt.Sprintf("CONNECT refused: %v", why)
+		return c, fmt.Sprintf("no connection: %v", why)
 	case <-time.After(attemptTimeout):
 		return c, fmt.Sprintf("no reply to CONNECT on engine.io connection %s", manager.Engine().Id())
 	}

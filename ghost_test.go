@@ -1,0 +1,70 @@
+package pgadapter
+
+import (
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// TestSocketClosedWhileConnecting closes a client's connection at the moment socket.io
+// v2.5.0 has put the socket in its namespace but its Client has not recorded it yet,
+// the window in which a client's first packet makes the server close the connection.
+// Without pgadapter's repair the socket stays in the namespace and its rooms for good,
+// and FetchSockets on every server returns it.
+func TestSocketClosedWhileConnecting(t *testing.T) {
+	nodes := cluster(t, 2, testOptions(t))
+	a, b := nodes[0], nodes[1]
+	closedIn := make(chan string, 1)
+	// The socket joins its own room in the window: after socket.io's check that the
+	// connection is open, before the Client records the socket.
+	a.io.Sockets().Adapter().On("join-room", func(args ...any) {
+		room, id := args[0].(socket.Room), args[1].(socket.SocketId)
+		if string(room) != string(id) {
+			return
+		}
+		s, ok := a.io.Sockets().Sockets().Load(id)
+		if !ok {
+			return
+		}
+		if d, _ := s.Data().(map[string]any); d["name"] != "ghost" {
+			return
+		}
+		// Wait for the Client's own close handler, which runs before this listener.
+		done := make(chan struct{})
+		s.Conn().Once("close", func(...any) { close(done) })
+		s.Conn().Close(false)
+		select {
+		case <-done:
+			closedIn <- string(id)
+		case <-time.After(waitFor):
+			t.Error("the connection did not close")
+		}
+	})
+	if _, failure := tryConnect(t, a, "/", "ghost", []string{"ghost-room"}); failure == "" {
+		t.Fatal("a client whose connection the server closed connected")
+	}
+	var id string
+	select {
+	case id = <-closedIn:
+	case <-time.After(waitFor):
+		t.Fatal("the connection was never closed in the window")
+	}
+	// The harness's middleware records each socket's "disconnect" (name, reason).
+	if got := a.errs.next(t, "A", "disconnect"); len(got) < 2 || got[0] != "ghost" || got[1] != "server namespace disconnect" {
+		t.Errorf("disconnect %v", got)
+	}
+	if _, ok := a.io.Sockets().Sockets().Load(socket.SocketId(id)); ok {
+		t.Error("the socket is still in the namespace")
+	}
+	rooms := a.io.Sockets().Adapter().Rooms()
+	for _, r := range []socket.Room{"ghost-room", socket.Room(id)} {
+		if _, ok := rooms.Load(r); ok {
+			t.Errorf("room %s remains: %v", r, rooms.Keys())
+		}
+	}
+	list, err := fetchSockets(t, b.io.In("ghost-room"))
+	if err != nil || len(list) != 0 {
+		t.Fatalf("FetchSockets from B: %v %v", socketNames(t, list), err)
+	}
+}
