@@ -188,9 +188,11 @@ func (s *server) close() {
 }
 
 // connect opens a client to s as user and waits until it is connected and has made a
-// round trip. socket.io-client-go v1.1.0 can lose the server's CONNECT reply, or send
-// CONNECT twice (the server then closes the connection): such a client is closed and
-// the connection tried again.
+// round trip. A connection can fail at start-up for reasons outside pgadapter (README,
+// "Defects"): socket.io-client-go v1.1.0 can lose the server's CONNECT reply;
+// engine.io v2.5.0's WebSocket transport can drop the client's CONNECT; socket.io v2.5.0
+// closes a connection whose first event arrives just after its CONNECT. Such a client
+// is closed and the connection tried again.
 func connect(s *server, user string, setup func(*client.Socket)) (*client.Socket, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		opts := client.DefaultOptions()
