@@ -44,6 +44,8 @@ type Adapter struct {
 	nodes    map[string]time.Time // other servers of this namespace: uid → last message
 	capable  map[string]bool      // those that advertised CapAllRooms
 	requests map[string]*request
+	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
+	inlineWarned map[string]bool
 }
 
 func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
@@ -56,6 +58,8 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 		nodes:    map[string]time.Time{},
 		capable:  map[string]bool{},
 		requests: map[string]*request{},
+
+		inlineWarned: map[string]bool{},
 	}
 	a.ownSuffix = wire.OwnSuffix(a.uid)
 	a.ownPrefix = wire.OwnPrefix(a.uid)
@@ -318,6 +322,9 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 		m.Caps = ourCaps // Node servers ignore the extra field
 	}
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
+	if err == nil && enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
+		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
+	}
 	if err != nil {
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
 		a.b.report(err)
@@ -463,6 +470,32 @@ func (a *Adapter) members() map[string]struct{} {
 		m[uid] = struct{}{}
 	}
 	return m
+}
+
+// allRead reports whether every other server known now reads inline binary
+// notifications: it advertised pgadapter's capabilities in a heartbeat. While a Node.js
+// server (or a server not yet heard from by heartbeat) is known, Options.InlineBinary
+// falls back to the attachments table, so that its clients miss nothing.
+func (a *Adapter) allRead() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for uid := range a.nodes {
+		if !a.capable[uid] {
+			a.warnInline(uid)
+			return false
+		}
+	}
+	return true
+}
+
+// warnInline logs, once per server, that InlineBinary is held back because of it.
+// a.mu is held.
+func (a *Adapter) warnInline(uid string) {
+	if _, seen := a.capable[uid]; !seen || a.inlineWarned[uid] {
+		return // not heard by heartbeat yet, or said already
+	}
+	a.inlineWarned[uid] = true
+	a.b.opts.Logger.Warn("pgadapter: InlineBinary is on, but a server that does not read inline binary (a Node.js server?) is in the cluster: binary messages go through the attachments table while it is", "namespace", a.name, "uid", uid)
 }
 
 // capableMembers returns the uids of the other servers known now that answer AllRooms.

@@ -30,6 +30,17 @@ type Options struct {
 	// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 	PayloadThreshold int
 
+	// InlineBinary, when true, sends a message that would go through the attachments
+	// table (it carries binary) in the NOTIFY payload instead, as base64 MessagePack,
+	// when that fits below PayloadThreshold: a 1 KB binary broadcast then needs no row to
+	// insert, read back and delete, and reaches the other servers a query sooner. Only
+	// pgadapter servers read such payloads (every one does, whatever its own setting):
+	// while a server of the namespace that did not advertise pgadapter's capabilities in
+	// a heartbeat is known (a Node.js server), messages go through the table as usual, and
+	// a warning names that server once. Emitters cannot see the cluster: give their
+	// Options.InlineBinary only in a cluster without Node.js servers.
+	InlineBinary bool
+
 	// CleanupInterval is how often this server deletes old attachment rows. Default 30s. A
 	// row is deleted once it is older than AttachmentRetention. Negative disables cleanup
 	// (for a deployment that cleans the table itself).

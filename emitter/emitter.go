@@ -50,6 +50,10 @@ type Options struct {
 	// PayloadThreshold is the JSON size in bytes from which a message goes through the
 	// attachments table. Default and maximum 8000.
 	PayloadThreshold int
+	// InlineBinary sends messages carrying binary in the NOTIFY payload when they fit, as
+	// the servers' Options.InlineBinary does. Only pgadapter servers read them: enable it
+	// only when no Node.js server is in the cluster.
+	InlineBinary bool
 }
 
 // Errors returned by the emitter.
@@ -66,6 +70,7 @@ type Emitter struct {
 	db        DB
 	prefix    string
 	threshold int
+	inline    bool
 	st        wire.Statements
 	nsp       string
 	rooms     []string
@@ -93,7 +98,7 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
 		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
 	}
-	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, st: wire.NewStatements(o.TableName), nsp: "/"}, nil
+	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, inline: o.InlineBinary, st: wire.NewStatements(o.TableName), nsp: "/"}, nil
 }
 
 func (e *Emitter) clone() *Emitter {
@@ -230,7 +235,7 @@ func (e *Emitter) opts() wire.Opts {
 // publish encodes and sends one message in one statement.
 func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
-	enc, err := wire.Encode(m, e.threshold)
+	enc, err := wire.EncodeInline(m, e.threshold, e.inline)
 	if err != nil {
 		return fmt.Errorf("emitter: %w", err)
 	}

@@ -53,6 +53,7 @@ type config struct {
 	Rate           int           `json:"pacedRate"`
 	Window         int64         `json:"window"`
 	GOGC           int           `json:"goGOGC,omitempty"`
+	InlineBinary   bool          `json:"goInlineBinary,omitempty"`
 	Payloads       []payload     `json:"payloads"`
 	Node           string        `json:"-"`
 	NodeDir        string        `json:"-"`
@@ -93,6 +94,7 @@ func main() {
 	flag.IntVar(&cfg.GOGC, "gogc", 0, "GOGC of the Go servers, the garbage collector's heap growth in percent; 0 leaves Go's default (100). Higher values collect less often: faster for small messages, slower for 20 KB ones, whose larger heap costs page faults")
 	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
+	flag.BoolVar(&cfg.InlineBinary, "inline-binary", false, "give the Go servers Options.InlineBinary: binary messages that fit travel in the NOTIFY payload (Go-only clusters)")
 	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws)")
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
@@ -395,6 +397,9 @@ func startCluster(cfg config, impl string, n int, goEnv, nodeEnv []string) (*clu
 			}
 			if cfg.GOGC > 0 {
 				cmd.Env = append(cmd.Env, "GOGC="+strconv.Itoa(cfg.GOGC))
+			}
+			if cfg.InlineBinary {
+				cmd.Env = append(cmd.Env, inlineEnv+"=1")
 			}
 		case "node":
 			dir, err := filepath.Abs(cfg.NodeDir)

@@ -39,6 +39,9 @@ const profileEnv = "PGADAPTER_BENCH_PROFILE"
 // transportEnv set to "fastws" makes a Go server use the fastws WebSocket transport.
 const transportEnv = "PGADAPTER_BENCH_TRANSPORT"
 
+// inlineEnv set to "1" gives a Go server's adapter Options.InlineBinary.
+const inlineEnv = "PGADAPTER_BENCH_INLINE_BINARY"
+
 // adapterEnv set to "memory" makes a server use socket.io's own in-memory adapter, with
 // no PostgreSQL: the "socket.io alone" reference (ADAPTER for the Node server).
 const adapterEnv = "PGADAPTER_BENCH_ADAPTER"
@@ -99,6 +102,7 @@ func serve(dbURL, prefix, table string) error {
 		b := pgadapter.New(pool, &pgadapter.Options{
 			ChannelPrefix: prefix,
 			TableName:     table,
+			InlineBinary:  os.Getenv(inlineEnv) == "1",
 			ErrorHandler: func(err error) {
 				out.send(map[string]any{"type": "error", "message": err.Error()})
 			},

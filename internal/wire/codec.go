@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"strconv"
 	"sync"
@@ -29,6 +30,52 @@ type Encoded struct {
 // as Node does. threshold is capped at 8000 so that no inline payload can be refused by
 // PostgreSQL.
 func Encode(m *Message, threshold int) (Encoded, error) {
+	return EncodeInline(m, threshold, false)
+}
+
+// EncodeInline is Encode, except that with inlineBinary a message that would become an
+// attachment travels in the notification instead when it fits below threshold: its
+// MessagePack body, base64-encoded, in an InlineHeaderPrefix notification. There is then
+// no row to insert, read back or delete. Only pgadapter servers read such notifications:
+// Node servers ignore them (their header names no namespace).
+func EncodeInline(m *Message, threshold int, inlineBinary bool) (Encoded, error) {
+	enc, err := encode(m, threshold)
+	if err != nil || !inlineBinary {
+		return enc, err
+	}
+	return Inline(enc, m, threshold), nil
+}
+
+// Inline turns enc, m encoded by Encode, into the inline form EncodeInline gives when it
+// is an attachment whose inline form fits below threshold; otherwise it returns enc. It
+// lets a sender decide on inlining after encoding, only for the rare messages that need it.
+func Inline(enc Encoded, m *Message, threshold int) Encoded {
+	if enc.Attachment == nil {
+		return enc
+	}
+	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
+		threshold = MaxNotifyPayload + 1
+	}
+	prefix := InlineHeaderPrefix(m.UID, m.Type)
+	size := len(prefix) + base64.StdEncoding.EncodedLen(len(enc.Attachment)) + len(AttachmentHeaderSuffix)
+	if size >= threshold {
+		return enc
+	}
+	b := make([]byte, 0, size)
+	b = append(b, prefix...)
+	b = base64.StdEncoding.AppendEncode(b, enc.Attachment)
+	b = append(b, AttachmentHeaderSuffix...)
+	return Encoded{JSON: string(b)}
+}
+
+// InlineHeaderPrefix returns the start of a notification carrying a message's MessagePack
+// body inline: `{"uid":U,"type":T,"msgpack":"`, then the body in standard base64, then
+// `"}` (AttachmentHeaderSuffix).
+func InlineHeaderPrefix(uid string, typ Type) string {
+	return OwnPrefix(uid) + `"type":` + strconv.Itoa(int(typ)) + `,"msgpack":"`
+}
+
+func encode(m *Message, threshold int) (Encoded, error) {
 	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
 		threshold = MaxNotifyPayload + 1
 	}
@@ -145,6 +192,9 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 			return n, nil
 		}
 	}
+	if uid, typ, b64, ok := inlineFast(payload); ok {
+		return decodeInline(map[string]any{"uid": uid, "type": float64(typ)}, b64)
+	}
 	raw, err := parseJSON(payload)
 	if err != nil {
 		return nil, fmt.Errorf("wire: notification is not JSON: %w", err)
@@ -152,6 +202,9 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	t, ok := raw.(map[string]any)
 	if !ok {
 		return nil, fmt.Errorf("wire: notification is %s, want a JSON object", describe(raw))
+	}
+	if b64, present := t["msgpack"]; present {
+		return decodeInline(t, b64)
 	}
 	if a, present := t["attachmentId"]; present {
 		n := &Notification{HasAttachment: true}
@@ -183,6 +236,28 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	m, err := fromTree(t)
 	if err != nil {
 		return nil, err
+	}
+	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
+}
+
+// decodeInline decodes a notification with an inline MessagePack body (EncodeInline),
+// whose header t must agree with the body on the sender and the type.
+func decodeInline(t map[string]any, b64 any) (*Notification, error) {
+	text, ok := b64.(string)
+	if !ok {
+		return nil, fmt.Errorf("wire: inline msgpack is %s, want a base64 string", describe(b64))
+	}
+	body, err := base64.StdEncoding.DecodeString(text)
+	if err != nil {
+		return nil, fmt.Errorf("wire: inline msgpack: %w", err)
+	}
+	m, err := DecodeAttachment(body)
+	if err != nil {
+		return nil, fmt.Errorf("wire: inline msgpack: %w", err)
+	}
+	typ, ok := asInt(t["type"])
+	if uid, _ := t["uid"].(string); !ok || Type(typ) != m.Type || uid != m.UID {
+		return nil, fmt.Errorf("wire: inline message header (uid %s, type %s) does not match its body (uid %q, type %s)", describe(t["uid"]), describe(t["type"]), m.UID, m.Type)
 	}
 	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
 }

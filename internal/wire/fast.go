@@ -68,6 +68,40 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 	return &Notification{UID: m.UID, Type: Broadcast, Message: m}, true
 }
 
+// inlineFast finds the parts of a notification in the shape EncodeInline writes, without
+// building a tree; ok is false for any other shape, which the general parser then reads.
+func inlineFast(payload string) (uid string, typ int, b64 string, ok bool) {
+	p := parser{s: payload}
+	var seen uint8
+	const (
+		sawUID = 1 << iota
+		sawType
+		sawBody
+	)
+	ok = p.fastObject(func(key string) bool {
+		var ok bool
+		switch key {
+		case "uid":
+			if !first(&seen, sawUID) {
+				return false
+			}
+			uid, ok = p.fastString()
+		case "type":
+			if !first(&seen, sawType) {
+				return false
+			}
+			typ, ok = p.fastInt()
+		case "msgpack":
+			if !first(&seen, sawBody) {
+				return false
+			}
+			b64, ok = p.fastString()
+		}
+		return ok
+	})
+	return uid, typ, b64, ok && !p.rest() && seen == sawUID|sawType|sawBody
+}
+
 func (p *parser) fastBroadcastData(d *BroadcastData) bool {
 	var seen uint8
 	const (
