@@ -22,13 +22,15 @@ func BenchmarkEncode(b *testing.B) {
 		{"json-100B", strings.Repeat("x", 100)},
 		{"json-20KB", strings.Repeat("x", 20000)},
 		{"binary-1KB", make([]byte, 1024)},
+		{"binary-1KB-inline", make([]byte, 1024)},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			m := benchMessage(c.payload)
+			inline := strings.HasSuffix(c.name, "-inline")
 			b.ReportAllocs()
 			for b.Loop() {
 				var err error
-				if sinkEnc, err = Encode(m, 8000); err != nil {
+				if sinkEnc, err = EncodeInline(m, 8000, inline); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -93,6 +95,17 @@ func BenchmarkDecode(b *testing.B) {
 			}
 		})
 	}
+	// A binary message as InlineBinary sends it: base64 to undo, then the same reader.
+	inline, _ := EncodeInline(benchMessage(make([]byte, 1024)), 8000, true)
+	b.Run("inline-binary-1KB", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(inline.JSON)))
+		for b.Loop() {
+			if _, err := DecodeNotificationRaw(inline.JSON); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkAppendString writes a 20 KB string of printable ASCII, as the cluster

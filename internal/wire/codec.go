@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -187,13 +188,14 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	if payload == "" {
 		return nil, errEmpty
 	}
-	if keepRaw {
+	if looksInline(payload) {
+		if uid, typ, b64, ok := inlineFast(payload); ok {
+			return decodeInline(uid, true, typ, true, b64)
+		}
+	} else if keepRaw {
 		if n, ok := decodeBroadcastFast(payload); ok {
 			return n, nil
 		}
-	}
-	if uid, typ, b64, ok := inlineFast(payload); ok {
-		return decodeInline(map[string]any{"uid": uid, "type": float64(typ)}, b64)
 	}
 	raw, err := parseJSON(payload)
 	if err != nil {
@@ -204,7 +206,13 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 		return nil, fmt.Errorf("wire: notification is %s, want a JSON object", describe(raw))
 	}
 	if b64, present := t["msgpack"]; present {
-		return decodeInline(t, b64)
+		text, ok := b64.(string)
+		if !ok {
+			return nil, fmt.Errorf("wire: inline msgpack is %s, want a base64 string", describe(b64))
+		}
+		uid, uidOK := t["uid"].(string)
+		typ, typOK := asInt(t["type"])
+		return decodeInline(uid, uidOK, typ, typOK, text)
 	}
 	if a, present := t["attachmentId"]; present {
 		n := &Notification{HasAttachment: true}
@@ -240,13 +248,17 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
 }
 
+// looksInline reports whether payload may be in the shape EncodeInline writes, whose
+// "msgpack" key comes within the first bytes, so that other notifications do not pay for
+// a second parse.
+func looksInline(payload string) bool {
+	head := payload[:min(len(payload), 96)]
+	return strings.HasSuffix(payload, AttachmentHeaderSuffix) && strings.Contains(head, `"msgpack":"`)
+}
+
 // decodeInline decodes a notification with an inline MessagePack body (EncodeInline),
-// whose header t must agree with the body on the sender and the type.
-func decodeInline(t map[string]any, b64 any) (*Notification, error) {
-	text, ok := b64.(string)
-	if !ok {
-		return nil, fmt.Errorf("wire: inline msgpack is %s, want a base64 string", describe(b64))
-	}
+// whose header (uid and type, when present) must agree with the body.
+func decodeInline(uid string, uidOK bool, typ int, typOK bool, text string) (*Notification, error) {
 	body, err := base64.StdEncoding.DecodeString(text)
 	if err != nil {
 		return nil, fmt.Errorf("wire: inline msgpack: %w", err)
@@ -255,9 +267,8 @@ func decodeInline(t map[string]any, b64 any) (*Notification, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wire: inline msgpack: %w", err)
 	}
-	typ, ok := asInt(t["type"])
-	if uid, _ := t["uid"].(string); !ok || Type(typ) != m.Type || uid != m.UID {
-		return nil, fmt.Errorf("wire: inline message header (uid %s, type %s) does not match its body (uid %q, type %s)", describe(t["uid"]), describe(t["type"]), m.UID, m.Type)
+	if !uidOK || !typOK || Type(typ) != m.Type || uid != m.UID {
+		return nil, fmt.Errorf("wire: inline message header (uid %q, type %d) does not match its body (uid %q, type %s)", uid, typ, m.UID, m.Type)
 	}
 	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
 }

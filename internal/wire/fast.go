@@ -3,6 +3,7 @@ package wire
 import (
 	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -95,7 +96,7 @@ func inlineFast(payload string) (uid string, typ int, b64 string, ok bool) {
 			if !first(&seen, sawBody) {
 				return false
 			}
-			b64, ok = p.fastString()
+			b64, ok = p.plainString()
 		}
 		return ok
 	})
@@ -351,6 +352,25 @@ func (p *parser) fastStrings() ([]string, bool) {
 			return nil, false
 		}
 	}
+}
+
+// plainString reads a string holding no escape with one search for its end; ok is false
+// for any other. It does not check the characters: it reads base64, whose decoder
+// rejects any that JSON would have (controls, bytes beyond ASCII).
+func (p *parser) plainString() (string, bool) {
+	if p.i >= len(p.s) || p.s[p.i] != '"' {
+		return "", false
+	}
+	end := strings.IndexByte(p.s[p.i+1:], '"')
+	if end < 0 {
+		return "", false
+	}
+	s := p.s[p.i+1 : p.i+1+end]
+	if strings.IndexByte(s, '\\') >= 0 {
+		return "", false
+	}
+	p.i += end + 2
+	return s, true
 }
 
 func (p *parser) fastString() (string, bool) {

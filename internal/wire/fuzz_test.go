@@ -16,17 +16,31 @@ func FuzzDecodeNotification(f *testing.F) {
 		`{"type":8,"uid":"u","data":{"requestId":"r","sockets":[{"id":"i","handshake":[],"rooms":[1]}]}}`} {
 		f.Add(s)
 	}
+	for _, n := range []int{0, 3, 1024} {
+		if enc, err := EncodeInline(binaryBroadcast(n), 8000, true); err == nil {
+			f.Add(enc.JSON)
+		}
+	}
 	f.Fuzz(func(t *testing.T, payload string) {
 		n, err := DecodeNotification(payload)
 		if err != nil || n.HasAttachment {
 			return
 		}
-		js, err := EncodeJSON(n.Message)
-		if err != nil {
-			t.Fatalf("accepted %q but cannot encode it again: %v", payload, err)
-		}
-		if _, err := DecodeNotification(js); err != nil {
-			t.Fatalf("accepted %q, re-encoded as %q, which does not decode: %v", payload, js, err)
+		// What was accepted encodes again, inline or not, and that decodes.
+		for _, inline := range []bool{false, true} {
+			enc, err := EncodeInline(n.Message, 8000, inline)
+			if err != nil {
+				t.Fatalf("accepted %q but cannot encode it again: %v", payload, err)
+			}
+			if enc.Attachment != nil {
+				if _, err := DecodeAttachment(enc.Attachment); err != nil {
+					t.Fatalf("accepted %q, re-encoded as an attachment, which does not decode: %v", payload, err)
+				}
+				continue
+			}
+			if _, err := DecodeNotification(enc.JSON); err != nil {
+				t.Fatalf("accepted %q, re-encoded as %q, which does not decode: %v", payload, enc.JSON, err)
+			}
 		}
 	})
 }

@@ -86,6 +86,8 @@ func TestInlineBinaryErrors(t *testing.T) {
 		"other uid":      `{"uid":"fedcba9876543210","type":3,"msgpack":"` + good + `"}`,
 		"other type":     `{"uid":"0123456789abcdef","type":4,"msgpack":"` + good + `"}`,
 		"no type":        `{"uid":"0123456789abcdef","msgpack":"` + good + `"}`,
+		"control char":   "{\"uid\":\"0123456789abcdef\",\"type\":3,\"msgpack\":\"AA\x01A\"}",
+		"beyond ASCII":   `{"uid":"0123456789abcdef","type":3,"msgpack":"AAé="}`,
 		"empty":          `{"uid":"0123456789abcdef","type":3,"msgpack":""}`,
 		"trailing bytes": `{"uid":"0123456789abcdef","type":3,"msgpack":"` + good + `"}x`,
 	} {

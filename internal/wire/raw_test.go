@@ -150,6 +150,9 @@ func FuzzDecodeNotificationRaw(f *testing.F) {
 		f.Add(v.Notify)
 	}
 	f.Add("{\"type\":3,\"uid\":\"u\",\"data\":{\"opts\":{},\"packet\":{\"type\":2,\"data\":[\"e\",\"\xff\"]}}}")
+	if enc, err := EncodeInline(binaryBroadcast(16), 8000, true); err == nil {
+		f.Add(enc.JSON)
+	}
 	f.Fuzz(func(t *testing.T, payload string) { sameAsFullDecode(t, payload) })
 }
 
