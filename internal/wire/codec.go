@@ -192,7 +192,8 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 		if uid, typ, b64, ok := inlineFast(payload); ok {
 			return decodeInline(uid, true, typ, true, b64)
 		}
-	} else if keepRaw {
+	}
+	if keepRaw {
 		if n, ok := decodeBroadcastFast(payload); ok {
 			return n, nil
 		}

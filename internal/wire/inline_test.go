@@ -98,3 +98,19 @@ func TestInlineBinaryErrors(t *testing.T) {
 		}
 	}
 }
+
+// A broadcast that merely looks inline (an argument with a "msgpack" key) still takes
+// the broadcast fast path, its arguments kept as text.
+func TestInlineLookalikeBroadcastStaysRaw(t *testing.T) {
+	js, err := EncodeJSON(&Message{Type: Broadcast, UID: "u", Nsp: "/", Data: &BroadcastData{
+		Packet: Packet{Type: 2, Data: []any{"e", map[string]any{"msgpack": "x"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !looksInline(js) {
+		t.Fatalf("%s does not look inline: the test needs another payload", js)
+	}
+	if !sameAsFullDecode(t, js) {
+		t.Fatalf("%s: arguments not kept raw", js)
+	}
+}
