@@ -197,7 +197,11 @@ func TestFaultSlowNode(t *testing.T) {
 		}
 	})
 	a.io.ServerSideEmit("block")
-	<-blocked
+	select {
+	case <-blocked:
+	case <-time.After(waitFor):
+		t.Fatal("B never received the blocking event")
+	}
 	const flood = 3000
 	for i := range flood {
 		a.io.Emit("flood", i)

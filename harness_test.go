@@ -574,14 +574,17 @@ func tryConnect(t testing.TB, p peer, nsp, name string, rooms []string) (*tclien
 	// engine has opened.
 	engineOpen := make(chan struct{}, 1)
 	if eng := manager.Engine(); eng != nil {
-		eng.On("open", func(...any) {
+		signal := func(...any) {
 			select {
 			case engineOpen <- struct{}{}:
-			default:
+			default: // signalled already
 			}
-		})
+		}
+		eng.On("open", signal)
+		// Not a plain send: the engine may open between On and this check, and the
+		// handler have filled the channel.
 		if eng.ReadyState() == eioclient.SocketStateOpen {
-			engineOpen <- struct{}{}
+			signal()
 		}
 	}
 	timeout := time.NewTimer(attemptTimeout)
