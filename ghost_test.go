@@ -1,6 +1,7 @@
 package pgadapter
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ func TestSocketClosedWhileConnecting(t *testing.T) {
 	nodes := cluster(t, 2, testOptions(t))
 	a, b := nodes[0], nodes[1]
 	closedIn := make(chan string, 1)
+	var reached atomic.Bool
 	// The socket joins its own room in the window: after socket.io's check that the
 	// connection is open, before the Client records the socket.
 	a.io.Sockets().Adapter().On("join-room", func(args ...any) {
@@ -30,6 +32,7 @@ func TestSocketClosedWhileConnecting(t *testing.T) {
 		if d, _ := s.Data().(map[string]any); d["name"] != "ghost" {
 			return
 		}
+		reached.Store(true)
 		// Wait for the Client's own close handler, which runs before this listener.
 		done := make(chan struct{})
 		s.Conn().Once("close", func(...any) { close(done) })
@@ -41,14 +44,28 @@ func TestSocketClosedWhileConnecting(t *testing.T) {
 			t.Error("the connection did not close")
 		}
 	})
-	if _, failure := tryConnect(t, a, "/", "ghost", []string{"ghost-room"}); failure == "" {
-		t.Fatal("a client whose connection the server closed connected")
-	}
+	// An attempt can fail before the window, in the start-up races the harness works
+	// around (README, "Defects"): then it is made again.
 	var id string
-	select {
-	case id = <-closedIn:
-	case <-time.After(waitFor):
-		t.Fatal("the connection was never closed in the window")
+	for attempt := 1; id == ""; attempt++ {
+		c, failure := tryConnect(t, a, "/", "ghost", []string{"ghost-room"})
+		if failure == "" {
+			t.Fatal("a client whose connection the server closed connected")
+		}
+		if reached.Load() {
+			select {
+			case id = <-closedIn:
+			case <-time.After(waitFor):
+				t.Fatal("the connection was never closed in the window")
+			}
+			break
+		}
+		t.Logf("attempt %d failed before the window: %s", attempt, failure)
+		if attempt == 5 {
+			t.Fatal("no attempt reached the window")
+		}
+		c.s.Close()
+		a.forget("ghost")
 	}
 	// The harness's middleware records each socket's "disconnect" (name, reason).
 	if got := a.errs.next(t, "A", "disconnect"); len(got) < 2 || got[0] != "ghost" || got[1] != "server namespace disconnect" {
