@@ -322,9 +322,6 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 		m.Caps = ourCaps // Node servers ignore the extra field
 	}
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
-	if err == nil && enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
-		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
-	}
 	if err != nil {
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
 		a.b.report(err)
@@ -332,6 +329,9 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 			done(err)
 		}
 		return
+	}
+	if enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
+		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
 	}
 	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done}
 	if enc.Attachment != nil {

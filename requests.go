@@ -187,6 +187,7 @@ func (a *Adapter) removeNode(uid string) {
 	_, known := a.nodes[uid]
 	delete(a.nodes, uid)
 	delete(a.capable, uid)
+	delete(a.inlineWarned, uid) // warned again should it come back
 	for id, r := range a.requests {
 		if _, due := r.waiting[uid]; !due {
 			continue

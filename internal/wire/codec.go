@@ -26,21 +26,13 @@ type Encoded struct {
 	Attachment []byte
 }
 
-// Encode turns m into what goes on the wire. Messages whose data holds binary ([]byte)
-// anywhere, and messages whose JSON text is threshold bytes or longer, become attachments,
-// as Node does. threshold is capped at 8000 so that no inline payload can be refused by
-// PostgreSQL.
-func Encode(m *Message, threshold int) (Encoded, error) {
-	return EncodeInline(m, threshold, false)
-}
-
 // EncodeInline is Encode, except that with inlineBinary a message that would become an
 // attachment travels in the notification instead when it fits below threshold: its
 // MessagePack body, base64-encoded, in an InlineHeaderPrefix notification. There is then
 // no row to insert, read back or delete. Only pgadapter servers read such notifications:
 // Node servers ignore them (their header names no namespace).
 func EncodeInline(m *Message, threshold int, inlineBinary bool) (Encoded, error) {
-	enc, err := encode(m, threshold)
+	enc, err := Encode(m, threshold)
 	if err != nil || !inlineBinary {
 		return enc, err
 	}
@@ -76,7 +68,11 @@ func InlineHeaderPrefix(uid string, typ Type) string {
 	return OwnPrefix(uid) + `"type":` + strconv.Itoa(int(typ)) + `,"msgpack":"`
 }
 
-func encode(m *Message, threshold int) (Encoded, error) {
+// Encode turns m into what goes on the wire. Messages whose data holds binary ([]byte)
+// anywhere, and messages whose JSON text is threshold bytes or longer, become attachments,
+// as Node does. threshold is capped at 8000 so that no inline payload can be refused by
+// PostgreSQL.
+func Encode(m *Message, threshold int) (Encoded, error) {
 	if threshold <= 0 || threshold > MaxNotifyPayload+1 {
 		threshold = MaxNotifyPayload + 1
 	}
