@@ -84,6 +84,18 @@ func TestMixedInlineBinaryFallsBack(t *testing.T) {
 	if got := logs.all(); len(got) != 1 {
 		t.Fatalf("warned %d times for one server", len(got))
 	}
+
+	// A server that leaves is forgotten with its warning: a cluster whose Node servers
+	// restart all day must not grow the set, and one that comes back is named again.
+	a := g.io.Sockets().Adapter().(*Adapter)
+	n.stop(t)
+	waitServerCount(t, []*node{g}, 1)
+	a.mu.Lock()
+	left := len(a.inlineWarned)
+	a.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d warnings remembered after the Node server left", left)
+	}
 }
 
 // warnings is a slog.Handler keeping the messages of records at Warn and above.

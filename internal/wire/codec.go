@@ -54,12 +54,25 @@ func Inline(enc Encoded, m *Message, threshold int) Encoded {
 	if size >= threshold {
 		return enc
 	}
-	b := make([]byte, 0, size)
-	b = append(b, prefix...)
-	b = base64.StdEncoding.AppendEncode(b, enc.Attachment)
-	b = append(b, AttachmentHeaderSuffix...)
-	return Encoded{JSON: string(b)}
+	// Written into a strings.Builder through a small buffer on the stack, so that the
+	// payload is allocated once, at its size, and becomes the string without a copy.
+	var sb strings.Builder
+	sb.Grow(size)
+	sb.WriteString(prefix)
+	var chunk [inlineChunk / 3 * 4]byte
+	for body := enc.Attachment; len(body) > 0; {
+		n := min(len(body), inlineChunk)
+		base64.StdEncoding.Encode(chunk[:], body[:n])
+		sb.Write(chunk[:base64.StdEncoding.EncodedLen(n)])
+		body = body[n:]
+	}
+	sb.WriteString(AttachmentHeaderSuffix)
+	return Encoded{JSON: sb.String()}
 }
+
+// inlineChunk is how many bytes of a body Inline encodes at a time: a multiple of 3, so
+// that no chunk but the last is padded.
+const inlineChunk = 768
 
 // InlineHeaderPrefix returns the start of a notification carrying a message's MessagePack
 // body inline: `{"uid":U,"type":T,"msgpack":"`, then the body in standard base64, then

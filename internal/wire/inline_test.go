@@ -73,6 +73,23 @@ func TestInlineBinary(t *testing.T) {
 	}
 }
 
+// TestInlineChunks checks Inline's base64, written a chunk at a time, against the
+// encoding of the whole body, for bodies on and around the chunks' edges.
+func TestInlineChunks(t *testing.T) {
+	m := binaryBroadcast(0)
+	for _, n := range []int{0, 1, 2, 3, inlineChunk - 1, inlineChunk, inlineChunk + 1, 2*inlineChunk - 2, 2 * inlineChunk, 3*inlineChunk + 2, 5000} {
+		body := make([]byte, n)
+		for i := range body {
+			body[i] = byte(i*7 + n)
+		}
+		got := Inline(Encoded{Attachment: body}, m, 100000)
+		want := InlineHeaderPrefix(m.UID, m.Type) + base64.StdEncoding.EncodeToString(body) + AttachmentHeaderSuffix
+		if got.Attachment != nil || got.JSON != want {
+			t.Fatalf("%d bytes: %.60q..., want %.60q...", n, got.JSON, want)
+		}
+	}
+}
+
 func TestInlineBinaryErrors(t *testing.T) {
 	body, err := EncodeMsgpack(binaryBroadcast(10))
 	if err != nil {
