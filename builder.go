@@ -278,12 +278,13 @@ func (b *Builder) start() *runtime {
 		}
 	}
 	pubCtx, pubCancel := context.WithCancel(context.Background())
-	rt.wg.Add(5)
+	rt.wg.Add(6)
 	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
 	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
 	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
 	go func() { defer rt.wg.Done(); rt.deliver(ctx) }()
 	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
+	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
 	return rt
 }
 
@@ -305,19 +306,13 @@ func (rt *runtime) stop(wait time.Duration) {
 	}
 }
 
-// tick publishes heartbeats for adapters that have been quiet, forgets servers that have
-// been silent too long, and deletes old attachments.
+// tick publishes heartbeats for adapters that have been quiet, and forgets servers that
+// have been silent too long.
 func (rt *runtime) tick(ctx context.Context) {
 	o := &rt.b.opts
 	period := min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
 	t := time.NewTicker(period)
 	defer t.Stop()
-	var cleanup <-chan time.Time
-	if o.CleanupInterval > 0 {
-		c := time.NewTicker(o.CleanupInterval)
-		defer c.Stop()
-		cleanup = c.C
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -328,7 +323,25 @@ func (rt *runtime) tick(ctx context.Context) {
 				// which runs their callbacks.
 				a.guard("heartbeat", func() { a.heartbeat(now) })
 			}
-		case <-cleanup:
+		}
+	}
+}
+
+// cleanup deletes old attachments every CleanupInterval. It has a goroutine of its own:
+// a DELETE of many rows, or one waiting for a lock on the table, must not hold back the
+// heartbeats that keep the other servers counting this one.
+func (rt *runtime) cleanup(ctx context.Context) {
+	o := &rt.b.opts
+	if o.CleanupInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(o.CleanupInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 			cctx, cancel := context.WithTimeout(ctx, o.RequestsTimeout)
 			n, err := cleanupAttachments(cctx, rt.b.pool, rt.b.st, o.AttachmentRetention)
 			cancel()

@@ -287,6 +287,56 @@ func TestCleanupKeepsRecentAttachments(t *testing.T) {
 	}
 }
 
+// TestCleanupSkipsLockedRows: a cleanup deletes the old rows nobody holds and does not
+// wait for the one another transaction has locked. Servers cleaning up at the same
+// moment (their tickers start together) used to wait for each other's row locks, and
+// deadlocked when their scans met the rows in different orders.
+func TestCleanupSkipsLockedRows(t *testing.T) {
+	opts := testOptions(t)
+	st := newStatements(opts.TableName)
+	pool := newPool(t)
+	defer pool.Close()
+	ctx := context.Background()
+	if err := ensureTable(ctx, pool, st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', convert_to(p, 'UTF8') FROM unnest(array['a', 'held', 'b', 'recent']) AS p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "UPDATE "+st.Table+" SET created_at = now() WHERE payload = 'recent'"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT id FROM "+st.Table+" WHERE payload = 'held' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := cleanupAttachments(cctx, pool, st, time.Hour)
+	if err != nil || n != 2 {
+		t.Fatalf("cleanup with a row held: %d rows deleted, %v; want 2, nil", n, err)
+	}
+	tx.Rollback(ctx)
+	var left []string
+	rows, _ := pool.Query(ctx, "SELECT convert_from(payload, 'UTF8') FROM "+st.Table+" ORDER BY id")
+	for rows.Next() {
+		var p string
+		rows.Scan(&p)
+		left = append(left, p)
+	}
+	if err := rows.Err(); err != nil || !slices.Equal(left, []string{"held", "recent"}) {
+		t.Fatalf("rows left %q (%v), want the held and the recent one", left, err)
+	}
+	if n, err := cleanupAttachments(ctx, pool, st, time.Hour); err != nil || n != 1 {
+		t.Fatalf("cleanup once released: %d rows deleted, %v; want 1", n, err)
+	}
+}
+
 func TestCloseReleasesEverything(t *testing.T) {
 	opts := testOptions(t)
 	nodes := cluster(t, 2, opts)

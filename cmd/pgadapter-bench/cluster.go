@@ -224,5 +224,16 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		res.Procs = append(res.Procs, ps)
 	}
 	res.LoadGenCPUSeconds = (selfCPU() - self0).Seconds()
+	// A client that ended receives nothing more: say why, for this phase and those
+	// after it, rather than leave only a count of lost receipts.
+	for i, cs := range cl.clients {
+		for j, c := range cs {
+			select {
+			case <-c.closed:
+				res.ClientErrors = append(res.ClientErrors, fmt.Sprintf("client %d of %s ended: %v", j, cl.procs[i].name, c.err))
+			default:
+			}
+		}
+	}
 	return res, nil
 }

@@ -75,6 +75,9 @@ func TestBenchRuns(t *testing.T) {
 					t.Errorf("%s: %s reported %q", name, p.Name, p.Errors)
 				}
 			}
+			if len(r.ClientErrors) > 0 {
+				t.Errorf("%s: %q", name, r.ClientErrors)
+			}
 		}
 		if n != want {
 			t.Errorf("%s: %d results, want %d", impl, n, want)

@@ -63,6 +63,7 @@ type result struct {
 
 	Procs             []procStats `json:"servers_"`
 	LoadGenCPUSeconds float64     `json:"loadGeneratorCPUSeconds"`
+	ClientErrors      []string    `json:"clientErrors,omitempty"` // clients that had ended by the phase's end, and why
 }
 
 type procStats struct {
@@ -277,6 +278,9 @@ func printTable(w io.Writer, r *report) {
 			for _, e := range p.Errors {
 				fmt.Fprintf(w, "error reported by %s during %s %s %s: %s\n", p.Name, x.Scenario, x.Payload, x.Phase, e)
 			}
+		}
+		for _, e := range x.ClientErrors {
+			fmt.Fprintf(w, "%s %s %s %s: %s\n", x.Impl, x.Scenario, x.Payload, x.Phase, e)
 		}
 	}
 }

@@ -56,7 +56,10 @@ type Statements struct {
 	// payload), in no particular order. One statement reads every attachment whose
 	// notification arrived together.
 	Fetch string
-	// Cleanup deletes attachments older than $1 seconds.
+	// Cleanup deletes attachments older than $1 seconds, except rows another transaction
+	// has locked: servers cleaning up at the same moment each delete what the others do
+	// not hold, instead of waiting for one another, which deadlocks when their scans of
+	// the table meet in different orders.
 	Cleanup string
 	// Create creates the table with Node's DDL, so that Node servers can share it.
 	Create string
@@ -71,8 +74,9 @@ func NewStatements(table string) Statements {
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id) " +
 			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
-		Fetch:   "SELECT id, payload FROM " + t + " WHERE id = ANY($1::bigint[])",
-		Cleanup: "DELETE FROM " + t + " WHERE created_at < now() - make_interval(secs => $1)",
-		Create:  "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
+		Fetch: "SELECT id, payload FROM " + t + " WHERE id = ANY($1::bigint[])",
+		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
+			" WHERE created_at < now() - make_interval(secs => $1) FOR UPDATE SKIP LOCKED)",
+		Create: "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
 	}
 }
