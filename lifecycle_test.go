@@ -395,3 +395,52 @@ func TestMalformedNotificationsAreReported(t *testing.T) {
 		t.Fatalf("reported %d malformed and %d missing attachments, want 3 and 1", malformed, missing)
 	}
 }
+
+// TestCleanupDoesNotHoldBackHeartbeats: a cleanup that waits for a lock on the attachments
+// table (a VACUUM FULL, a migration) must not stop the heartbeats, or the other servers
+// forget this one while it is healthy.
+func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
+	opts := testOptions(t)
+	opts.CleanupInterval = 50 * time.Millisecond
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 400 * time.Millisecond
+	opts.RequestsTimeout = time.Minute
+	st := newStatements(opts.TableName)
+	pool := newPool(t)
+	defer pool.Close()
+	ctx := context.Background()
+	if err := ensureTable(ctx, pool, st); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+st.Table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	eventually(t, "both servers' cleanups waiting for the lock", func() bool {
+		var n int
+		pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, $1)",
+			"DELETE FROM "+st.Table).Scan(&n)
+		return n == 2
+	})
+	// Heartbeats go on while the cleanups wait: ten more each way than when they started
+	// waiting, with the other server still counted.
+	ra, rb := a.b.Stats().Received["HEARTBEAT"], b.b.Stats().Received["HEARTBEAT"]
+	eventually(t, "ten more heartbeats each way", func() bool {
+		return a.b.Stats().Received["HEARTBEAT"] >= ra+10 && b.b.Stats().Received["HEARTBEAT"] >= rb+10
+	})
+	for _, n := range nodes {
+		if c := n.io.Of("/", nil).Adapter().(*Adapter).ServerCount(); c != 2 {
+			t.Errorf("%s counts %d servers while its cleanup waits, want 2", n.name, c)
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
