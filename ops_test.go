@@ -117,6 +117,9 @@ func TestStatsAndListenerEvents(t *testing.T) {
 	}
 	a.io.Emit("big", strings.Repeat("z", 9000))
 	cb.expect(t, "big")
+	// A counts a message once its batch's round trip has returned, which can be after B
+	// has received it.
+	eventually(t, "A counting its broadcasts", func() bool { return a.b.Stats().Published["BROADCAST"] >= 11 })
 	sa, sb := a.b.Stats(), b.b.Stats()
 	if sa.Published["BROADCAST"] != 11 || sa.AttachmentsWritten != 1 || sa.PublishedBytes == 0 {
 		t.Errorf("A's stats: %+v", sa)
