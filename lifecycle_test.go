@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 )
@@ -293,27 +294,15 @@ func TestCleanupKeepsRecentAttachments(t *testing.T) {
 // deadlocked when their scans met the rows in different orders.
 func TestCleanupSkipsLockedRows(t *testing.T) {
 	opts := testOptions(t)
-	st := newStatements(opts.TableName)
-	pool := newPool(t)
-	defer pool.Close()
+	pool, st := attachmentTable(t, opts.TableName)
 	ctx := context.Background()
-	if err := ensureTable(ctx, pool, st); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', convert_to(p, 'UTF8') FROM unnest(array['a', 'held', 'b', 'recent']) AS p"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, "UPDATE "+st.Table+" SET created_at = now() WHERE payload = 'recent'"); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT id FROM "+st.Table+" WHERE payload = 'held' FOR UPDATE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdInTx(t, pool, "SELECT id FROM "+st.Table+" WHERE payload = 'held' FOR UPDATE")
 
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -405,21 +394,9 @@ func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
 	opts.HeartbeatInterval = 100 * time.Millisecond
 	opts.HeartbeatTimeout = 400 * time.Millisecond
 	opts.RequestsTimeout = time.Minute
-	st := newStatements(opts.TableName)
-	pool := newPool(t)
-	defer pool.Close()
+	pool, st := attachmentTable(t, opts.TableName)
 	ctx := context.Background()
-	if err := ensureTable(ctx, pool, st); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+st.Table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdInTx(t, pool, "LOCK TABLE "+st.Table+" IN ACCESS EXCLUSIVE MODE")
 
 	nodes := cluster(t, 2, opts)
 	a, b := nodes[0], nodes[1]
@@ -443,4 +420,33 @@ func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// attachmentTable creates the attachments table named table, and returns a pool the test
+// owns (closed at its end) with the table's statements.
+func attachmentTable(t *testing.T, table string) (*pgxpool.Pool, statements) {
+	t.Helper()
+	st := newStatements(table)
+	pool := newPool(t)
+	t.Cleanup(pool.Close)
+	if err := ensureTable(context.Background(), pool, st); err != nil {
+		t.Fatal(err)
+	}
+	return pool, st
+}
+
+// holdInTx runs sql, a statement that takes locks, in a transaction left open until the
+// test rolls it back or ends.
+func holdInTx(t *testing.T, pool *pgxpool.Pool, sql string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
