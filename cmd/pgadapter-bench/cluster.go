@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -93,6 +96,26 @@ func (cl *cluster) close() {
 	}
 }
 
+// trace asks each Go server for an execution trace of ph, in the directory traceEnv
+// names, if any; a zero phase stops the traces.
+func (cl *cluster) trace(ph phase) error {
+	dir := os.Getenv(traceEnv)
+	if dir == "" || !strings.HasPrefix(cl.impl, "go") {
+		return nil
+	}
+	for i, p := range cl.procs {
+		file := ""
+		if ph.Scenario != "" {
+			file = filepath.Join(dir, fmt.Sprintf("%s-%d-%s-%s-%s.trace", cl.impl, i,
+				strings.ReplaceAll(ph.Scenario, " ", "-"), ph.Payload.Name, ph.kind()))
+		}
+		if err := p.send(map[string]any{"op": "trace", "file": file}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // run measures one phase: server 0 emits, every client of every server receives.
 // Delivery and latency are measured on the clients of the other servers, or, for a
 // single server, on its own.
@@ -126,6 +149,9 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		}
 	}
 	self0 := selfCPU()
+	if err := cl.trace(ph); err != nil {
+		return nil, err
+	}
 	sender := cl.procs[0]
 	start := time.Now()
 	if err := sender.send(map[string]any{"op": "start", "size": ph.Payload.Size, "binary": ph.Payload.Binary,
@@ -190,6 +216,9 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		allAt = time.Now()
 	}
 	progress()
+	if err := cl.trace(phase{}); err != nil {
+		return nil, err
+	}
 
 	res.Emitted = st.Count
 	if st.LastUs > st.FirstUs {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,9 +33,14 @@ import (
 //	        {"op":"credit","n":N}
 //	        {"op":"stop"}
 //	        {"op":"quit"}
+//	        {"op":"trace","file":F}  (Go servers only: trace to F, or stop with no F)
 
 // profileEnv names a directory where each Go server writes a CPU profile.
 const profileEnv = "PGADAPTER_BENCH_PROFILE"
+
+// traceEnv names a directory where each Go server writes an execution trace of each
+// phase (go tool trace): where its goroutines wait, and for how long.
+const traceEnv = "PGADAPTER_BENCH_TRACE"
 
 // transportEnv set to "fastws" makes a Go server use the fastws WebSocket transport.
 const transportEnv = "PGADAPTER_BENCH_TRANSPORT"
@@ -54,6 +60,7 @@ type command struct {
 	Rate   int    `json:"rate"`
 	Window int64  `json:"window"`
 	N      int64  `json:"n"`
+	File   string `json:"file"`
 }
 
 // serverOut serializes the server's stdout lines.
@@ -128,6 +135,13 @@ func serve(dbURL, prefix, table string) error {
 	out.send(map[string]any{"type": "ready", "port": l.Addr().(*net.TCPAddr).Port})
 
 	var s *sender
+	var traced *os.File
+	defer func() {
+		if traced != nil {
+			trace.Stop()
+			traced.Close()
+		}
+	}()
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var cmd command
@@ -153,6 +167,25 @@ func serve(dbURL, prefix, table string) error {
 				s = nil
 			}
 			out.send(stopped)
+		case "trace":
+			if traced != nil {
+				trace.Stop()
+				traced.Close()
+				traced = nil
+			}
+			if cmd.File != "" {
+				f, err := os.Create(cmd.File)
+				if err == nil {
+					if err = trace.Start(f); err != nil {
+						f.Close()
+					} else {
+						traced = f
+					}
+				}
+				if err != nil {
+					out.send(map[string]any{"type": "error", "message": "trace: " + err.Error()})
+				}
+			}
 		case "quit":
 			if s != nil {
 				s.stop()
