@@ -265,8 +265,24 @@ func fields(msg []byte) (seq, sent int64) {
 	return number(msg, []byte(`"s":`)), number(msg, []byte(`"t":`))
 }
 
+// fieldsWithin is how far from either end of a message number looks first. The fields
+// are at the start of the object where the sender keeps the order they were written
+// in (Node), and at its end where keys are sorted ("p" first: encoding/json, and
+// pgadapter's codec): looking there first keeps a 20 KB message from being scanned
+// twice (4.2 µs a message instead of 0.2 µs, a third of a core at 80,000 receipts per
+// second, which made the load generator slower for Go servers than for Node's).
+const fieldsWithin = 64
+
 func number(msg, key []byte) int64 {
-	i := bytes.Index(msg, key)
+	i := bytes.Index(msg[:min(len(msg), fieldsWithin)], key)
+	if i < 0 && len(msg) > fieldsWithin {
+		tail := max(fieldsWithin, len(msg)-fieldsWithin)
+		if i = bytes.Index(msg[tail:], key); i >= 0 {
+			i += tail
+		} else {
+			i = bytes.Index(msg, key)
+		}
+	}
 	if i < 0 {
 		return -1
 	}
