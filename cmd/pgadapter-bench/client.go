@@ -84,7 +84,7 @@ func dial(p *poller, addr string, timeout time.Duration) (*client, error) {
 	c.rec.Store(newHistogram())
 	// What the reader buffered past the response (engine.io's open packet, often).
 	buffered, _ := r.Peek(r.Buffered())
-	c.buf = make([]byte, 64<<10)
+	c.buf = make([]byte, 4*minRead)
 	c.in = c.buf[:copy(c.buf, buffered)]
 	if err := p.add(c); err != nil {
 		conn.Close()

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -42,5 +44,70 @@ func BenchmarkFields(b *testing.B) {
 				fields(msg)
 			}
 		})
+	}
+}
+
+// TestReadFrames feeds a client frames of every size class, from 10 bytes to three
+// times its read buffer, through a socket in pieces that cut them anywhere, and checks
+// that every broadcast is parsed once and in order: the unparsed bytes of a frame stay
+// in place between reads while there is room, and move or grow when there is not.
+func TestReadFrames(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fds[0])
+	defer syscall.Close(fds[1])
+	c := &client{fd: fds[0], next: -1, buf: make([]byte, 4*minRead)}
+	c.in = c.buf[:0]
+	c.rec.Store(newHistogram())
+	p := &poller{}
+
+	var stream []byte
+	sizes := []int{10, 100, 20000, minRead - 20, minRead, 3 * minRead, 12 * minRead, 7, 20000, 20000, 20000}
+	for i, n := range sizes {
+		msg := fmt.Sprintf(`42["b",{"p":"%s","s":%d,"t":1}]`, strings.Repeat("x", n), i)
+		stream = appendHeader(stream, len(msg))
+		stream = append(stream, msg...)
+	}
+	for off, piece := 0, 1; off < len(stream); piece = piece*3 + 1 {
+		end := min(len(stream), off+piece%(5*minRead)+1)
+		for off < end {
+			w, err := syscall.Write(fds[1], stream[off:end])
+			if err == syscall.EAGAIN {
+				w = 0
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			off += w
+			if err := p.read(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for c.count.Load() < int64(len(sizes)) {
+		before := len(c.in)
+		if err := p.read(c); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.in) == before && c.count.Load() < int64(len(sizes)) {
+			t.Fatalf("stuck with %d of %d broadcasts parsed and %d bytes unparsed", c.count.Load(), len(sizes), len(c.in))
+		}
+	}
+	if c.reordered.Load() != 0 || c.next != int64(len(sizes)) || len(c.in) != 0 {
+		t.Fatalf("reordered %d, next %d, %d bytes left", c.reordered.Load(), c.next, len(c.in))
+	}
+}
+
+// appendHeader appends the header of an unmasked, final text frame of n bytes.
+func appendHeader(b []byte, n int) []byte {
+	b = append(b, 0x81)
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n < 1<<16:
+		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
 	}
 }

@@ -104,18 +104,29 @@ func (p *poller) run() {
 	}
 }
 
-// read reads what c's socket holds, up to its buffer, and parses it.
+// minRead is the least room a read is given: below it, the unparsed bytes move to the
+// front of the buffer first.
+const minRead = 64 << 10
+
+// read reads what c's socket holds, up to its buffer, and parses it. The bytes of a frame
+// not whole yet stay where they are while there is room after them: moving them to the
+// front at every read copied half a 20 KB frame per read.
 func (p *poller) read(c *client) error {
-	// Keep the unparsed bytes at the front of the buffer; grow it for a large frame.
-	n := copy(c.buf[:cap(c.buf)], c.in)
-	if cap(c.buf)-n < 4096 {
-		bigger := make([]byte, 2*cap(c.buf))
-		copy(bigger, c.buf[:n])
-		c.buf = bigger
+	start := cap(c.buf) - cap(c.in) // c.in ends at most at the end of c.buf
+	end := start + len(c.in)
+	if cap(c.buf)-end < minRead {
+		if cap(c.buf)-len(c.in) < minRead {
+			bigger := make([]byte, 2*cap(c.buf))
+			copy(bigger, c.in)
+			c.buf = bigger
+		} else {
+			copy(c.buf[:cap(c.buf)], c.in)
+		}
+		start, end = 0, len(c.in)
 	}
 	buf := c.buf[:cap(c.buf)]
-	c.in = buf[:n]
-	m, err := syscall.Read(c.fd, buf[n:])
+	c.in = buf[start:end]
+	m, err := syscall.Read(c.fd, buf[end:])
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
 		return nil
 	}
@@ -125,6 +136,6 @@ func (p *poller) read(c *client) error {
 	if m == 0 {
 		return io.EOF
 	}
-	c.in = buf[:n+m]
+	c.in = buf[start : end+m]
 	return c.parse()
 }
