@@ -116,9 +116,10 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 
 // writes is what one broadcast writes to each socket: the encoded packet, or, for a
 // socket on the fastws transport, the same packet as fastws Messages, made once, on the
-// first such socket. socket.io copies what it is given for each client; fastws writes a
-// Message's shared bytes instead. Clients on HTTP long polling, and engine.io's own
-// transport, are given the packet.
+// first such socket: one engine.io packet, header and attachments together, so that
+// each client's share of a binary broadcast is one write. socket.io copies what it is
+// given for each client; fastws writes a Message's shared bytes instead. Clients on
+// HTTP long polling, and engine.io's own transport, are given the packet.
 type writes struct {
 	encoded, shared []types.BufferInterface
 }
@@ -128,10 +129,7 @@ func (w *writes) to(s *socket.Socket) []types.BufferInterface {
 		return w.encoded
 	}
 	if w.shared == nil {
-		w.shared = make([]types.BufferInterface, len(w.encoded))
-		for i, e := range w.encoded {
-			w.shared[i] = fastws.Message(e)
-		}
+		w.shared = fastws.Messages(w.encoded)
 	}
 	return w.shared
 }

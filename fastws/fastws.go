@@ -97,6 +97,24 @@ func Message(data types.BufferInterface) types.BufferInterface {
 	return m
 }
 
+// Messages is Message for every part of one packet socket.io encoded (a binary event:
+// its header, then its attachments), in one: this transport writes the parts as
+// consecutive WebSocket messages, what engine.io writes for them one by one, but from a
+// single engine.io packet. Each part given to engine.io separately costs a client a
+// batch of its own (engine.io hands the transport the header, and the attachments only
+// once that write is done): a goroutine and a write(2) each. Messages returns a slice of
+// one element, to give to socket.io's Client.WriteToEngine in place of parts.
+func Messages(parts []types.BufferInterface) []types.BufferInterface {
+	if len(parts) == 0 {
+		return nil
+	}
+	first := Message(parts[0]).(*message)
+	for _, part := range parts[1:] {
+		first.more = append(first.more, Message(part).(*message))
+	}
+	return []types.BufferInterface{first}
+}
+
 // message is what Message returns. The embedded buffer holds the packet as socket.io
 // encoded it, for anything that reads it as engine.io data; payload is the WebSocket
 // message.
@@ -105,6 +123,7 @@ type message struct {
 	original []byte
 	payload  []byte
 	text     bool
+	more     []*message // the parts that follow in the same packet (Messages)
 }
 
 // Clone shares the bytes: they are never written to.
@@ -243,22 +262,8 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range packets {
-		text, payload, err := w.encode(p)
-		if err != nil {
-			w.failed(err)
-			return
-		}
-		if !w.compress(p, len(payload)) {
-			w.frame(text, payload)
-			continue
-		}
-		// Compression is gorilla/websocket's: write what is pending, then this packet
-		// through its writer.
-		if err := w.flush(); err != nil {
-			w.failed(err)
-			return
-		}
-		if err := w.writeCompressed(text, payload); err != nil {
+		if err := w.add(p); err != nil {
+			w.discard()
 			w.failed(err)
 			return
 		}
@@ -268,23 +273,65 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	}
 }
 
-// encode returns the WebSocket message of p: a Message's, shared; a pre-encoded frame,
-// shared; or engine.io's encoding of the packet.
-func (w *webSocket) encode(p *packet.Packet) (text bool, payload []byte, err error) {
-	// A binary Message to a client that takes no binary (engine.io's b64 mode) is
-	// encoded by engine.io, in base64, from the bytes it holds.
-	if m, ok := p.Data.(*message); ok && (m.text || w.SupportsBinary()) {
-		return m.text, m.payload, nil
+// add adds the WebSocket messages of p to the batch: a Message's (each of its parts),
+// shared; a pre-encoded frame, shared; or engine.io's encoding of the packet. A message
+// to be compressed is written through gorilla/websocket's writer, after what is pending.
+func (w *webSocket) add(p *packet.Packet) error {
+	if m, ok := p.Data.(*message); ok {
+		for part := range m.parts() {
+			text, payload := part.text, part.payload
+			if !text && !w.SupportsBinary() {
+				// A client that takes no binary (engine.io's b64 mode): engine.io
+				// encodes the part, in base64, from the bytes it holds.
+				data, err := w.Parser().EncodePacket(&packet.Packet{Type: packet.MESSAGE, Data: types.NewBytesBuffer(part.original), Options: p.Options}, false)
+				if err != nil {
+					return err
+				}
+				text, payload = isText(data), data.Bytes()
+			}
+			if err := w.message(p, text, payload); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	if p.Options != nil && p.Options.WsPreEncodedFrame != nil {
 		f := p.Options.WsPreEncodedFrame
-		return isText(f), f.Bytes(), nil
+		return w.message(p, isText(f), f.Bytes())
 	}
 	data, err := w.Parser().EncodePacket(p, w.SupportsBinary())
 	if err != nil {
-		return false, nil, err
+		return err
 	}
-	return isText(data), data.Bytes(), nil
+	return w.message(p, isText(data), data.Bytes())
+}
+
+// parts yields m, then the parts that follow it.
+func (m *message) parts() func(func(*message) bool) {
+	return func(yield func(*message) bool) {
+		if !yield(m) {
+			return
+		}
+		for _, part := range m.more {
+			if !yield(part) {
+				return
+			}
+		}
+	}
+}
+
+// message adds one WebSocket message of p to the batch, or writes it compressed.
+func (w *webSocket) message(p *packet.Packet, text bool, payload []byte) error {
+	if !w.compress(p, len(payload)) {
+		w.frame(text, payload)
+		return nil
+	}
+	// Compression is gorilla/websocket's: write what is pending, then this message
+	// through its writer.
+	if err := w.flush(); err != nil {
+		return err
+	}
+	return w.writeCompressed(text, payload)
 }
 
 // compress reports whether p is to be written compressed, as engine.io's transport
@@ -355,13 +402,19 @@ func (w *webSocket) flush() error {
 			w.flat = nil
 		}
 	}
-	clear(w.bufs[:cap(w.bufs)]) // drop the references to the payloads
+	w.discard()
+	return err
+}
+
+// discard empties the batch, dropping its references to the payloads, and lets go of
+// buffers a burst grew beyond maxKept.
+func (w *webSocket) discard() {
+	clear(w.bufs[:cap(w.bufs)])
 	w.bufs = w.bufs[:0]
 	w.header = w.header[:0]
 	if cap(w.bufs) > maxKept {
 		w.bufs, w.header = nil, nil
 	}
-	return err
 }
 
 // writeCompressed writes a message through gorilla/websocket's writer, which compresses

@@ -67,6 +67,9 @@ func serverWith(t testing.TB, v variant) (*socket.Server, string) {
 		opts.SetPerMessageDeflate(&types.PerMessageDeflate{Threshold: 0})
 	}
 	io := socket.NewServer(nil, opts)
+	io.On("connection", func(args ...any) {
+		connected.Store(args[0].(*socket.Socket).Id(), struct{}{})
+	})
 	h := httptest.NewUnstartedServer(io.ServeHandler(nil))
 	if v.tls {
 		h.StartTLS()
@@ -120,15 +123,22 @@ func dialQuery(t testing.TB, io *socket.Server, url, query string) *rawClient {
 	if !strings.HasPrefix(string(msg), "40{") || json.Unmarshal(msg[2:], &reply) != nil {
 		t.Fatalf("connect reply: %q", msg)
 	}
+	// Wait for the server's "connection" event, not merely for the socket in its
+	// namespace: socket.io v2.5.0 adds the socket there, and answers, before its Client
+	// records it, and a connection that closes in between leaves the socket in the
+	// namespace for good (the README's defects).
 	deadline := time.Now().Add(waitFor)
-	for _, ok := io.Sockets().Sockets().Load(socket.SocketId(reply.Sid)); !ok; _, ok = io.Sockets().Sockets().Load(socket.SocketId(reply.Sid)) {
+	for _, ok := connected.Load(socket.SocketId(reply.Sid)); !ok; _, ok = connected.Load(socket.SocketId(reply.Sid)) {
 		if time.Now().After(deadline) {
-			t.Fatal("no socket on the server")
+			t.Fatal("no connection event on the server")
 		}
 		time.Sleep(time.Millisecond)
 	}
 	return c
 }
+
+// connected holds the id of every socket whose "connection" event a test server emitted.
+var connected sync.Map
 
 // next reads one WebSocket message, answering engine.io's pings on the way.
 func (c *rawClient) next() (int, []byte) {
@@ -241,46 +251,65 @@ func testFrames(t *testing.T, v variant) {
 
 // TestMessage writes an event with binary data as Messages, the way pgadapter delivers
 // broadcasts to clients on this transport, to a client that takes binary and to one in
-// engine.io's base64 mode, and checks what each receives.
+// engine.io's base64 mode, and checks what each receives: with a Message per part, and
+// with Messages, which makes them one engine.io packet.
 func TestMessage(t *testing.T) {
+	for _, together := range []bool{false, true} {
+		t.Run(fmt.Sprintf("together=%v", together), func(t *testing.T) { testMessage(t, together) })
+	}
+}
+
+func testMessage(t *testing.T, together bool) {
 	io, url := server(t)
 	bin := dial(t, io, url)
 	b64 := dialQuery(t, io, url, "&b64=1")
 	enc := io.Encoder()
 	id := uint64(7)
-	packets := enc.Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Id: &id, Data: []any{"e", "é", []byte{0, 1, 2}}})
-	if len(packets) != 2 {
+	packets := enc.Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Id: &id, Data: []any{"e", "é", []byte{0, 1, 2}, []byte{3}}})
+	if len(packets) != 3 {
 		t.Fatalf("encoded as %d packets", len(packets))
 	}
-	shared := make([]types.BufferInterface, len(packets))
-	for i, p := range packets {
-		shared[i] = Message(p)
+	var shared []types.BufferInterface
+	if together {
+		if shared = Messages(packets); len(shared) != 1 {
+			t.Fatalf("Messages made %d packets of 3 parts, want 1", len(shared))
+		}
+	} else {
+		for _, p := range packets {
+			shared = append(shared, Message(p))
+		}
 	}
 	opts := &socket.WriteOptions{}
+	var created sync.WaitGroup
 	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
 		if !Handles(s.Conn().Transport()) {
 			t.Errorf("socket %s is not on fastws", s.Id())
 		}
+		created.Add(len(shared))
+		s.Conn().On("packetCreate", func(...any) { created.Done() })
 		s.Client().WriteToEngine(shared, opts)
 		return true
 	})
-	header := `451-7["e","é",{"_placeholder":true,"num":0}]`
+	created.Wait() // one engine.io packet per element of shared, and not more (negative count panics)
+	header := `452-7["e","é",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]`
 	for _, c := range []struct {
-		name       string
-		client     *rawClient
-		mt         int
-		attachment []byte
+		name        string
+		client      *rawClient
+		mt          int
+		attachments [][]byte
 	}{
-		{"binary", bin, ws.BinaryMessage, []byte{0, 1, 2}},
-		{"base64", b64, ws.TextMessage, []byte("bAAEC")}, // engine.io's base64 message
+		{"binary", bin, ws.BinaryMessage, [][]byte{{0, 1, 2}, {3}}},
+		{"base64", b64, ws.TextMessage, [][]byte{[]byte("bAAEC"), []byte("bAw==")}}, // engine.io's base64 messages
 	} {
 		mt, msg := c.client.next()
 		if mt != ws.TextMessage || string(msg) != header {
 			t.Errorf("%s: header %d %q, want %q", c.name, mt, msg, header)
 		}
-		mt, msg = c.client.next()
-		if mt != c.mt || !bytes.Equal(msg, c.attachment) {
-			t.Errorf("%s: attachment %d %q, want %d %q", c.name, mt, msg, c.mt, c.attachment)
+		for _, want := range c.attachments {
+			mt, msg = c.client.next()
+			if mt != c.mt || !bytes.Equal(msg, want) {
+				t.Errorf("%s: attachment %d %q, want %d %q", c.name, mt, msg, c.mt, want)
+			}
 		}
 	}
 }
