@@ -44,6 +44,7 @@ package fastws
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -86,7 +87,7 @@ const listenDelayMax = 2 * time.Second
 // client (Clone); a Message's copy shares the bytes. Give it only to connections whose
 // transport Handles: engine.io's own transports would take a string for binary.
 func Message(data types.BufferInterface) types.BufferInterface {
-	m := &message{BufferInterface: types.NewBytesBuffer(data.Bytes()), original: data.Bytes()}
+	m := &message{Buffer: *types.NewBuffer(data.Bytes()), original: data.Bytes()}
 	if isText(data) {
 		// A text packet goes as engine.io's message type, then the packet.
 		m.text = true
@@ -116,22 +117,24 @@ func Messages(parts []types.BufferInterface) []types.BufferInterface {
 }
 
 // message is what Message returns. The embedded buffer holds the packet as socket.io
-// encoded it, for anything that reads it as engine.io data; payload is the WebSocket
-// message.
+// encoded it, for anything that reads it as engine.io data (it has its own read
+// position); payload is the WebSocket message.
 type message struct {
-	types.BufferInterface
+	types.Buffer
 	original []byte
 	payload  []byte
 	text     bool
 	more     []*message // the parts that follow in the same packet (Messages)
 }
 
-// Clone shares the bytes: they are never written to.
+// Clone shares the bytes: they are never written to. socket.io clones what it writes
+// for every client; the buffer is held by value so that a clone is one allocation.
 func (m *message) Clone() types.BufferInterface {
-	c := *m
-	c.BufferInterface = types.NewBytesBuffer(m.original)
-	return &c
+	return &message{Buffer: *types.NewBuffer(m.original), original: m.original, payload: m.payload, text: m.text, more: m.more}
 }
+
+// GoString shows the bytes, as engine.io's byte buffers do.
+func (m *message) GoString() string { return fmt.Sprintf("%v", m.Bytes()) }
 
 // builder is the transports.TransportCtor engine.io calls on each WebSocket upgrade.
 type builder struct{}
@@ -278,7 +281,11 @@ func (w *webSocket) send(packets []*packet.Packet) {
 // to be compressed is written through gorilla/websocket's writer, after what is pending.
 func (w *webSocket) add(p *packet.Packet) error {
 	if m, ok := p.Data.(*message); ok {
-		for part := range m.parts() {
+		for i := -1; i < len(m.more); i++ {
+			part := m
+			if i >= 0 {
+				part = m.more[i]
+			}
 			text, payload := part.text, part.payload
 			if !text && !w.SupportsBinary() {
 				// A client that takes no binary (engine.io's b64 mode): engine.io
@@ -304,20 +311,6 @@ func (w *webSocket) add(p *packet.Packet) error {
 		return err
 	}
 	return w.message(p, isText(data), data.Bytes())
-}
-
-// parts yields m, then the parts that follow it.
-func (m *message) parts() func(func(*message) bool) {
-	return func(yield func(*message) bool) {
-		if !yield(m) {
-			return
-		}
-		for _, part := range m.more {
-			if !yield(part) {
-				return
-			}
-		}
-	}
 }
 
 // message adds one WebSocket message of p to the batch, or writes it compressed.
@@ -409,7 +402,8 @@ func (w *webSocket) flush() error {
 // discard empties the batch, dropping its references to the payloads, and lets go of
 // buffers a burst grew beyond maxKept.
 func (w *webSocket) discard() {
-	clear(w.bufs[:cap(w.bufs)])
+	// Entries past the length were cleared by the batch that used them.
+	clear(w.bufs)
 	w.bufs = w.bufs[:0]
 	w.header = w.header[:0]
 	if cap(w.bufs) > maxKept {
