@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,17 +302,25 @@ func testMessage(t *testing.T, together bool) {
 		}
 	}
 	opts := &socket.WriteOptions{}
-	var created sync.WaitGroup
 	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
 		if !Handles(s.Conn().Transport()) {
 			t.Errorf("socket %s is not on fastws", s.Id())
 		}
-		created.Add(len(shared))
-		s.Conn().On("packetCreate", func(...any) { created.Done() })
+		// engine.io announces each packet it makes, in the call that makes it.
+		var created, counting atomic.Int64
+		counting.Store(1)
+		s.Conn().On("packetCreate", func(...any) { created.Add(counting.Load()) })
 		s.Client().WriteToEngine(shared, opts)
+		counting.Store(0)
+		want := int64(len(packets)) // one per part, or one for all of them
+		if together {
+			want = 1
+		}
+		if n := created.Load(); n != want {
+			t.Errorf("socket %s: %d engine.io packets for %d parts, want %d", s.Id(), n, len(packets), want)
+		}
 		return true
 	})
-	created.Wait() // one engine.io packet per element of shared, and not more (negative count panics)
 	header := `452-7["e","é",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]`
 	for _, c := range []struct {
 		name        string
