@@ -281,22 +281,11 @@ func (w *webSocket) send(packets []*packet.Packet) {
 // to be compressed is written through gorilla/websocket's writer, after what is pending.
 func (w *webSocket) add(p *packet.Packet) error {
 	if m, ok := p.Data.(*message); ok {
-		for i := -1; i < len(m.more); i++ {
-			part := m
-			if i >= 0 {
-				part = m.more[i]
-			}
-			text, payload := part.text, part.payload
-			if !text && !w.SupportsBinary() {
-				// A client that takes no binary (engine.io's b64 mode): engine.io
-				// encodes the part, in base64, from the bytes it holds.
-				data, err := w.Parser().EncodePacket(&packet.Packet{Type: packet.MESSAGE, Data: types.NewBytesBuffer(part.original), Options: p.Options}, false)
-				if err != nil {
-					return err
-				}
-				text, payload = isText(data), data.Bytes()
-			}
-			if err := w.message(p, text, payload); err != nil {
+		if err := w.part(p, m); err != nil {
+			return err
+		}
+		for _, part := range m.more {
+			if err := w.part(p, part); err != nil {
 				return err
 			}
 		}
@@ -307,6 +296,20 @@ func (w *webSocket) add(p *packet.Packet) error {
 		return w.message(p, isText(f), f.Bytes())
 	}
 	data, err := w.Parser().EncodePacket(p, w.SupportsBinary())
+	if err != nil {
+		return err
+	}
+	return w.message(p, isText(data), data.Bytes())
+}
+
+// part adds one part of a Message carried by p. A client that takes no binary
+// (engine.io's b64 mode) is given a binary part as engine.io encodes it, in base64, from
+// the bytes the part holds.
+func (w *webSocket) part(p *packet.Packet, part *message) error {
+	if part.text || w.SupportsBinary() {
+		return w.message(p, part.text, part.payload)
+	}
+	data, err := w.Parser().EncodePacket(&packet.Packet{Type: packet.MESSAGE, Data: types.NewBytesBuffer(part.original), Options: p.Options}, false)
 	if err != nil {
 		return err
 	}

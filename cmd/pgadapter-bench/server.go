@@ -136,12 +136,14 @@ func serve(dbURL, prefix, table string) error {
 
 	var s *sender
 	var traced *os.File
-	defer func() {
+	stopTrace := func() {
 		if traced != nil {
 			trace.Stop()
 			traced.Close()
+			traced = nil
 		}
-	}()
+	}
+	defer stopTrace()
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var cmd command
@@ -168,11 +170,7 @@ func serve(dbURL, prefix, table string) error {
 			}
 			out.send(stopped)
 		case "trace":
-			if traced != nil {
-				trace.Stop()
-				traced.Close()
-				traced = nil
-			}
+			stopTrace()
 			if cmd.File != "" {
 				f, err := os.Create(cmd.File)
 				if err == nil {
