@@ -1,0 +1,89 @@
+package pgadapter
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
+)
+
+// TestPublishingCommitMode reads, from inside PostgreSQL, the synchronous_commit that a
+// publishing transaction commits with: off by default, and the session's own with
+// Options.SynchronousCommit. The pool's sessions start with remote_apply, neither
+// PostgreSQL's default nor the test server's, so that the two cases cannot be confused,
+// and a trigger on the attachments table records the setting in force when the adapter
+// inserts a row.
+func TestPublishingCommitMode(t *testing.T) {
+	for _, sync := range []bool{false, true} {
+		t.Run(fmt.Sprint("SynchronousCommit=", sync), func(t *testing.T) {
+			ctx := context.Background()
+			opts := testOptions(t)
+			opts.SynchronousCommit = sync
+			opts.SkipTableCreation = true // created below, with the trigger
+			cfg, err := pgxpool.ParseConfig(dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := newNode(t, "a", pool, opts)
+			rctx, cancel := context.WithTimeout(ctx, waitFor)
+			defer cancel()
+			if err := n.b.Ready(rctx); err != nil {
+				t.Fatal(err)
+			}
+
+			log, fn := pgtest.Name("commits"), pgtest.Name("record")
+			t.Cleanup(func() {
+				p := newPool(t)
+				defer p.Close()
+				p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
+				p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
+			})
+			for _, q := range []string{
+				"CREATE TABLE " + opts.TableName + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
+				"CREATE TABLE " + log + " (sync text, compression text)",
+				"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+					"INSERT INTO " + log + " VALUES (current_setting('synchronous_commit'), current_setting('default_toast_compression')); " +
+					"RETURN NEW; END $$",
+				"CREATE TRIGGER record AFTER INSERT ON " + opts.TableName + " FOR EACH ROW EXECUTE FUNCTION " + fn + "()",
+			} {
+				if _, err := pool.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+
+			n.io.Emit("bin", []byte{1, 2, 3})
+			var setting, compression string
+			eventually(t, "the attachment row's insert is recorded", func() bool {
+				err := pool.QueryRow(ctx, "SELECT sync, compression FROM "+log).Scan(&setting, &compression)
+				return err == nil
+			})
+			want := map[bool]string{false: "off", true: "remote_apply"}[sync]
+			if setting != want {
+				t.Errorf("the publishing transaction committed with synchronous_commit %q, want %q", setting, want)
+			}
+			var lz4 bool
+			if err := pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
+				t.Fatal(err)
+			}
+			if wantc := map[bool]string{true: "lz4", false: "pglz"}[lz4]; compression != wantc {
+				t.Errorf("the publishing transaction compressed with %q, want %q", compression, wantc)
+			}
+			// The setting stays local to the adapter's transactions.
+			var session string
+			if err := pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&session); err != nil || session != "remote_apply" {
+				t.Errorf("the pool's sessions now have synchronous_commit %q (%v), want remote_apply", session, err)
+			}
+			if errs := n.errs.drain("error"); len(errs) > 0 {
+				t.Fatalf("errors: %v", errs)
+			}
+		})
+	}
+}
