@@ -54,6 +54,8 @@ type config struct {
 	Window         int64         `json:"window"`
 	GOGC           int           `json:"goGOGC,omitempty"`
 	InlineBinary   bool          `json:"goInlineBinary,omitempty"`
+	SyncCommit     bool          `json:"goSynchronousCommit,omitempty"`
+	PGNoSync       bool          `json:"-"`
 	Payloads       []payload     `json:"payloads"`
 	Node           string        `json:"-"`
 	NodeDir        string        `json:"-"`
@@ -95,6 +97,8 @@ func main() {
 	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
 	flag.BoolVar(&cfg.InlineBinary, "inline-binary", false, "give the Go servers Options.InlineBinary: binary messages that fit travel in the NOTIFY payload (Go-only clusters)")
+	flag.BoolVar(&cfg.SyncCommit, "sync-commit", false, "give the Go servers Options.SynchronousCommit: transactions that insert attachment rows wait for their commit's disk flush")
+	flag.BoolVar(&cfg.PGNoSync, "pg-nosync", false, "run the temporary PostgreSQL with fsync, synchronous_commit and full_page_writes off, as the tests' one; by default it keeps PostgreSQL's own durability, as deployed")
 	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws)")
 	flag.StringVar(&cfg.Node, "node", "auto", "the Node.js reference cluster: auto (when node and npm are on PATH), on (fail without it) or off")
 	flag.StringVar(&cfg.NodeDir, "node-dir", "testdata/node", "the npm project holding bench-server.js and its lockfile")
@@ -184,7 +188,11 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 	}
 	if dbURL == "" {
 		fmt.Fprintln(log, "starting a temporary PostgreSQL")
-		srv, err := pgtest.Start(ctx)
+		start := pgtest.StartDurable
+		if cfg.PGNoSync {
+			start = pgtest.Start
+		}
+		srv, err := start(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("no -db or DATABASE_URL, and a temporary PostgreSQL: %w", err)
 		}
@@ -401,6 +409,9 @@ func startCluster(cfg config, impl string, n int, goEnv, nodeEnv []string) (*clu
 			if cfg.InlineBinary {
 				cmd.Env = append(cmd.Env, inlineEnv+"=1")
 			}
+			if cfg.SyncCommit {
+				cmd.Env = append(cmd.Env, syncCommitEnv+"=1")
+			}
 		case "node":
 			dir, err := filepath.Abs(cfg.NodeDir)
 			if err != nil {
@@ -437,6 +448,10 @@ func describeMachine(ctx context.Context, dbURL string) machine {
 	}
 	if conn, err := pgx.Connect(ctx, dbURL); err == nil {
 		conn.QueryRow(ctx, "SHOW server_version").Scan(&m.PostgreSQL)
+		var fsync, syncCommit string
+		if conn.QueryRow(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit')").Scan(&fsync, &syncCommit) == nil {
+			m.Durability = "fsync " + fsync + ", synchronous_commit " + syncCommit
+		}
 		conn.Close(ctx)
 	}
 	return m

@@ -36,6 +36,9 @@ type machine struct {
 	GoVersion  string  `json:"go"`
 	Node       string  `json:"node,omitempty"`
 	PostgreSQL string  `json:"postgresql"`
+	// Durability is the server's fsync and synchronous_commit, which decide whether a
+	// commit that wrote WAL (an attachment row's) waits for a disk flush.
+	Durability string `json:"postgresqlDurability,omitempty"`
 }
 
 // result is one phase on one implementation.
@@ -220,11 +223,21 @@ func checksAgainstNode(r *report, impl, label, scenario, payload string) []check
 func printTable(w io.Writer, r *report) {
 	m := r.Machine
 	fmt.Fprintf(w, "pgadapter-bench, %s\n", r.Started.Format(time.RFC3339))
-	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, m.PostgreSQL, orNone(m.Node))
+	pg := m.PostgreSQL
+	if m.Durability != "" {
+		pg += " (" + m.Durability + ")"
+	}
+	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, pg, orNone(m.Node))
 	c := r.Config
 	gogc := "default"
 	if c.GOGC > 0 {
 		gogc = strconv.Itoa(c.GOGC)
+	}
+	if c.InlineBinary {
+		gogc += ", InlineBinary"
+	}
+	if c.SyncCommit {
+		gogc += ", SynchronousCommit"
 	}
 	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' GOGC %s\n\n",
 		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, gogc)

@@ -48,6 +48,9 @@ const transportEnv = "PGADAPTER_BENCH_TRANSPORT"
 // inlineEnv set to "1" gives a Go server's adapter Options.InlineBinary.
 const inlineEnv = "PGADAPTER_BENCH_INLINE_BINARY"
 
+// syncCommitEnv set to "1" gives a Go server's adapter Options.SynchronousCommit.
+const syncCommitEnv = "PGADAPTER_BENCH_SYNC_COMMIT"
+
 // adapterEnv set to "memory" makes a server use socket.io's own in-memory adapter, with
 // no PostgreSQL: the "socket.io alone" reference (ADAPTER for the Node server).
 const adapterEnv = "PGADAPTER_BENCH_ADAPTER"
@@ -107,9 +110,10 @@ func serve(dbURL, prefix, table string) error {
 		}
 		defer pool.Close()
 		b := pgadapter.New(pool, &pgadapter.Options{
-			ChannelPrefix: prefix,
-			TableName:     table,
-			InlineBinary:  os.Getenv(inlineEnv) == "1",
+			ChannelPrefix:     prefix,
+			TableName:         table,
+			InlineBinary:      os.Getenv(inlineEnv) == "1",
+			SynchronousCommit: os.Getenv(syncCommitEnv) == "1",
 			ErrorHandler: func(err error) {
 				out.send(map[string]any{"type": "error", "message": err.Error()})
 			},

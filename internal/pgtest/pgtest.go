@@ -42,6 +42,8 @@ type Server struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	logf   *os.File
+
+	durable bool // PostgreSQL's default fsync, synchronous_commit and full_page_writes
 }
 
 // BinDir finds the directory holding initdb and postgres: $PG_BINDIR, the PATH, or the
@@ -70,13 +72,22 @@ func versionOf(p string) int {
 	return v
 }
 
-// Start initialises and starts a temporary server. Stop removes it.
-func Start(ctx context.Context) (*Server, error) {
+// Start initialises and starts a temporary server. Stop removes it. The server does not
+// flush its WAL to disk (fsync, synchronous_commit and full_page_writes are off): what
+// tests need is speed, and the data dies with the server.
+func Start(ctx context.Context) (*Server, error) { return start(ctx, false) }
+
+// StartDurable is Start with PostgreSQL's default durability: each commit that wrote WAL
+// waits for it to be flushed to disk, as on a deployed server. Benchmarks use it, so that
+// what they measure includes what a deployment pays.
+func StartDurable(ctx context.Context) (*Server, error) { return start(ctx, true) }
+
+func start(ctx context.Context, durable bool) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin}
+	s := &Server{bin: bin, durable: durable}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -125,10 +136,13 @@ func (s *Server) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	cmd := s.command(filepath.Join(s.bin, "postgres"), "-D", s.data(), "-p", strconv.Itoa(s.port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.dir,
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=200", "-c", "shared_buffers=64MB")
+	args := []string{"-D", s.data(), "-p", strconv.Itoa(s.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + s.dir,
+		"-c", "max_connections=200", "-c", "shared_buffers=64MB"}
+	if !s.durable {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	cmd := s.command(filepath.Join(s.bin, "postgres"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
