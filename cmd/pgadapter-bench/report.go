@@ -223,11 +223,7 @@ func checksAgainstNode(r *report, impl, label, scenario, payload string) []check
 func printTable(w io.Writer, r *report) {
 	m := r.Machine
 	fmt.Fprintf(w, "pgadapter-bench, %s\n", r.Started.Format(time.RFC3339))
-	pg := m.PostgreSQL
-	if m.Durability != "" {
-		pg += " (" + m.Durability + ")"
-	}
-	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, pg, orNone(m.Node))
+	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, m.postgres(), orNone(m.Node))
 	c := r.Config
 	gogc := "default"
 	if c.GOGC > 0 {
@@ -296,6 +292,14 @@ func printTable(w io.Writer, r *report) {
 			fmt.Fprintf(w, "%s %s %s %s: %s\n", x.Impl, x.Scenario, x.Payload, x.Phase, e)
 		}
 	}
+}
+
+// postgres is the server's version, and its durability settings when known.
+func (m machine) postgres() string {
+	if m.Durability == "" {
+		return m.PostgreSQL
+	}
+	return m.PostgreSQL + " (" + m.Durability + ")"
 }
 
 func orNone(s string) string {
