@@ -29,7 +29,11 @@
 // pipeline that reads attachments concurrently, those that arrive together with one
 // query, and applies messages in arrival order. Attachment rows are compressed with lz4
 // where the server has it (a setting local to the publishing transaction), because
-// PostgreSQL's default, pglz, costs it about ten times as much CPU per row.
+// PostgreSQL's default, pglz, costs it about ten times as much CPU per row. The
+// transactions that insert them commit without waiting for their disk flush (also a
+// setting local to the transaction; Options.SynchronousCommit keeps the session's),
+// because the flush adds a disk write to each message's latency and makes no delivery
+// surer: PostgreSQL keeps no notification across a crash.
 //
 // # Guarantees
 //
