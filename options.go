@@ -60,12 +60,13 @@ type Options struct {
 	// commit to be flushed to disk, and to synchronous standbys, before it returns. By
 	// default those that insert attachment rows commit with synchronous_commit off, set
 	// for that transaction only, and do not wait; the others never do, since PostgreSQL
-	// does not flush the commit of a transaction that only notifies. Waiting adds a disk flush to every message's latency (0.3-0.4 ms on
-	// the development machine) and buys no delivery: listeners get a notification at
-	// commit either way, and PostgreSQL keeps no notification across a crash. What it
-	// protects is an attachment row whose notification was delivered just before
-	// PostgreSQL crashed: without the wait, a receiver that reads the row after the
-	// restart may find it gone and report ErrAttachmentMissing.
+	// does not flush the commit of a transaction that only notifies. Waiting adds a disk
+	// flush to the latency of every message with an attachment (0.3-0.4 ms on the
+	// development machine) and buys no delivery: listeners get a notification at commit
+	// either way, and PostgreSQL keeps no notification across a crash. What it protects
+	// is an attachment row whose notification was delivered just before PostgreSQL
+	// crashed: without the wait, a receiver that reads the row after the restart may find
+	// it gone and report ErrAttachmentMissing.
 	SynchronousCommit bool
 
 	// SkipTableCreation, when true, makes the adapter assume the attachments table exists,
