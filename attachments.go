@@ -47,8 +47,10 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 
 // fetchAttachments reads the MessagePack bodies of attachment rows in one query, and
 // returns them by id; an id without a row is missing from the map.
-func fetchAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, ids []int64) (map[int64][]byte, error) {
-	rows, err := pool.Query(ctx, st.Fetch, ids)
+func fetchAttachments(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, st statements, ids []int64) (map[int64][]byte, error) {
+	rows, err := db.Query(ctx, st.Fetch, ids)
 	if err != nil {
 		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	}
