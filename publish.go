@@ -310,7 +310,7 @@ const setLZ4 = "SELECT set_config('default_toast_compression', 'lz4', true)"
 // transaction wrote WAL before it, which NOTIFY alone does not (pgbench, 4 connections
 // of pg_notify on a server with fsync on: 19,700 commits/s with synchronous_commit on,
 // 19,900-20,100 off).
-const setAsync = "SELECT set_config('synchronous_commit', 'off', true)"
+const setAsync = wire.SetAsyncCommit
 
 // setAsyncLZ4 is setAsync and setLZ4 in one statement.
 const setAsyncLZ4 = "SELECT set_config('synchronous_commit', 'off', true), set_config('default_toast_compression', 'lz4', true)"

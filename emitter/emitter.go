@@ -29,7 +29,9 @@ import (
 	"reflect"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
@@ -54,6 +56,13 @@ type Options struct {
 	// the servers' Options.InlineBinary does. Only pgadapter servers read them: enable it
 	// only when no Node.js server is in the cluster.
 	InlineBinary bool
+	// SynchronousCommit, when true, lets a message with an attachment row published
+	// through a *pgxpool.Pool commit with the session's synchronous_commit, waiting for
+	// PostgreSQL's disk flush as the servers' Options.SynchronousCommit does. By default
+	// the emitter sets it off for that transaction only, as the servers do: the flush
+	// makes no delivery surer. Through any other DB (a pgx.Tx, a *pgx.Conn), the
+	// emitter never changes it: the transaction, and its commit, are the caller's.
+	SynchronousCommit bool
 }
 
 // Errors returned by the emitter.
@@ -71,6 +80,7 @@ type Emitter struct {
 	prefix    string
 	threshold int
 	inline    bool
+	sync      bool
 	st        wire.Statements
 	nsp       string
 	rooms     []string
@@ -98,7 +108,8 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
 		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
 	}
-	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, inline: o.InlineBinary, st: wire.NewStatements(o.TableName), nsp: "/"}, nil
+	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, inline: o.InlineBinary, sync: o.SynchronousCommit,
+		st: wire.NewStatements(o.TableName), nsp: "/"}, nil
 }
 
 func (e *Emitter) clone() *Emitter {
@@ -240,11 +251,20 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		return fmt.Errorf("emitter: %w", err)
 	}
 	channel := wire.ChannelName(e.prefix, e.nsp)
-	if enc.Attachment == nil {
+	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
+	pool, isPool := e.db.(*pgxpool.Pool)
+	switch {
+	case enc.Attachment == nil:
 		_, err = e.db.Exec(ctx, e.st.Notify, channel, enc.JSON)
-	} else {
-		_, err = e.db.Exec(ctx, e.st.InsertNotify, enc.Attachment, channel,
-			wire.AttachmentHeaderPrefix(wire.EmitterUID, typ), wire.AttachmentHeaderSuffix)
+	case isPool && !e.sync:
+		// A pool's connection is never inside a transaction: the batch is one implicit
+		// transaction of its own, whose commit need not wait for the disk.
+		b := &pgx.Batch{}
+		b.Queue(wire.SetAsyncCommit)
+		b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
+		err = pool.SendBatch(ctx, b).Close()
+	default:
+		_, err = e.db.Exec(ctx, e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
 	}
 	if err != nil {
 		var pgErr *pgconn.PgError

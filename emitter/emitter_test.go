@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
@@ -91,5 +92,115 @@ func TestDerivedEmittersAreIndependent(t *testing.T) {
 			len(opts["rooms"].([]any)) != w.rooms || len(opts["flags"].(map[string]any)) != w.flags {
 			t.Errorf("message %d on %s: %s", i, n.Channel, n.Payload)
 		}
+	}
+}
+
+// TestCommitMode reads, from a trigger inside PostgreSQL, the synchronous_commit a
+// message with an attachment commits with: off through a pool, the session's own with
+// Options.SynchronousCommit, and the caller's, untouched, through a transaction. The
+// sessions start with remote_apply, neither PostgreSQL's default nor the test server's.
+func TestCommitMode(t *testing.T) {
+	ctx := context.Background()
+	table, log, fn := pgtest.Name("att"), pgtest.Name("commits"), pgtest.Name("record")
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	defer func() {
+		for _, q := range []string{"DROP TABLE IF EXISTS " + table, "DROP TABLE IF EXISTS " + log, "DROP FUNCTION IF EXISTS " + fn + " CASCADE"} {
+			pool.Exec(context.Background(), q)
+		}
+	}()
+	for _, q := range []string{
+		wire.NewStatements(table).Create,
+		"CREATE TABLE " + log + " (n serial, sync text)",
+		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+			"INSERT INTO " + log + " (sync) VALUES (current_setting('synchronous_commit')); RETURN NEW; END $$",
+		"CREATE TRIGGER record AFTER INSERT ON " + table + " FOR EACH ROW EXECUTE FUNCTION " + fn + "()",
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	last := func() string {
+		t.Helper()
+		var s string
+		if err := pool.QueryRow(ctx, "SELECT sync FROM "+log+" ORDER BY n DESC LIMIT 1").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	emit := func(db DB, sync bool) {
+		t.Helper()
+		e, err := New(db, &Options{ChannelPrefix: pgtest.Name("em"), TableName: table, SynchronousCommit: sync})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Emit(ctx, "bin", []byte{1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	emit(pool, false)
+	if got := last(); got != "off" {
+		t.Errorf("through a pool: committed with synchronous_commit %q, want off", got)
+	}
+	emit(pool, true)
+	if got := last(); got != "remote_apply" {
+		t.Errorf("through a pool with SynchronousCommit: committed with %q, want the session's remote_apply", got)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emit(tx, false)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := last(); got != "remote_apply" {
+		t.Errorf("through the caller's transaction: committed with %q, want the session's remote_apply, untouched", got)
+	}
+	var session string
+	if err := pool.QueryRow(ctx, "SHOW synchronous_commit").Scan(&session); err != nil || session != "remote_apply" {
+		t.Errorf("the pool's sessions now have synchronous_commit %q (%v), want remote_apply", session, err)
+	}
+}
+
+// BenchmarkEmitAttachment emits 1 KB binary messages one after the other through a
+// pool, committing asynchronously (the default) and synchronously. On a server with
+// fsync on, as PostgreSQL's default configuration has it (point DATABASE_URL at one),
+// they differ by a disk flush per message; the tests' temporary server runs with fsync
+// off.
+func BenchmarkEmitAttachment(b *testing.B) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	table := pgtest.Name("att")
+	if _, err := pool.Exec(ctx, wire.NewStatements(table).Create); err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+table)
+	payload := make([]byte, 1024)
+	for _, sync := range []bool{false, true} {
+		b.Run(map[bool]string{false: "commit=async", true: "commit=sync"}[sync], func(b *testing.B) {
+			e, err := New(pool, &Options{ChannelPrefix: pgtest.Name("em"), TableName: table, SynchronousCommit: sync})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := e.Emit(ctx, "bin", payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
