@@ -43,12 +43,12 @@ type fetchResult struct {
 // PostgreSQL and for this server; a lone attachment is read at once.
 //
 // A read starts beside one in flight only on a connection the pool holds idle (one not
-// already promised to a read that has yet to acquire it). Opening a
-// connection takes milliseconds (60 ms on the development machine), and every delivery
-// behind the group would wait for it, while the read in flight ends in a fraction of a
-// millisecond; the group goes once that read is done, bigger. Before this, a burst of
-// attachments grew the receiving server's pool to its maximum, and 1 KB binary
-// broadcasts at 1000/s stalled for 30-60 ms each time it grew.
+// already promised to a read that has yet to acquire it). Opening a connection takes
+// milliseconds (60 ms on the development machine), and every delivery behind the group
+// would wait for it, while the read in flight ends in a fraction of a millisecond; the
+// group goes once that read is done, bigger. Before this, a burst of attachments grew
+// the receiving server's pool to its maximum, and 1 KB binary broadcasts at 1000/s
+// stalled for 30-60 ms each time it grew.
 func (rt *runtime) dispatch(ctx context.Context) {
 	sem := make(chan struct{}, maxConcurrentFetches)
 	done := make(chan struct{}, 1) // a read ended
