@@ -84,7 +84,7 @@ func chartSVG(r *report) string {
 	title := fmt.Sprintf("pgadapter vs @socket.io/postgres-adapter 0.5.0: %d servers, %d clients each", r.Config.Servers, r.Config.Clients)
 	fmt.Fprintf(&b, `<text x="20" y="28" font-size="18" font-weight="bold">%s</text>`, html.EscapeString(title))
 	fmt.Fprintf(&b, `<text x="20" y="48" fill="#555">%s</text>`, html.EscapeString(fmt.Sprintf("%d CPUs, %s, PostgreSQL %s, Node.js %s, %s — one run, %s",
-		m.CPUs, m.GoVersion, m.postgres(), orNone(m.Node), r.Started.Format("2006-01-02"), "every figure measured in the same run")))
+		m.CPUs, m.GoVersion, m.shortPostgres(), orNone(m.Node), r.Started.Format("2006-01-02"), "every figure measured in the same run")))
 
 	// Throughput panel.
 	var tput []bar

@@ -302,6 +302,15 @@ func (m machine) postgres() string {
 	return m.PostgreSQL + " (" + m.Durability + ")"
 }
 
+// shortPostgres is postgres without the distribution's build, to fit the chart's line.
+func (m machine) shortPostgres() string {
+	v, _, _ := strings.Cut(m.PostgreSQL, " ")
+	if m.Durability == "" {
+		return v
+	}
+	return v + " (" + m.Durability + ")"
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "none"
