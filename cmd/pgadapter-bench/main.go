@@ -16,6 +16,9 @@
 // by every client of the other servers, or paced at -rate broadcasts per second. Every
 // phase runs for -duration, then waits for what is in flight.
 //
+// The clusters of every implementation run at once, each in its own database, and take
+// turns phase by phase, so that the machine's drift over a run stays out of the ratios.
+//
 // It prints a table and, with -json and -chart, writes the results as JSON and a chart.
 package main
 
@@ -24,6 +27,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -229,11 +233,6 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 		conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
 		conn.Close(context.Background())
 	}()
-	// The Go servers create their table; Node's adapter expects it to exist.
-	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{table}.Sanitize()+
-		" (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)"); err != nil {
-		return nil, err
-	}
 
 	fmt.Fprintln(log, "PostgreSQL's ceiling")
 	d := min(cfg.Duration, 3*time.Second)
@@ -248,38 +247,160 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 		return nil, err
 	}
 
-	for _, impl := range cfg.Impls {
-		if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") {
-			results, err := runImpl(ctx, cfg, impl, dbURL, "bench_"+impl+"_"+tag, table, log)
-			rep.Results = append(rep.Results, results...)
-			if err != nil {
-				return nil, fmt.Errorf("%s cluster: %w", impl, err)
-			}
+	if slices.Contains(cfg.Scenarios, "clients") || slices.Contains(cfg.Scenarios, "between") {
+		dbs, drop, err := implDatabases(ctx, conn, dbURL, cfg.Impls, tag, table, log)
+		defer drop()
+		if err != nil {
+			return nil, err
 		}
-		if slices.Contains(cfg.Scenarios, "alone") {
-			results, err := runAlone(cfg, impl, log)
-			rep.Results = append(rep.Results, results...)
-			if err != nil {
-				return nil, fmt.Errorf("%s alone: %w", impl, err)
-			}
+		rep.Databases = "one per implementation"
+		if dbs[cfg.Impls[0]] == dbURL {
+			rep.Databases = "shared"
+		}
+		results, err := runClusters(cfg, dbs, tag, table, log)
+		rep.Results = append(rep.Results, results...)
+		if err != nil {
+			return nil, err
 		}
 	}
+	if slices.Contains(cfg.Scenarios, "alone") {
+		results, err := runAlone(cfg, log)
+		rep.Results = append(rep.Results, results...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	// The table reads by implementation: each one's phases together, in the order run.
+	scenario := map[string]int{scenarioBetween: 0, scenarioClients: 1, scenarioAlone: 2}
+	slices.SortStableFunc(rep.Results, func(a, b *result) int {
+		if c := slices.Index(cfg.Impls, a.Impl) - slices.Index(cfg.Impls, b.Impl); c != 0 {
+			return c
+		}
+		return scenario[a.Scenario] - scenario[b.Scenario]
+	})
 	rep.Checks = checks(rep)
 	rep.Bounds = bounds(rep)
 	return rep, nil
 }
 
-// runImpl starts a cluster of impl servers and runs every phase on it: the
-// between-servers phase with few clients first, then the others with all of them.
-func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string, log *os.File) ([]*result, error) {
+// implDatabases gives each implementation's cluster a database of its own, with the
+// attachments table (the Go servers create theirs; Node's adapter expects it), and
+// returns their URLs and a function that drops them. The clusters run at once, and
+// PostgreSQL wakes every LISTEN connection of a database for each notification in it:
+// in one database, the idle clusters' listeners would add their work to every phase.
+// Where databases cannot be created (a DATABASE_URL whose role may not, or that is not
+// a URL), the clusters share the one given, and the log says so.
+func implDatabases(ctx context.Context, conn *pgx.Conn, dbURL string, impls []string, tag, table string, log *os.File) (map[string]string, func(), error) {
+	dbs := map[string]string{}
+	var created []string
+	drop := func() {
+		for _, name := range created {
+			conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		}
+	}
+	u, perr := url.Parse(dbURL)
+	for _, impl := range impls {
+		dbs[impl] = dbURL
+		if perr != nil || u.Scheme == "" {
+			continue
+		}
+		name := "bench_" + strings.ReplaceAll(impl, "-", "_") + "_" + tag
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+			fmt.Fprintf(log, "the clusters share one database (%v): the idle ones' listeners add to PostgreSQL's work\n", err)
+			break
+		}
+		created = append(created, name)
+		v := *u
+		v.Path = "/" + name
+		dbs[impl] = v.String()
+	}
+	for _, impl := range impls {
+		c, err := pgx.Connect(ctx, dbs[impl])
+		if err != nil {
+			return dbs, drop, err
+		}
+		_, err = c.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{table}.Sanitize()+
+			" (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)")
+		c.Close(ctx)
+		if err != nil {
+			return dbs, drop, err
+		}
+	}
+	return dbs, drop, nil
+}
+
+// runClusters starts a cluster of each implementation, all at once, then measures each
+// phase on one cluster after the other: the between-servers phases with few clients
+// first, then the others with all of them. Taking turns phase by phase, rather than
+// implementation by implementation, keeps the machine's drift over the minutes of a run
+// out of the ratios between implementations.
+func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.File) ([]*result, error) {
+	var cls []*cluster
+	defer func() {
+		for _, cl := range cls {
+			cl.close()
+		}
+	}()
+	for _, impl := range cfg.Impls {
+		cl, err := startReady(cfg, impl, dbs[impl], "bench_"+impl+"_"+tag, table, log)
+		if err != nil {
+			return nil, fmt.Errorf("%s cluster: %w", impl, err)
+		}
+		cls = append(cls, cl)
+	}
+	var results []*result
+	each := func(p phase) error {
+		for _, cl := range cls {
+			r, err := cl.measure(p, log)
+			if r != nil {
+				results = append(results, r)
+			}
+			if err != nil {
+				return fmt.Errorf("%s cluster: %w", cl.impl, err)
+			}
+		}
+		return nil
+	}
+	if slices.Contains(cfg.Scenarios, "between") {
+		for _, p := range cfg.Payloads {
+			if err := each(phase{Scenario: scenarioBetween, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+				return results, err
+			}
+			if err := each(phase{Scenario: scenarioBetween, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+				return results, err
+			}
+		}
+	}
+	if !slices.Contains(cfg.Scenarios, "clients") {
+		return results, nil
+	}
+	for _, cl := range cls {
+		if err := cl.connect(cfg.Clients); err != nil {
+			return results, fmt.Errorf("%s cluster: %w", cl.impl, err)
+		}
+	}
+	for _, p := range cfg.Payloads {
+		if err := each(phase{Scenario: scenarioClients, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+			return results, err
+		}
+		if err := each(phase{Scenario: scenarioClients, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// startReady starts a cluster of impl servers on dbURL with cfg.BetweenClients clients
+// each, and returns it once a broadcast reaches every client and a warm-up is done.
+func startReady(cfg config, impl, dbURL, prefix, table string, log *os.File) (*cluster, error) {
 	fmt.Fprintf(log, "%s cluster: %d servers\n", impl, cfg.Servers)
 	cl, err := startCluster(cfg, impl, cfg.Servers, []string{serveEnv + "=" + dbURL + " " + prefix + " " + table},
 		[]string{"DATABASE_URL=" + dbURL, "CHANNEL_PREFIX=" + prefix, "TABLE_NAME=" + table})
 	if err != nil {
 		return nil, err
 	}
-	defer cl.close()
 	if err := cl.connect(cfg.BetweenClients); err != nil {
+		cl.close()
 		return nil, err
 	}
 	// A Node server says it is ready once its HTTP server listens, before its adapter's
@@ -289,76 +410,58 @@ func runImpl(ctx context.Context, cfg config, impl, dbURL, prefix, table string,
 	for try := 1; ; try++ {
 		r, err := cl.run(probe)
 		if err != nil {
+			cl.close()
 			return nil, err
 		}
 		if r.Lost == 0 && r.Delivered > 0 {
 			break
 		}
 		if try == 30 {
+			cl.close()
 			return nil, fmt.Errorf("the servers do not receive each other's broadcasts")
 		}
 	}
 	if err := cl.warmUp(cfg); err != nil {
+		cl.close()
 		return nil, err
 	}
-	var results []*result
-	add := func(p phase) error {
-		r, err := cl.measure(p, log)
-		if r != nil {
-			results = append(results, r)
-		}
-		return err
-	}
-	if slices.Contains(cfg.Scenarios, "between") {
-		for _, p := range cfg.Payloads {
-			if err := add(phase{Scenario: scenarioBetween, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
-				return results, err
-			}
-			if err := add(phase{Scenario: scenarioBetween, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
-				return results, err
-			}
-		}
-	}
-	if !slices.Contains(cfg.Scenarios, "clients") {
-		return results, nil
-	}
-	if err := cl.connect(cfg.Clients); err != nil {
-		return results, err
-	}
-	for _, p := range cfg.Payloads {
-		if err := add(phase{Scenario: scenarioClients, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
-			return results, err
-		}
-		if err := add(phase{Scenario: scenarioClients, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
-			return results, err
-		}
-	}
-	return results, nil
+	return cl, nil
 }
 
-// runAlone measures the reference of one server of impl with socket.io's in-memory
-// adapter and cfg.Clients clients: each payload, saturated.
-func runAlone(cfg config, impl string, log *os.File) ([]*result, error) {
-	fmt.Fprintf(log, "%s alone: 1 server, in-memory adapter\n", impl)
-	cl, err := startCluster(cfg, impl, 1, []string{serveEnv + "=- - -", adapterEnv + "=memory"}, []string{"ADAPTER=memory"})
-	if err != nil {
-		return nil, err
-	}
-	defer cl.close()
-	if err := cl.connect(cfg.Clients); err != nil {
-		return nil, err
-	}
-	if err := cl.warmUp(cfg); err != nil {
-		return nil, err
+// runAlone measures the reference of one server of each implementation with socket.io's
+// in-memory adapter and cfg.Clients clients: each payload, saturated, the servers
+// taking turns as in runClusters.
+func runAlone(cfg config, log *os.File) ([]*result, error) {
+	var cls []*cluster
+	defer func() {
+		for _, cl := range cls {
+			cl.close()
+		}
+	}()
+	for _, impl := range cfg.Impls {
+		fmt.Fprintf(log, "%s alone: 1 server, in-memory adapter\n", impl)
+		cl, err := startCluster(cfg, impl, 1, []string{serveEnv + "=- - -", adapterEnv + "=memory"}, []string{"ADAPTER=memory"})
+		if err != nil {
+			return nil, fmt.Errorf("%s alone: %w", impl, err)
+		}
+		cls = append(cls, cl)
+		if err := cl.connect(cfg.Clients); err != nil {
+			return nil, fmt.Errorf("%s alone: %w", impl, err)
+		}
+		if err := cl.warmUp(cfg); err != nil {
+			return nil, fmt.Errorf("%s alone: %w", impl, err)
+		}
 	}
 	var results []*result
 	for _, p := range cfg.Payloads {
-		r, err := cl.measure(phase{Scenario: scenarioAlone, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}, log)
-		if r != nil {
-			results = append(results, r)
-		}
-		if err != nil {
-			return results, err
+		for _, cl := range cls {
+			r, err := cl.measure(phase{Scenario: scenarioAlone, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}, log)
+			if r != nil {
+				results = append(results, r)
+			}
+			if err != nil {
+				return results, fmt.Errorf("%s alone: %w", cl.impl, err)
+			}
 		}
 	}
 	return results, nil
@@ -378,7 +481,7 @@ func (cl *cluster) warmUp(cfg config) error {
 
 // measure runs one phase, saying so on log.
 func (cl *cluster) measure(p phase, log *os.File) (*result, error) {
-	fmt.Fprintf(log, "  %s, %s, %s\n", p.Scenario, p.Payload.Name, p.kind())
+	fmt.Fprintf(log, "  %s: %s, %s, %s\n", cl.impl, p.Scenario, p.Payload.Name, p.kind())
 	return cl.run(p)
 }
 

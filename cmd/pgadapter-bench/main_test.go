@@ -40,6 +40,9 @@ func TestBenchRuns(t *testing.T) {
 	if rep.Ceiling.OnePerTx <= 0 || rep.Ceiling.ManyPerTx <= 0 || rep.Ceiling.LatencyP99Ms <= 0 {
 		t.Errorf("PostgreSQL ceiling not measured: %+v", rep.Ceiling)
 	}
+	if rep.Databases != "one per implementation" {
+		t.Errorf("databases %q: the clusters, all running at once, must each have one", rep.Databases)
+	}
 	if !slices.Contains(rep.Config.Impls, "go-fastws") {
 		t.Errorf("impls %v: go-fastws not measured", rep.Config.Impls)
 	}

@@ -23,9 +23,12 @@ type report struct {
 		LatencyP50Ms float64 `json:"pacedLatencyP50ms"`
 		LatencyP99Ms float64 `json:"pacedLatencyP99ms"`
 	} `json:"postgresCeiling"`
-	Results []*result `json:"results"`
-	Checks  []check   `json:"checks"`
-	Bounds  []bound   `json:"bounds,omitempty"`
+	// Databases says whether each implementation's cluster had a database of its own
+	// ("one per implementation") or they shared one ("shared"): see implDatabases.
+	Databases string    `json:"databases,omitempty"`
+	Results   []*result `json:"results"`
+	Checks    []check   `json:"checks"`
+	Bounds    []bound   `json:"bounds,omitempty"`
 }
 
 type machine struct {
@@ -235,8 +238,12 @@ func printTable(w io.Writer, r *report) {
 	if c.SyncCommit {
 		gogc += ", SynchronousCommit"
 	}
-	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' GOGC %s\n\n",
+	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' GOGC %s\n",
 		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, gogc)
+	if r.Databases != "" {
+		fmt.Fprintf(w, "every implementation's cluster runs at once, taking turns phase by phase; databases: %s\n", r.Databases)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "PostgreSQL's NOTIFY ceiling: %s/s one per transaction, %s/s %d per transaction (4 senders, 1 listener)\n",
 		num(r.Ceiling.OnePerTx), num(r.Ceiling.ManyPerTx), r.Ceiling.ManyPerTxSize)
 	if r.Ceiling.LatencyP99Ms > 0 {
