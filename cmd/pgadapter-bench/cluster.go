@@ -264,5 +264,10 @@ func (cl *cluster) run(ph phase) (*result, error) {
 			}
 		}
 	}
+	for _, p := range cl.procs {
+		for _, d := range p.takeDisconnects() {
+			res.ClientErrors = append(res.ClientErrors, p.name+": "+d)
+		}
+	}
 	return res, nil
 }

@@ -27,8 +27,9 @@ type proc struct {
 	stopped chan stoppedMsg
 	exited  chan struct{}
 
-	errMu  sync.Mutex
-	errors []string
+	errMu       sync.Mutex
+	errors      []string
+	disconnects []string // clients the server dropped
 }
 
 type stoppedMsg struct {
@@ -90,6 +91,12 @@ func (p *proc) read(r io.Reader, ready chan<- int) {
 				p.errors = append(p.errors, msg.Message)
 			}
 			p.errMu.Unlock()
+		case "disconnect":
+			p.errMu.Lock()
+			if len(p.disconnects) < 100 {
+				p.disconnects = append(p.disconnects, msg.Message)
+			}
+			p.errMu.Unlock()
 		}
 	}
 }
@@ -118,6 +125,17 @@ func (p *proc) stop() (stoppedMsg, error) {
 	case <-time.After(30 * time.Second):
 		return stoppedMsg{}, fmt.Errorf("server %s did not stop its sender within 30s", p.name)
 	}
+}
+
+// takeDisconnects returns and forgets the clients the server dropped (see serveMain).
+// Unlike errors, they are kept across phases: a client dropped between two phases
+// misses the next one.
+func (p *proc) takeDisconnects() []string {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	d := p.disconnects
+	p.disconnects = nil
+	return d
 }
 
 // takeErrors returns and forgets the errors the server reported.

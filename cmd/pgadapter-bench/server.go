@@ -126,6 +126,23 @@ func serve(dbURL, prefix, table string) error {
 			return err
 		}
 	}
+	// A client the server disconnects on its own (a ping timeout, a write error) stops
+	// receiving: say why, since the phase will count what it missed as lost.
+	io.On("connection", func(args ...any) {
+		s, ok := args[0].(*socket.Socket)
+		if !ok {
+			return
+		}
+		s.On("disconnect", func(a ...any) {
+			reason := ""
+			if len(a) > 0 {
+				reason = fmt.Sprint(a[0])
+			}
+			if !clientEnded(reason) {
+				out.send(map[string]any{"type": "disconnect", "message": fmt.Sprintf("client %s disconnected: %s", s.Id(), reason)})
+			}
+		})
+	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -321,4 +338,14 @@ func serveMain(args []string) {
 		fmt.Fprintln(os.Stderr, "pgadapter-bench server:", err)
 		os.Exit(1)
 	}
+}
+
+// clientEnded tells the disconnect reasons of a client that left, or of the server
+// shutting down, from those of a server that dropped a client.
+func clientEnded(reason string) bool {
+	switch reason {
+	case "transport close", "client namespace disconnect", "server shutting down":
+		return true
+	}
+	return false
 }

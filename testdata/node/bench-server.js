@@ -29,6 +29,15 @@ function out(obj) {
 
 const httpServer = http.createServer();
 const io = new Server(httpServer);
+// A client the server disconnects on its own (a ping timeout, a write error) stops
+// receiving: say why, since the phase will count what it missed as lost.
+io.on("connection", (socket) => {
+  socket.on("disconnect", (reason) => {
+    if (!["transport close", "client namespace disconnect", "server shutting down"].includes(reason)) {
+      out({ type: "disconnect", message: `client ${socket.id} disconnected: ${reason}` });
+    }
+  });
+});
 if (process.env.ADAPTER !== "memory") {
   const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: Number(process.env.NODE_POOL_MAX || 10) });
   pool.on("error", (err) => out({ type: "error", message: "pool: " + String(err && err.message || err) }));
