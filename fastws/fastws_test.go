@@ -495,3 +495,57 @@ func TestInstalled(t *testing.T) {
 		t.Fatal("Installed() = true with engine.io's transport")
 	}
 }
+
+// TestPongHold checks that engine.io sees a client's pong no sooner than a tenth of the
+// server's pingTimeout after the client sent it (see maxPongHold): engine.io v2.5.0 arms
+// a ping's timeout after writing the ping, and a pong handled before then leaves it
+// armed, which closes a client that answered at once.
+func TestPongHold(t *testing.T) {
+	opts := socket.DefaultServerOptions()
+	opts.SetPingInterval(200 * time.Millisecond)
+	opts.SetPingTimeout(500 * time.Millisecond)
+	const hold = 50 * time.Millisecond // a tenth of pingTimeout
+	io := socket.NewServer(nil, opts)
+	heartbeats := make(chan time.Time, 16)
+	h := httptest.NewUnstartedServer(io.ServeHandler(nil)) // makes the engine
+	io.Engine().On("connection", func(args ...any) {
+		if s, ok := args[0].(types.EventEmitter); ok {
+			s.On("heartbeat", func(...any) { heartbeats <- time.Now() })
+		}
+	})
+	h.Start()
+	t.Cleanup(func() {
+		done := make(chan struct{})
+		io.Close(func(error) { close(done) })
+		<-done
+		h.Close()
+	})
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(h.URL, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(waitFor))
+	if _, msg, err := conn.ReadMessage(); err != nil || !bytes.Contains(msg, []byte(`"pingTimeout":500`)) {
+		t.Fatalf("handshake %q, %v", msg, err)
+	}
+	for i := range 3 {
+		conn.SetReadDeadline(time.Now().Add(waitFor))
+		_, msg, err := conn.ReadMessage()
+		if err != nil || string(msg) != "2" {
+			t.Fatalf("ping %d: %q, %v", i, msg, err)
+		}
+		sent := time.Now()
+		if err := conn.WriteMessage(ws.TextMessage, []byte("3")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-heartbeats:
+			if d := at.Sub(sent); d < hold || d > 500*time.Millisecond {
+				t.Fatalf("pong %d reached engine.io after %v, want between %v and the pingTimeout", i, d, hold)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("pong %d never reached engine.io", i)
+		}
+	}
+}
