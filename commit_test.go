@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
 
@@ -23,12 +21,7 @@ func TestPublishingCommitMode(t *testing.T) {
 			opts := testOptions(t)
 			opts.SynchronousCommit = sync
 			opts.SkipTableCreation = true // created below, with the trigger
-			cfg, err := pgxpool.ParseConfig(dbURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
-			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			pool, err := pgtest.NewPool(ctx, dbURL, map[string]string{"synchronous_commit": "remote_apply"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -38,33 +31,20 @@ func TestPublishingCommitMode(t *testing.T) {
 			if err := n.b.Ready(rctx); err != nil {
 				t.Fatal(err)
 			}
-
-			log, fn := pgtest.Name("commits"), pgtest.Name("record")
-			t.Cleanup(func() {
-				p := newPool(t)
-				defer p.Close()
-				p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
-				p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
-			})
-			for _, q := range []string{
-				"CREATE TABLE " + opts.TableName + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
-				"CREATE TABLE " + log + " (sync text, compression text)",
-				"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
-					"INSERT INTO " + log + " VALUES (current_setting('synchronous_commit'), current_setting('default_toast_compression')); " +
-					"RETURN NEW; END $$",
-				"CREATE TRIGGER record AFTER INSERT ON " + opts.TableName + " FOR EACH ROW EXECUTE FUNCTION " + fn + "()",
-			} {
-				if _, err := pool.Exec(ctx, q); err != nil {
-					t.Fatalf("%s: %v", q, err)
-				}
+			rec, err := pgtest.RecordSettings(ctx, pool, opts.TableName, "synchronous_commit", "default_toast_compression")
+			if err != nil {
+				t.Fatal(err)
 			}
+			t.Cleanup(rec.Drop) // runs before the node's cleanup closes the pool
 
 			n.io.Emit("bin", []byte{1, 2, 3})
-			var setting, compression string
+			var got []string
 			eventually(t, "the attachment row's insert is recorded", func() bool {
-				err := pool.QueryRow(ctx, "SELECT sync, compression FROM "+log).Scan(&setting, &compression)
-				return err == nil
+				v, ok, err := rec.Last(ctx)
+				got = v
+				return ok && err == nil
 			})
+			setting, compression := got[0], got[1]
 			want := map[bool]string{false: "off", true: "remote_apply"}[sync]
 			if setting != want {
 				t.Errorf("the publishing transaction committed with synchronous_commit %q, want %q", setting, want)

@@ -101,40 +101,24 @@ func TestDerivedEmittersAreIndependent(t *testing.T) {
 // sessions start with remote_apply, neither PostgreSQL's default nor the test server's.
 func TestCommitMode(t *testing.T) {
 	ctx := context.Background()
-	table, log, fn := pgtest.Name("att"), pgtest.Name("commits"), pgtest.Name("record")
-	cfg, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "remote_apply"
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	table := pgtest.Name("att")
+	pool, err := pgtest.NewPool(ctx, dbURL, map[string]string{"synchronous_commit": "remote_apply"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	defer func() {
-		for _, q := range []string{"DROP TABLE IF EXISTS " + table, "DROP TABLE IF EXISTS " + log, "DROP FUNCTION IF EXISTS " + fn + " CASCADE"} {
-			pool.Exec(context.Background(), q)
-		}
-	}()
-	for _, q := range []string{
-		wire.NewStatements(table).Create,
-		"CREATE TABLE " + log + " (n serial, sync text)",
-		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
-			"INSERT INTO " + log + " (sync) VALUES (current_setting('synchronous_commit')); RETURN NEW; END $$",
-		"CREATE TRIGGER record AFTER INSERT ON " + table + " FOR EACH ROW EXECUTE FUNCTION " + fn + "()",
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
+	rec, err := pgtest.RecordSettings(ctx, pool, table, "synchronous_commit")
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer rec.Drop()
 	last := func() string {
 		t.Helper()
-		var s string
-		if err := pool.QueryRow(ctx, "SELECT sync FROM "+log+" ORDER BY n DESC LIMIT 1").Scan(&s); err != nil {
-			t.Fatal(err)
+		v, ok, err := rec.Last(ctx)
+		if err != nil || !ok {
+			t.Fatalf("nothing recorded (%v)", err)
 		}
-		return s
+		return v[0]
 	}
 	emit := func(db DB, sync bool) {
 		t.Helper()

@@ -54,6 +54,8 @@ type variant struct {
 	tls bool
 	// deflate offers permessage-deflate, which the test client accepts.
 	deflate bool
+	// pingInterval and pingTimeout, when set, replace engine.io's.
+	pingInterval, pingTimeout time.Duration
 }
 
 var variants = []variant{{}, {tls: true}, {deflate: true}}
@@ -66,6 +68,10 @@ func serverWith(t testing.TB, v variant) (*socket.Server, string) {
 	opts := socket.DefaultServerOptions()
 	if v.deflate {
 		opts.SetPerMessageDeflate(&types.PerMessageDeflate{Threshold: 0})
+	}
+	if v.pingInterval > 0 {
+		opts.SetPingInterval(v.pingInterval)
+		opts.SetPingTimeout(v.pingTimeout)
 	}
 	io := socket.NewServer(nil, opts)
 	io.On("connection", func(args ...any) {
@@ -501,26 +507,15 @@ func TestInstalled(t *testing.T) {
 // a ping's timeout after writing the ping, and a pong handled before then leaves it
 // armed, which closes a client that answered at once.
 func TestPongHold(t *testing.T) {
-	opts := socket.DefaultServerOptions()
-	opts.SetPingInterval(200 * time.Millisecond)
-	opts.SetPingTimeout(500 * time.Millisecond)
+	io, url := serverWith(t, variant{pingInterval: 200 * time.Millisecond, pingTimeout: 500 * time.Millisecond})
 	const hold = 50 * time.Millisecond // a tenth of pingTimeout
-	io := socket.NewServer(nil, opts)
 	heartbeats := make(chan time.Time, 16)
-	h := httptest.NewUnstartedServer(io.ServeHandler(nil)) // makes the engine
 	io.Engine().On("connection", func(args ...any) {
 		if s, ok := args[0].(types.EventEmitter); ok {
 			s.On("heartbeat", func(...any) { heartbeats <- time.Now() })
 		}
 	})
-	h.Start()
-	t.Cleanup(func() {
-		done := make(chan struct{})
-		io.Close(func(error) { close(done) })
-		<-done
-		h.Close()
-	})
-	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(h.URL, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,21 +130,18 @@ func (p *proc) stop() (stoppedMsg, error) {
 // takeDisconnects returns and forgets the clients the server dropped (see serveMain).
 // Unlike errors, they are kept across phases: a client dropped between two phases
 // misses the next one.
-func (p *proc) takeDisconnects() []string {
-	p.errMu.Lock()
-	defer p.errMu.Unlock()
-	d := p.disconnects
-	p.disconnects = nil
-	return d
-}
+func (p *proc) takeDisconnects() []string { return p.take(&p.disconnects) }
 
 // takeErrors returns and forgets the errors the server reported.
-func (p *proc) takeErrors() []string {
+func (p *proc) takeErrors() []string { return p.take(&p.errors) }
+
+// take empties one of the lists the server's messages fill, and returns what it held.
+func (p *proc) take(list *[]string) []string {
 	p.errMu.Lock()
 	defer p.errMu.Unlock()
-	e := p.errors
-	p.errors = nil
-	return e
+	l := *list
+	*list = nil
+	return l
 }
 
 // quit asks the server to exit, and kills it if it does not within 5 s.
