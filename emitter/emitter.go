@@ -19,6 +19,11 @@
 // Given a pgx.Tx, a message is published when the transaction commits, and never if it
 // rolls back: PostgreSQL holds NOTIFY until commit, and the attachment row is part of the
 // transaction too. Use it to announce a change exactly when it becomes visible.
+//
+// Through a *pgxpool.Pool, a message with an attachment row is its own transaction, which
+// commits without waiting for PostgreSQL's disk flush, as the servers' do (see
+// Options.SynchronousCommit). The emitter never changes the commit of a pgx.Tx or of a
+// *pgx.Conn: it is the caller's.
 package emitter
 
 import (
