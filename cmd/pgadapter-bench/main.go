@@ -254,8 +254,10 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 			return nil, err
 		}
 		rep.Databases = "one per implementation"
-		if dbs[cfg.Impls[0]] == dbURL {
-			rep.Databases = "shared"
+		for _, impl := range cfg.Impls {
+			if dbs[impl] == dbURL {
+				rep.Databases = "shared"
+			}
 		}
 		results, err := runClusters(cfg, dbs, tag, table, log)
 		rep.Results = append(rep.Results, results...)
