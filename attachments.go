@@ -68,11 +68,29 @@ func fetchAttachments(ctx context.Context, db interface {
 	return bodies, nil
 }
 
-// cleanupAttachments deletes rows older than the retention.
-func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration) (int64, error) {
-	tag, err := pool.Exec(ctx, st.Cleanup, retention.Seconds())
-	if err != nil {
-		return 0, fmt.Errorf("pgadapter: delete old attachments: %w", err)
+// cleanupBatch bounds the rows one DELETE of the cleanup removes (about 0.1 s of
+// PostgreSQL's time on the development machine, at 11 µs per 1 KB row).
+const cleanupBatch = 10000
+
+// cleanupAttachments deletes rows older than the retention, at most batch per statement,
+// each statement bounded by timeout, until fewer than batch were old or until has passed
+// (at least one statement). One statement for everything used to run into its timeout
+// once the backlog was large (300,000 rows of 1 KB took 3.3 s to delete on the
+// development machine, against a 5 s RequestsTimeout): it was rolled back, and every
+// later cleanup had more to delete, so the table grew for good.
+func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch int, timeout time.Duration, until time.Time) (int64, error) {
+	var total int64
+	for first := true; first || time.Now().Before(until); first = false {
+		qctx, cancel := context.WithTimeout(ctx, timeout)
+		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), batch)
+		cancel()
+		if err != nil {
+			return total, fmt.Errorf("pgadapter: delete old attachments (%d deleted before): %w", total, err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(batch) {
+			break
+		}
 	}
-	return tag.RowsAffected(), nil
+	return total, nil
 }

@@ -342,9 +342,7 @@ func (rt *runtime) cleanup(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			cctx, cancel := context.WithTimeout(ctx, o.RequestsTimeout)
-			n, err := cleanupAttachments(cctx, rt.b.pool, rt.b.st, o.AttachmentRetention)
-			cancel()
+			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
 			if err != nil && ctx.Err() == nil {
 				rt.b.report(err)
 			} else if n > 0 {

@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
 
 // crash stops a node's adapter machinery the way a killed process would: no
@@ -306,7 +308,7 @@ func TestCleanupSkipsLockedRows(t *testing.T) {
 
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, err := cleanupAttachments(cctx, pool, st, time.Hour)
+	n, err := cleanupAttachments(cctx, pool, st, time.Hour, cleanupBatch, 5*time.Second, time.Now())
 	if err != nil || n != 2 {
 		t.Fatalf("cleanup with a row held: %d rows deleted, %v; want 2, nil", n, err)
 	}
@@ -321,8 +323,62 @@ func TestCleanupSkipsLockedRows(t *testing.T) {
 	if err := rows.Err(); err != nil || !slices.Equal(left, []string{"held", "recent"}) {
 		t.Fatalf("rows left %q (%v), want the held and the recent one", left, err)
 	}
-	if n, err := cleanupAttachments(ctx, pool, st, time.Hour); err != nil || n != 1 {
+	if n, err := cleanupAttachments(ctx, pool, st, time.Hour, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 1 {
 		t.Fatalf("cleanup once released: %d rows deleted, %v; want 1", n, err)
+	}
+}
+
+// TestCleanupDeletesInBatches: a cleanup deletes a backlog of old rows with statements
+// of at most the batch size, each its own transaction, until none is left; a recent row
+// stays. A trigger on the table records how many rows each DELETE removed. One statement
+// for a whole backlog used to run into RequestsTimeout once the backlog was large, and
+// was rolled back every time after.
+func TestCleanupDeletesInBatches(t *testing.T) {
+	opts := testOptions(t)
+	pool, st := attachmentTable(t, opts.TableName)
+	ctx := context.Background()
+	log, fn := pgtest.Name("deletes"), pgtest.Name("count")
+	t.Cleanup(func() {
+		p := newPool(t)
+		defer p.Close()
+		p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
+		p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
+	})
+	for _, q := range []string{
+		"INSERT INTO " + st.Table + " (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 2500)",
+		"INSERT INTO " + st.Table + " (payload) VALUES ('recent')",
+		"CREATE TABLE " + log + " (n serial, deleted bigint)",
+		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+			"INSERT INTO " + log + " (deleted) SELECT count(*) FROM gone; RETURN NULL; END $$",
+		"CREATE TRIGGER count AFTER DELETE ON " + st.Table + " REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION " + fn + "()",
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	n, err := cleanupAttachments(ctx, pool, st, time.Hour, 1000, 5*time.Second, time.Now().Add(time.Minute))
+	if err != nil || n != 2500 {
+		t.Fatalf("cleanup: %d rows deleted, %v; want 2500", n, err)
+	}
+	var statements []int64
+	rows, _ := pool.Query(ctx, "SELECT deleted FROM "+log+" ORDER BY n")
+	for rows.Next() {
+		var d int64
+		rows.Scan(&d)
+		statements = append(statements, d)
+	}
+	if err := rows.Err(); err != nil || !slices.Equal(statements, []int64{1000, 1000, 500}) {
+		t.Fatalf("rows deleted per statement %v (%v), want [1000 1000 500]", statements, err)
+	}
+	var left []string
+	rows, _ = pool.Query(ctx, "SELECT convert_from(payload, 'UTF8') FROM "+st.Table)
+	for rows.Next() {
+		var p string
+		rows.Scan(&p)
+		left = append(left, p)
+	}
+	if err := rows.Err(); err != nil || !slices.Equal(left, []string{"recent"}) {
+		t.Fatalf("rows left %q (%v), want the recent one", left, err)
 	}
 }
 

@@ -56,10 +56,10 @@ type Statements struct {
 	// payload), in no particular order. One statement reads every attachment whose
 	// notification arrived together.
 	Fetch string
-	// Cleanup deletes attachments older than $1 seconds, except rows another transaction
-	// has locked: servers cleaning up at the same moment each delete what the others do
-	// not hold, instead of waiting for one another, which deadlocks when their scans of
-	// the table meet in different orders.
+	// Cleanup deletes attachments older than $1 seconds, at most $2 of them, except rows
+	// another transaction has locked: servers cleaning up at the same moment each delete
+	// what the others do not hold, instead of waiting for one another, which deadlocks
+	// when their scans of the table meet in different orders.
 	Cleanup string
 	// Create creates the table with Node's DDL, so that Node servers can share it.
 	Create string
@@ -84,7 +84,7 @@ func NewStatements(table string) Statements {
 			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
 		Fetch: "SELECT id, payload FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
-			" WHERE created_at < now() - make_interval(secs => $1) FOR UPDATE SKIP LOCKED)",
+			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		Create: "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
 	}
 }
