@@ -80,7 +80,7 @@ const cleanupBatch = 10000
 // later cleanup had more to delete, so the table grew for good.
 func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch int, timeout time.Duration, until time.Time) (int64, error) {
 	var total int64
-	for first := true; first || time.Now().Before(until); first = false {
+	for {
 		qctx, cancel := context.WithTimeout(ctx, timeout)
 		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), batch)
 		cancel()
@@ -88,9 +88,8 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 			return total, fmt.Errorf("pgadapter: delete old attachments (%d deleted before): %w", total, err)
 		}
 		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(batch) {
-			break
+		if tag.RowsAffected() < int64(batch) || !time.Now().Before(until) {
+			return total, nil
 		}
 	}
-	return total, nil
 }

@@ -228,18 +228,18 @@ func printTable(w io.Writer, r *report) {
 	fmt.Fprintf(w, "pgadapter-bench, %s\n", r.Started.Format(time.RFC3339))
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %.0f GB; %s %s; PostgreSQL %s; Node.js %s\n", m.CPUs, m.CPU, m.MemoryGB, m.GoVersion, m.OS, m.postgres(), orNone(m.Node))
 	c := r.Config
-	gogc := "default"
+	goServers := "GOGC default"
 	if c.GOGC > 0 {
-		gogc = strconv.Itoa(c.GOGC)
+		goServers = "GOGC " + strconv.Itoa(c.GOGC)
 	}
 	if c.InlineBinary {
-		gogc += ", InlineBinary"
+		goServers += ", InlineBinary"
 	}
 	if c.SyncCommit {
-		gogc += ", SynchronousCommit"
+		goServers += ", SynchronousCommit"
 	}
-	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' GOGC %s\n",
-		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, gogc)
+	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' %s\n",
+		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, goServers)
 	if r.Databases != "" {
 		fmt.Fprintf(w, "every implementation's cluster runs at once, taking turns phase by phase; databases: %s\n", r.Databases)
 	}
@@ -302,20 +302,19 @@ func printTable(w io.Writer, r *report) {
 }
 
 // postgres is the server's version, and its durability settings when known.
-func (m machine) postgres() string {
-	if m.Durability == "" {
-		return m.PostgreSQL
-	}
-	return m.PostgreSQL + " (" + m.Durability + ")"
-}
+func (m machine) postgres() string { return withDurability(m.PostgreSQL, m.Durability) }
 
 // shortPostgres is postgres without the distribution's build, to fit the chart's line.
 func (m machine) shortPostgres() string {
 	v, _, _ := strings.Cut(m.PostgreSQL, " ")
-	if m.Durability == "" {
-		return v
+	return withDurability(v, m.Durability)
+}
+
+func withDurability(version, durability string) string {
+	if durability == "" {
+		return version
 	}
-	return v + " (" + m.Durability + ")"
+	return version + " (" + durability + ")"
 }
 
 func orNone(s string) string {
