@@ -2,11 +2,13 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -17,12 +19,14 @@ type statements = wire.Statements
 
 func newStatements(table string) statements { return wire.NewStatements(table) }
 
-// ensureTable creates the attachments table if it is missing. Servers starting together
-// would race in CREATE TABLE IF NOT EXISTS (it can fail with a unique violation on the
-// catalog), so creation is serialised by a transaction-scoped advisory lock derived from
-// the table name; a table that already exists costs one catalog look-up and no DDL, so
-// roles without CREATE rights work when the table was made for them.
-func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
+// ensureTable creates the attachments table if it is missing: UNLOGGED, with a logged id
+// sequence, unless logged. Servers starting together would race in CREATE TABLE IF NOT
+// EXISTS (it can fail with a unique violation on the catalog), so creation is serialised
+// by a transaction-scoped advisory lock derived from the table name; a table that already
+// exists costs one catalog look-up and no DDL, so roles without CREATE rights work when
+// the table was made for them, and a table made by someone else (a Node.js server, an
+// operator) is left as it is.
+func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements, logged bool) error {
 	var exists bool
 	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", st.Table).Scan(&exists); err != nil {
 		return fmt.Errorf("pgadapter: look up attachments table %s: %w", st.Table, err)
@@ -36,7 +40,21 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(h.Sum64())); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, st.Create)
+		if logged {
+			_, err := tx.Exec(ctx, st.Create)
+			return err
+		}
+		if _, err := tx.Exec(ctx, st.CreateUnlogged); err != nil {
+			return err
+		}
+		var schema, seq string
+		switch err := tx.QueryRow(ctx, st.LoggedSequence, st.Table).Scan(&schema, &seq); {
+		case errors.Is(err, pgx.ErrNoRows): // before PostgreSQL 15, or a table made logged
+			return nil
+		case err != nil:
+			return err
+		}
+		_, err := tx.Exec(ctx, "ALTER SEQUENCE "+pgx.Identifier{schema, seq}.Sanitize()+" SET LOGGED")
 		return err
 	})
 	if err != nil {
@@ -45,27 +63,34 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements) error {
 	return nil
 }
 
-// fetchAttachments reads the MessagePack bodies of attachment rows in one query, and
-// returns them by id; an id without a row is missing from the map.
+// attachment is a row of the attachments table, as fetchAttachments reads it.
+type attachment struct {
+	body    []byte // MessagePack
+	created time.Time
+}
+
+// fetchAttachments reads the rows of ids in one query, and returns them by id; an id
+// without a row is missing from the map.
 func fetchAttachments(ctx context.Context, db interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, st statements, ids []int64) (map[int64][]byte, error) {
+}, st statements, ids []int64) (map[int64]attachment, error) {
 	rows, err := db.Query(ctx, st.Fetch, ids)
 	if err != nil {
 		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	}
-	bodies := make(map[int64][]byte, len(ids))
+	found := make(map[int64]attachment, len(ids))
 	var id int64
 	var body []byte
-	_, err = pgx.ForEachRow(rows, []any{&id, &body}, func() error {
-		bodies[id] = body
+	var created pgtype.Timestamptz // NULL in a row made without the default
+	_, err = pgx.ForEachRow(rows, []any{&id, &body, &created}, func() error {
+		found[id] = attachment{body: body, created: created.Time}
 		body = nil // the next row gets its own slice
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	}
-	return bodies, nil
+	return found, nil
 }
 
 // cleanupBatch bounds the rows one DELETE of the cleanup removes (about 0.1 s of

@@ -114,30 +114,51 @@ func BenchmarkClusterBroadcast(b *testing.B) {
 	for _, c := range []struct {
 		name    string
 		payload any
+		tables  []bool // Options.LoggedTable: the attachment payloads run with both
 	}{
-		{"json-100B", strings.Repeat("x", 100)},
-		{"json-20KB", strings.Repeat("x", 20000)},
-		{"binary-1KB", make([]byte, 1024)},
+		{"json-100B", strings.Repeat("x", 100), []bool{false}},
+		{"json-20KB", strings.Repeat("x", 20000), []bool{false, true}},
+		{"binary-1KB", make([]byte, 1024), []bool{false, true}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			a, probe := benchCluster(b, false)
-			const window = 4000 // bounded in-flight
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			for i := 0; i < b.N; i++ {
-				for int64(i)-probe.applied.Load() > window {
-					time.Sleep(100 * time.Microsecond)
-				}
-				a.io.Emit("bench", float64(time.Now().UnixNano()), c.payload)
+		for _, logged := range c.tables {
+			name := c.name
+			if len(c.tables) > 1 {
+				name += map[bool]string{false: "/table=unlogged", true: "/table=logged"}[logged]
 			}
-			probe.wait(b, b.N)
-			elapsed := time.Since(start)
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-			probe.report(b)
-		})
+			b.Run(name, func(b *testing.B) {
+				a, probe := benchCluster(b, func(o *Options) { o.LoggedTable = logged })
+				const window = 4000 // bounded in-flight
+				wal := walPosition(b, a)
+				b.ReportAllocs()
+				b.ResetTimer()
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					for int64(i)-probe.applied.Load() > window {
+						time.Sleep(100 * time.Microsecond)
+					}
+					a.io.Emit("bench", float64(time.Now().UnixNano()), c.payload)
+				}
+				probe.wait(b, b.N)
+				elapsed := time.Since(start)
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+				// Everything the server wrote to its WAL meanwhile, the other sessions'
+				// too: on a server of its own, the cluster's.
+				b.ReportMetric(float64(walPosition(b, a)-wal)/float64(b.N), "WAL-B/msg")
+				probe.report(b)
+			})
+		}
 	}
+}
+
+// walPosition returns PostgreSQL's current WAL write position, in bytes.
+func walPosition(b *testing.B, n *node) int64 {
+	b.Helper()
+	var pos int64
+	if err := n.pool.QueryRow(context.Background(), "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").Scan(&pos); err != nil {
+		b.Fatal(err)
+	}
+	return pos
 }
 
 // BenchmarkClusterLatencyPaced emits broadcasts at 1000 per second and reports the
@@ -161,7 +182,7 @@ func BenchmarkClusterLatencyPaced(b *testing.B) {
 	}{{"json-100B", strings.Repeat("x", 100)}, {"binary-1KB", make([]byte, 1024)}} {
 		for _, sync := range []bool{false, true} {
 			b.Run(payload.name+map[bool]string{false: "/commit=async", true: "/commit=sync"}[sync], func(b *testing.B) {
-				a, probe := benchCluster(b, sync)
+				a, probe := benchCluster(b, func(o *Options) { o.SynchronousCommit = sync })
 				for range warmup {
 					a.io.Emit("bench", float64(time.Now().UnixNano()), payload.value)
 				}
@@ -190,12 +211,14 @@ type latencyProbe struct {
 	b         *Builder
 }
 
-// benchCluster starts servers A and B, with Options.SynchronousCommit set to sync; B's
+// benchCluster starts servers A and B, with the options set changes (when not nil); B's
 // probe records each broadcast A sends with its send time as first argument.
-func benchCluster(b *testing.B, sync bool) (*node, *latencyProbe) {
+func benchCluster(b *testing.B, set func(*Options)) (*node, *latencyProbe) {
 	b.Helper()
 	opts := testOptions(b)
-	opts.SynchronousCommit = sync
+	if set != nil {
+		set(&opts)
+	}
 	a := startNode(b, "A", opts)
 	probe := &latencyProbe{latencies: make([]time.Duration, 0, b.N)}
 	// The hook must be set before B's first adapter: B is made by hand.
@@ -262,7 +285,7 @@ func BenchmarkServerSideEmitGoVsNode(b *testing.B) {
 	}{{"json-100B", 100, false}, {"json-20KB", 20000, false}, {"binary-1KB", 1024, true}}
 	for _, p := range payloads {
 		b.Run("go/"+p.name, func(b *testing.B) {
-			a, probe := benchCluster(b, false)
+			a, probe := benchCluster(b, nil)
 			var payload any = strings.Repeat("x", p.size)
 			if p.binary {
 				payload = make([]byte, p.size)

@@ -33,7 +33,10 @@
 // transactions that insert them commit without waiting for their disk flush (also a
 // setting local to the transaction; Options.SynchronousCommit keeps the session's),
 // because the flush adds a disk write to each message's latency and makes no delivery
-// surer: PostgreSQL keeps no notification across a crash.
+// surer: PostgreSQL keeps no notification across a crash. For the same reason the
+// adapter creates the table UNLOGGED (Options.LoggedTable), so that its rows, which live
+// for a minute, write no WAL; a notification names its row by id and created_at, so that
+// a row made after a crash under a reused id is never taken for the one it names.
 //
 // # Guarantees
 //

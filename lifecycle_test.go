@@ -254,6 +254,61 @@ func TestTableCreatedOnceByManyServers(t *testing.T) {
 	}
 }
 
+// TestTablePersistence: the adapter creates the attachments table UNLOGGED, with Node's
+// columns and a logged id sequence, or as an ordinary table with LoggedTable, and leaves
+// a table that exists as it is.
+func TestTablePersistence(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		logged   bool // Options.LoggedTable
+		existing bool // created beforehand, with Node's DDL
+		want     string
+	}{
+		{"default", false, false, "table u, index u, sequence p"},
+		{"LoggedTable", true, false, "table p, index p, sequence p"},
+		{"existing", false, true, "table p, index p, sequence p"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions(t)
+			opts.LoggedTable = tc.logged
+			st := newStatements(opts.TableName)
+			pool := newPool(t)
+			defer pool.Close()
+			ctx := context.Background()
+			if tc.existing {
+				if _, err := pool.Exec(ctx, st.Create); err != nil {
+					t.Fatal(err)
+				}
+			}
+			nodes := cluster(t, 2, opts)
+			cb := nodes[1].connect(t, "/", "cb")
+			nodes[0].io.Emit("big", strings.Repeat("z", 10000)) // through the table
+			cb.expect(t, "big")
+			var got string
+			err := pool.QueryRow(ctx, `SELECT format('table %s, index %s, sequence %s',
+				(SELECT relpersistence FROM pg_class WHERE oid = $1::text::regclass),
+				(SELECT i.relpersistence FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::text::regclass),
+				(SELECT relpersistence FROM pg_class WHERE oid = pg_get_serial_sequence($1::text, 'id')::regclass))`,
+				st.Table).Scan(&got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("%s, want %s", got, tc.want)
+			}
+			var columns string
+			err = pool.QueryRow(ctx, `SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+				FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0`, st.Table).Scan(&columns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := "id bigint, created_at timestamp with time zone, payload bytea"; columns != want {
+				t.Fatalf("columns %s, want Node's: %s", columns, want)
+			}
+		})
+	}
+}
+
 func TestSkipTableCreation(t *testing.T) {
 	opts := testOptions(t)
 	opts.SkipTableCreation = true
@@ -485,7 +540,7 @@ func attachmentTable(t *testing.T, table string) (*pgxpool.Pool, statements) {
 	st := newStatements(table)
 	pool := newPool(t)
 	t.Cleanup(pool.Close)
-	if err := ensureTable(context.Background(), pool, st); err != nil {
+	if err := ensureTable(context.Background(), pool, st, false); err != nil {
 		t.Fatal(err)
 	}
 	return pool, st

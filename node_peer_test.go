@@ -64,7 +64,7 @@ func mixedDatabase(t testing.TB) string {
 	u.Path = "/" + name
 	pool := newPoolURL(t, u.String())
 	defer pool.Close()
-	if err := ensureTable(ctx, pool, newStatements(defaultTableName)); err != nil {
+	if err := ensureTable(ctx, pool, newStatements(defaultTableName), false); err != nil {
 		t.Fatal(err)
 	}
 	return u.String()

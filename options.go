@@ -66,14 +66,36 @@ type Options struct {
 	// either way, and PostgreSQL keeps no notification across a crash. What it protects
 	// is an attachment row whose notification was delivered just before PostgreSQL
 	// crashed: without the wait, a receiver that reads the row after the restart may find
-	// it gone and report ErrAttachmentMissing.
+	// it gone and report ErrAttachmentMissing. That holds with LoggedTable only: an
+	// unlogged table, the default, is emptied by a crash anyway, and its rows write no WAL
+	// for a commit to wait for.
 	SynchronousCommit bool
 
+	// LoggedTable, when true, makes the adapter create a missing attachments table as an
+	// ordinary table. By default it creates it UNLOGGED, with Node's columns (Node.js
+	// servers and emitters use it as they would their own), and keeps its id sequence
+	// logged. The rows live for a minute and matter only while receivers read them, so
+	// writing them to the WAL buys nothing but the disk writes, the checkpoints, the
+	// archive and the standbys' replay of every message with an attachment (a 1 KB binary
+	// broadcast wrote 1,281 bytes of WAL; with an unlogged table, 3). What an unlogged
+	// table gives up: after a crash of PostgreSQL (not a clean restart) it is empty, so a
+	// receiver that had not yet read a row of a message delivered just before the crash
+	// reports ErrAttachmentMissing, as without SynchronousCommit; and a standby has no
+	// rows, which matters to no one, since LISTEN and NOTIFY work on the primary only. An
+	// existing table is left as it is, whoever made it: ALTER TABLE ... SET UNLOGGED
+	// converts one (it rewrites the table under an exclusive lock).
+	LoggedTable bool
+
 	// SkipTableCreation, when true, makes the adapter assume the attachments table exists,
-	// for database roles without the right to create tables. Create it with:
+	// for database roles without the right to create tables. Create it as the adapter
+	// does (on PostgreSQL 14 and earlier, without the ALTER SEQUENCE, which they do not
+	// need: their sequences are always logged):
 	//
-	//	CREATE TABLE IF NOT EXISTS socket_io_attachments (
+	//	CREATE UNLOGGED TABLE IF NOT EXISTS socket_io_attachments (
 	//	    id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea);
+	//	ALTER SEQUENCE socket_io_attachments_id_seq SET LOGGED;
+	//
+	// or without UNLOGGED, as Node.js servers do (see LoggedTable).
 	SkipTableCreation bool
 
 	// HeartbeatInterval is how long a namespace adapter stays silent before it publishes
@@ -205,7 +227,9 @@ var (
 	ErrReceiveQueueFull = errors.New("pgadapter: receive queue full, notifications dropped")
 
 	// ErrAttachmentMissing is reported when a notification names an attachment row that no
-	// longer exists (deleted by cleanup before this server read it, or never written).
+	// longer exists: deleted by cleanup before this server read it, lost in a crash of
+	// PostgreSQL, or never written. A row whose created_at differs from the one its
+	// notification gives counts as missing: after a crash, its id was given again.
 	ErrAttachmentMissing = errors.New("pgadapter: attachment row not found")
 
 	// ErrMalformed is reported for a notification on one of our channels that cannot be

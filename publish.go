@@ -205,7 +205,7 @@ func (m *outgoing) size() int { return len(m.enc.JSON) + len(m.enc.Attachment) +
 func (p *publisher) createTable(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 	defer cancel()
-	if err := ensureTable(cctx, p.pool, p.st); err != nil {
+	if err := ensureTable(cctx, p.pool, p.st, p.opts.LoggedTable); err != nil {
 		p.report(err)
 		return
 	}

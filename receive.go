@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -24,8 +25,9 @@ type delivery struct {
 	channel string
 	msg     *wire.Message
 	fetched chan fetchResult // set for attachments
-	id      int64            // the attachment's row, with the uid its header names
+	id      int64            // the attachment's row, with the uid and created_at its header names
 	uid     string
+	created time.Time // zero for a header without one (Node's)
 }
 
 type fetchResult struct {
@@ -152,7 +154,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	d := &delivery{a: a, channel: n.Channel, msg: note.Message}
 	if note.HasAttachment {
 		d.fetched = make(chan fetchResult, 1)
-		d.id, d.uid = note.AttachmentID, note.UID
+		d.id, d.uid, d.created = note.AttachmentID, note.UID, note.CreatedAt
 	} else {
 		countType(&rt.b.stats.received, note.Type)
 	}
@@ -167,7 +169,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		ids[i] = d.id
 	}
 	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
-	var bodies map[int64][]byte
+	var bodies map[int64]attachment
 	conn, err := rt.b.pool.Acquire(fctx)
 	pending.Add(-1)
 	if err != nil {
@@ -187,11 +189,17 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	}
 }
 
-func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64][]byte) fetchResult {
-	body, ok := bodies[d.id]
+func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fetchResult {
+	row, ok := bodies[d.id]
 	if !ok {
 		return fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
 	}
+	if !d.created.IsZero() && !row.created.Equal(d.created) {
+		// PostgreSQL crashed after the notification, and gave its id to a new row.
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed)",
+			d.id, ErrAttachmentMissing, row.created.UTC().Format(time.RFC3339Nano), d.created.UTC().Format(time.RFC3339Nano))}
+	}
+	body := row.body
 	rt.b.stats.attachmentsRd.Add(1)
 	rt.b.stats.receivedBytes.Add(int64(len(body)))
 	var m *wire.Message

@@ -59,6 +59,7 @@ type config struct {
 	GOGC           int           `json:"goGOGC,omitempty"`
 	InlineBinary   bool          `json:"goInlineBinary,omitempty"`
 	SyncCommit     bool          `json:"goSynchronousCommit,omitempty"`
+	LoggedTable    bool          `json:"goLoggedTable,omitempty"`
 	PGNoSync       bool          `json:"-"`
 	Payloads       []payload     `json:"payloads"`
 	Node           string        `json:"-"`
@@ -101,6 +102,7 @@ func main() {
 	scenarios := flag.String("scenarios", "between,clients,alone", "what to measure: between (servers with -between-clients clients), clients (-clients clients, each payload, saturation and paced), alone (the reference of one server with -clients clients and socket.io's in-memory adapter, each payload, saturation)")
 	payloads := flag.String("payloads", "json-100B,json-20KB,binary-1KB", "payloads to measure, from "+payloadNames())
 	flag.BoolVar(&cfg.InlineBinary, "inline-binary", false, "give the Go servers Options.InlineBinary: binary messages that fit travel in the NOTIFY payload (Go-only clusters)")
+	flag.BoolVar(&cfg.LoggedTable, "logged-table", false, "give the Go servers Options.LoggedTable: their attachments table is an ordinary one, as Node's adapter makes it, instead of UNLOGGED")
 	flag.BoolVar(&cfg.SyncCommit, "sync-commit", false, "give the Go servers Options.SynchronousCommit: transactions that insert attachment rows wait for their commit's disk flush")
 	flag.BoolVar(&cfg.PGNoSync, "pg-nosync", false, "run the temporary PostgreSQL with fsync, synchronous_commit and full_page_writes off, as the tests' one; by default it keeps PostgreSQL's own durability, as deployed")
 	flag.BoolVar(&cfg.FastWS, "fastws", true, "also measure Go servers on the fastws WebSocket transport (impl go-fastws)")
@@ -285,8 +287,8 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 	return rep, nil
 }
 
-// implDatabases gives each implementation's cluster a database of its own, with the
-// attachments table (the Go servers create theirs; Node's adapter expects it), and
+// implDatabases gives each implementation's cluster a database of its own, Node's with
+// the attachments table (Node's adapter expects it; the Go servers create theirs), and
 // returns their URLs and a function that drops them. The clusters run at once, and
 // PostgreSQL wakes every LISTEN connection of a database for each notification in it:
 // in one database, the idle clusters' listeners would add their work to every phase.
@@ -317,6 +319,9 @@ func implDatabases(ctx context.Context, conn *pgx.Conn, dbURL string, impls []st
 		dbs[impl] = v.String()
 	}
 	for _, impl := range impls {
+		if impl != "node" {
+			continue // the Go servers create theirs, as Options says
+		}
 		c, err := pgx.Connect(ctx, dbs[impl])
 		if err != nil {
 			return dbs, drop, err
@@ -516,6 +521,9 @@ func startCluster(cfg config, impl string, n int, goEnv, nodeEnv []string) (*clu
 			}
 			if cfg.SyncCommit {
 				cmd.Env = append(cmd.Env, syncCommitEnv+"=1")
+			}
+			if cfg.LoggedTable {
+				cmd.Env = append(cmd.Env, loggedTableEnv+"=1")
 			}
 		case "node":
 			dir, err := filepath.Abs(cfg.NodeDir)

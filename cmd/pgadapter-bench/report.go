@@ -238,6 +238,9 @@ func printTable(w io.Writer, r *report) {
 	if c.SyncCommit {
 		goServers += ", SynchronousCommit"
 	}
+	if c.LoggedTable {
+		goServers += ", LoggedTable"
+	}
 	fmt.Fprintf(w, "cluster: %d servers, server 0 emits; %d clients per server (%d between servers); phases of %gs; window %d; paced %d/s; Go servers' %s\n",
 		c.Servers, c.Clients, c.BetweenClients, c.PhaseSeconds, c.Window, c.Rate, goServers)
 	if r.Databases != "" {

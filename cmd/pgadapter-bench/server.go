@@ -51,6 +51,9 @@ const inlineEnv = "PGADAPTER_BENCH_INLINE_BINARY"
 // syncCommitEnv set to "1" gives a Go server's adapter Options.SynchronousCommit.
 const syncCommitEnv = "PGADAPTER_BENCH_SYNC_COMMIT"
 
+// loggedTableEnv set to "1" gives a Go server's adapter Options.LoggedTable.
+const loggedTableEnv = "PGADAPTER_BENCH_LOGGED_TABLE"
+
 // adapterEnv set to "memory" makes a server use socket.io's own in-memory adapter, with
 // no PostgreSQL: the "socket.io alone" reference (ADAPTER for the Node server).
 const adapterEnv = "PGADAPTER_BENCH_ADAPTER"
@@ -114,6 +117,7 @@ func serve(dbURL, prefix, table string) error {
 			TableName:         table,
 			InlineBinary:      os.Getenv(inlineEnv) == "1",
 			SynchronousCommit: os.Getenv(syncCommitEnv) == "1",
+			LoggedTable:       os.Getenv(loggedTableEnv) == "1",
 			ErrorHandler: func(err error) {
 				out.send(map[string]any{"type": "error", "message": err.Error()})
 			},

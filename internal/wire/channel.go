@@ -50,11 +50,12 @@ type Statements struct {
 	NotifyMany string
 	// InsertNotify stores an attachment and publishes its header in one statement, so
 	// that a receiver never sees the header before the row: $1 MessagePack body,
-	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix.
+	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix. The header ends
+	// with the row's created_at ("createdAt", see Notification.CreatedAt).
 	InsertNotify string
 	// Fetch reads attachments: $1 their ids, as a bigint array; rows come as (id,
-	// payload), in no particular order. One statement reads every attachment whose
-	// notification arrived together.
+	// payload, created_at), in no particular order. One statement reads every attachment
+	// whose notification arrived together.
 	Fetch string
 	// Cleanup deletes attachments older than $1 seconds, at most $2 of them, except rows
 	// another transaction has locked: servers cleaning up at the same moment each delete
@@ -63,6 +64,17 @@ type Statements struct {
 	Cleanup string
 	// Create creates the table with Node's DDL, so that Node servers can share it.
 	Create string
+	// CreateUnlogged creates the same table, with the same columns, as UNLOGGED: its rows
+	// and its index write no WAL, and a checkpoint does not write their pages. Follow it
+	// with LoggedSequence, so that ids are never reused after a crash.
+	CreateUnlogged string
+	// LoggedSequence finds the table's id sequence when it is unlogged (PostgreSQL 15
+	// and later make the sequence of an unlogged table's serial column unlogged too):
+	// $1 the quoted table name; the row is the sequence's schema and name. An unlogged
+	// sequence restarts from 1 after a crash, when PostgreSQL empties the table, and a
+	// notification sent before the crash could then name a new row: a logged one never
+	// goes back.
+	LoggedSequence string
 }
 
 // SetAsyncCommit makes the rest of a transaction commit without waiting for PostgreSQL to
@@ -73,6 +85,9 @@ type Statements struct {
 // never flushes its commit: it needs no SetAsyncCommit.
 const SetAsyncCommit = "SELECT set_config('synchronous_commit', 'off', true)"
 
+// columns are the attachments table's, as @socket.io/postgres-adapter creates it.
+const columns = " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)"
+
 // NewStatements builds the statements for the attachments table named table.
 func NewStatements(table string) Statements {
 	t := pgx.Identifier{table}.Sanitize()
@@ -80,11 +95,15 @@ func NewStatements(table string) Statements {
 		Table:      t,
 		Notify:     "SELECT pg_notify($1, $2)",
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
-		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id) " +
-			"SELECT pg_notify($2, $3 || a.id::text || $4) FROM a",
-		Fetch: "SELECT id, payload FROM " + t + " WHERE id = ANY($1::bigint[])",
+		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id, created_at) " +
+			`SELECT pg_notify($2, $3 || a.id::text || '","createdAt":"' || ` +
+			`coalesce(to_char(a.created_at AT TIME ZONE 'UTC', '` + CreatedAtFormatSQL + `'), '') || $4) FROM a`,
+		Fetch: "SELECT id, payload, created_at FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
 			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
-		Create: "CREATE TABLE IF NOT EXISTS " + t + " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)",
+		Create:         "CREATE TABLE IF NOT EXISTS " + t + columns,
+		CreateUnlogged: "CREATE UNLOGGED TABLE IF NOT EXISTS " + t + columns,
+		LoggedSequence: "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " +
+			"WHERE c.oid = pg_get_serial_sequence($1, 'id')::regclass AND c.relpersistence = 'u'",
 	}
 }

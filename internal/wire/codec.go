@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -178,7 +179,21 @@ type Notification struct {
 	// inline (HasAttachment).
 	AttachmentID  int64
 	HasAttachment bool
+	// CreatedAt is the row's created_at, as the header of a pgadapter publisher gives it
+	// ("createdAt"); zero when the header has none (Node's). A row id names one message
+	// only until PostgreSQL crashes: the commits of the last moments before the crash
+	// are lost, the advance of the id sequence with them (an unlogged attachments
+	// table is emptied too), and a notification delivered before the crash can then name
+	// a row made after it. A receiver compares the two, and reports the message of such a
+	// notification missing instead of delivering another one.
+	CreatedAt time.Time
 }
+
+// CreatedAtFormatSQL is the to_char format of Notification.CreatedAt in a header, in
+// UTC; createdAtLayout is its Go layout.
+const CreatedAtFormatSQL = `YYYY-MM-DD"T"HH24:MI:SS.US"Z"`
+
+const createdAtLayout = "2006-01-02T15:04:05.999999Z"
 
 // DecodeNotification parses a NOTIFY payload.
 func DecodeNotification(payload string) (*Notification, error) {
@@ -248,6 +263,15 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 		}
 		if err != nil || n.AttachmentID <= 0 {
 			return nil, fmt.Errorf("wire: attachmentId %s is not a row id", describe(a))
+		}
+		if c, present := t["createdAt"]; present {
+			text, ok := c.(string)
+			if ok && text != "" {
+				n.CreatedAt, err = time.Parse(createdAtLayout, text)
+			}
+			if !ok || err != nil {
+				return nil, fmt.Errorf("wire: attachment header createdAt %s is not a time", describe(c))
+			}
 		}
 		return n, nil
 	}

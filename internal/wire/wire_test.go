@@ -266,6 +266,8 @@ func TestDecodeErrors(t *testing.T) {
 		"attachment junk":  `{"type":3,"uid":"a","attachmentId":"1; DROP TABLE x"}`,
 		"attachment float": `{"type":3,"uid":"a","attachmentId":1.5}`,
 		"attachment type":  `{"type":42,"uid":"a","attachmentId":"1"}`,
+		"created number":   `{"type":3,"uid":"a","attachmentId":"1","createdAt":1}`,
+		"created junk":     `{"type":3,"uid":"a","attachmentId":"1","createdAt":"yesterday"}`,
 	}
 	for name, payload := range bad {
 		if _, err := DecodeNotification(payload); err == nil {
@@ -274,6 +276,16 @@ func TestDecodeErrors(t *testing.T) {
 	}
 	if n, err := DecodeNotification(`{"type":3,"uid":"a","attachmentId":12}`); err != nil || n.AttachmentID != 12 {
 		t.Fatalf("numeric attachment id: %v %+v", err, n)
+	}
+	// createdAt as InsertNotify writes it; absent (Node) or empty (a row without one), zero.
+	n, err := DecodeNotification(`{"uid":"a","type":3,"attachmentId":"12","createdAt":"2026-12-06T05:40:01.000120Z"}`)
+	if want := time.Date(2026, 12, 6, 5, 40, 1, 120000, time.UTC); err != nil || !n.CreatedAt.Equal(want) {
+		t.Fatalf("createdAt: %v %+v, want %v", err, n, want)
+	}
+	for _, payload := range []string{`{"type":3,"uid":"a","attachmentId":"12"}`, `{"type":3,"uid":"a","attachmentId":"12","createdAt":""}`} {
+		if n, err := DecodeNotification(payload); err != nil || !n.CreatedAt.IsZero() {
+			t.Fatalf("%s: %v %+v", payload, err, n)
+		}
 	}
 	deep := bytes.Repeat([]byte{0x91}, 10000)
 	deep = append(deep, 0xc0)
