@@ -119,19 +119,52 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 // first such socket: one engine.io packet, header and attachments together, so that
 // each client's share of a binary broadcast is one write. socket.io copies what it is
 // given for each client; fastws writes a Message's shared bytes instead. Clients on
-// HTTP long polling, and engine.io's own transport, are given the packet.
+// HTTP long polling, and engine.io's own transport, are given the packet's parts as
+// shareable buffers, also made once.
 type writes struct {
-	encoded, shared []types.BufferInterface
+	encoded, shared, parts []types.BufferInterface
 }
 
 func (w *writes) to(s *socket.Socket) []types.BufferInterface {
 	if !fastws.Handles(s.Conn().Transport()) {
-		return w.encoded
+		if w.parts == nil {
+			w.parts = make([]types.BufferInterface, len(w.encoded))
+			for i, e := range w.encoded {
+				w.parts[i] = share(e)
+			}
+		}
+		return w.parts
 	}
 	if w.shared == nil {
 		w.shared = fastws.Messages(w.encoded)
 	}
 	return w.shared
+}
+
+// shareable is an encoded part of a packet whose copies share its bytes. socket.io
+// copies what it writes for each client (Clone), engine.io's encoder then copies that
+// again, and the first copy was a new buffer, cleared, for every client: 1 MB per 20 KB
+// broadcast to 50 clients. A shareable's copy is a buffer of the type engine.io tells
+// text from binary by, reading the same bytes from its own position: engine.io only
+// reads what it is given, and the bytes are never written once encoded. Its length is
+// its capacity, so that nothing can append into them either.
+type shareable struct {
+	types.BufferInterface // the part itself, for anything that reads it directly
+	bytes                 []byte
+	text                  bool
+}
+
+func share(part types.BufferInterface) types.BufferInterface {
+	b := part.Bytes()
+	_, text := part.(*types.StringBuffer)
+	return &shareable{BufferInterface: part, bytes: b[:len(b):len(b)], text: text}
+}
+
+func (s *shareable) Clone() types.BufferInterface {
+	if s.text {
+		return types.NewStringBuffer(s.bytes)
+	}
+	return types.NewBytesBuffer(s.bytes)
 }
 
 func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {

@@ -2,9 +2,11 @@ package pgadapter
 
 import (
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 
+	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
 
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -75,4 +77,39 @@ func sameJSON(t *testing.T, a, b string) bool {
 	xs, _ := json.Marshal(x)
 	ys, _ := json.Marshal(y)
 	return string(xs) == string(ys)
+}
+
+// TestShareable: what socket.io copies for each client on engine.io's own transports is
+// a buffer of the type engine.io tells text from binary by, over the same bytes, each
+// read from its own position.
+func TestShareable(t *testing.T) {
+	for _, tc := range []struct {
+		part types.BufferInterface
+		text bool
+	}{
+		{types.NewStringBuffer([]byte(`2["e","x"]`)), true},
+		{types.NewBytesBuffer([]byte{1, 2, 3, 4}), false},
+	} {
+		want := string(tc.part.Bytes())
+		s := share(tc.part)
+		a, b := s.Clone(), s.Clone()
+		for _, c := range []types.BufferInterface{a, b} {
+			if _, text := c.(*types.StringBuffer); text != tc.text {
+				t.Fatalf("%q: a copy is %T", want, c)
+			}
+		}
+		if &a.Bytes()[0] != &tc.part.Bytes()[0] || &b.Bytes()[0] != &tc.part.Bytes()[0] {
+			t.Fatalf("%q: a copy holds bytes of its own", want)
+		}
+		read, err := io.ReadAll(a)
+		if err != nil || string(read) != want {
+			t.Fatalf("%q: read %q, %v", want, read, err)
+		}
+		if read, _ := io.ReadAll(b); string(read) != want {
+			t.Fatalf("%q: the second copy read %q after the first was read", want, read)
+		}
+		if string(tc.part.Bytes()) != want {
+			t.Fatalf("%q: the part now holds %q", want, tc.part.Bytes())
+		}
+	}
 }
