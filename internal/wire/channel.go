@@ -66,14 +66,16 @@ type Statements struct {
 	Create string
 	// CreateUnlogged creates the same table, with the same columns, as UNLOGGED: its rows
 	// and its index write no WAL, and a checkpoint does not write their pages. Follow it
-	// with LoggedSequence, so that ids are never reused after a crash.
+	// with LoggedSequence.
 	CreateUnlogged string
 	// LoggedSequence finds the table's id sequence when it is unlogged (PostgreSQL 15
 	// and later make the sequence of an unlogged table's serial column unlogged too):
-	// $1 the quoted table name; the row is the sequence's schema and name. An unlogged
-	// sequence restarts from 1 after a crash, when PostgreSQL empties the table, and a
-	// notification sent before the crash could then name a new row: a logged one never
-	// goes back.
+	// $1 the quoted table name; the row is the sequence's schema and name, to make
+	// logged. An unlogged sequence starts again from 1 after a crash, when PostgreSQL
+	// empties the table, so that every id of the recent past is given again; a logged
+	// one goes back only to what the WAL flushed before the crash recorded, so that only
+	// the ids of the last moments are. Receivers that check created_at (see
+	// Notification.CreatedAt) are safe either way; Node's servers do not check.
 	LoggedSequence string
 }
 
