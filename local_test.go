@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"encoding/json"
 	"io"
+	goruntime "runtime"
 	"strings"
 	"testing"
 
@@ -110,6 +111,37 @@ func TestShareable(t *testing.T) {
 		}
 		if string(tc.part.Bytes()) != want {
 			t.Fatalf("%q: the part now holds %q", want, tc.part.Bytes())
+		}
+	}
+}
+
+// TestArgsTextAllocatesOnce: the JSON text of a broadcast's arguments is written into
+// one buffer, sized from its strings, and that buffer is the string returned. Grown from
+// a small buffer and then copied, a 20 KB argument cost twice its size (41 KB).
+func TestArgsTextAllocatesOnce(t *testing.T) {
+	big := strings.Repeat("x", 20000)
+	for _, args := range [][]any{
+		{"e", big},
+		{"e", map[string]any{"text": big, "n": 1.0}},
+		{"e", []any{big, "y"}},
+	} {
+		want, err := wire.AppendJSON(nil, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := argsText(args); got != string(want) {
+			t.Fatalf("argsText wrote %d bytes, want %d", len(got), len(want))
+		}
+		const calls = 20
+		var before, after goruntime.MemStats
+		goruntime.ReadMemStats(&before)
+		for range calls {
+			argsText(args)
+		}
+		goruntime.ReadMemStats(&after)
+		// One buffer of the text's size class, and the slice boxed as an interface.
+		if per := (after.TotalAlloc - before.TotalAlloc) / calls; per > uint64(len(want))*5/4 {
+			t.Errorf("%d bytes allocated for %d bytes of text", per, len(want))
 		}
 	}
 }
