@@ -8,11 +8,11 @@ import (
 	"reflect"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io/v2/socket"
 
@@ -389,17 +389,7 @@ func TestAttachmentRowReplaced(t *testing.T) {
 	if err := a.pool.QueryRow(ctx, "SELECT id, created_at FROM "+opts.TableName).Scan(&id, &created); err != nil {
 		t.Fatal(err)
 	}
-	root := a.io.Sockets().Adapter().(*Adapter)
-	replay := func(at time.Time) {
-		t.Helper()
-		header := wire.AttachmentHeaderPrefix(root.UID(), wire.Broadcast) + strconv.FormatInt(id, 10) +
-			`","createdAt":"` + at.UTC().Format("2006-01-02T15:04:05.000000Z") + wire.AttachmentHeaderSuffix
-		if _, err := a.pool.Exec(ctx, "SELECT pg_notify($1, $2)", root.Channel(), header); err != nil {
-			t.Fatal(err)
-		}
-		a.io.Emit("marker") // after the replay, on the same channel: B handles it after
-		cb.sent.next(t, "cb's server", "marker")
-	}
+	replay := func(at time.Time) { replayAttachment(t, a.pool, a, cb, id, at) }
 	replay(created.Add(-time.Millisecond))
 	if n := cb.sent.count("big"); n != 1 {
 		t.Fatalf("a notification naming another row's created_at was delivered: %d written", n)
@@ -415,6 +405,23 @@ func TestAttachmentRowReplaced(t *testing.T) {
 	if errs := b.errs.drain("error"); len(errs) != 0 {
 		t.Fatalf("reported %v", errs)
 	}
+}
+
+// replayAttachment publishes, through db, the notification A's broadcast of row id
+// created at created would have, then a marker broadcast from A, and returns once the
+// marker was written to cb: B has handled the replay by then, since it handles a
+// channel's notifications in order.
+func replayAttachment(t *testing.T, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, a *node, cb *tclient, id int64, created time.Time) {
+	t.Helper()
+	root := a.io.Sockets().Adapter().(*Adapter)
+	header := wire.AttachmentHeader(root.UID(), wire.Broadcast, id, created)
+	if _, err := db.Exec(context.Background(), "SELECT pg_notify($1, $2)", root.Channel(), header); err != nil {
+		t.Fatal(err)
+	}
+	a.io.Emit("marker")
+	cb.sent.next(t, "cb's server", "marker")
 }
 
 func TestLargeAndBinaryMessages(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
-	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // The fault suite injects each fault for real and reports what it measured with t.Logf
@@ -245,20 +243,13 @@ func TestFaultCrash(t *testing.T) {
 			break
 		}
 	}
-	root := a.io.Sockets().Adapter().(*Adapter)
-	header := wire.AttachmentHeaderPrefix(root.UID(), wire.Broadcast) + strconv.FormatInt(id, 10) +
-		`","createdAt":"` + before[id].UTC().Format("2006-01-02T15:04:05.000000Z") + wire.AttachmentHeaderSuffix
 	b.errs.drain("error")
 	notified := cb.sent.count("before") + cb.sent.count("after")
 	if conn, err = pgx.Connect(ctx, srv.URL()); err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", root.Channel(), header); err != nil {
-		t.Fatal(err)
-	}
-	a.io.Emit("marker")
-	cb.sent.next(t, "cb's server", "marker")
+	replayAttachment(t, conn, a, cb, id, before[id])
 	if n := cb.sent.count("before") + cb.sent.count("after"); n != notified {
 		t.Fatalf("the pre-crash notification of row %d delivered a message", id)
 	}

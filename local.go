@@ -122,7 +122,9 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 // HTTP long polling, and engine.io's own transport, are given the packet's parts as
 // shareable buffers, also made once.
 type writes struct {
-	encoded, shared, parts []types.BufferInterface
+	// encoded is the packet; messages and parts are what fastws's clients and the
+	// others are given, each made on the first socket that needs it.
+	encoded, messages, parts []types.BufferInterface
 }
 
 func (w *writes) to(s *socket.Socket) []types.BufferInterface {
@@ -135,10 +137,10 @@ func (w *writes) to(s *socket.Socket) []types.BufferInterface {
 		}
 		return w.parts
 	}
-	if w.shared == nil {
-		w.shared = fastws.Messages(w.encoded)
+	if w.messages == nil {
+		w.messages = fastws.Messages(w.encoded)
 	}
-	return w.shared
+	return w.messages
 }
 
 // shareable is an encoded part of a packet whose copies share its bytes. socket.io

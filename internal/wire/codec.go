@@ -189,11 +189,21 @@ type Notification struct {
 	CreatedAt time.Time
 }
 
-// CreatedAtFormatSQL is the to_char format of Notification.CreatedAt in a header, in
-// UTC; createdAtLayout is its Go layout.
-const CreatedAtFormatSQL = `YYYY-MM-DD"T"HH24:MI:SS.US"Z"`
+// The header's created_at: its key, which follows the row id (createdAtKey ends the
+// id's string and opens the time's), and its format, in UTC with microseconds, as
+// PostgreSQL's to_char writes it (createdAtSQL) and as Go reads and writes it.
+const (
+	createdAtKey    = `","createdAt":"`
+	createdAtSQL    = `YYYY-MM-DD"T"HH24:MI:SS.US"Z"`
+	createdAtLayout = "2006-01-02T15:04:05.000000Z"
+)
 
-const createdAtLayout = "2006-01-02T15:04:05.999999Z"
+// AttachmentHeader is the notification InsertNotify publishes for row id of uid's
+// message of type typ, created at created: what a receiver checks the row against.
+func AttachmentHeader(uid string, typ Type, id int64, created time.Time) string {
+	return AttachmentHeaderPrefix(uid, typ) + strconv.FormatInt(id, 10) + createdAtKey +
+		created.UTC().Format(createdAtLayout) + AttachmentHeaderSuffix
+}
 
 // DecodeNotification parses a NOTIFY payload.
 func DecodeNotification(payload string) (*Notification, error) {

@@ -278,8 +278,13 @@ func TestDecodeErrors(t *testing.T) {
 		t.Fatalf("numeric attachment id: %v %+v", err, n)
 	}
 	// createdAt as InsertNotify writes it; absent (Node) or empty (a row without one), zero.
-	n, err := DecodeNotification(`{"uid":"a","type":3,"attachmentId":"12","createdAt":"2026-12-06T05:40:01.000120Z"}`)
-	if want := time.Date(2026, 12, 6, 5, 40, 1, 120000, time.UTC); err != nil || !n.CreatedAt.Equal(want) {
+	header := `{"uid":"a","type":3,"attachmentId":"12","createdAt":"2026-12-06T05:40:01.000120Z"}`
+	want := time.Date(2026, 12, 6, 5, 40, 1, 120000, time.UTC)
+	if got := AttachmentHeader("a", Broadcast, 12, want.In(time.FixedZone("x", 3600))); got != header {
+		t.Fatalf("AttachmentHeader wrote %s, want %s", got, header)
+	}
+	n, err := DecodeNotification(header)
+	if err != nil || !n.CreatedAt.Equal(want) {
 		t.Fatalf("createdAt: %v %+v, want %v", err, n, want)
 	}
 	for _, payload := range []string{`{"type":3,"uid":"a","attachmentId":"12"}`, `{"type":3,"uid":"a","attachmentId":"12","createdAt":""}`} {
