@@ -168,7 +168,9 @@ func (b *Builder) Close(ctx context.Context) error {
 // remove unregisters a closing adapter and stops the machinery with the last one.
 func (b *Builder) remove(a *Adapter) {
 	b.mu.Lock()
-	if b.adapters[a.channel] == a {
+	// An adapter made since for the same channel keeps it listened.
+	registered := b.adapters[a.channel] == a
+	if registered {
 		delete(b.adapters, a.channel)
 	}
 	rt := a.rt
@@ -180,7 +182,9 @@ func (b *Builder) remove(a *Adapter) {
 	if rt == nil {
 		return
 	}
-	rt.lis.unlisten(a.channel)
+	if registered {
+		rt.lis.unlisten(a.channel)
+	}
 	if last {
 		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
 	}
@@ -238,6 +242,8 @@ func (b *Builder) listenerState(up bool, pid uint32, err error) {
 	if up {
 		b.stats.listenerConnects.Add(1)
 		b.opts.Logger.Info("pgadapter: listener up", "pid", pid)
+	} else if errors.Is(err, ErrClosed) {
+		b.opts.Logger.Debug("pgadapter: listener closed")
 	} else {
 		b.opts.Logger.Warn("pgadapter: listener down", "error", err)
 	}

@@ -44,7 +44,6 @@ type listener struct {
 	wanted  map[string]struct{}
 	dirty   bool          // wanted changed since the goroutine last applied it
 	waiting net.Conn      // the connection being read for notifications, if any
-	woken   bool          // the current wait was interrupted
 	synced  bool          // connected and every wanted channel LISTENed
 	changed chan struct{} // closed and replaced at each change of synced
 	pid     atomic.Uint32 // backend pid of the LISTEN connection, 0 when down
@@ -55,6 +54,10 @@ type listener struct {
 
 func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Notification) *listener {
 	cfg = cfg.Copy()
+	// pgx hands notifications to OnNotification instead of WaitForNotification when it is
+	// set, and an application's pool often sets it for LISTENs of its own: the listener
+	// would then receive nothing (pgx returns a nil notification).
+	cfg.OnNotification = nil
 	// Cancel waits by deadline only, so that interrupting WaitForNotification (to LISTEN a
 	// new channel or to ping) leaves the connection usable. A pool configured to send
 	// cancel requests would otherwise cancel nothing and break the connection.
@@ -115,7 +118,10 @@ func (l *listener) run(ctx context.Context) {
 		if err == nil {
 			var listened bool
 			listened, err = l.serve(ctx, conn)
-			if listened && l.onState != nil && ctx.Err() == nil {
+			if listened && l.onState != nil {
+				if ctx.Err() != nil {
+					err = ErrClosed // the adapter closed it
+				}
 				l.onState(false, 0, err)
 			}
 			l.pid.Store(0)
@@ -173,6 +179,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 	netConn := conn.PgConn().Conn()
 	stop := context.AfterFunc(ctx, l.interrupt)
 	defer stop()
+	lastQuery := time.Now() // connecting was one
 	for {
 		l.mu.Lock()
 		dirty := l.dirty || !l.synced
@@ -182,6 +189,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 				return listened, err
 			}
 			listened = true
+			lastQuery = time.Now()
 		}
 
 		// Wait for notifications until the read deadline: a heartbeat interval from
@@ -198,7 +206,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			return listened, ctx.Err()
 		}
 		netConn.SetReadDeadline(time.Now().Add(l.opts.HeartbeatInterval))
-		l.waiting, l.woken = netConn, false
+		l.waiting = netConn
 		l.mu.Unlock()
 
 		received := 0
@@ -210,6 +218,9 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			if n, err = conn.WaitForNotification(context.Background()); err != nil {
 				break
 			}
+			if n == nil {
+				continue // only with OnNotification set, which newListener clears
+			}
 			received++
 			select {
 			case l.inbound <- n:
@@ -219,7 +230,6 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 		}
 		l.mu.Lock()
 		l.waiting = nil
-		woken := l.woken
 		l.mu.Unlock()
 		netConn.SetReadDeadline(time.Time{})
 
@@ -228,19 +238,22 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			return listened, ctx.Err()
 		case !pgconn.Timeout(err):
 			return listened, fmt.Errorf("wait for notification: %w", err)
-		case woken:
-			// to apply a LISTEN or UNLISTEN
-		case received > 0:
-			// the connection is alive
+		case time.Since(lastQuery) < l.opts.HeartbeatInterval:
+			// woken to apply a LISTEN or UNLISTEN, or the last query was recent
 		default:
-			// Quiet for a whole heartbeat interval although our own heartbeats come back
-			// on this connection: make sure it is still alive.
+			// A query every heartbeat interval, whether or not notifications arrive.
+			// Quiet although our own heartbeats come back on this connection, it makes
+			// sure the connection is alive. Busy, it keeps it alive: PostgreSQL's
+			// idle_session_timeout, and a pooler's idle timeout, count the time since
+			// the client's last query, and notifications sent to it do not reset that
+			// (TestListenerSurvivesIdleSessionTimeout).
 			pctx, pcancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
 			err := conn.Ping(pctx)
 			pcancel()
 			if err != nil {
 				return listened, fmt.Errorf("ping: %w", err)
 			}
+			lastQuery = time.Now()
 		}
 	}
 }
@@ -255,7 +268,6 @@ func (l *listener) interrupt() {
 
 func (l *listener) interruptLocked() {
 	if l.waiting != nil {
-		l.woken = true
 		l.waiting.SetReadDeadline(time.Now())
 	}
 }

@@ -5,9 +5,13 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 )
 
@@ -142,6 +146,79 @@ func TestStatsAndListenerEvents(t *testing.T) {
 	// Malformed input is counted.
 	a.pool.Exec(context.Background(), "SELECT pg_notify($1, 'garbage')", ChannelName(opts.ChannelPrefix, "/"))
 	eventually(t, "garbage counted", func() bool { return b.b.Stats().Malformed == 1 })
+	// Closing takes the listener down, and says so.
+	b.close()
+	if down := events.next(t, "events", "down"); !errors.Is(down[0].(error), ErrClosed) {
+		t.Errorf("listener closed with %v, want ErrClosed", down[0])
+	}
+	if b.b.Stats().ListenerUp {
+		t.Error("ListenerUp after Close")
+	}
+}
+
+// An application's pool often sets OnNotification for LISTENs of its own. pgx then hands
+// every notification to it, and WaitForNotification returns none: the listener, which
+// copies the pool's configuration, must clear it (it used to crash on a nil
+// notification).
+func TestPoolWithOnNotification(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var theirs atomic.Int64
+	cfg.ConnConfig.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { theirs.Add(1) }
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newNode(t, "B", pool, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("hello", "from A")
+	if got := cb.expect(t, "hello"); !slices.Equal(got, []any{"from A"}) {
+		t.Fatalf("got %v", got)
+	}
+	if n := theirs.Load(); n != 0 {
+		t.Errorf("the application's OnNotification got %d of the adapter's notifications", n)
+	}
+}
+
+// PostgreSQL's idle_session_timeout ends a session that has sent no query for that
+// long, and notifications sent to it do not count: a listener that only pinged when no
+// notification came was ended again and again while its cluster was busy, losing what
+// was sent meanwhile. It now sends a query every heartbeat interval.
+func TestListenerSurvivesIdleSessionTimeout(t *testing.T) {
+	opts := testOptions(t) // heartbeats every 300 ms: notifications never stop
+	a := startNode(t, "A", opts)
+	cfg, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["idle_session_timeout"] = "1000" // ms
+	events := newRecorder()
+	bopts := opts
+	bopts.ListenConnConfig = cfg
+	bopts.OnListenerState = func(up bool, err error) {
+		if !up {
+			events.add("down", err)
+		}
+	}
+	b := startNode(t, "B", bopts)
+	waitServerCount(t, []*node{a, b}, 2)
+	// A's heartbeats arrive every 300 ms: wait for enough of them to cover three
+	// timeouts.
+	start := b.b.Stats().Received["HEARTBEAT"]
+	eventually(t, "10 heartbeats from A", func() bool { return b.b.Stats().Received["HEARTBEAT"] >= start+10 })
+	if s := b.b.Stats(); s.ListenerConnects != 1 || events.count("down") != 0 {
+		t.Fatalf("listener reconnected %d time(s), down events %v", s.ListenerConnects-1, events.drain("down"))
+	}
 }
 
 func TestPerCallTimeout(t *testing.T) {

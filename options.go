@@ -142,8 +142,9 @@ type Options struct {
 	ListenURL        string
 
 	// OnListenerState, when set, is called when the LISTEN connection comes up (every
-	// channel listened; err nil) or goes down (with the cause). It is called from the
-	// listener's goroutine and must not block.
+	// channel listened; err nil) or goes down (with the cause; ErrClosed when the last
+	// namespace closed it). It is called from the listener's goroutine and must not
+	// block.
 	OnListenerState func(up bool, err error)
 }
 
