@@ -10,11 +10,14 @@
 package pgadapter
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 func roomOf(s string) socket.Room { return socket.Room(s) }
@@ -108,5 +111,88 @@ func TestRemoteSocketEmitWithAck(t *testing.T) {
 		}
 	case <-time.After(waitFor):
 		t.Fatal("remote socket ack never called")
+	}
+}
+
+// With the Local flag, the other servers are counted as zero clients at once: socket.io's
+// operator expects ServerCount counts whatever the flag, and used to wait for the
+// timeout.
+func TestLocalBroadcastWithAcks(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	start := time.Now()
+	const timeout = 8 * time.Second
+	got, err := emitWithAck(t, w.a.io.Local().Timeout(timeout), "ask")
+	if err != nil || !slices.Equal(sortedStrings(t, got), []string{"a1", "a2"}) {
+		t.Fatalf("local broadcast with acks: %v %v", got, err)
+	}
+	if took := time.Since(start); took >= timeout {
+		t.Fatalf("took %v: it waited for the timeout", took)
+	}
+	w.fence(t, w.a, "b1", "c1")
+	for _, name := range []string{"b1", "b2", "c1"} {
+		if n := w.clients[name].rec.count("ask"); n != 0 {
+			t.Errorf("%s got a local broadcast of A's %d time(s)", name, n)
+		}
+	}
+}
+
+// A broadcast with acks is published even when this server knows no other (it lost
+// sight of them, or has just started): their clients get it, as with Node's adapter,
+// and the operator, which expects ServerCount counts, completes with the local acks.
+func TestBroadcastWithAcksToUnknownServers(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	bopts := opts
+	bopts.HeartbeatInterval = time.Hour // B says nothing unless asked
+	bopts.HeartbeatTimeout = 2 * time.Hour
+	b := startNode(t, "B", bopts)
+	waitServerCount(t, []*node{a, b}, 2)
+	ca := a.connect(t, "/", "ca")
+	cb := b.connect(t, "/", "cb")
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	adapter.mu.Lock()
+	clear(adapter.nodes) // as after a listener outage longer than the heartbeat timeout
+	adapter.mu.Unlock()
+	if n := adapter.ServerCount(); n != 1 {
+		t.Fatalf("ServerCount %d", n)
+	}
+	got, err := emitWithAck(t, a.io.Timeout(8*time.Second), "ask")
+	if err != nil || !slices.Equal(sortedStrings(t, got), []string{"ca"}) {
+		t.Fatalf("acks %v %v", got, err)
+	}
+	cb.expect(t, "ask")
+	ca.expect(t, "ask")
+}
+
+// A panic in one request's callback (socket.io's operator panics when a RemoteSocket
+// emit completes with no answer) must not keep the other requests waiting for the same
+// server from completing when it leaves.
+func TestCallbackPanicDoesNotStrandRequests(t *testing.T) {
+	opts := testOptions(t)
+	opts.Logger = slog.New(slog.DiscardHandler) // the panics are expected
+	a := startNode(t, "A", opts)
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	fetched := make(chan error, 1)
+	adapter.mu.Lock()
+	adapter.nodes["gone"] = time.Now()
+	adapter.mu.Unlock()
+	due := func() map[string]struct{} { return map[string]struct{}{"gone": {}} }
+	adapter.track("r1", &request{kind: wire.Broadcast, waiting: due(), members: due(),
+		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour)
+	adapter.track("r2", &request{kind: wire.FetchSockets, waiting: due(),
+		onFetch: func(_ []socket.SocketDetails, err error) { fetched <- err }}, time.Hour)
+	adapter.track("r3", &request{kind: wire.Broadcast, waiting: due(), members: due(),
+		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour)
+	adapter.removeNode("gone")
+	select {
+	case err := <-fetched:
+		if err != nil {
+			t.Fatalf("FetchSockets: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("FetchSockets never completed")
+	}
+	if n := a.errs.count("error"); n != 2 {
+		t.Errorf("%d errors reported, want the 2 panics", n)
 	}
 }

@@ -165,21 +165,36 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 // it acknowledged with none), locally and remotely alike, as Node does; servers that leave
 // or that the message could not reach count as zero clients, so the caller's callback
 // fires as soon as everything that can answer has, instead of at the timeout.
+//
+// The message is published even when no other server is known (one that has just
+// started, or that this server lost sight of while its LISTEN connection was down,
+// would otherwise miss it), as Node does; answers from servers not known when it was
+// sent are ignored, since socket.io's operator expects ServerCount of them. With the
+// Local flag, or when the packet cannot be published, every other server counts as zero
+// clients at once.
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
+	members := a.members()
+	published := false
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
 			raw = p.Raw
 			id := randomID()
-			members := a.members()
+			var done func(error)
 			if len(members) > 0 {
 				r := &request{kind: wire.Broadcast, waiting: members, members: clone(members),
 					onCount: clientCountCallback, onAck: ack, single: single}
 				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout))
-				a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts), RequestID: id},
-					a.abandonOnError(id))
+				done = a.abandonOnError(id)
 			}
+			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts), RequestID: id}, done)
+			published = true
+		}
+	}
+	if !published {
+		for range members {
+			clientCountCallback(0)
 		}
 	}
 	a.localBroadcastWithAck(packet, opts, raw, clientCountCallback, func(args []any, err error) {

@@ -101,8 +101,10 @@ func (a *Adapter) finish(id string, err error) {
 	}
 	r.timer.Stop()
 	if r.kind == wire.Broadcast {
+		// Each callback guarded: socket.io's operator can panic in one (a RemoteSocket
+		// emit that no client answers), and the others must still run.
 		for range r.waiting {
-			r.onCount(0)
+			a.guard("broadcast client count", func() { r.onCount(0) })
 		}
 		return
 	}
@@ -206,7 +208,7 @@ func (a *Adapter) removeNode(uid string) {
 		a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
 	}
 	for _, run := range runs {
-		run()
+		a.guard("request of a server that left", run) // one panic must not skip the others
 	}
 }
 
@@ -219,6 +221,6 @@ func (a *Adapter) closeRequests() {
 	}
 	a.mu.Unlock()
 	for _, id := range ids {
-		a.finish(id, ErrClosed)
+		a.guard("request ended by Close", func() { a.finish(id, ErrClosed) })
 	}
 }
