@@ -12,6 +12,7 @@ package pgadapter
 import (
 	"log/slog"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,7 +184,7 @@ func TestCallbackPanicDoesNotStrandRequests(t *testing.T) {
 		onFetch: func(_ []socket.SocketDetails, err error) { fetched <- err }}, time.Hour)
 	adapter.track("r3", &request{kind: wire.Broadcast, waiting: due(), members: due(),
 		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour)
-	adapter.removeNode("gone")
+	adapter.removeNode("gone", time.Time{})
 	select {
 	case err := <-fetched:
 		if err != nil {
@@ -195,4 +196,37 @@ func TestCallbackPanicDoesNotStrandRequests(t *testing.T) {
 	if n := a.errs.count("error"); n != 2 {
 		t.Errorf("%d errors reported, want the 2 panics", n)
 	}
+}
+
+// socket.io's operator reads ServerCount after BroadcastWithAck returns, and expects that
+// many client counts. A server that joins between the two (here, while the broadcast is
+// being written to a local client) used to be counted by ServerCount but not asked, and
+// the caller got a timeout although every client had answered.
+func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	ca := a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+	var c *node
+	var once sync.Once
+	serverSocket(t, a, ca).OnAnyOutgoing(func(...any) {
+		once.Do(func() {
+			// On the caller's goroutine, inside BroadcastWithAck: a server joins, and A
+			// has heard it once C has heard A's answer to its announcement.
+			c = startNode(t, "C", opts)
+			waitServerCount(t, []*node{c}, 3)
+		})
+	})
+	const timeout = 5 * time.Second
+	start := time.Now()
+	got, err := emitWithAck(t, a.io.Timeout(timeout), "ask")
+	if err != nil || !slices.Equal(sortedStrings(t, got), []string{"ca", "cb"}) {
+		t.Fatalf("acks %v %v (after %v)", got, err, time.Since(start))
+	}
+	if c == nil {
+		t.Fatal("C never started")
+	}
+	waitServerCount(t, []*node{a, b, c}, 3) // and C is counted once the broadcast is out
 }

@@ -47,7 +47,27 @@ type Adapter struct {
 	requests map[string]*request
 	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
 	inlineWarned map[string]bool
+	// Membership is frozen from a BroadcastWithAck's snapshot of it until socket.io's
+	// operator reads ServerCount, right after BroadcastWithAck returns; see
+	// freezeMembers.
+	frozen    int
+	freezeGen int
+	thawTimer *time.Timer
+	deferred  []membershipChange // held while frozen, applied in order at the thaw
 }
+
+// membershipChange is a server joining (its first message) or leaving (ADAPTER_CLOSE,
+// or silent since staleBefore), held back while membership is frozen.
+type membershipChange struct {
+	uid         string
+	join        bool
+	seen        time.Time // join: when its message was applied
+	staleBefore time.Time // leave by timeout: only if still unheard of since
+}
+
+// maxFreeze bounds a freeze that no ServerCount call ends (BroadcastWithAck called by
+// something other than socket.io's operator, or a panic in local delivery).
+const maxFreeze = time.Second
 
 func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 	a := &Adapter{
@@ -140,10 +160,80 @@ func (a *Adapter) Close() {
 
 // ServerCount returns the number of servers of the namespace in the cluster: this one
 // and every other that has sent a message within the heartbeat timeout.
+//
+// socket.io's operator calls it right after BroadcastWithAck, and then expects that many
+// client counts: one from this server and one from each server BroadcastWithAck sent to
+// (servers that leave count as zero). Servers joining or leaving in between used to make
+// the two differ, and the caller got a timeout although every client had answered.
+// Membership therefore holds still from BroadcastWithAck until the next ServerCount.
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
+	n := int64(1 + len(a.nodes))
+	var runs []func()
+	if a.frozen > 0 {
+		a.frozen--
+		if a.frozen == 0 {
+			runs = a.thawLocked()
+		}
+	}
+	a.mu.Unlock()
+	if len(runs) > 0 {
+		// Callbacks of requests waiting for servers that left: not on the caller's
+		// goroutine, which is inside socket.io's Emit.
+		go a.runAll("request of a server that left", runs)
+	}
+	return n
+}
+
+// freezeMembers returns the other servers known now, and holds membership as it is
+// until ServerCount is called, or maxFreeze has passed.
+func (a *Adapter) freezeMembers() map[string]struct{} {
+	a.mu.Lock()
 	defer a.mu.Unlock()
-	return int64(1 + len(a.nodes))
+	a.frozen++
+	if a.frozen == 1 {
+		a.freezeGen++
+		gen := a.freezeGen
+		a.thawTimer = time.AfterFunc(maxFreeze, func() {
+			a.mu.Lock()
+			var runs []func()
+			if a.frozen > 0 && a.freezeGen == gen {
+				a.frozen = 0
+				runs = a.thawLocked()
+			}
+			a.mu.Unlock()
+			a.runAll("request of a server that left", runs)
+		})
+	}
+	return a.membersLocked()
+}
+
+// thawLocked applies the membership changes held back, and returns the callbacks of the
+// requests that stop waiting for servers that left. a.mu is held.
+func (a *Adapter) thawLocked() []func() {
+	if a.thawTimer != nil {
+		a.thawTimer.Stop()
+		a.thawTimer = nil
+	}
+	var runs []func()
+	for _, c := range a.deferred {
+		if c.join {
+			if _, ok := a.nodes[c.uid]; !ok {
+				a.nodes[c.uid] = c.seen
+			}
+			continue
+		}
+		runs = append(runs, a.removeNodeLocked(c.uid, c.staleBefore)...)
+	}
+	clear(a.deferred)
+	a.deferred = a.deferred[:0]
+	return runs
+}
+
+func (a *Adapter) runAll(what string, runs []func()) {
+	for _, run := range runs {
+		a.guard(what, run) // one panic must not skip the others
+	}
 }
 
 // Broadcast delivers packet to the matching local clients and publishes it to the other
@@ -175,7 +265,7 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
-	members := a.members()
+	members := a.freezeMembers()
 	published := false
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
@@ -404,7 +494,8 @@ func (a *Adapter) heartbeat(now time.Time) {
 	a.mu.Unlock()
 	for _, uid := range gone {
 		a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
-		a.removeNode(uid)
+		// Only if nothing came from it since gone was made.
+		a.removeNode(uid, now.Add(-a.b.opts.HeartbeatTimeout))
 	}
 	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval {
 		a.publish(wire.Heartbeat, nil, nil)
@@ -417,12 +508,16 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		return
 	}
 	if m.Type == wire.AdapterClose {
-		a.removeNode(m.UID)
+		a.removeNode(m.UID, time.Time{})
 		return
 	}
 	if m.UID != wire.EmitterUID {
 		a.mu.Lock()
-		a.nodes[m.UID] = time.Now()
+		if _, known := a.nodes[m.UID]; known || a.frozen == 0 {
+			a.nodes[m.UID] = time.Now()
+		} else {
+			a.deferred = append(a.deferred, membershipChange{uid: m.UID, join: true, seen: time.Now()})
+		}
 		if m.Type == wire.InitialHeartbeat || m.Type == wire.Heartbeat {
 			a.capable[m.UID] = slices.Contains(m.Caps, wire.CapAllRooms)
 		}
@@ -509,6 +604,10 @@ func (a *Adapter) firstArg(args []any) any {
 func (a *Adapter) members() map[string]struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.membersLocked()
+}
+
+func (a *Adapter) membersLocked() map[string]struct{} {
 	m := make(map[string]struct{}, len(a.nodes))
 	for uid := range a.nodes {
 		m[uid] = struct{}{}

@@ -182,11 +182,29 @@ func (a *Adapter) onResponse(m *wire.Message) {
 	}
 }
 
-// removeNode forgets a server that closed or timed out, and stops waiting for it.
-func (a *Adapter) removeNode(uid string) {
-	var runs []func()
+// removeNode forgets a server that closed (staleBefore zero) or timed out (unheard of
+// since staleBefore), and stops waiting for it. While membership is frozen, the change
+// waits for the thaw.
+func (a *Adapter) removeNode(uid string, staleBefore time.Time) {
 	a.mu.Lock()
-	_, known := a.nodes[uid]
+	if a.frozen > 0 {
+		a.deferred = append(a.deferred, membershipChange{uid: uid, staleBefore: staleBefore})
+		a.mu.Unlock()
+		return
+	}
+	runs := a.removeNodeLocked(uid, staleBefore)
+	a.mu.Unlock()
+	a.runAll("request of a server that left", runs)
+}
+
+// removeNodeLocked is removeNode's work, with a.mu held; it returns the callbacks to run
+// once a.mu is released.
+func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
+	seen, known := a.nodes[uid]
+	if known && !staleBefore.IsZero() && seen.After(staleBefore) {
+		return nil // heard from since it was found silent
+	}
+	var runs []func()
 	delete(a.nodes, uid)
 	delete(a.capable, uid)
 	delete(a.inlineWarned, uid) // warned again should it come back
@@ -203,13 +221,10 @@ func (a *Adapter) removeNode(uid string) {
 			runs = append(runs, run)
 		}
 	}
-	a.mu.Unlock()
 	if known {
 		a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
 	}
-	for _, run := range runs {
-		a.guard("request of a server that left", run) // one panic must not skip the others
-	}
+	return runs
 }
 
 // closeRequests ends every waiting request with ErrClosed.
