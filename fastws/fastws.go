@@ -166,6 +166,12 @@ type webSocket struct {
 	flat   []byte
 
 	hold atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
+
+	// The answer to the client's latest WebSocket ping, waiting for its turn to be
+	// written (see onPing).
+	pongMu      sync.Mutex
+	pongPending bool
+	pongData    []byte
 }
 
 // maxKept bounds the buffers a connection keeps between batches: a burst may need more,
@@ -196,6 +202,7 @@ func (w *webSocket) Construct(ctx *types.HttpContext) {
 		}
 	})
 	w.conn.Once("close", func(...any) { w.OnClose() })
+	w.conn.SetPingHandler(w.onPing)
 	go func() {
 		// engine.io creates the transport before the socket that listens to it, and
 		// socket.io attaches its listeners to that socket later still, in the same
@@ -268,6 +275,39 @@ const (
 	maxPongHold     = 100 * time.Millisecond
 	defaultPongHold = 10 * time.Millisecond
 )
+
+// onPing answers a client's WebSocket ping (not engine.io's, which travels as a
+// message). gorilla/websocket's own handler writes the pong with a one-second write
+// deadline, which it leaves on the connection: a batch being written to a slow reader
+// at that moment then failed, and the client was disconnected mid-frame. The pong is
+// written here like a batch, in turn, with no deadline, from a goroutine so that reading
+// goes on meanwhile; pings that come before it is written get one answer, to the latest,
+// as RFC 6455 (5.5.3) allows.
+func (w *webSocket) onPing(data string) error {
+	w.pongMu.Lock()
+	w.pongData = append(w.pongData[:0], data...)
+	pending := w.pongPending
+	w.pongPending = true
+	w.pongMu.Unlock()
+	if !pending {
+		go w.writePong()
+	}
+	return nil
+}
+
+func (w *webSocket) writePong() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pongMu.Lock()
+	w.header = appendHeader(w.header, 0xA, len(w.pongData))
+	w.header = append(w.header, w.pongData...) // a control frame's payload is at most 125 bytes
+	w.pongPending = false
+	w.pongMu.Unlock()
+	w.bufs = append(w.bufs, w.header)
+	if err := w.flush(); err != nil {
+		w.failed(err)
+	}
+}
 
 // failed reports an error of the connection the way engine.io's transport does: a
 // closed connection as "close", anything else as "error".
@@ -349,14 +389,15 @@ func (w *webSocket) learnPingTimeout(open []byte) {
 	w.hold.Store(int64(min(maxPongHold, time.Duration(hs.PingTimeout)*time.Millisecond/10)))
 }
 
-// part adds one part of a Message carried by p. A client that takes no binary
-// (engine.io's b64 mode) is given a binary part as engine.io encodes it, in base64, from
-// the bytes the part holds.
+// part adds one part of a Message carried by p. A binary part is given as engine.io
+// encodes it, from the bytes the part holds, to a client that takes no binary
+// (engine.io's b64 mode: base64) and to one of protocol 3 (engine.io v3: a type byte
+// before the data, which the client strips off).
 func (w *webSocket) part(p *packet.Packet, part *message) error {
-	if part.text || w.SupportsBinary() {
+	if part.text || (w.SupportsBinary() && w.Protocol() >= 4) {
 		return w.message(p, part.text, part.payload)
 	}
-	data, err := w.Parser().EncodePacket(&packet.Packet{Type: packet.MESSAGE, Data: types.NewBytesBuffer(part.original), Options: p.Options}, false)
+	data, err := w.Parser().EncodePacket(&packet.Packet{Type: packet.MESSAGE, Data: types.NewBytesBuffer(part.original), Options: p.Options}, w.SupportsBinary())
 	if err != nil {
 		return err
 	}

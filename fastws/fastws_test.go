@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	goio "io"
 	"net/http/httptest"
 	"os"
 	"strconv"
@@ -542,5 +543,94 @@ func TestPongHold(t *testing.T) {
 		case <-time.After(waitFor):
 			t.Fatalf("pong %d never reached engine.io", i)
 		}
+	}
+}
+
+// A client of engine.io protocol 3 (socket.io v2, with AllowEIO3) reads a type byte
+// before each binary message's data, which engine.io's encoder writes: a binary part of
+// a Message must be given to it as engine.io encodes it, not as the raw bytes (it lost
+// its first byte, and the packets after it were misread).
+func TestMessageProtocol3(t *testing.T) {
+	opts := socket.DefaultServerOptions()
+	opts.SetAllowEIO3(true)
+	io := socket.NewServer(nil, opts)
+	sockets := make(chan *socket.Socket, 1)
+	io.On("connection", func(args ...any) { sockets <- args[0].(*socket.Socket) })
+	h := httptest.NewServer(io.ServeHandler(nil))
+	t.Cleanup(func() {
+		done := make(chan struct{})
+		io.Close(func(error) { close(done) })
+		<-done
+		h.Close()
+	})
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(h.URL, "http")+"/socket.io/?EIO=3&transport=websocket", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var s *socket.Socket
+	select {
+	case s = <-sockets: // protocol 3 connects the main namespace by itself
+	case <-time.After(waitFor):
+		t.Fatal("no connection")
+	}
+	if !Handles(s.Conn().Transport()) || s.Conn().Protocol() != 3 {
+		t.Fatalf("transport %T, protocol %d", s.Conn().Transport(), s.Conn().Protocol())
+	}
+	parts := io.Encoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: []any{"ev", []byte{1, 2, 3}}})
+	s.Client().WriteToEngine(Messages(parts), &socket.WriteOptions{})
+	conn.SetReadDeadline(time.Now().Add(waitFor))
+	for {
+		mt, msg, err := conn.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mt == ws.TextMessage && strings.HasPrefix(string(msg), "451-") {
+			break // the header; what came before is the handshake
+		}
+	}
+	mt, msg, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{4, 1, 2, 3}; mt != ws.BinaryMessage || !bytes.Equal(msg, want) {
+		t.Fatalf("attachment %d % x, want binary % x", mt, msg, want)
+	}
+}
+
+// A client's WebSocket ping, answered while a large batch is being written to it, must
+// not end the write: gorilla/websocket's own ping handler writes its pong with a
+// one-second write deadline and leaves it on the connection, and the write in progress
+// failed a second later, disconnecting a client that was merely reading slowly.
+func TestPingDuringSlowWrite(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	big := strings.Repeat("x", 32<<20) // far more than the sockets' buffers hold
+	io.Emit("big", big)
+	c.conn.SetReadDeadline(time.Now().Add(waitFor))
+	mt, r, err := c.conn.NextReader()
+	if err != nil || mt != ws.TextMessage {
+		t.Fatalf("%d %v", mt, err)
+	}
+	var first [1]byte
+	if _, err := r.Read(first[:]); err != nil { // the write has begun, and cannot finish
+		t.Fatal(err)
+	}
+	if err := c.conn.WriteControl(ws.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// A slow reader: not a synchronisation, the condition under test. gorilla's
+	// deadline is a second.
+	time.Sleep(1500 * time.Millisecond)
+	rest, err := goio.ReadAll(r)
+	if err != nil {
+		t.Fatalf("after %d bytes: %v", 1+len(rest), err)
+	}
+	if want := len(`42["big",""]`) + len(big); 1+len(rest) != want {
+		t.Fatalf("got %d bytes, want %d", 1+len(rest), want)
+	}
+	io.Emit("after")
+	if got := c.event(); got[0] != "after" {
+		t.Fatalf("then %v", got)
 	}
 }
