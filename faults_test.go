@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
@@ -435,4 +436,46 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 	if written+missing != 400 {
 		t.Errorf("beyond the window: %d read + %d reported missing != 400: a loss was silent", written, missing)
 	}
+}
+
+// A batch whose connection turns out dead before anything reached PostgreSQL is sent
+// again on another connection. pgx records in a queued query the prepared statement it
+// ran as, so sending the same Batch again executed, on the new connection, a statement
+// that does not exist there, and the batch was reported lost.
+func TestPublishRetriesOnAnotherConnection(t *testing.T) {
+	opts := testOptions(t)
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // the publisher's next batch takes the connection broken below
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newNode(t, "A", pool, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := a.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("before") // the NOTIFY statement is now prepared on the connection
+	cb.expect(t, "before")
+	for range 3 {
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Conn().PgConn().Conn().Close() // pgx does not know yet
+		conn.Release()
+		a.io.Emit("after")
+		cb.expect(t, "after")
+	}
+	if errs := a.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("A reported %v", errs)
+	}
+	t.Logf("fault: a publishing connection closed under pgx, 3 times: every broadcast delivered, nothing reported")
 }

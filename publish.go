@@ -223,45 +223,57 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	if attachments && p.lz4 == 0 && time.Now().After(p.lz4Probe) {
 		p.probeLZ4(ctx)
 	}
-	b := &pgx.Batch{}
-	// Only a batch that inserts rows writes WAL before its commit record, which is what
-	// makes PostgreSQL flush at commit: one that only notifies needs no setAsync.
-	switch async, lz4 := attachments && !p.opts.SynchronousCommit, attachments && p.lz4 > 0; {
-	case async && lz4:
-		b.Queue(setAsyncLZ4)
-	case async:
-		b.Queue(setAsync)
-	case lz4:
-		b.Queue(setLZ4)
-	}
 	// Runs of inline messages go as one NotifyMany each; attachments between them keep
 	// their place, since the statements of a batch run in order.
 	chans, payloads := p.chans[:0], p.payloads[:0]
-	run := 0 // start of the current run in chans/payloads
-	endRun := func() {
-		switch n := len(payloads) - run; {
-		case n == 1:
-			b.Queue(p.st.Notify, chans[run], payloads[run])
-		case n > 1:
-			b.Queue(p.st.NotifyMany, chans[run:], payloads[run:])
-		}
-		run = len(payloads)
-	}
 	for i := range batch {
-		m := &batch[i]
-		if m.enc.Attachment != nil {
-			endRun()
-			b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
-		} else {
+		if m := &batch[i]; m.enc.Attachment == nil {
 			chans = append(chans, m.channel)
 			payloads = append(payloads, m.enc.JSON)
 		}
 	}
-	endRun()
+	// A pgx.Batch is made for each attempt: pgx records in a queued query the prepared
+	// statement it ran as on the first connection, and a second attempt on another
+	// connection with the same Batch executed a statement that does not exist there
+	// (TestPublishRetriesOnAnotherConnection).
+	build := func() *pgx.Batch {
+		b := &pgx.Batch{}
+		// Only a batch that inserts rows writes WAL before its commit record, which is
+		// what makes PostgreSQL flush at commit: one that only notifies needs no
+		// setAsync.
+		switch async, lz4 := attachments && !p.opts.SynchronousCommit, attachments && p.lz4 > 0; {
+		case async && lz4:
+			b.Queue(setAsyncLZ4)
+		case async:
+			b.Queue(setAsync)
+		case lz4:
+			b.Queue(setLZ4)
+		}
+		run, next := 0, 0 // the current run of inline messages in chans/payloads, and its end
+		endRun := func() {
+			switch n := next - run; {
+			case n == 1:
+				b.Queue(p.st.Notify, chans[run], payloads[run])
+			case n > 1:
+				b.Queue(p.st.NotifyMany, chans[run:next], payloads[run:next])
+			}
+			run = next
+		}
+		for i := range batch {
+			if m := &batch[i]; m.enc.Attachment != nil {
+				endRun()
+				b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
+			} else {
+				next++
+			}
+		}
+		endRun()
+		return b
+	}
 	var err error
 	for try := 0; try < 2; try++ {
 		qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
-		err = p.pool.SendBatch(qctx, b).Close()
+		err = p.pool.SendBatch(qctx, build()).Close()
 		cancel()
 		if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
 			break
