@@ -637,6 +637,16 @@ func TestChannelName(t *testing.T) {
 	if got := ChannelName("p", "/a\x00b"); strings.ContainsRune(got, 0) {
 		t.Fatalf("NUL kept: %q", got)
 	}
+	// A namespace named after another's shortened channel does not get that channel.
+	long = "/" + strings.Repeat("a", 100)
+	short := ChannelName("socket.io", long)
+	spoof := strings.TrimPrefix(short, "socket.io#")
+	if got := ChannelName("socket.io", spoof); got == short || len(got) > 63 {
+		t.Fatalf("namespace %q has the channel of %q: %q", spoof, long, got)
+	}
+	if got := ChannelName("socket.io", "/room#1234"); got != "socket.io#/room#1234" {
+		t.Fatalf("an ordinary name with # shortened: %q", got)
+	}
 }
 
 // Pools in simple-protocol mode (as behind PgBouncer in transaction mode) send the

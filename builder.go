@@ -103,7 +103,13 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		b.report(fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
 		return socket.NewAdapter(nsp)
 	}
-	if old := b.adapters[a.channel]; old != nil {
+	if old := b.adapters[a.channel]; old != nil && old.name != a.name {
+		// Two namespaces on one channel: ChannelName makes that as unlikely as a SHA-256
+		// collision, and the one there keeps it.
+		b.mu.Unlock()
+		b.report(fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
+		return socket.NewAdapter(nsp)
+	} else if old != nil {
 		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
 		// one would otherwise keep its channel and heartbeats.
 		b.mu.Unlock()
