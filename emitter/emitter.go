@@ -18,7 +18,10 @@
 //
 // Given a pgx.Tx, a message is published when the transaction commits, and never if it
 // rolls back: PostgreSQL holds NOTIFY until commit, and the attachment row is part of the
-// transaction too. Use it to announce a change exactly when it becomes visible.
+// transaction too. Use it to announce a change exactly when it becomes visible. Equal
+// messages sent in one transaction all arrive: PostgreSQL would keep one of equal
+// notifications, so through a pgx.Tx or a *pgx.Conn each payload carries a random
+// "nonce" key, which servers ignore.
 //
 // Through a *pgxpool.Pool, a message with an attachment row is its own transaction, which
 // commits without waiting for PostgreSQL's disk flush, as the servers' do (see
@@ -31,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 
@@ -248,16 +252,35 @@ func (e *Emitter) opts() wire.Opts {
 	return wire.Opts{Rooms: e.rooms, Except: e.except, Flags: e.flags}
 }
 
+// nonceKey is the extra key that makes a message's NOTIFY payload unique within a
+// transaction: PostgreSQL keeps one of the notifications a transaction sends with the same
+// channel and payload, and the emitter's are the same for the same message (its uid is
+// "emitter", its keys sorted). Servers, Node's included, ignore keys they do not know.
+const nonceKey = "nonce"
+
+// nonceBytes is what the nonce adds to a payload: `,"nonce":"` 16 hex digits `"`.
+const nonceBytes = len(`,"`+nonceKey+`":""`) + 16
+
 // publish encodes and sends one message in one statement.
 func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
-	enc, err := wire.EncodeInline(m, e.threshold, e.inline)
+	pool, isPool := e.db.(*pgxpool.Pool)
+	threshold := e.threshold
+	if !isPool {
+		threshold -= nonceBytes // room for the nonce below
+	}
+	enc, err := wire.EncodeInline(m, threshold, e.inline)
 	if err != nil {
 		return fmt.Errorf("emitter: %w", err)
 	}
+	if !isPool && enc.Attachment == nil && strings.HasSuffix(enc.JSON, "}") {
+		// A pgx.Tx, or a *pgx.Conn that may be inside a transaction: two equal
+		// messages in it would arrive once. A pool's Exec is a transaction of its own,
+		// and a message with an attachment row has the row's id in its header.
+		enc.JSON = fmt.Sprintf(`%s,"%s":"%016x"}`, enc.JSON[:len(enc.JSON)-1], nonceKey, rand.Uint64())
+	}
 	channel := wire.ChannelName(e.prefix, e.nsp)
 	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
-	pool, isPool := e.db.(*pgxpool.Pool)
 	switch {
 	case enc.Attachment == nil:
 		_, err = e.db.Exec(ctx, e.st.Notify, channel, enc.JSON)
