@@ -142,18 +142,17 @@ func (a *Adapter) Init() {}
 // Closing the last namespace of a Builder stops its goroutines and closes its LISTEN
 // connection. socket.io calls Close from io.Close and when it removes an empty dynamic
 // namespace. Close is idempotent.
+//
+// Close does not wait for ADAPTER_CLOSE to be published: the publisher sends it in turn,
+// and closing the last namespace waits for what is queued (at most RequestsTimeout and
+// five seconds). It used to wait up to RequestsTimeout for each namespace while
+// PostgreSQL was unreachable, on whatever goroutine closed it, which for an emptied
+// dynamic namespace can be the one that delivers every message.
 func (a *Adapter) Close() {
 	if a.closed.Swap(true) {
 		return
 	}
-	sent := make(chan struct{})
-	a.send(wire.AdapterClose, nil, func(error) { close(sent) })
-	t := time.NewTimer(a.b.opts.RequestsTimeout)
-	select {
-	case <-sent:
-	case <-t.C:
-	}
-	t.Stop()
+	a.send(wire.AdapterClose, nil, nil)
 	a.closeRequests()
 	a.b.remove(a)
 }

@@ -479,3 +479,38 @@ func TestPublishRetriesOnAnotherConnection(t *testing.T) {
 	}
 	t.Logf("fault: a publishing connection closed under pgx, 3 times: every broadcast delivered, nothing reported")
 }
+
+// Closing a namespace does not wait for PostgreSQL: with its connections silent, each
+// Close used to wait up to RequestsTimeout for its ADAPTER_CLOSE to be published, on
+// whatever goroutine closed it (for an emptied dynamic namespace, possibly the one that
+// delivers every message).
+func TestFaultCloseWhilePostgresSilent(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 5 * time.Second
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	b := startNodeOn(t, "B", u.String(), opts)
+	b.io.Of("/x", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.stall(); n == 0 {
+		t.Fatal("no connection to stall")
+	}
+	b.io.Emit("stuck") // the publisher now waits on a silent connection
+	x := b.io.Of("/x", nil).Adapter()
+	start := time.Now()
+	x.Close()
+	took := time.Since(start)
+	t.Logf("fault: PostgreSQL silent: a namespace closed in %v (RequestsTimeout %v)", took.Round(time.Millisecond), opts.RequestsTimeout)
+	if took >= opts.RequestsTimeout/2 {
+		t.Errorf("Close took %v: it waited for PostgreSQL", took)
+	}
+	p.close() // as in TestFaultSilentConnection: the pool must not wait on silent connections
+}
