@@ -148,8 +148,9 @@ func (*builder) HandlesUpgrades() bool { return true }
 func (*builder) UpgradesTo() *types.Set[string] { return types.NewSet[string]() }
 
 // webSocket is engine.io's transport interface over one WebSocket connection. Reading is
-// engine.io's: gorilla/websocket's reader, one message at a time. Writing is this
-// package's.
+// gorilla/websocket's reader, one message at a time, in a loop of this package's that
+// starts once the upgrade's handler has returned and holds pongs back (see read).
+// Writing is this package's.
 type webSocket struct {
 	transports.Transport
 
@@ -172,11 +173,26 @@ type webSocket struct {
 	pongMu      sync.Mutex
 	pongPending bool
 	pongData    []byte
+
+	held atomic.Bool // an engine.io pong is being held (see maxPongHold)
+
+	// Closing waits for the batches handed over before it (see DoClose).
+	inflight  atomic.Int64 // Send calls whose batch is not written yet
+	closing   atomic.Bool
+	closeOnce sync.Once
 }
 
+// closeGrace bounds how long a closing connection waits for the batches handed to it
+// before, for a client that does not read them.
+const closeGrace = time.Second
+
 // maxKept bounds the buffers a connection keeps between batches: a burst may need more,
-// but an idle connection should not hold on to them.
-const maxKept = 1 << 10
+// but an idle connection should not hold on to them. maxFlat is the same bound for the
+// copy of a batch written to a connection without writev (TLS), in bytes.
+const (
+	maxKept = 1 << 10
+	maxFlat = 64 << 10
+)
 
 func newWebSocket(ctx *types.HttpContext) *webSocket {
 	w := &webSocket{Transport: transports.MakeTransport()}
@@ -231,6 +247,10 @@ func (w *webSocket) read() {
 		mt, r, err := w.conn.NextReader()
 		if err != nil {
 			w.failed(err)
+			// engine.io closes the transport only when it is not closed yet, and the
+			// failure has just marked it closed: the socket would stay open until the
+			// garbage collector finds it.
+			w.raw.Close()
 			return
 		}
 		var data types.BufferInterface
@@ -244,11 +264,19 @@ func (w *webSocket) read() {
 		}
 		if _, err := data.ReadFrom(r); err != nil {
 			w.failed(err)
+			w.raw.Close()
 			return
 		}
 		if mt == ws.TextMessage && data.Len() == 1 && data.Bytes()[0] == '3' {
-			// A heartbeat's pong (engine.io v4: the server pings). See pongHold.
-			time.AfterFunc(time.Duration(w.hold.Load()), func() { w.Transport.OnData(data) })
+			// A heartbeat's pong (engine.io v4: the server pings). See pongHold. One at
+			// a time: a client answers one ping per interval, and one that sends pongs
+			// unasked must not make a timer and a buffer of each.
+			if w.held.CompareAndSwap(false, true) {
+				time.AfterFunc(time.Duration(w.hold.Load()), func() {
+					w.held.Store(false)
+					w.Transport.OnData(types.NewStringBufferString("3"))
+				})
+			}
 			continue
 		}
 		w.Transport.OnData(data)
@@ -324,6 +352,7 @@ func (w *webSocket) failed(err error) {
 // next batch when this one signals "drain".
 func (w *webSocket) Send(packets []*packet.Packet) {
 	w.SetWritable(false)
+	w.inflight.Add(1)
 	go w.send(packets)
 }
 
@@ -332,6 +361,9 @@ func (w *webSocket) send(packets []*packet.Packet) {
 		w.Emit("drain")
 		w.SetWritable(true)
 		w.Emit("ready")
+		if w.inflight.Add(-1) == 0 && w.closing.Load() {
+			w.finish()
+		}
 	}()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -466,12 +498,17 @@ func appendHeader(b []byte, op byte, n int) []byte {
 // headers live in w.header; when it grows while the batch is built, the headers already
 // in w.bufs keep pointing into its old array, which stays valid.
 func (w *webSocket) flush() error {
+	// No deadline: engine.io's transport sets none either, and a pong that
+	// gorilla/websocket wrote with one must not leave it on the connection.
+	return w.flushUntil(time.Time{})
+}
+
+// flushUntil is flush with a write deadline (none if zero).
+func (w *webSocket) flushUntil(deadline time.Time) error {
 	if len(w.bufs) == 0 {
 		return nil
 	}
-	// No deadline: engine.io's transport sets none either, and a pong that
-	// gorilla/websocket wrote with one must not leave it on the connection.
-	w.raw.SetWriteDeadline(time.Time{})
+	w.raw.SetWriteDeadline(deadline)
 	var err error
 	if w.writev {
 		bufs := w.bufs // WriteTo consumes the slice it is called on
@@ -482,7 +519,7 @@ func (w *webSocket) flush() error {
 			w.flat = append(w.flat, b...)
 		}
 		_, err = w.raw.Write(w.flat)
-		if cap(w.flat) > maxKept*maxKept {
+		if cap(w.flat) > maxFlat {
 			w.flat = nil
 		}
 	}
@@ -513,10 +550,37 @@ func (w *webSocket) writeCompressed(text bool, payload []byte) error {
 	return w.conn.WriteMessage(mt, payload)
 }
 
-// DoClose closes the connection; the read loop then reports "close".
+// DoClose closes the connection, once the batches handed over before are written (at
+// most closeGrace later), with a WebSocket Close frame; the read loop then reports
+// "close". engine.io closes a socket's transport as soon as its own buffer is empty,
+// and the last batch, just handed over, is still being written: closing at once lost it,
+// and with it socket.io's DISCONNECT packet, so that a client the server disconnected
+// saw a transport error and reconnected (engine.io's own transport loses them too).
 func (w *webSocket) DoClose(fn types.Callable) {
-	defer w.conn.Close()
 	if fn != nil {
 		fn()
 	}
+	w.closing.Store(true)
+	if w.inflight.Load() == 0 {
+		w.finish()
+		return
+	}
+	time.AfterFunc(closeGrace, w.finish)
+}
+
+// finish writes a Close frame (1000, normal closure) after what is written, and closes
+// the connection.
+func (w *webSocket) finish() {
+	w.closeOnce.Do(func() {
+		// Not behind a batch stuck on a client that does not read: the connection is
+		// closed then, which ends that write.
+		if w.mu.TryLock() {
+			w.header = appendHeader(w.header, 0x8, 2)
+			w.header = binary.BigEndian.AppendUint16(w.header, ws.CloseNormalClosure)
+			w.bufs = append(w.bufs, w.header)
+			w.flushUntil(time.Now().Add(closeGrace))
+			w.mu.Unlock()
+		}
+		w.conn.Close()
+	})
 }

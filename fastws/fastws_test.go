@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	goio "io"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,6 +109,7 @@ type rawClient struct {
 	conn *ws.Conn
 	// deflate: the connection negotiated permessage-deflate.
 	deflate bool
+	sid     string // the socket's id
 }
 
 // dial connects to the main namespace, and returns once the server has a socket for it.
@@ -151,6 +154,7 @@ func dialQuery(t testing.TB, io *socket.Server, url, query string) *rawClient {
 	if !strings.HasPrefix(string(msg), "40{") || json.Unmarshal(msg[2:], &reply) != nil {
 		t.Fatalf("connect reply: %q", msg)
 	}
+	c.sid = reply.Sid
 	// Wait for the server's "connection" event, not merely for the socket in its
 	// namespace: socket.io v2.5.0 adds the socket there, and answers, before its Client
 	// records it, and a connection that closes in between leaves the socket in the
@@ -632,5 +636,80 @@ func TestPingDuringSlowWrite(t *testing.T) {
 	io.Emit("after")
 	if got := c.event(); got[0] != "after" {
 		t.Fatalf("then %v", got)
+	}
+}
+
+// A socket the server disconnects gets what was emitted to it before, then socket.io's
+// DISCONNECT, then a Close frame. engine.io closes the transport as soon as its own
+// buffer is empty, while the last batch, just handed over, is still being written: the
+// connection was closed under it, and the client saw a transport error (and would have
+// reconnected) in most runs.
+func TestServerDisconnectKeepsLastPackets(t *testing.T) {
+	io, url := server(t)
+	for i := range 20 {
+		c := dial(t, io, url)
+		s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+		if !ok {
+			t.Fatalf("no socket %s", c.sid)
+		}
+		s.Emit("last", i)
+		s.Disconnect(true)
+		var got []string
+		var err error
+		c.conn.SetReadDeadline(time.Now().Add(waitFor))
+		for {
+			var msg []byte
+			if _, msg, err = c.conn.ReadMessage(); err != nil {
+				break
+			}
+			got = append(got, string(msg))
+		}
+		want := []string{fmt.Sprintf(`42["last",%d]`, i), "41"}
+		if !slices.Equal(got, want) || !ws.IsCloseError(err, ws.CloseNormalClosure) {
+			t.Fatalf("run %d: got %q then %v, want %q then a normal close", i, got, err, want)
+		}
+	}
+}
+
+// The TCP connection is closed once the client has closed the WebSocket: engine.io does
+// not close a transport its read loop found closed, and the socket stayed open until
+// the garbage collector found it.
+func TestClientCloseClosesTheConnection(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	if err := c.conn.WriteControl(ws.CloseMessage, ws.FormatCloseMessage(ws.CloseNormalClosure, ""), time.Now().Add(waitFor)); err != nil {
+		t.Fatal(err)
+	}
+	raw := c.conn.NetConn()
+	raw.SetReadDeadline(time.Now().Add(waitFor))
+	buf := make([]byte, 64)
+	for {
+		_, err := raw.Read(buf) // the server's Close frame, then the end
+		if errors.Is(err, goio.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("the server did not close the connection: %v", err)
+		}
+	}
+}
+
+// A connection without writev (TLS) copies each batch into one buffer; after a large
+// batch it lets go of it instead of keeping up to a megabyte per idle connection.
+func TestLargeBatchBufferReleased(t *testing.T) {
+	io, url := serverWith(t, variant{tls: true})
+	c := dial(t, io, url)
+	big := strings.Repeat("y", 256<<10)
+	io.Emit("big", big)
+	if got := c.event(); len(got) != 2 || got[1] != big {
+		t.Fatalf("got %d arguments", len(got))
+	}
+	s, _ := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+	w := s.Conn().Transport().(*webSocket)
+	w.mu.Lock() // the batch's write has returned
+	kept := cap(w.flat)
+	w.mu.Unlock()
+	if kept > maxFlat {
+		t.Fatalf("kept a %d-byte buffer", kept)
 	}
 }
