@@ -48,7 +48,18 @@ type Builder struct {
 	lastDrop      atomic.Int64 // unix nanos of the last drop report
 	queueFull     atomic.Int64
 	lastQueueFull atomic.Int64
+
+	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
+	logMu         sync.Mutex
+	logWindow     time.Time
+	logged        int
+	logSuppressed int
 }
+
+// maxMalformedLogs bounds the log lines of malformed messages per second. Anyone who can
+// connect to the database can NOTIFY on the adapter's channels, thousands of times a
+// second; the ErrorHandler still gets every one.
+const maxMalformedLogs = 10
 
 // New returns a Builder publishing through pool. opts may be nil; its zero fields take
 // their defaults. New does no I/O and never fails: an invalid configuration (see Err)
@@ -225,10 +236,36 @@ func (b *Builder) report(err error) {
 		level = slog.LevelError
 		attrs = append(attrs, "stack", string(p.Stack))
 	}
+	if suppressed, ok := b.logAllowed(err); !ok {
+		level = slog.LevelDebug
+	} else if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
 	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), attrs...)
 	if h := b.opts.ErrorHandler; h != nil {
 		h(err)
 	}
+}
+
+// logAllowed reports whether err may be logged at its level: errors of malformed
+// messages are, up to maxMalformedLogs a second; the rest go to the debug level, and the
+// next one logged says how many were (suppressed).
+func (b *Builder) logAllowed(err error) (suppressed int, ok bool) {
+	if !errors.Is(err, ErrMalformed) {
+		return 0, true
+	}
+	b.logMu.Lock()
+	defer b.logMu.Unlock()
+	if now := time.Now(); now.Sub(b.logWindow) >= time.Second {
+		b.logWindow, b.logged = now, 0
+	}
+	if b.logged >= maxMalformedLogs {
+		b.logSuppressed++
+		return 0, false
+	}
+	b.logged++
+	suppressed, b.logSuppressed = b.logSuppressed, 0
+	return suppressed, true
 }
 
 // onDrop counts a notification the receive queue had no room for, and reports drops at

@@ -3,18 +3,38 @@ package pgadapter
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
+
+// countingHandler is a slog.Handler that counts what is logged at warning level or
+// above.
+type countingHandler struct{ warnings atomic.Int64 }
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warnings.Add(1)
+	}
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
 
 // TestHostileNotifications sends garbage on a server's channel, as any role that can
 // connect to the database could: each is reported through the error handler, nothing
 // panics or hangs, and real traffic goes on.
 func TestHostileNotifications(t *testing.T) {
 	opts := testOptions(t)
-	nodes := cluster(t, 2, opts)
-	a, b := nodes[0], nodes[1]
+	a := startNode(t, "A", opts)
+	logs := &countingHandler{}
+	bopts := opts
+	bopts.Logger = slog.New(logs)
+	b := startNode(t, "B", bopts)
+	waitServerCount(t, []*node{a, b}, 2)
 	cb := b.connect(t, "/", "cb")
 	a.io.Emit("big", strings.Repeat("x", 9000)) // the table exists from here on
 	cb.expect(t, "big")
@@ -86,6 +106,11 @@ func TestHostileNotifications(t *testing.T) {
 	}
 	if want := len(malformed) + 2000; gotMalformed != want || gotMissing != len(missing) || other != 0 {
 		t.Fatalf("reported %d malformed (want %d), %d missing (want %d), %d other", gotMalformed, want, gotMissing, len(missing), other)
+	}
+	// The log is not flooded: at most maxMalformedLogs lines a second at warning level
+	// (the test's few seconds allow a few windows).
+	if n := logs.warnings.Load(); n > 5*maxMalformedLogs {
+		t.Errorf("%d warnings logged for %d malformed notifications", n, gotMalformed)
 	}
 	// A forged message that decodes is applied like any other: LISTEN/NOTIFY has no
 	// authentication, which is why the database should be dedicated (see the README).
