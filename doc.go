@@ -51,6 +51,10 @@
 //   - A panic in code the adapter's goroutines run (a server-side event handler, a
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
+//   - Server-side event handlers and the callbacks of answered requests run on the one
+//     goroutine that delivers every namespace's messages: they must not block, and must
+//     not wait there for a cluster request of their own, whose answers that goroutine
+//     delivers (it would wait until the request's timeout).
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.
