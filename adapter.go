@@ -43,7 +43,8 @@ type Adapter struct {
 
 	mu       sync.Mutex
 	nodes    map[string]time.Time // other servers of this namespace: uid → last message
-	capable  map[string]bool      // those that advertised CapAllRooms
+	capable  map[string]bool      // servers that advertised CapAllRooms, known or timed out
+	timedOut map[string]time.Time // servers dropped by timeout, whose capable entry is kept
 	requests map[string]*request
 	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
 	inlineWarned map[string]bool
@@ -65,6 +66,13 @@ type membershipChange struct {
 	staleBefore time.Time // leave by timeout: only if still unheard of since
 }
 
+// forgetAfter is how many heartbeat timeouts a server dropped by timeout is remembered
+// for: what it advertised in its heartbeats (capable) still holds if it comes back
+// without sending one, as a busy server does (any message it publishes stands for its
+// heartbeat). After that it is forgotten, so that the servers that crashed do not pile
+// up.
+const forgetAfter = 30
+
 // maxFreeze bounds a freeze that no ServerCount call ends (BroadcastWithAck called by
 // something other than socket.io's operator, or a panic in local delivery).
 const maxFreeze = time.Second
@@ -78,6 +86,7 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 		uid:      randomID(),
 		nodes:    map[string]time.Time{},
 		capable:  map[string]bool{},
+		timedOut: map[string]time.Time{},
 		requests: map[string]*request{},
 
 		inlineWarned: map[string]bool{},
@@ -488,6 +497,14 @@ func (a *Adapter) heartbeat(now time.Time) {
 	for uid, seen := range a.nodes {
 		if now.Sub(seen) > a.b.opts.HeartbeatTimeout {
 			gone = append(gone, uid)
+		}
+	}
+	for uid, at := range a.timedOut {
+		if now.Sub(at) > forgetAfter*a.b.opts.HeartbeatTimeout {
+			delete(a.timedOut, uid)
+			if _, back := a.nodes[uid]; !back {
+				delete(a.capable, uid)
+			}
 		}
 	}
 	a.mu.Unlock()

@@ -236,3 +236,34 @@ func TestPerCallTimeout(t *testing.T) {
 		t.Fatalf("the per-call timeout was not used (%v)", took)
 	}
 }
+
+// A server dropped by timeout that comes back with a message other than a heartbeat (a
+// busy server sends none: any message stands for it) is still known to answer AllRooms:
+// what it advertised was forgotten with it, and AllRooms skipped it, its rooms missing
+// with no error.
+func TestCapabilitiesOutliveATimeout(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 30 * time.Second // answers, not the timeout, must end it
+	a := startNode(t, "A", opts)
+	bopts := opts
+	bopts.HeartbeatInterval = time.Hour // B says nothing unless asked
+	bopts.HeartbeatTimeout = 2 * time.Hour
+	b := startNode(t, "B", bopts)
+	waitServerCount(t, []*node{a, b}, 2)
+	b.connect(t, "/", "cb", "room-on-b")
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	buid := b.io.Sockets().Adapter().(*Adapter).uid
+	adapter.removeNode(buid, time.Now()) // as when B was silent for the heartbeat timeout
+	waitServerCount(t, []*node{a}, 1)
+	b.io.Emit("back") // B is known again, from a broadcast
+	waitServerCount(t, []*node{a}, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	rooms, err := adapter.AllRooms(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rooms, "room-on-b") {
+		t.Fatalf("AllRooms lacks B's room: %v", rooms)
+	}
+}

@@ -206,7 +206,12 @@ func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
 	}
 	var runs []func()
 	delete(a.nodes, uid)
-	delete(a.capable, uid)
+	if staleBefore.IsZero() {
+		delete(a.capable, uid) // it closed: a uid is never used again
+		delete(a.timedOut, uid)
+	} else {
+		a.timedOut[uid] = time.Now()
+	}
 	delete(a.inlineWarned, uid) // warned again should it come back
 	for id, r := range a.requests {
 		if _, due := r.waiting[uid]; !due {
