@@ -129,10 +129,14 @@ func (p *publisher) run(ctx context.Context) {
 }
 
 // drain publishes what was accepted before close, for at most RequestsTimeout, and
-// reports the rest as lost.
+// reports the rest as lost. The deadline bounds every query of it (a batch could
+// otherwise take the table's creation, the lz4 probe and two attempts, each up to
+// RequestsTimeout), so that the runtime's stop, which waits RequestsTimeout and a
+// margin, finds the publisher done.
 func (p *publisher) drain(ctx context.Context) {
-	deadline := time.Now().Add(p.opts.RequestsTimeout)
-	for (len(p.carry) > 0 || len(p.queue) > 0) && time.Now().Before(deadline) && ctx.Err() == nil {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+	defer cancel()
+	for (len(p.carry) > 0 || len(p.queue) > 0) && ctx.Err() == nil {
 		p.sendBatch(ctx, p.nextBatch())
 	}
 	lost := len(p.carry) + len(p.queue)
