@@ -42,6 +42,10 @@ type listener struct {
 
 	mu      sync.Mutex
 	wanted  map[string]struct{}
+	// fresh: channels listen was called for since the last apply. One that was
+	// unlistened and listened again in between (an adapter replaced by a new one, with
+	// another uid) is still LISTENed, and its new adapter must be announced all the same.
+	fresh   map[string]struct{}
 	dirty   bool          // wanted changed since the goroutine last applied it
 	waiting net.Conn      // the connection being read for notifications, if any
 	synced  bool          // connected and every wanted channel LISTENed
@@ -64,7 +68,7 @@ func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Noti
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
-	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, changed: make(chan struct{})}
+	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, fresh: map[string]struct{}{}, changed: make(chan struct{})}
 }
 
 // listen asks for channel to be LISTENed, now and after every reconnect.
@@ -78,8 +82,10 @@ func (l *listener) update(channel string, want bool) {
 	defer l.mu.Unlock()
 	if want {
 		l.wanted[channel] = struct{}{}
+		l.fresh[channel] = struct{}{}
 	} else {
 		delete(l.wanted, channel)
+		delete(l.fresh, channel)
 	}
 	l.dirty = true
 	l.setSyncedLocked(false)
@@ -285,6 +291,13 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 			unwanted = append(unwanted, ch)
 		}
 	}
+	var relisted []string // listened already, and asked for again
+	for ch := range l.fresh {
+		if _, ok := applied[ch]; ok {
+			relisted = append(relisted, ch)
+		}
+	}
+	clear(l.fresh)
 	l.dirty = false
 	l.mu.Unlock()
 
@@ -296,7 +309,7 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 		}
 		delete(applied, ch)
 	}
-	var added []string
+	added := relisted
 	for _, ch := range wanted {
 		if _, ok := applied[ch]; ok {
 			continue

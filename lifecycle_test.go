@@ -561,3 +561,39 @@ func holdInTx(t *testing.T, pool *pgxpool.Pool, sql string) pgx.Tx {
 	}
 	return tx
 }
+
+// A namespace's adapter replaced by a new one (socket.io's SetAdapter again, or a dynamic
+// namespace closed and made again) finds its channel still LISTENed, and must still
+// announce its new uid: the others counted it only once it sent a heartbeat of its own.
+func TestReplacedAdapterAnnounces(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = time.Hour // nobody speaks unless asked
+	opts.HeartbeatTimeout = 2 * time.Hour
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	a.io.Of("/other", nil) // keeps A's listener running through the replacement
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := a.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := a.io.Sockets().Adapter().(*Adapter)
+	replaced := a.b.New(a.io.Sockets()).(*Adapter) // closes old: B drops it at once
+	if replaced == old || !old.closed.Load() {
+		t.Fatal("not replaced")
+	}
+	eventually(t, "B counting A's new adapter", func() bool {
+		b.b.mu.Lock()
+		defer b.b.mu.Unlock()
+		bad := b.b.adapters[ChannelName(opts.ChannelPrefix, "/")]
+		bad.mu.Lock()
+		defer bad.mu.Unlock()
+		_, known := bad.nodes[replaced.uid]
+		_, stale := bad.nodes[old.uid]
+		return known && !stale
+	})
+	if n := replaced.ServerCount(); n != 2 {
+		t.Fatalf("A's new adapter counts %d servers", n)
+	}
+}
