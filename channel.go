@@ -40,8 +40,8 @@ type listener struct {
 	onDrop   func()               // called when inbound is full
 	onState  func(up bool, pid uint32, err error)
 
-	mu      sync.Mutex
-	wanted  map[string]struct{}
+	mu     sync.Mutex
+	wanted map[string]struct{}
 	// fresh: channels listen was called for since the last apply. One that was
 	// unlistened and listened again in between (an adapter replaced by a new one, with
 	// another uid) is still LISTENed, and its new adapter must be announced all the same.
