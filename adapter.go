@@ -518,6 +518,19 @@ func (a *Adapter) heartbeat(now time.Time) {
 	}
 }
 
+// heard records that a message from a known server arrived, when it arrives rather than
+// when it is applied: the heartbeat timeout measures the server's silence, not this
+// one's delivery, which a slow handler or a backlog can hold up for longer than the
+// timeout (every server was dropped then, and their requests completed without their
+// answers).
+func (a *Adapter) heard(uid string, at time.Time) {
+	a.mu.Lock()
+	if last, known := a.nodes[uid]; known && at.After(last) {
+		a.nodes[uid] = at
+	}
+	a.mu.Unlock()
+}
+
 // onMessage applies a message from another server or an emitter.
 func (a *Adapter) onMessage(m *wire.Message) {
 	if a.closed.Load() || m.UID == a.uid {

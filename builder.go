@@ -304,6 +304,11 @@ type runtime struct {
 	lis     *listener
 	inbound chan *pgconn.Notification
 	ordered chan *delivery
+
+	// Owned by the dispatch goroutine (see heard).
+	now     time.Time
+	decoded int
+	heardAt map[heardKey]time.Time
 }
 
 func (b *Builder) start() *runtime {
@@ -311,6 +316,8 @@ func (b *Builder) start() *runtime {
 	rt := &runtime{b: b, cancel: cancel,
 		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
 		ordered: make(chan *delivery, 256),
+		now:     time.Now(),
+		heardAt: map[heardKey]time.Time{},
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	cfg := b.opts.ListenConnConfig

@@ -99,7 +99,11 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case n = <-rt.inbound:
+				rt.now = time.Now()
 			}
+		}
+		if rt.decoded++; rt.decoded%256 == 0 {
+			rt.now = time.Now() // a busy loop does not wait, below
 		}
 		d := rt.decode(n)
 		if d == nil {
@@ -124,11 +128,38 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			}
 			select {
 			case rt.ordered <- d:
+				rt.now = time.Now() // it may have waited long
 			case <-ctx.Done():
 				return
 			}
 		}
 	}
+}
+
+// heardKey is a server of a namespace, for runtime.heard.
+type heardKey struct {
+	a   *Adapter
+	uid string
+}
+
+// heard tells a that a message from server uid arrived (Adapter.heard), at most a few
+// times per heartbeat timeout and server: the time is the dispatch loop's (rt.now, read
+// when it wakes and every 256 notifications), and the adapter's lock is taken only when
+// the last time told is an eighth of the timeout old. Run by the dispatch goroutine,
+// which owns rt.heardAt.
+func (rt *runtime) heard(a *Adapter, uid string) {
+	if uid == wire.EmitterUID {
+		return
+	}
+	k := heardKey{a, uid}
+	if last, ok := rt.heardAt[k]; ok && rt.now.Sub(last) < rt.b.opts.HeartbeatTimeout/8 {
+		return
+	}
+	if len(rt.heardAt) > 4096 {
+		clear(rt.heardAt) // servers and namespaces that are gone
+	}
+	rt.heardAt[k] = rt.now
+	a.heard(uid, rt.now)
 }
 
 // decode turns a notification into a delivery, or nil for our own messages, channels no
@@ -150,6 +181,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	if note.UID == a.uid {
 		return nil // our own message, echoed by PostgreSQL
 	}
+	rt.heard(a, note.UID)
 	rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
 	d := &delivery{a: a, channel: n.Channel, msg: note.Message}
 	if note.HasAttachment {
