@@ -71,9 +71,10 @@
 //
 // # Known defects of the socket.io v2.5.0 stack, and what the adapter does
 //
-//   - engine.io v2.5.0 loses every packet after the first of a batch written to a
-//     WebSocket when the first carries a pre-encoded frame, which the in-memory adapter
-//     attaches to every broadcast. The adapter delivers broadcasts locally without it.
+//   - engine.io v2.5.0's WebSocket transport stops writing a batch after a packet that
+//     carries a pre-encoded frame, losing the packets after it; the in-memory adapter
+//     attaches one to every broadcast. The adapter delivers broadcasts locally without
+//     it.
 //   - socket.io's BroadcastOperator completes a broadcast with acknowledgements when as
 //     many responses as clients have arrived; a client acknowledging with no argument or
 //     several would stall or end it early. The adapter makes each client contribute

@@ -47,7 +47,8 @@ type Options struct {
 	CleanupInterval time.Duration
 
 	// AttachmentRetention is the age at which attachment rows become eligible for
-	// deletion. Default twice CleanupInterval (60s with the defaults): every receiver
+	// deletion. Default twice CleanupInterval (60s with the defaults; 1 minute when
+	// cleanup is disabled): every receiver
 	// reads a row within RequestsTimeout of its notification in normal operation, so the
 	// margin covers a node whose receive queue lags by up to a minute. A node that lags
 	// more reports each attachment it can no longer read through ErrorHandler
@@ -247,7 +248,9 @@ var (
 
 // PanicError is a panic recovered in one of the adapter's goroutines: in a handler of a
 // server-side event, an ack or request callback, an outgoing-packet listener, or the
-// adapter's own decoding. It is reported through ErrorHandler, and logged at level Error
+// adapter's own decoding. It is reported through ErrorHandler, wrapped in the error
+// that says where (a *MessageError, or the request it ended): find it with errors.As,
+// or test errors.Is(err, ErrPanic). It is logged at level Error
 // with the stack. The message being handled is dropped and the goroutine goes on with
 // the next: it serves every namespace of the server, and an unrecovered panic would end
 // the process, as net/http's recovery of a handler's panic avoids.

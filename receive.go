@@ -308,10 +308,13 @@ func decodeNotification(payload string) (note *wire.Notification, err error) {
 // (it wraps ErrAttachmentMissing or the query's error). The message is dropped; other
 // traffic is unaffected.
 type MessageError struct {
+	// Channel is the NOTIFY channel the message came on.
 	Channel string
 	// Payload is the notification text, when the notification itself was malformed.
 	Payload string
-	Err     error
+	// Err is the cause: it wraps ErrMalformed, ErrAttachmentMissing, a *PanicError, or
+	// the error of the query that read the attachment.
+	Err error
 }
 
 // Error names the channel, the cause and, for a malformed notification, its first 200
