@@ -214,7 +214,9 @@ func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
 	serverSocket(t, a, ca).OnAnyOutgoing(func(...any) {
 		once.Do(func() {
 			// On the caller's goroutine, inside BroadcastWithAck: a server joins, and A
-			// has heard it once C has heard A's answer to its announcement.
+			// has heard it once C has heard A's answer to its announcement. Stats,
+			// read meanwhile, must not end the freeze as ServerCount does.
+			a.b.Stats()
 			c = startNode(t, "C", opts)
 			waitServerCount(t, []*node{c}, 3)
 		})

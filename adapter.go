@@ -52,6 +52,7 @@ type Adapter struct {
 	// operator reads ServerCount, right after BroadcastWithAck returns; see
 	// freezeMembers.
 	frozen    int
+	owed      int // ServerCount calls still due for freezes maxFreeze ended
 	freezeGen int
 	thawTimer *time.Timer
 	deferred  []membershipChange // held while frozen, applied in order at the thaw
@@ -173,12 +174,15 @@ func (a *Adapter) Close() {
 // client counts: one from this server and one from each server BroadcastWithAck sent to
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
-// Membership therefore holds still from BroadcastWithAck until the next ServerCount.
+// Membership therefore holds still from BroadcastWithAck until the next ServerCount
+// (calling ServerCount for any other purpose may end that early: Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	n := int64(1 + len(a.nodes))
 	var runs []func()
-	if a.frozen > 0 {
+	if a.owed > 0 {
+		a.owed-- // the call of a broadcast whose freeze maxFreeze ended
+	} else if a.frozen > 0 {
 		a.frozen--
 		if a.frozen == 0 {
 			runs = a.thawLocked()
@@ -191,6 +195,13 @@ func (a *Adapter) ServerCount() int64 {
 		go a.runAll("request of a server that left", runs)
 	}
 	return n
+}
+
+// knownServers is the number of other servers known now.
+func (a *Adapter) knownServers() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.nodes)
 }
 
 // freezeMembers returns the other servers known now, and holds membership as it is
@@ -206,6 +217,8 @@ func (a *Adapter) freezeMembers() map[string]struct{} {
 			a.mu.Lock()
 			var runs []func()
 			if a.frozen > 0 && a.freezeGen == gen {
+				// The calls still due pay off these freezes, not a later one.
+				a.owed += a.frozen
 				a.frozen = 0
 				runs = a.thawLocked()
 			}
@@ -509,8 +522,7 @@ func (a *Adapter) heartbeat(now time.Time) {
 	}
 	a.mu.Unlock()
 	for _, uid := range gone {
-		a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
-		// Only if nothing came from it since gone was made.
+		// Only if nothing came from it since gone was made (logged then).
 		a.removeNode(uid, now.Add(-a.b.opts.HeartbeatTimeout))
 	}
 	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval {

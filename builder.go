@@ -132,8 +132,10 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	}
 	a.rt = b.rt
 	b.adapters[a.channel] = a
-	b.mu.Unlock()
+	// Under b.mu, as remove's unlisten: a closing adapter's unlisten, made after this
+	// listen, would otherwise leave the new adapter deaf.
 	a.rt.lis.listen(a.channel)
+	b.mu.Unlock()
 	return a
 }
 
@@ -195,12 +197,12 @@ func (b *Builder) remove(a *Adapter) {
 	if last {
 		b.rt = nil
 	}
+	if rt != nil && registered {
+		rt.lis.unlisten(a.channel) // under b.mu: see New
+	}
 	b.mu.Unlock()
 	if rt == nil {
 		return
-	}
-	if registered {
-		rt.lis.unlisten(a.channel)
 	}
 	if last {
 		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
@@ -236,7 +238,7 @@ func (b *Builder) report(err error) {
 		level = slog.LevelError
 		attrs = append(attrs, "stack", string(p.Stack))
 	}
-	if suppressed, ok := b.logAllowed(err); !ok {
+	if suppressed, ok := b.logAllowed(err, p != nil); !ok {
 		level = slog.LevelDebug
 	} else if suppressed > 0 {
 		attrs = append(attrs, "suppressed", suppressed)
@@ -250,9 +252,9 @@ func (b *Builder) report(err error) {
 // logAllowed reports whether err may be logged at its level: errors of malformed
 // messages are, up to maxMalformedLogs a second; the rest go to the debug level, and the
 // next one logged says how many were (suppressed).
-func (b *Builder) logAllowed(err error) (suppressed int, ok bool) {
-	if !errors.Is(err, ErrMalformed) {
-		return 0, true
+func (b *Builder) logAllowed(err error, panicked bool) (suppressed int, ok bool) {
+	if panicked || !errors.Is(err, ErrMalformed) {
+		return 0, true // panics are always logged at level Error
 	}
 	b.logMu.Lock()
 	defer b.logMu.Unlock()
@@ -325,7 +327,17 @@ func (b *Builder) start() *runtime {
 		cfg = b.pool.Config().ConnConfig
 	}
 	rt.lis = newListener(cfg, &b.opts, rt.inbound)
-	rt.lis.onState = b.listenerState
+	rt.lis.onState = func(up bool, pid uint32, err error) {
+		if !up && errors.Is(err, ErrClosed) {
+			b.mu.Lock()
+			newer := b.rt != nil && b.rt != rt
+			b.mu.Unlock()
+			if newer {
+				return // a new runtime's listener is what the state is about now
+			}
+		}
+		b.listenerState(up, pid, err)
+	}
 	rt.lis.report = b.report
 	rt.lis.onDrop = b.onDrop
 	rt.lis.onListen = func(channel string) {

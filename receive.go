@@ -136,10 +136,10 @@ func (rt *runtime) dispatch(ctx context.Context) {
 	}
 }
 
-// heardKey is a server of a namespace, for runtime.heard.
+// heardKey is a server of a namespace, for runtime.heard: by channel, so that the map
+// holds no closed adapter.
 type heardKey struct {
-	a   *Adapter
-	uid string
+	channel, uid string
 }
 
 // heard tells a that a message from server uid arrived (Adapter.heard), at most a few
@@ -151,7 +151,7 @@ func (rt *runtime) heard(a *Adapter, uid string) {
 	if uid == wire.EmitterUID {
 		return
 	}
-	k := heardKey{a, uid}
+	k := heardKey{a.channel, uid}
 	if last, ok := rt.heardAt[k]; ok && rt.now.Sub(last) < rt.b.opts.HeartbeatTimeout/8 {
 		return
 	}

@@ -226,8 +226,11 @@ func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
 			runs = append(runs, run)
 		}
 	}
-	if known {
+	switch {
+	case known && staleBefore.IsZero():
 		a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
+	case known:
+		a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
 	}
 	return runs
 }

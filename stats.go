@@ -78,7 +78,7 @@ func (b *Builder) Stats() Stats {
 		}
 	}
 	for _, a := range b.snapshot() {
-		s.Nodes[a.name] = int(a.ServerCount() - 1)
+		s.Nodes[a.name] = a.knownServers() // not ServerCount, which ends a freeze
 	}
 	return s
 }

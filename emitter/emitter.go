@@ -267,7 +267,7 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	pool, isPool := e.db.(*pgxpool.Pool)
 	threshold := e.threshold
 	if !isPool {
-		threshold -= nonceBytes // room for the nonce below
+		threshold = max(1, threshold-nonceBytes) // room for the nonce below (0 would mean the default)
 	}
 	enc, err := wire.EncodeInline(m, threshold, e.inline)
 	if err != nil {

@@ -180,6 +180,7 @@ type webSocket struct {
 	inflight  atomic.Int64 // Send calls whose batch is not written yet
 	closing   atomic.Bool
 	closeOnce sync.Once
+	closed    bool // the Close frame is written, or the connection closed (w.mu)
 }
 
 // closeGrace bounds how long a closing connection waits for the batches handed to it
@@ -326,6 +327,9 @@ func (w *webSocket) onPing(data string) error {
 func (w *webSocket) writePong() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return // nothing after the Close frame (RFC 6455, 5.5.1)
+	}
 	w.pongMu.Lock()
 	w.header = appendHeader(w.header, 0xA, len(w.pongData))
 	w.header = append(w.header, w.pongData...) // a control frame's payload is at most 125 bytes
@@ -367,6 +371,9 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	}()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return // nothing after the Close frame (RFC 6455, 5.5.1)
+	}
 	for _, p := range packets {
 		if err := w.add(p); err != nil {
 			w.discard()
@@ -562,19 +569,19 @@ func (w *webSocket) DoClose(fn types.Callable) {
 	}
 	w.closing.Store(true)
 	if w.inflight.Load() == 0 {
-		w.finish()
+		go w.finish() // its write may wait for the client: not on the caller's goroutine
 		return
 	}
 	time.AfterFunc(closeGrace, w.finish)
 }
 
 // finish writes a Close frame (1000, normal closure) after what is written, and closes
-// the connection.
+// the connection. It waits at most closeGrace for its turn to write: a batch stuck on a
+// client that does not read is ended by closing the connection instead.
 func (w *webSocket) finish() {
 	w.closeOnce.Do(func() {
-		// Not behind a batch stuck on a client that does not read: the connection is
-		// closed then, which ends that write.
-		if w.mu.TryLock() {
+		if w.lockWithin(closeGrace) {
+			w.closed = true
 			w.header = appendHeader(w.header, 0x8, 2)
 			w.header = binary.BigEndian.AppendUint16(w.header, ws.CloseNormalClosure)
 			w.bufs = append(w.bufs, w.header)
@@ -583,4 +590,28 @@ func (w *webSocket) finish() {
 		}
 		w.conn.Close()
 	})
+}
+
+// lockWithin locks w.mu if it can within d, and reports whether it did.
+func (w *webSocket) lockWithin(d time.Duration) bool {
+	if w.mu.TryLock() {
+		return true
+	}
+	handoff := make(chan struct{}) // unbuffered: taken only while waited for
+	go func() {
+		w.mu.Lock()
+		select {
+		case handoff <- struct{}{}: // the waiter owns the lock now
+		default:
+			w.mu.Unlock() // the waiter gave up
+		}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-handoff:
+		return true
+	case <-t.C:
+		return false
+	}
 }
