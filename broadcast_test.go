@@ -637,15 +637,47 @@ func TestChannelName(t *testing.T) {
 	if got := ChannelName("p", "/a\x00b"); strings.ContainsRune(got, 0) {
 		t.Fatalf("NUL kept: %q", got)
 	}
-	// A namespace named after another's shortened channel does not get that channel.
-	long = "/" + strings.Repeat("a", 100)
-	short := ChannelName("socket.io", long)
-	spoof := strings.TrimPrefix(short, "socket.io#")
-	if got := ChannelName("socket.io", spoof); got == short || len(got) > 63 {
-		t.Fatalf("namespace %q has the channel of %q: %q", spoof, long, got)
+	if got := ChannelName("socket.io", "/room#0123456789abcdef"); got != "socket.io#/room#0123456789abcdef" {
+		t.Fatalf("a name that fits is Node's, unchanged: %q", got)
 	}
-	if got := ChannelName("socket.io", "/room#1234"); got != "socket.io#/room#1234" {
-		t.Fatalf("an ordinary name with # shortened: %q", got)
+}
+
+// A namespace can be named after another's shortened channel (its hash is no secret):
+// the Builder keeps the first namespace of a channel, and the second works on its server
+// only, reported. It used to close the first one's adapter and take its channel.
+func TestChannelTakenByAnotherNamespace(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	long := "/" + strings.Repeat("a", 100)
+	spoof := strings.TrimPrefix(ChannelName(opts.ChannelPrefix, long), opts.ChannelPrefix+"#")
+	if ChannelName(opts.ChannelPrefix, spoof) != ChannelName(opts.ChannelPrefix, long) {
+		t.Fatal("the names do not collide")
+	}
+	for _, n := range nodes {
+		n.io.Of(long, nil)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for _, n := range nodes {
+		if err := n.b.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cb := b.connect(t, long, "cb")
+	a.io.Of(spoof, nil) // on A, after the long one
+	if e := a.errs.next(t, "A", "error"); !strings.Contains(e[0].(error).Error(), "has the channel of namespace") {
+		t.Fatalf("reported %v", e)
+	}
+	if _, ok := a.io.Of(spoof, nil).Adapter().(*Adapter); ok {
+		t.Fatal("the second namespace got a cluster adapter")
+	}
+	if a.io.Of(long, nil).Adapter().(*Adapter).closed.Load() {
+		t.Fatal("the first namespace's adapter was closed")
+	}
+	a.io.Of(long, nil).Emit("still", "here")
+	if got := cb.expect(t, "still"); !slices.Equal(got, []any{"here"}) {
+		t.Fatalf("got %v", got)
 	}
 }
 

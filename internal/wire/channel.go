@@ -18,12 +18,13 @@ const ChannelHashBytes = 16
 // ChannelName returns the NOTIFY channel of a namespace: "<prefix>#<namespace>", as
 // @socket.io/postgres-adapter names it. A name longer than 63 bytes, or one PostgreSQL
 // cannot hold (a NUL byte, invalid UTF-8), becomes its first 46 bytes (cut at a
-// character boundary), "#", and 16 hex digits of the SHA-256 of the full name. So does
-// a name that already ends that way: otherwise a namespace could be named after
-// another's shortened channel (the hash is no secret) and take it over.
+// character boundary), "#", and 16 hex digits of the SHA-256 of the full name. Any
+// other name is Node's, unchanged, so that Node servers share the channel: a namespace
+// can therefore be named after another's shortened channel (the hash is no secret), and
+// the Builder keeps the first namespace of a channel (see Builder.New).
 func ChannelName(prefix, nsp string) string {
 	full := prefix + "#" + nsp
-	if len(full) <= MaxChannelBytes && utf8.ValidString(full) && !strings.ContainsRune(full, 0) && !looksShortened(full) {
+	if len(full) <= MaxChannelBytes && utf8.ValidString(full) && !strings.ContainsRune(full, 0) {
 		return full
 	}
 	sum := sha256.Sum256([]byte(full))
@@ -36,21 +37,6 @@ func ChannelName(prefix, nsp string) string {
 		keep = keep[:n]
 	}
 	return keep + "#" + hex.EncodeToString(sum[:])[:ChannelHashBytes]
-}
-
-// looksShortened reports whether name ends as ChannelName shortens names: "#" and
-// ChannelHashBytes lowercase hex digits.
-func looksShortened(name string) bool {
-	i := len(name) - ChannelHashBytes - 1
-	if i < 0 || name[i] != '#' {
-		return false
-	}
-	for _, c := range []byte(name[i+1:]) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // Statements is the SQL of the protocol, with the attachments table quoted.
