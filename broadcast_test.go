@@ -743,3 +743,23 @@ func TestAttachmentBurstGrouped(t *testing.T) {
 		t.Fatalf("B's pool opened %d connections during the burst, want at most 1", opened)
 	}
 }
+
+// fakeSocket is a socket.SocketDetails for socketInfo.
+type fakeSocket struct{ data any }
+
+func (f fakeSocket) Id() socket.SocketId            { return "s1" }
+func (f fakeSocket) Handshake() *socket.Handshake   { return &socket.Handshake{} }
+func (f fakeSocket) Rooms() *types.Set[socket.Room] { return types.NewSet[socket.Room]("s1") }
+func (f fakeSocket) Data() any                      { return f.data }
+
+// A socket without data is described to other servers with data {}, as Node's sockets
+// start: Node code reads socket.data.x without a check, and null made it throw.
+func TestSocketInfoData(t *testing.T) {
+	a := &Adapter{}
+	if info := a.socketInfo(fakeSocket{}); !reflect.DeepEqual(info.Data, map[string]any{}) {
+		t.Fatalf("data %#v, want {}", info.Data)
+	}
+	if info := a.socketInfo(fakeSocket{data: map[string]any{"k": "v"}}); !reflect.DeepEqual(info.Data, map[string]any{"k": "v"}) {
+		t.Fatalf("data %#v", info.Data)
+	}
+}

@@ -100,6 +100,10 @@ func (a *Adapter) socketInfo(s socket.SocketDetails) wire.SocketInfo {
 			a.b.report(&MessageError{Channel: a.channel, Err: err})
 		}
 		info.Data = v
+	} else {
+		// Node's sockets start with data {}, and Node code reads socket.data.x without
+		// a check: null made it throw for the sockets of Go servers.
+		info.Data = map[string]any{}
 	}
 	return info
 }

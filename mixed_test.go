@@ -155,6 +155,16 @@ func TestMixedSocketsJoinLeaveDisconnect(t *testing.T) {
 	m.fence(t, func() { m.nodeEmit(t, map[string]any{"event": "end"}) })
 	m.check(t, "r8", []string{"g2", "n2"})
 	m.check(t, "only-g", nil)
+	// A room joined by number in Node (plain JavaScript): Go reads it as "7", where it
+	// used to drop the whole message as malformed.
+	m.n.call(t, map[string]any{"op": "socketsJoin", "rooms": []string{"r2"}, "target": []any{7}})
+	m.fence(t, func() { m.nodeEmit(t, map[string]any{"event": "end"}) })
+	m.g.io.To("7").Emit("seven")
+	m.fence(t, func() { m.g.io.Emit("end") })
+	m.check(t, "seven", []string{"g2"}) // Node keys n2's room by the number, not "7"
+	if errs := m.g.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("Go reported %v", errs)
+	}
 	// Disconnections both ways.
 	m.g.io.In("r2").DisconnectSockets(true)
 	m.clients["g2"].expect(t, "disconnect")

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -341,11 +343,44 @@ func stringsFromTree(name string, raw any) ([]string, error) {
 	}
 	out := make([]string, len(list))
 	for i, v := range list {
-		if out[i], ok = v.(string); !ok {
+		switch v := v.(type) {
+		case string:
+			out[i] = v
+		case float64:
+			// A room joined by number in Node (socket.join(user.id)): JavaScript's
+			// Room type is a string only in TypeScript, and Node servers agree on
+			// String(n) among themselves, which is what rooms are keyed by there.
+			out[i] = JSNumber(v)
+		case int64:
+			out[i] = strconv.FormatInt(v, 10)
+		case uint64:
+			out[i] = strconv.FormatUint(v, 10)
+		default:
 			return nil, fmt.Errorf("%s[%d] is %s, want a string", name, i, describe(v))
 		}
 	}
 	return out, nil
+}
+
+// JSNumber formats f as JavaScript's String(f) does: integers below 1e21 in full, other
+// numbers in their shortest form, with an exponent below 1e-6 and from 1e21 ("1e+21",
+// "1.5e-7").
+func JSNumber(f float64) string {
+	switch {
+	case math.IsNaN(f):
+		return "NaN"
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
+	case f == 0:
+		return "0" // -0 too
+	}
+	if abs := math.Abs(f); abs >= 1e-6 && abs < 1e21 {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	mant, exp, _ := strings.Cut(strconv.FormatFloat(f, 'e', -1, 64), "e")
+	return mant + "e" + exp[:1] + strings.TrimLeft(exp[1:], "0")
 }
 
 func requiredString(t map[string]any, key string) (string, error) {

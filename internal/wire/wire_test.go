@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -331,5 +332,27 @@ func TestNormalize(t *testing.T) {
 	js, _ := EncodeJSON(m)
 	if !strings.Contains(js, strconv.FormatInt(big, 10)) {
 		t.Fatalf("integer changed: %s", js)
+	}
+}
+
+// Node servers send rooms joined by number (socket.join(42) in plain JavaScript) as JSON
+// numbers; a Go server took the whole message for malformed. They are read as the string
+// JavaScript makes of them, which is what Node keys its rooms by.
+func TestNumericRooms(t *testing.T) {
+	payload := `{"type":3,"uid":"x","nsp":"/","data":{"packet":{"type":2,"data":["e"]},"opts":{"rooms":[42,"r",1.5],"except":[1e21],"flags":{}}}}`
+	for name, decode := range map[string]func(string) (*Notification, error){"generic": DecodeNotification, "raw": DecodeNotificationRaw} {
+		n, err := decode(payload)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		o := n.Message.Data.(*BroadcastData).Opts
+		if !slices.Equal(o.Rooms, []string{"42", "r", "1.5"}) || !slices.Equal(o.Except, []string{"1e+21"}) {
+			t.Fatalf("%s: rooms %q except %q", name, o.Rooms, o.Except)
+		}
+	}
+	for f, want := range map[float64]string{0: "0", -7: "-7", 0.1: "0.1", 123456789012345680000: "123456789012345680000", 1e21: "1e+21", 1.5e-7: "1.5e-7", 1e-6: "0.000001", -2.5e300: "-2.5e+300"} {
+		if got := JSNumber(f); got != want {
+			t.Errorf("JSNumber(%v) = %q, want %q", f, got, want)
+		}
 	}
 }
