@@ -40,11 +40,19 @@ type Adapter struct {
 
 	lastPublish atomic.Int64 // unix nanoseconds
 	closed      atomic.Bool
+	// closeMu makes publish's check of closed and its enqueue one step against Close's:
+	// nothing this adapter publishes may follow its ADAPTER_CLOSE, or the others (Node's
+	// adapter re-adds any uid it hears from) count a server that is gone.
+	closeMu sync.RWMutex
 
 	mu       sync.Mutex
 	nodes    map[string]time.Time // other servers of this namespace: uid → last message
 	capable  map[string]bool      // servers that advertised CapAllRooms, known or timed out
 	timedOut map[string]time.Time // servers dropped by timeout, whose capable entry is kept
+	// left: servers that sent ADAPTER_CLOSE, and when. What they sent before it can
+	// arrive after it (Node's adapter publishes through a pool of connections): it must
+	// not count them again.
+	left     map[string]time.Time
 	requests map[string]*request
 	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
 	inlineWarned map[string]bool
@@ -88,6 +96,7 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 		nodes:    map[string]time.Time{},
 		capable:  map[string]bool{},
 		timedOut: map[string]time.Time{},
+		left:     map[string]time.Time{},
 		requests: map[string]*request{},
 
 		inlineWarned: map[string]bool{},
@@ -159,10 +168,13 @@ func (a *Adapter) Init() {}
 // PostgreSQL was unreachable, on whatever goroutine closed it, which for an emptied
 // dynamic namespace can be the one that delivers every message.
 func (a *Adapter) Close() {
+	a.closeMu.Lock()
 	if a.closed.Swap(true) {
+		a.closeMu.Unlock()
 		return
 	}
 	a.send(wire.AdapterClose, nil, nil)
+	a.closeMu.Unlock()
 	a.closeRequests()
 	a.b.remove(a)
 }
@@ -462,13 +474,16 @@ func jsonSizeHint(v any, depth int) int {
 
 // publish encodes a message in the caller's goroutine and queues it. It never blocks.
 func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
+	a.closeMu.RLock()
 	if a.closed.Load() {
+		a.closeMu.RUnlock()
 		if done != nil {
 			done(ErrClosed)
 		}
 		return
 	}
 	a.send(typ, data, done)
+	a.closeMu.RUnlock()
 }
 
 func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
@@ -512,6 +527,11 @@ func (a *Adapter) heartbeat(now time.Time) {
 			gone = append(gone, uid)
 		}
 	}
+	for uid, at := range a.left {
+		if now.Sub(at) > 2*a.b.opts.HeartbeatTimeout {
+			delete(a.left, uid)
+		}
+	}
 	for uid, at := range a.timedOut {
 		if now.Sub(at) > forgetAfter*a.b.opts.HeartbeatTimeout {
 			delete(a.timedOut, uid)
@@ -525,7 +545,10 @@ func (a *Adapter) heartbeat(now time.Time) {
 		// Only if nothing came from it since gone was made (logged then).
 		a.removeNode(uid, now.Add(-a.b.opts.HeartbeatTimeout))
 	}
-	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval {
+	// Only while this server hears the others: a heartbeat says it can answer their
+	// requests, and Node's adapter waits for every server it counts. Listening again,
+	// it announces itself, and they count it again.
+	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval && a.rt != nil && a.rt.lis.isSynced() {
 		a.publish(wire.Heartbeat, nil, nil)
 	}
 }
@@ -549,18 +572,27 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		return
 	}
 	if m.Type == wire.AdapterClose {
+		if m.UID != "" {
+			a.mu.Lock()
+			a.left[m.UID] = time.Now()
+			a.mu.Unlock()
+		}
 		a.removeNode(m.UID, time.Time{})
 		return
 	}
-	if m.UID != wire.EmitterUID {
+	// An empty uid is no server (Node ignores it too): anyone may NOTIFY one, and every
+	// request would wait for it.
+	if m.UID != wire.EmitterUID && m.UID != "" {
 		a.mu.Lock()
-		if _, known := a.nodes[m.UID]; known || a.frozen == 0 {
-			a.nodes[m.UID] = time.Now()
-		} else {
-			a.deferred = append(a.deferred, membershipChange{uid: m.UID, join: true, seen: time.Now()})
-		}
-		if m.Type == wire.InitialHeartbeat || m.Type == wire.Heartbeat {
-			a.capable[m.UID] = slices.Contains(m.Caps, wire.CapAllRooms)
+		if _, gone := a.left[m.UID]; !gone { // else sent before its ADAPTER_CLOSE, arrived after it
+			if _, known := a.nodes[m.UID]; known || a.frozen == 0 {
+				a.nodes[m.UID] = time.Now()
+			} else {
+				a.deferred = append(a.deferred, membershipChange{uid: m.UID, join: true, seen: time.Now()})
+			}
+			if m.Type == wire.InitialHeartbeat || m.Type == wire.Heartbeat {
+				a.capable[m.UID] = slices.Contains(m.Caps, wire.CapAllRooms)
+			}
 		}
 		a.mu.Unlock()
 	}

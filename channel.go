@@ -100,6 +100,13 @@ func (l *listener) setSyncedLocked(v bool) {
 	}
 }
 
+// isSynced reports whether the connection is up with every wanted channel LISTENed.
+func (l *listener) isSynced() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.synced
+}
+
 // waitSynced waits until the connection is up with every wanted channel LISTENed.
 func (l *listener) waitSynced(ctx context.Context) error {
 	for {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // countingHandler is a slog.Handler that counts what is logged at warning level or
@@ -55,7 +59,7 @@ func TestHostileNotifications(t *testing.T) {
 		`{"type":3,"uid":"x","data":{"packet":"oops"}}`,
 		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[]},"opts":{}}}`,
 		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[7]},"opts":{}}}`,
-		`{"type":4,"uid":"x","data":{"opts":{"rooms":[1]},"rooms":[]}}`,
+		`{"type":4,"uid":"x","data":{"opts":{"rooms":[true]},"rooms":[]}}`, // (a number is a room: Node's String of it)
 		`{"type":6,"uid":"x","data":{"opts":{},"close":"yes"}}`,
 		`{"type":11,"uid":"x","data":{"requestId":"r","clientCount":-5}}`,
 		`{"type":99,"uid":"x"}`,
@@ -114,4 +118,58 @@ func TestHostileNotifications(t *testing.T) {
 	}
 	// A forged message that decodes is applied like any other: LISTEN/NOTIFY has no
 	// authentication, which is why the database should be dedicated (see the README).
+}
+
+// Membership is not fooled by what anyone can NOTIFY, nor by messages that arrive after
+// their server's ADAPTER_CLOSE (Node's adapter publishes through a pool of connections,
+// so a heartbeat sent before it can come after it): an empty uid is no server, and a
+// server that left is not counted again.
+func TestMembershipIgnoresGhosts(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	ca := a.connect(t, "/", "ca")
+	payload := func(typ wire.Type, uid string) string {
+		s, err := wire.EncodeJSON(&wire.Message{Type: typ, UID: uid, Nsp: "/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	channel := ChannelName(opts.ChannelPrefix, "/")
+	// In one transaction, so in this order.
+	if _, err := b.pool.Exec(context.Background(), "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, i) ORDER BY i",
+		channel, []string{
+			payload(wire.Heartbeat, "ghost"),
+			payload(wire.AdapterClose, "ghost"),
+			payload(wire.Heartbeat, "ghost"), // sent before the close, arrived after it
+			payload(wire.Heartbeat, ""),
+		}); err != nil {
+		t.Fatal(err)
+	}
+	b.io.Emit("fence") // published after them: applied after them
+	ca.expect(t, "fence")
+	if n := a.io.Sockets().Adapter().ServerCount(); n != 2 {
+		t.Fatalf("A counts %d servers, want 2 (A and B)", n)
+	}
+}
+
+// A server that does not hear the others sends no heartbeat: a heartbeat says it can
+// answer their requests, and Node's adapter waits for every server it counts.
+func TestNoHeartbeatWhileNotListening(t *testing.T) {
+	opts := testOptions(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers: LISTEN never up
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	opts.ListenURL = "postgres://postgres@" + l.Addr().String() + "/x?connect_timeout=1"
+	a := newNode(t, "A", newPool(t), opts)
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	adapter.heartbeat(time.Now().Add(time.Hour)) // as the tick would, long after the last publish
+	a.io.Emit("marker")                          // published after anything queued before
+	eventually(t, "A's marker published", func() bool { return a.b.Stats().Published["BROADCAST"] == 1 })
+	if n := a.b.Stats().Published["HEARTBEAT"]; n != 0 {
+		t.Fatalf("%d heartbeats published while not listening", n)
+	}
 }
