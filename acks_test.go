@@ -141,13 +141,7 @@ func TestLocalBroadcastWithAcks(t *testing.T) {
 // sight of them, or has just started): their clients get it, as with Node's adapter,
 // and the operator, which expects ServerCount counts, completes with the local acks.
 func TestBroadcastWithAcksToUnknownServers(t *testing.T) {
-	opts := testOptions(t)
-	a := startNode(t, "A", opts)
-	bopts := opts
-	bopts.HeartbeatInterval = time.Hour // B says nothing unless asked
-	bopts.HeartbeatTimeout = 2 * time.Hour
-	b := startNode(t, "B", bopts)
-	waitServerCount(t, []*node{a, b}, 2)
+	a, b := startPair(t, testOptions(t), quiet)
 	ca := a.connect(t, "/", "ca")
 	cb := b.connect(t, "/", "cb")
 	adapter := a.io.Sockets().Adapter().(*Adapter)

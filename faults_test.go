@@ -444,21 +444,12 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 // that does not exist there, and the batch was reported lost.
 func TestPublishRetriesOnAnotherConnection(t *testing.T) {
 	opts := testOptions(t)
-	cfg, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1 // the publisher's next batch takes the connection broken below
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := newNode(t, "A", pool, opts)
+	a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) {
+		cfg.MaxConns = 1 // the publisher's next batch takes the connection broken below
+	})
+	pool := a.pool
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	if err := a.b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
 	b := startNode(t, "B", opts)
 	waitServerCount(t, []*node{a, b}, 2)
 	cb := b.connect(t, "/", "cb")

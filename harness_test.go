@@ -189,6 +189,86 @@ func startNodeOn(t testing.TB, name, url string, opts Options) *node {
 	return n
 }
 
+// startPair starts servers A, with opts, and B, with opts changed by setB, and waits
+// until each counts the other.
+func startPair(t testing.TB, opts Options, setB func(*Options)) (a, b *node) {
+	t.Helper()
+	a = startNode(t, "A", opts)
+	bopts := opts
+	setB(&bopts)
+	b = startNode(t, "B", bopts)
+	waitServerCount(t, []*node{a, b}, 2)
+	return a, b
+}
+
+// quiet makes a server publish heartbeats only an hour apart: it says nothing unless it
+// is asked, or publishes.
+func quiet(o *Options) {
+	o.HeartbeatInterval = time.Hour
+	o.HeartbeatTimeout = 2 * time.Hour
+}
+
+// startNodeWithPool starts a server on a pool of its own, configured by configure, and
+// waits until it listens.
+func startNodeWithPool(t testing.TB, name string, opts Options, configure func(*pgxpool.Config)) *node {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	configure(cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t, name, pool, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := n.b.Ready(ctx); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return n
+}
+
+// logRecorder is a slog.Handler that keeps what is logged.
+type logRecorder struct {
+	mu      sync.Mutex
+	msgs    []string
+	warning int // records at warning level or above
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	if r.Level >= slog.LevelWarn {
+		h.warning++
+	}
+	return nil
+}
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler      { return h }
+
+func (h *logRecorder) warnings() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.warning
+}
+
+// matching returns the messages logged that contain s.
+func (h *logRecorder) matching(s string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, m := range h.msgs {
+		if strings.Contains(m, s) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // newServerFor starts a server with an adapter Builder made by the caller, and waits
 // until it listens.
 func newServerFor(t testing.TB, b *Builder, pool *pgxpool.Pool) *node {

@@ -7,38 +7,19 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-// countingHandler is a slog.Handler that counts what is logged at warning level or
-// above.
-type countingHandler struct{ warnings atomic.Int64 }
-
-func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
-	if r.Level >= slog.LevelWarn {
-		h.warnings.Add(1)
-	}
-	return nil
-}
-func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
-
 // TestHostileNotifications sends garbage on a server's channel, as any role that can
 // connect to the database could: each is reported through the error handler, nothing
 // panics or hangs, and real traffic goes on.
 func TestHostileNotifications(t *testing.T) {
 	opts := testOptions(t)
-	a := startNode(t, "A", opts)
-	logs := &countingHandler{}
-	bopts := opts
-	bopts.Logger = slog.New(logs)
-	b := startNode(t, "B", bopts)
-	waitServerCount(t, []*node{a, b}, 2)
+	logs := &logRecorder{}
+	a, b := startPair(t, opts, func(o *Options) { o.Logger = slog.New(logs) })
 	cb := b.connect(t, "/", "cb")
 	a.io.Emit("big", strings.Repeat("x", 9000)) // the table exists from here on
 	cb.expect(t, "big")
@@ -113,7 +94,7 @@ func TestHostileNotifications(t *testing.T) {
 	}
 	// The log is not flooded: at most maxMalformedLogs lines a second at warning level
 	// (the test's few seconds allow a few windows).
-	if n := logs.warnings.Load(); n > 5*maxMalformedLogs {
+	if n := logs.warnings(); n > 5*maxMalformedLogs {
 		t.Errorf("%d warnings logged for %d malformed notifications", n, gotMalformed)
 	}
 	// A forged message that decodes is applied like any other: LISTEN/NOTIFY has no

@@ -606,12 +606,8 @@ func TestReplacedAdapterAnnounces(t *testing.T) {
 func TestSlowHandlerDropsNoServer(t *testing.T) {
 	opts := testOptions(t)
 	opts.HeartbeatTimeout = time.Second // A's heartbeats come every 300 ms
-	a := startNode(t, "A", opts)
-	logs := &messageHandler{}
-	bopts := opts
-	bopts.Logger = slog.New(logs)
-	b := startNode(t, "B", bopts)
-	waitServerCount(t, []*node{a, b}, 2)
+	logs := &logRecorder{}
+	a, b := startPair(t, opts, func(o *Options) { o.Logger = slog.New(logs) })
 	done := make(chan struct{})
 	b.io.On("slow", func(...any) {
 		// The slow handler is the condition under test, not a synchronisation.
@@ -629,32 +625,4 @@ func TestSlowHandlerDropsNoServer(t *testing.T) {
 	if got := logs.matching("timed out"); len(got) > 0 {
 		t.Fatalf("B dropped a server while its handler ran: %v", got)
 	}
-}
-
-// messageHandler is a slog.Handler that keeps every message logged.
-type messageHandler struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (h *messageHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *messageHandler) Handle(_ context.Context, r slog.Record) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.msgs = append(h.msgs, r.Message)
-	return nil
-}
-func (h *messageHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *messageHandler) WithGroup(string) slog.Handler      { return h }
-
-func (h *messageHandler) matching(s string) []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var out []string
-	for _, m := range h.msgs {
-		if strings.Contains(m, s) {
-			out = append(out, m)
-		}
-	}
-	return out
 }

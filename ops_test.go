@@ -163,22 +163,10 @@ func TestStatsAndListenerEvents(t *testing.T) {
 func TestPoolWithOnNotification(t *testing.T) {
 	opts := testOptions(t)
 	a := startNode(t, "A", opts)
-	cfg, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var theirs atomic.Int64
-	cfg.ConnConfig.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { theirs.Add(1) }
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := newNode(t, "B", pool, opts)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b := startNodeWithPool(t, "B", opts, func(cfg *pgxpool.Config) {
+		cfg.ConnConfig.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { theirs.Add(1) }
+	})
 	waitServerCount(t, []*node{a, b}, 2)
 	cb := b.connect(t, "/", "cb")
 	a.io.Emit("hello", "from A")
@@ -244,12 +232,7 @@ func TestPerCallTimeout(t *testing.T) {
 func TestCapabilitiesOutliveATimeout(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 30 * time.Second // answers, not the timeout, must end it
-	a := startNode(t, "A", opts)
-	bopts := opts
-	bopts.HeartbeatInterval = time.Hour // B says nothing unless asked
-	bopts.HeartbeatTimeout = 2 * time.Hour
-	b := startNode(t, "B", bopts)
-	waitServerCount(t, []*node{a, b}, 2)
+	a, b := startPair(t, opts, quiet)
 	b.connect(t, "/", "cb", "room-on-b")
 	adapter := a.io.Sockets().Adapter().(*Adapter)
 	buid := b.io.Sockets().Adapter().(*Adapter).uid
