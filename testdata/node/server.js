@@ -58,14 +58,16 @@ const io = new Server(httpServer);
 io.adapter(createAdapter(pool, { errorHandler: (err) => out({ type: "error", message: String(err && err.message || err) }) }));
 const emitter = new Emitter(pool);
 
-io.use((socket, next) => {
+// prepare is the middleware of every namespace: see the "namespace" command.
+function prepare(socket, next) {
   const auth = socket.handshake.auth || {};
   for (const room of auth.rooms || []) socket.join(room);
   socket.data = { name: auth.name, node: NAME };
   socket.onAnyOutgoing((event, ...args) => out({ type: "sent", client: auth.name, event, args: enc(args) }));
   socket.on("harness-ping", (cb) => typeof cb === "function" && cb("pong"));
   next();
-});
+}
+io.use(prepare);
 
 // Benchmark support: server-side events named "bench" carry their send time (ms since
 // the epoch, sub-millisecond) and are counted on arrival.
@@ -75,9 +77,14 @@ io.on("bench", (sent) => {
   bench.latencies.push(performance.timeOrigin + performance.now() - sent);
 });
 
+// nspOf is the namespace a command names (cmd.nsp), "/" by default.
+function nspOf(cmd) {
+  return io.of(cmd.nsp || "/");
+}
+
 // operator builds a BroadcastOperator from a command's selection.
 function operator(cmd) {
-  let op = cmd.from ? socketNamed(cmd.from).broadcast : io;
+  let op = cmd.from ? socketNamed(cmd.from, cmd.nsp).broadcast : nspOf(cmd);
   if (cmd.rooms && cmd.rooms.length) op = op.to(cmd.rooms);
   if (cmd.except && cmd.except.length) op = op.except(cmd.except);
   const flags = cmd.flags || {};
@@ -88,8 +95,8 @@ function operator(cmd) {
   return op;
 }
 
-function socketNamed(name) {
-  for (const s of io.of("/").sockets.values()) {
+function socketNamed(name, nsp) {
+  for (const s of io.of(nsp || "/").sockets.values()) {
     if (s.data && s.data.name === name) return s;
   }
   throw new Error("no socket named " + name);
@@ -123,33 +130,85 @@ async function run(cmd) {
     case "fetchSockets":
       return enc((await operator(cmd).fetchSockets()).map(describe));
     case "serverSideEmit":
-      io.serverSideEmit(cmd.event, ...args);
+      nspOf(cmd).serverSideEmit(cmd.event, ...args);
       return null;
     case "serverSideEmitWithAck":
       try {
-        return { responses: enc(await io.serverSideEmitWithAck(cmd.event, ...args)) };
+        return { responses: enc(await nspOf(cmd).serverSideEmitWithAck(cmd.event, ...args)) };
       } catch (err) {
         return { error: String(err.message || err) };
       }
     case "listen":
       // Records a server-side event; answers acks with cmd.answer.
-      io.on(cmd.event, (...a) => {
+      nspOf(cmd).on(cmd.event, (...a) => {
         const cb = typeof a[a.length - 1] === "function" ? a.pop() : null;
         out({ type: "sse", event: cmd.event, args: enc(a) });
         if (cb) cb(cmd.answer, "ignored");
       });
       return null;
     case "serverCount":
-      return await io.of("/").adapter.serverCount();
+      return await nspOf(cmd).adapter.serverCount();
     case "sockets":
       return [...io.of(cmd.nsp || "/").sockets.values()].filter((s) => s.data && s.data.name === cmd.name).map((s) => s.id);
     case "emitter": {
-      let e = emitter;
+      // cmd.action: emit (default), socketsJoin, socketsLeave, disconnectSockets or
+      // serverSideEmit; in namespace cmd.nsp if given.
+      let e = cmd.nsp ? emitter.of(cmd.nsp) : emitter;
       if (cmd.rooms && cmd.rooms.length) e = e.to(cmd.rooms);
       if (cmd.except && cmd.except.length) e = e.except(cmd.except);
-      e.emit(cmd.event, ...args);
+      switch (cmd.action || "emit") {
+        case "emit":
+          e.emit(cmd.event, ...args);
+          break;
+        case "socketsJoin":
+          e.socketsJoin(cmd.target);
+          break;
+        case "socketsLeave":
+          e.socketsLeave(cmd.target);
+          break;
+        case "disconnectSockets":
+          e.disconnectSockets(!!cmd.close);
+          break;
+        case "serverSideEmit":
+          e.serverSideEmit(cmd.event, ...args);
+          break;
+        default:
+          throw new Error("unknown emitter action " + cmd.action);
+      }
       return null;
     }
+    case "remote": {
+      // Runs cmd.action on the socket called cmd.name among those fetchSockets returns
+      // for the selection: a RemoteSocket when it is another server's.
+      const s = (await operator(cmd).fetchSockets()).find((s) => s.data && s.data.name === cmd.name);
+      if (!s) throw new Error("no fetched socket named " + cmd.name);
+      switch (cmd.action) {
+        case "join":
+          s.join(cmd.target);
+          return null;
+        case "leave":
+          s.leave(cmd.target);
+          return null;
+        case "emit":
+          s.emit(cmd.event, ...args);
+          return null;
+        case "emitWithAck":
+          try {
+            return { response: enc(await s.timeout(cmd.ackTimeout).emitWithAck(cmd.event, ...args)) };
+          } catch (err) {
+            return { error: String(err.message || err) };
+          }
+        case "disconnect":
+          s.disconnect(!!cmd.close);
+          return null;
+        default:
+          throw new Error("unknown remote action " + cmd.action);
+      }
+    }
+    case "namespace":
+      // Creates namespace cmd.nsp (and its adapter), with the middleware of "/".
+      io.of(cmd.nsp).use(prepare);
+      return null;
     case "burst": {
       const payload = cmd.binary ? Buffer.alloc(cmd.size) : "x".repeat(cmd.size);
       for (let i = 0; i < cmd.count; i++) {
