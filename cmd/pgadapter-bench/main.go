@@ -356,8 +356,15 @@ func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.F
 		cls = append(cls, cl)
 	}
 	var results []*result
+	// Each phase starts with the next implementation. In a fixed order, the first of
+	// every paced phase always followed the last one's saturation phase, the heaviest,
+	// and paid for what it left behind (WAL to flush, rows to vacuum, a garbage
+	// collection): that was always the go cluster after the Node one's.
+	turn := 0
 	each := func(p phase) error {
-		for _, cl := range cls {
+		defer func() { turn++ }()
+		for i := range cls {
+			cl := cls[(turn+i)%len(cls)]
 			r, err := cl.measure(p, log)
 			if r != nil {
 				results = append(results, r)
@@ -460,8 +467,9 @@ func runAlone(cfg config, log *os.File) ([]*result, error) {
 		}
 	}
 	var results []*result
-	for _, p := range cfg.Payloads {
-		for _, cl := range cls {
+	for turn, p := range cfg.Payloads {
+		for i := range cls {
+			cl := cls[(turn+i)%len(cls)] // each phase starts with the next, as in runClusters
 			r, err := cl.measure(phase{Scenario: scenarioAlone, Payload: p, Window: cfg.Window, Duration: cfg.Duration, Drain: cfg.Drain}, log)
 			if r != nil {
 				results = append(results, r)
