@@ -173,8 +173,9 @@ func (a *Adapter) Close() {
 		a.closeMu.Unlock()
 		return
 	}
-	a.send(wire.AdapterClose, nil, nil)
+	report := a.send(wire.AdapterClose, nil, nil)
 	a.closeMu.Unlock()
+	report()
 	a.closeRequests()
 	a.b.remove(a)
 }
@@ -482,11 +483,18 @@ func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 		}
 		return
 	}
-	a.send(typ, data, done)
+	report := a.send(typ, data, done)
 	a.closeMu.RUnlock()
+	report()
 }
 
-func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
+// noReport is what send returns when there is nothing to report.
+func noReport() {}
+
+// send encodes and queues a message. It returns the report of a failure, to be run once
+// closeMu is released: the ErrorHandler is the application's code, which may publish,
+// and a second RLock waits behind a Close waiting for the first.
+func (a *Adapter) send(typ wire.Type, data any, done func(error)) (report func()) {
 	m := &wire.Message{Type: typ, UID: a.uid, Nsp: a.name, Data: data}
 	if typ == wire.InitialHeartbeat || typ == wire.Heartbeat {
 		m.Caps = ourCaps // Node servers ignore the extra field
@@ -494,11 +502,12 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
 	if err != nil {
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
-		a.b.report(err)
-		if done != nil {
-			done(err)
+		return func() {
+			a.b.report(err)
+			if done != nil {
+				done(err)
+			}
 		}
-		return
 	}
 	if enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
 		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
@@ -508,10 +517,10 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) {
 		o.prefix = wire.AttachmentHeaderPrefix(a.uid, typ)
 	}
 	if err := a.rt.pub.enqueue(o); err != nil {
-		a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, typ, err))
-		return
+		return func() { a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, typ, err)) }
 	}
 	a.lastPublish.Store(time.Now().UnixNano())
+	return noReport
 }
 
 // announce tells the other servers this one is here; they answer with heartbeats.
