@@ -60,7 +60,8 @@ type Adapter struct {
 	// operator reads ServerCount, right after BroadcastWithAck returns; see
 	// freezeMembers.
 	frozen    int
-	owed      int // ServerCount calls still due for freezes maxFreeze ended
+	owed      int       // ServerCount calls still due for freezes maxFreeze ended
+	owedUntil time.Time // when the calls still due are given up for (see ServerCount)
 	freezeGen int
 	thawTimer *time.Timer
 	deferred  []membershipChange // held while frozen, applied in order at the thaw
@@ -168,12 +169,18 @@ func (a *Adapter) Init() {}
 // PostgreSQL was unreachable, on whatever goroutine closed it, which for an emptied
 // dynamic namespace can be the one that delivers every message.
 func (a *Adapter) Close() {
+	if a.closed.Load() {
+		return
+	}
+	o, report := a.outgoing(wire.AdapterClose, nil, nil)
 	a.closeMu.Lock()
 	if a.closed.Swap(true) {
 		a.closeMu.Unlock()
 		return
 	}
-	report := a.send(wire.AdapterClose, nil, nil)
+	if report == nil {
+		report = a.enqueue(o)
+	}
 	a.closeMu.Unlock()
 	report()
 	a.closeRequests()
@@ -193,6 +200,9 @@ func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	n := int64(1 + len(a.nodes))
 	var runs []func()
+	if a.owed > 0 && time.Now().After(a.owedUntil) {
+		a.owed = 0 // calls that never came (BroadcastWithAck without socket.io's operator)
+	}
 	if a.owed > 0 {
 		a.owed-- // the call of a broadcast whose freeze maxFreeze ended
 	} else if a.frozen > 0 {
@@ -232,6 +242,7 @@ func (a *Adapter) freezeMembers() map[string]struct{} {
 			if a.frozen > 0 && a.freezeGen == gen {
 				// The calls still due pay off these freezes, not a later one.
 				a.owed += a.frozen
+				a.owedUntil = time.Now().Add(maxFreeze)
 				a.frozen = 0
 				runs = a.thawLocked()
 			}
@@ -475,26 +486,35 @@ func jsonSizeHint(v any, depth int) int {
 
 // publish encodes a message in the caller's goroutine and queues it. It never blocks.
 func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
-	a.closeMu.RLock()
 	if a.closed.Load() {
-		a.closeMu.RUnlock()
 		if done != nil {
 			done(ErrClosed)
 		}
 		return
 	}
-	report := a.send(typ, data, done)
-	a.closeMu.RUnlock()
+	o, report := a.outgoing(typ, data, done)
+	if report == nil {
+		a.closeMu.RLock()
+		if a.closed.Load() {
+			a.closeMu.RUnlock()
+			if done != nil {
+				done(ErrClosed)
+			}
+			return
+		}
+		report = a.enqueue(o)
+		a.closeMu.RUnlock()
+	}
 	report()
 }
 
 // noReport is what send returns when there is nothing to report.
 func noReport() {}
 
-// send encodes and queues a message. It returns the report of a failure, to be run once
-// closeMu is released: the ErrorHandler is the application's code, which may publish,
-// and a second RLock waits behind a Close waiting for the first.
-func (a *Adapter) send(typ wire.Type, data any, done func(error)) (report func()) {
+// outgoing encodes a message for the publisher. On failure it returns the report of it
+// instead, to be run with no lock held: the ErrorHandler is the application's code,
+// which may publish.
+func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing, func()) {
 	m := &wire.Message{Type: typ, UID: a.uid, Nsp: a.name, Data: data}
 	if typ == wire.InitialHeartbeat || typ == wire.Heartbeat {
 		m.Caps = ourCaps // Node servers ignore the extra field
@@ -502,7 +522,7 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) (report func()
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
 	if err != nil {
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
-		return func() {
+		return outgoing{}, func() {
 			a.b.report(err)
 			if done != nil {
 				done(err)
@@ -516,8 +536,15 @@ func (a *Adapter) send(typ wire.Type, data any, done func(error)) (report func()
 	if enc.Attachment != nil {
 		o.prefix = wire.AttachmentHeaderPrefix(a.uid, typ)
 	}
+	return o, nil
+}
+
+// enqueue hands o to the publisher, under closeMu (read or write). It returns the report
+// of a failure, to be run once closeMu is released: a second RLock, from an ErrorHandler
+// that publishes, would wait behind a Close waiting for the first.
+func (a *Adapter) enqueue(o outgoing) (report func()) {
 	if err := a.rt.pub.enqueue(o); err != nil {
-		return func() { a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, typ, err)) }
+		return func() { a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, o.typ, err)) }
 	}
 	a.lastPublish.Store(time.Now().UnixNano())
 	return noReport
@@ -703,24 +730,28 @@ func (a *Adapter) membersLocked() map[string]struct{} {
 // falls back to the attachments table, so that its clients miss nothing.
 func (a *Adapter) allRead() bool {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	for uid := range a.nodes {
 		if !a.capable[uid] {
-			a.warnInline(uid)
+			warn := a.warnInlineLocked(uid)
+			a.mu.Unlock()
+			warn() // the logger is the application's: not under a.mu
 			return false
 		}
 	}
+	a.mu.Unlock()
 	return true
 }
 
 // warnInline logs, once per server, that InlineBinary is held back because of it.
 // a.mu is held.
-func (a *Adapter) warnInline(uid string) {
+func (a *Adapter) warnInlineLocked(uid string) (warn func()) {
 	if _, seen := a.capable[uid]; !seen || a.inlineWarned[uid] {
-		return // not heard by heartbeat yet, or said already
+		return noReport // not heard by heartbeat yet, or said already
 	}
 	a.inlineWarned[uid] = true
-	a.b.opts.Logger.Warn("pgadapter: InlineBinary is on, but a server that does not read inline binary (a Node.js server?) is in the cluster: binary messages go through the attachments table while it is", "namespace", a.name, "uid", uid)
+	return func() {
+		a.b.opts.Logger.Warn("pgadapter: InlineBinary is on, but a server that does not read inline binary (a Node.js server?) is in the cluster: binary messages go through the attachments table while it is", "namespace", a.name, "uid", uid)
+	}
 }
 
 // capableMembers returns the uids of the other servers known now that answer AllRooms.

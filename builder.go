@@ -48,6 +48,7 @@ type Builder struct {
 	lastDrop      atomic.Int64 // unix nanos of the last drop report
 	queueFull     atomic.Int64
 	lastQueueFull atomic.Int64
+	stateFrom     atomic.Pointer[runtime] // the runtime whose listener last reported its state
 
 	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
 	logMu         sync.Mutex
@@ -328,14 +329,12 @@ func (b *Builder) start() *runtime {
 	}
 	rt.lis = newListener(cfg, &b.opts, rt.inbound)
 	rt.lis.onState = func(up bool, pid uint32, err error) {
-		if !up && errors.Is(err, ErrClosed) {
-			b.mu.Lock()
-			newer := b.rt != nil && b.rt != rt
-			b.mu.Unlock()
-			if newer {
-				return // a new runtime's listener is what the state is about now
-			}
+		// A stopped runtime's "closed" comes after a newer runtime's listener has said
+		// up: it is about a connection nobody uses any more.
+		if !up && errors.Is(err, ErrClosed) && b.stateFrom.Load() != rt {
+			return
 		}
+		b.stateFrom.Store(rt)
 		b.listenerState(up, pid, err)
 	}
 	rt.lis.report = b.report

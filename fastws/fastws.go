@@ -597,13 +597,17 @@ func (w *webSocket) lockWithin(d time.Duration) bool {
 	if w.mu.TryLock() {
 		return true
 	}
-	handoff := make(chan struct{}) // unbuffered: taken only while waited for
+	// A helper takes the lock for the waiter; whichever of the two moves state first
+	// decides: the helper (1, the lock is the waiter's) or the waiter giving up (2, the
+	// helper lets it go).
+	var state atomic.Int32
+	handoff := make(chan struct{}, 1)
 	go func() {
 		w.mu.Lock()
-		select {
-		case handoff <- struct{}{}: // the waiter owns the lock now
-		default:
-			w.mu.Unlock() // the waiter gave up
+		if state.CompareAndSwap(0, 1) {
+			handoff <- struct{}{}
+		} else {
+			w.mu.Unlock()
 		}
 	}()
 	t := time.NewTimer(d)
@@ -612,6 +616,10 @@ func (w *webSocket) lockWithin(d time.Duration) bool {
 	case <-handoff:
 		return true
 	case <-t.C:
-		return false
+		if state.CompareAndSwap(0, 2) {
+			return false
+		}
+		<-handoff // the helper got there first
+		return true
 	}
 }

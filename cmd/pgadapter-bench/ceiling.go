@@ -34,7 +34,7 @@ func ceiling(ctx context.Context, dbURL, channel string, perTx int, d time.Durat
 	// The pool's four connections open before the clock starts: their connecting and
 	// authenticating is no part of the ceiling.
 	warm := make([]*pgxpool.Conn, 0, 4)
-	for range 4 {
+	for range min(4, int(pool.Config().MaxConns)) {
 		c, err := pool.Acquire(ctx)
 		if err != nil {
 			return 0, err

@@ -356,13 +356,14 @@ func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.F
 		cls = append(cls, cl)
 	}
 	var results []*result
-	// Each phase starts with the next implementation. In a fixed order, the first of
-	// every paced phase always followed the last one's saturation phase, the heaviest,
-	// and paid for what it left behind (WAL to flush, rows to vacuum, a garbage
-	// collection): that was always the go cluster after the Node one's.
+	// Each payload starts with the next implementation, for both its phases. In a fixed
+	// order, the first of every paced phase always followed the last one's saturation
+	// phase, the heaviest, and paid for what it left behind (WAL to flush, rows to
+	// vacuum, a garbage collection): that was always the go cluster after the Node
+	// one's. (Turning at each phase would not do with two implementations: each phase
+	// would then start with the one that ended the phase before.)
 	turn := 0
 	each := func(p phase) error {
-		defer func() { turn++ }()
 		for i := range cls {
 			cl := cls[(turn+i)%len(cls)]
 			r, err := cl.measure(p, log)
@@ -383,6 +384,7 @@ func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.F
 			if err := each(phase{Scenario: scenarioBetween, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
 				return results, err
 			}
+			turn++
 		}
 	}
 	if !slices.Contains(cfg.Scenarios, "clients") {
@@ -400,6 +402,7 @@ func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.F
 		if err := each(phase{Scenario: scenarioClients, Payload: p, Rate: cfg.Rate, Duration: cfg.Duration, Drain: cfg.Drain}); err != nil {
 			return results, err
 		}
+		turn++
 	}
 	return results, nil
 }
