@@ -508,7 +508,8 @@ func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 	report()
 }
 
-// noReport is what send returns when there is nothing to report.
+// noReport is a report of nothing: what enqueue and warnInlineLocked return when all
+// went well.
 func noReport() {}
 
 // outgoing encodes a message for the publisher. On failure it returns the report of it
@@ -742,8 +743,8 @@ func (a *Adapter) allRead() bool {
 	return true
 }
 
-// warnInline logs, once per server, that InlineBinary is held back because of it.
-// a.mu is held.
+// warnInlineLocked returns the log, once per server, that InlineBinary is held back
+// because of it, to run once a.mu, held here, is released.
 func (a *Adapter) warnInlineLocked(uid string) (warn func()) {
 	if _, seen := a.capable[uid]; !seen || a.inlineWarned[uid] {
 		return noReport // not heard by heartbeat yet, or said already
