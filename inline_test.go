@@ -53,11 +53,7 @@ func TestInlineBinary(t *testing.T) {
 	if n := countRows(t, a, opts.TableName); n != 1 {
 		t.Fatalf("%d attachment rows after a 10 KB binary broadcast, want 1", n)
 	}
-	for _, n := range nodes {
-		if errs := n.errs.drain("error"); len(errs) > 0 {
-			t.Fatalf("errors on %s: %v", n.name, errs)
-		}
-	}
+	noErrors(t, nodes)
 }
 
 // TestMixedInlineBinaryFallsBack: a Go server with InlineBinary in a cluster with a Node
