@@ -116,8 +116,8 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		return socket.NewAdapter(nsp)
 	}
 	if old := b.adapters[a.channel]; old != nil && old.name != a.name {
-		// Two namespaces on one channel: ChannelName makes that as unlikely as a SHA-256
-		// collision, and the one there keeps it.
+		// Two namespaces on one channel: one named after the other's shortened channel
+		// (see ChannelName). The one there keeps it.
 		b.mu.Unlock()
 		b.report(fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
 		return socket.NewAdapter(nsp)
@@ -308,10 +308,7 @@ type runtime struct {
 	inbound chan *pgconn.Notification
 	ordered chan *delivery
 
-	// Owned by the dispatch goroutine (see heard).
-	now     time.Time
-	decoded int
-	heardAt map[heardKey]time.Time
+	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 }
 
 func (b *Builder) start() *runtime {
@@ -319,7 +316,6 @@ func (b *Builder) start() *runtime {
 	rt := &runtime{b: b, cancel: cancel,
 		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
 		ordered: make(chan *delivery, 256),
-		now:     time.Now(),
 		heardAt: map[heardKey]time.Time{},
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)

@@ -99,11 +99,7 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case n = <-rt.inbound:
-				rt.now = time.Now()
 			}
-		}
-		if rt.decoded++; rt.decoded%256 == 0 {
-			rt.now = time.Now() // a busy loop does not wait, below
 		}
 		d := rt.decode(n)
 		if d == nil {
@@ -128,7 +124,6 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			}
 			select {
 			case rt.ordered <- d:
-				rt.now = time.Now() // it may have waited long
 			case <-ctx.Done():
 				return
 			}
@@ -143,23 +138,23 @@ type heardKey struct {
 }
 
 // heard tells a that a message from server uid arrived (Adapter.heard), at most a few
-// times per heartbeat timeout and server: the time is the dispatch loop's (rt.now, read
-// when it wakes and every 256 notifications), and the adapter's lock is taken only when
-// the last time told is an eighth of the timeout old. Run by the dispatch goroutine,
-// which owns rt.heardAt.
+// times per heartbeat timeout and server: the adapter's lock is taken only when the last
+// time told is an eighth of the timeout old. Run by the dispatch goroutine, which owns
+// rt.heardAt.
 func (rt *runtime) heard(a *Adapter, uid string) {
 	if uid == wire.EmitterUID {
 		return
 	}
+	now := time.Now()
 	k := heardKey{a.channel, uid}
-	if last, ok := rt.heardAt[k]; ok && rt.now.Sub(last) < rt.b.opts.HeartbeatTimeout/8 {
+	if last, ok := rt.heardAt[k]; ok && now.Sub(last) < rt.b.opts.HeartbeatTimeout/8 {
 		return
 	}
 	if len(rt.heardAt) > 4096 {
 		clear(rt.heardAt) // servers and namespaces that are gone
 	}
-	rt.heardAt[k] = rt.now
-	a.heard(uid, rt.now)
+	rt.heardAt[k] = now
+	a.heard(uid, now)
 }
 
 // decode turns a notification into a delivery, or nil for our own messages, channels no

@@ -226,11 +226,14 @@ func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
 			runs = append(runs, run)
 		}
 	}
-	switch {
-	case known && staleBefore.IsZero():
-		a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
-	case known:
-		a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
+	if known { // logged with the callbacks, once a.mu is released: the logger is the application's
+		runs = append(runs, func() {
+			if staleBefore.IsZero() {
+				a.b.opts.Logger.Debug("pgadapter: server left", "nsp", a.name, "uid", uid)
+			} else {
+				a.b.opts.Logger.Info("pgadapter: server timed out", "nsp", a.name, "uid", uid)
+			}
+		})
 	}
 	return runs
 }

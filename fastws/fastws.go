@@ -331,11 +331,9 @@ func (w *webSocket) writePong() {
 		return // nothing after the Close frame (RFC 6455, 5.5.1)
 	}
 	w.pongMu.Lock()
-	w.header = appendHeader(w.header, 0xA, len(w.pongData))
-	w.header = append(w.header, w.pongData...) // a control frame's payload is at most 125 bytes
+	w.control(0xA, w.pongData)
 	w.pongPending = false
 	w.pongMu.Unlock()
-	w.bufs = append(w.bufs, w.header)
 	if err := w.flush(); err != nil {
 		w.failed(err)
 	}
@@ -487,6 +485,14 @@ func (w *webSocket) frame(text bool, payload []byte) {
 	}
 }
 
+// control adds a control frame (a pong, a close) to the batch. Its payload, at most 125
+// bytes, is copied after its header: the pong's buffer is written again by the next ping.
+func (w *webSocket) control(op byte, payload []byte) {
+	start := len(w.header)
+	w.header = append(appendHeader(w.header, op, len(payload)), payload...)
+	w.bufs = append(w.bufs, w.header[start:len(w.header):len(w.header)])
+}
+
 // appendHeader appends the header of a final, unmasked frame of opcode op carrying n
 // bytes (RFC 6455, 5.2).
 func appendHeader(b []byte, op byte, n int) []byte {
@@ -582,9 +588,7 @@ func (w *webSocket) finish() {
 	w.closeOnce.Do(func() {
 		if w.lockWithin(closeGrace) {
 			w.closed = true
-			w.header = appendHeader(w.header, 0x8, 2)
-			w.header = binary.BigEndian.AppendUint16(w.header, ws.CloseNormalClosure)
-			w.bufs = append(w.bufs, w.header)
+			w.control(0x8, binary.BigEndian.AppendUint16(nil, ws.CloseNormalClosure))
 			w.flushUntil(time.Now().Add(closeGrace))
 			w.mu.Unlock()
 		}
