@@ -74,6 +74,7 @@ type membershipChange struct {
 	join        bool
 	seen        time.Time // join: when its message was applied
 	staleBefore time.Time // leave by timeout: only if still unheard of since
+	membersOnly bool      // leave: requests still wait for it (see dropNode)
 }
 
 // forgetAfter is how many heartbeat timeouts a server dropped by timeout is remembered
@@ -268,7 +269,7 @@ func (a *Adapter) thawLocked() []func() {
 			}
 			continue
 		}
-		runs = append(runs, a.removeNodeLocked(c.uid, c.staleBefore)...)
+		runs = append(runs, a.removeNodeLocked(c.uid, c.staleBefore, !c.membersOnly)...)
 	}
 	clear(a.deferred)
 	a.deferred = a.deferred[:0]
@@ -609,12 +610,7 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		return
 	}
 	if m.Type == wire.AdapterClose {
-		if m.UID != "" {
-			a.mu.Lock()
-			a.left[m.UID] = time.Now()
-			a.mu.Unlock()
-		}
-		a.removeNode(m.UID, time.Time{})
+		a.leave(m.UID, true)
 		return
 	}
 	// An empty uid is no server (Node ignores it too): anyone may NOTIFY one, and every
@@ -694,6 +690,22 @@ func (a *Adapter) onMessage(m *wire.Message) {
 			a.onResponse(m)
 		}
 	}
+}
+
+// leave applies a server's ADAPTER_CLOSE: it is no longer counted, nothing it sent
+// before that arrives later counts it again, and, with requests, no request waits for
+// it any more. ADAPTER_CLOSE is applied twice (see answer in receive.go): in order with
+// the server's answers, with requests, and in order with its other messages, without.
+func (a *Adapter) leave(uid string, requests bool) {
+	if a.closed.Load() {
+		return
+	}
+	if uid != "" {
+		a.mu.Lock()
+		a.left[uid] = time.Now()
+		a.mu.Unlock()
+	}
+	a.dropNode(uid, time.Time{}, requests)
 }
 
 // firstArg is the value that travels in an acknowledgement: the first argument only, as

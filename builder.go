@@ -37,7 +37,7 @@ type Builder struct {
 	closed   bool
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
-	// applied from another server, on the delivery goroutine.
+	// applied from another server, on one of the two delivery goroutines.
 	applied func(*wire.Message)
 
 	stats counters
@@ -306,7 +306,8 @@ type runtime struct {
 	pub     *publisher
 	lis     *listener
 	inbound chan *pgconn.Notification
-	ordered chan *delivery
+	ordered chan *delivery // messages, for the delivery goroutine
+	answers chan *delivery // answers to this server's requests, and ADAPTER_CLOSE (see dispatch)
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 }
@@ -316,6 +317,7 @@ func (b *Builder) start() *runtime {
 	rt := &runtime{b: b, cancel: cancel,
 		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
 		ordered: make(chan *delivery, 256),
+		answers: make(chan *delivery, 256),
 		heardAt: map[heardKey]time.Time{},
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
@@ -341,11 +343,12 @@ func (b *Builder) start() *runtime {
 		}
 	}
 	pubCtx, pubCancel := context.WithCancel(context.Background())
-	rt.wg.Add(6)
+	rt.wg.Add(7)
 	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
 	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
 	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
-	go func() { defer rt.wg.Done(); rt.deliver(ctx) }()
+	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
+	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.answers) }()
 	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
 	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
 	return rt

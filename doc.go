@@ -42,7 +42,8 @@
 //
 //   - Local delivery never waits for PostgreSQL, and keeps working while it is down.
 //   - Messages from one server are applied by every other server in the order they were
-//     published.
+//     published; answers to a server's own requests in their order among themselves, on a
+//     goroutine of their own.
 //   - Delivery between servers is at most once: a message published while PostgreSQL is
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
@@ -51,10 +52,10 @@
 //   - A panic in code the adapter's goroutines run (a server-side event handler, a
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
-//   - Server-side event handlers and the callbacks of answered requests run on the one
-//     goroutine that delivers every namespace's messages: they must not block, and must
-//     not wait there for a cluster request of their own, whose answers that goroutine
-//     delivers (it would wait until the request's timeout).
+//   - Server-side event handlers run on the one goroutine that applies every namespace's
+//     messages, and should not block for long. They may wait for a cluster request of
+//     their own (FetchSockets, ServerSideEmitWithAck): answers are applied, and request
+//     callbacks run, on another goroutine.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

@@ -23,11 +23,15 @@ const maxFetchGroup = 64
 type delivery struct {
 	a       *Adapter
 	channel string
-	msg     *wire.Message
+	msg     *wire.Message // nil for an attachment, until read
+	typ     wire.Type
 	fetched chan fetchResult // set for attachments
 	id      int64            // the attachment's row, with the uid and created_at its header names
 	uid     string
 	created time.Time // zero for a header without one (Node's)
+	// membersOnly: an ADAPTER_CLOSE's copy on the delivery goroutine of messages, which
+	// only stops counting the server (see answer).
+	membersOnly bool
 }
 
 type fetchResult struct {
@@ -36,7 +40,9 @@ type fetchResult struct {
 }
 
 // dispatch decodes notifications, drops our own messages, starts attachment reads, and
-// passes everything on in arrival order.
+// passes everything on in arrival order: answers to this server's requests, and
+// ADAPTER_CLOSE, to a delivery goroutine of their own (see answer), everything else to
+// the other.
 //
 // Attachments whose notifications arrive together are read by one query: a group grows
 // while more notifications are waiting, and is read as soon as none is, or it is full, or
@@ -116,19 +122,52 @@ func (rt *runtime) dispatch(ctx context.Context) {
 				return
 			}
 		}
-		select {
-		case rt.ordered <- d:
-		default:
-			if !flush() {
-				return
-			}
-			select {
-			case rt.ordered <- d:
-			case <-ctx.Done():
-				return
+		out := rt.ordered
+		if answer(d.typ) {
+			out = rt.answers
+			if d.typ == wire.AdapterClose && d.fetched == nil {
+				// Also in order with the server's other messages, for membership (see
+				// Adapter.leave). One delivery waits for an attachment's read, not two.
+				if !rt.send(ctx, rt.ordered, &delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true}, flush) {
+					return
+				}
 			}
 		}
+		if !rt.send(ctx, out, d, flush) {
+			return
+		}
 	}
+}
+
+// send queues d on out, and reads the attachments gathered so far (flush) before it
+// waits for room there: the delivery goroutine may be waiting for one of them.
+func (rt *runtime) send(ctx context.Context, out chan<- *delivery, d *delivery, flush func() bool) bool {
+	select {
+	case out <- d:
+		return true
+	default:
+		if !flush() {
+			return false
+		}
+		select {
+		case out <- d:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// answer reports whether messages of type t go to the answers' delivery goroutine. A
+// server-side event handler runs on the goroutine that applies messages, and one that
+// waits there for a request of its own (FetchSockets, ServerSideEmitWithAck), as Node
+// code awaits one, waited for answers queued behind it, until RequestsTimeout. Answers
+// only complete this server's requests, whatever comes before them. A server's
+// ADAPTER_CLOSE goes with them, so that an answer it gave before closing still counts,
+// and also, for membership only, with its other messages, so that it is no longer
+// counted once what it sent before closing is applied.
+func answer(t wire.Type) bool {
+	return t.IsResponse() || t == wire.AdapterClose
 }
 
 // heardKey is a server of a namespace, for runtime.heard: by channel, so that the map
@@ -178,7 +217,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	}
 	rt.heard(a, note.UID)
 	rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
-	d := &delivery{a: a, channel: n.Channel, msg: note.Message}
+	d := &delivery{a: a, channel: n.Channel, msg: note.Message, typ: note.Type}
 	if note.HasAttachment {
 		d.fetched = make(chan fetchResult, 1)
 		d.id, d.uid, d.created = note.AttachmentID, note.UID, note.CreatedAt
@@ -242,18 +281,24 @@ func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fe
 		rt.b.stats.malformed.Add(1)
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: row is from %q, header from %q", d.id, ErrMalformed, m.UID, d.uid)}
 	}
+	if m.Type != d.typ {
+		// The header's type chose the delivery goroutine (see answer).
+		rt.b.stats.malformed.Add(1)
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: row is a %s, header says %s", d.id, ErrMalformed, m.Type, d.typ)}
+	}
 	countType(&rt.b.stats.received, m.Type)
 	return fetchResult{msg: m}
 }
 
-// deliver hands messages to their namespace adapter, one at a time, in arrival order.
-func (rt *runtime) deliver(ctx context.Context) {
+// deliver hands the messages of queue to their namespace adapter, one at a time, in
+// arrival order.
+func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 	for {
 		var d *delivery
 		select {
 		case <-ctx.Done():
 			return
-		case d = <-rt.ordered:
+		case d = <-queue:
 		}
 		msg := d.msg
 		if d.fetched != nil {
@@ -274,6 +319,10 @@ func (rt *runtime) deliver(ctx context.Context) {
 		if msg.Nsp != "" && msg.Nsp != d.a.name {
 			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
+			continue
+		}
+		if d.membersOnly {
+			d.a.leave(msg.UID, false)
 			continue
 		}
 		err := recovered(func() {

@@ -186,20 +186,26 @@ func (a *Adapter) onResponse(m *wire.Message) {
 // since staleBefore), and stops waiting for it. While membership is frozen, the change
 // waits for the thaw.
 func (a *Adapter) removeNode(uid string, staleBefore time.Time) {
+	a.dropNode(uid, staleBefore, true)
+}
+
+// dropNode is removeNode; with requests false, requests still wait for the server, for
+// answers of its that are still on their way.
+func (a *Adapter) dropNode(uid string, staleBefore time.Time, requests bool) {
 	a.mu.Lock()
 	if a.frozen > 0 {
-		a.deferred = append(a.deferred, membershipChange{uid: uid, staleBefore: staleBefore})
+		a.deferred = append(a.deferred, membershipChange{uid: uid, staleBefore: staleBefore, membersOnly: !requests})
 		a.mu.Unlock()
 		return
 	}
-	runs := a.removeNodeLocked(uid, staleBefore)
+	runs := a.removeNodeLocked(uid, staleBefore, requests)
 	a.mu.Unlock()
 	a.runAll("request of a server that left", runs)
 }
 
-// removeNodeLocked is removeNode's work, with a.mu held; it returns the callbacks to run
+// removeNodeLocked is dropNode's work, with a.mu held; it returns the callbacks to run
 // once a.mu is released.
-func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
+func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time, requests bool) []func() {
 	seen, known := a.nodes[uid]
 	if known && !staleBefore.IsZero() && seen.After(staleBefore) {
 		return nil // heard from since it was found silent
@@ -213,17 +219,19 @@ func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time) []func() {
 		a.timedOut[uid] = time.Now()
 	}
 	delete(a.inlineWarned, uid) // warned again should it come back
-	for id, r := range a.requests {
-		if _, due := r.waiting[uid]; !due {
-			continue
-		}
-		delete(r.waiting, uid)
-		if r.kind == wire.Broadcast {
-			// Counted as zero clients: its acks, if it comes back, must not be counted.
-			delete(r.members, uid)
-			runs = append(runs, func() { r.onCount(0) })
-		} else if run := a.doneLocked(id, r); run != nil {
-			runs = append(runs, run)
+	if requests {
+		for id, r := range a.requests {
+			if _, due := r.waiting[uid]; !due {
+				continue
+			}
+			delete(r.waiting, uid)
+			if r.kind == wire.Broadcast {
+				// Counted as zero clients: its acks, if it comes back, must not be counted.
+				delete(r.members, uid)
+				runs = append(runs, func() { r.onCount(0) })
+			} else if run := a.doneLocked(id, r); run != nil {
+				runs = append(runs, run)
+			}
 		}
 	}
 	if known { // logged with the callbacks, once a.mu is released: the logger is the application's
