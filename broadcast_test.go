@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net/url"
 	"reflect"
 	"slices"
@@ -745,10 +746,18 @@ func TestAttachmentBurstGrouped(t *testing.T) {
 }
 
 // fakeSocket is a socket.SocketDetails for socketInfo.
-type fakeSocket struct{ data any }
+type fakeSocket struct {
+	data any
+	hs   *socket.Handshake
+}
 
-func (f fakeSocket) Id() socket.SocketId            { return "s1" }
-func (f fakeSocket) Handshake() *socket.Handshake   { return &socket.Handshake{} }
+func (f fakeSocket) Id() socket.SocketId { return "s1" }
+func (f fakeSocket) Handshake() *socket.Handshake {
+	if f.hs == nil {
+		return &socket.Handshake{}
+	}
+	return f.hs
+}
 func (f fakeSocket) Rooms() *types.Set[socket.Room] { return types.NewSet[socket.Room]("s1") }
 func (f fakeSocket) Data() any                      { return f.data }
 
@@ -761,5 +770,32 @@ func TestSocketInfoData(t *testing.T) {
 	}
 	if info := a.socketInfo(fakeSocket{data: map[string]any{"k": "v"}}); !reflect.DeepEqual(info.Data, map[string]any{"k": "v"}) {
 		t.Fatalf("data %#v", info.Data)
+	}
+	// Nor for data that is a nil map, or that cannot be encoded (reported).
+	var reported []error
+	a = &Adapter{b: &Builder{opts: Options{Logger: slog.New(slog.DiscardHandler), ErrorHandler: func(err error) { reported = append(reported, err) }}}}
+	for _, d := range []any{map[string]any(nil), func() {}} {
+		if info := a.socketInfo(fakeSocket{data: d}); !reflect.DeepEqual(info.Data, map[string]any{}) {
+			t.Fatalf("data %#v for %T, want {}", info.Data, d)
+		}
+	}
+	if len(reported) != 1 {
+		t.Fatalf("reported %v, want the func's error", reported)
+	}
+}
+
+// Headers reach Node servers as Node's http module gives them to its own sockets.
+func TestSocketInfoHeaders(t *testing.T) {
+	a := &Adapter{}
+	hs := &socket.Handshake{Headers: map[string][]string{
+		"Cookie":       {"a=1", "b=2"},
+		"Set-Cookie":   {"x=1", "y=2"},
+		"Content-Type": {"text/plain", "text/html"},
+		"Accept":       {"a", "b"},
+	}}
+	got := a.socketInfo(fakeSocket{hs: hs}).Handshake["headers"]
+	want := map[string]any{"cookie": "a=1; b=2", "set-cookie": []any{"x=1", "y=2"}, "content-type": "text/plain", "accept": "a, b"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("headers %#v, want %#v", got, want)
 	}
 }

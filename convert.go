@@ -100,7 +100,8 @@ func (a *Adapter) socketInfo(s socket.SocketDetails) wire.SocketInfo {
 			a.b.report(&MessageError{Channel: a.channel, Err: err})
 		}
 		info.Data = v
-	} else {
+	}
+	if info.Data == nil {
 		// Node's sockets start with data {}, and Node code reads socket.data.x without
 		// a check: null made it throw for the sockets of Go servers.
 		info.Data = map[string]any{}
@@ -108,8 +109,36 @@ func (a *Adapter) socketInfo(s socket.SocketDetails) wire.SocketInfo {
 	return info
 }
 
+// singleHeaders are the headers of which Node's http module keeps the first value only
+// (IncomingMessage's matchKnownFields).
+var singleHeaders = map[string]bool{
+	"age": true, "authorization": true, "content-length": true, "content-type": true, "etag": true,
+	"expires": true, "from": true, "host": true, "if-modified-since": true, "if-unmodified-since": true,
+	"last-modified": true, "location": true, "max-forwards": true, "proxy-authorization": true,
+	"referer": true, "retry-after": true, "server": true, "user-agent": true,
+}
+
+// nodeHeader is the value Node's http module gives a header received with values v:
+// set-cookie an array, cookie joined with "; ", the single-value headers their first
+// value, the others joined with ", ".
+func nodeHeader(name string, v []string) any {
+	switch {
+	case name == "set-cookie":
+		list := make([]any, len(v))
+		for i, s := range v {
+			list[i] = s
+		}
+		return list
+	case name == "cookie":
+		return strings.Join(v, "; ")
+	case singleHeaders[name] && len(v) > 0:
+		return v[0]
+	}
+	return strings.Join(v, ", ")
+}
+
 // handshakeToWire gives a handshake Node's shape: header names lower-case and values
-// strings (repeated headers joined with ", ", as Node's http module does), query values
+// as Node's http module gives them (nodeHeader), query values
 // strings (arrays when repeated), issued in milliseconds, auth an object.
 func handshakeToWire(a *Adapter, h *socket.Handshake) map[string]any {
 	if h == nil {
@@ -117,7 +146,8 @@ func handshakeToWire(a *Adapter, h *socket.Handshake) map[string]any {
 	}
 	headers := make(map[string]any, len(h.Headers))
 	for k, v := range h.Headers {
-		headers[strings.ToLower(k)] = strings.Join(v, ", ")
+		name := strings.ToLower(k)
+		headers[name] = nodeHeader(name, v)
 	}
 	query := make(map[string]any, len(h.Query))
 	for k, v := range h.Query {

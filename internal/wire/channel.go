@@ -54,7 +54,10 @@ type Statements struct {
 	// InsertNotify stores an attachment and publishes its header in one statement, so
 	// that a receiver never sees the header before the row: $1 MessagePack body,
 	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix. The header ends
-	// with the row's created_at ("createdAt", see Notification.CreatedAt).
+	// with the row's created_at ("createdAt", see Notification.CreatedAt), the time of
+	// the insert rather than now()'s start of the transaction: a row inserted in a
+	// transaction open longer than the retention would be old enough to delete when it
+	// is committed, before other servers read it.
 	InsertNotify string
 	// Fetch reads attachments: $1 their ids, as a bigint array; rows come as (id,
 	// payload, created_at), in no particular order. One statement reads every attachment
@@ -65,6 +68,10 @@ type Statements struct {
 	// what the others do not hold, instead of waiting for one another, which deadlocks
 	// when their scans of the table meet in different orders.
 	Cleanup string
+	// CleanupUnlocked is Cleanup without the row locks, which need the UPDATE privilege
+	// on the table: for a role granted only SELECT, INSERT and DELETE, as Node's adapter
+	// needs. Cleanups of several servers then wait for one another.
+	CleanupUnlocked string
 	// Create creates the table with Node's DDL, so that Node servers can share it.
 	Create string
 	// CreateUnlogged creates the same table, with the same columns, as UNLOGGED: its rows
@@ -100,12 +107,14 @@ func NewStatements(table string) Statements {
 		Table:      t,
 		Notify:     "SELECT pg_notify($1, $2)",
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
-		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload) VALUES ($1) RETURNING id, created_at) " +
+		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload, created_at) VALUES ($1, clock_timestamp()) RETURNING id, created_at) " +
 			`SELECT pg_notify($2, $3 || a.id::text || '` + createdAtKey + `' || ` +
 			`coalesce(to_char(a.created_at AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
 		Fetch: "SELECT id, payload, created_at FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
 			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		CleanupUnlocked: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
+			" WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
 		Create:         "CREATE TABLE IF NOT EXISTS " + t + columns,
 		CreateUnlogged: "CREATE UNLOGGED TABLE IF NOT EXISTS " + t + columns,
 		LoggedSequence: "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " +

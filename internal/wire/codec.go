@@ -168,6 +168,11 @@ func AttachmentHeaderPrefix(uid string, typ Type) string {
 // AttachmentHeaderSuffix completes AttachmentHeaderPrefix after the row id.
 const AttachmentHeaderSuffix = `"}`
 
+// NonceKey is the top-level key of a random string the emitter adds to payloads sent in
+// a transaction, where PostgreSQL would keep one of equal notifications. Servers ignore
+// it; the fast decoders skip it, so that such messages are not read the slow way.
+const NonceKey = "nonce"
+
 // Notification is a decoded NOTIFY payload: a whole message, or the header of one that
 // waits in the attachments table.
 type Notification struct {

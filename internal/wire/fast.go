@@ -58,6 +58,9 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 				return false
 			}
 			return p.fastBroadcastData(d)
+		case NonceKey:
+			_, ok := p.fastString()
+			return ok
 		}
 		return false
 	})
@@ -97,6 +100,8 @@ func inlineFast(payload string) (uid string, typ int, b64 string, ok bool) {
 				return false
 			}
 			b64, ok = p.plainString()
+		case NonceKey:
+			_, ok = p.fastString()
 		}
 		return ok
 	})

@@ -180,6 +180,24 @@ func TestBroadcastFastPathTaken(t *testing.T) {
 		}
 		payloads = append(payloads, js)
 	}
+	// The emitter's nonce, added to payloads sent in a transaction, is skipped: declined,
+	// the message was read through the generic tree, which rounds integers beyond 2^53.
+	js, err := EncodeJSON(&Message{Type: Broadcast, UID: EmitterUID, Nsp: "/", Data: &BroadcastData{Packet: Packet{Type: 2, Data: []any{"ev", int64(9007199254740993)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withNonce := js[:len(js)-1] + `,"nonce":"0123456789abcdef"}`
+	payloads = append(payloads, withNonce)
+	if n, ok := decodeBroadcastFast(withNonce); !ok || !strings.Contains(n.Message.Data.(*BroadcastData).Packet.Raw, "9007199254740993") {
+		t.Errorf("nonce: fast path declined, or integer changed")
+	}
+	enc, err := EncodeInline(&Message{Type: ServerSideEmit, UID: EmitterUID, Nsp: "/", Data: &ServerSideEmitData{Packet: []any{"e", []byte{1}}}}, 8000, true)
+	if err != nil || enc.Attachment != nil {
+		t.Fatalf("inline: %v", err)
+	}
+	if _, _, _, ok := inlineFast(enc.JSON[:len(enc.JSON)-1] + `,"nonce":"0123456789abcdef"}`); !ok {
+		t.Errorf("inline fast path declined a nonce")
+	}
 	for _, s := range payloads {
 		if _, ok := decodeBroadcastFast(s); !ok {
 			t.Errorf("fast path declined %s", s)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -15,11 +16,26 @@ import (
 // encoding/json, as socket.io's own encoder would send it to a client, with integers kept
 // exact. The input is not modified.
 //
-// It reports whether the result holds binary anywhere.
+// It reports whether the result holds binary anywhere. A nil []any or map[string]any is
+// nil (JSON's null, as socket.io sends it); a float32 is the float64 of its shortest
+// decimal form, the number a client receives from socket.io's encoder; a value nested
+// deeper than encoding/json allows, such as a map that contains itself, is an error.
 func Normalize(v any) (any, bool, error) {
+	return normalize(v, 0)
+}
+
+func normalize(v any, depth int) (any, bool, error) {
+	if depth > maxJSONDepth {
+		return nil, false, fmt.Errorf("wire: value nested deeper than %d levels (does it contain itself?)", maxJSONDepth)
+	}
 	switch x := v.(type) {
-	case nil, bool, string, float64, float32, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+	case nil, bool, string, float64, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
 		return v, false, nil
+	case float32:
+		// float64(x) would carry float32's rounding error (0.1 becomes
+		// 0.10000000149011612) into MessagePack, where the JSON path writes 0.1.
+		f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
+		return f, false, nil
 	case []byte:
 		return x, true, nil
 	case *strings.Reader:
@@ -32,10 +48,13 @@ func Normalize(v any) (any, bool, error) {
 			return string(s), false, err
 		}
 	case []any:
+		if x == nil {
+			return nil, false, nil
+		}
 		out := make([]any, len(x))
 		bin := false
 		for i, e := range x {
-			n, b, err := Normalize(e)
+			n, b, err := normalize(e, depth+1)
 			if err != nil {
 				return nil, false, fmt.Errorf("[%d]: %w", i, err)
 			}
@@ -43,10 +62,13 @@ func Normalize(v any) (any, bool, error) {
 		}
 		return out, bin, nil
 	case map[string]any:
+		if x == nil {
+			return nil, false, nil
+		}
 		out := make(map[string]any, len(x))
 		bin := false
 		for k, e := range x {
-			n, b, err := Normalize(e)
+			n, b, err := normalize(e, depth+1)
 			if err != nil {
 				return nil, false, fmt.Errorf("%q: %w", k, err)
 			}

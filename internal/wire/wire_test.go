@@ -356,3 +356,44 @@ func TestNumericRooms(t *testing.T) {
 		}
 	}
 }
+
+// What Normalize makes of values socket.io's encoder sends in its own way: a nil slice or
+// map is null (it became [] and {} for every client, local ones too), a float32 is its
+// shortest decimal form in MessagePack as in JSON (0.1 reached clients of other servers
+// as 0.10000000149011612 when the message went through the attachments table), and a
+// value that contains itself is an error, not a stack overflow that ends the process.
+func TestNormalizeEdges(t *testing.T) {
+	out, _, err := NormalizeArgs([]any{[]any(nil), map[string]any(nil), map[string]any{"k": []any(nil)}, float32(0.1), []any{float32(1.1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []any{nil, nil, map[string]any{"k": nil}, 0.1, []any{1.1}}; !reflect.DeepEqual(out, want) {
+		t.Fatalf("got %#v, want %#v", out, want)
+	}
+	m := &Message{Type: ServerSideEmit, UID: "u", Nsp: "/", Data: &ServerSideEmitData{Packet: append([]any{"e"}, out...)}}
+	js, err := EncodeJSON(m)
+	if err != nil || !strings.Contains(js, `["e",null,null,{"k":null},0.1,[1.1]]`) {
+		t.Fatalf("JSON %s, %v", js, err)
+	}
+	body, err := EncodeMsgpack(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeAttachment(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Data.(*ServerSideEmitData).Packet; !reflect.DeepEqual(got, []any{"e", nil, nil, map[string]any{"k": nil}, 0.1, []any{1.1}}) {
+		t.Fatalf("through MessagePack: %#v", got)
+	}
+
+	self := map[string]any{}
+	self["self"] = self
+	loop := []any{nil}
+	loop[0] = loop
+	for _, v := range []any{self, loop} {
+		if _, _, err := Normalize(v); err == nil || !strings.Contains(err.Error(), "contain itself") {
+			t.Fatalf("value that contains itself: %v", err)
+		}
+	}
+}
