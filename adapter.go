@@ -437,6 +437,7 @@ func (a *Adapter) prepare(packet *parser.Packet) (wire.Packet, bool) {
 	args, _ := packet.Data.([]any)
 	data, _, err := wire.NormalizeArgs(args)
 	if err != nil {
+		a.b.stats.publishErrors.Add(1)
 		a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not published: %w", a.name, err))
 		return wire.Packet{}, false
 	}
@@ -523,6 +524,7 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	}
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
 	if err != nil {
+		a.b.stats.publishErrors.Add(1)
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)
 		return outgoing{}, func() {
 			a.b.report(err)

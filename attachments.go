@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -108,6 +109,11 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 	for {
 		qctx, cancel := context.WithTimeout(ctx, timeout)
 		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), batch)
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			// FOR UPDATE needs the UPDATE privilege, which a role made for Node's
+			// adapter (SELECT, INSERT, DELETE) lacks: nothing was ever deleted.
+			tag, err = pool.Exec(qctx, st.CleanupUnlocked, retention.Seconds(), batch)
+		}
 		cancel()
 		if err != nil {
 			return total, fmt.Errorf("pgadapter: delete old attachments (%d deleted before): %w", total, err)

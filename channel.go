@@ -29,7 +29,7 @@ func ChannelName(prefix, nsp string) string { return wire.ChannelName(prefix, ns
 
 // listener owns the dedicated LISTEN connection: one goroutine connects, LISTENs to every
 // wanted channel, drains notifications into inbound without ever blocking on their
-// processing, pings when the connection has been quiet, and reconnects with jittered
+// processing, pings every heartbeat interval, and reconnects with jittered
 // exponential backoff when it fails.
 type listener struct {
 	cfg      *pgx.ConnConfig
@@ -176,7 +176,13 @@ func backoff(attempt int) time.Duration {
 func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, l.opts.RequestsTimeout)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, l.cfg)
+	var conn *pgx.Conn
+	var err error
+	// pgx panics for a configuration not made by pgx.ParseConfig (a ListenConnConfig
+	// built by hand): on this goroutine, that ended the process.
+	if perr := recovered(func() { conn, err = pgx.ConnectConfig(cctx, l.cfg) }); perr != nil {
+		return nil, fmt.Errorf("connect (is ListenConnConfig made by pgx.ParseConfig?): %w", perr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}

@@ -92,6 +92,9 @@ func TestHostileNotifications(t *testing.T) {
 	if want := len(malformed) + 2000; gotMalformed != want || gotMissing != len(missing) || other != 0 {
 		t.Fatalf("reported %d malformed (want %d), %d missing (want %d), %d other", gotMalformed, want, gotMissing, len(missing), other)
 	}
+	if st := b.b.Stats(); st.AttachmentErrors != int64(len(missing)) {
+		t.Errorf("Stats().AttachmentErrors = %d, want %d", st.AttachmentErrors, len(missing))
+	}
 	// The log is not flooded: at most maxMalformedLogs lines a second at warning level
 	// (the test's few seconds allow a few windows).
 	if n := logs.warnings(); n > 5*maxMalformedLogs {

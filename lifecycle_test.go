@@ -202,6 +202,11 @@ func TestInvalidOptions(t *testing.T) {
 		{"heartbeat", Options{HeartbeatInterval: time.Second, HeartbeatTimeout: time.Second}, "HeartbeatTimeout"},
 		{"prefix", Options{ChannelPrefix: strings.Repeat("p", 50)}, "ChannelPrefix"},
 		{"table", Options{TableName: "a\x00b"}, "TableName"},
+		// Seconds meant, nanoseconds given: a 3ns interval made a ticker of period 0,
+		// which panicked on a goroutine of the adapter's and ended the process.
+		{"nanoseconds", Options{HeartbeatInterval: 3, HeartbeatTimeout: 10}, "at least 1ms"},
+		{"requests", Options{RequestsTimeout: 5}, "RequestsTimeout (5ns)"},
+		{"cleanup", Options{CleanupInterval: 30}, "CleanupInterval (30ns)"},
 	}
 	for _, tc := range cases {
 		b := New(pool, &tc.opts)
@@ -228,6 +233,45 @@ func TestInvalidOptions(t *testing.T) {
 	if err := n.b.Ready(context.Background()); err == nil {
 		t.Fatal("Ready succeeded with invalid options")
 	}
+}
+
+// Defaults that follow other options do not make a setting that fails validation or
+// loses messages: a heartbeat interval of 10s or more set alone left the server on its own
+// (the default timeout, 10s, did not exceed it), and a short CleanupInterval made rows
+// live for twice that, less than a receiver may lag in normal operation.
+func TestDefaultsFollowOtherOptions(t *testing.T) {
+	o, err := (&Options{HeartbeatInterval: 15 * time.Second}).withDefaults()
+	if err != nil || o.HeartbeatTimeout != 30*time.Second {
+		t.Errorf("HeartbeatInterval 15s: HeartbeatTimeout %v, %v", o.HeartbeatTimeout, err)
+	}
+	o, err = (&Options{CleanupInterval: time.Second}).withDefaults()
+	if err != nil || o.AttachmentRetention != time.Minute {
+		t.Errorf("CleanupInterval 1s: AttachmentRetention %v, %v", o.AttachmentRetention, err)
+	}
+	o, err = (&Options{CleanupInterval: 5 * time.Minute}).withDefaults()
+	if err != nil || o.AttachmentRetention != 10*time.Minute {
+		t.Errorf("CleanupInterval 5m: AttachmentRetention %v, %v", o.AttachmentRetention, err)
+	}
+	o, err = (&Options{CleanupInterval: -1}).withDefaults()
+	if err != nil || o.AttachmentRetention != time.Minute || o.HeartbeatTimeout != 10*time.Second {
+		t.Errorf("zero options with cleanup off: %v %v, %v", o.AttachmentRetention, o.HeartbeatTimeout, err)
+	}
+}
+
+// A ListenConnConfig built by hand, not by pgx.ParseConfig, made pgx panic on the
+// listener's goroutine, which ended the process. It is reported instead, and the server
+// works on its own.
+func TestListenConnConfigByHand(t *testing.T) {
+	opts := testOptions(t)
+	opts.ListenConnConfig = &pgx.ConnConfig{}
+	n := newNode(t, "A", newPool(t), opts)
+	e := n.errs.next(t, "A", "error")
+	if err := e[0].(error); !strings.Contains(err.Error(), "pgx.ParseConfig") || !errors.Is(err, ErrPanic) {
+		t.Fatalf("reported %v", err)
+	}
+	c := n.connect(t, "/", "c")
+	n.io.Emit("alone")
+	c.expect(t, "alone")
 }
 
 func TestTableCreatedOnceByManyServers(t *testing.T) {
@@ -381,6 +425,44 @@ func TestCleanupSkipsLockedRows(t *testing.T) {
 	}
 	if n, err := cleanupAttachments(ctx, pool, st, time.Hour, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 1 {
 		t.Fatalf("cleanup once released: %d rows deleted, %v; want 1", n, err)
+	}
+}
+
+// A role granted what Node's adapter needs (SELECT, INSERT, DELETE) cleans the table
+// too: the cleanup's row locks need the UPDATE privilege, and every cleanup of such a
+// role failed, so that, without Node servers, nothing was ever deleted.
+func TestCleanupWithoutUpdatePrivilege(t *testing.T) {
+	opts := testOptions(t)
+	pool, st := attachmentTable(t, opts.TableName)
+	ctx := context.Background()
+	role := pgtest.Name("cleaner")
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN",
+		"GRANT SELECT, INSERT, DELETE ON " + st.Table + " TO " + role,
+		"INSERT INTO " + st.Table + " (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 3)",
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		p := newPool(t)
+		defer p.Close()
+		p.Exec(context.Background(), "REVOKE ALL ON "+st.Table+" FROM "+role)
+		p.Exec(context.Background(), "DROP ROLE IF EXISTS "+role)
+	})
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	limited, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer limited.Close()
+	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 3 {
+		t.Fatalf("cleanup as a role without UPDATE: %d rows deleted, %v; want 3", n, err)
 	}
 }
 

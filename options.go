@@ -22,7 +22,10 @@ type Options struct {
 
 	// TableName is the attachments table, holding messages too large for a NOTIFY payload
 	// or carrying binary. Default "socket_io_attachments", as @socket.io/postgres-adapter.
-	// It is always quoted as one identifier: use the search_path to pick a schema.
+	// It is always quoted as one identifier: use the search_path to pick a schema. A
+	// table shared with Node.js servers must have a lower-case name without a schema:
+	// Node's adapter does not quote it, so PostgreSQL folds it to lower case and reads a
+	// dot in it as a schema's, and the two would use different tables.
 	TableName string
 
 	// PayloadThreshold is the size in bytes from which a message's JSON goes through the
@@ -47,8 +50,7 @@ type Options struct {
 	CleanupInterval time.Duration
 
 	// AttachmentRetention is the age at which attachment rows become eligible for
-	// deletion. Default twice CleanupInterval (60s with the defaults; 1 minute when
-	// cleanup is disabled): every receiver
+	// deletion. Default twice CleanupInterval, and at least a minute: every receiver
 	// reads a row within RequestsTimeout of its notification in normal operation, so the
 	// margin covers a node whose receive queue lags by up to a minute. A node that lags
 	// more reports each attachment it can no longer read through ErrorHandler
@@ -104,8 +106,12 @@ type Options struct {
 	HeartbeatInterval time.Duration
 
 	// HeartbeatTimeout is how long without any message from a server before it is no
-	// longer counted and requests stop waiting for it. Default 10s. It must exceed
-	// HeartbeatInterval.
+	// longer counted and requests stop waiting for it. Default 10s, or twice
+	// HeartbeatInterval when that is longer. It must exceed HeartbeatInterval.
+	//
+	// HeartbeatInterval, HeartbeatTimeout, RequestsTimeout and a positive
+	// CleanupInterval must be at least a millisecond: a bare number is nanoseconds (write
+	// 5 * time.Second, not 5).
 	HeartbeatTimeout time.Duration
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
@@ -138,7 +144,8 @@ type Options struct {
 	// the pool's configuration. LISTEN does not work through PgBouncer in transaction
 	// pooling mode nor on a read replica: point the pool at PgBouncer and this at the
 	// primary directly. ListenURL is the same as a connection string; ListenConnConfig
-	// wins when both are set.
+	// wins when both are set. Make ListenConnConfig with pgx.ParseConfig (pgx refuses
+	// others: the listener then reports that it cannot connect).
 	ListenConnConfig *pgx.ConnConfig
 	ListenURL        string
 
@@ -154,6 +161,7 @@ const (
 	defaultTableName     = "socket_io_attachments"
 	maxPayloadThreshold  = 8000
 	maxChannelBytes      = 63
+	minDuration          = time.Millisecond
 )
 
 // withDefaults returns a copy of o with every unset field given its default, or an error
@@ -168,13 +176,14 @@ func (o *Options) withDefaults() (Options, error) {
 	c.PayloadThreshold = cmp.Or(c.PayloadThreshold, maxPayloadThreshold)
 	c.CleanupInterval = cmp.Or(c.CleanupInterval, 30*time.Second)
 	if c.AttachmentRetention == 0 {
-		c.AttachmentRetention = 2 * max(c.CleanupInterval, 0)
-		if c.AttachmentRetention == 0 {
-			c.AttachmentRetention = time.Minute
-		}
+		// Not below a minute: a short CleanupInterval (to keep the table small) made a
+		// retention shorter than a receiver may lag behind in normal operation.
+		c.AttachmentRetention = max(2*c.CleanupInterval, time.Minute)
 	}
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, 5*time.Second)
-	c.HeartbeatTimeout = cmp.Or(c.HeartbeatTimeout, 10*time.Second)
+	// An interval of 10s or more, set alone, would otherwise reach the default timeout
+	// and leave the server on its own.
+	c.HeartbeatTimeout = cmp.Or(c.HeartbeatTimeout, max(10*time.Second, 2*c.HeartbeatInterval))
 	c.RequestsTimeout = cmp.Or(c.RequestsTimeout, 5*time.Second)
 	c.PublishQueueSize = cmp.Or(c.PublishQueueSize, 10000)
 	c.ReceiveQueueSize = cmp.Or(c.ReceiveQueueSize, 10000)
@@ -203,8 +212,11 @@ func (o *Options) withDefaults() (Options, error) {
 		return c, fmt.Errorf("pgadapter: PayloadThreshold %d is outside 1..%d (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)", c.PayloadThreshold, maxPayloadThreshold)
 	case c.AttachmentRetention < 0:
 		return c, fmt.Errorf("pgadapter: AttachmentRetention %v is negative", c.AttachmentRetention)
-	case c.HeartbeatInterval < 0 || c.HeartbeatTimeout < 0 || c.RequestsTimeout < 0:
-		return c, errors.New("pgadapter: HeartbeatInterval, HeartbeatTimeout and RequestsTimeout must be positive")
+	case c.HeartbeatInterval < minDuration || c.HeartbeatTimeout < minDuration || c.RequestsTimeout < minDuration ||
+		c.CleanupInterval > 0 && c.CleanupInterval < minDuration || c.AttachmentRetention < minDuration:
+		// 5 meaning seconds is 5ns: a ticker of the heartbeat's period/8 panicked.
+		return c, fmt.Errorf("pgadapter: HeartbeatInterval (%v), HeartbeatTimeout (%v), RequestsTimeout (%v), CleanupInterval (%v) and AttachmentRetention (%v) must be at least %v (a bare number is nanoseconds)",
+			c.HeartbeatInterval, c.HeartbeatTimeout, c.RequestsTimeout, c.CleanupInterval, c.AttachmentRetention, minDuration)
 	case c.HeartbeatTimeout <= c.HeartbeatInterval:
 		return c, fmt.Errorf("pgadapter: HeartbeatTimeout %v must exceed HeartbeatInterval %v, or every server is dropped between two heartbeats", c.HeartbeatTimeout, c.HeartbeatInterval)
 	case c.PublishQueueSize < 0 || c.ReceiveQueueSize < 0:

@@ -248,6 +248,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	rt.b.stats.attachmentQueries.Add(1)
 	for _, d := range group {
 		if err != nil {
+			rt.b.stats.attachmentErrors.Add(1)
 			d.fetched <- fetchResult{err: err}
 			continue
 		}
@@ -258,9 +259,11 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fetchResult {
 	row, ok := bodies[d.id]
 	if !ok {
+		rt.b.stats.attachmentErrors.Add(1)
 		return fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
 	}
 	if !d.created.IsZero() && !row.created.Equal(d.created) {
+		rt.b.stats.attachmentErrors.Add(1)
 		// PostgreSQL crashed after the notification, and gave its id to a new row.
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed)",
 			d.id, ErrAttachmentMissing, row.created.UTC().Format(time.RFC3339Nano), d.created.UTC().Format(time.RFC3339Nano))}

@@ -13,7 +13,9 @@ type Stats struct {
 	// Received counts messages from other servers and emitters that were decoded.
 	Published map[string]int64
 	Received  map[string]int64
-	// PublishedBytes and ReceivedBytes count NOTIFY payloads and attachment bodies.
+	// PublishedBytes counts the NOTIFY payloads of messages published inline and the
+	// attachment bodies written (not their header notifications); ReceivedBytes every
+	// NOTIFY payload received from another server and the attachment bodies read.
 	PublishedBytes int64
 	ReceivedBytes  int64
 	// AttachmentsWritten and AttachmentsRead count rows of the attachments table.
@@ -22,14 +24,18 @@ type Stats struct {
 	// AttachmentQueries counts the queries that read attachments: those whose
 	// notifications arrive together are read by one.
 	AttachmentQueries int64
-	// PublishErrors counts messages lost because their publication failed.
+	// PublishErrors counts messages lost because their publication failed, or because
+	// they could not be encoded.
 	PublishErrors int64
 	// QueueFull counts messages refused because the publish queue was full.
 	QueueFull int64
 	// ReceiveDrops counts notifications dropped because the receive queue was full.
 	ReceiveDrops int64
-	// Malformed counts notifications and attachments that could not be used.
+	// Malformed counts notifications and attachments that could not be decoded.
 	Malformed int64
+	// AttachmentErrors counts messages lost because their attachment row could not be
+	// read: gone (ErrAttachmentMissing), or the query failed.
+	AttachmentErrors int64
 	// Panics counts panics recovered in the adapter's goroutines (see PanicError).
 	Panics int64
 	// ListenerConnects counts LISTEN connections that came up with every channel
@@ -48,6 +54,7 @@ type counters struct {
 	attachmentsWritten, attachmentsRd atomic.Int64
 	attachmentQueries                 atomic.Int64
 	publishErrors, malformed, panics  atomic.Int64
+	attachmentErrors                  atomic.Int64
 	listenerConnects                  atomic.Int64
 	listenerUp                        atomic.Bool
 }
@@ -65,7 +72,7 @@ func (b *Builder) Stats() Stats {
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
 		AttachmentQueries: b.stats.attachmentQueries.Load(),
-		PublishErrors:     b.stats.publishErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
+		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}
