@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/emitter"
@@ -235,6 +237,107 @@ func TestEmitterTransactions(t *testing.T) {
 		w.clients["b2"].expect(t, "near-limit")
 	}
 }
+
+// A failed attachment insert inside the caller's transaction (here, a table that does
+// not exist) returns its error and leaves the transaction usable: PostgreSQL aborted
+// the whole transaction, and its commit rolled back the caller's work and every message
+// sent in it. The same through a *pgx.Conn inside a transaction begun with BEGIN. A row
+// inserted in a transaction is dated by the insert, not by the transaction's start.
+func TestEmitterInsertFailsInTransaction(t *testing.T) {
+	w := newEmitterWorld(t)
+	ctx := context.Background()
+	pool := w.nodes[0].pool
+	prefix := w.nodes[0].b.opts.ChannelPrefix
+	missing := &emitter.Options{ChannelPrefix: prefix, TableName: "no_such_table_here"}
+	good := &emitter.Options{ChannelPrefix: prefix, TableName: w.nodes[0].b.opts.TableName}
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	ok, _ := emitter.New(tx, good)
+	bad, _ := emitter.New(tx, missing)
+	if err := ok.Emit(ctx, "before-failure"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Emit(ctx, "bin", []byte{1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("missing table: %v", err)
+	}
+	if err := ok.Emit(ctx, "after-failure", []byte{2}); err != nil {
+		t.Fatalf("the transaction is no longer usable: %v", err)
+	}
+	var younger bool
+	if err := tx.QueryRow(ctx, "SELECT created_at > now() FROM "+w.nodes[0].b.st.Table+" ORDER BY id DESC LIMIT 1").Scan(&younger); err != nil || !younger {
+		t.Fatalf("row dated by the transaction's start (%v, %v)", younger, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	w.clients["b2"].expect(t, "before-failure")
+	w.clients["b2"].expect(t, "after-failure")
+
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	bad, _ = emitter.New(conn.Conn(), missing)
+	ok, _ = emitter.New(conn.Conn(), good)
+	if err := bad.Emit(ctx, "bin", []byte{1}); err == nil {
+		t.Fatal("missing table accepted")
+	}
+	if err := ok.Emit(ctx, "conn-after-failure"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	w.clients["b2"].expect(t, "conn-after-failure")
+}
+
+// What the emitter refuses instead of sending something else, or panicking.
+func TestEmitterRefusesBadNames(t *testing.T) {
+	pool := newPool(t)
+	defer pool.Close()
+	var nilPool *pgxpool.Pool
+	if _, err := emitter.New(nilPool, nil); err == nil {
+		t.Error("nil *pgxpool.Pool accepted")
+	}
+	var nilConn *pgx.Conn
+	if _, err := emitter.New(nilConn, nil); err == nil {
+		t.Error("nil *pgx.Conn accepted")
+	}
+	e, err := emitter.New(pool, &emitter.Options{ChannelPrefix: "refusals"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for what, err := range map[string]error{
+		"namespace":    e.Of("/\xff").Emit(ctx, "ev"),
+		"room":         e.To("r\xfe").Emit(ctx, "ev"),
+		"except":       e.Except("\xc3").Emit(ctx, "ev"),
+		"joined room":  e.SocketsJoin(ctx, "ok", "bad\xff"),
+		"server event": e.Of("/\xff").ServerSideEmit(ctx, "ev"),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	r := &countingReader{}
+	if err := e.Emit(cancelled, "ev", r); !errors.Is(err, context.Canceled) || r.reads != 0 {
+		t.Errorf("cancelled context: %v, %d reads of the argument", err, r.reads)
+	}
+}
+
+type countingReader struct{ reads int }
+
+func (r *countingReader) Read([]byte) (int, error) { r.reads++; return 0, io.EOF }
 
 func TestEmitterConcurrentUse(t *testing.T) {
 	w := newEmitterWorld(t)

@@ -12,7 +12,9 @@
 // accept them, unlike those of Node's own emitter) and the uid "emitter".
 //
 // An Emitter is an immutable value: To, In, Except, Volatile, Compress and Of return a new
-// one, so a shared Emitter is safe for concurrent use.
+// one, so deriving emitters from a shared one is always safe. Publishing concurrently is
+// safe through a *pgxpool.Pool; a *pgx.Conn or a pgx.Tx, like pgx itself, serves one
+// goroutine at a time.
 //
 // # Transactions
 //
@@ -21,7 +23,15 @@
 // transaction too. Use it to announce a change exactly when it becomes visible. Equal
 // messages sent in one transaction all arrive: PostgreSQL would keep one of equal
 // notifications, so through a pgx.Tx or a *pgx.Conn each payload carries a random
-// "nonce" key, which servers ignore.
+// "nonce" key, which servers ignore (and which lowers PayloadThreshold by its 27 bytes).
+//
+// A message with an attachment row is inserted inside a savepoint of the caller's
+// transaction: should the insert fail (no table, no privilege), the emit returns the
+// error and the transaction goes on, without the row. Without the savepoint, PostgreSQL
+// would abort the whole transaction, and its commit would undo the caller's own work.
+// The row's created_at is the time of the insert: keep a transaction that emits such
+// messages shorter than the servers' retention of rows (a minute by default, 30 seconds
+// for Node.js servers), or they may be deleted before they are read.
 //
 // Through a *pgxpool.Pool, a message with an attachment row is its own transaction, which
 // commits without waiting for PostgreSQL's disk flush, as the servers' do (see
@@ -37,6 +47,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -56,10 +67,13 @@ type Options struct {
 	// ChannelPrefix must match the servers' Options.ChannelPrefix. Default "socket.io".
 	ChannelPrefix string
 	// TableName must match the servers' attachments table. Default
-	// "socket_io_attachments". The emitter does not create it: the servers do.
+	// "socket_io_attachments". The emitter does not create it: pgadapter servers do
+	// when they start, unless their Options.SkipTableCreation is set; Node.js servers
+	// never do. It is quoted as one identifier, as the servers' Options.TableName.
 	TableName string
 	// PayloadThreshold is the JSON size in bytes from which a message goes through the
-	// attachments table. Default and maximum 8000.
+	// attachments table. Default and maximum 8000 (through a pgx.Tx or a *pgx.Conn, 27
+	// bytes less: see Transactions).
 	PayloadThreshold int
 	// InlineBinary sends messages carrying binary in the NOTIFY payload when they fit, as
 	// the servers' Options.InlineBinary does. Only pgadapter servers read them: enable it
@@ -97,10 +111,15 @@ type Emitter struct {
 	flags     wire.Flags
 }
 
-// New returns an Emitter for the root namespace "/". It fails only for invalid options.
+// New returns an Emitter for the root namespace "/". It fails for a nil DB and for
+// invalid options.
 func New(db DB, opts *Options) (*Emitter, error) {
 	if db == nil {
 		return nil, errors.New("emitter: nil DB")
+	}
+	if v := reflect.ValueOf(db); v.Kind() == reflect.Pointer && v.IsNil() {
+		// A nil *pgxpool.Pool in the interface: the first Emit panicked.
+		return nil, fmt.Errorf("emitter: nil %T", db)
 	}
 	var o Options
 	if opts != nil {
@@ -183,10 +202,14 @@ var reservedEvents = map[string]bool{"connect": true, "connect_error": true, "di
 var reservedServerEvents = map[string]bool{"connect": true, "connection": true, "new_namespace": true}
 
 // Emit broadcasts an event to the selected clients of every server. Arguments are
-// anything socket.io can send: JSON values, structs, []byte and io.Reader for binary.
+// anything socket.io can send: JSON values, structs, []byte and io.Reader for binary (read
+// to its end before anything is published, and closed if it is an io.Closer).
 func (e *Emitter) Emit(ctx context.Context, event string, args ...any) error {
 	if reservedEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("emitter: %w", err) // before reading the arguments' readers
 	}
 	data, err := e.args(event, args)
 	if err != nil {
@@ -220,6 +243,9 @@ func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any)
 	if reservedServerEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("emitter: %w", err)
+	}
 	data, err := e.args(event, args)
 	if err != nil {
 		return err
@@ -244,6 +270,45 @@ func (e *Emitter) args(event string, args []any) ([]any, error) {
 	return append([]any{event}, data...), nil
 }
 
+// savepoint protects the caller's transaction from a failed insert (see Transactions).
+const savepoint = "pgadapter_emit"
+
+// insert runs the statement that inserts an attachment row and notifies its header, on
+// a DB that is not a pool: inside a savepoint when it is in a transaction (two round
+// trips instead of one).
+func (e *Emitter) insert(ctx context.Context, body []byte, channel, header string) error {
+	var batcher interface {
+		SendBatch(context.Context, *pgx.Batch) pgx.BatchResults
+	}
+	switch db := e.db.(type) {
+	case pgx.Tx:
+		batcher = db
+	case *pgx.Conn:
+		if db.PgConn().TxStatus() == 'T' { // a transaction begun with Exec("BEGIN")
+			batcher = db
+		}
+	}
+	if batcher == nil {
+		_, err := e.db.Exec(ctx, e.st.InsertNotify, body, channel, header, wire.AttachmentHeaderSuffix)
+		return err
+	}
+	// The savepoint on its own: pgx prepares a batch's statements before it runs any,
+	// and a failed prepare (no table) aborts the transaction too.
+	if _, err := e.db.Exec(ctx, "SAVEPOINT "+savepoint); err != nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	b.Queue(e.st.InsertNotify, body, channel, header, wire.AttachmentHeaderSuffix)
+	b.Queue("RELEASE SAVEPOINT " + savepoint)
+	err := batcher.SendBatch(ctx, b).Close()
+	if err != nil {
+		if _, rerr := e.db.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); rerr == nil {
+			e.db.Exec(ctx, "RELEASE SAVEPOINT "+savepoint)
+		}
+	}
+	return err
+}
+
 func isFunc(v any) bool {
 	return v != nil && reflect.TypeOf(v).Kind() == reflect.Func
 }
@@ -256,13 +321,37 @@ func (e *Emitter) opts() wire.Opts {
 // transaction: PostgreSQL keeps one of the notifications a transaction sends with the same
 // channel and payload, and the emitter's are the same for the same message (its uid is
 // "emitter", its keys sorted). Servers, Node's included, ignore keys they do not know.
-const nonceKey = "nonce"
+const nonceKey = wire.NonceKey
 
 // nonceBytes is what the nonce adds to a payload: `,"nonce":"` 16 hex digits `"`.
 const nonceBytes = len(`,"`+nonceKey+`":""`) + 16
 
+// validNames reports a namespace or room name that is not valid UTF-8: JSON replaces its
+// bad bytes, MessagePack keeps them, so the message would name another room depending
+// on its size, and a namespace whose channel, made of the bytes, would not match it.
+func (e *Emitter) validNames(rooms []string) error {
+	if !utf8.ValidString(e.nsp) {
+		return fmt.Errorf("emitter: namespace %q is not valid UTF-8", e.nsp)
+	}
+	for _, list := range [][]string{e.rooms, e.except, rooms} {
+		for _, r := range list {
+			if !utf8.ValidString(r) {
+				return fmt.Errorf("emitter: room %q is not valid UTF-8", r)
+			}
+		}
+	}
+	return nil
+}
+
 // publish encodes and sends one message in one statement.
 func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
+	var rooms []string
+	if d, ok := data.(*wire.RoomsData); ok {
+		rooms = d.Rooms
+	}
+	if err := e.validNames(rooms); err != nil {
+		return err
+	}
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
 	pool, isPool := e.db.(*pgxpool.Pool)
 	threshold := e.threshold
@@ -292,12 +381,12 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
 		err = pool.SendBatch(ctx, b).Close()
 	default:
-		_, err = e.db.Exec(ctx, e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
+		err = e.insert(ctx, enc.Attachment, channel, header)
 	}
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
-			return fmt.Errorf("emitter: %s on %s: attachments table %s does not exist (the servers create it at start): %w", typ, channel, e.st.Table, err)
+			return fmt.Errorf("emitter: %s on %s: attachments table %s does not exist (pgadapter servers create it when they start, unless told not to; Node.js servers do not): %w", typ, channel, e.st.Table, err)
 		}
 		return fmt.Errorf("emitter: %s on %s: %w", typ, channel, err)
 	}
