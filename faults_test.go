@@ -505,3 +505,61 @@ func TestFaultCloseWhilePostgresSilent(t *testing.T) {
 	}
 	p.close() // as in TestFaultSilentConnection: the pool must not wait on silent connections
 }
+
+// The attachments table dropped while the servers run: the next batch with an attachment
+// creates it again (it failed until a restart), and while inserts cannot succeed (here,
+// SkipTableCreation), the small messages batched with them still go, in order; only the
+// attachments are lost, and reported. A batch is one transaction: one failed insert took
+// heartbeats and broadcasts of every namespace down with it.
+func TestFaultAttachmentsTableDropped(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	big := strings.Repeat("x", 9000)
+	ctx := context.Background()
+	a.io.Emit("big", big) // creates the table
+	cb.expect(t, "big")
+	if _, err := a.pool.Exec(ctx, "DROP TABLE "+a.b.st.Table); err != nil {
+		t.Fatal(err)
+	}
+	a.io.Emit("big-again", big)
+	cb.expect(t, "big-again")
+
+	// A server that may not create the table, after it is dropped.
+	sopts := opts
+	sopts.SkipTableCreation = true
+	s := startNode(t, "S", sopts)
+	waitServerCount(t, []*node{a, b, s}, 3)
+	if _, err := a.pool.Exec(ctx, "DROP TABLE "+a.b.st.Table); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for i := range n { // a burst: the publisher batches small and big messages together
+		s.io.Emit("small", i)
+		s.io.Emit("big", big)
+	}
+	s.io.Emit("end")
+	cb.expect(t, "end")
+	got := cb.sent.drain("small")
+	if len(got) != n {
+		t.Fatalf("%d of %d small messages arrived", len(got), n)
+	}
+	for i, args := range got {
+		if int(args[0].(float64)) != i {
+			t.Fatalf("small message %d arrived as %v", i, args)
+		}
+	}
+	var lost int
+	for _, e := range s.errs.drain("error") {
+		var pe *PublishError
+		if errors.As(e[0].(error), &pe) {
+			if pe.Types["BROADCAST"] != pe.Messages {
+				t.Errorf("reported lost: %v", pe)
+			}
+			lost += pe.Messages
+		}
+	}
+	if lost != n {
+		t.Fatalf("%d messages reported lost, want the %d with attachments", lost, n)
+	}
+}

@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	goruntime "runtime"
 	"sync"
@@ -274,39 +275,88 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		endRun()
 		return b
 	}
-	var err error
-	for try := 0; try < 2; try++ {
-		qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
-		err = p.pool.SendBatch(qctx, build()).Close()
-		cancel()
-		if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
-			break
+	send := func() (err error) {
+		for try := 0; try < 2; try++ {
+			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+			err = p.pool.SendBatch(qctx, build()).Close()
+			cancel()
+			if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
+				break
+			}
+		}
+		return err
+	}
+	err := send()
+	var pgErr *pgconn.PgError
+	if err != nil && attachments && errors.As(err, &pgErr) && ctx.Err() == nil {
+		if pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
+			// The table was dropped while this server ran: create it again, and retry.
+			p.tableReady = false
+			p.createTable(ctx)
+			if p.tableReady {
+				err = send()
+			}
+		}
+		if err != nil && len(chans) > 0 {
+			// An insert failed (the table is gone, a privilege revoked): the batch is
+			// one transaction, and its heartbeats and small messages went down with it,
+			// so that other servers could count this one gone. They go without the
+			// attachments, in order; the attachments are lost, and reported.
+			clear(chans)
+			clear(payloads)
+			p.chans, p.payloads = chans[:0], payloads[:0]
+			inline, rest := p.split(batch)
+			p.fail(rest, err)
+			p.sendBatch(ctx, inline)
+			return
 		}
 	}
 	clear(chans) // drop references to sent payloads; the arrays are reused
 	clear(payloads)
 	p.chans, p.payloads = chans[:0], payloads[:0]
 	if err != nil {
-		types := map[string]int{}
-		for _, m := range batch {
-			types[m.typ.String()]++
-		}
-		p.stats.publishErrors.Add(int64(len(batch)))
-		p.report(&PublishError{Messages: len(batch), Types: types, Err: err})
+		p.fail(batch, err)
+		return
 	}
 	for i := range batch {
 		m := &batch[i]
-		if err == nil {
-			countType(&p.stats.published, m.typ)
-			p.stats.publishedBytes.Add(int64(len(m.enc.JSON) + len(m.enc.Attachment)))
-			if m.enc.Attachment != nil {
-				p.stats.attachmentsWritten.Add(1)
-			}
+		countType(&p.stats.published, m.typ)
+		p.stats.publishedBytes.Add(int64(len(m.enc.JSON) + len(m.enc.Attachment)))
+		if m.enc.Attachment != nil {
+			p.stats.attachmentsWritten.Add(1)
 		}
 		if m.done != nil {
+			m.done(nil)
+		}
+	}
+}
+
+// fail reports the messages of batch lost, with err.
+func (p *publisher) fail(batch []outgoing, err error) {
+	types := map[string]int{}
+	for _, m := range batch {
+		types[m.typ.String()]++
+	}
+	p.stats.publishErrors.Add(int64(len(batch)))
+	p.report(&PublishError{Messages: len(batch), Types: types, Err: err})
+	for i := range batch {
+		if m := &batch[i]; m.done != nil {
 			m.done(err)
 		}
 	}
+}
+
+// split returns the inline messages of batch, in order, and its attachments, in new
+// slices (batch's array is reused by the next batch).
+func (p *publisher) split(batch []outgoing) (inline, attachments []outgoing) {
+	for _, m := range batch {
+		if m.enc.Attachment == nil {
+			inline = append(inline, m)
+		} else {
+			attachments = append(attachments, m)
+		}
+	}
+	return inline, attachments
 }
 
 // setLZ4 makes the rest of a batch's transaction compress the attachment rows it inserts
