@@ -22,7 +22,8 @@ const channelHashBytes = wire.ChannelHashBytes
 // ChannelName returns the NOTIFY channel of a namespace: "<prefix>#<namespace>", as
 // @socket.io/postgres-adapter names it. PostgreSQL truncates channel names to 63 bytes
 // (LISTEN) or refuses them (pg_notify), so a longer name, or one PostgreSQL cannot hold
-// (a NUL byte, invalid UTF-8), becomes its first 46 bytes, "#", and 16 hex digits of the
+// (a NUL byte, invalid UTF-8), becomes at most its first 46 bytes (without NUL bytes or
+// invalid UTF-8, cut at a character boundary), "#", and 16 hex digits of the
 // SHA-256 of the full name: deterministic, so every pgadapter server (and emitter)
 // derives the same channel. Node servers cannot use such namespaces at all.
 func ChannelName(prefix, nsp string) string { return wire.ChannelName(prefix, nsp) }

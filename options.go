@@ -116,7 +116,8 @@ type Options struct {
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
 	// ServerSideEmitWithAck, broadcasts with acks without their own timeout) and each
-	// query the adapter runs. Default 5s.
+	// query the adapter runs on the pool (the LISTEN connection's ping is bounded by
+	// HeartbeatInterval). Default 5s.
 	RequestsTimeout time.Duration
 
 	// PublishQueueSize is how many messages may wait to be published. When PostgreSQL is
