@@ -95,32 +95,49 @@ func fetchAttachments(ctx context.Context, db interface {
 }
 
 // cleanupBatch bounds the rows one DELETE of the cleanup removes (about 0.1 s of
-// PostgreSQL's time on the development machine, at 11 µs per 1 KB row).
-const cleanupBatch = 10000
+// PostgreSQL's time on the development machine, at 11 µs per 1 KB row), and
+// minCleanupBatch how far a cleanup lowers it when its statements time out.
+const (
+	cleanupBatch    = 10000
+	minCleanupBatch = 16
+)
 
-// cleanupAttachments deletes rows older than the retention, at most batch per statement,
-// each statement bounded by timeout, until fewer than batch were old or until has passed
-// (at least one statement). One statement for everything used to run into its timeout
-// once the backlog was large (300,000 rows of 1 KB took 3.3 s to delete on the
+// cleanupAttachments deletes rows older than the retention, at most *batch per
+// statement, each statement bounded by timeout, until fewer than *batch were old or until
+// has passed (at least one statement). One statement for everything used to run into its
+// timeout once the backlog was large (300,000 rows of 1 KB took 3.3 s to delete on the
 // development machine, against a 5 s RequestsTimeout): it was rolled back, and every
-// later cleanup had more to delete, so the table grew for good.
-func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch int, timeout time.Duration, until time.Time) (int64, error) {
+// later cleanup had more to delete, so the table grew for good. A statement that times
+// out all the same (a short RequestsTimeout, large rows, a slow disk) halves *batch,
+// which the caller keeps for the next cleanup; quick full statements double it again, up
+// to maxBatch.
+func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch *int, maxBatch int, timeout time.Duration, until time.Time) (int64, error) {
 	var total int64
 	for {
+		n := *batch
+		start := time.Now()
 		qctx, cancel := context.WithTimeout(ctx, timeout)
-		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), batch)
+		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), n)
 		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			// FOR UPDATE needs the UPDATE privilege, which a role made for Node's
 			// adapter (SELECT, INSERT, DELETE) lacks: nothing was ever deleted.
-			tag, err = pool.Exec(qctx, st.CleanupUnlocked, retention.Seconds(), batch)
+			tag, err = pool.Exec(qctx, st.CleanupUnlocked, retention.Seconds(), n)
 		}
+		timedOut := errors.Is(qctx.Err(), context.DeadlineExceeded)
 		cancel()
 		if err != nil {
-			return total, fmt.Errorf("pgadapter: delete old attachments (%d deleted before): %w", total, err)
+			if timedOut && ctx.Err() == nil && n > minCleanupBatch && time.Now().Before(until) {
+				*batch = max(n/2, minCleanupBatch) // rolled back: smaller statements
+				continue
+			}
+			return total, fmt.Errorf("pgadapter: delete old attachments (%d deleted before, %d rows per statement): %w", total, n, err)
 		}
 		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(batch) || !time.Now().Before(until) {
+		if tag.RowsAffected() < int64(n) || !time.Now().Before(until) {
 			return total, nil
+		}
+		if time.Since(start) < timeout/4 {
+			*batch = min(2*n, maxBatch)
 		}
 	}
 }

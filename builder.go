@@ -403,12 +403,13 @@ func (rt *runtime) cleanup(ctx context.Context) {
 	}
 	t := time.NewTicker(o.CleanupInterval)
 	defer t.Stop()
+	batch := cleanupBatch
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
+			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, &batch, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
 			if err != nil && ctx.Err() == nil {
 				rt.b.report(err)
 			} else if n > 0 {
