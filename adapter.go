@@ -697,7 +697,8 @@ func (a *Adapter) onMessage(m *wire.Message) {
 // leave applies a server's ADAPTER_CLOSE: it is no longer counted, nothing it sent
 // before that arrives later counts it again, and, with requests, no request waits for
 // it any more. ADAPTER_CLOSE is applied twice (see answer in receive.go): in order with
-// the server's answers, with requests, and in order with its other messages, without.
+// the server's answers, with requests, and in order with its other messages, without
+// them unless the first copy was applied already (see delivery.closeApplied).
 func (a *Adapter) leave(uid string, requests bool) {
 	if a.closed.Load() {
 		return

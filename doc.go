@@ -53,9 +53,11 @@
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
 //   - Server-side event handlers run on the one goroutine that applies every namespace's
-//     messages, and should not block for long. They may wait for a cluster request of
-//     their own (FetchSockets, ServerSideEmitWithAck): answers are applied, and request
-//     callbacks run, on another goroutine.
+//     messages, and should not block for long. Answers to this server's requests are
+//     applied, and request callbacks run, on another goroutine, so a handler may wait for
+//     a request of its own, unless the other servers' handlers wait at the same moment
+//     (they answer on their own goroutine that applies messages) or 256 messages queue
+//     behind it; the callback style has neither limit (see the README's Guarantees).
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

@@ -113,3 +113,62 @@ func TestAnswerBeforeCloseCounts(t *testing.T) {
 		t.Fatal("ServerSideEmitWithAck never completed")
 	}
 }
+
+// A server that closed is not waited for by a request made while the messages it sent
+// before closing were still queued: the ADAPTER_CLOSE's copy among answers is applied at
+// once; if this server's handler holds its other messages for longer than the closed
+// server is remembered (twice the heartbeat timeout), those earlier messages count it
+// again, and a request made then waited RequestsTimeout for it.
+func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 400 * time.Millisecond
+	opts.RequestsTimeout = 3 * time.Second
+	nodes := cluster(t, 3, opts)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	release := make(chan struct{})
+	held := make(chan struct{})
+	b.io.On("hold", func(...any) { close(held); <-release })
+	type result struct {
+		err   error
+		count int64
+	}
+	got := make(chan result, 1)
+	b.io.On("probe", func(...any) {
+		count := b.io.Sockets().Adapter().ServerCount()
+		b.io.FetchSockets()(func(_ []*socket.RemoteSocket, err error) { got <- result{err, count} })
+	})
+	c.io.ServerSideEmit("hold")
+	select {
+	case <-held:
+	case <-time.After(waitFor):
+		t.Fatal("handler never ran")
+	}
+	auid := a.b.adapter(ChannelName(opts.ChannelPrefix, "/")).uid
+	a.io.ServerSideEmit("from-a") // queued on B behind the handler, and counts A again once applied
+	// Committed before the probe is sent, so it reaches B first (and the probe before
+	// A's ADAPTER_CLOSE).
+	eventually(t, "A's message committed", func() bool { return a.b.Stats().Published["SERVER_SIDE_EMIT"] == 1 })
+	c.io.ServerSideEmit("probe")
+	eventually(t, "C's probe committed", func() bool { return c.b.Stats().Published["SERVER_SIDE_EMIT"] == 2 })
+	a.close()
+	badapter := b.io.Sockets().Adapter().(*Adapter)
+	eventually(t, "B forgets that A left", func() bool {
+		badapter.mu.Lock()
+		defer badapter.mu.Unlock()
+		_, remembered := badapter.left[auid]
+		return !remembered && len(badapter.nodes) == 1 // C, A removed by the ADAPTER_CLOSE
+	})
+	close(release)
+	select {
+	case r := <-got:
+		if r.count != 3 {
+			t.Fatalf("B counted %d servers at the probe: A was not counted again, the case is not reproduced", r.count)
+		}
+		if r.err != nil {
+			t.Fatalf("FetchSockets made while A was counted again (%d servers): %v", r.count, r.err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("FetchSockets never completed")
+	}
+}

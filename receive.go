@@ -30,8 +30,12 @@ type delivery struct {
 	uid     string
 	created time.Time // zero for a header without one (Node's)
 	// membersOnly: an ADAPTER_CLOSE's copy on the delivery goroutine of messages, which
-	// only stops counting the server (see answer).
-	membersOnly bool
+	// only stops counting the server (see answer), and stops requests waiting for it
+	// too once the copy on the answers' goroutine was applied (closeApplied, shared by
+	// the two): requests made since then (its earlier messages, still queued, may have
+	// made it counted again) wait for a server that closed.
+	membersOnly  bool
+	closeApplied *atomic.Bool
 }
 
 type fetchResult struct {
@@ -128,7 +132,8 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			if d.typ == wire.AdapterClose && d.fetched == nil {
 				// Also in order with the server's other messages, for membership (see
 				// Adapter.leave). One delivery waits for an attachment's read, not two.
-				if !rt.send(ctx, rt.ordered, &delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true}, flush) {
+				d.closeApplied = new(atomic.Bool)
+				if !rt.send(ctx, rt.ordered, &delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true, closeApplied: d.closeApplied}, flush) {
 					return
 				}
 			}
@@ -319,13 +324,15 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			}
 			msg = r.msg
 		}
+		if d.membersOnly {
+			if msg.Nsp == "" || msg.Nsp == d.a.name { // else reported with the other copy
+				d.a.leave(msg.UID, d.closeApplied.Load())
+			}
+			continue
+		}
 		if msg.Nsp != "" && msg.Nsp != d.a.name {
 			rt.b.stats.malformed.Add(1)
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
-			continue
-		}
-		if d.membersOnly {
-			d.a.leave(msg.UID, false)
 			continue
 		}
 		err := recovered(func() {
@@ -334,6 +341,9 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 				h(msg)
 			}
 		})
+		if d.closeApplied != nil {
+			d.closeApplied.Store(true)
+		}
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}

@@ -47,6 +47,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -270,8 +271,12 @@ func (e *Emitter) args(event string, args []any) ([]any, error) {
 	return append([]any{event}, data...), nil
 }
 
-// savepoint protects the caller's transaction from a failed insert (see Transactions).
-const savepoint = "pgadapter_emit"
+// savepoint protects the caller's transaction from a failed insert (see Transactions);
+// rollbackTimeout bounds the return to it.
+const (
+	savepoint       = "pgadapter_emit"
+	rollbackTimeout = 5 * time.Second
+)
 
 // insert runs the statement that inserts an attachment row and notifies its header, on
 // a DB that is not a pool: inside a savepoint when it is in a transaction (two round
@@ -302,8 +307,12 @@ func (e *Emitter) insert(ctx context.Context, body []byte, channel, header strin
 	b.Queue("RELEASE SAVEPOINT " + savepoint)
 	err := batcher.SendBatch(ctx, b).Close()
 	if err != nil {
-		if _, rerr := e.db.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); rerr == nil {
-			e.db.Exec(ctx, "RELEASE SAVEPOINT "+savepoint)
+		// Even if ctx ended meanwhile: without the rollback, the caller's transaction
+		// stays aborted.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		if _, rerr := e.db.Exec(rctx, "ROLLBACK TO SAVEPOINT "+savepoint); rerr == nil {
+			e.db.Exec(rctx, "RELEASE SAVEPOINT "+savepoint)
 		}
 	}
 	return err

@@ -24,9 +24,14 @@ func Normalize(v any) (any, bool, error) {
 	return normalize(v, 0)
 }
 
+// errTooDeep is returned, unwrapped, from the depth where normalize gives up: a path
+// of 10,000 levels added at every level made a value that contains itself cost seconds
+// and hundreds of megabytes to refuse.
+var errTooDeep = fmt.Errorf("wire: value nested deeper than %d levels (does it contain itself?)", maxJSONDepth)
+
 func normalize(v any, depth int) (any, bool, error) {
 	if depth > maxJSONDepth {
-		return nil, false, fmt.Errorf("wire: value nested deeper than %d levels (does it contain itself?)", maxJSONDepth)
+		return nil, false, errTooDeep
 	}
 	switch x := v.(type) {
 	case nil, bool, string, float64, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
@@ -55,7 +60,9 @@ func normalize(v any, depth int) (any, bool, error) {
 		bin := false
 		for i, e := range x {
 			n, b, err := normalize(e, depth+1)
-			if err != nil {
+			if err == errTooDeep {
+				return nil, false, err
+			} else if err != nil {
 				return nil, false, fmt.Errorf("[%d]: %w", i, err)
 			}
 			out[i], bin = n, bin || b
@@ -69,7 +76,9 @@ func normalize(v any, depth int) (any, bool, error) {
 		bin := false
 		for k, e := range x {
 			n, b, err := normalize(e, depth+1)
-			if err != nil {
+			if err == errTooDeep {
+				return nil, false, err
+			} else if err != nil {
 				return nil, false, fmt.Errorf("%q: %w", k, err)
 			}
 			out[k], bin = n, bin || b
