@@ -673,17 +673,7 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		})
 	case wire.ServerSideEmit:
 		d := m.Data.(*wire.ServerSideEmitData)
-		if d.RequestID == "" {
-			a.Nsp().OnServerSideEmit(d.Packet)
-			return
-		}
-		var once sync.Once
-		reply := socket.Ack(func(args []any, _ error) {
-			once.Do(func() {
-				a.publish(wire.ServerSideEmitResponse, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)
-			})
-		})
-		a.Nsp().OnServerSideEmit(append(d.Packet[:len(d.Packet):len(d.Packet)], reply))
+		a.rt.handle(a.channel, func() { a.serverSideEmit(d) })
 	case wire.AllRooms:
 		d := m.Data.(*wire.AllRoomsData)
 		a.publish(wire.AllRoomsResponse, &wire.AllRoomsResponseData{RequestID: d.RequestID, Rooms: roomStrings(a.Rooms().Keys())}, nil)
@@ -692,6 +682,26 @@ func (a *Adapter) onMessage(m *wire.Message) {
 			a.onResponse(m)
 		}
 	}
+}
+
+// serverSideEmit runs the application's handlers of a server-side event, on the
+// handlers' goroutine (see runtime.handle), with an ack that answers the sender when it
+// asked for answers.
+func (a *Adapter) serverSideEmit(d *wire.ServerSideEmitData) {
+	if a.closed.Load() {
+		return
+	}
+	if d.RequestID == "" {
+		a.Nsp().OnServerSideEmit(d.Packet)
+		return
+	}
+	var once sync.Once
+	reply := socket.Ack(func(args []any, _ error) {
+		once.Do(func() {
+			a.publish(wire.ServerSideEmitResponse, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)
+		})
+	})
+	a.Nsp().OnServerSideEmit(append(d.Packet[:len(d.Packet):len(d.Packet)], reply))
 }
 
 // leave applies a server's ADAPTER_CLOSE: it is no longer counted, nothing it sent

@@ -308,6 +308,10 @@ type runtime struct {
 	inbound chan *pgconn.Notification
 	ordered chan *delivery // messages, for the delivery goroutine
 	answers chan *delivery // answers to this server's requests, and ADAPTER_CLOSE (see dispatch)
+	// handlers: the application's handlers of server-side events, to run in order on a
+	// goroutine of their own (see handle).
+	handlers chan handlerCall
+	ctx      context.Context
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 }
@@ -315,10 +319,12 @@ type runtime struct {
 func (b *Builder) start() *runtime {
 	ctx, cancel := context.WithCancel(context.Background())
 	rt := &runtime{b: b, cancel: cancel,
-		inbound: make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
-		ordered: make(chan *delivery, 256),
-		answers: make(chan *delivery, 256),
-		heardAt: map[heardKey]time.Time{},
+		inbound:  make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
+		ordered:  make(chan *delivery, 256),
+		answers:  make(chan *delivery, 256),
+		handlers: make(chan handlerCall, 256),
+		ctx:      ctx,
+		heardAt:  map[heardKey]time.Time{},
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	cfg := b.opts.ListenConnConfig
@@ -343,12 +349,13 @@ func (b *Builder) start() *runtime {
 		}
 	}
 	pubCtx, pubCancel := context.WithCancel(context.Background())
-	rt.wg.Add(7)
+	rt.wg.Add(8)
 	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
 	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
 	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
 	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
 	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.answers) }()
+	go func() { defer rt.wg.Done(); rt.runHandlers(ctx) }()
 	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
 	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
 	return rt
@@ -368,7 +375,7 @@ func (rt *runtime) stop(wait time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(wait):
-		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a handler blocking the delivery goroutine?)"))
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a handler or listener of the application's still running?)"))
 	}
 }
 

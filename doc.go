@@ -42,8 +42,9 @@
 //
 //   - Local delivery never waits for PostgreSQL, and keeps working while it is down.
 //   - Messages from one server are applied by every other server in the order they were
-//     published; answers to a server's own requests in their order among themselves, on a
-//     goroutine of their own.
+//     published. Server-side events are handed, in that order, to a goroutine that runs
+//     their handlers one at a time, and answers to a server's own requests to another,
+//     so that the application's code there holds up nothing else.
 //   - Delivery between servers is at most once: a message published while PostgreSQL is
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
@@ -52,12 +53,9 @@
 //   - A panic in code the adapter's goroutines run (a server-side event handler, a
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
-//   - Server-side event handlers run on the one goroutine that applies every namespace's
-//     messages, and should not block for long. Answers to this server's requests are
-//     applied, and request callbacks run, on another goroutine, so a handler may wait for
-//     a request of its own, unless the other servers' handlers wait at the same moment
-//     (they answer on their own goroutine that applies messages) or 256 messages queue
-//     behind it; the callback style has neither limit (see the README's Guarantees).
+//   - Server-side event handlers may block, and may wait for a cluster request of their
+//     own: they hold up only the server-side events queued after them. Request
+//     callbacks run on the goroutine that applies answers, and should not block.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

@@ -311,14 +311,21 @@ func TestFaultSlowNode(t *testing.T) {
 	cb := b.connect(t, "/", "cb")
 	release := make(chan struct{})
 	blocked := make(chan struct{}, 1)
-	b.io.On("block", func(...any) {
-		blocked <- struct{}{}
-		select {
-		case <-release:
-		case <-time.After(waitFor):
-		}
-	})
-	a.io.ServerSideEmit("block")
+	// An outgoing-packet listener that blocks holds the goroutine that applies messages
+	// (a server-side event handler no longer does: handlers have their own).
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] != "block" {
+				return
+			}
+			blocked <- struct{}{}
+			select {
+			case <-release:
+			case <-time.After(waitFor):
+			}
+		})
+	}
+	a.io.Emit("block")
 	select {
 	case <-blocked:
 	case <-time.After(waitFor):

@@ -1,6 +1,7 @@
 package pgadapter
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -116,9 +117,10 @@ func TestAnswerBeforeCloseCounts(t *testing.T) {
 
 // A server that closed is not waited for by a request made while the messages it sent
 // before closing were still queued: the ADAPTER_CLOSE's copy among answers is applied at
-// once; if this server's handler holds its other messages for longer than the closed
-// server is remembered (twice the heartbeat timeout), those earlier messages count it
-// again, and a request made then waited RequestsTimeout for it.
+// once; if something holds this server's other messages (here, an outgoing-packet
+// listener) for longer than the closed server is remembered (twice the heartbeat
+// timeout), those earlier messages count it again, and a request made then waited
+// RequestsTimeout for it.
 func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 	opts := testOptions(t)
 	opts.HeartbeatInterval = 100 * time.Millisecond
@@ -126,9 +128,38 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 	opts.RequestsTimeout = 3 * time.Second
 	nodes := cluster(t, 3, opts)
 	a, b, c := nodes[0], nodes[1], nodes[2]
-	release := make(chan struct{})
-	held := make(chan struct{})
-	b.io.On("hold", func(...any) { close(held); <-release })
+	b.connect(t, "/", "cb")
+	// Broadcasts "hold" and "hold-again" hold B's delivery goroutine until released.
+	holds := map[string]chan struct{}{"hold": make(chan struct{}), "hold-again": make(chan struct{})}
+	held := make(chan string, 2)
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if name, _ := args[0].(string); holds[name] != nil {
+				held <- name
+				<-holds[name]
+			}
+		})
+	}
+	defer func() {
+		for _, ch := range holds {
+			select {
+			case <-ch:
+			default:
+				close(ch)
+			}
+		}
+	}()
+	waitHeld := func(want string) {
+		t.Helper()
+		select {
+		case got := <-held:
+			if got != want {
+				t.Fatalf("held by %q, want %q", got, want)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("never held by %q", want)
+		}
+	}
 	type result struct {
 		err   error
 		count int64
@@ -138,37 +169,94 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 		count := b.io.Sockets().Adapter().ServerCount()
 		b.io.FetchSockets()(func(_ []*socket.RemoteSocket, err error) { got <- result{err, count} })
 	})
-	c.io.ServerSideEmit("hold")
-	select {
-	case <-held:
-	case <-time.After(waitFor):
-		t.Fatal("handler never ran")
+	committed := func(n *node, typ string, want int64) func() bool {
+		return func() bool { return n.b.Stats().Published[typ] == want }
 	}
-	auid := a.b.adapter(ChannelName(opts.ChannelPrefix, "/")).uid
-	a.io.ServerSideEmit("from-a") // queued on B behind the handler, and counts A again once applied
-	// Committed before the probe is sent, so it reaches B first (and the probe before
-	// A's ADAPTER_CLOSE).
-	eventually(t, "A's message committed", func() bool { return a.b.Stats().Published["SERVER_SIDE_EMIT"] == 1 })
+	// In this order on B, each committed before the next is sent: PostgreSQL delivers
+	// notifications in commit order.
+	c.io.Emit("hold")
+	waitHeld("hold")
+	a.io.ServerSideEmit("from-a") // counts A again once applied
+	eventually(t, "A's message committed", committed(a, "SERVER_SIDE_EMIT", 1))
 	c.io.ServerSideEmit("probe")
-	eventually(t, "C's probe committed", func() bool { return c.b.Stats().Published["SERVER_SIDE_EMIT"] == 2 })
+	eventually(t, "C's probe committed", committed(c, "SERVER_SIDE_EMIT", 1))
+	c.io.Emit("hold-again") // holds B while the probe's handler runs
+	eventually(t, "C's second hold committed", committed(c, "BROADCAST", 2))
 	a.close()
 	badapter := b.io.Sockets().Adapter().(*Adapter)
 	eventually(t, "B forgets that A left", func() bool {
 		badapter.mu.Lock()
 		defer badapter.mu.Unlock()
-		_, remembered := badapter.left[auid]
-		return !remembered && len(badapter.nodes) == 1 // C, A removed by the ADAPTER_CLOSE
+		return len(badapter.left) == 0 && len(badapter.nodes) == 1 // C; A removed by the ADAPTER_CLOSE
 	})
-	close(release)
+	close(holds["hold"])
+	waitHeld("hold-again")
+	// The probe's handler runs meanwhile, on its own goroutine, and asks.
+	eventually(t, "the probe's request made", func() bool {
+		badapter.mu.Lock()
+		defer badapter.mu.Unlock()
+		return len(badapter.requests) == 1
+	})
+	close(holds["hold-again"])
+	var r result
 	select {
-	case r := <-got:
-		if r.count != 3 {
-			t.Fatalf("B counted %d servers at the probe: A was not counted again, the case is not reproduced", r.count)
-		}
-		if r.err != nil {
-			t.Fatalf("FetchSockets made while A was counted again (%d servers): %v", r.count, r.err)
-		}
+	case r = <-got:
 	case <-time.After(waitFor):
-		t.Fatal("FetchSockets never completed")
+		t.Fatal("the probe never ran")
+	}
+	if r.count != 3 {
+		t.Fatalf("B counted %d servers at the probe: A was not counted again, the case is not reproduced", r.count)
+	}
+	if r.err != nil {
+		t.Fatalf("FetchSockets made while A was counted again: %v", r.err)
+	}
+}
+
+// Handlers of one server-side event on several servers, each waiting for a cluster
+// request of its own: each answers the others' requests meanwhile, since handlers run on
+// a goroutine of their own, not on the one that applies (and answers) other servers'
+// messages. Before, each handler's request waited behind the other's handler, until
+// RequestsTimeout.
+func TestHandlersWaitForEachOther(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 3 * time.Second
+	nodes := cluster(t, 3, opts)
+	a := nodes[0]
+	a.connect(t, "/", "alice")
+	type result struct {
+		who   string
+		names []string
+		err   error
+	}
+	got := make(chan result, 2)
+	for _, n := range nodes[1:] {
+		n.io.On("who", func(...any) {
+			r := result{who: n.name}
+			done := make(chan struct{})
+			n.io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
+				for _, rs := range s {
+					if m, ok := rs.Data().(map[string]any); ok {
+						r.names = append(r.names, fmt.Sprint(m["name"]))
+					}
+				}
+				r.err = err
+				close(done)
+			})
+			<-done
+			got <- r
+		})
+	}
+	if err := a.io.ServerSideEmit("who"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case r := <-got:
+			if r.err != nil || !slices.Equal(r.names, []string{"alice"}) {
+				t.Errorf("%s: sockets %v, err %v; want [alice]", r.who, r.names, r.err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("a handler never finished")
+		}
 	}
 }

@@ -163,11 +163,11 @@ func (rt *runtime) send(ctx context.Context, out chan<- *delivery, d *delivery, 
 	}
 }
 
-// answer reports whether messages of type t go to the answers' delivery goroutine. A
-// server-side event handler runs on the goroutine that applies messages, and one that
-// waits there for a request of its own (FetchSockets, ServerSideEmitWithAck), as Node
-// code awaits one, waited for answers queued behind it, until RequestsTimeout. Answers
-// only complete this server's requests, whatever comes before them. A server's
+// answer reports whether messages of type t go to the answers' delivery goroutine.
+// Answers only complete this server's requests, whatever comes before them, and their
+// callbacks are the application's code: apart, neither they nor what holds up the other
+// messages (an outgoing-packet listener, a backlog) hold up each other, and a handler
+// waiting for a request of its own gets its answers (see runtime.handle). A server's
 // ADAPTER_CLOSE goes with them, so that an answer it gave before closing still counts,
 // and also, for membership only, with its other messages, so that it is no longer
 // counted once what it sent before closing is applied.
@@ -346,6 +346,41 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		}
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
+		}
+	}
+}
+
+// handlerCall is a run of the application's handlers of a server-side event.
+type handlerCall struct {
+	channel string
+	run     func()
+}
+
+// handle queues the application's handlers of a server-side event, in arrival order,
+// for the handlers' goroutine, waiting while 256 are queued already. A handler is the
+// application's code, and Go code blocks: on the goroutine that applies messages, one
+// that queried a database, or waited for a cluster request of its own, held up every
+// broadcast to this server's clients, and every request of other servers, whose
+// handlers, waiting on this one's answer as this one waited on theirs, waited until
+// their timeout. Server-side events keep their order among themselves, and come after
+// the messages their server sent before them.
+func (rt *runtime) handle(channel string, run func()) {
+	select {
+	case rt.handlers <- handlerCall{channel, run}:
+	case <-rt.ctx.Done():
+	}
+}
+
+// runHandlers runs what handle queues, one at a time, reporting a panic in it.
+func (rt *runtime) runHandlers(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case h := <-rt.handlers:
+			if err := recovered(h.run); err != nil {
+				rt.b.report(&MessageError{Channel: h.channel, Err: fmt.Errorf("%s: %w", wire.ServerSideEmit, err)})
+			}
 		}
 	}
 }
