@@ -673,7 +673,7 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		})
 	case wire.ServerSideEmit:
 		d := m.Data.(*wire.ServerSideEmitData)
-		a.rt.handle(a.channel, func() { a.serverSideEmit(d) })
+		a.serverSideEmit(d)
 	case wire.AllRooms:
 		d := m.Data.(*wire.AllRoomsData)
 		a.publish(wire.AllRoomsResponse, &wire.AllRoomsResponseData{RequestID: d.RequestID, Rooms: roomStrings(a.Rooms().Keys())}, nil)
@@ -684,9 +684,9 @@ func (a *Adapter) onMessage(m *wire.Message) {
 	}
 }
 
-// serverSideEmit runs the application's handlers of a server-side event, on the
-// handlers' goroutine (see runtime.handle), with an ack that answers the sender when it
-// asked for answers.
+// serverSideEmit runs the application's handlers of a server-side event (see
+// runtime.watchHandlers), with an ack that answers the sender when it asked for
+// answers.
 func (a *Adapter) serverSideEmit(d *wire.ServerSideEmitData) {
 	if a.closed.Load() {
 		return

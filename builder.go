@@ -308,10 +308,11 @@ type runtime struct {
 	inbound chan *pgconn.Notification
 	ordered chan *delivery // messages, for the delivery goroutine
 	answers chan *delivery // answers to this server's requests, and ADAPTER_CLOSE (see dispatch)
-	// handlers: the application's handlers of server-side events, to run in order on a
-	// goroutine of their own (see handle).
-	handlers chan handlerCall
-	ctx      context.Context
+	// A server-side event handler that holds the delivery goroutine too long is left to
+	// it, and another carries on (see watchHandlers).
+	inHandler      atomic.Pointer[handlerRun]
+	handlerStarted chan struct{}
+	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 }
@@ -319,12 +320,11 @@ type runtime struct {
 func (b *Builder) start() *runtime {
 	ctx, cancel := context.WithCancel(context.Background())
 	rt := &runtime{b: b, cancel: cancel,
-		inbound:  make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
-		ordered:  make(chan *delivery, 256),
-		answers:  make(chan *delivery, 256),
-		handlers: make(chan handlerCall, 256),
-		ctx:      ctx,
-		heardAt:  map[heardKey]time.Time{},
+		inbound:        make(chan *pgconn.Notification, b.opts.ReceiveQueueSize),
+		ordered:        make(chan *delivery, 256),
+		answers:        make(chan *delivery, 256),
+		handlerStarted: make(chan struct{}, 1),
+		heardAt:        map[heardKey]time.Time{},
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	cfg := b.opts.ListenConnConfig
@@ -355,7 +355,7 @@ func (b *Builder) start() *runtime {
 	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
 	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
 	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.answers) }()
-	go func() { defer rt.wg.Done(); rt.runHandlers(ctx) }()
+	go func() { defer rt.wg.Done(); rt.watchHandlers(ctx) }()
 	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
 	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
 	return rt

@@ -42,9 +42,9 @@
 //
 //   - Local delivery never waits for PostgreSQL, and keeps working while it is down.
 //   - Messages from one server are applied by every other server in the order they were
-//     published. Server-side events are handed, in that order, to a goroutine that runs
-//     their handlers one at a time, and answers to a server's own requests to another,
-//     so that the application's code there holds up nothing else.
+//     published, and what a server-side event handler does is done before the next
+//     message, unless it runs longer than 20 ms (below). Answers to a server's own
+//     requests are applied in order among themselves, on a goroutine of their own.
 //   - Delivery between servers is at most once: a message published while PostgreSQL is
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
@@ -53,9 +53,10 @@
 //   - A panic in code the adapter's goroutines run (a server-side event handler, a
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
-//   - Server-side event handlers may block, and may wait for a cluster request of their
-//     own: they hold up only the server-side events queued after them. Request
-//     callbacks run on the goroutine that applies answers, and should not block.
+//   - A server-side event handler may block, and may wait for a cluster request of its
+//     own: after 20 ms it is left to finish on its goroutine while another applies the
+//     next messages (at most 64 such at once). Request callbacks run on the goroutine
+//     that applies answers, and should not block.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

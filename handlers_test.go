@@ -12,8 +12,9 @@ import (
 // A server-side event handler runs on the goroutine that applies other servers'
 // messages. One that waits there for a cluster request of its own (FetchSockets,
 // ServerSideEmitWithAck), as Node code awaits one, must get its answers: they are not
-// queued behind the handler that waits for them. Before, it waited RequestsTimeout and
-// got ErrTimeout with none of the other servers' answers.
+// queued behind the handler that waits for them (they have a goroutine of their own).
+// Before, it waited RequestsTimeout and got ErrTimeout with none of the other servers'
+// answers.
 func TestHandlerWaitsForAClusterRequest(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 3 * time.Second
@@ -213,9 +214,9 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 }
 
 // Handlers of one server-side event on several servers, each waiting for a cluster
-// request of its own: each answers the others' requests meanwhile, since handlers run on
-// a goroutine of their own, not on the one that applies (and answers) other servers'
-// messages. Before, each handler's request waited behind the other's handler, until
+// request of its own: each server answers the others' requests once its waiting handler
+// is left to itself (handlerTakeover), and another goroutine applies its messages.
+// Before, each handler's request waited behind the other's handler, until
 // RequestsTimeout.
 func TestHandlersWaitForEachOther(t *testing.T) {
 	opts := testOptions(t)
@@ -258,5 +259,33 @@ func TestHandlersWaitForEachOther(t *testing.T) {
 		case <-time.After(waitFor):
 			t.Fatal("a handler never finished")
 		}
+	}
+}
+
+// What a quick server-side event handler does is done before the next message of its
+// server is applied, as Node's handlers' synchronous code is: a socket it joins to a room
+// gets the broadcast to that room sent right after the event. (Handlers that run longer
+// than handlerTakeover are left to themselves; this one is quick.)
+func TestHandlerEffectsPrecedeLaterMessages(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	b.io.On("join", func(args ...any) {
+		// A handler that takes a little time (a lookup, say), well within
+		// handlerTakeover: the condition under test, not a synchronisation.
+		time.Sleep(2 * time.Millisecond)
+		b.io.Local().SocketsJoin(socket.Room(args[0].(string)))
+	})
+	for i := range 50 {
+		room := fmt.Sprint("room-", i)
+		if err := a.io.ServerSideEmit("join", room); err != nil {
+			t.Fatal(err)
+		}
+		a.io.To(socket.Room(room)).Emit("in-room", i)
+	}
+	a.io.Emit("end")
+	cb.expect(t, "end")
+	if n := cb.sent.count("in-room"); n != 50 {
+		t.Fatalf("%d of 50 broadcasts to a room joined by the event before reached the socket", n)
 	}
 }

@@ -733,21 +733,26 @@ func TestSlowHandlerDropsNoServer(t *testing.T) {
 	opts.HeartbeatTimeout = time.Second // A's heartbeats come every 300 ms
 	logs := &logRecorder{}
 	a, b := startPair(t, opts, func(o *Options) { o.Logger = slog.New(logs) })
+	b.connect(t, "/", "cb")
 	done := make(chan struct{})
-	b.io.On("slow", func(...any) {
-		// The slow handler is the condition under test, not a synchronisation.
-		time.Sleep(3 * opts.HeartbeatTimeout)
-		close(done)
-	})
-	if err := a.io.ServerSideEmit("slow"); err != nil {
-		t.Fatal(err)
+	// An outgoing-packet listener holds the delivery goroutine (a server-side event
+	// handler is left to itself after handlerTakeover).
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] == "slow" {
+				// The slow listener is the condition under test, not a synchronisation.
+				time.Sleep(3 * opts.HeartbeatTimeout)
+				close(done)
+			}
+		})
 	}
+	a.io.Emit("slow")
 	select {
 	case <-done:
 	case <-time.After(waitFor):
-		t.Fatal("handler never ran")
+		t.Fatal("listener never ran")
 	}
 	if got := logs.matching("timed out"); len(got) > 0 {
-		t.Fatalf("B dropped a server while its handler ran: %v", got)
+		t.Fatalf("B dropped a server while its delivery was held: %v", got)
 	}
 }

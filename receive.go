@@ -167,7 +167,7 @@ func (rt *runtime) send(ctx context.Context, out chan<- *delivery, d *delivery, 
 // Answers only complete this server's requests, whatever comes before them, and their
 // callbacks are the application's code: apart, neither they nor what holds up the other
 // messages (an outgoing-packet listener, a backlog) hold up each other, and a handler
-// waiting for a request of its own gets its answers (see runtime.handle). A server's
+// waiting for a request of its own gets its answers (see watchHandlers). A server's
 // ADAPTER_CLOSE goes with them, so that an answer it gave before closing still counts,
 // and also, for membership only, with its other messages, so that it is no longer
 // counted once what it sent before closing is applied.
@@ -335,6 +335,10 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			continue
 		}
+		var run *handlerRun
+		if msg.Type == wire.ServerSideEmit && queue == rt.ordered {
+			run = rt.startHandlers()
+		}
 		err := recovered(func() {
 			d.a.onMessage(msg)
 			if h := rt.b.applied; h != nil {
@@ -344,45 +348,103 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		if d.closeApplied != nil {
 			d.closeApplied.Store(true)
 		}
+		owner := run == nil || rt.endHandlers(run)
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
+		}
+		if !owner {
+			return // another goroutine took the queue over (see watchHandlers)
 		}
 	}
 }
 
-// handlerCall is a run of the application's handlers of a server-side event.
-type handlerCall struct {
-	channel string
-	run     func()
+// handlerTakeover is how long the application's handlers of a server-side event may
+// hold the goroutine that applies messages before another takes over the queue, and
+// maxTakenOver how many handlers may be left running that way at once (beyond, the
+// queue waits for them, as it waits for any other handler).
+const (
+	handlerTakeover = 20 * time.Millisecond
+	maxTakenOver    = 64
+)
+
+// handlerRun is one run of the handlers of a server-side event on the delivery
+// goroutine. done is taken by whichever ends it first: the goroutine, when the handlers
+// return, or watchHandlers, when they take too long.
+type handlerRun struct {
+	start time.Time
+	done  atomic.Bool
 }
 
-// handle queues the application's handlers of a server-side event, in arrival order,
-// for the handlers' goroutine, waiting while 256 are queued already. A handler is the
-// application's code, and Go code blocks: on the goroutine that applies messages, one
-// that queried a database, or waited for a cluster request of its own, held up every
-// broadcast to this server's clients, and every request of other servers, whose
-// handlers, waiting on this one's answer as this one waited on theirs, waited until
-// their timeout. Server-side events keep their order among themselves, and come after
-// the messages their server sent before them.
-func (rt *runtime) handle(channel string, run func()) {
-	select {
-	case rt.handlers <- handlerCall{channel, run}:
-	case <-rt.ctx.Done():
-	}
-}
-
-// runHandlers runs what handle queues, one at a time, reporting a panic in it.
-func (rt *runtime) runHandlers(ctx context.Context) {
+// watchHandlers lets the queue of messages go on without the handlers of a server-side
+// event that hold its goroutine longer than handlerTakeover: a new goroutine takes the
+// queue over, and the old one ends once the handlers return.
+//
+// Handlers run on the goroutine that applies messages, so that what a handler does
+// (join a socket to a room, say) is done before the next message, as Node's handlers'
+// synchronous code is. But Go code blocks where Node's awaits: a handler that queried a
+// database, or waited for a cluster request of its own, held up every broadcast to this
+// server's clients and every other server's request, and handlers of one event on
+// several servers, each waiting for the others' answers, each waited until their
+// request's timeout (TestHandlersWaitForEachOther). What such a handler does after
+// handlerTakeover may come after later messages, and handlers after it may run while it
+// still does.
+func (rt *runtime) watchHandlers(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case h := <-rt.handlers:
-			if err := recovered(h.run); err != nil {
-				rt.b.report(&MessageError{Channel: h.channel, Err: fmt.Errorf("%s: %w", wire.ServerSideEmit, err)})
+		case <-rt.handlerStarted:
+		}
+		for {
+			h := rt.inHandler.Load()
+			if h == nil {
+				break // done already; wait for the next
 			}
+			if wait := handlerTakeover - time.Since(h.start); wait > 0 {
+				t.Reset(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+				continue // the same run, or a later one
+			}
+			if rt.takenOver.Load() >= maxTakenOver || !h.done.CompareAndSwap(false, true) {
+				break
+			}
+			rt.takenOver.Add(1)
+			rt.inHandler.CompareAndSwap(h, nil)
+			rt.wg.Add(1) // this goroutine is counted: the group is not at zero
+			go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
+			break
 		}
 	}
+}
+
+// startHandlers records that the delivery goroutine runs the handlers of a server-side
+// event, for watchHandlers.
+func (rt *runtime) startHandlers() *handlerRun {
+	h := &handlerRun{start: time.Now()}
+	rt.inHandler.Store(h)
+	select {
+	case rt.handlerStarted <- struct{}{}:
+	default: // watchHandlers has one to look at already
+	}
+	return h
+}
+
+// endHandlers records that they returned, and reports whether the goroutine still owns
+// the queue: false once watchHandlers gave it to another.
+func (rt *runtime) endHandlers(h *handlerRun) bool {
+	if !h.done.CompareAndSwap(false, true) {
+		rt.takenOver.Add(-1)
+		return false
+	}
+	rt.inHandler.CompareAndSwap(h, nil)
+	return true
 }
 
 // decodeNotification is wire.DecodeNotificationRaw, with a panic in the decoder returned
