@@ -12,10 +12,10 @@ import (
 )
 
 // TestPanicsAreRecovered makes user code panic on every goroutine of the adapter that
-// runs it: a server-side event handler (the handlers' goroutine), an outgoing-packet
-// listener (the delivery goroutine), a request callback given answers (the answers'
-// delivery goroutine) and one given a timeout (a timer). Each panic is reported as a *PanicError, counted, and the servers go on
-// delivering: without recovery the test binary would die.
+// runs it: a server-side event handler and an outgoing-packet listener (the delivery
+// goroutine), a request callback given answers (the answers' delivery goroutine) and one
+// given a timeout (a timer). Each panic is reported as a *PanicError, counted, and the
+// servers go on delivering: without recovery the test binary would die.
 func TestPanicsAreRecovered(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 500 * time.Millisecond
