@@ -37,7 +37,9 @@ type Builder struct {
 	closed   bool
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
-	// applied from another server, on one of the two delivery goroutines.
+	// applied from another server, once applied (a server-side event's handlers
+	// returned), on the goroutine that applied it: one of the two delivery goroutines,
+	// or one left with handlers that ran long (see watchHandlers).
 	applied func(*wire.Message)
 
 	stats counters
@@ -313,6 +315,7 @@ type runtime struct {
 	inHandler      atomic.Pointer[handlerRun]
 	handlerStarted chan struct{}
 	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced
+	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 }

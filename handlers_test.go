@@ -2,7 +2,9 @@ package pgadapter
 
 import (
 	"fmt"
+	goruntime "runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,7 +183,7 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 	eventually(t, "A's message committed", committed(a, "SERVER_SIDE_EMIT", 1))
 	c.io.ServerSideEmit("probe")
 	eventually(t, "C's probe committed", committed(c, "SERVER_SIDE_EMIT", 1))
-	c.io.Emit("hold-again") // holds B while the probe's handler runs
+	c.io.Emit("hold-again") // holds B after the probe's handler asked, before the ADAPTER_CLOSE
 	eventually(t, "C's second hold committed", committed(c, "BROADCAST", 2))
 	a.close()
 	badapter := b.io.Sockets().Adapter().(*Adapter)
@@ -192,7 +194,7 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 	})
 	close(holds["hold"])
 	waitHeld("hold-again")
-	// The probe's handler runs meanwhile, on its own goroutine, and asks.
+	// The probe's handler has run (before "hold-again") and asked.
 	eventually(t, "the probe's request made", func() bool {
 		badapter.mu.Lock()
 		defer badapter.mu.Unlock()
@@ -287,5 +289,63 @@ func TestHandlerEffectsPrecedeLaterMessages(t *testing.T) {
 	cb.expect(t, "end")
 	if n := cb.sent.count("in-room"); n != 50 {
 		t.Fatalf("%d of 50 broadcasts to a room joined by the event before reached the socket", n)
+	}
+}
+
+// A handler that blocks while as many as may run at once are left running is taken over
+// as soon as one of them returns: it was only looked at again when another handler
+// started, which none could, and every message after it waited for it.
+func TestTakeoverAtTheCap(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	releases := make([]chan struct{}, maxTakenOver+1)
+	for i := range releases {
+		releases[i] = make(chan struct{})
+	}
+	defer func() {
+		for _, ch := range releases {
+			select {
+			case <-ch:
+			default:
+				close(ch)
+			}
+		}
+	}()
+	b.io.On("block", func(args ...any) { <-releases[int(args[0].(float64))] })
+	for i := range releases {
+		if err := a.io.ServerSideEmit("block", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.io.Emit("probe")
+	rt := b.b.rt
+	eventually(t, "the last handler found overdue at the cap (and warned of)", func() bool {
+		return rt.takenOver.Load() == maxTakenOver && rt.capWarned.Load()
+	})
+	if n := cb.sent.count("probe"); n != 0 {
+		t.Fatalf("the probe went past %d blocked handlers", maxTakenOver+1)
+	}
+	close(releases[0]) // a slot frees; the last handler is taken over, the probe goes
+	cb.expect(t, "probe")
+}
+
+// A handler that ends its goroutine (runtime.Goexit, as t.FailNow does) does not end the
+// delivery of messages: another goroutine carries on, and it is reported.
+func TestHandlerGoexit(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	b.io.On("exit", func(...any) { goruntime.Goexit() })
+	if err := a.io.ServerSideEmit("exit"); err != nil {
+		t.Fatal(err)
+	}
+	a.io.Emit("probe")
+	cb.expect(t, "probe")
+	if e := b.errs.next(t, "B", "error"); !strings.Contains(e[0].(error).Error(), "Goexit") {
+		t.Fatalf("reported %v", e)
+	}
+	if n := b.b.rt.takenOver.Load(); n != 0 {
+		t.Fatalf("%d handlers counted as running", n)
 	}
 }

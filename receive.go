@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -299,12 +300,28 @@ func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fe
 }
 
 // deliver hands the messages of queue to their namespace adapter, one at a time, in
-// arrival order.
+// arrival order, until ctx ends or watchHandlers gives the queue to another goroutine
+// while this one runs a server-side event's handlers.
 func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
+	var run *handlerRun // the handlers running, if any
+	ended := false      // returned, rather than ended by the application's code
+	defer func() {
+		if ended {
+			return
+		}
+		// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in a
+		// test): the queue needs another, unless watchHandlers gave it one already.
+		if (run == nil || rt.endHandlers(run)) && ctx.Err() == nil {
+			rt.wg.Add(1) // this goroutine is counted: the group is not at zero
+			go func() { defer rt.wg.Done(); rt.deliver(ctx, queue) }()
+		}
+		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
+	}()
 	for {
 		var d *delivery
 		select {
 		case <-ctx.Done():
+			ended = true
 			return
 		case d = <-queue:
 		}
@@ -314,6 +331,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			select {
 			case r = <-d.fetched:
 			case <-ctx.Done():
+				ended = true
 				return
 			}
 			if r.err != nil {
@@ -335,7 +353,6 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			continue
 		}
-		var run *handlerRun
 		if msg.Type == wire.ServerSideEmit && queue == rt.ordered {
 			run = rt.startHandlers()
 		}
@@ -349,10 +366,12 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			d.closeApplied.Store(true)
 		}
 		owner := run == nil || rt.endHandlers(run)
+		run = nil
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
 		if !owner {
+			ended = true
 			return // another goroutine took the queue over (see watchHandlers)
 		}
 	}
@@ -412,7 +431,14 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 				}
 				continue // the same run, or a later one
 			}
-			if rt.takenOver.Load() >= maxTakenOver || !h.done.CompareAndSwap(false, true) {
+			if rt.takenOver.Load() >= maxTakenOver {
+				// Woken again when one of them returns (endHandlers).
+				if rt.capWarned.CompareAndSwap(false, true) {
+					rt.b.opts.Logger.Warn("pgadapter: server-side event handlers that block: the messages after one wait for it, since as many as are let run at once are running", "running", maxTakenOver)
+				}
+				break
+			}
+			if !h.done.CompareAndSwap(false, true) {
 				break
 			}
 			rt.takenOver.Add(1)
@@ -441,6 +467,10 @@ func (rt *runtime) startHandlers() *handlerRun {
 func (rt *runtime) endHandlers(h *handlerRun) bool {
 	if !h.done.CompareAndSwap(false, true) {
 		rt.takenOver.Add(-1)
+		select { // at the cap, a handler may wait for this slot
+		case rt.handlerStarted <- struct{}{}:
+		default:
+		}
 		return false
 	}
 	rt.inHandler.CompareAndSwap(h, nil)
