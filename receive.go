@@ -447,6 +447,15 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 			go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
 			break
 		}
+		// A burst of quick handlers wakes this goroutine at most once per half
+		// handlerTakeover (a handler is then found overdue up to that much later).
+		t.Reset(handlerTakeover / 2)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
 }
 
