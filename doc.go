@@ -56,11 +56,12 @@
 //   - A server-side event handler may block, and may wait for a cluster request of its
 //     own: still running 20 ms (wall-clock) after it started, it is left to finish on its
 //     goroutine while another applies the next messages. At most 64 are left so at once;
-//     beyond, the messages wait for one of them to return. Outgoing-packet listeners,
-//     and the disconnect listeners of sockets another server disconnects, also run on
-//     the goroutine that applies messages, and are not left to themselves: they should
-//     not block. Request callbacks run on the goroutine that applies answers, and
-//     should not block either.
+//     beyond, the messages wait for one of them to return. Other code of the
+//     application run on the goroutine that applies messages (outgoing-packet
+//     listeners, the disconnect listeners of sockets another server disconnects, the
+//     ErrorHandler) is not left to itself, and should not block. Request callbacks run
+//     on the adapter's goroutines (mostly the one that applies answers, also the
+//     heartbeat ticker and timers), and should not block either.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.

@@ -313,7 +313,7 @@ func TestFaultSlowNode(t *testing.T) {
 	release := make(chan struct{})
 	blocked := make(chan struct{}, 1)
 	// An outgoing-packet listener that blocks holds the goroutine that applies messages
-	// (a server-side event handler no longer does: handlers have their own).
+	// (a server-side event handler is taken over after handlerTakeover; a listener is not).
 	for _, s := range b.socketsNamed("/", "cb") {
 		s.OnAnyOutgoing(func(args ...any) {
 			if args[0] != "block" {
@@ -336,7 +336,7 @@ func TestFaultSlowNode(t *testing.T) {
 	for i := range flood {
 		a.io.Emit("flood", i)
 	}
-	// B's handler blocks, yet its LISTEN socket is drained: PostgreSQL's queue stays empty
+	// B's listener blocks, yet its LISTEN socket is drained: PostgreSQL's queue stays empty
 	// and the drops are counted and reported.
 	eventually(t, "B drops what it has no room for", func() bool { return b.b.drops.Load() > 0 })
 	var usage float64
@@ -359,7 +359,7 @@ func TestFaultSlowNode(t *testing.T) {
 	deadline := time.Now().Add(waitFor)
 	for i := 0; cb.sent.count("after") == 0; i++ {
 		if time.Now().After(deadline) {
-			t.Fatal("B never applied a message again after its handler returned")
+			t.Fatal("B never applied a message again after its listener returned")
 		}
 		a.io.Emit("after", i)
 		time.Sleep(20 * time.Millisecond)

@@ -5,6 +5,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,10 +14,10 @@ import (
 
 // A server-side event handler runs on the goroutine that applies other servers'
 // messages. One that waits there for a cluster request of its own (FetchSockets,
-// ServerSideEmitWithAck), as Node code awaits one, must get its answers: they are not
-// queued behind the handler that waits for them (they have a goroutine of their own).
-// Before, it waited RequestsTimeout and got ErrTimeout with none of the other servers'
-// answers.
+// ServerSideEmitWithAck), as Node code awaits one, must get its answers. Before, it
+// waited RequestsTimeout and got ErrTimeout with none of the other servers' answers.
+// (The handler is taken over after handlerTakeover; TestListenerWaitsForAClusterRequest
+// shows that the answers do not need it.)
 func TestHandlerWaitsForAClusterRequest(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 3 * time.Second
@@ -87,6 +88,9 @@ func TestAnswerBeforeCloseCounts(t *testing.T) {
 	})
 	// A callback that holds A's answers goroutine until release.
 	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	releaseOnce := func() { once.Do(func() { close(release) }) }
+	defer releaseOnce()
 	a.io.FetchSockets()(func([]*socket.RemoteSocket, error) {
 		close(held)
 		<-release
@@ -102,12 +106,12 @@ func TestAnswerBeforeCloseCounts(t *testing.T) {
 	select {
 	case <-closed:
 	case <-time.After(waitFor):
-		close(release)
+		releaseOnce()
 		t.Fatal("B never closed")
 	}
 	// B's ADAPTER_CLOSE reaches A's other delivery goroutine: B stops being counted.
 	eventually(t, "A counts B gone", func() bool { return a.io.Sockets().Adapter().ServerCount() == 1 })
-	close(release)
+	releaseOnce()
 	select {
 	case args := <-got:
 		if err := <-errc; err != nil || !slices.Equal(args, []any{"from B"}) {
@@ -347,5 +351,51 @@ func TestHandlerGoexit(t *testing.T) {
 	}
 	if n := b.b.rt.takenOver.Load(); n != 0 {
 		t.Fatalf("%d handlers counted as running", n)
+	}
+}
+
+// Answers to this server's requests do not wait for the goroutine that applies the other
+// messages: an outgoing-packet listener that waits there for a FetchSockets of its own
+// (never taken over, unlike a handler) gets its answers from the answers' goroutine.
+func TestListenerWaitsForAClusterRequest(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 3 * time.Second
+	a, b := startPair(t, opts, func(*Options) {})
+	a.connect(t, "/", "alice")
+	b.connect(t, "/", "cb")
+	type result struct {
+		names []string
+		err   error
+	}
+	got := make(chan result, 1)
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] != "who" {
+				return
+			}
+			var r result
+			done := make(chan struct{})
+			b.io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
+				for _, rs := range s {
+					if m, ok := rs.Data().(map[string]any); ok {
+						r.names = append(r.names, fmt.Sprint(m["name"]))
+					}
+				}
+				r.err = err
+				close(done)
+			})
+			<-done
+			got <- r
+		})
+	}
+	a.io.Emit("who")
+	select {
+	case r := <-got:
+		slices.Sort(r.names)
+		if r.err != nil || !slices.Equal(r.names, []string{"alice", "cb"}) {
+			t.Fatalf("sockets %v, err %v; want [alice cb]", r.names, r.err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the listener never finished")
 	}
 }

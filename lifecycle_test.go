@@ -616,8 +616,7 @@ func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
 	}
 }
 
-// attachmentTable creates the attachments table named table, and returns a pool the test
-// owns (closed at its end) with the table's statements.
+// ptr returns a pointer to a copy of v.
 func ptr[T any](v T) *T { return &v }
 
 // A cleanup whose statements time out (slow deletes: here, a trigger that takes 2 ms a
@@ -661,6 +660,8 @@ func TestCleanupShrinksItsBatch(t *testing.T) {
 	}
 }
 
+// attachmentTable creates the attachments table named table, and returns a pool the test
+// owns (closed at its end) with the table's statements.
 func attachmentTable(t *testing.T, table string) (*pgxpool.Pool, statements) {
 	t.Helper()
 	st := newStatements(table)
@@ -725,10 +726,11 @@ func TestReplacedAdapterAnnounces(t *testing.T) {
 }
 
 // A server is dropped when it has been silent for the heartbeat timeout, not when this
-// server has been slow to apply what it sent: a handler that held the delivery goroutine
-// past the timeout made every other server count as gone, and their requests complete
-// without their answers.
-func TestSlowHandlerDropsNoServer(t *testing.T) {
+// server has been slow to apply what it sent: the application's code holding the
+// delivery goroutine past the timeout (a handler, before handlers were taken over; an
+// outgoing-packet listener still) made every other server count as gone, and their
+// requests complete without their answers.
+func TestSlowDeliveryDropsNoServer(t *testing.T) {
 	opts := testOptions(t)
 	opts.HeartbeatTimeout = time.Second // A's heartbeats come every 300 ms
 	logs := &logRecorder{}

@@ -31,7 +31,9 @@ type Stats struct {
 	QueueFull int64
 	// ReceiveDrops counts notifications dropped because the receive queue was full.
 	ReceiveDrops int64
-	// Malformed counts notifications and attachments that could not be decoded.
+	// Malformed counts notifications and attachments that could not be used: that could
+	// not be decoded, or were refused once decoded (a namespace that does not match its
+	// channel, an attachment row that does not match its notification).
 	Malformed int64
 	// AttachmentErrors counts messages lost because their attachment row could not be
 	// read: gone (ErrAttachmentMissing), or the query failed.
