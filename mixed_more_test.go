@@ -343,6 +343,11 @@ func TestMixedMoreLargeFetchSocketsResponse(t *testing.T) {
 	if names := sortedKeys(got); !slices.Equal(names, []string{"big-g", "big-n"}) {
 		t.Fatalf("Node's fetchSockets: %v", names)
 	}
+	// Go's publisher counts a batch once its result is back, which can be after Node,
+	// notified at the commit, has answered the test.
+	eventually(t, "Go's publisher counted its answer", func() bool {
+		return m.g.b.Stats().Published["FETCH_SOCKETS_RESPONSE"] > before.Published["FETCH_SOCKETS_RESPONSE"]
+	})
 	after = m.g.b.Stats()
 	if d := after.AttachmentsWritten - before.AttachmentsWritten; d < 1 {
 		t.Errorf("Go wrote %d attachments: its answer did not go through the table", d)
