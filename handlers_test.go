@@ -35,19 +35,7 @@ func TestHandlerWaitsForAClusterRequest(t *testing.T) {
 	got := make(chan result, 1)
 	b.io.On("who", func(...any) {
 		var r result
-		fetched := make(chan struct{})
-		b.io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
-			for _, rs := range s {
-				if m, ok := rs.Data().(map[string]any); ok {
-					if name, ok := m["name"].(string); ok {
-						r.names = append(r.names, name)
-					}
-				}
-			}
-			r.err = err
-			close(fetched)
-		})
-		<-fetched // waits on the delivery goroutine, as a synchronous helper would
+		r.names, r.err = fetchNamesAndWait(b.io) // waits on the delivery goroutine
 		if r.err != nil {
 			got <- r
 			return
@@ -239,17 +227,7 @@ func TestHandlersWaitForEachOther(t *testing.T) {
 	for _, n := range nodes[1:] {
 		n.io.On("who", func(...any) {
 			r := result{who: n.name}
-			done := make(chan struct{})
-			n.io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
-				for _, rs := range s {
-					if m, ok := rs.Data().(map[string]any); ok {
-						r.names = append(r.names, fmt.Sprint(m["name"]))
-					}
-				}
-				r.err = err
-				close(done)
-			})
-			<-done
+			r.names, r.err = fetchNamesAndWait(n.io)
 			got <- r
 		})
 	}
@@ -374,28 +352,38 @@ func TestListenerWaitsForAClusterRequest(t *testing.T) {
 				return
 			}
 			var r result
-			done := make(chan struct{})
-			b.io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
-				for _, rs := range s {
-					if m, ok := rs.Data().(map[string]any); ok {
-						r.names = append(r.names, fmt.Sprint(m["name"]))
-					}
-				}
-				r.err = err
-				close(done)
-			})
-			<-done
+			r.names, r.err = fetchNamesAndWait(b.io)
 			got <- r
 		})
 	}
 	a.io.Emit("who")
 	select {
 	case r := <-got:
-		slices.Sort(r.names)
 		if r.err != nil || !slices.Equal(r.names, []string{"alice", "cb"}) {
 			t.Fatalf("sockets %v, err %v; want [alice cb]", r.names, r.err)
 		}
 	case <-time.After(waitFor):
 		t.Fatal("the listener never finished")
 	}
+}
+
+// fetchNamesAndWait runs FetchSockets on io and waits for its callback, as an
+// application's synchronous helper would, and returns the sockets' names (their data's
+// "name"), sorted.
+func fetchNamesAndWait(io *socket.Server) ([]string, error) {
+	var names []string
+	var ferr error
+	done := make(chan struct{})
+	io.FetchSockets()(func(s []*socket.RemoteSocket, err error) {
+		for _, rs := range s {
+			if m, ok := rs.Data().(map[string]any); ok {
+				names = append(names, fmt.Sprint(m["name"]))
+			}
+		}
+		ferr = err
+		close(done)
+	})
+	<-done
+	slices.Sort(names)
+	return names, ferr
 }
