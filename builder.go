@@ -356,8 +356,8 @@ func (b *Builder) start() *runtime {
 	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
 	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
 	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
-	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
-	go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.answers) }()
+	go rt.deliver(ctx, rt.ordered) // each releases its count itself (see deliver)
+	go rt.deliver(ctx, rt.answers)
 	go func() { defer rt.wg.Done(); rt.watchHandlers(ctx) }()
 	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
 	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
@@ -372,6 +372,7 @@ func (rt *runtime) stop(wait time.Duration) {
 	go func() {
 		// The other goroutines stop at once; the publisher may take up to RequestsTimeout.
 		rt.cancel()
+		rt.detachHandlers()
 		rt.wg.Wait()
 		close(done)
 	}()
@@ -379,6 +380,19 @@ func (rt *runtime) stop(wait time.Duration) {
 	case <-done:
 	case <-time.After(wait):
 		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a handler or listener of the application's still running?)"))
+	}
+}
+
+// detachHandlers releases the count of the delivery goroutine if it is running a
+// server-side event's handlers, as watchHandlers does when it takes the queue over: stop
+// does not wait for the application's handlers, one of which may be what is stopping
+// (a handler that closes the server waited for itself until wait ran out). Handlers
+// already left to themselves are not counted either.
+func (rt *runtime) detachHandlers() {
+	if h := rt.inHandler.Load(); h != nil && h.done.CompareAndSwap(false, true) {
+		rt.inHandler.CompareAndSwap(h, nil)
+		rt.takenOver.Add(1) // endHandlers, finding the run ended, takes it back
+		rt.wg.Done()
 	}
 }
 

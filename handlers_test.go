@@ -387,3 +387,30 @@ func fetchNamesAndWait(io *socket.Server) ([]string, error) {
 	slices.Sort(names)
 	return names, ferr
 }
+
+// A handler that closes its own server (a cluster-wide shutdown command, say): Close does
+// not wait for the handler that calls it. It waited for it, until RequestsTimeout and a
+// margin had passed, and reported that the adapter's goroutines did not stop in time.
+func TestHandlerClosesItsServer(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 2 * time.Second
+	a, b := startPair(t, opts, func(*Options) {})
+	closed := make(chan struct{})
+	b.io.On("shutdown", func(...any) {
+		b.close()
+		close(closed)
+	})
+	if err := a.io.ServerSideEmit("shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(waitFor):
+		t.Fatal("Close never returned")
+	}
+	for _, e := range b.errs.drain("error") {
+		if err := e[0].(error); strings.Contains(err.Error(), "did not stop in time") {
+			t.Fatalf("reported %v", err)
+		}
+	}
+}

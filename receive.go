@@ -301,21 +301,29 @@ func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fe
 
 // deliver hands the messages of queue to their namespace adapter, one at a time, in
 // arrival order, until ctx ends or watchHandlers gives the queue to another goroutine
-// while this one runs a server-side event's handlers.
+// while this one runs a server-side event's handlers. It holds one count of rt.wg, which
+// it releases when it returns, and which goes with the queue to the goroutine that takes
+// it over: the runtime's stop does not wait for handlers left to themselves (see
+// runtime.stop).
 func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 	var run *handlerRun // the handlers running, if any
 	ended := false      // returned, rather than ended by the application's code
+	counted := true     // holds its count of rt.wg
 	defer func() {
-		if ended {
-			return
+		if !ended {
+			// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in
+			// a test): the queue needs another, unless watchHandlers gave it one.
+			if run != nil && !rt.endHandlers(run) {
+				counted = false // the count went with the queue
+			} else if ctx.Err() == nil {
+				counted = false
+				go rt.deliver(ctx, queue) // with the queue, and the count
+			}
+			rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
 		}
-		// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in a
-		// test): the queue needs another, unless watchHandlers gave it one already.
-		if (run == nil || rt.endHandlers(run)) && ctx.Err() == nil {
-			rt.wg.Add(1) // this goroutine is counted: the group is not at zero
-			go func() { defer rt.wg.Done(); rt.deliver(ctx, queue) }()
+		if counted {
+			rt.wg.Done()
 		}
-		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
 	}()
 	for {
 		var d *delivery
@@ -371,8 +379,8 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
 		if !owner {
-			ended = true
-			return // another goroutine took the queue over (see watchHandlers)
+			ended, counted = true, false
+			return // another goroutine took the queue over, and the count (see watchHandlers)
 		}
 	}
 }
@@ -443,8 +451,7 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 			}
 			rt.takenOver.Add(1)
 			rt.inHandler.CompareAndSwap(h, nil)
-			rt.wg.Add(1) // this goroutine is counted: the group is not at zero
-			go func() { defer rt.wg.Done(); rt.deliver(ctx, rt.ordered) }()
+			go rt.deliver(ctx, rt.ordered) // with the old goroutine's count of rt.wg
 			break
 		}
 		// A burst of quick handlers wakes this goroutine at most once per half
