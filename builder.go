@@ -159,8 +159,10 @@ func (b *Builder) Ready(ctx context.Context) error {
 }
 
 // Close closes every namespace adapter made by b, as io.Close does, and waits for the
-// goroutines to stop or ctx to end. Namespaces created afterwards work locally only. A
-// Builder made by NewFromURL closes its pool too.
+// goroutines to stop or ctx to end, but not for server-side event handlers still
+// running (one may be what calls Close). Namespaces created afterwards work locally only.
+// A Builder made by NewFromURL closes its pool too: a handler still running then finds it
+// closed.
 func (b *Builder) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
@@ -314,7 +316,7 @@ type runtime struct {
 	// it, and another carries on (see watchHandlers).
 	inHandler      atomic.Pointer[handlerRun]
 	handlerStarted chan struct{}
-	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced
+	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced, or detached by stop
 	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
@@ -365,7 +367,8 @@ func (b *Builder) start() *runtime {
 }
 
 // stop publishes what is queued, then stops every goroutine and closes the LISTEN
-// connection, waiting at most wait.
+// connection, waiting at most wait; not for server-side event handlers still running
+// (detachHandlers).
 func (rt *runtime) stop(wait time.Duration) {
 	rt.pub.close() // the publisher drains its queue, then returns
 	done := make(chan struct{})
@@ -379,7 +382,7 @@ func (rt *runtime) stop(wait time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(wait):
-		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a handler or listener of the application's still running?)"))
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a listener or request callback of the application's still running?)"))
 	}
 }
 

@@ -75,6 +75,7 @@
 // io.Close closes every namespace adapter: each publishes ADAPTER_CLOSE (the others drop
 // it at once) and UNLISTENs; with the last one, the Builder's goroutines stop and the
 // LISTEN connection is closed. Builder.Close does the same without closing the server.
+// Neither waits for server-side event handlers still running: one may be what closes.
 //
 // # Known defects of the socket.io v2.5.0 stack, and what the adapter does
 //

@@ -1,7 +1,9 @@
 package pgadapter
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	goruntime "runtime"
 	"slices"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // A server-side event handler runs on the goroutine that applies other servers'
@@ -412,5 +416,28 @@ func TestHandlerClosesItsServer(t *testing.T) {
 		if err := e[0].(error); strings.Contains(err.Error(), "did not stop in time") {
 			t.Fatalf("reported %v", err)
 		}
+	}
+}
+
+// A delivery goroutine releases its count of the runtime's WaitGroup even when the
+// ErrorHandler ends the goroutine again while the Goexit of a handler is reported (here
+// the ErrorHandler ends the runtime's context, then its goroutine, twice): the release
+// came after the report, and stop then waited its whole timeout.
+func TestNestedGoexitReleasesTheCount(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rt := &runtime{b: &Builder{opts: Options{Logger: slog.New(slog.DiscardHandler),
+		ErrorHandler: func(error) { cancel(); goruntime.Goexit() }}}}
+	queue := make(chan *delivery, 1)
+	// A message for another namespace than its channel's: reported, to the ErrorHandler.
+	queue <- &delivery{a: &Adapter{name: "/a"}, msg: &wire.Message{Nsp: "/b", Type: wire.Broadcast}}
+	rt.wg.Add(1)
+	go rt.deliver(ctx, queue)
+	released := make(chan struct{})
+	go func() { rt.wg.Wait(); close(released) }()
+	select {
+	case <-released:
+	case <-time.After(waitFor):
+		t.Fatal("the delivery goroutine never released its count")
 	}
 }

@@ -310,20 +310,26 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 	ended := false      // returned, rather than ended by the application's code
 	counted := true     // holds its count of rt.wg
 	defer func() {
-		if !ended {
-			// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in
-			// a test): the queue needs another, unless watchHandlers gave it one.
-			if run != nil && !rt.endHandlers(run) {
-				counted = false // the count went with the queue
-			} else if ctx.Err() == nil {
-				counted = false
-				go rt.deliver(ctx, queue) // with the queue, and the count
-			}
-			rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
-		}
+		// A defer of its own, run last: the one below runs the ErrorHandler, which may
+		// end the goroutine again.
 		if counted {
 			rt.wg.Done()
 		}
+	}()
+	defer func() {
+		if ended {
+			return
+		}
+		// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in a
+		// test): the queue needs another, unless watchHandlers gave it one or stop
+		// released its count (detachHandlers).
+		if run != nil && !rt.endHandlers(run) {
+			counted = false // the count went with the queue, or was released
+		} else if ctx.Err() == nil {
+			counted = false
+			go rt.deliver(ctx, queue) // with the queue, and the count
+		}
+		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
 	}()
 	for {
 		var d *delivery
@@ -380,7 +386,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		}
 		if !owner {
 			ended, counted = true, false
-			return // another goroutine took the queue over, and the count (see watchHandlers)
+			return // another goroutine took the queue over, and the count (watchHandlers), or stop released it (detachHandlers)
 		}
 	}
 }
@@ -396,7 +402,8 @@ const (
 
 // handlerRun is one run of the handlers of a server-side event on the delivery
 // goroutine. done is taken by whichever ends it first: the goroutine, when the handlers
-// return, or watchHandlers, when they take too long.
+// return; watchHandlers, when they take too long; or the runtime's stop
+// (detachHandlers).
 type handlerRun struct {
 	start time.Time
 	done  atomic.Bool
@@ -479,7 +486,8 @@ func (rt *runtime) startHandlers() *handlerRun {
 }
 
 // endHandlers records that they returned, and reports whether the goroutine still owns
-// the queue: false once watchHandlers gave it to another.
+// the queue and its count of rt.wg: false once watchHandlers gave them to another, or
+// stop released the count (detachHandlers).
 func (rt *runtime) endHandlers(h *handlerRun) bool {
 	if !h.done.CompareAndSwap(false, true) {
 		rt.takenOver.Add(-1)
