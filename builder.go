@@ -392,9 +392,7 @@ func (rt *runtime) stop(wait time.Duration) {
 // (a handler that closes the server waited for itself until wait ran out). Handlers
 // already left to themselves are not counted either.
 func (rt *runtime) detachHandlers() {
-	if h := rt.inHandler.Load(); h != nil && h.done.CompareAndSwap(false, true) {
-		rt.inHandler.CompareAndSwap(h, nil)
-		rt.takenOver.Add(1) // endHandlers, finding the run ended, takes it back
+	if h := rt.inHandler.Load(); h != nil && rt.takeOver(h) {
 		rt.wg.Done()
 	}
 }

@@ -222,20 +222,25 @@ func TestEmitterTransactions(t *testing.T) {
 	w.clients["b2"].expect(t, "from-conn")
 	var _ emitter.DB = pgx.Tx(nil)
 
-	// The nonce never takes a payload past what PostgreSQL accepts, even with a
-	// threshold smaller than the nonce: the message goes through the table then.
+	// The nonce never takes a payload past what PostgreSQL accepts: payloads whose JSON
+	// is just below the default threshold, with the nonce or without (through the table).
+	for n := 7800; n <= 7960; n += 4 {
+		if err := e.Emit(ctx, "near-limit", strings.Repeat("n", n)); err != nil {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		w.clients["b2"].expect(t, "near-limit")
+	}
+	// Nor with a threshold smaller than the nonce: the message goes through the table.
 	small := *opts
 	small.PayloadThreshold = 10
 	e, err = emitter.New(db, &small)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for n := 7850; n <= 7900; n += 5 { // payloads just below PostgreSQL's 8000 bytes, and above
-		if err := e.Emit(ctx, "near-limit", strings.Repeat("n", n)); err != nil {
-			t.Fatalf("%d bytes: %v", n, err)
-		}
-		w.clients["b2"].expect(t, "near-limit")
+	if err := e.Emit(ctx, "small-threshold", "x"); err != nil {
+		t.Fatal(err)
 	}
+	w.clients["b2"].expect(t, "small-threshold")
 }
 
 // A failed attachment insert inside the caller's transaction (here, a table that does

@@ -287,6 +287,11 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return err
 	}
 	err := send()
+	defer func() {
+		clear(chans) // drop references to sent payloads; the arrays are reused
+		clear(payloads)
+		p.chans, p.payloads = chans[:0], payloads[:0]
+	}()
 	var pgErr *pgconn.PgError
 	if err != nil && attachments && errors.As(err, &pgErr) && ctx.Err() == nil {
 		if pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
@@ -302,18 +307,12 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			// one transaction, and its heartbeats and small messages went down with it,
 			// so that other servers could count this one gone. They go without the
 			// attachments, in order; the attachments are lost, and reported.
-			clear(chans)
-			clear(payloads)
-			p.chans, p.payloads = chans[:0], payloads[:0]
 			inline, rest := p.split(batch)
 			p.fail(rest, err)
 			p.sendBatch(ctx, inline)
 			return
 		}
 	}
-	clear(chans) // drop references to sent payloads; the arrays are reused
-	clear(payloads)
-	p.chans, p.payloads = chans[:0], payloads[:0]
 	if err != nil {
 		p.fail(batch, err)
 		return

@@ -381,12 +381,17 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		}
 		owner := run == nil || rt.endHandlers(run)
 		run = nil
+		if !owner {
+			// Another goroutine took the queue over, and the count (watchHandlers), or
+			// stop released it (detachHandlers). Recorded before the report below runs
+			// the ErrorHandler, which may end this goroutine.
+			ended, counted = true, false
+		}
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
 		if !owner {
-			ended, counted = true, false
-			return // another goroutine took the queue over, and the count (watchHandlers), or stop released it (detachHandlers)
+			return
 		}
 	}
 }
@@ -453,12 +458,9 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 				}
 				break
 			}
-			if !h.done.CompareAndSwap(false, true) {
-				break
+			if rt.takeOver(h) {
+				go rt.deliver(ctx, rt.ordered) // with the old goroutine's count of rt.wg
 			}
-			rt.takenOver.Add(1)
-			rt.inHandler.CompareAndSwap(h, nil)
-			go rt.deliver(ctx, rt.ordered) // with the old goroutine's count of rt.wg
 			break
 		}
 		// A burst of quick handlers wakes this goroutine at most once per half
@@ -471,6 +473,18 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// takeOver ends run h on behalf of the goroutine running it, which will find it ended
+// (endHandlers) and give up the queue and its count of rt.wg, and reports whether it did
+// so first.
+func (rt *runtime) takeOver(h *handlerRun) bool {
+	if !h.done.CompareAndSwap(false, true) {
+		return false
+	}
+	rt.takenOver.Add(1) // endHandlers, finding the run ended, takes it back
+	rt.inHandler.CompareAndSwap(h, nil)
+	return true
 }
 
 // startHandlers records that the delivery goroutine runs the handlers of a server-side

@@ -209,10 +209,7 @@ func (e *Emitter) Emit(ctx context.Context, event string, args ...any) error {
 	if reservedEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("emitter: %w", err) // before reading the arguments' readers
-	}
-	data, err := e.args(event, args)
+	data, err := e.args(ctx, event, args)
 	if err != nil {
 		return err
 	}
@@ -244,10 +241,7 @@ func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any)
 	if reservedServerEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("emitter: %w", err)
-	}
-	data, err := e.args(event, args)
+	data, err := e.args(ctx, event, args)
 	if err != nil {
 		return err
 	}
@@ -255,7 +249,10 @@ func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any)
 }
 
 // args checks and normalizes an event's arguments, refusing acknowledgement callbacks.
-func (e *Emitter) args(event string, args []any) ([]any, error) {
+func (e *Emitter) args(ctx context.Context, event string, args []any) ([]any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("emitter: %w", err) // before reading the arguments' readers
+	}
 	if event == "" {
 		return nil, errors.New("emitter: empty event name")
 	}
