@@ -66,6 +66,9 @@ func TestMixedInlineBinaryFallsBack(t *testing.T) {
 	g := startNodeOn(t, "G", db, Options{Logger: slog.New(logs), HeartbeatInterval: 300 * time.Millisecond, InlineBinary: true})
 	n := startNodeProc(t, "N", db)
 	waitServerCount(t, []*node{g}, 2)
+	// Node's adapter LISTENs on a connection of its own, opened after its first heartbeat
+	// is published: G may count N before N hears anything. N counting G shows it listens.
+	eventually(t, "the Node server counts 2 servers", func() bool { return n.serverCount(t) == 2 })
 	c := n.connect(t, "n1")
 
 	g.io.Emit("bin", []byte{1, 2, 3})
