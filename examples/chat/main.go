@@ -113,15 +113,20 @@ func startServer(ctx context.Context, name, addr, dbURL string) (*server, error)
 	s.io.On("connection", s.onConnection)
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := adapter.Ready(rctx); err != nil {
+	// On failure, the adapter's goroutines (its LISTEN connection's retries among them)
+	// stop with io.Close, before the pool they use is closed.
+	fail := func(err error) (*server, error) {
+		s.io.Close(nil)
 		pool.Close()
 		return nil, fmt.Errorf("server %s: %w", name, err)
+	}
+	if err := adapter.Ready(rctx); err != nil {
+		return fail(err)
 	}
 
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("server %s: %w (choose other addresses with -a and -b)", name, err)
+		return fail(fmt.Errorf("%w (choose other addresses with -a and -b)", err))
 	}
 	s.url = "http://" + l.Addr().String() + "/"
 	files, _ := fs.Sub(static, "static")
@@ -153,6 +158,11 @@ func (s *server) onConnection(args ...any) {
 	c.Emit("welcome", map[string]any{"server": s.name})
 	s.announce(room)
 	c.On("message", func(args ...any) {
+		// A client sends what it likes, and socket.io v2.5.0 does not recover a panic in
+		// an event handler: one without arguments would end the process.
+		if len(args) == 0 {
+			return
+		}
 		text, _ := args[0].(string)
 		if text = strings.TrimSpace(text); text == "" || len(text) > 500 {
 			return

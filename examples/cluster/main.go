@@ -148,28 +148,39 @@ func startServer(ctx context.Context, name, url string) (*server, error) {
 		auth, _ := c.Handshake().Auth.(map[string]any)
 		c.SetData(map[string]any{"user": auth["user"], "server": name})
 		c.Join("lobby")
+		// A client sends what it likes, and socket.io v2.5.0 does not recover a panic in
+		// an event handler: an event without the arguments expected would end the process.
 		c.On("ping", func(args ...any) {
-			if ack, ok := args[len(args)-1].(socket.Ack); ok {
+			if ack, ok := lastAck(args); ok {
 				ack([]any{"pong"}, nil)
 			}
 		})
 		c.On("say", func(args ...any) {
-			s.io.To("lobby").Emit("chat", auth["user"], args[0])
+			if len(args) > 0 {
+				s.io.To("lobby").Emit("chat", auth["user"], args[0])
+			}
 		})
 	})
 	s.io.On("whoami", func(args ...any) {
-		if ack, ok := args[len(args)-1].(socket.Ack); ok {
+		if ack, ok := lastAck(args); ok {
 			ack([]any{"server " + name}, nil)
 		}
 	})
-	if err := s.adapter.Ready(ctx); err != nil {
+	// On failure, the adapter's goroutines (its LISTEN connection's retries among them)
+	// stop with io.Close, before the pool they use is closed.
+	fail := func(err error) (*server, error) {
+		s.io.Close(nil)
 		pool.Close()
 		return nil, err
 	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.adapter.Ready(rctx); err != nil {
+		return fail(err)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		pool.Close()
-		return nil, err
+		return fail(err)
 	}
 	s.url = "http://" + l.Addr().String()
 	mux := http.NewServeMux()
@@ -177,6 +188,16 @@ func startServer(ctx context.Context, name, url string) (*server, error) {
 	s.http = &http.Server{Handler: mux}
 	go s.http.Serve(l)
 	return s, nil
+}
+
+// lastAck returns the acknowledgement callback of an event, which socket.io passes as
+// its last argument when the sender asked for one.
+func lastAck(args []any) (socket.Ack, bool) {
+	if len(args) == 0 {
+		return nil, false
+	}
+	ack, ok := args[len(args)-1].(socket.Ack)
+	return ack, ok
 }
 
 func (s *server) close() {
