@@ -144,14 +144,20 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 
 // Ready waits until the LISTEN connection is up and every namespace created so far is
 // listening, so that this server receives what other servers publish from now on. It
-// returns the configuration error at once, if any.
+// returns the configuration error at once, if any, and ErrClosed once the Builder or
+// every namespace adapter is closed. The listener retries a connection that fails for as
+// long as it runs (a database restarting comes back): give ctx a deadline, and the error
+// at its end wraps the last connection error too (a wrong password, say).
 func (b *Builder) Ready(ctx context.Context) error {
 	if b.err != nil {
 		return b.err
 	}
 	b.mu.Lock()
-	rt := b.rt
+	rt, closed := b.rt, b.closed
 	b.mu.Unlock()
+	if closed {
+		return fmt.Errorf("pgadapter: Ready: %w", ErrClosed)
+	}
 	if rt == nil {
 		return fmt.Errorf("pgadapter: no namespace uses this Builder yet (call io.SetAdapter first)")
 	}

@@ -51,6 +51,11 @@ type listener struct {
 	waiting net.Conn      // the connection being read for notifications, if any
 	synced  bool          // connected and every wanted channel LISTENed
 	changed chan struct{} // closed and replaced at each change of synced
+	// lastErr is why the last connection failed, until the listener is synced again:
+	// Ready's timeout names it (a wrong password retries for ever).
+	lastErr error
+	stopped chan struct{} // closed when run returns: Ready then fails at once
+	waiters atomic.Int32  // calls of waitSynced waiting, for tests
 	pid     atomic.Uint32 // backend pid of the LISTEN connection, 0 when down
 	// announced is set once the current connection has been reported up (owned by the
 	// goroutine).
@@ -69,7 +74,7 @@ func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Noti
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
-	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, fresh: map[string]struct{}{}, changed: make(chan struct{})}
+	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, fresh: map[string]struct{}{}, changed: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // listen asks for channel to be LISTENed, now and after every reconnect.
@@ -94,6 +99,9 @@ func (l *listener) update(channel string, want bool) {
 }
 
 func (l *listener) setSyncedLocked(v bool) {
+	if v {
+		l.lastErr = nil
+	}
 	if l.synced != v {
 		l.synced = v
 		close(l.changed)
@@ -108,8 +116,12 @@ func (l *listener) isSynced() bool {
 	return l.synced
 }
 
-// waitSynced waits until the connection is up with every wanted channel LISTENed.
+// waitSynced waits until the connection is up with every wanted channel LISTENed. It
+// fails with ErrClosed once the listener stops, and with ctx's error, wrapping also why
+// the last connection failed if one did.
 func (l *listener) waitSynced(ctx context.Context) error {
+	l.waiters.Add(1)
+	defer l.waiters.Add(-1)
 	for {
 		l.mu.Lock()
 		ok, ch := l.synced, l.changed
@@ -119,13 +131,22 @@ func (l *listener) waitSynced(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			l.mu.Lock()
+			last := l.lastErr
+			l.mu.Unlock()
+			if last != nil {
+				return fmt.Errorf("pgadapter: listener not ready: %w; the last attempt failed: %w", ctx.Err(), last)
+			}
 			return fmt.Errorf("pgadapter: listener not ready: %w", ctx.Err())
+		case <-l.stopped:
+			return fmt.Errorf("pgadapter: listener not ready: %w", ErrClosed)
 		case <-ch:
 		}
 	}
 }
 
 func (l *listener) run(ctx context.Context) {
+	defer close(l.stopped)
 	attempt := 0
 	for {
 		conn, err := l.connect(ctx)
@@ -152,6 +173,9 @@ func (l *listener) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		l.mu.Lock()
+		l.lastErr = err
+		l.mu.Unlock()
 		delay := backoff(attempt)
 		attempt++
 		l.opts.Logger.Warn("pgadapter: listener reconnecting", "error", err, "attempt", attempt, "delay", delay)

@@ -5,6 +5,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
@@ -33,19 +34,34 @@ func ExampleNew() {
 		io.To("lobby").Emit("joined", string(client.Id()))
 	})
 
+	defer io.Close(nil) // before the pool: the adapter's goroutines use it
+
 	http.Handle("/socket.io/", io.ServeHandler(nil))
-	log.Fatal(http.ListenAndServe(":3000", nil))
+	if err := http.ListenAndServe(":3000", nil); err != nil {
+		log.Println(err)
+	}
 }
 
 // Waiting for the adapter before serving, so that nothing the other servers publish from
-// then on is missed.
+// then on is missed. The listener retries a connection that fails until it is closed, so
+// the wait is bounded; its error then names the last failure too (a wrong password).
 func ExampleBuilder_Ready() {
 	ctx := context.Background()
-	pool, _ := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
 	adapter := pgadapter.New(pool, nil)
 	io := socket.NewServer(nil, nil)
 	io.SetAdapter(adapter)
-	if err := adapter.Ready(ctx); err != nil {
-		log.Fatal(err)
+	defer io.Close(nil) // before the pool: the adapter's goroutines use it
+
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := adapter.Ready(rctx); err != nil {
+		log.Println(err)
+		return
 	}
+	// Serve, as in the example of New.
 }

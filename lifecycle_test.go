@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 
@@ -272,6 +273,46 @@ func TestListenConnConfigByHand(t *testing.T) {
 	c := n.connect(t, "/", "c")
 	n.io.Emit("alone")
 	c.expect(t, "alone")
+}
+
+// TestReadyNamesTheCause: Ready waited for a listener that could never connect (a
+// database that does not exist, a wrong password) until its context ended, and said only
+// "context deadline exceeded"; once the Builder was closed, it waited for ever, or said
+// that no namespace used the Builder.
+func TestReadyNamesTheCause(t *testing.T) {
+	opts := testOptions(t)
+	pool := newPool(t)
+	cfg := pool.Config().ConnConfig.Copy()
+	cfg.Database = "pgadapter_no_such_database"
+	opts.ListenConnConfig = cfg
+	n := newNode(t, "A", pool, opts)
+	n.errs.next(t, "A", "error") // the listener's first attempt failed
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := n.b.Ready(ctx)
+	var pgErr *pgconn.PgError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pgErr) || pgErr.Code != "3D000" {
+		t.Fatalf("Ready: %v, want the deadline and the missing database", err)
+	}
+
+	waiting := make(chan error, 1)
+	go func() { waiting <- n.b.Ready(context.Background()) }()
+	lis := n.b.rt.lis
+	eventually(t, "Ready waits", func() bool { return lis.waiters.Load() == 1 })
+	if err := n.b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Ready waiting at Close: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Ready still waits after Close")
+	}
+	if err := n.b.Ready(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ready after Close: %v", err)
+	}
 }
 
 func TestTableCreatedOnceByManyServers(t *testing.T) {
