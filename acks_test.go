@@ -173,11 +173,11 @@ func TestCallbackPanicDoesNotStrandRequests(t *testing.T) {
 	adapter.mu.Unlock()
 	due := func() map[string]struct{} { return map[string]struct{}{"gone": {}} }
 	adapter.track("r1", &request{kind: wire.Broadcast, waiting: due(), members: due(),
-		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour)
+		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour, nil)
 	adapter.track("r2", &request{kind: wire.FetchSockets, waiting: due(),
-		onFetch: func(_ []socket.SocketDetails, err error) { fetched <- err }}, time.Hour)
+		onFetch: func(_ []socket.SocketDetails, err error) { fetched <- err }}, time.Hour, nil)
 	adapter.track("r3", &request{kind: wire.Broadcast, waiting: due(), members: due(),
-		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour)
+		onCount: func(uint64) { panic("operator") }, onAck: func([]any, error) {}}, time.Hour, nil)
 	adapter.removeNode("gone", time.Time{})
 	select {
 	case err := <-fetched:

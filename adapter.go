@@ -321,7 +321,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			if len(members) > 0 {
 				r := &request{kind: wire.Broadcast, waiting: members, members: clone(members),
 					onCount: clientCountCallback, onAck: ack, single: single}
-				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout))
+				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout), nil) // frozen members
 				done = a.abandonOnError(id)
 			}
 			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts), RequestID: id}, done)
@@ -386,14 +386,16 @@ func (a *Adapter) DisconnectSockets(opts *socket.BroadcastOptions, close bool) {
 func (a *Adapter) FetchSockets(opts *socket.BroadcastOptions) func(func([]socket.SocketDetails, error)) {
 	return func(callback func([]socket.SocketDetails, error)) {
 		a.Adapter.FetchSockets(opts)(func(local []socket.SocketDetails, err error) {
-			members := a.members()
-			if err != nil || isLocal(opts) || len(members) == 0 {
+			if err != nil || isLocal(opts) {
 				callback(local, err)
 				return
 			}
 			id := randomID()
-			a.track(id, &request{kind: wire.FetchSockets, waiting: members, sockets: local, onFetch: callback},
-				timeoutOf(opts, a.b.opts.RequestsTimeout))
+			if !a.track(id, &request{kind: wire.FetchSockets, sockets: local, onFetch: callback},
+				timeoutOf(opts, a.b.opts.RequestsTimeout), a.membersLocked) {
+				callback(local, nil) // no other server
+				return
+			}
 			a.publish(wire.FetchSockets, &wire.FetchData{Opts: toWireOpts(opts), RequestID: id}, a.abandonOnError(id))
 		})
 	}
@@ -419,13 +421,11 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 		a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data}, nil)
 		return nil
 	}
-	members := a.members()
-	if len(members) == 0 {
-		ack([]any{}, nil)
+	id := randomID()
+	if !a.track(id, &request{kind: wire.ServerSideEmit, answers: []any{}, onSSE: ack}, a.b.opts.RequestsTimeout, a.membersLocked) {
+		ack([]any{}, nil) // no other server
 		return nil
 	}
-	id := randomID()
-	a.track(id, &request{kind: wire.ServerSideEmit, waiting: members, answers: []any{}, onSSE: ack}, a.b.opts.RequestsTimeout)
 	a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data, RequestID: id}, a.abandonOnError(id))
 	return nil
 }
@@ -735,13 +735,7 @@ func (a *Adapter) firstArg(args []any) any {
 	return v
 }
 
-// members returns the uids of the other servers known now.
-func (a *Adapter) members() map[string]struct{} {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.membersLocked()
-}
-
+// membersLocked returns the uids of the other servers known now. a.mu is held.
 func (a *Adapter) membersLocked() map[string]struct{} {
 	m := make(map[string]struct{}, len(a.nodes))
 	for uid := range a.nodes {
@@ -780,10 +774,9 @@ func (a *Adapter) warnInlineLocked(uid string) (warn func()) {
 	}
 }
 
-// capableMembers returns the uids of the other servers known now that answer AllRooms.
-func (a *Adapter) capableMembers() map[string]struct{} {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// capableMembersLocked returns the uids of the other servers known now that answer
+// AllRooms. a.mu is held.
+func (a *Adapter) capableMembersLocked() map[string]struct{} {
 	m := map[string]struct{}{}
 	for uid := range a.nodes {
 		if a.capable[uid] {
@@ -836,18 +829,16 @@ func (a *Adapter) AllRooms(ctx context.Context) ([]socket.Room, error) {
 	if a.closed.Load() {
 		return collect(), ErrClosed
 	}
-	members := a.capableMembers()
-	if len(members) == 0 {
-		return collect(), nil
-	}
 	type result struct {
 		rooms map[string]struct{}
 		err   error
 	}
 	done := make(chan result, 1)
 	id := randomID()
-	a.track(id, &request{kind: wire.AllRooms, waiting: members, rooms: rooms,
-		onRooms: func(r map[string]struct{}, err error) { done <- result{r, err} }}, a.b.opts.RequestsTimeout)
+	if !a.track(id, &request{kind: wire.AllRooms, rooms: rooms,
+		onRooms: func(r map[string]struct{}, err error) { done <- result{r, err} }}, a.b.opts.RequestsTimeout, a.capableMembersLocked) {
+		return collect(), nil // no other pgadapter server
+	}
 	a.publish(wire.AllRooms, &wire.AllRoomsData{RequestID: id}, a.abandonOnError(id))
 	select {
 	case r := <-done:

@@ -1,6 +1,9 @@
 package pgadapter
 
 import (
+	"context"
+	"fmt"
+	goruntime "runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,5 +86,49 @@ func TestSocketClosedWhileConnecting(t *testing.T) {
 	list, err := fetchSockets(t, b.io.In("ghost-room"))
 	if err != nil || len(list) != 0 {
 		t.Fatalf("FetchSockets from B: %v %v", socketNames(t, list), err)
+	}
+}
+
+// TestServerLeavingAsARequestIsMade: a request read the servers to wait for, then
+// registered itself, each under its own hold of the adapter's lock; a server removed in
+// between (its ADAPTER_CLOSE, a heartbeat timeout) stayed in the request, which waited
+// for it until its timeout (66 of 3,000 FetchSockets in a reviewer's run). Each request
+// here races the removal of the one other server: it completes at once either way.
+func TestServerLeavingAsARequestIsMade(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 5 * time.Second
+	a := startNode(t, "A", opts)
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	requests := map[string]func(done func(error)){
+		"FetchSockets": func(done func(error)) {
+			adapter.FetchSockets(&socket.BroadcastOptions{})(func(_ []socket.SocketDetails, err error) { done(err) })
+		},
+		"ServerSideEmitWithAck": func(done func(error)) {
+			adapter.ServerSideEmit([]any{"q", socket.Ack(func(_ []any, err error) { done(err) })})
+		},
+		"AllRooms": func(done func(error)) {
+			_, err := adapter.AllRooms(context.Background())
+			done(err)
+		},
+	}
+	const rounds = 500
+	for name, request := range requests {
+		errs := make(chan error, rounds)
+		start := time.Now()
+		for i := range rounds {
+			uid := fmt.Sprintf("leaving-%s-%d", name, i)
+			adapter.mu.Lock()
+			adapter.nodes[uid] = time.Now()
+			adapter.capable[uid] = true // answers AllRooms
+			adapter.mu.Unlock()
+			go request(func(err error) { errs <- err })
+			goruntime.Gosched()
+			adapter.removeNode(uid, time.Time{}) // as its ADAPTER_CLOSE does
+		}
+		for range rounds {
+			if err := <-errs; err != nil {
+				t.Fatalf("%s: %v (after %v)", name, err, time.Since(start))
+			}
+		}
 	}
 }
