@@ -41,6 +41,34 @@ func emitWithAck(t *testing.T, op *socket.BroadcastOperator, ev string, args ...
 	}
 }
 
+// TestAnsweredBroadcastIsForgotten: a broadcast with acks whose every answer had arrived
+// stayed in the adapter, with its timer and callbacks, until its Timeout (an hour here).
+func TestAnsweredBroadcastIsForgotten(t *testing.T) {
+	a, b := startPair(t, testOptions(t), quiet)
+	b.connect(t, "/", "cb1")
+	b.connect(t, "/", "cb2")
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	tracked := func() int {
+		adapter.mu.Lock()
+		defer adapter.mu.Unlock()
+		return len(adapter.requests)
+	}
+	for i := range 20 {
+		op := a.io.Timeout(time.Hour)
+		if i%2 == 1 {
+			op = op.To("nobody") // every server counts zero clients
+		}
+		if got, err := emitWithAck(t, op, "ask", "q"); err != nil {
+			t.Fatalf("broadcast %d: %v %v", i, got, err)
+		}
+		// The operator completed on the last answer, applied after the request was
+		// removed, under the same lock.
+		if n := tracked(); n != 0 {
+			t.Fatalf("broadcast %d: %d request(s) still tracked once answered", i, n)
+		}
+	}
+}
+
 func TestBroadcastWithAcks(t *testing.T) {
 	w := newWorld(t, testOptions(t))
 	// A long timeout: the callback must fire as soon as every client has answered, so an

@@ -28,6 +28,8 @@ type request struct {
 	onCount func(uint64) // Broadcast
 	onAck   socket.Ack
 	single  bool
+	clients uint64 // Broadcast: the clients counted so far, whose acks are due
+	acked   uint64 // Broadcast: the acks passed on
 
 	rooms   map[string]struct{} // AllRooms: gathered so far
 	onRooms func(map[string]struct{}, error)
@@ -138,6 +140,18 @@ func (a *Adapter) doneLocked(id string, r *request) func() {
 	return func() { r.complete(nil) }
 }
 
+// broadcastDoneLocked removes a broadcast with acks once every server due has counted
+// its clients and that many acks have been passed on: socket.io's operator then has all
+// it waits for from other servers. Kept until its timeout, as Node keeps it, a request
+// held its timer and callbacks (and, through them, the operator's answers) for as long
+// as the broadcast's Timeout, an hour if so set. a.mu is held.
+func (a *Adapter) broadcastDoneLocked(id string, r *request) {
+	if len(r.waiting) == 0 && r.acked >= r.clients {
+		delete(a.requests, id)
+		r.timer.Stop()
+	}
+}
+
 // onResponse applies an answer to one of this server's requests.
 func (a *Adapter) onResponse(m *wire.Message) {
 	id := m.RequestID()
@@ -167,6 +181,8 @@ func (a *Adapter) onResponse(m *wire.Message) {
 			run = a.doneLocked(id, r)
 		case m.Type == wire.BroadcastAck && r.kind == wire.Broadcast:
 			if _, member := r.members[m.UID]; member {
+				r.acked++
+				a.broadcastDoneLocked(id, r)
 				run = func() { r.onAck(ackShape([]any{d.Packet}, r.single), nil) }
 			}
 		}
@@ -184,6 +200,8 @@ func (a *Adapter) onResponse(m *wire.Message) {
 			break
 		}
 		delete(r.waiting, m.UID)
+		r.clients += d.ClientCount
+		a.broadcastDoneLocked(id, r)
 		run = func() { r.onCount(d.ClientCount) }
 	}
 	a.mu.Unlock()
@@ -238,6 +256,7 @@ func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time, requests b
 			if r.kind == wire.Broadcast {
 				// Counted as zero clients: its acks, if it comes back, must not be counted.
 				delete(r.members, uid)
+				a.broadcastDoneLocked(id, r)
 				runs = append(runs, func() { r.onCount(0) })
 			} else if run := a.doneLocked(id, r); run != nil {
 				runs = append(runs, run)
