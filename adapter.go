@@ -195,8 +195,10 @@ func (a *Adapter) Close() {
 // client counts: one from this server and one from each server BroadcastWithAck sent to
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
-// Membership therefore holds still from BroadcastWithAck until the next ServerCount
-// (calling ServerCount for any other purpose may end that early: Stats does not).
+// Membership therefore holds still from BroadcastWithAck until the next ServerCount, and
+// for at most a second (maxFreeze: a broadcast whose local delivery takes longer, with a server
+// joining or leaving meanwhile, can still time out). Calling ServerCount for any other
+// purpose while a broadcast with acks is being sent may end that early (Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	n := int64(1 + len(a.nodes))

@@ -44,7 +44,9 @@
 //   - Messages from one server are applied by every other server in the order they were
 //     published, and what a server-side event handler does is done before the next
 //     message, unless it runs longer than 20 ms (below). Answers to a server's own
-//     requests are applied in order among themselves, on a goroutine of their own.
+//     requests are applied in order among themselves, on a goroutine of their own (fed
+//     by the same queue: once 256 messages wait behind one that the application's code
+//     holds, the answers wait too).
 //   - Delivery between servers is at most once: a message published while PostgreSQL is
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
@@ -65,10 +67,14 @@
 //   - The LISTEN connection is re-established with jittered exponential backoff, every
 //     channel is LISTENed again and the server announces itself again, so that the
 //     others count it again.
-//   - Requests to other servers (FetchSockets, ServerSideEmitWithAck, broadcasts with
-//     acknowledgements) wait only for the servers known when they were made, stop waiting
-//     for a server that leaves or times out, and always complete: with every answer, or
-//     with the answers so far and ErrTimeout.
+//   - Requests to other servers (FetchSockets, ServerSideEmitWithAck, AllRooms,
+//     broadcasts with acknowledgements) wait only for the servers known when they were
+//     made, and stop waiting for a server that leaves or times out. FetchSockets,
+//     ServerSideEmitWithAck and AllRooms always complete: with every answer, or with the
+//     answers so far and ErrTimeout after Options.RequestsTimeout. A broadcast with
+//     acknowledgements completes through socket.io's operator, bounded by its Timeout
+//     (io.Timeout(d).EmitWithAck), with socket.io's own error when that passes; without
+//     a Timeout, socket.io reports a timeout at once, as Node's socket.io does.
 //
 // # Shutdown
 //

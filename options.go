@@ -115,15 +115,19 @@ type Options struct {
 	HeartbeatTimeout time.Duration
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
-	// ServerSideEmitWithAck, broadcasts with acks without their own timeout) and each
-	// query the adapter runs on the pool (the LISTEN connection's ping is bounded by
-	// HeartbeatInterval). Default 5s.
+	// ServerSideEmitWithAck, AllRooms) and each query the adapter runs on the pool (the
+	// LISTEN connection's ping is bounded by HeartbeatInterval). Default 5s. A broadcast
+	// with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck): without one,
+	// socket.io's operator reports "operation has timed out" at once, as Node's does.
 	RequestsTimeout time.Duration
 
 	// PublishQueueSize is how many messages may wait to be published. When PostgreSQL is
-	// slow or down and the queue is full, further publishes fail at once with
-	// ErrQueueFull (reported through ErrorHandler) rather than blocking the caller or
-	// growing memory. Default 10000.
+	// slow or down and the queue is full, further messages are dropped at once rather
+	// than blocking the caller or growing memory: each is counted in Stats, and
+	// ErrQueueFull goes to ErrorHandler and the log at most once a second, with a running
+	// count (a flood would otherwise flood them). Broadcasts and ServerSideEmit without
+	// ack return no error (socket.io's Emit has none to return); requests complete at
+	// once with ErrQueueFull. Default 10000.
 	PublishQueueSize int
 
 	// ReceiveQueueSize is how many received notifications may wait to be processed. The
@@ -132,10 +136,11 @@ type Options struct {
 	// (ErrReceiveQueueFull). Default 10000.
 	ReceiveQueueSize int
 
-	// ErrorHandler, when set, receives every error the adapter meets in the background:
-	// publish failures, malformed notifications, lost attachments, listener failures. It
-	// is called from the adapter's goroutines and must not block. Errors are logged as
-	// well.
+	// ErrorHandler, when set, receives the errors the adapter meets: publish failures,
+	// malformed notifications, lost attachments, listener failures; drops by a full
+	// queue at most once a second (see PublishQueueSize). It is called from the
+	// adapter's goroutines, and from the caller's for a message that cannot be encoded,
+	// and must not block. Errors are logged as well.
 	ErrorHandler func(error)
 
 	// Logger receives the adapter's logs. Default slog.Default().
