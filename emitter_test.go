@@ -282,26 +282,30 @@ func TestEmitterInsertFailsInTransaction(t *testing.T) {
 	w.clients["b2"].expect(t, "before-failure")
 	w.clients["b2"].expect(t, "after-failure")
 
+	// A transaction begun with Exec("BEGIN"), on a *pgx.Conn and on a *pgxpool.Conn (the
+	// latter got no savepoint: the failed insert aborted the transaction).
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
+	for _, db := range []emitter.DB{conn.Conn(), conn} {
+		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		bad, _ = emitter.New(db, missing)
+		ok, _ = emitter.New(db, good)
+		if err := bad.Emit(ctx, "bin", []byte{1}); err == nil {
+			t.Fatalf("%T: missing table accepted", db)
+		}
+		if err := ok.Emit(ctx, "conn-after-failure"); err != nil {
+			t.Fatalf("%T: %v", db, err)
+		}
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+		w.clients["b2"].expect(t, "conn-after-failure")
 	}
-	bad, _ = emitter.New(conn.Conn(), missing)
-	ok, _ = emitter.New(conn.Conn(), good)
-	if err := bad.Emit(ctx, "bin", []byte{1}); err == nil {
-		t.Fatal("missing table accepted")
-	}
-	if err := ok.Emit(ctx, "conn-after-failure"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
-	w.clients["b2"].expect(t, "conn-after-failure")
 }
 
 // What the emitter refuses instead of sending something else, or panicking.

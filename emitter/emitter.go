@@ -57,8 +57,11 @@ import (
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-// DB is what the emitter needs from a database handle: *pgxpool.Pool, *pgx.Conn and
-// pgx.Tx all satisfy it.
+// DB is what the emitter needs from a database handle: *pgxpool.Pool, *pgxpool.Conn,
+// *pgx.Conn and pgx.Tx all satisfy it. The emitter recognises a transaction (see
+// Transactions) in a pgx.Tx, and in a *pgx.Conn or *pgxpool.Conn on which one was begun
+// with Exec("BEGIN"); through another DB that is inside a transaction, a failed insert
+// aborts that transaction.
 type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
@@ -287,6 +290,10 @@ func (e *Emitter) insert(ctx context.Context, body []byte, channel, header strin
 		batcher = db
 	case *pgx.Conn:
 		if db.PgConn().TxStatus() == 'T' { // a transaction begun with Exec("BEGIN")
+			batcher = db
+		}
+	case *pgxpool.Conn:
+		if db.Conn().PgConn().TxStatus() == 'T' {
 			batcher = db
 		}
 	}
