@@ -211,8 +211,14 @@ func TestInvalidOptions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		b := New(pool, &tc.opts)
-		if b.Err() == nil || !strings.Contains(b.Err().Error(), tc.want) {
+		if b.Err() == nil || !strings.Contains(b.Err().Error(), tc.want) || !errors.Is(b.Err(), ErrInvalidOptions) {
 			t.Errorf("%s: Err() = %v", tc.name, b.Err())
+		}
+		if err := b.Ready(context.Background()); !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("%s: Ready() = %v", tc.name, err)
+		}
+		if _, err := NewFromURL(context.Background(), dbURL, &tc.opts); !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("%s: NewFromURL: %v", tc.name, err)
 		}
 	}
 	if New(nil, nil).Err() == nil {

@@ -173,6 +173,15 @@ const (
 // withDefaults returns a copy of o with every unset field given its default, or an error
 // naming the first invalid field.
 func (o *Options) withDefaults() (Options, error) {
+	c, err := o.defaults()
+	if err != nil {
+		return c, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	return c, nil
+}
+
+// defaults is withDefaults, with errors that do not wrap ErrInvalidOptions yet.
+func (o *Options) defaults() (Options, error) {
 	var c Options
 	if o != nil {
 		c = *o
@@ -199,34 +208,34 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.ListenConnConfig == nil && c.ListenURL != "" {
 		cfg, err := pgx.ParseConfig(c.ListenURL)
 		if err != nil {
-			return c, fmt.Errorf("pgadapter: ListenURL: %w", err)
+			return c, fmt.Errorf("ListenURL: %w", err)
 		}
 		c.ListenConnConfig = cfg
 	}
 
 	switch {
 	case strings.ContainsRune(c.ChannelPrefix, 0):
-		return c, errors.New("pgadapter: ChannelPrefix contains a NUL byte")
+		return c, errors.New("ChannelPrefix contains a NUL byte")
 	case len(c.ChannelPrefix) > maxChannelBytes-channelHashBytes-2:
-		return c, fmt.Errorf("pgadapter: ChannelPrefix is %d bytes; at most %d leave room for the namespace in a %d-byte channel name",
+		return c, fmt.Errorf("ChannelPrefix is %d bytes; at most %d leave room for the namespace in a %d-byte channel name",
 			len(c.ChannelPrefix), maxChannelBytes-channelHashBytes-2, maxChannelBytes)
 	case strings.ContainsRune(c.TableName, 0):
-		return c, errors.New("pgadapter: TableName contains a NUL byte")
+		return c, errors.New("TableName contains a NUL byte")
 	case len(c.TableName) > maxChannelBytes:
-		return c, fmt.Errorf("pgadapter: TableName %q is longer than PostgreSQL's %d-byte identifiers", c.TableName, maxChannelBytes)
+		return c, fmt.Errorf("TableName %q is longer than PostgreSQL's %d-byte identifiers", c.TableName, maxChannelBytes)
 	case c.PayloadThreshold < 0 || c.PayloadThreshold > maxPayloadThreshold:
-		return c, fmt.Errorf("pgadapter: PayloadThreshold %d is outside 1..%d (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)", c.PayloadThreshold, maxPayloadThreshold)
+		return c, fmt.Errorf("PayloadThreshold %d is outside 1..%d (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)", c.PayloadThreshold, maxPayloadThreshold)
 	case c.AttachmentRetention < 0:
-		return c, fmt.Errorf("pgadapter: AttachmentRetention %v is negative", c.AttachmentRetention)
+		return c, fmt.Errorf("AttachmentRetention %v is negative", c.AttachmentRetention)
 	case c.HeartbeatInterval < minDuration || c.HeartbeatTimeout < minDuration || c.RequestsTimeout < minDuration ||
 		c.CleanupInterval > 0 && c.CleanupInterval < minDuration || c.AttachmentRetention < minDuration:
 		// 5 meaning seconds is 5ns: a ticker of the heartbeat's period/8 panicked.
-		return c, fmt.Errorf("pgadapter: HeartbeatInterval (%v), HeartbeatTimeout (%v), RequestsTimeout (%v), CleanupInterval (%v) and AttachmentRetention (%v) must be at least %v (a bare number is nanoseconds)",
+		return c, fmt.Errorf("HeartbeatInterval (%v), HeartbeatTimeout (%v), RequestsTimeout (%v), CleanupInterval (%v) and AttachmentRetention (%v) must be at least %v (a bare number is nanoseconds)",
 			c.HeartbeatInterval, c.HeartbeatTimeout, c.RequestsTimeout, c.CleanupInterval, c.AttachmentRetention, minDuration)
 	case c.HeartbeatTimeout <= c.HeartbeatInterval:
-		return c, fmt.Errorf("pgadapter: HeartbeatTimeout %v must exceed HeartbeatInterval %v, or every server is dropped between two heartbeats", c.HeartbeatTimeout, c.HeartbeatInterval)
+		return c, fmt.Errorf("HeartbeatTimeout %v must exceed HeartbeatInterval %v, or every server is dropped between two heartbeats", c.HeartbeatTimeout, c.HeartbeatInterval)
 	case c.PublishQueueSize < 0 || c.ReceiveQueueSize < 0:
-		return c, errors.New("pgadapter: PublishQueueSize and ReceiveQueueSize must be positive")
+		return c, errors.New("PublishQueueSize and ReceiveQueueSize must be positive")
 	}
 	return c, nil
 }
@@ -255,6 +264,10 @@ var (
 	// ErrMalformed is reported for a notification on one of our channels that cannot be
 	// decoded. It is dropped; other traffic is unaffected.
 	ErrMalformed = errors.New("pgadapter: malformed notification")
+
+	// ErrInvalidOptions is wrapped by the error of an invalid Options (Builder.Err,
+	// Builder.Ready, NewFromURL), which says which field and why.
+	ErrInvalidOptions = errors.New("pgadapter: invalid options")
 
 	// ErrTimeout is given to requests that did not get every answer in time.
 	ErrTimeout = errors.New("pgadapter: request timed out")
