@@ -254,3 +254,41 @@ func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
 	}
 	waitServerCount(t, []*node{a, b, c}, 3) // and C is counted once the broadcast is out
 }
+
+// TestBroadcastWithAcksOutlivingTheFreeze: a broadcast whose local delivery outlasted
+// maxFreeze while a server joined got, from its ServerCount call, the servers known by
+// then, one more than it was sent to: socket.io's operator waited for a client count
+// that never came, and timed out although every client had answered.
+func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	ca := a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	var c *node
+	var once sync.Once
+	serverSocket(t, a, ca).OnAnyOutgoing(func(...any) {
+		once.Do(func() {
+			// Inside BroadcastWithAck, before socket.io's operator calls ServerCount: a
+			// server joins, and maxFreeze ends the snapshot.
+			c = startNode(t, "C", opts)
+			waitServerCount(t, []*node{c}, 3)
+			eventually(t, "maxFreeze ends the snapshot", func() bool {
+				adapter.mu.Lock()
+				defer adapter.mu.Unlock()
+				return adapter.owed == 1 && len(adapter.nodes) == 2
+			})
+		})
+	})
+	const timeout = 5 * time.Second
+	start := time.Now()
+	got, err := emitWithAck(t, a.io.Timeout(timeout), "ask")
+	if err != nil || !slices.Equal(sortedStrings(t, got), []string{"ca", "cb"}) {
+		t.Fatalf("acks %v %v (after %v)", got, err, time.Since(start))
+	}
+	if c == nil {
+		t.Fatal("C never started")
+	}
+}

@@ -56,25 +56,16 @@ type Adapter struct {
 	requests map[string]*request
 	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
 	inlineWarned map[string]bool
-	// Membership is frozen from a BroadcastWithAck's snapshot of it until socket.io's
-	// operator reads ServerCount, right after BroadcastWithAck returns; see
-	// freezeMembers.
+	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
+	// operator counts by reading ServerCount right after it returns: shared by the
+	// broadcasts with acks made until then, frozen times over (see freezeMembers).
+	snapshot  map[string]struct{}
 	frozen    int
-	owed      int       // ServerCount calls still due for freezes maxFreeze ended
+	owed      int       // ServerCount calls still due for snapshots maxFreeze ended
+	owedCount int64     // what they return: the count of the last such snapshot
 	owedUntil time.Time // when the calls still due are given up for (see ServerCount)
 	freezeGen int
 	thawTimer *time.Timer
-	deferred  []membershipChange // held while frozen, applied in order at the thaw
-}
-
-// membershipChange is a server joining (its first message) or leaving (ADAPTER_CLOSE,
-// or silent since staleBefore), held back while membership is frozen.
-type membershipChange struct {
-	uid         string
-	join        bool
-	seen        time.Time // join: when its message was applied
-	staleBefore time.Time // leave by timeout: only if still unheard of since
-	membersOnly bool      // leave: requests still wait for it (see dropNode)
 }
 
 // forgetAfter is how many heartbeat timeouts a server dropped by timeout is remembered
@@ -195,32 +186,32 @@ func (a *Adapter) Close() {
 // client counts: one from this server and one from each server BroadcastWithAck sent to
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
-// Membership therefore holds still from BroadcastWithAck until the next ServerCount, and
-// for at most a second (maxFreeze: a broadcast whose local delivery takes longer, with a server
-// joining or leaving meanwhile, can still time out). Calling ServerCount for any other
-// purpose while a broadcast with acks is being sent may end that early (Stats does not).
+// ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot,
+// see freezeMembers) from that call until the next ServerCount; the operator's own call
+// comes within maxFreeze (a second) unless its local delivery takes longer. Servers
+// that leave meanwhile count as zero clients; servers that join are not waited for.
+// Calling ServerCount for any other purpose while a broadcast with acks is being sent
+// may take the place of the operator's call, which then counts the servers known at
+// that time (Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
-	n := int64(1 + len(a.nodes))
-	var runs []func()
+	defer a.mu.Unlock()
 	if a.owed > 0 && time.Now().After(a.owedUntil) {
 		a.owed = 0 // calls that never came (BroadcastWithAck without socket.io's operator)
 	}
-	if a.owed > 0 {
-		a.owed-- // the call of a broadcast whose freeze maxFreeze ended
-	} else if a.frozen > 0 {
+	switch {
+	case a.owed > 0:
+		a.owed-- // the call of a broadcast whose snapshot maxFreeze ended
+		return a.owedCount
+	case a.frozen > 0:
+		n := int64(1 + len(a.snapshot))
 		a.frozen--
 		if a.frozen == 0 {
-			runs = a.thawLocked()
+			a.thawLocked()
 		}
+		return n
 	}
-	a.mu.Unlock()
-	if len(runs) > 0 {
-		// Callbacks of requests waiting for servers that left: not on the caller's
-		// goroutine, which is inside socket.io's Emit.
-		go a.runAll("request of a server that left", runs)
-	}
-	return n
+	return int64(1 + len(a.nodes))
 }
 
 // knownServers is the number of other servers known now.
@@ -230,52 +221,44 @@ func (a *Adapter) knownServers() int {
 	return len(a.nodes)
 }
 
-// freezeMembers returns the other servers known now, and holds membership as it is
-// until ServerCount is called, or maxFreeze has passed.
+// freezeMembers returns the servers a broadcast with acks is sent to: the other servers
+// known now, or, while broadcasts made earlier still wait for their ServerCount call,
+// their snapshot, so that every such call returns the count of the servers its
+// broadcast was sent to. The snapshot is kept until then, or until maxFreeze has passed.
+// Membership itself goes on changing: a server of the snapshot that leaves counts as
+// zero clients, for requests made before or after it left (BroadcastWithAck).
 func (a *Adapter) freezeMembers() map[string]struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.frozen++
 	if a.frozen == 1 {
+		a.snapshot = a.membersLocked()
 		a.freezeGen++
 		gen := a.freezeGen
 		a.thawTimer = time.AfterFunc(maxFreeze, func() {
 			a.mu.Lock()
-			var runs []func()
+			defer a.mu.Unlock()
 			if a.frozen > 0 && a.freezeGen == gen {
 				// The calls still due pay off these freezes, not a later one.
 				a.owed += a.frozen
+				a.owedCount = int64(1 + len(a.snapshot))
 				a.owedUntil = time.Now().Add(maxFreeze)
 				a.frozen = 0
-				runs = a.thawLocked()
+				a.thawLocked()
 			}
-			a.mu.Unlock()
-			a.runAll("request of a server that left", runs)
 		})
 	}
-	return a.membersLocked()
+	return clone(a.snapshot)
 }
 
-// thawLocked applies the membership changes held back, and returns the callbacks of the
-// requests that stop waiting for servers that left. a.mu is held.
-func (a *Adapter) thawLocked() []func() {
+// thawLocked drops the snapshot once no broadcast waits for its ServerCount call. a.mu
+// is held.
+func (a *Adapter) thawLocked() {
 	if a.thawTimer != nil {
 		a.thawTimer.Stop()
 		a.thawTimer = nil
 	}
-	var runs []func()
-	for _, c := range a.deferred {
-		if c.join {
-			if _, ok := a.nodes[c.uid]; !ok {
-				a.nodes[c.uid] = c.seen
-			}
-			continue
-		}
-		runs = append(runs, a.removeNodeLocked(c.uid, c.staleBefore, !c.membersOnly)...)
-	}
-	clear(a.deferred)
-	a.deferred = a.deferred[:0]
-	return runs
+	a.snapshot = nil
 }
 
 func (a *Adapter) runAll(what string, runs []func()) {
@@ -320,14 +303,30 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			raw = p.Raw
 			id := randomID()
 			var done func(error)
-			if len(members) > 0 {
-				r := &request{kind: wire.Broadcast, waiting: members, members: clone(members),
-					onCount: clientCountCallback, onAck: ack, single: single}
-				a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout), nil) // frozen members
+			r := &request{kind: wire.Broadcast, onCount: clientCountCallback, onAck: ack, single: single}
+			gone := 0
+			// The snapshot's servers still known, under the lock of the registration: one
+			// that left since the snapshot was taken counts as zero clients (the
+			// operator counts it), and one that leaves later is counted so on leaving.
+			if a.track(id, r, timeoutOf(opts, a.b.opts.RequestsTimeout), func() map[string]struct{} {
+				w := make(map[string]struct{}, len(members))
+				for uid := range members {
+					if _, known := a.nodes[uid]; known {
+						w[uid] = struct{}{}
+					} else {
+						gone++
+					}
+				}
+				r.members = clone(w)
+				return w
+			}) {
 				done = a.abandonOnError(id)
 			}
 			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts), RequestID: id}, done)
 			published = true
+			for range gone {
+				clientCountCallback(0)
+			}
 		}
 	}
 	if !published {
@@ -622,11 +621,7 @@ func (a *Adapter) onMessage(m *wire.Message) {
 	if m.UID != wire.EmitterUID && m.UID != "" {
 		a.mu.Lock()
 		if _, gone := a.left[m.UID]; !gone { // else sent before its ADAPTER_CLOSE, arrived after it
-			if _, known := a.nodes[m.UID]; known || a.frozen == 0 {
-				a.nodes[m.UID] = time.Now()
-			} else {
-				a.deferred = append(a.deferred, membershipChange{uid: m.UID, join: true, seen: time.Now()})
-			}
+			a.nodes[m.UID] = time.Now()
 			if m.Type == wire.InitialHeartbeat || m.Type == wire.Heartbeat {
 				a.capable[m.UID] = slices.Contains(m.Caps, wire.CapAllRooms)
 			}

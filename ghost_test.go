@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	goruntime "runtime"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
 )
 
@@ -130,5 +133,49 @@ func TestServerLeavingAsARequestIsMade(t *testing.T) {
 				t.Fatalf("%s: %v (after %v)", name, err, time.Since(start))
 			}
 		}
+	}
+}
+
+// TestSnapshotServerLeft: broadcasts with acks made before socket.io's operator reads
+// ServerCount share one snapshot of the servers, so that each call counts the servers its
+// broadcast was sent to. A server of the snapshot that left before a later broadcast was
+// made counts as zero clients for it at once; the servers known go on changing.
+func TestSnapshotServerLeft(t *testing.T) {
+	a := startNode(t, "A", testOptions(t))
+	adapter := a.io.Sockets().Adapter().(*Adapter)
+	adapter.mu.Lock()
+	adapter.nodes["leaving"] = time.Now()
+	adapter.mu.Unlock()
+	counts := func() (func(uint64), func() []uint64) {
+		var mu sync.Mutex
+		var got []uint64
+		return func(n uint64) { mu.Lock(); got = append(got, n); mu.Unlock() },
+			func() []uint64 { mu.Lock(); defer mu.Unlock(); return slices.Clone(got) }
+	}
+	packet := func() *parser.Packet { return &parser.Packet{Type: parser.EVENT, Data: []any{"ev"}} }
+	noAck := func([]any, error) {}
+	count1, got1 := counts()
+	adapter.BroadcastWithAck(packet(), &socket.BroadcastOptions{}, count1, noAck)
+	adapter.removeNode("leaving", time.Time{}) // counted as zero for the first at once
+	if got := got1(); !slices.Equal(got, []uint64{0, 0}) {
+		t.Fatalf("first broadcast: counts %v, want this server's and the one that left", got)
+	}
+	count2, got2 := counts()
+	adapter.BroadcastWithAck(packet(), &socket.BroadcastOptions{}, count2, noAck)
+	if got := got2(); !slices.Equal(got, []uint64{0, 0}) {
+		t.Fatalf("second broadcast: counts %v, want this server's and the one that left", got)
+	}
+	for i := range 2 {
+		if n := adapter.ServerCount(); n != 2 {
+			t.Fatalf("ServerCount %d of the snapshot: %d, want 2", i+1, n)
+		}
+	}
+	if n := adapter.ServerCount(); n != 1 {
+		t.Fatalf("ServerCount once the snapshot is done: %d, want 1", n)
+	}
+	adapter.mu.Lock()
+	defer adapter.mu.Unlock()
+	if len(adapter.requests) != 0 {
+		t.Fatalf("%d requests left", len(adapter.requests))
 	}
 }

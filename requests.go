@@ -211,8 +211,7 @@ func (a *Adapter) onResponse(m *wire.Message) {
 }
 
 // removeNode forgets a server that closed (staleBefore zero) or timed out (unheard of
-// since staleBefore), and stops waiting for it. While membership is frozen, the change
-// waits for the thaw.
+// since staleBefore), and stops waiting for it.
 func (a *Adapter) removeNode(uid string, staleBefore time.Time) {
 	a.dropNode(uid, staleBefore, true)
 }
@@ -221,11 +220,6 @@ func (a *Adapter) removeNode(uid string, staleBefore time.Time) {
 // answers of its that are still on their way.
 func (a *Adapter) dropNode(uid string, staleBefore time.Time, requests bool) {
 	a.mu.Lock()
-	if a.frozen > 0 {
-		a.deferred = append(a.deferred, membershipChange{uid: uid, staleBefore: staleBefore, membersOnly: !requests})
-		a.mu.Unlock()
-		return
-	}
 	runs := a.removeNodeLocked(uid, staleBefore, requests)
 	a.mu.Unlock()
 	a.runAll("request of a server that left", runs)
