@@ -44,9 +44,9 @@
 //   - Messages from one server are applied by every other server in the order they were
 //     published, and what a server-side event handler does is done before the next
 //     message, unless it runs longer than 20 ms (below). Answers to a server's own
-//     requests are applied in order among themselves, on a goroutine of their own (fed
-//     by the same queue: once 256 messages wait behind one that the application's code
-//     holds, the answers wait too).
+//     requests are applied in order among themselves, on a goroutine of their own, which
+//     the application's code holding the other does not hold up, until
+//     Options.ReceiveQueueSize messages wait behind it.
 //   - Delivery between servers is at most once: a message published while PostgreSQL is
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,

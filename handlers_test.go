@@ -371,6 +371,103 @@ func TestListenerWaitsForAClusterRequest(t *testing.T) {
 	}
 }
 
+// TestAnswersPassABacklog: the listener of TestListenerWaitsForAClusterRequest, with
+// 600 messages queued behind the one it is called for. Dispatch waited for room in the
+// ordered delivery queue (256), and the answer to the listener's request, behind them,
+// never reached the answers' goroutine: the request waited for its timeout.
+func TestAnswersPassABacklog(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 3 * time.Second
+	a, b := startPair(t, opts, func(*Options) {})
+	a.connect(t, "/", "alice")
+	cb := b.connect(t, "/", "cb")
+	type result struct {
+		names []string
+		err   error
+	}
+	got := make(chan result, 1)
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] != "who" {
+				return
+			}
+			var r result
+			r.names, r.err = fetchNamesAndWait(b.io)
+			got <- r
+		})
+	}
+	const backlog = 600
+	a.io.Emit("who")
+	for i := range backlog {
+		a.io.Emit("n", i)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || !slices.Equal(r.names, []string{"alice", "cb"}) {
+			t.Fatalf("sockets %v, err %v; want [alice cb]", r.names, r.err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the listener never finished")
+	}
+	// In order as B wrote them (the Go client itself may reorder events, see
+	// harness_test.go), and every one received.
+	for i := range backlog {
+		if args := cb.sent.next(t, "B", "n"); len(args) != 1 || args[0] != float64(i) {
+			t.Fatalf("message %d written as %v", i, args)
+		}
+	}
+	for range backlog {
+		cb.expect(t, "n")
+	}
+}
+
+// TestFullBacklogHoldsDispatch: with the backlog of TestAnswersPassABacklog full, dispatch
+// stops reading and the receive queue overflows (reported drops), as it did without a
+// backlog; once the application's code returns, delivery goes on, in order.
+func TestFullBacklogHoldsDispatch(t *testing.T) {
+	opts := testOptions(t)
+	opts.ReceiveQueueSize = 50
+	opts.Logger = slog.New(slog.DiscardHandler) // the drops are expected
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	release := make(chan struct{})
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] == "hold" {
+				<-release
+			}
+		})
+	}
+	a.io.Emit("hold")
+	cb.sent.next(t, "B", "hold")
+	for i := range 2000 {
+		a.io.Emit("n", i)
+	}
+	eventually(t, "B drops notifications", func() bool { return b.b.Stats().ReceiveDrops > 0 })
+	close(release)
+	// Once B has decoded or dropped every broadcast, its receive queue has room for one
+	// more.
+	eventually(t, "B reads every broadcast", func() bool {
+		st := b.b.Stats()
+		return st.Received["BROADCAST"]+st.ReceiveDrops >= 2001
+	})
+	a.io.Emit("after")
+	cb.sent.next(t, "B", "after")
+	written := cb.sent.drain("n") // all written before "after"
+	if len(written) == 0 {
+		t.Fatal("nothing delivered once released")
+	}
+	prev := -1
+	for _, args := range written {
+		if i := int(args[0].(float64)); i <= prev {
+			t.Fatalf("message %d written after %d", i, prev)
+		} else {
+			prev = i
+		}
+	}
+	t.Logf("%d of 2000 delivered, %d dropped", len(written), b.b.Stats().ReceiveDrops)
+}
+
 // fetchNamesAndWait runs FetchSockets on io and waits for its callback, as an
 // application's synchronous helper would, and returns the sockets' names (their data's
 // "name"), sorted.

@@ -133,7 +133,9 @@ type Options struct {
 	// ReceiveQueueSize is how many received notifications may wait to be processed. The
 	// LISTEN connection is always drained, so that PostgreSQL's notification queue never
 	// fills; when this queue is full, notifications are dropped, counted and reported
-	// (ErrReceiveQueueFull). Default 10000.
+	// (ErrReceiveQueueFull). As many messages again, decoded, may wait behind the
+	// application's code that holds up their delivery (an outgoing-packet listener),
+	// so that answers to this server's requests go past them. Default 10000.
 	ReceiveQueueSize int
 
 	// ErrorHandler, when set, receives the errors the adapter meets: publish failures,

@@ -98,18 +98,42 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		group, since = nil, 0
 		return true
 	}
+	var back backlog
+	ordered := func(d *delivery) {
+		if back.len() == 0 {
+			select {
+			case rt.ordered <- d:
+				return
+			default:
+			}
+		}
+		back.push(d)
+	}
 	for {
+		back.drain(rt.ordered)
+		in := rt.inbound
+		if back.len() >= rt.b.opts.ReceiveQueueSize || back.attachments >= maxBacklogAttachments {
+			in = nil // full: read on once the delivery goroutine takes some
+		}
 		var n *pgconn.Notification
 		select {
-		case n = <-rt.inbound:
+		case n = <-in:
 		default:
 			if !flush() {
 				return
 			}
+			var out chan<- *delivery // nil, blocking for ever, without a backlog
+			var head *delivery
+			if back.len() > 0 {
+				out, head = rt.ordered, back.peek()
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case n = <-rt.inbound:
+			case out <- head:
+				back.pop()
+				continue
+			case n = <-in:
 			}
 		}
 		d := rt.decode(n)
@@ -127,19 +151,64 @@ func (rt *runtime) dispatch(ctx context.Context) {
 				return
 			}
 		}
-		out := rt.ordered
-		if answer(d.typ) {
-			out = rt.answers
-			if d.typ == wire.AdapterClose && d.fetched == nil {
-				// Also in order with the server's other messages, for membership (see
-				// Adapter.leave). One delivery waits for an attachment's read, not two.
-				d.closeApplied = new(atomic.Bool)
-				if !rt.send(ctx, rt.ordered, &delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true, closeApplied: d.closeApplied}, flush) {
-					return
-				}
-			}
+		if !answer(d.typ) {
+			ordered(d)
+			continue
 		}
-		if !rt.send(ctx, out, d, flush) {
+		if d.typ == wire.AdapterClose && d.fetched == nil {
+			// Also in order with the server's other messages, for membership (see
+			// Adapter.leave). One delivery waits for an attachment's read, not two.
+			d.closeApplied = new(atomic.Bool)
+			ordered(&delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true, closeApplied: d.closeApplied})
+		}
+		if !rt.send(ctx, rt.answers, d, flush) {
+			return
+		}
+	}
+}
+
+// maxBacklogAttachments bounds the attachments held in dispatch's backlog: each is
+// read as it arrives, and its body is held until it is applied.
+const maxBacklogAttachments = 256
+
+// backlog holds, in order, the messages for the ordered delivery goroutine that its
+// queue has no room for, up to ReceiveQueueSize of them (and maxBacklogAttachments
+// attachments): dispatch goes on reading meanwhile, so that answers behind them reach
+// their own goroutine while the application's code holds the other (an outgoing-packet
+// listener, a handler at the takeover cap). Before, dispatch waited for room in that
+// queue, and a request of this server's waited behind 256 messages for its timeout.
+type backlog struct {
+	items       []*delivery
+	attachments int
+}
+
+func (q *backlog) len() int        { return len(q.items) }
+func (q *backlog) peek() *delivery { return q.items[0] }
+func (q *backlog) push(d *delivery) {
+	q.items = append(q.items, d)
+	if d.fetched != nil {
+		q.attachments++
+	}
+}
+
+func (q *backlog) pop() {
+	if q.items[0].fetched != nil {
+		q.attachments--
+	}
+	q.items[0] = nil // not kept alive by the array
+	q.items = q.items[1:]
+	if len(q.items) == 0 {
+		q.items = nil // a new array next time, not the tail of this one
+	}
+}
+
+// drain moves what out has room for, without waiting.
+func (q *backlog) drain(out chan<- *delivery) {
+	for q.len() > 0 {
+		select {
+		case out <- q.peek():
+			q.pop()
+		default:
 			return
 		}
 	}
