@@ -588,7 +588,10 @@ func (a *Adapter) heartbeat(now time.Time) {
 	}
 	// Only while this server hears the others: a heartbeat says it can answer their
 	// requests, and Node's adapter waits for every server it counts. Listening again,
-	// it announces itself, and they count it again.
+	// it announces itself, and they count it again. Its other messages (its clients'
+	// broadcasts) still count it, as any message does on every server, Node's too: a
+	// server that cannot hear but publishes is waited for by the others' requests until
+	// their timeout, for as long as its listener reconnects.
 	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval && a.rt != nil && a.rt.lis.isSynced() {
 		a.publish(wire.Heartbeat, nil, nil)
 	}

@@ -435,7 +435,9 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		releases["hold-"+name] = release
 		mu.Unlock()
 		a.io.Emit("hold-" + name)
-		const n = 400
+		// More than B reads while its delivery is held: what its delivery queue (256)
+		// and its dispatch's backlog (maxBacklogAttachments) hold.
+		const n = 600
 		for i := range n {
 			a.io.Emit(name, i, big)
 		}
@@ -451,14 +453,14 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		return cb.sent.count(name), missing
 	}
 	written, missing := round("within", 500*time.Millisecond)
-	t.Logf("fault: reader lagging 0.5s (retention %v): %d/400 attachments read, %d missing", opts.AttachmentRetention, written, missing)
-	if written != 400 || missing != 0 {
+	t.Logf("fault: reader lagging 0.5s (retention %v): %d/600 attachments read, %d missing", opts.AttachmentRetention, written, missing)
+	if written != 600 || missing != 0 {
 		t.Errorf("within the retention window: %d read, %d missing", written, missing)
 	}
 	written, missing = round("beyond", opts.AttachmentRetention+time.Second)
-	t.Logf("fault: reader lagging %v (retention %v): %d/400 read, %d missing and reported", opts.AttachmentRetention+time.Second, opts.AttachmentRetention, written, missing)
-	if written+missing != 400 || missing == 0 {
-		t.Errorf("beyond the window: %d read + %d reported missing, want 400 with some missing: a loss was silent, or the reader did not lag", written, missing)
+	t.Logf("fault: reader lagging %v (retention %v): %d/600 read, %d missing and reported", opts.AttachmentRetention+time.Second, opts.AttachmentRetention, written, missing)
+	if written+missing != 600 || missing == 0 {
+		t.Errorf("beyond the window: %d read + %d reported missing, want 600 with some missing: a loss was silent, or the reader did not lag", written, missing)
 	}
 }
 

@@ -168,8 +168,9 @@ func (rt *runtime) dispatch(ctx context.Context) {
 }
 
 // maxBacklogAttachments bounds the attachments held in dispatch's backlog: each is
-// read as it arrives, and its body is held until it is applied.
-const maxBacklogAttachments = 256
+// read as it arrives, and its body is held until it is applied. One group's worth: the
+// backlog is there for the answers behind it, not to read ahead.
+const maxBacklogAttachments = maxFetchGroup
 
 // backlog holds, in order, the messages for the ordered delivery goroutine that its
 // queue has no room for, up to ReceiveQueueSize of them (and maxBacklogAttachments
