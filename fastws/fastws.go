@@ -34,6 +34,13 @@
 // connection upgrades, which is why Install must come first, and why it applies to
 // every engine.io server of the process.
 //
+// A batch of packets that the client does not take within the server's pingInterval +
+// pingTimeout ends the connection: engine.io closes the socket with reason "transport
+// error". A client that stops reading would otherwise keep its connection, and engine.io
+// would buffer everything sent to it, for as long as it sent pongs. A connection that
+// started on HTTP long polling is given engine.io's default pingInterval + pingTimeout,
+// 45 s, whatever the server's: this transport never sees the handshake that carries them.
+//
 // Frames are written uncompressed. A connection that negotiated permessage-deflate still
 // receives valid messages (RFC 7692 lets a sender leave any message uncompressed), and a
 // packet that asks for compression goes through gorilla/websocket's writer, as with
@@ -89,7 +96,11 @@ const listenDelayMax = 2 * time.Second
 // client (Clone); a Message's copy shares the bytes. Give it only to connections whose
 // transport Handles: engine.io's own transports would take a string for binary.
 func Message(data types.BufferInterface) types.BufferInterface {
-	m := &message{Buffer: *types.NewBuffer(data.Bytes()), original: data.Bytes()}
+	// Capped: the bytes are shared by every copy, and an append to one must not write
+	// into the others' (nor into the spare capacity of socket.io's buffer).
+	b := data.Bytes()
+	b = b[:len(b):len(b)]
+	m := &message{Buffer: *types.NewBuffer(b), original: b}
 	if isText(data) {
 		// A text packet goes as engine.io's message type, then the packet.
 		m.text = true
@@ -129,8 +140,10 @@ type message struct {
 	more     []*message // the parts that follow in the same packet (Messages)
 }
 
-// Clone shares the bytes: they are never written to. socket.io clones what it writes
-// for every client; the buffer is held by value so that a clone is one allocation.
+// Clone shares the bytes: they are never written to, and an append to a clone's buffer
+// copies them, as original has no spare capacity (see Message). socket.io clones what it
+// writes for every client; the buffer is held by value so that a clone is one
+// allocation.
 func (m *message) Clone() types.BufferInterface {
 	return &message{Buffer: *types.NewBuffer(m.original), original: m.original, payload: m.payload, text: m.text, more: m.more}
 }
@@ -159,14 +172,16 @@ type webSocket struct {
 
 	mu     sync.Mutex // one batch written at a time, in order
 	bufs   net.Buffers
-	header []byte // the frame headers of the batch being written
+	header []byte    // the frame headers of the batch being written
+	until  time.Time // the batch's write deadline (see defaultWriteTimeout)
 	// writev: the connection writes net.Buffers with one writev(2) (TCP and Unix
 	// sockets). Others, TLS above all, would turn each buffer into a Write of its own
 	// (a TLS record each): for them the batch is copied into flat and written once.
 	writev bool
 	flat   []byte
 
-	hold atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
+	hold         atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
+	writeTimeout atomic.Int64 // how long a batch may take, in ns (see defaultWriteTimeout)
 
 	// The answer to the client's latest WebSocket ping, waiting for its turn to be
 	// written (see onPing).
@@ -175,12 +190,18 @@ type webSocket struct {
 	pongData    []byte
 
 	held atomic.Bool // an engine.io pong is being held (see maxPongHold)
+	// deliver is held while engine.io is told of the connection: a packet, from the read
+	// loop or a held pong's timer (see deliverPong), or its end (see failed). Taken
+	// after mu, if both are.
+	deliver sync.Mutex
 
 	// Closing waits for the batches handed over before it (see DoClose).
-	inflight  atomic.Int64 // Send calls whose batch is not written yet
-	closing   atomic.Bool
+	inflight  atomic.Int64              // Send calls whose batch is not written yet
+	closeBy   atomic.Pointer[time.Time] // set by DoClose: when the connection is closed
 	closeOnce sync.Once
-	closed    bool // the Close frame is written, or the connection closed (w.mu)
+	// Nothing more is written (w.mu): the Close frame is, or a write failed, which may
+	// have left a frame cut short.
+	closed bool
 }
 
 // closeGrace bounds how long a closing connection waits for the batches handed to it
@@ -195,9 +216,26 @@ const (
 	maxFlat = 64 << 10
 )
 
+// A batch not written within the server's pingInterval + pingTimeout (the connection's
+// writeTimeout) fails the connection. Were it engine.io's transport, a client that took
+// that long over a batch would be closed for not answering a ping: engine.io sends its
+// next ping at most a pingInterval after the last pong, that ping waits in engine.io's
+// buffer until the batch is written, and the client has pingTimeout to answer it. A
+// client that answers pings it has not read (or sends pongs unasked) escapes that
+// timeout, and without a deadline kept its connection, and engine.io's buffer of
+// everything sent to it, for ever.
+//
+// engine.io gives a transport neither its server nor its socket, only packets: the
+// server's pingInterval and pingTimeout reach it in the handshake it writes to a
+// connection that starts on WebSocket ("0{...}", see learnHandshake). A connection that
+// started on HTTP long polling had its handshake written by that transport, and gets
+// defaultWriteTimeout: engine.io's default pingInterval (25 s) + pingTimeout (20 s).
+const defaultWriteTimeout = 45 * time.Second
+
 func newWebSocket(ctx *types.HttpContext) *webSocket {
 	w := &webSocket{Transport: transports.MakeTransport()}
 	w.hold.Store(int64(defaultPongHold))
+	w.writeTimeout.Store(int64(defaultWriteTimeout))
 	w.Prototype(w)
 	w.Construct(ctx)
 	return w
@@ -269,19 +307,36 @@ func (w *webSocket) read() {
 			return
 		}
 		if mt == ws.TextMessage && data.Len() == 1 && data.Bytes()[0] == '3' {
-			// A heartbeat's pong (engine.io v4: the server pings). See pongHold. One at
-			// a time: a client answers one ping per interval, and one that sends pongs
-			// unasked must not make a timer and a buffer of each.
+			// A heartbeat's pong (engine.io v4: the server pings). See maxPongHold.
 			if w.held.CompareAndSwap(false, true) {
-				time.AfterFunc(time.Duration(w.hold.Load()), func() {
-					w.held.Store(false)
-					w.Transport.OnData(types.NewStringBufferString("3"))
-				})
+				time.AfterFunc(time.Duration(w.hold.Load()), w.deliverPong)
 			}
+			// else one is held already, and is handed to engine.io after this one
+			// came: for engine.io, which stops the ping's timeout and schedules the
+			// next ping, what one pong does then, so do two. A client answers one ping
+			// per interval, and one that sends pongs unasked must not make a timer and
+			// a buffer of each.
 			continue
 		}
+		w.deliver.Lock()
 		w.Transport.OnData(data)
+		w.deliver.Unlock()
 	}
+}
+
+// deliverPong hands a held pong to engine.io, once the read loop is not handing it
+// anything else: engine.io's socket, and the listeners of its "packet" and "heartbeat"
+// events, then never see two packets of the connection at the same time, as with
+// engine.io's transport, which hands over everything from its read loop. Handing it over
+// from the read loop instead is not possible: that loop waits in gorilla/websocket's
+// reader for the next message, which a client sends only after engine.io has seen the
+// pong (the next ping is scheduled then), and a read deadline to wake it would end the
+// connection (gorilla/websocket fails every read after one has timed out).
+func (w *webSocket) deliverPong() {
+	w.deliver.Lock()
+	defer w.deliver.Unlock()
+	w.held.Store(false)
+	w.Transport.OnData(types.NewStringBufferString("3"))
 }
 
 // A client's pong waits before engine.io sees it: a tenth of the server's pingTimeout, at
@@ -309,9 +364,9 @@ const (
 // message). gorilla/websocket's own handler writes the pong with a one-second write
 // deadline, which it leaves on the connection: a batch being written to a slow reader
 // at that moment then failed, and the client was disconnected mid-frame. The pong is
-// written here like a batch, in turn, with no deadline, from a goroutine so that reading
-// goes on meanwhile; pings that come before it is written get one answer, to the latest,
-// as RFC 6455 (5.5.3) allows.
+// written here like a batch, in turn, with a batch's deadline (see
+// defaultWriteTimeout), from a goroutine so that reading goes on meanwhile; pings that
+// come before it is written get one answer, to the latest, as RFC 6455 (5.5.3) allows.
 func (w *webSocket) onPing(data string) error {
 	w.pongMu.Lock()
 	w.pongData = append(w.pongData[:0], data...)
@@ -334,14 +389,30 @@ func (w *webSocket) writePong() {
 	w.control(0xA, w.pongData)
 	w.pongPending = false
 	w.pongMu.Unlock()
+	w.until = time.Now().Add(time.Duration(w.writeTimeout.Load()))
 	if err := w.flush(); err != nil {
-		w.failed(err)
+		w.writeFailed(err)
 	}
 }
 
+// writeFailed ends the connection after a write failed (w.mu held): nothing more may be
+// written, not even a Close frame, as the write may have stopped within a frame (at its
+// deadline, above all). The error is reported first, so that engine.io closes the
+// socket for it ("transport error", or "transport close" if the connection was closed),
+// not for the end of the connection, which the read loop reports next.
+func (w *webSocket) writeFailed(err error) {
+	w.closed = true
+	w.failed(err)
+	w.raw.Close()
+}
+
 // failed reports an error of the connection the way engine.io's transport does: a
-// closed connection as "close", anything else as "error".
+// closed connection as "close", anything else as "error". It is told to engine.io
+// between packets (w.deliver), as the rest: engine.io closes the socket then, and a held
+// pong handled at the same time restarted the ping timer the close had just stopped.
 func (w *webSocket) failed(err error) {
+	w.deliver.Lock()
+	defer w.deliver.Unlock()
 	if ws.IsUnexpectedCloseError(err) || errors.Is(err, net.ErrClosed) {
 		w.conn.Emit("close")
 	} else {
@@ -363,8 +434,10 @@ func (w *webSocket) send(packets []*packet.Packet) {
 		w.Emit("drain")
 		w.SetWritable(true)
 		w.Emit("ready")
-		if w.inflight.Add(-1) == 0 && w.closing.Load() {
-			w.finish()
+		if w.inflight.Add(-1) == 0 {
+			if by := w.closeBy.Load(); by != nil {
+				w.finish(*by)
+			}
 		}
 	}()
 	w.mu.Lock()
@@ -372,15 +445,18 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	if w.closed {
 		return // nothing after the Close frame (RFC 6455, 5.5.1)
 	}
+	// One deadline for the batch, whatever its writes (a compressed message is one of
+	// its own). Setting it costs no system call: Go's poller keeps it.
+	w.until = time.Now().Add(time.Duration(w.writeTimeout.Load()))
 	for _, p := range packets {
 		if err := w.add(p); err != nil {
 			w.discard()
-			w.failed(err)
+			w.writeFailed(err)
 			return
 		}
 	}
 	if err := w.flush(); err != nil {
-		w.failed(err)
+		w.writeFailed(err)
 	}
 }
 
@@ -408,22 +484,28 @@ func (w *webSocket) add(p *packet.Packet) error {
 		return err
 	}
 	if p.Type == packet.OPEN {
-		w.learnPingTimeout(data.Bytes())
+		w.learnHandshake(data.Bytes())
 	}
 	return w.message(p, isText(data), data.Bytes())
 }
 
-// learnPingTimeout sets the pong hold from the pingTimeout of the handshake engine.io
-// sends a connection that starts on WebSocket ("0{...}"). One that started on HTTP long
-// polling keeps defaultPongHold.
-func (w *webSocket) learnPingTimeout(open []byte) {
+// learnHandshake sets the pong hold and the write timeout from the pingTimeout and
+// pingInterval of the handshake engine.io sends a connection that starts on WebSocket
+// ("0{...}"). One that started on HTTP long polling keeps defaultPongHold and
+// defaultWriteTimeout.
+func (w *webSocket) learnHandshake(open []byte) {
 	var hs struct {
-		PingTimeout int64 `json:"pingTimeout"` // milliseconds
+		PingInterval int64 `json:"pingInterval"` // milliseconds
+		PingTimeout  int64 `json:"pingTimeout"`
 	}
 	if len(open) < 2 || json.Unmarshal(open[1:], &hs) != nil || hs.PingTimeout <= 0 {
 		return
 	}
-	w.hold.Store(int64(min(maxPongHold, time.Duration(hs.PingTimeout)*time.Millisecond/10)))
+	timeout := time.Duration(hs.PingTimeout) * time.Millisecond
+	w.hold.Store(int64(min(maxPongHold, timeout/10)))
+	if hs.PingInterval > 0 {
+		w.writeTimeout.Store(int64(time.Duration(hs.PingInterval)*time.Millisecond + timeout))
+	}
 }
 
 // part adds one part of a Message carried by p. A binary part is given as engine.io
@@ -507,16 +589,17 @@ func appendHeader(b []byte, op byte, n int) []byte {
 	}
 }
 
-// flush writes the batch with one writev(2), or one write(2) of a copy. The frames'
-// headers live in w.header; when it grows while the batch is built, the headers already
-// in w.bufs keep pointing into its old array, which stays valid.
+// flush writes the batch with one writev(2), or one write(2) of a copy, by the batch's
+// deadline, w.until. The frames' headers live in w.header; when it grows while the batch
+// is built, the headers already in w.bufs keep pointing into its old array, which stays
+// valid.
 func (w *webSocket) flush() error {
-	// No deadline: engine.io's transport sets none either, and a pong that
-	// gorilla/websocket wrote with one must not leave it on the connection.
-	return w.flushUntil(time.Time{})
+	return w.flushUntil(w.until)
 }
 
-// flushUntil is flush with a write deadline (none if zero).
+// flushUntil is flush with the write deadline given. Every write sets its own: one left
+// on the connection by an earlier write (gorilla/websocket's, for a control frame it
+// writes itself) must not cut this one short.
 func (w *webSocket) flushUntil(deadline time.Time) error {
 	if len(w.bufs) == 0 {
 		return nil
@@ -560,46 +643,60 @@ func (w *webSocket) writeCompressed(text bool, payload []byte) error {
 		mt = ws.TextMessage
 	}
 	w.conn.EnableWriteCompression(true)
+	// gorilla/websocket sets this deadline on the connection for the write (it only
+	// records it here).
+	w.conn.SetWriteDeadline(w.until)
 	return w.conn.WriteMessage(mt, payload)
 }
 
-// DoClose closes the connection, once the batches handed over before are written (at
-// most closeGrace later), with a WebSocket Close frame; the read loop then reports
-// "close". engine.io closes a socket's transport as soon as its own buffer is empty,
+// DoClose closes the connection, once the batches handed over before are written, with
+// a WebSocket Close frame; the read loop then reports "close". The connection is closed
+// closeGrace after DoClose is called at the latest, Close frame or not: waiting for the
+// batches, for the turn to write the Close frame, and writing it share that one
+// deadline. engine.io closes a socket's transport as soon as its own buffer is empty,
 // and the last batch, just handed over, is still being written: closing at once lost it,
 // and with it socket.io's DISCONNECT packet, so that a client the server disconnected
 // saw a transport error and reconnected (engine.io's own transport loses them too).
 func (w *webSocket) DoClose(fn types.Callable) {
+	by := time.Now().Add(closeGrace)
 	if fn != nil {
 		fn()
 	}
-	w.closing.Store(true)
+	w.closeBy.Store(&by)
 	if w.inflight.Load() == 0 {
-		go w.finish() // its write may wait for the client: not on the caller's goroutine
+		go w.finish(by) // its write may wait for the client: not on the caller's goroutine
 		return
 	}
-	time.AfterFunc(closeGrace, w.finish)
+	// The last batch's end calls finish (see send), or this, at the deadline, whichever
+	// comes first.
+	time.AfterFunc(time.Until(by), func() { w.finish(by) })
 }
 
 // finish writes a Close frame (1000, normal closure) after what is written, and closes
-// the connection. It waits at most closeGrace for its turn to write: a batch stuck on a
-// client that does not read is ended by closing the connection instead.
-func (w *webSocket) finish() {
+// the connection, by the time by. A batch stuck on a client that does not read is ended
+// by closing the connection instead.
+func (w *webSocket) finish(by time.Time) {
 	w.closeOnce.Do(func() {
-		if w.lockWithin(closeGrace) {
-			w.closed = true
-			w.control(0x8, binary.BigEndian.AppendUint16(nil, ws.CloseNormalClosure))
-			w.flushUntil(time.Now().Add(closeGrace))
+		if w.lockUntil(by) {
+			if !w.closed {
+				w.closed = true
+				w.control(0x8, binary.BigEndian.AppendUint16(nil, ws.CloseNormalClosure))
+				w.flushUntil(by)
+			}
 			w.mu.Unlock()
 		}
 		w.conn.Close()
 	})
 }
 
-// lockWithin locks w.mu if it can within d, and reports whether it did.
-func (w *webSocket) lockWithin(d time.Duration) bool {
+// lockUntil locks w.mu if it can by the time by, and reports whether it did.
+func (w *webSocket) lockUntil(by time.Time) bool {
 	if w.mu.TryLock() {
 		return true
+	}
+	d := time.Until(by)
+	if d <= 0 {
+		return false
 	}
 	// A helper takes the lock for the waiter; whichever of the two moves state first
 	// decides: the helper (1, the lock is the waiter's) or the waiter giving up (2, the

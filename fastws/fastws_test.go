@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	goio "io"
+	"net"
 	"net/http/httptest"
 	"os"
 	"slices"
@@ -19,6 +20,7 @@ import (
 
 	ws "github.com/gorilla/websocket"
 	eiotransports "github.com/zishang520/engine.io-client-go/transports"
+	"github.com/zishang520/engine.io-go-parser/packet"
 	"github.com/zishang520/engine.io/v2/transports"
 	"github.com/zishang520/engine.io/v2/types"
 	client "github.com/zishang520/socket.io-client-go/socket"
@@ -93,13 +95,21 @@ func serverWith(t testing.TB, v variant) (*socket.Server, string) {
 	} else {
 		h.Start()
 	}
-	t.Cleanup(func() {
-		done := make(chan struct{})
-		io.Close(func(error) { close(done) })
-		<-done
-		h.Close()
-	})
+	t.Cleanup(func() { closeServer(t, io, h) })
 	return io, h.URL
+}
+
+// closeServer closes a test server's socket.io server, then its HTTP server.
+func closeServer(t testing.TB, io *socket.Server, h *httptest.Server) {
+	t.Helper()
+	done := make(chan struct{})
+	io.Close(func(error) { close(done) })
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Errorf("the socket.io server did not close within %v", waitFor)
+	}
+	h.Close()
 }
 
 // rawClient is a WebSocket client speaking engine.io v4 and socket.io v5 by hand, so that
@@ -505,7 +515,13 @@ func TestCloseEndsTheSocket(t *testing.T) {
 	for {
 		_, msg, err := b.conn.ReadMessage()
 		if err != nil {
-			break // closed by the server
+			// A Close frame (1000, or 1005 without a code), or the end of the connection
+			// (gorilla/websocket reports an EOF before any Close frame as 1006). Not the
+			// read deadline: a server that never closes the connection would pass.
+			if !ws.IsCloseError(err, ws.CloseNormalClosure, ws.CloseNoStatusReceived, ws.CloseAbnormalClosure) && !errors.Is(err, goio.EOF) {
+				t.Fatalf("the server did not close the connection: %v", err)
+			}
+			return
 		}
 		if string(msg) != "41" && string(msg) != "2" {
 			t.Fatalf("unexpected %q before the close", msg)
@@ -580,12 +596,7 @@ func TestMessageProtocol3(t *testing.T) {
 	sockets := make(chan *socket.Socket, 1)
 	io.On("connection", func(args ...any) { sockets <- args[0].(*socket.Socket) })
 	h := httptest.NewServer(io.ServeHandler(nil))
-	t.Cleanup(func() {
-		done := make(chan struct{})
-		io.Close(func(error) { close(done) })
-		<-done
-		h.Close()
-	})
+	t.Cleanup(func() { closeServer(t, io, h) })
 	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(h.URL, "http")+"/socket.io/?EIO=3&transport=websocket", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -739,10 +750,178 @@ func TestLargeBatchBufferReleased(t *testing.T) {
 	}
 	s, _ := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
 	w := s.Conn().Transport().(*webSocket)
-	w.mu.Lock() // the batch's write has returned
+	if !w.lockUntil(time.Now().Add(waitFor)) { // the batch's write has returned
+		t.Fatalf("the transport's lock was not free within %v", waitFor)
+	}
 	kept := cap(w.flat)
 	w.mu.Unlock()
 	if kept > maxFlat {
 		t.Fatalf("kept a %d-byte buffer", kept)
+	}
+}
+
+// A client that stops reading, but keeps sending engine.io pongs (without reading the
+// pings), kept its connection for ever: its pongs kept engine.io's ping timeout away,
+// and the batch being written to it, stuck in a write without a deadline, kept
+// everything emitted to it since in engine.io's buffer. The write now fails once the
+// server's pingInterval + pingTimeout have passed, and engine.io closes the socket for a
+// transport error, then the connection.
+func TestStalledReaderIsClosed(t *testing.T) {
+	for _, v := range []variant{{}, {tls: true}} {
+		v.pingInterval, v.pingTimeout = 200*time.Millisecond, 500*time.Millisecond
+		t.Run(v.String(), func(t *testing.T) { testStalledReader(t, v) })
+	}
+}
+
+func testStalledReader(t *testing.T, v variant) {
+	io, url := serverWith(t, v)
+	c := dial(t, io, url)
+	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+	if !ok {
+		t.Fatalf("no socket %s", c.sid)
+	}
+	reasons := make(chan string, 1)
+	s.Conn().On("close", func(args ...any) { reasons <- args[0].(string) })
+	closed := make(chan struct{}) // the transport's end, which its read loop reports
+	s.Conn().Transport().Once("close", func(...any) { close(closed) })
+	// Pongs, unasked, more often than engine.io pings: this client reads nothing more.
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-stopped }()
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(v.pingInterval / 2)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.conn.WriteMessage(ws.TextMessage, []byte("3"))
+			}
+		}
+	}()
+	start := time.Now()
+	// Far more than the sockets' buffers hold, as an engine.io message: socket.io takes
+	// a second or two to encode as much under the race detector.
+	s.Conn().Write(Message(types.NewBytesBuffer(make([]byte, 32<<20))), nil, nil)
+	select {
+	case reason := <-reasons:
+		if d := time.Since(start); reason != "transport error" || d < v.pingInterval+v.pingTimeout {
+			t.Fatalf("closed %v after the write for %q, want a transport error, after pingInterval + pingTimeout (%v)", d, reason, v.pingInterval+v.pingTimeout)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("the socket of a client that reads nothing is still open %v later", waitFor)
+	}
+	// The connection is closed at once, though the client still reads nothing.
+	select {
+	case <-closed:
+	case <-time.After(closeGrace):
+		t.Fatalf("the connection is still open %v after the socket closed", closeGrace)
+	}
+	// The client sees the end: what the sockets' buffers hold, then no more.
+	raw := c.conn.NetConn()
+	raw.SetReadDeadline(time.Now().Add(waitFor))
+	var ne net.Error
+	if _, err := goio.Copy(goio.Discard, raw); errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the connection is still open: %v", err)
+	}
+}
+
+// DoClose ends the connection within closeGrace of its call, though the batch being
+// written never ends: it waited closeGrace for the batch, then as long again for the
+// lock the batch held.
+func TestCloseWithinGrace(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+	if !ok {
+		t.Fatalf("no socket %s", c.sid)
+	}
+	w := s.Conn().Transport().(*webSocket)
+	closed := make(chan time.Time, 1)
+	w.On("close", func(...any) { closed <- time.Now() })
+	// Far more than the sockets' buffers hold, as an engine.io message: socket.io takes
+	// a second or two to encode as much under the race detector.
+	s.Conn().Write(Message(types.NewBytesBuffer(make([]byte, 32<<20))), nil, nil)
+	c.conn.SetReadDeadline(time.Now().Add(waitFor))
+	mt, r, err := c.conn.NextReader()
+	if err != nil || mt != ws.BinaryMessage {
+		t.Fatalf("%d %v", mt, err)
+	}
+	var first [1]byte
+	if _, err := r.Read(first[:]); err != nil { // the write has begun, and cannot finish
+		t.Fatal(err)
+	}
+	start := time.Now()
+	s.Conn().Close(true) // engine.io closes the transport at once
+	select {
+	case at := <-closed:
+		// Some slack for the scheduler: the old bound was twice closeGrace.
+		if d := at.Sub(start); d > closeGrace+closeGrace/2 {
+			t.Fatalf("the connection closed %v after DoClose, want at most %v", d, closeGrace)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("the connection is still open %v after DoClose", waitFor)
+	}
+}
+
+// A held pong is handed to engine.io while no other packet of the connection is: its
+// listeners ("packet", "heartbeat") ran on the hold's timer, at the same time as those
+// of a message the read loop was delivering.
+func TestHeldPongNotConcurrent(t *testing.T) {
+	io, url := server(t)
+	var inMessage atomic.Bool
+	overlap := make(chan struct{}, 1) // the pong came while a message's listener ran
+	pong := make(chan bool, 1)        // the pong came, during a message's listener or not
+	io.Engine().On("connection", func(args ...any) {
+		s, ok := args[0].(types.EventEmitter)
+		if !ok {
+			return
+		}
+		s.On("packet", func(args ...any) {
+			switch args[0].(*packet.Packet).Type {
+			case packet.PONG:
+				during := inMessage.Load()
+				if during {
+					overlap <- struct{}{}
+				}
+				select {
+				case pong <- during:
+				default:
+				}
+			case packet.MESSAGE:
+				// A listener that takes a while (the hold is 100 ms at most). It
+				// stops as soon as it sees the pong come meanwhile.
+				inMessage.Store(true)
+				select {
+				case <-overlap:
+				case <-time.After(time.Second):
+				}
+				inMessage.Store(false)
+			}
+		})
+	})
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(waitFor))
+	if _, msg, err := conn.ReadMessage(); err != nil || !bytes.HasPrefix(msg, []byte("0{")) {
+		t.Fatalf("handshake %q, %v", msg, err)
+	}
+	// A pong, held, then socket.io's CONNECT, a message, delivered during the hold.
+	for _, m := range []string{"3", "40"} {
+		if err := conn.WriteMessage(ws.TextMessage, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case during := <-pong:
+		if during {
+			t.Fatal("the held pong was handed to engine.io while a message's listener ran")
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the pong never reached engine.io")
 	}
 }
