@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // The fault suite injects each fault for real and reports what it measured with t.Logf
@@ -587,5 +589,81 @@ func TestFaultAttachmentsTableDropped(t *testing.T) {
 	}
 	if lost != n {
 		t.Fatalf("%d messages reported lost, want the %d with attachments", lost, n)
+	}
+}
+
+// TestPublisherCloseIsBounded: with PostgreSQL silent (a server that accepts connections
+// and never answers), closing the publisher ended its batch in flight only at the batch's
+// own timeout, and then sent the queue a batch at a time, each up to RequestsTimeout: a
+// queue of repeated messages (one per batch) kept it going for far longer than the
+// runtime's stop waits. Every query ends RequestsTimeout after close, and what is left is
+// reported lost.
+func TestPublisherCloseIsBounded(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	pool, err := pgxpool.New(context.Background(), "postgres://u@"+l.Addr().String()+"/db?connect_timeout=5&sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	o, err := (&Options{RequestsTimeout: 500 * time.Millisecond, SkipTableCreation: true}).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan int, 1)
+	p := newPublisher(pool, newStatements("x"), &o, func(err error) {
+		if pe := (*PublishError)(nil); errors.As(err, &pe) && errors.Is(err, ErrClosed) {
+			lost <- pe.Messages
+		}
+	}, &counters{})
+	const n = 20
+	for range n { // the same heartbeat n times: a batch each
+		if err := p.enqueue(outgoing{channel: "c", typ: wire.Heartbeat, enc: wire.Encoded{JSON: `{"type":1,"uid":"u"}`}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { p.run(context.Background()); close(done) }()
+	eventually(t, "the first batch is taken", func() bool { return len(p.queue) < n })
+	start := time.Now()
+	p.close()
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Fatal("the publisher still runs")
+	}
+	if took := time.Since(start); took > 2*o.RequestsTimeout+time.Second {
+		t.Fatalf("the publisher returned %v after close (RequestsTimeout %v)", took, o.RequestsTimeout)
+	}
+	select {
+	case m := <-lost:
+		if m == 0 || m > n {
+			t.Fatalf("%d messages reported lost of %d", m, n)
+		}
+	default:
+		t.Fatal("the messages left were not reported")
 	}
 }

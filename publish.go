@@ -47,6 +47,10 @@ type publisher struct {
 	closed bool
 	queue  chan outgoing
 	stop   chan struct{}
+	// expire ends every query of the goroutine RequestsTimeout after close (see run).
+	expire     context.Context
+	expireNow  context.CancelFunc
+	expireWhen *time.Timer
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
 
@@ -62,8 +66,10 @@ type publisher struct {
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
-	return &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
+	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
 		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
+	p.expire, p.expireNow = context.WithCancel(context.Background())
+	return p
 }
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
@@ -98,21 +104,37 @@ func (p *publisher) enqueue(m outgoing) error {
 	return nil
 }
 
-// close stops accepting messages; run then publishes what is queued and returns.
+// close stops accepting messages; run then publishes what is queued, for at most
+// RequestsTimeout, and returns.
 func (p *publisher) close() {
 	p.mu.Lock()
 	if !p.closed {
 		p.closed = true
 		close(p.stop)
+		p.expireWhen = time.AfterFunc(p.opts.RequestsTimeout, p.expireNow)
 	}
 	p.mu.Unlock()
 }
 
+// run publishes until close, then drains the queue. Every query runs in a context that
+// ends RequestsTimeout after close, the batch in flight at that moment included, so that
+// the runtime's stop, which waits RequestsTimeout and a margin, finds the publisher done:
+// the batch in flight had no bound, and, with PostgreSQL silent, a queue of repeated
+// messages (a batch each) went on for a RequestsTimeout per batch.
 func (p *publisher) run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(p.expire, cancel)()
 	if !p.opts.SkipTableCreation {
 		p.createTable(ctx)
 	}
 	for {
+		select {
+		case <-p.stop: // without waiting for the carried messages: drain sends them
+			p.drain(ctx)
+			return
+		default:
+		}
 		if len(p.carry) == 0 {
 			p.idle.Store(true)
 			select {
@@ -129,14 +151,11 @@ func (p *publisher) run(ctx context.Context) {
 	}
 }
 
-// drain publishes what was accepted before close, for at most RequestsTimeout, and
-// reports the rest as lost. The deadline bounds every query of it (a batch could
-// otherwise take the table's creation, the lz4 probe and two attempts, each up to
-// RequestsTimeout), so that the runtime's stop, which waits RequestsTimeout and a
-// margin, finds the publisher done.
+// drain publishes what was accepted before close until ctx ends (RequestsTimeout after
+// close, see run), and reports the rest as lost. The deadline bounds every query of it
+// (a batch could otherwise take the table's creation, the lz4 probe and two attempts,
+// each up to RequestsTimeout).
 func (p *publisher) drain(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
-	defer cancel()
 	for (len(p.carry) > 0 || len(p.queue) > 0) && ctx.Err() == nil {
 		p.sendBatch(ctx, p.nextBatch())
 	}
