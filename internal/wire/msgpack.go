@@ -169,6 +169,23 @@ func decodeMsgpackTree(b []byte) (v any, ok bool) {
 type mpReader struct {
 	b []byte
 	i int
+	// owed is the bytes that the elements still to read of the open containers take at
+	// least (see arrayOf).
+	owed uint64
+}
+
+// room reports whether n more elements of size bytes at least fit in what is left,
+// beside the elements the open containers are owed, and then owes them too. A
+// container's length checked against what is left alone let each of 500 nested arrays
+// claim the rest of the input: a 1 MB row allocated 8 GB before the decode failed, and a
+// 7.7 KB notification 36 MB.
+func (r *mpReader) room(n, size uint64) bool {
+	left := uint64(len(r.b) - r.i)
+	if r.owed > left || n > (left-r.owed)/size {
+		return false
+	}
+	r.owed += n * size
+	return true
 }
 
 // n reads a big-endian unsigned integer of size bytes: a number, or the length that
@@ -279,11 +296,12 @@ func (r *mpReader) value(depth int) (any, bool) {
 
 func (r *mpReader) arrayOf(n uint64, depth int) (any, bool) {
 	// A container's nesting level is depth+1; validateMsgpack refuses level maxDepth.
-	if depth+1 >= maxDepth || n > uint64(len(r.b)-r.i) { // each element takes a byte at least
+	if depth+1 >= maxDepth || !r.room(n, 1) { // each element takes a byte at least
 		return nil, false
 	}
 	a := make([]any, n)
 	for i := range a {
+		r.owed-- // this one's byte, read now
 		var ok bool
 		if a[i], ok = r.value(depth + 1); !ok {
 			return nil, false
@@ -293,11 +311,12 @@ func (r *mpReader) arrayOf(n uint64, depth int) (any, bool) {
 }
 
 func (r *mpReader) mapOf(n uint64, depth int) (any, bool) {
-	if depth+1 >= maxDepth || n > uint64(len(r.b)-r.i)/2 { // each entry takes two bytes at least
+	if depth+1 >= maxDepth || !r.room(n, 2) { // each entry takes two bytes at least
 		return nil, false
 	}
 	m := make(map[string]any, n)
 	for range n {
+		r.owed -= 2 // this entry's, read now
 		k, ok := r.key()
 		if !ok {
 			return nil, false

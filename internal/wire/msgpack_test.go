@@ -2,8 +2,11 @@ package wire
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -154,4 +157,50 @@ func FuzzMsgpackTree(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) { checkMsgpack(t, b) })
+}
+
+// nestedLengths is depth array32 (code 0xdd, div 1) or map32 (0xdf, div 2) headers, each
+// declaring as many elements as bytes remain, then nils up to size bytes.
+func nestedLengths(depth, size int, code byte, div int) []byte {
+	b := make([]byte, 0, size)
+	for range depth {
+		b = append(b, code)
+		b = binary.BigEndian.AppendUint32(b, uint32((size-len(b)-4)/div))
+	}
+	for len(b) < size {
+		b = append(b, 0xc0)
+	}
+	return b
+}
+
+// TestNestedLengthsAllocateLittle: every container's length was checked against what
+// was left of the input, not against what the containers around it were owed already,
+// so that each of 500 nested arrays claimed the rest of a row, and allocated for it,
+// before the decode failed (a reviewer: 492 MB for a 64 KB row, 8 GB for 1 MB, 36 MB
+// for a notification of 7.7 KB that anyone allowed to NOTIFY may send). A tree decoder
+// allocates more than its input (an interface is 16 bytes), but not that much.
+func TestNestedLengthsAllocateLittle(t *testing.T) {
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	for _, c := range []struct {
+		name string
+		code byte
+		div  int
+	}{{"arrays", 0xdd, 1}, {"maps", 0xdf, 2}} {
+		row := nestedLengths(500, 64<<10, c.code, c.div)
+		var err error
+		if n := allocated(func() { _, err = DecodeAttachment(row) }); n > 64*uint64(len(row)) || err == nil {
+			t.Errorf("%s: a %d-byte row allocated %d bytes (%v)", c.name, len(row), n, err)
+		}
+		payload := `{"uid":"x","type":3,"msgpack":"` + base64.StdEncoding.EncodeToString(nestedLengths(500, 5800, c.code, c.div)) + `"}`
+		if n := allocated(func() { _, err = DecodeNotification(payload) }); n > 64*uint64(len(payload)) || err == nil {
+			t.Errorf("%s: a %d-byte notification allocated %d bytes (%v)", c.name, len(payload), n, err)
+		}
+	}
 }
