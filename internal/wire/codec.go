@@ -424,7 +424,11 @@ func fromMsgpack(v any) (any, error) {
 	case uint64:
 		return float64(x), nil
 	case float32:
-		return float64(x), nil
+		return finite(float64(x)), nil
+	case float64:
+		return finite(x), nil
+	case time.Time: // a JavaScript Date, from Node
+		return jsDate(x), nil
 	case []any:
 		for i := range x {
 			var err error

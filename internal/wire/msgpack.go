@@ -252,10 +252,10 @@ func (r *mpReader) value(depth int) (any, bool) {
 		return append(make([]byte, 0, len(p)), p...), ok
 	case 0xca:
 		u, ok := r.n(4)
-		return float64(math.Float32frombits(uint32(u))), ok
+		return finite(float64(math.Float32frombits(uint32(u)))), ok
 	case 0xcb:
 		u, ok := r.n(8)
-		return math.Float64frombits(u), ok
+		return finite(math.Float64frombits(u)), ok
 	case 0xcc, 0xcd, 0xce, 0xcf:
 		u, ok := r.n(1 << (c - 0xcc))
 		return float64(u), ok

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -202,5 +203,46 @@ func TestNestedLengthsAllocateLittle(t *testing.T) {
 		if n := allocated(func() { _, err = DecodeNotification(payload) }); n > 64*uint64(len(payload)) || err == nil {
 			t.Errorf("%s: a %d-byte notification allocated %d bytes (%v)", c.name, len(payload), n, err)
 		}
+	}
+}
+
+// TestNodeNonFiniteAndDates decodes what a Node server sends (captured from
+// @msgpack/msgpack 2.8.0, the adapter's encoder) for io.emit("e", Buffer.from([1]), ...)
+// with NaN and the infinities, and with Dates: its clients get them as JSON.stringify
+// writes them, null and toISOString(). NaN reached this server's clients as an event
+// without its data (socket.io's JSON encoding failed), and a Date as a time.Time in the
+// server's time zone.
+func TestNodeNonFiniteAndDates(t *testing.T) {
+	for _, c := range []struct {
+		name, hex string
+		want      []any
+	}{
+		{"NaN, Infinity, -Infinity, {x: NaN}",
+			"84a3756964b061616161616161616161616161616161a47479706503a46461746182a67061636b657482a47479706502a46461746196a165c40101cb7ff8000000000000cb7ff0000000000000cbfff000000000000081a178cb7ff8000000000000a46f70747383a5726f6f6d7390a665786365707490a5666c61677380a36e7370a12f",
+			[]any{"e", []byte{1}, nil, nil, nil, map[string]any{"x": nil}}},
+		{"new Date(1700000000123), new Date(-1), new Date(8.64e15)",
+			"84a3756964b061616161616161616161616161616161a47479706503a46461746182a67061636b657482a47479706502a46461746195a165c40101d7ff1d5353006553f100c70cff3b8b87c0ffffffffffffffffc70cff00000000000007dba8218000a46f70747383a5726f6f6d7390a665786365707490a5666c61677380a36e7370a12f",
+			[]any{"e", []byte{1}, "2023-11-14T22:13:20.123Z", "1969-12-31T23:59:59.999Z", "+275760-09-13T00:00:00.000Z"}},
+	} {
+		b, err := hex.DecodeString(c.hex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := DecodeAttachment(b)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := m.Data.(*BroadcastData).Packet.Data
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: got %#v, want %#v", c.name, got, c.want)
+		}
+		if _, err := AppendJSON(nil, got); err != nil {
+			t.Errorf("%s: not JSON for the clients: %v", c.name, err)
+		}
+	}
+	// Sent: as JSON.stringify writes them, not a failure to encode.
+	args, _, err := NormalizeArgs([]any{"e", math.NaN(), math.Inf(-1), float32(math.Inf(1)), map[string]any{"x": math.NaN()}})
+	if err != nil || !reflect.DeepEqual(args, []any{"e", nil, nil, nil, map[string]any{"x": nil}}) {
+		t.Errorf("normalized %#v, %v", args, err)
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Normalize turns event arguments into the generic tree the codec carries: nil, bool,
@@ -29,18 +31,48 @@ func Normalize(v any) (any, bool, error) {
 // and hundreds of megabytes to refuse.
 var errTooDeep = fmt.Errorf("wire: value nested deeper than %d levels (does it contain itself?)", maxJSONDepth)
 
+// finite returns f, or nil for NaN and the infinities, as JavaScript's JSON.stringify
+// writes them (null), which is what a Node server's clients get. JSON cannot carry them:
+// a message holding one failed to encode and was not published, and one from a Node
+// server (in MessagePack, which can) reached this server's clients without its data.
+func finite(f float64) any {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil
+	}
+	return f
+}
+
+// jsDate returns t as JavaScript's Date.prototype.toISOString does, which is how a Date
+// that a Node server sends in MessagePack (the timestamp extension) reaches its clients:
+// UTC, milliseconds, years outside 0-9999 with a sign and six digits.
+func jsDate(t time.Time) string {
+	t = t.UTC()
+	year := ""
+	switch y := t.Year(); {
+	case y < 0:
+		year = fmt.Sprintf("-%06d", -y)
+	case y > 9999:
+		year = fmt.Sprintf("+%06d", y)
+	default:
+		year = fmt.Sprintf("%04d", y)
+	}
+	return year + t.Format("-01-02T15:04:05.000Z")
+}
+
 func normalize(v any, depth int) (any, bool, error) {
 	if depth > maxJSONDepth {
 		return nil, false, errTooDeep
 	}
 	switch x := v.(type) {
-	case nil, bool, string, float64, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+	case nil, bool, string, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
 		return v, false, nil
+	case float64:
+		return finite(x), false, nil
 	case float32:
 		// float64(x) would carry float32's rounding error (0.1 becomes
 		// 0.10000000149011612) into MessagePack, where the JSON path writes 0.1.
 		f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(x), 'g', -1, 32), 64)
-		return f, false, nil
+		return finite(f), false, nil
 	case []byte:
 		return x, true, nil
 	case *strings.Reader:
