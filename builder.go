@@ -35,6 +35,7 @@ type Builder struct {
 	adapters map[string]*Adapter // by channel
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
+	stopped  bool // a runtime stopped with the last adapter (io.Close), none since
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -123,15 +124,28 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		b.mu.Unlock()
 		b.report(fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
 		return socket.NewAdapter(nsp)
+	} else if old != nil && old.Nsp().Server() != nsp.Server() {
+		// Two servers given one Builder: replacing the first's adapter, as below, left
+		// it publishing nothing, and nobody was told.
+		b.mu.Unlock()
+		b.report(fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
+		return socket.NewAdapter(nsp)
 	} else if old != nil {
 		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
 		// one would otherwise keep its channel and heartbeats.
 		b.mu.Unlock()
 		old.Close()
 		b.mu.Lock()
+		if b.closed {
+			// Builder.Close ran meanwhile: a runtime started now would outlive it.
+			b.mu.Unlock()
+			b.report(fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
+			return socket.NewAdapter(nsp)
+		}
 	}
 	if b.rt == nil {
 		b.rt = b.start()
+		b.stopped = false
 	}
 	a.rt = b.rt
 	b.adapters[a.channel] = a
@@ -153,7 +167,7 @@ func (b *Builder) Ready(ctx context.Context) error {
 		return b.err
 	}
 	b.mu.Lock()
-	rt, closed := b.rt, b.closed
+	rt, closed := b.rt, b.closed || b.stopped
 	b.mu.Unlock()
 	if closed {
 		return fmt.Errorf("pgadapter: Ready: %w", ErrClosed)
@@ -207,6 +221,7 @@ func (b *Builder) remove(a *Adapter) {
 	last := rt != nil && b.rt == rt && len(b.adapters) == 0
 	if last {
 		b.rt = nil
+		b.stopped = true
 	}
 	if rt != nil && registered {
 		rt.lis.unlisten(a.channel) // under b.mu: see New

@@ -16,6 +16,7 @@ import (
 	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // crash stops a node's adapter machinery the way a killed process would: no
@@ -318,6 +319,57 @@ func TestReadyNamesTheCause(t *testing.T) {
 	}
 	if err := n.b.Ready(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Ready after Close: %v", err)
+	}
+}
+
+// TestBuilderMisuse: three ways of holding a Builder that a reviewer found wrong.
+//   - Builder.Close run while New replaced a namespace's adapter (from a request callback
+//     of the adapter replaced, which Close ends): New started a runtime after Close, and
+//     its LISTEN connection ran, reconnecting, for good.
+//   - Ready after io.Close said no namespace used the Builder, not ErrClosed.
+//   - One Builder given to two servers: the second's namespace replaced the first's
+//     adapter, and the first server published nothing from then on, silently.
+func TestBuilderMisuse(t *testing.T) {
+	opts := testOptions(t)
+	n := startNode(t, "A", opts)
+	old := n.io.Sockets().Adapter().(*Adapter)
+	old.mu.Lock()
+	old.requests["r"] = &request{kind: wire.ServerSideEmit, answers: []any{}, timer: time.AfterFunc(time.Hour, func() {}),
+		onSSE: func([]any, error) {
+			if err := n.b.Close(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}}
+	old.mu.Unlock()
+	if a, ok := n.b.New(n.io.Sockets()).(*Adapter); ok {
+		a.Close()
+		t.Fatal("New made a pgadapter adapter after Builder.Close")
+	}
+	n.b.mu.Lock()
+	rt := n.b.rt
+	n.b.mu.Unlock()
+	if rt != nil {
+		t.Fatal("a runtime runs after Builder.Close")
+	}
+
+	m := startNode(t, "B", opts)
+	m.close()
+	if err := m.b.Ready(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ready after io.Close: %v", err)
+	}
+
+	a := startNode(t, "C", opts)
+	other := socket.NewServer(nil, nil)
+	other.SetAdapter(a.b)
+	defer other.Close(nil)
+	if _, ok := other.Sockets().Adapter().(*Adapter); ok {
+		t.Fatal("the second server got a pgadapter adapter")
+	}
+	if e := a.errs.next(t, "C", "error"); !strings.Contains(e[0].(error).Error(), "second socket.io server") {
+		t.Fatalf("reported %v", e[0])
+	}
+	if a.io.Sockets().Adapter().(*Adapter).closed.Load() {
+		t.Fatal("the first server's adapter was closed")
 	}
 }
 
