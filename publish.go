@@ -321,11 +321,14 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 				err = send()
 			}
 		}
-		if err != nil && len(chans) > 0 {
+		if err != nil && len(chans) > 0 && errors.As(err, &pgErr) {
 			// An insert failed (the table is gone, a privilege revoked): the batch is
 			// one transaction, and its heartbeats and small messages went down with it,
 			// so that other servers could count this one gone. They go without the
-			// attachments, in order; the attachments are lost, and reported.
+			// attachments, in order; the attachments are lost, and reported. Only if
+			// PostgreSQL refused it, as the first time: a retry that failed otherwise
+			// (the connection lost) may have committed, and sending again would deliver
+			// the small messages twice.
 			inline, rest := p.split(batch)
 			p.fail(rest, err)
 			p.sendBatch(ctx, inline)
