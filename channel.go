@@ -152,6 +152,7 @@ func (l *listener) run(ctx context.Context) {
 		conn, err := l.connect(ctx)
 		if err == nil {
 			var listened bool
+			start := time.Now()
 			listened, err = l.serve(ctx, conn)
 			if listened && l.onState != nil {
 				if ctx.Err() != nil {
@@ -166,7 +167,11 @@ func (l *listener) run(ctx context.Context) {
 			cctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			conn.Close(cctx)
 			cancel()
-			if listened {
+			if listened && time.Since(start) >= l.opts.HeartbeatInterval {
+				// Only a connection that lasted: one ended each time just after its
+				// LISTEN (an idle_session_timeout shorter than the ping's interval, a
+				// proxy's, a job that terminates sessions) was reopened every 50-100 ms
+				// for good, each time announcing every namespace and reporting it.
 				attempt = 0
 			}
 		}

@@ -15,6 +15,7 @@ type proxy struct {
 	target string
 	mu     sync.Mutex
 	conns  []*proxied
+	closed bool // connections accepted since are closed at once
 	wg     sync.WaitGroup
 }
 
@@ -53,6 +54,14 @@ func (p *proxy) accept() {
 		}
 		pc := &proxied{client: c, server: s, stalled: make(chan struct{})}
 		p.mu.Lock()
+		if p.closed {
+			// Accepted before close closed the listener: close would otherwise wait
+			// for its pipes, which the connection's owner keeps open.
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			continue
+		}
 		p.conns = append(p.conns, pc)
 		p.mu.Unlock()
 		p.wg.Add(2)
@@ -107,6 +116,7 @@ func (p *proxy) stall() int {
 func (p *proxy) close() {
 	p.l.Close()
 	p.mu.Lock()
+	p.closed = true
 	for _, pc := range p.conns {
 		pc.client.Close()
 		pc.server.Close()
