@@ -179,10 +179,10 @@ func (b *Builder) Ready(ctx context.Context) error {
 }
 
 // Close closes every namespace adapter made by b, as io.Close does, and waits for the
-// goroutines to stop or ctx to end, but not for server-side event handlers still
-// running (one may be what calls Close). Namespaces created afterwards work locally only.
-// A Builder made by NewFromURL closes its pool too: a handler still running then finds it
-// closed.
+// goroutines to stop or ctx to end, but not for the application's code they run as they
+// apply messages (handlers, request callbacks, outgoing-packet listeners), which may be
+// what calls Close. Namespaces created afterwards work locally only. A Builder made by
+// NewFromURL closes its pool too: such code still running then finds it closed.
 func (b *Builder) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
@@ -327,7 +327,7 @@ func (b *Builder) listenerState(up bool, pid uint32, err error) {
 type runtime struct {
 	b       *Builder
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	running running // its goroutines, outside the application's code (see stop)
 	pub     *publisher
 	lis     *listener
 	inbound chan *pgconn.Notification
@@ -337,7 +337,7 @@ type runtime struct {
 	// it, and another carries on (see watchHandlers).
 	inHandler      atomic.Pointer[handlerRun]
 	handlerStarted chan struct{}
-	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced, or detached by stop
+	takenOver      atomic.Int32 // handlers still running on a goroutine that was replaced
 	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
@@ -375,46 +375,70 @@ func (b *Builder) start() *runtime {
 		}
 	}
 	pubCtx, pubCancel := context.WithCancel(context.Background())
-	rt.wg.Add(8)
-	go func() { defer rt.wg.Done(); defer pubCancel(); rt.pub.run(pubCtx) }()
-	go func() { defer rt.wg.Done(); rt.lis.run(ctx) }()
-	go func() { defer rt.wg.Done(); rt.dispatch(ctx) }()
-	go rt.deliver(ctx, rt.ordered) // each releases its count itself (see deliver)
+	rt.running.add(8)
+	go func() { defer rt.running.add(-1); defer pubCancel(); rt.pub.run(pubCtx) }()
+	go func() { defer rt.running.add(-1); rt.lis.run(ctx) }()
+	go func() { defer rt.running.add(-1); rt.dispatch(ctx) }()
+	go rt.deliver(ctx, rt.ordered) // each keeps its own count (see deliver)
 	go rt.deliver(ctx, rt.answers)
-	go func() { defer rt.wg.Done(); rt.watchHandlers(ctx) }()
-	go func() { defer rt.wg.Done(); rt.tick(ctx) }()
-	go func() { defer rt.wg.Done(); rt.cleanup(ctx) }()
+	go func() { defer rt.running.add(-1); rt.watchHandlers(ctx) }()
+	go func() { defer rt.running.add(-1); rt.tick(ctx) }()
+	go func() { defer rt.running.add(-1); rt.cleanup(ctx) }()
 	return rt
 }
 
-// stop publishes what is queued, then stops every goroutine and closes the LISTEN
-// connection, waiting at most wait; not for server-side event handlers still running
-// (detachHandlers).
-func (rt *runtime) stop(wait time.Duration) {
-	rt.pub.close() // the publisher drains its queue, then returns
-	done := make(chan struct{})
-	go func() {
-		// The other goroutines stop at once; the publisher may take up to RequestsTimeout.
-		rt.cancel()
-		rt.detachHandlers()
-		rt.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(wait):
-		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (a listener or request callback of the application's still running?)"))
+// running counts the goroutines of a runtime, less those running the application's
+// code as they apply a message (see deliver). A WaitGroup would not do: a goroutine
+// leaves the count and joins it again, while stop may be waiting.
+type running struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{} // closed while n is 0; nil until needed
+}
+
+func (r *running) add(d int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n += d
+	switch {
+	case r.n < 0:
+		panic("pgadapter: negative count of goroutines")
+	case r.n == 0 && r.none != nil:
+		close(r.none)
+		r.none = nil
 	}
 }
 
-// detachHandlers releases the count of the delivery goroutine if it is running a
-// server-side event's handlers, as watchHandlers does when it takes the queue over: stop
-// does not wait for the application's handlers, one of which may be what is stopping
-// (a handler that closes the server waited for itself until wait ran out). Handlers
-// already left to themselves are not counted either.
-func (rt *runtime) detachHandlers() {
-	if h := rt.inHandler.Load(); h != nil && rt.takeOver(h) {
-		rt.wg.Done()
+// zero returns a channel closed once no goroutine is counted.
+func (r *running) zero() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if r.none == nil {
+		r.none = make(chan struct{})
+	}
+	return r.none
+}
+
+// stop publishes what is queued, then stops every goroutine and closes the LISTEN
+// connection, waiting at most wait; not for the application's code that the delivery
+// goroutines are running (a server-side event's handlers, a request callback, an
+// outgoing-packet listener): it may be what is stopping, and it waited for itself until
+// wait ran out, then reported that the goroutines did not stop. Those goroutines end
+// once that code returns.
+func (rt *runtime) stop(wait time.Duration) {
+	rt.pub.close() // the publisher drains its queue, then returns
+	rt.cancel()    // the other goroutines stop at once
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-rt.running.zero():
+	case <-t.C:
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (an ErrorHandler or OnListenerState callback of the application's still running?)"))
 	}
 }
 

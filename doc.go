@@ -81,7 +81,9 @@
 // io.Close closes every namespace adapter: each publishes ADAPTER_CLOSE (the others drop
 // it at once) and UNLISTENs; with the last one, the Builder's goroutines stop and the
 // LISTEN connection is closed. Builder.Close does the same without closing the server.
-// Neither waits for server-side event handlers still running: one may be what closes.
+// Neither waits for the application's code that the goroutines applying messages are
+// running (server-side event handlers, request callbacks, outgoing-packet listeners):
+// it may be what closes; those goroutines end when it returns.
 //
 // # Known defects of the socket.io v2.5.0 stack, and what the adapter does
 //

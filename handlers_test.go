@@ -516,7 +516,57 @@ func TestHandlerClosesItsServer(t *testing.T) {
 	}
 }
 
-// A delivery goroutine releases its count of the runtime's WaitGroup even when the
+// TestCallbacksCloseTheirServer: a request callback (on the goroutine that applies
+// answers) and an outgoing-packet listener (on the one that applies the other messages)
+// that close their own server. Close waited for the very goroutine it ran on, until
+// RequestsTimeout and a margin had passed, and reported that the goroutines did not stop.
+func TestCallbacksCloseTheirServer(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 2 * time.Second
+	for _, from := range []string{"request callback", "outgoing-packet listener"} {
+		a, b := startPair(t, opts, func(*Options) {})
+		closed := make(chan time.Duration, 1)
+		closeB := func() {
+			start := time.Now()
+			b.close()
+			closed <- time.Since(start)
+		}
+		if from == "request callback" {
+			a.io.On("q", func(args ...any) {
+				if ack, ok := args[len(args)-1].(socket.Ack); ok {
+					ack([]any{"a"}, nil)
+				}
+			})
+			b.io.ServerSideEmitWithAck("q")(func([]any, error) { closeB() })
+		} else {
+			b.connect(t, "/", "cb")
+			for _, s := range b.socketsNamed("/", "cb") {
+				s.OnAnyOutgoing(func(args ...any) {
+					if args[0] == "bye" {
+						closeB()
+					}
+				})
+			}
+			a.io.Emit("bye")
+		}
+		select {
+		case took := <-closed:
+			if took >= opts.RequestsTimeout {
+				t.Errorf("%s: Close took %v", from, took)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("%s: Close never returned", from)
+		}
+		for _, e := range b.errs.drain("error") {
+			if err := e[0].(error); strings.Contains(err.Error(), "did not stop in time") {
+				t.Errorf("%s: reported %v", from, err)
+			}
+		}
+		a.close()
+	}
+}
+
+// A delivery goroutine leaves the runtime's count of its goroutines even when the
 // ErrorHandler ends the goroutine again while the Goexit of a handler is reported (here
 // the ErrorHandler ends the runtime's context, then its goroutine, twice): the release
 // came after the report, and stop then waited its whole timeout.
@@ -528,12 +578,10 @@ func TestNestedGoexitReleasesTheCount(t *testing.T) {
 	queue := make(chan *delivery, 1)
 	// A message for another namespace than its channel's: reported, to the ErrorHandler.
 	queue <- &delivery{a: &Adapter{name: "/a"}, msg: &wire.Message{Nsp: "/b", Type: wire.Broadcast}}
-	rt.wg.Add(1)
+	rt.running.add(1)
 	go rt.deliver(ctx, queue)
-	released := make(chan struct{})
-	go func() { rt.wg.Wait(); close(released) }()
 	select {
-	case <-released:
+	case <-rt.running.zero():
 	case <-time.After(waitFor):
 		t.Fatal("the delivery goroutine never released its count")
 	}

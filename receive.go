@@ -371,33 +371,29 @@ func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fe
 
 // deliver hands the messages of queue to their namespace adapter, one at a time, in
 // arrival order, until ctx ends or watchHandlers gives the queue to another goroutine
-// while this one runs a server-side event's handlers. It holds one count of rt.wg, which
-// it releases when it returns, and which goes with the queue to the goroutine that takes
-// it over: the runtime's stop does not wait for handlers left to themselves (see
-// runtime.stop).
+// while this one runs a server-side event's handlers.
+//
+// It is counted in rt.running (by whoever started it), except while it applies a
+// message, which runs the application's code: stop does not wait for that code, which
+// may be what is stopping (a handler, a request callback or an outgoing-packet listener
+// that closes its server), and a goroutine whose handlers another left to themselves
+// is not counted at all.
 func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 	var run *handlerRun // the handlers running, if any
 	ended := false      // returned, rather than ended by the application's code
-	counted := true     // holds its count of rt.wg
-	defer func() {
-		// A defer of its own, run last: the one below runs the ErrorHandler, which may
-		// end the goroutine again.
-		if counted {
-			rt.wg.Done()
-		}
-	}()
+	applying := false   // in the application's code, and not counted
 	defer func() {
 		if ended {
 			return
 		}
 		// A handler or listener ended this goroutine (runtime.Goexit; t.FailNow in a
-		// test): the queue needs another, unless watchHandlers gave it one or stop
-		// released its count (detachHandlers).
-		if run != nil && !rt.endHandlers(run) {
-			counted = false // the count went with the queue, or was released
-		} else if ctx.Err() == nil {
-			counted = false
-			go rt.deliver(ctx, queue) // with the queue, and the count
+		// test): the queue needs another, unless watchHandlers gave it one.
+		if !applying {
+			rt.running.add(-1)
+		}
+		if (run == nil || rt.endHandlers(run)) && ctx.Err() == nil {
+			rt.running.add(1)
+			go rt.deliver(ctx, queue)
 		}
 		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
 	}()
@@ -406,6 +402,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		select {
 		case <-ctx.Done():
 			ended = true
+			rt.running.add(-1)
 			return
 		case d = <-queue:
 		}
@@ -416,6 +413,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			case r = <-d.fetched:
 			case <-ctx.Done():
 				ended = true
+				rt.running.add(-1)
 				return
 			}
 			if r.err != nil {
@@ -426,41 +424,46 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			}
 			msg = r.msg
 		}
-		if d.membersOnly {
-			if msg.Nsp == "" || msg.Nsp == d.a.name { // else reported with the other copy
-				d.a.leave(msg.UID, d.closeApplied.Load())
+		if msg.Nsp != "" && msg.Nsp != d.a.name {
+			if !d.membersOnly { // else reported with the other copy
+				rt.b.stats.malformed.Add(1)
+				rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			}
 			continue
 		}
-		if msg.Nsp != "" && msg.Nsp != d.a.name {
-			rt.b.stats.malformed.Add(1)
-			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
-			continue
-		}
-		if msg.Type == wire.ServerSideEmit && queue == rt.ordered {
+		if msg.Type == wire.ServerSideEmit && queue == rt.ordered && !d.membersOnly {
 			run = rt.startHandlers()
 		}
+		applying = true
+		rt.running.add(-1)
 		err := recovered(func() {
+			if d.membersOnly {
+				d.a.leave(msg.UID, d.closeApplied.Load())
+				return
+			}
 			d.a.onMessage(msg)
 			if h := rt.b.applied; h != nil {
 				h(msg)
 			}
 		})
-		if d.closeApplied != nil {
+		if d.closeApplied != nil && !d.membersOnly {
 			d.closeApplied.Store(true)
 		}
 		owner := run == nil || rt.endHandlers(run)
 		run = nil
-		if !owner {
-			// Another goroutine took the queue over, and the count (watchHandlers), or
-			// stop released it (detachHandlers). Recorded before the report below runs
-			// the ErrorHandler, which may end this goroutine.
-			ended, counted = true, false
+		if !owner || ctx.Err() != nil {
+			// Another goroutine has the queue (watchHandlers), or the runtime stops:
+			// recorded before the report below runs the ErrorHandler, which may end
+			// this goroutine.
+			ended = true
+		} else {
+			rt.running.add(1)
+			applying = false
 		}
 		if err != nil {
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
-		if !owner {
+		if ended {
 			return
 		}
 	}
@@ -477,8 +480,7 @@ const (
 
 // handlerRun is one run of the handlers of a server-side event on the delivery
 // goroutine. done is taken by whichever ends it first: the goroutine, when the handlers
-// return; watchHandlers, when they take too long; or the runtime's stop
-// (detachHandlers).
+// return, or watchHandlers, when they take too long.
 type handlerRun struct {
 	start time.Time
 	done  atomic.Bool
@@ -528,8 +530,9 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 				}
 				break
 			}
-			if rt.takeOver(h) {
-				go rt.deliver(ctx, rt.ordered) // with the old goroutine's count of rt.wg
+			if rt.takeOver(h) && ctx.Err() == nil {
+				rt.running.add(1)
+				go rt.deliver(ctx, rt.ordered)
 			}
 			break
 		}
@@ -546,8 +549,7 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 }
 
 // takeOver ends run h on behalf of the goroutine running it, which will find it ended
-// (endHandlers) and give up the queue and its count of rt.wg, and reports whether it did
-// so first.
+// (endHandlers) and give up the queue, and reports whether it did so first.
 func (rt *runtime) takeOver(h *handlerRun) bool {
 	if !h.done.CompareAndSwap(false, true) {
 		return false
@@ -570,8 +572,7 @@ func (rt *runtime) startHandlers() *handlerRun {
 }
 
 // endHandlers records that they returned, and reports whether the goroutine still owns
-// the queue and its count of rt.wg: false once watchHandlers gave them to another, or
-// stop released the count (detachHandlers).
+// the queue: false once watchHandlers gave it to another.
 func (rt *runtime) endHandlers(h *handlerRun) bool {
 	if !h.done.CompareAndSwap(false, true) {
 		rt.takenOver.Add(-1)
