@@ -38,9 +38,17 @@ type client struct {
 	closed    chan struct{}
 	err       error // why reading ended; read after closed
 
-	count     atomic.Int64 // broadcasts received in the current phase
+	count     atomic.Int64 // broadcasts of the current phase received, each once
 	reordered atomic.Int64 // broadcasts received after a later one
+	dups      atomic.Int64 // broadcasts of the current phase received again
+	stray     atomic.Int64 // receipts of another phase's broadcasts, or without a number
 	rec       atomic.Pointer[histogram]
+
+	// Under wmu: the current phase's first sequence number, and which of its broadcasts
+	// arrived. Counting receipts made a duplicate hide a loss; a broadcast of the phase
+	// before, arriving late, counted in this one.
+	base int64
+	seen []uint64
 
 	// Owned by the poller goroutine.
 	buf     []byte // read buffer
@@ -106,16 +114,28 @@ func (c *client) close() {
 	c.conn.Close()
 }
 
-// reset starts a new phase: counts from zero, a new latency record. The caller makes sure
-// nothing is in flight.
-func (c *client) reset() {
+// reset starts a new phase, whose broadcasts are numbered from base: counts from zero,
+// a new latency record.
+func (c *client) reset(base int64) {
 	c.count.Store(0)
 	c.reordered.Store(0)
+	c.dups.Store(0)
+	c.stray.Store(0)
 	c.rec.Store(newHistogram())
 	c.wmu.Lock()
+	c.base = base
+	clear(c.seen)
+	c.seen = c.seen[:0]
 	c.next = -1 // the first sequence number of the phase is whatever comes first
 	c.wmu.Unlock()
 }
+
+// phaseSpan is how many sequence numbers a phase has: phase k numbers its broadcasts
+// from k·phaseSpan (see cluster.run). maxPhaseBroadcasts bounds those a client records.
+const (
+	phaseSpan          = 1_000_000_000
+	maxPhaseBroadcasts = 1 << 24
+)
 
 // write sends a masked text frame, as a client must.
 func (c *client) write(msg string) error {
@@ -250,10 +270,26 @@ func (c *client) parse() error {
 
 func (c *client) received(seq, latency int64) {
 	c.wmu.Lock()
-	if c.next >= 0 && seq < c.next {
+	i := seq - c.base
+	if seq < 0 || i < 0 || i >= maxPhaseBroadcasts {
+		c.wmu.Unlock()
+		c.stray.Add(1)
+		return
+	}
+	w, bit := int(i/64), uint64(1)<<(i%64)
+	for len(c.seen) <= w {
+		c.seen = append(c.seen, 0)
+	}
+	if c.seen[w]&bit != 0 {
+		c.wmu.Unlock()
+		c.dups.Add(1)
+		return
+	}
+	c.seen[w] |= bit
+	if c.next >= 0 && i < c.next {
 		c.reordered.Add(1)
 	}
-	c.next = max(c.next, seq+1)
+	c.next = max(c.next, i+1)
 	c.wmu.Unlock()
 	c.rec.Load().add(latency)
 	c.count.Add(1)

@@ -111,3 +111,24 @@ func appendHeader(b []byte, n int) []byte {
 		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
 	}
 }
+
+// TestReceiptsCountedOnce: a phase counts each of its broadcasts once per client. It
+// counted receipts, so that a duplicate hid a loss, and a late receipt of the phase
+// before counted in this one (and, its number restarting at 0, marked the phase's
+// receipts out of order).
+func TestReceiptsCountedOnce(t *testing.T) {
+	c := &client{}
+	c.reset(2 * phaseSpan)
+	for _, seq := range []int64{phaseSpan + 7, 2 * phaseSpan, 2*phaseSpan + 2, 2*phaseSpan + 2, 2*phaseSpan + 1, -1, 2*phaseSpan + 200} {
+		c.received(seq, 1000)
+	}
+	if got := [4]int64{c.count.Load(), c.dups.Load(), c.stray.Load(), c.reordered.Load()}; got != [4]int64{4, 1, 2, 1} {
+		t.Fatalf("counted, repeated, stray, reordered = %v, want [4 1 2 1]", got)
+	}
+	c.reset(3 * phaseSpan)
+	c.received(2*phaseSpan+3, 1000) // late, from the phase before
+	c.received(3*phaseSpan, 1000)
+	if got := [3]int64{c.count.Load(), c.stray.Load(), c.reordered.Load()}; got != [3]int64{1, 1, 0} {
+		t.Fatalf("after reset: counted, stray, reordered = %v, want [1 1 0]", got)
+	}
+}

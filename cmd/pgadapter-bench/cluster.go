@@ -25,6 +25,7 @@ type cluster struct {
 	poller  *poller
 	procs   []*proc
 	clients [][]*client // per server
+	phases  int64       // phases run, which number their broadcasts apart (see phaseSpan)
 }
 
 // phase is one measurement on a cluster.
@@ -121,10 +122,12 @@ func (cl *cluster) trace(ph phase) error {
 // single server, on its own.
 func (cl *cluster) run(ph phase) (*result, error) {
 	ph.Clients = len(cl.clients[0])
+	cl.phases++
+	base := cl.phases * phaseSpan
 	var all, remote []*client
 	for i, cs := range cl.clients {
 		for _, c := range cs {
-			c.reset()
+			c.reset(base)
 			all = append(all, c)
 			if i > 0 || len(cl.clients) == 1 {
 				remote = append(remote, c)
@@ -155,7 +158,7 @@ func (cl *cluster) run(ph phase) (*result, error) {
 	sender := cl.procs[0]
 	start := time.Now()
 	if err := sender.send(map[string]any{"op": "start", "size": ph.Payload.Size, "binary": ph.Payload.Binary,
-		"rate": ph.Rate, "window": ph.Window}); err != nil {
+		"rate": ph.Rate, "window": ph.Window, "base": base}); err != nil {
 		return nil, err
 	}
 
@@ -229,11 +232,15 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		res.DeliveredPerSec = float64(delivered) / deliveredAt.Sub(start).Seconds()
 		res.DeliveriesPerSec = float64(got) / allAt.Sub(start).Seconds()
 	}
-	res.Lost = want - got
+	res.Lost = want - got // got counts each broadcast once per client: a duplicate hides no loss
 	h := newHistogram()
 	for _, c := range remote {
 		h.merge(c.rec.Load())
 		res.Reordered += c.reordered.Load()
+	}
+	for _, c := range all {
+		res.Duplicates += c.dups.Load()
+		res.Stray += c.stray.Load()
 	}
 	res.P50Ms, res.P99Ms, res.MaxMs = h.quantile(0.5), h.quantile(0.99), float64(h.max.Load())/1000
 	res.Seconds = time.Since(start).Seconds()

@@ -66,6 +66,7 @@ type command struct {
 	Rate   int    `json:"rate"`
 	Window int64  `json:"window"`
 	N      int64  `json:"n"`
+	Base   int64  `json:"base"` // the first broadcast's sequence number
 	File   string `json:"file"`
 }
 
@@ -282,7 +283,7 @@ func (s *sender) isRunning() bool {
 // emit sends broadcast number s.sent: {"p":"...","s":seq,"t":µs} of exactly cmd.Size
 // bytes of JSON, or {"s":seq,"t":µs} and cmd.Size bytes of binary.
 func (s *sender) emit() {
-	seq := s.sent
+	seq := s.cmd.Base + s.sent
 	s.sent++
 	t := nowUs()
 	if s.first == 0 {

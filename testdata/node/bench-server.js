@@ -65,7 +65,7 @@ const bin = Buffer.alloc(1 << 20, 7);
 let run = null;
 
 function emitOne(r) {
-  const seq = r.sent++;
+  const seq = r.base + r.sent++;
   const t = nowUs();
   if (r.first === 0) r.first = t;
   if (r.binary) {
@@ -96,7 +96,7 @@ function pump(r) {
 }
 
 function start(cmd) {
-  const r = { size: cmd.size, binary: !!cmd.binary, sent: 0, first: 0, last: 0, running: true, credits: cmd.window || 0, scheduled: false };
+  const r = { size: cmd.size, binary: !!cmd.binary, base: cmd.base || 0, sent: 0, first: 0, last: 0, running: true, credits: cmd.window || 0, scheduled: false };
   run = r;
   if (cmd.rate > 0) {
     const t0 = performance.now();
