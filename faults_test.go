@@ -447,7 +447,7 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		mu.Unlock()
 		a.io.Emit("hold-" + name)
 		// More than B reads while its delivery is held: what its delivery queue (256)
-		// and its dispatch's backlog (maxBacklogAttachments) hold.
+		// holds (an attachment in the backlog is read when it leaves it).
 		const n = 600
 		for i := range n {
 			a.io.Emit(name, i, big)

@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	goruntime "runtime"
@@ -372,52 +373,130 @@ func TestListenerWaitsForAClusterRequest(t *testing.T) {
 }
 
 // TestAnswersPassABacklog: the listener of TestListenerWaitsForAClusterRequest, with
-// 600 messages queued behind the one it is called for. Dispatch waited for room in the
-// ordered delivery queue (256), and the answer to the listener's request, behind them,
-// never reached the answers' goroutine: the request waited for its timeout.
+// 600 messages queued behind the one it is called for, text or binary (attachments).
+// Dispatch waited for room in the ordered delivery queue (256), and the answer to the
+// listener's request, behind them, never reached the answers' goroutine: the request
+// waited for its timeout. A first backlog held 64 attachments at most, and binary
+// messages stopped it again.
 func TestAnswersPassABacklog(t *testing.T) {
-	opts := testOptions(t)
-	opts.RequestsTimeout = 3 * time.Second
-	a, b := startPair(t, opts, func(*Options) {})
-	a.connect(t, "/", "alice")
-	cb := b.connect(t, "/", "cb")
-	type result struct {
-		names []string
-		err   error
+	for _, binary := range []bool{false, true} {
+		opts := testOptions(t)
+		opts.RequestsTimeout = 3 * time.Second
+		a, b := startPair(t, opts, func(*Options) {})
+		a.connect(t, "/", "alice")
+		cb := b.connect(t, "/", "cb")
+		type result struct {
+			names []string
+			err   error
+		}
+		const backlog = 600
+		got := make(chan result, 1)
+		for _, s := range b.socketsNamed("/", "cb") {
+			s.OnAnyOutgoing(func(args ...any) {
+				if args[0] != "who" {
+					return
+				}
+				// Once A has published every message, its answer to the request comes
+				// behind all of them.
+				for deadline := time.Now().Add(waitFor); a.b.Stats().Published["BROADCAST"] < backlog+1; {
+					if time.Now().After(deadline) {
+						got <- result{err: errors.New("A did not publish")}
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+				var r result
+				r.names, r.err = fetchNamesAndWait(b.io)
+				got <- r
+			})
+		}
+		a.io.Emit("who")
+		for i := range backlog {
+			if binary {
+				a.io.Emit("n", i, []byte{1, 2, 3})
+			} else {
+				a.io.Emit("n", i)
+			}
+		}
+		select {
+		case r := <-got:
+			if r.err != nil || !slices.Equal(r.names, []string{"alice", "cb"}) {
+				t.Fatalf("binary %v: sockets %v, err %v; want [alice cb]", binary, r.names, r.err)
+			}
+		case <-time.After(2 * waitFor):
+			t.Fatal("the listener never finished")
+		}
+		// In order as B wrote them (the Go client itself may reorder events, see
+		// harness_test.go), and every one received.
+		for i := range backlog {
+			if args := cb.sent.next(t, "B", "n"); len(args) < 1 || args[0] != float64(i) {
+				t.Fatalf("binary %v: message %d written as %v", binary, i, args)
+			}
+		}
+		for range backlog {
+			cb.expect(t, "n")
+		}
+		a.close()
+		b.close()
 	}
-	got := make(chan result, 1)
+}
+
+// TestBacklogMovesWhileAnswersWait: while a request callback holds the answers'
+// goroutine and its queue is full, the messages held in the backlog, which came before
+// those answers, still reach the ordered goroutine once it is free. Dispatch waited for
+// room in the answers' queue, and they waited for the callback.
+func TestBacklogMovesWhileAnswersWait(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 5 * time.Second
+	nodes := cluster(t, 3, opts)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	cb := b.connect(t, "/", "cb")
+	holdOrdered, holdAnswers := make(chan struct{}), make(chan struct{})
 	for _, s := range b.socketsNamed("/", "cb") {
 		s.OnAnyOutgoing(func(args ...any) {
-			if args[0] != "who" {
-				return
+			if args[0] == "hold" {
+				<-holdOrdered
 			}
-			var r result
-			r.names, r.err = fetchNamesAndWait(b.io)
-			got <- r
 		})
 	}
-	const backlog = 600
-	a.io.Emit("who")
-	for i := range backlog {
+	defer close(holdAnswers)
+	for _, n := range []*node{a, c} {
+		n.io.On("q", func(args ...any) {
+			if ack, ok := args[len(args)-1].(socket.Ack); ok {
+				ack([]any{n.name}, nil)
+			}
+		})
+	}
+	// B's first request: its callback holds the answers' goroutine.
+	held := make(chan struct{})
+	b.io.ServerSideEmitWithAck("q")(func([]any, error) {
+		close(held)
+		<-holdAnswers
+	})
+	select {
+	case <-held:
+	case <-time.After(waitFor):
+		t.Fatal("no answer")
+	}
+	// The ordered goroutine is held too, and 300 messages queue behind it, more than
+	// its queue (256): the rest wait in the backlog.
+	a.io.Emit("hold")
+	cb.sent.next(t, "B", "hold")
+	const n = 300
+	for i := range n {
 		a.io.Emit("n", i)
 	}
-	select {
-	case r := <-got:
-		if r.err != nil || !slices.Equal(r.names, []string{"alice", "cb"}) {
-			t.Fatalf("sockets %v, err %v; want [alice cb]", r.names, r.err)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("the listener never finished")
+	// Then C's answers to 300 requests of A's fill B's answers' queue behind the held
+	// callback (every server sees every answer).
+	for range 300 {
+		a.io.ServerSideEmitWithAck("q")(func([]any, error) {})
 	}
-	// In order as B wrote them (the Go client itself may reorder events, see
-	// harness_test.go), and every one received.
-	for i := range backlog {
+	eventually(t, "B reads the answers", func() bool { return b.b.Stats().Received["SERVER_SIDE_EMIT_RESPONSE"] >= 257 })
+	close(holdOrdered)
+	for i := range n {
 		if args := cb.sent.next(t, "B", "n"); len(args) != 1 || args[0] != float64(i) {
 			t.Fatalf("message %d written as %v", i, args)
 		}
-	}
-	for range backlog {
-		cb.expect(t, "n")
 	}
 }
 

@@ -98,42 +98,97 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		group, since = nil, 0
 		return true
 	}
+	// An attachment is read once its delivery is in a delivery goroutine's queue: one
+	// held in the backlog is read when it leaves it (a backlog of binary messages would
+	// otherwise hold their bodies, or stop dispatch after a few).
+	enlist := func(d *delivery) bool {
+		if d.fetched == nil {
+			return true
+		}
+		group = append(group, d)
+		if len(group) >= maxFetchGroup {
+			return flush()
+		}
+		return true
+	}
 	var back backlog
-	ordered := func(d *delivery) {
+	ordered := func(d *delivery) bool {
 		if back.len() == 0 {
 			select {
 			case rt.ordered <- d:
-				return
+				return enlist(d)
 			default:
 			}
 		}
 		back.push(d)
+		return true
+	}
+	// drain moves what the ordered queue has room for, without waiting.
+	drain := func() bool {
+		for back.len() > 0 {
+			select {
+			case rt.ordered <- back.peek():
+				if !enlist(back.pop()) {
+					return false
+				}
+			default:
+				return true
+			}
+		}
+		return true
+	}
+	// wait waits until ctx ends, a notification comes on in (nil: none is read), answer
+	// (nil: none) goes into the answers' queue, or, without an answer, the backlog's
+	// first delivery goes into the ordered queue; with one, it moves the backlog
+	// meanwhile. It reads the attachments gathered first: a delivery goroutine may be
+	// waiting for one of them. n is nil unless a notification came.
+	wait := func(in <-chan *pgconn.Notification, answer *delivery) (n *pgconn.Notification, ok bool) {
+		for {
+			if !flush() {
+				return nil, false
+			}
+			var out, answers chan<- *delivery // nil, blocking for ever, without a backlog or answer
+			var head *delivery
+			if back.len() > 0 {
+				out, head = rt.ordered, back.peek()
+			}
+			if answer != nil {
+				answers = rt.answers
+			}
+			select {
+			case <-ctx.Done():
+				return nil, false
+			case out <- head:
+				if !enlist(back.pop()) {
+					return nil, false
+				}
+				if answer == nil {
+					return nil, true // the backlog may have room to read again
+				}
+			case answers <- answer:
+				return nil, true
+			case n = <-in:
+				return n, true
+			}
+		}
 	}
 	for {
-		back.drain(rt.ordered)
+		if !drain() {
+			return
+		}
 		in := rt.inbound
-		if back.len() >= rt.b.opts.ReceiveQueueSize || back.attachments >= maxBacklogAttachments {
+		if back.len() >= rt.b.opts.ReceiveQueueSize {
 			in = nil // full: read on once the delivery goroutine takes some
 		}
 		var n *pgconn.Notification
 		select {
 		case n = <-in:
 		default:
-			if !flush() {
+			var ok bool
+			if n, ok = wait(in, nil); !ok {
 				return
-			}
-			var out chan<- *delivery // nil, blocking for ever, without a backlog
-			var head *delivery
-			if back.len() > 0 {
-				out, head = rt.ordered, back.peek()
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case out <- head:
-				back.pop()
+			} else if n == nil {
 				continue
-			case n = <-in:
 			}
 		}
 		d := rt.decode(n)
@@ -143,95 +198,62 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		if len(group) > 0 {
 			since++
 		}
-		if d.fetched != nil {
-			group = append(group, d)
-		}
-		if len(group) >= maxFetchGroup || since >= maxFetchGroup {
-			if !flush() {
-				return
-			}
+		if since >= maxFetchGroup && !flush() {
+			return
 		}
 		if !answer(d.typ) {
-			ordered(d)
+			if !ordered(d) {
+				return
+			}
 			continue
 		}
 		if d.typ == wire.AdapterClose && d.fetched == nil {
 			// Also in order with the server's other messages, for membership (see
 			// Adapter.leave). One delivery waits for an attachment's read, not two.
 			d.closeApplied = new(atomic.Bool)
-			ordered(&delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true, closeApplied: d.closeApplied})
+			if !ordered(&delivery{a: d.a, channel: d.channel, msg: d.msg, typ: d.typ, membersOnly: true, closeApplied: d.closeApplied}) {
+				return
+			}
 		}
-		if !rt.send(ctx, rt.answers, d, flush) {
+		if !enlist(d) {
 			return
 		}
+		select {
+		case rt.answers <- d:
+		default:
+			// While the answers' goroutine is held (a request callback), the backlog
+			// still moves: messages that came before these answers must not wait for
+			// them.
+			if _, ok := wait(nil, d); !ok {
+				return
+			}
+		}
 	}
 }
-
-// maxBacklogAttachments bounds the attachments held in dispatch's backlog: each is
-// read as it arrives, and its body is held until it is applied. One group's worth: the
-// backlog is there for the answers behind it, not to read ahead.
-const maxBacklogAttachments = maxFetchGroup
 
 // backlog holds, in order, the messages for the ordered delivery goroutine that its
-// queue has no room for, up to ReceiveQueueSize of them (and maxBacklogAttachments
-// attachments): dispatch goes on reading meanwhile, so that answers behind them reach
-// their own goroutine while the application's code holds the other (an outgoing-packet
-// listener, a handler at the takeover cap). Before, dispatch waited for room in that
-// queue, and a request of this server's waited behind 256 messages for its timeout.
+// queue has no room for, up to ReceiveQueueSize of them: dispatch goes on reading
+// meanwhile, so that answers behind them reach their own goroutine while the
+// application's code holds the other (an outgoing-packet listener, a handler at the
+// takeover cap). Before, dispatch waited for room in that queue, and a request of this
+// server's waited behind 256 messages for its timeout.
 type backlog struct {
-	items       []*delivery
-	attachments int
+	items []*delivery
 }
 
-func (q *backlog) len() int        { return len(q.items) }
-func (q *backlog) peek() *delivery { return q.items[0] }
-func (q *backlog) push(d *delivery) {
-	q.items = append(q.items, d)
-	if d.fetched != nil {
-		q.attachments++
-	}
-}
+func (q *backlog) len() int         { return len(q.items) }
+func (q *backlog) peek() *delivery  { return q.items[0] }
+func (q *backlog) push(d *delivery) { q.items = append(q.items, d) }
 
-func (q *backlog) pop() {
-	if q.items[0].fetched != nil {
-		q.attachments--
-	}
+// pop removes the first delivery, and returns it.
+func (q *backlog) pop() *delivery {
+	d := q.items[0]
 	q.items[0] = nil // not kept alive by the array
 	q.items = q.items[1:]
 	if len(q.items) == 0 {
 		q.items = nil // a new array next time, not the tail of this one
 	}
-}
-
-// drain moves what out has room for, without waiting.
-func (q *backlog) drain(out chan<- *delivery) {
-	for q.len() > 0 {
-		select {
-		case out <- q.peek():
-			q.pop()
-		default:
-			return
-		}
-	}
-}
-
-// send queues d on out, and reads the attachments gathered so far (flush) before it
-// waits for room there: the delivery goroutine may be waiting for one of them.
-func (rt *runtime) send(ctx context.Context, out chan<- *delivery, d *delivery, flush func() bool) bool {
-	select {
-	case out <- d:
-		return true
-	default:
-		if !flush() {
-			return false
-		}
-		select {
-		case out <- d:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
+	return d
 }
 
 // answer reports whether messages of type t go to the answers' delivery goroutine.
