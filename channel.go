@@ -296,7 +296,8 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			// idle_session_timeout, and a pooler's idle timeout, count the time since
 			// the client's last query, and notifications sent to it do not reset that
 			// (TestListenerSurvivesIdleSessionTimeout).
-			pctx, pcancel := context.WithTimeout(ctx, l.opts.HeartbeatInterval)
+			// Not ended by ctx: see apply.
+			pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.HeartbeatInterval)
 			err := conn.Ping(pctx)
 			pcancel()
 			if err != nil {
@@ -344,9 +345,17 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	l.dirty = false
 	l.mu.Unlock()
 
-	qctx, cancel := context.WithTimeout(ctx, l.opts.RequestsTimeout)
+	// Not ended by ctx: closing the adapter waits for a statement under way (a LISTEN
+	// takes a fraction of a millisecond) rather than interrupt it. pgx interrupts by a
+	// deadline on reads and writes alike, and on a TLS connection a write that times out
+	// leaves it unable to write anything else: not even the Terminate of its close, so
+	// that the LISTEN backend stayed, for pgx's 15-second drain, after Close returned.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.RequestsTimeout)
 	defer cancel()
 	for _, ch := range unwanted {
+		if err := ctx.Err(); err != nil {
+			return err // between statements
+		}
 		if _, err := conn.Exec(qctx, "UNLISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
 			return fmt.Errorf("unlisten %q: %w", ch, err)
 		}
@@ -356,6 +365,9 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	for _, ch := range wanted {
 		if _, ok := applied[ch]; ok {
 			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		if _, err := conn.Exec(qctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
 			return fmt.Errorf("listen %q: %w", ch, err)
