@@ -58,14 +58,11 @@ type Adapter struct {
 	inlineWarned map[string]bool
 	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
 	// operator counts by reading ServerCount right after it returns: shared by the
-	// broadcasts with acks made until then, frozen times over (see freezeMembers).
-	snapshot  map[string]struct{}
-	frozen    int
-	owed      int       // ServerCount calls still due for snapshots maxFreeze ended
-	owedCount int64     // what they return: the count of the last such snapshot
-	owedUntil time.Time // when the calls still due are given up for (see ServerCount)
-	freezeGen int
-	thawTimer *time.Timer
+	// broadcasts with acks made until then, due times over (see freezeMembers).
+	snapshot   map[string]struct{}
+	snapshotAt time.Time
+	due        int       // ServerCount calls that return the snapshot's count
+	dueUntil   time.Time // when those not made yet are given up for
 }
 
 // forgetAfter is how many heartbeat timeouts a server dropped by timeout is remembered
@@ -75,9 +72,11 @@ type Adapter struct {
 // up.
 const forgetAfter = 30
 
-// maxFreeze bounds a freeze that no ServerCount call ends (BroadcastWithAck called by
-// something other than socket.io's operator, or a panic in local delivery).
-const maxFreeze = time.Second
+// snapshotFor bounds how long a snapshot of the servers is kept for the ServerCount
+// calls still due (see freezeMembers): calls that never come (a panic in local
+// delivery, before socket.io's operator calls it) are given up that long after the last
+// broadcast with acks, and broadcasts that overlap for that long take a new snapshot.
+const snapshotFor = 30 * time.Second
 
 func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 	a := &Adapter{
@@ -187,30 +186,23 @@ func (a *Adapter) Close() {
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
 // ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot,
-// see freezeMembers) from that call until the next ServerCount; the operator's own call
-// comes within maxFreeze (a second) unless its local delivery takes longer. Servers
-// that leave meanwhile count as zero clients; servers that join are not waited for.
-// Calling ServerCount for any other purpose while a broadcast with acks is being sent
-// may take the place of the operator's call, which then counts the servers known at
-// that time (Stats does not).
+// see freezeMembers), as many times as broadcasts with acks were made, however long
+// their local delivery takes. Servers that leave meanwhile count as zero clients;
+// servers that join are not waited for. Calling ServerCount for any other purpose while
+// a broadcast with acks is being sent may take the place of the operator's call, which
+// then counts the servers known at that time (Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.owed > 0 && time.Now().After(a.owedUntil) {
-		a.owed = 0 // calls that never came (BroadcastWithAck without socket.io's operator)
-	}
-	switch {
-	case a.owed > 0:
-		a.owed-- // the call of a broadcast whose snapshot maxFreeze ended
-		return a.owedCount
-	case a.frozen > 0:
+	if a.due > 0 && time.Now().Before(a.dueUntil) {
+		a.due--
 		n := int64(1 + len(a.snapshot))
-		a.frozen--
-		if a.frozen == 0 {
-			a.thawLocked()
+		if a.due == 0 {
+			a.snapshot = nil
 		}
 		return n
 	}
+	a.due, a.snapshot = 0, nil // calls that never came
 	return int64(1 + len(a.nodes))
 }
 
@@ -224,41 +216,23 @@ func (a *Adapter) knownServers() int {
 // freezeMembers returns the servers a broadcast with acks is sent to: the other servers
 // known now, or, while broadcasts made earlier still wait for their ServerCount call,
 // their snapshot, so that every such call returns the count of the servers its
-// broadcast was sent to. The snapshot is kept until then, or until maxFreeze has passed.
-// Membership itself goes on changing: a server of the snapshot that leaves counts as
-// zero clients, for requests made before or after it left (BroadcastWithAck).
+// broadcast was sent to, in whatever order the calls come. (A snapshot taken anew while
+// one broadcast's delivery outlasted the last gave each the other's count.) Membership
+// itself goes on changing: a server of the snapshot that leaves counts as zero clients,
+// for requests made before or after it left (BroadcastWithAck).
 func (a *Adapter) freezeMembers() map[string]struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.frozen++
-	if a.frozen == 1 {
-		a.snapshot = a.membersLocked()
-		a.freezeGen++
-		gen := a.freezeGen
-		a.thawTimer = time.AfterFunc(maxFreeze, func() {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			if a.frozen > 0 && a.freezeGen == gen {
-				// The calls still due pay off these freezes, not a later one.
-				a.owed += a.frozen
-				a.owedCount = int64(1 + len(a.snapshot))
-				a.owedUntil = time.Now().Add(maxFreeze)
-				a.frozen = 0
-				a.thawLocked()
-			}
-		})
+	now := time.Now()
+	if !now.Before(a.dueUntil) {
+		a.due = 0 // calls that never came
 	}
+	if a.due == 0 || now.Sub(a.snapshotAt) > snapshotFor {
+		a.snapshot, a.snapshotAt = a.membersLocked(), now
+	}
+	a.due++
+	a.dueUntil = now.Add(snapshotFor)
 	return clone(a.snapshot)
-}
-
-// thawLocked drops the snapshot once no broadcast waits for its ServerCount call. a.mu
-// is held.
-func (a *Adapter) thawLocked() {
-	if a.thawTimer != nil {
-		a.thawTimer.Stop()
-		a.thawTimer = nil
-	}
-	a.snapshot = nil
 }
 
 func (a *Adapter) runAll(what string, runs []func()) {
