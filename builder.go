@@ -35,7 +35,8 @@ type Builder struct {
 	adapters map[string]*Adapter // by channel
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
-	stopped  bool // a runtime stopped with the last adapter (io.Close), none since
+	stopped  bool           // a runtime stopped with the last adapter (io.Close), none since
+	server   *socket.Server // the server whose namespaces the runtime serves
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -115,20 +116,19 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		b.report(fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
-		return socket.NewAdapter(nsp)
+		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
+	}
+	if b.rt != nil && b.server != nsp.Server() {
+		// Two servers given one Builder: a namespace of both would replace the first
+		// one's adapter (below), which then published nothing, and nobody was told.
+		b.mu.Unlock()
+		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
 	}
 	if old := b.adapters[a.channel]; old != nil && old.name != a.name {
 		// Two namespaces on one channel: one named after the other's shortened channel
 		// (see ChannelName). The one there keeps it.
 		b.mu.Unlock()
 		b.report(fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
-		return socket.NewAdapter(nsp)
-	} else if old != nil && old.Nsp().Server() != nsp.Server() {
-		// Two servers given one Builder: replacing the first's adapter, as below, left
-		// it publishing nothing, and nobody was told.
-		b.mu.Unlock()
-		b.report(fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
 		return socket.NewAdapter(nsp)
 	} else if old != nil {
 		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
@@ -139,13 +139,13 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		if b.closed {
 			// Builder.Close ran meanwhile: a runtime started now would outlive it.
 			b.mu.Unlock()
-			b.report(fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
-			return socket.NewAdapter(nsp)
+			return b.local(nsp, fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
 		}
 	}
 	if b.rt == nil {
 		b.rt = b.start()
 		b.stopped = false
+		b.server = nsp.Server()
 	}
 	a.rt = b.rt
 	b.adapters[a.channel] = a
@@ -154,6 +154,12 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	a.rt.lis.listen(a.channel)
 	b.mu.Unlock()
 	return a
+}
+
+// local reports err and returns the in-memory adapter of socket.io for nsp.
+func (b *Builder) local(nsp socket.Namespace, err error) socket.Adapter {
+	b.report(err)
+	return socket.NewAdapter(nsp)
 }
 
 // Ready waits until the LISTEN connection is up and every namespace created so far is
@@ -391,9 +397,22 @@ func (b *Builder) start() *runtime {
 // code as they apply a message (see deliver). A WaitGroup would not do: a goroutine
 // leaves the count and joins it again, while stop may be waiting.
 type running struct {
-	mu   sync.Mutex
-	n    int
-	none chan struct{} // closed while n is 0; nil until needed
+	mu       sync.Mutex
+	n        int
+	none     chan struct{} // closed while n is 0; nil until needed
+	stopping bool          // set by stop: no goroutine joins the count any more
+}
+
+// join counts one more goroutine, unless the runtime stops (stop may have seen the count
+// at zero already): the caller then does not start it, or ends.
+func (r *running) join() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopping {
+		return false
+	}
+	r.n++
+	return true
 }
 
 func (r *running) add(d int) {
@@ -409,10 +428,12 @@ func (r *running) add(d int) {
 	}
 }
 
-// zero returns a channel closed once no goroutine is counted.
-func (r *running) zero() <-chan struct{} {
+// stop refuses joins from now on, and returns a channel closed once no goroutine is
+// counted.
+func (r *running) stop() <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.stopping = true
 	if r.n == 0 {
 		c := make(chan struct{})
 		close(c)
@@ -436,9 +457,9 @@ func (rt *runtime) stop(wait time.Duration) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
-	case <-rt.running.zero():
+	case <-rt.running.stop():
 	case <-t.C:
-		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (an ErrorHandler or OnListenerState callback of the application's still running?)"))
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (the application's code still running on one: an ErrorHandler or OnListenerState callback, or a request callback run as a server times out?)"))
 	}
 }
 

@@ -660,7 +660,7 @@ func TestNestedGoexitReleasesTheCount(t *testing.T) {
 	rt.running.add(1)
 	go rt.deliver(ctx, queue)
 	select {
-	case <-rt.running.zero():
+	case <-rt.running.stop():
 	case <-time.After(waitFor):
 		t.Fatal("the delivery goroutine never released its count")
 	}

@@ -371,6 +371,15 @@ func TestBuilderMisuse(t *testing.T) {
 	if a.io.Sockets().Adapter().(*Adapter).closed.Load() {
 		t.Fatal("the first server's adapter was closed")
 	}
+	// A namespace the first server does not have yet: refused on the second, and the
+	// first, making it later, is not the one refused.
+	if _, ok := other.Of("/admin", nil).Adapter().(*Adapter); ok {
+		t.Fatal("the second server's /admin got a pgadapter adapter")
+	}
+	a.errs.next(t, "C", "error")
+	if _, ok := a.io.Of("/admin", nil).Adapter().(*Adapter); !ok {
+		t.Fatal("the first server's /admin got a local adapter")
+	}
 }
 
 func TestTableCreatedOnceByManyServers(t *testing.T) {

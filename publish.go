@@ -48,9 +48,8 @@ type publisher struct {
 	queue  chan outgoing
 	stop   chan struct{}
 	// expire ends every query of the goroutine RequestsTimeout after close (see run).
-	expire     context.Context
-	expireNow  context.CancelFunc
-	expireWhen *time.Timer
+	expire    context.Context
+	expireNow context.CancelFunc
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
 
@@ -111,7 +110,7 @@ func (p *publisher) close() {
 	if !p.closed {
 		p.closed = true
 		close(p.stop)
-		p.expireWhen = time.AfterFunc(p.opts.RequestsTimeout, p.expireNow)
+		time.AfterFunc(p.opts.RequestsTimeout, p.expireNow)
 	}
 	p.mu.Unlock()
 }

@@ -413,8 +413,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		if !applying {
 			rt.running.add(-1)
 		}
-		if (run == nil || rt.endHandlers(run)) && ctx.Err() == nil {
-			rt.running.add(1)
+		if (run == nil || rt.endHandlers(run)) && ctx.Err() == nil && rt.running.join() {
 			go rt.deliver(ctx, queue)
 		}
 		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
@@ -478,16 +477,17 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			// recorded before the report below runs the ErrorHandler, which may end
 			// this goroutine.
 			ended = true
-		} else {
-			rt.running.add(1)
-			applying = false
 		}
 		if err != nil {
+			// Still outside the count: an ErrorHandler that closes the server does
+			// not wait for itself.
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
-		if ended {
+		if ended || !rt.running.join() {
+			ended = true
 			return
 		}
+		applying = false
 	}
 }
 
@@ -552,8 +552,7 @@ func (rt *runtime) watchHandlers(ctx context.Context) {
 				}
 				break
 			}
-			if rt.takeOver(h) && ctx.Err() == nil {
-				rt.running.add(1)
+			if rt.takeOver(h) && ctx.Err() == nil && rt.running.join() {
 				go rt.deliver(ctx, rt.ordered)
 			}
 			break
