@@ -326,6 +326,7 @@ func BenchmarkServerSideEmitGoVsNode(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(stats["count"].(float64)/elapsed.Seconds(), "msgs/s")
 			b.ReportMetric(stats["count"].(float64), "applied")
+			b.ReportMetric(float64(b.N)-stats["count"].(float64), "lost") // the Go side fails on any
 			b.ReportMetric(stats["p50ms"].(float64)*1000, "p50-µs")
 			b.ReportMetric(stats["p99ms"].(float64)*1000, "p99-µs")
 		})

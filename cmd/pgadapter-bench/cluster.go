@@ -243,6 +243,7 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		res.Stray += c.stray.Load()
 	}
 	res.P50Ms, res.P99Ms, res.MaxMs = h.quantile(0.5), h.quantile(0.99), float64(h.max.Load())/1000
+	res.NegativeLatency = h.negative.Load()
 	res.Seconds = time.Since(start).Seconds()
 	for i, p := range cl.procs {
 		cpu1, err := p.cpu()

@@ -8,8 +8,9 @@ import (
 // histogram records latencies in microseconds in logarithmic buckets 1% wide, so that
 // millions of receipts cost a fixed 16 KB per client and a percentile is exact to 1%.
 type histogram struct {
-	buckets [histBuckets]atomic.Int64
-	max     atomic.Int64
+	buckets  [histBuckets]atomic.Int64
+	max      atomic.Int64
+	negative atomic.Int64 // samples below zero: the processes' clocks disagree
 }
 
 const histBuckets = 2048 // 1.01^2047 µs is far beyond any phase's length
@@ -26,6 +27,9 @@ func bucketOf(us int64) int {
 }
 
 func (h *histogram) add(us int64) {
+	if us < 0 {
+		h.negative.Add(1) // counted in bucket 0 too, and reported (see cluster.run)
+	}
 	h.buckets[bucketOf(us)].Add(1)
 	for {
 		m := h.max.Load()
@@ -37,6 +41,7 @@ func (h *histogram) add(us int64) {
 
 // merge adds o's counts to h.
 func (h *histogram) merge(o *histogram) {
+	h.negative.Add(o.negative.Load())
 	for i := range o.buckets {
 		if n := o.buckets[i].Load(); n != 0 {
 			h.buckets[i].Add(n)

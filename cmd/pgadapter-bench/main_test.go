@@ -61,6 +61,9 @@ func TestBenchRuns(t *testing.T) {
 			if impl != "node" && r.Reordered != 0 {
 				t.Errorf("%s: %d broadcasts out of order", name, r.Reordered)
 			}
+			if r.NegativeLatency != 0 {
+				t.Errorf("%s: %d receipts stamped before their emit: the processes' clocks disagree", name, r.NegativeLatency)
+			}
 			if r.Duplicates != 0 || r.Stray != 0 {
 				t.Errorf("%s: %d receipts repeated, %d of another phase", name, r.Duplicates, r.Stray)
 			}

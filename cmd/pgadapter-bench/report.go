@@ -56,15 +56,16 @@ type result struct {
 	Window           int64  `json:"window,omitempty"`
 
 	Emitted          int64   `json:"emitted"`
-	AcceptedPerSec   float64 `json:"acceptedPerSec"`   // broadcasts the sender's emit accepted
-	Delivered        int64   `json:"delivered"`        // broadcasts every client of the other servers received
-	DeliveredPerSec  float64 `json:"deliveredPerSec"`  // of those
-	DeliveriesPerSec float64 `json:"deliveriesPerSec"` // receipts by clients, all servers
-	Lost             int64   `json:"lost"`             // receipts missing after the drain
-	Reordered        int64   `json:"reordered"`        // receipts after a later broadcast, other servers
-	Duplicates       int64   `json:"duplicates"`       // broadcasts a client received twice or more (the extra receipts)
-	Stray            int64   `json:"stray"`            // receipts of another phase's broadcasts (late), or without a number
-	P50Ms            float64 `json:"p50ms"`            // emit on server 0 to receipt on the other servers' clients
+	AcceptedPerSec   float64 `json:"acceptedPerSec"`            // broadcasts the sender's emit accepted
+	Delivered        int64   `json:"delivered"`                 // broadcasts every client of the other servers received
+	DeliveredPerSec  float64 `json:"deliveredPerSec"`           // of those
+	DeliveriesPerSec float64 `json:"deliveriesPerSec"`          // receipts by clients, all servers
+	Lost             int64   `json:"lost"`                      // receipts missing after the drain
+	Reordered        int64   `json:"reordered"`                 // receipts after a later broadcast, other servers
+	Duplicates       int64   `json:"duplicates"`                // broadcasts a client received twice or more (the extra receipts)
+	Stray            int64   `json:"stray"`                     // receipts of another phase's broadcasts (late), or without a number
+	NegativeLatency  int64   `json:"negativeLatency,omitempty"` // receipts stamped before their emit: the clocks disagree
+	P50Ms            float64 `json:"p50ms"`                     // emit on server 0 to receipt on the other servers' clients
 	P99Ms            float64 `json:"p99ms"`
 	MaxMs            float64 `json:"maxMs"`
 	Seconds          float64 `json:"seconds"`
