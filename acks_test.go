@@ -223,17 +223,24 @@ func TestCallbackPanicDoesNotStrandRequests(t *testing.T) {
 	}
 }
 
+// ackPair starts servers A and B, each with a client (ca, cb), for broadcasts with acks
+// while a third server joins.
+func ackPair(t *testing.T, opts Options) (a, b *node, ca *tclient) {
+	a = startNode(t, "A", opts)
+	b = startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	ca = a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+	return a, b, ca
+}
+
 // socket.io's operator reads ServerCount after BroadcastWithAck returns, and expects that
 // many client counts. A server that joins between the two (here, while the broadcast is
 // being written to a local client) used to be counted by ServerCount but not asked, and
 // the caller got a timeout although every client had answered.
 func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
 	opts := testOptions(t)
-	a := startNode(t, "A", opts)
-	b := startNode(t, "B", opts)
-	waitServerCount(t, []*node{a, b}, 2)
-	ca := a.connect(t, "/", "ca")
-	b.connect(t, "/", "cb")
+	a, b, ca := ackPair(t, opts)
 	var c *node
 	var once sync.Once
 	serverSocket(t, a, ca).OnAnyOutgoing(func(...any) {
@@ -267,11 +274,7 @@ func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
 // the second, whose call came first, then gave each the other's count.
 func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
 	opts := testOptions(t)
-	a := startNode(t, "A", opts)
-	b := startNode(t, "B", opts)
-	waitServerCount(t, []*node{a, b}, 2)
-	ca := a.connect(t, "/", "ca")
-	b.connect(t, "/", "cb")
+	a, _, ca := ackPair(t, opts)
 	adapter := a.io.Sockets().Adapter().(*Adapter)
 	const timeout = 5 * time.Second
 	var c *node
