@@ -247,7 +247,8 @@ func TestBroadcastWithAcksWhileAServerJoins(t *testing.T) {
 		once.Do(func() {
 			// On the caller's goroutine, inside BroadcastWithAck: a server joins, and A
 			// has heard it once C has heard A's answer to its announcement. Stats,
-			// read meanwhile, must not end the freeze as ServerCount does.
+			// read meanwhile, must not take the broadcast's ServerCount call, as
+			// ServerCount would.
 			a.b.Stats()
 			c = startNode(t, "C", opts)
 			waitServerCount(t, []*node{c}, 3)
@@ -279,7 +280,7 @@ func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
 	const timeout = 5 * time.Second
 	var c *node
 	var first atomic.Bool
-	second := make(chan error, 1)
+	second := make(chan error, 2) // the goroutine's result, and the listener's verdict
 	serverSocket(t, a, ca).OnAnyOutgoing(func(...any) {
 		if !first.CompareAndSwap(false, true) {
 			return // the second broadcast's packet

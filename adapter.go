@@ -187,8 +187,11 @@ func (a *Adapter) Close() {
 // the two differ, and the caller got a timeout although every client had answered.
 // ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot,
 // see freezeMembers), as many times as broadcasts with acks were made, however long
-// their local delivery takes. Servers that leave meanwhile count as zero clients;
-// servers that join are not waited for. Calling ServerCount for any other purpose while
+// their local delivery takes, within snapshotFor (30 s). Servers that leave meanwhile
+// count as zero clients; servers that join are not waited for (nor their clients' acks
+// collected) while the snapshot is kept. Broadcasts with acks that overlap without a
+// break for snapshotFor take a new snapshot: one whose ServerCount call is still due
+// then gets the new count, and, should a server have joined or left, times out. Calling ServerCount for any other purpose while
 // a broadcast with acks is being sent may take the place of the operator's call, which
 // then counts the servers known at that time (Stats does not).
 func (a *Adapter) ServerCount() int64 {

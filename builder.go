@@ -141,6 +141,11 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 			b.mu.Unlock()
 			return b.local(nsp, fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
 		}
+		if b.rt != nil && b.server != nsp.Server() {
+			// The close stopped the runtime, and another server's namespace started one.
+			b.mu.Unlock()
+			return b.local(nsp, fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
+		}
 	}
 	if b.rt == nil {
 		b.rt = b.start()
@@ -228,6 +233,7 @@ func (b *Builder) remove(a *Adapter) {
 	if last {
 		b.rt = nil
 		b.stopped = true
+		b.server = nil // not kept alive by the Builder
 	}
 	if rt != nil && registered {
 		rt.lis.unlisten(a.channel) // under b.mu: see New

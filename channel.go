@@ -296,8 +296,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			// idle_session_timeout, and a pooler's idle timeout, count the time since
 			// the client's last query, and notifications sent to it do not reset that
 			// (TestListenerSurvivesIdleSessionTimeout).
-			// Not ended by ctx: see apply.
-			pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.HeartbeatInterval)
+			pctx, pcancel := graceful(ctx, l.opts.HeartbeatInterval) // see apply
 			err := conn.Ping(pctx)
 			pcancel()
 			if err != nil {
@@ -323,6 +322,23 @@ func (l *listener) interruptLocked() {
 }
 
 // apply brings the connection's LISTENs in line with the wanted channels.
+// statementGrace is how long a statement of the listener's under way when the adapter
+// closes may still take (see graceful).
+const statementGrace = 250 * time.Millisecond
+
+// graceful returns a context for one statement of the listener's, which ends timeout
+// from now, or statementGrace after ctx ends. Closing the adapter lets a statement under
+// way (a LISTEN takes a fraction of a millisecond) finish rather than interrupt it: pgx
+// interrupts by a deadline on reads and writes alike, and on a TLS connection a write
+// that times out leaves it unable to write anything else, not even the Terminate of its
+// close, so that the LISTEN backend stayed, for pgx's 15-second drain, after Close
+// returned. One on a connection gone silent is ended all the same.
+func graceful(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(statementGrace, cancel) })
+	return c, func() { stop(); cancel() }
+}
+
 func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string]struct{}) error {
 	l.mu.Lock()
 	wanted := make([]string, 0, len(l.wanted))
@@ -345,12 +361,7 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	l.dirty = false
 	l.mu.Unlock()
 
-	// Not ended by ctx: closing the adapter waits for a statement under way (a LISTEN
-	// takes a fraction of a millisecond) rather than interrupt it. pgx interrupts by a
-	// deadline on reads and writes alike, and on a TLS connection a write that times out
-	// leaves it unable to write anything else: not even the Terminate of its close, so
-	// that the LISTEN backend stayed, for pgx's 15-second drain, after Close returned.
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.RequestsTimeout)
+	qctx, cancel := graceful(ctx, l.opts.RequestsTimeout)
 	defer cancel()
 	for _, ch := range unwanted {
 		if err := ctx.Err(); err != nil {

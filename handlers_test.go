@@ -491,7 +491,8 @@ func TestBacklogMovesWhileAnswersWait(t *testing.T) {
 	for range 300 {
 		a.io.ServerSideEmitWithAck("q")(func([]any, error) {})
 	}
-	eventually(t, "B reads the answers", func() bool { return b.b.Stats().Received["SERVER_SIDE_EMIT_RESPONSE"] >= 257 })
+	answers := b.b.rt.answers
+	eventually(t, "B's answers' queue is full", func() bool { return len(answers) == cap(answers) })
 	close(holdOrdered)
 	for i := range n {
 		if args := cb.sent.next(t, "B", "n"); len(args) != 1 || args[0] != float64(i) {
@@ -616,7 +617,12 @@ func TestCallbacksCloseTheirServer(t *testing.T) {
 					ack([]any{"a"}, nil)
 				}
 			})
-			b.io.ServerSideEmitWithAck("q")(func([]any, error) { closeB() })
+			b.io.ServerSideEmitWithAck("q")(func(_ []any, err error) {
+				if err != nil { // on a timer's goroutine: nothing tested
+					t.Errorf("the request failed: %v", err)
+				}
+				closeB()
+			})
 		} else {
 			b.connect(t, "/", "cb")
 			for _, s := range b.socketsNamed("/", "cb") {
@@ -663,5 +669,59 @@ func TestNestedGoexitReleasesTheCount(t *testing.T) {
 	case <-rt.running.stop():
 	case <-time.After(waitFor):
 		t.Fatal("the delivery goroutine never released its count")
+	}
+}
+
+// TestErrorHandlerClosesItsServer: an ErrorHandler that closes its server when told of a
+// notification naming an attachment that does not exist. The delivery goroutine
+// reported it while counted among the runtime's goroutines, and Close waited for that
+// very goroutine for RequestsTimeout and 5 s, then said the goroutines did not stop.
+func TestErrorHandlerClosesItsServer(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Second
+	opts.Logger = slog.New(slog.DiscardHandler)
+	pool := newPool(t)
+	io := socket.NewServer(nil, nil)
+	var once sync.Once
+	took := make(chan time.Duration, 1)
+	var reports []error
+	var mu sync.Mutex
+	opts.ErrorHandler = func(err error) {
+		mu.Lock()
+		reports = append(reports, err)
+		mu.Unlock()
+		if errors.Is(err, ErrAttachmentMissing) {
+			once.Do(func() {
+				start := time.Now()
+				io.Close(nil)
+				took <- time.Since(start)
+			})
+		}
+	}
+	b := New(pool, &opts)
+	io.SetAdapter(b)
+	defer io.Close(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "SELECT pg_notify($1, $2)", ChannelName(opts.ChannelPrefix, "/"), `{"uid":"x","type":2,"attachmentId":"999999999"}`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-took:
+		if d >= opts.RequestsTimeout {
+			t.Fatalf("Close took %v", d)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the ErrorHandler was not told")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, err := range reports {
+		if strings.Contains(err.Error(), "did not stop in time") {
+			t.Fatalf("reported %v", err)
+		}
 	}
 }

@@ -159,7 +159,9 @@ func (rt *runtime) dispatch(ctx context.Context) {
 			case <-ctx.Done():
 				return nil, false
 			case out <- head:
-				if !enlist(back.pop()) {
+				// And what else has room, before the group is read (a query for the
+				// lot, not one each).
+				if !enlist(back.pop()) || !drain() {
 					return nil, false
 				}
 				if answer == nil {
@@ -191,15 +193,15 @@ func (rt *runtime) dispatch(ctx context.Context) {
 				continue
 			}
 		}
-		d := rt.decode(n)
-		if d == nil {
-			continue
-		}
 		if len(group) > 0 {
-			since++
+			since++ // our own messages too: a flood of them must not hold a group back
 		}
 		if since >= maxFetchGroup && !flush() {
 			return
+		}
+		d := rt.decode(n)
+		if d == nil {
+			continue
 		}
 		if !answer(d.typ) {
 			if !ordered(d) {
@@ -418,6 +420,15 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 		}
 		rt.b.report(errors.New("pgadapter: the application's code ended the goroutine that applies messages (runtime.Goexit)"))
 	}()
+	// next counts the goroutine again for the next message, unless the runtime stops.
+	next := func() bool {
+		if !rt.running.join() {
+			ended = true
+			return false
+		}
+		applying = false
+		return true
+	}
 	for {
 		var d *delivery
 		select {
@@ -427,6 +438,11 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			return
 		case d = <-queue:
 		}
+		// Outside the count from here to the next message: what follows may run the
+		// application's code (the message's, the ErrorHandler), which may be what stops
+		// the runtime, and must not wait for itself.
+		applying = true
+		rt.running.add(-1)
 		msg := d.msg
 		if d.fetched != nil {
 			var r fetchResult
@@ -434,12 +450,14 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			case r = <-d.fetched:
 			case <-ctx.Done():
 				ended = true
-				rt.running.add(-1)
 				return
 			}
 			if r.err != nil {
 				if ctx.Err() == nil {
 					rt.b.report(&MessageError{Channel: d.channel, Err: r.err})
+				}
+				if !next() {
+					return
 				}
 				continue
 			}
@@ -450,13 +468,14 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 				rt.b.stats.malformed.Add(1)
 				rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
 			}
+			if !next() {
+				return
+			}
 			continue
 		}
 		if msg.Type == wire.ServerSideEmit && queue == rt.ordered && !d.membersOnly {
 			run = rt.startHandlers()
 		}
-		applying = true
-		rt.running.add(-1)
 		err := recovered(func() {
 			if d.membersOnly {
 				d.a.leave(msg.UID, d.closeApplied.Load())
@@ -479,15 +498,11 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			ended = true
 		}
 		if err != nil {
-			// Still outside the count: an ErrorHandler that closes the server does
-			// not wait for itself.
 			rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%s: %w", msg.Type, err)})
 		}
-		if ended || !rt.running.join() {
-			ended = true
+		if ended || !next() {
 			return
 		}
-		applying = false
 	}
 }
 

@@ -87,7 +87,7 @@ func (b *Builder) Stats() Stats {
 		}
 	}
 	for _, a := range b.snapshot() {
-		s.Nodes[a.name] = a.knownServers() // not ServerCount, which ends a freeze
+		s.Nodes[a.name] = a.knownServers() // not ServerCount, which takes a call due to a broadcast with acks
 	}
 	return s
 }
