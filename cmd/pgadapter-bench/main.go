@@ -232,7 +232,9 @@ func run(ctx context.Context, cfg config, log *os.File) (*report, error) {
 		return nil, err
 	}
 	defer func() {
-		conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+		for _, impl := range cfg.Impls { // in the given database, where they share it
+			conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{implTable(table, impl)}.Sanitize())
+		}
 		conn.Close(context.Background())
 	}()
 
@@ -326,7 +328,7 @@ func implDatabases(ctx context.Context, conn *pgx.Conn, dbURL string, impls []st
 		if err != nil {
 			return dbs, drop, err
 		}
-		_, err = c.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{table}.Sanitize()+
+		_, err = c.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{implTable(table, impl)}.Sanitize()+
 			" (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)")
 		c.Close(ctx)
 		if err != nil {
@@ -334,6 +336,13 @@ func implDatabases(ctx context.Context, conn *pgx.Conn, dbURL string, impls []st
 		}
 	}
 	return dbs, drop, nil
+}
+
+// implTable is an implementation's attachments table. Each has its own, even where the
+// clusters share a database: the Go servers found Node's table, made first, and used it
+// (a logged table, while the report said unlogged), and every cluster's rows shared it.
+func implTable(table, impl string) string {
+	return table + "_" + strings.ReplaceAll(impl, "-", "_")
 }
 
 // runClusters starts a cluster of each implementation, all at once, then measures each
@@ -349,7 +358,7 @@ func runClusters(cfg config, dbs map[string]string, tag, table string, log *os.F
 		}
 	}()
 	for _, impl := range cfg.Impls {
-		cl, err := startReady(cfg, impl, dbs[impl], "bench_"+impl+"_"+tag, table, log)
+		cl, err := startReady(cfg, impl, dbs[impl], "bench_"+impl+"_"+tag, implTable(table, impl), log)
 		if err != nil {
 			return nil, fmt.Errorf("%s cluster: %w", impl, err)
 		}
