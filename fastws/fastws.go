@@ -49,6 +49,7 @@
 package fastws
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -289,7 +290,7 @@ func (w *webSocket) read() {
 			// engine.io closes the transport only when it is not closed yet, and the
 			// failure has just marked it closed: the socket would stay open until the
 			// garbage collector finds it.
-			w.raw.Close()
+			closeNow(w.raw)
 			return
 		}
 		var data types.BufferInterface
@@ -303,7 +304,7 @@ func (w *webSocket) read() {
 		}
 		if _, err := data.ReadFrom(r); err != nil {
 			w.failed(err)
-			w.raw.Close()
+			closeNow(w.raw)
 			return
 		}
 		if mt == ws.TextMessage && data.Len() == 1 && data.Bytes()[0] == '3' {
@@ -403,7 +404,7 @@ func (w *webSocket) writePong() {
 func (w *webSocket) writeFailed(err error) {
 	w.closed = true
 	w.failed(err)
-	w.raw.Close()
+	closeNow(w.raw)
 }
 
 // failed reports an error of the connection the way engine.io's transport does: a
@@ -677,16 +678,32 @@ func (w *webSocket) DoClose(fn types.Callable) {
 // by closing the connection instead.
 func (w *webSocket) finish(by time.Time) {
 	w.closeOnce.Do(func() {
+		clean := false // the Close frame went out
 		if w.lockUntil(by) {
 			if !w.closed {
 				w.closed = true
 				w.control(0x8, binary.BigEndian.AppendUint16(nil, ws.CloseNormalClosure))
-				w.flushUntil(by)
+				clean = w.flushUntil(by) == nil
 			}
 			w.mu.Unlock()
 		}
+		if !clean {
+			closeNow(w.raw)
+		}
 		w.conn.Close()
 	})
+}
+
+// closeNow closes c at once: a TLS connection without its close_notify alert, which
+// tls.Conn.Close writes with a deadline of its own, 5 s, and which a client that reads
+// nothing never takes (a stalled client's connection stayed open that long after its
+// socket closed). Used where the connection failed, or writes do not go through.
+func closeNow(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.NetConn().Close()
+		return
+	}
+	c.Close()
 }
 
 // lockUntil locks w.mu if it can by the time by, and reports whether it did.
