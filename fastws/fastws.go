@@ -97,8 +97,9 @@ const listenDelayMax = 2 * time.Second
 // client (Clone); a Message's copy shares the bytes. Give it only to connections whose
 // transport Handles: engine.io's own transports would take a string for binary.
 func Message(data types.BufferInterface) types.BufferInterface {
-	// Capped: the bytes are shared by every copy, and an append to one must not write
-	// into the others' (nor into the spare capacity of socket.io's buffer).
+	// The bytes are shared by every copy, which is read-only: nothing writes a packet's
+	// buffer once it is handed to engine.io (a write to one, after a read emptied it,
+	// would overwrite them all). Capped, so that an append at least copies.
 	b := data.Bytes()
 	b = b[:len(b):len(b)]
 	m := &message{Buffer: *types.NewBuffer(b), original: b}
@@ -141,8 +142,7 @@ type message struct {
 	more     []*message // the parts that follow in the same packet (Messages)
 }
 
-// Clone shares the bytes: they are never written to, and an append to a clone's buffer
-// copies them, as original has no spare capacity (see Message). socket.io clones what it
+// Clone shares the bytes, read-only (see Message). socket.io clones what it
 // writes for every client; the buffer is held by value so that a clone is one
 // allocation.
 func (m *message) Clone() types.BufferInterface {
@@ -259,6 +259,7 @@ func (w *webSocket) Construct(ctx *types.HttpContext) {
 	})
 	w.conn.Once("close", func(...any) { w.OnClose() })
 	w.conn.SetPingHandler(w.onPing)
+	w.conn.SetCloseHandler(w.onClose)
 	go func() {
 		// engine.io creates the transport before the socket that listens to it, and
 		// socket.io attaches its listeners to that socket later still, in the same
@@ -409,8 +410,10 @@ func (w *webSocket) writeFailed(err error) {
 
 // failed reports an error of the connection the way engine.io's transport does: a
 // closed connection as "close", anything else as "error". It is told to engine.io
-// between packets (w.deliver), as the rest: engine.io closes the socket then, and a held
-// pong handled at the same time restarted the ping timer the close had just stopped.
+// between packets (w.deliver), as the read loop's packets and held pongs are: engine.io
+// closes the socket then, and a held pong handled at the same time restarted the ping
+// timer the close had just stopped. (The "close" of a connection that engine.io itself
+// closes, in finish, comes from engine.io's connection, once it has let the transport go.)
 func (w *webSocket) failed(err error) {
 	w.deliver.Lock()
 	defer w.deliver.Unlock()
@@ -566,6 +569,25 @@ func (w *webSocket) frame(text bool, payload []byte) {
 	if len(payload) > 0 {
 		w.bufs = append(w.bufs, payload)
 	}
+}
+
+// onClose answers the client's Close frame with ours, in turn with the batches, and
+// marks the connection closed, so that nothing follows it (RFC 6455, 5.5.1).
+// gorilla/websocket's own handler wrote its answer outside the transport's lock, and
+// batches still went out after it (TestNothingAfterCloseFrame). The read loop then
+// reports the end, and closes the connection.
+func (w *webSocket) onClose(code int, _ string) error {
+	by := time.Now().Add(closeGrace)
+	if !w.lockUntil(by) {
+		return nil // a batch is stuck: the connection is closed without an answer
+	}
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.closed = true
+		w.control(0x8, ws.FormatCloseMessage(code, ""))
+		w.flushUntil(by)
+	}
+	return nil
 }
 
 // control adds a control frame (a pong, a close) to the batch. Its payload, at most 125

@@ -1,13 +1,16 @@
 package fastws
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	goio "io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"slices"
@@ -923,5 +926,81 @@ func TestHeldPongNotConcurrent(t *testing.T) {
 		}
 	case <-time.After(waitFor):
 		t.Fatal("the pong never reached engine.io")
+	}
+}
+
+// TestNothingAfterCloseFrame: a client closes (a WebSocket Close frame) while the server
+// emits without a pause. gorilla/websocket's own handler answered with a Close frame of
+// its own, outside the transport's lock, and batches were still written after it (a
+// reviewer: 2 connections in 30), which RFC 6455 (5.5.1) forbids.
+func TestNothingAfterCloseFrame(t *testing.T) {
+	io, url := server(t)
+	io.On("connection", func(args ...any) {
+		s := args[0].(*socket.Socket)
+		go func() {
+			for i := 0; i < 100000 && s.Connected(); i++ {
+				s.Emit("x", i)
+			}
+		}()
+	})
+	frame := func(op byte, payload []byte) []byte { // masked, as from a client
+		b := []byte{0x80 | op, 0x80 | byte(len(payload)), 1, 2, 3, 4}
+		for i, c := range payload {
+			b = append(b, c^b[2+i%4])
+		}
+		return b
+	}
+	bad := 0
+	const rounds = 60
+	for round := range rounds {
+		c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		c.Write(frame(1, []byte("40")))
+		c.SetReadDeadline(time.Now().Add(waitFor))
+		frames, sawClose, after := 0, false, 0
+		for {
+			var h [2]byte
+			if _, err := goio.ReadFull(br, h[:]); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("round %d: the connection was not closed", round)
+				}
+				break
+			}
+			n := int(h[1] & 0x7f)
+			switch n {
+			case 126:
+				var l [2]byte
+				goio.ReadFull(br, l[:])
+				n = int(binary.BigEndian.Uint16(l[:]))
+			case 127:
+				var l [8]byte
+				goio.ReadFull(br, l[:])
+				n = int(binary.BigEndian.Uint64(l[:]))
+			}
+			goio.CopyN(goio.Discard, br, int64(n))
+			if sawClose {
+				after++
+			}
+			sawClose = sawClose || h[0]&0xf == 8
+			if frames++; frames == 50 {
+				c.Write(frame(8, []byte{0x03, 0xe8}))
+			}
+		}
+		c.Close()
+		if after > 0 {
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d of %d connections had frames after the server's Close frame", bad, rounds)
 	}
 }
