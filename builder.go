@@ -114,15 +114,9 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	}
 	a := newAdapter(b, nsp)
 	b.mu.Lock()
-	if b.closed {
+	if err := b.refusalLocked(nsp); err != nil {
 		b.mu.Unlock()
-		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
-	}
-	if b.rt != nil && b.server != nsp.Server() {
-		// Two servers given one Builder: a namespace of both would replace the first
-		// one's adapter (below), which then published nothing, and nobody was told.
-		b.mu.Unlock()
-		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
+		return b.local(nsp, err)
 	}
 	if old := b.adapters[a.channel]; old != nil && old.name != a.name {
 		// Two namespaces on one channel: one named after the other's shortened channel
@@ -136,15 +130,12 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		b.mu.Unlock()
 		old.Close()
 		b.mu.Lock()
-		if b.closed {
-			// Builder.Close ran meanwhile: a runtime started now would outlive it.
+		// Again: Builder.Close may have run meanwhile (a runtime started now would
+		// outlive it), or the close stopped the runtime and another server's namespace
+		// started one.
+		if err := b.refusalLocked(nsp); err != nil {
 			b.mu.Unlock()
-			return b.local(nsp, fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed))
-		}
-		if b.rt != nil && b.server != nsp.Server() {
-			// The close stopped the runtime, and another server's namespace started one.
-			b.mu.Unlock()
-			return b.local(nsp, fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name()))
+			return b.local(nsp, err)
 		}
 	}
 	if b.rt == nil {
@@ -159,6 +150,19 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	a.rt.lis.listen(a.channel)
 	b.mu.Unlock()
 	return a
+}
+
+// refusalLocked returns why nsp may not join the cluster through b, or nil. b.mu is held.
+func (b *Builder) refusalLocked(nsp socket.Namespace) error {
+	switch {
+	case b.closed:
+		return fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed)
+	case b.rt != nil && b.server != nsp.Server():
+		// Two servers given one Builder: a namespace of both would replace the first
+		// one's adapter, which then published nothing, and nobody was told.
+		return fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name())
+	}
+	return nil
 }
 
 // local reports err and returns the in-memory adapter of socket.io for nsp.
