@@ -58,7 +58,7 @@ type Adapter struct {
 	inlineWarned map[string]bool
 	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
 	// operator counts by reading ServerCount right after it returns: shared by the
-	// broadcasts with acks made until then, due times over (see freezeMembers).
+	// broadcasts with acks made until then, due times over (see snapshotMembers).
 	snapshot   map[string]struct{}
 	snapshotAt time.Time
 	due        int       // ServerCount calls that return the snapshot's count
@@ -73,7 +73,7 @@ type Adapter struct {
 const forgetAfter = 30
 
 // snapshotFor bounds how long a snapshot of the servers is kept for the ServerCount
-// calls still due (see freezeMembers): calls that never come (a panic in local
+// calls still due (see snapshotMembers): calls that never come (a panic in local
 // delivery, before socket.io's operator calls it) are given up that long after the last
 // broadcast with acks, and broadcasts that overlap for that long take a new snapshot.
 const snapshotFor = 30 * time.Second
@@ -186,14 +186,15 @@ func (a *Adapter) Close() {
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
 // ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot,
-// see freezeMembers), as many times as broadcasts with acks were made, however long
+// see snapshotMembers), as many times as broadcasts with acks were made, however long
 // their local delivery takes, within snapshotFor (30 s). Servers that leave meanwhile
 // count as zero clients; servers that join are not waited for (nor their clients' acks
 // collected) while the snapshot is kept. Broadcasts with acks that overlap without a
 // break for snapshotFor take a new snapshot: one whose ServerCount call is still due
-// then gets the new count, and, should a server have joined or left, times out. Calling ServerCount for any other purpose while
-// a broadcast with acks is being sent may take the place of the operator's call, which
-// then counts the servers known at that time (Stats does not).
+// then gets the new count, and, should a server have joined or left, times out.
+// Calling ServerCount for any other purpose while a broadcast with acks is being sent may
+// take the place of the operator's call, which then counts the servers known at that
+// time (Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -216,14 +217,14 @@ func (a *Adapter) knownServers() int {
 	return len(a.nodes)
 }
 
-// freezeMembers returns the servers a broadcast with acks is sent to: the other servers
+// snapshotMembers returns the servers a broadcast with acks is sent to: the other servers
 // known now, or, while broadcasts made earlier still wait for their ServerCount call,
 // their snapshot, so that every such call returns the count of the servers its
 // broadcast was sent to, in whatever order the calls come. (A snapshot taken anew while
 // one broadcast's delivery outlasted the last gave each the other's count.) Membership
 // itself goes on changing: a server of the snapshot that leaves counts as zero clients,
 // for requests made before or after it left (BroadcastWithAck).
-func (a *Adapter) freezeMembers() map[string]struct{} {
+func (a *Adapter) snapshotMembers() map[string]struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := time.Now()
@@ -235,7 +236,7 @@ func (a *Adapter) freezeMembers() map[string]struct{} {
 	}
 	a.due++
 	a.dueUntil = now.Add(snapshotFor)
-	return clone(a.snapshot)
+	return a.snapshot // read-only: replaced, never changed
 }
 
 func (a *Adapter) runAll(what string, runs []func()) {
@@ -273,7 +274,7 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
-	members := a.freezeMembers()
+	members := a.snapshotMembers()
 	published := false
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
@@ -665,9 +666,6 @@ func (a *Adapter) onMessage(m *wire.Message) {
 // runtime.watchHandlers), with an ack that answers the sender when it asked for
 // answers.
 func (a *Adapter) serverSideEmit(d *wire.ServerSideEmitData) {
-	if a.closed.Load() {
-		return
-	}
 	if d.RequestID == "" {
 		a.Nsp().OnServerSideEmit(d.Packet)
 		return

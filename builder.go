@@ -35,8 +35,7 @@ type Builder struct {
 	adapters map[string]*Adapter // by channel
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
-	stopped  bool           // a runtime stopped with the last adapter (io.Close), none since
-	server   *socket.Server // the server whose namespaces the runtime serves
+	stopped  bool // a runtime stopped with the last adapter (io.Close), none since
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -122,8 +121,7 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		// Two namespaces on one channel: one named after the other's shortened channel
 		// (see ChannelName). The one there keeps it.
 		b.mu.Unlock()
-		b.report(fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
-		return socket.NewAdapter(nsp)
+		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
 	} else if old != nil {
 		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
 		// one would otherwise keep its channel and heartbeats.
@@ -140,8 +138,8 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	}
 	if b.rt == nil {
 		b.rt = b.start()
+		b.rt.server = nsp.Server()
 		b.stopped = false
-		b.server = nsp.Server()
 	}
 	a.rt = b.rt
 	b.adapters[a.channel] = a
@@ -157,7 +155,7 @@ func (b *Builder) refusalLocked(nsp socket.Namespace) error {
 	switch {
 	case b.closed:
 		return fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed)
-	case b.rt != nil && b.server != nsp.Server():
+	case b.rt != nil && b.rt.server != nsp.Server():
 		// Two servers given one Builder: a namespace of both would replace the first
 		// one's adapter, which then published nothing, and nobody was told.
 		return fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name())
@@ -237,7 +235,6 @@ func (b *Builder) remove(a *Adapter) {
 	if last {
 		b.rt = nil
 		b.stopped = true
-		b.server = nil // not kept alive by the Builder
 	}
 	if rt != nil && registered {
 		rt.lis.unlisten(a.channel) // under b.mu: see New
@@ -342,6 +339,7 @@ func (b *Builder) listenerState(up bool, pid uint32, err error) {
 // runtime is the machinery of a Builder while at least one adapter is open.
 type runtime struct {
 	b       *Builder
+	server  *socket.Server // whose namespaces it serves (see Builder.refusalLocked)
 	cancel  context.CancelFunc
 	running running // its goroutines, outside the application's code (see stop)
 	pub     *publisher

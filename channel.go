@@ -321,7 +321,6 @@ func (l *listener) interruptLocked() {
 	}
 }
 
-// apply brings the connection's LISTENs in line with the wanted channels.
 // statementGrace is how long a statement of the listener's under way when the adapter
 // closes may still take (see graceful).
 const statementGrace = 250 * time.Millisecond
@@ -339,6 +338,7 @@ func graceful(ctx context.Context, timeout time.Duration) (context.Context, cont
 	return c, func() { stop(); cancel() }
 }
 
+// apply brings the connection's LISTENs in line with the wanted channels.
 func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string]struct{}) error {
 	l.mu.Lock()
 	wanted := make([]string, 0, len(l.wanted))

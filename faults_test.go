@@ -645,7 +645,10 @@ func TestPublisherCloseIsBounded(t *testing.T) {
 	lost := make(chan int, 1)
 	p := newPublisher(pool, newStatements("x"), &o, func(err error) {
 		if pe := (*PublishError)(nil); errors.As(err, &pe) && errors.Is(err, ErrClosed) {
-			lost <- pe.Messages
+			select {
+			case lost <- pe.Messages:
+			default: // a second report: the first is what is checked
+			}
 		}
 	}, &counters{})
 	const n = 20
@@ -709,6 +712,9 @@ func TestListenerBacksOffFromShortConnections(t *testing.T) {
 		}
 	}
 	t.Logf("%d reconnections in 3 s", reconnects)
+	if reconnects == 0 {
+		t.Fatal("no reconnection seen: nothing was tested")
+	}
 	if reconnects > 10 {
 		t.Fatalf("%d reconnections in 3 s: the backoff did not grow", reconnects)
 	}

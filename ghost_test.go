@@ -129,8 +129,13 @@ func TestServerLeavingAsARequestIsMade(t *testing.T) {
 			adapter.removeNode(uid, time.Time{}) // as its ADAPTER_CLOSE does
 		}
 		for range rounds {
-			if err := <-errs; err != nil {
-				t.Fatalf("%s: %v (after %v)", name, err, time.Since(start))
+			select {
+			case err := <-errs:
+				if err != nil {
+					t.Fatalf("%s: %v (after %v)", name, err, time.Since(start))
+				}
+			case <-time.After(waitFor):
+				t.Fatalf("%s: a request never completed", name)
 			}
 		}
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	goruntime "runtime"
 	"slices"
 	"strings"
@@ -140,15 +142,7 @@ func TestClosedServerCountedAgainIsNotWaitedFor(t *testing.T) {
 			}
 		})
 	}
-	defer func() {
-		for _, ch := range holds {
-			select {
-			case <-ch:
-			default:
-				close(ch)
-			}
-		}
-	}()
+	defer closeOpen(maps.Values(holds))
 	waitHeld := func(want string) {
 		t.Helper()
 		select {
@@ -290,15 +284,7 @@ func TestTakeoverAtTheCap(t *testing.T) {
 	for i := range releases {
 		releases[i] = make(chan struct{})
 	}
-	defer func() {
-		for _, ch := range releases {
-			select {
-			case <-ch:
-			default:
-				close(ch)
-			}
-		}
-	}()
+	defer closeOpen(slices.Values(releases))
 	b.io.On("block", func(args ...any) { <-releases[int(args[0].(float64))] })
 	for i := range releases {
 		if err := a.io.ServerSideEmit("block", i); err != nil {
@@ -452,6 +438,7 @@ func TestBacklogMovesWhileAnswersWait(t *testing.T) {
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	cb := b.connect(t, "/", "cb")
 	holdOrdered, holdAnswers := make(chan struct{}), make(chan struct{})
+	defer closeOpen(slices.Values([]chan struct{}{holdOrdered}))
 	for _, s := range b.socketsNamed("/", "cb") {
 		s.OnAnyOutgoing(func(args ...any) {
 			if args[0] == "hold" {
@@ -511,6 +498,7 @@ func TestFullBacklogHoldsDispatch(t *testing.T) {
 	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
 	release := make(chan struct{})
+	defer closeOpen(slices.Values([]chan struct{}{release}))
 	for _, s := range b.socketsNamed("/", "cb") {
 		s.OnAnyOutgoing(func(args ...any) {
 			if args[0] == "hold" {
@@ -564,7 +552,11 @@ func fetchNamesAndWait(io *socket.Server) ([]string, error) {
 		ferr = err
 		close(done)
 	})
-	<-done
+	select {
+	case <-done:
+	case <-time.After(2 * waitFor):
+		return nil, errors.New("FetchSockets never called back")
+	}
 	slices.Sort(names)
 	return names, ferr
 }
@@ -724,6 +716,18 @@ func TestErrorHandlerClosesItsServer(t *testing.T) {
 	for _, err := range reports {
 		if strings.Contains(err.Error(), "did not stop in time") {
 			t.Fatalf("reported %v", err)
+		}
+	}
+}
+
+// closeOpen closes the channels not closed yet, so that what a test holds is released
+// when it ends early.
+func closeOpen(chans iter.Seq[chan struct{}]) {
+	for ch := range chans {
+		select {
+		case <-ch:
+		default:
+			close(ch)
 		}
 	}
 }

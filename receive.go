@@ -473,7 +473,7 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			}
 			continue
 		}
-		if msg.Type == wire.ServerSideEmit && queue == rt.ordered && !d.membersOnly {
+		if msg.Type == wire.ServerSideEmit { // on the ordered queue (see answer)
 			run = rt.startHandlers()
 		}
 		err := recovered(func() {

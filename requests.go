@@ -35,18 +35,16 @@ type request struct {
 	onRooms func(map[string]struct{}, error)
 }
 
-// track registers a request before it is published, and arranges its timeout. With
-// servers set, the servers to wait for are servers(), read under the same hold of a.mu
-// as the registration: read before it, a server removed in between (its ADAPTER_CLOSE, a
+// track registers a request before it is published, and arranges its timeout. The
+// servers to wait for are servers(), read under the same hold of a.mu as the
+// registration: read before it, a server removed in between (its ADAPTER_CLOSE, a
 // heartbeat timeout) stayed in the request, which waited for it until its timeout. It
 // registers nothing and returns false when there is no server to wait for.
 func (a *Adapter) track(id string, r *request, timeout time.Duration, servers func() map[string]struct{}) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if servers != nil {
-		if r.waiting = servers(); len(r.waiting) == 0 {
-			return false
-		}
+	if r.waiting = servers(); len(r.waiting) == 0 {
+		return false
 	}
 	a.requests[id] = r
 	r.timer = time.AfterFunc(timeout, func() { a.guard("request timeout", func() { a.expire(id) }) })

@@ -582,12 +582,19 @@ func (w *webSocket) onClose(code int, _ string) error {
 		return nil // a batch is stuck: the connection is closed without an answer
 	}
 	defer w.mu.Unlock()
-	if !w.closed {
-		w.closed = true
-		w.control(0x8, ws.FormatCloseMessage(code, ""))
-		w.flushUntil(by)
-	}
+	w.closeFrameLocked(code, by)
 	return nil
+}
+
+// closeFrameLocked writes a Close frame with code, by the time by, unless one was (or a
+// write failed), and reports whether it went out. w.mu is held.
+func (w *webSocket) closeFrameLocked(code int, by time.Time) bool {
+	if w.closed {
+		return false
+	}
+	w.closed = true
+	w.control(0x8, ws.FormatCloseMessage(code, ""))
+	return w.flushUntil(by) == nil
 }
 
 // control adds a control frame (a pong, a close) to the batch. Its payload, at most 125
@@ -702,11 +709,7 @@ func (w *webSocket) finish(by time.Time) {
 	w.closeOnce.Do(func() {
 		clean := false // the Close frame went out
 		if w.lockUntil(by) {
-			if !w.closed {
-				w.closed = true
-				w.control(0x8, binary.BigEndian.AppendUint16(nil, ws.CloseNormalClosure))
-				clean = w.flushUntil(by) == nil
-			}
+			clean = w.closeFrameLocked(ws.CloseNormalClosure, by)
 			w.mu.Unlock()
 		}
 		if !clean {
