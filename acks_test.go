@@ -332,3 +332,50 @@ func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
 		t.Fatal("the listener never ran")
 	}
 }
+
+// RemoteSocket.Emit with an acknowledgement, to a socket that has left every server,
+// calls back with nothing and no error, as Node's gives undefined. Every server counted
+// zero clients, and socket.io v2.5.0's operator took the first of no answers and
+// panicked, having cleared its timer: the callback was never called.
+func TestRemoteSocketGoneAckCalledBack(t *testing.T) {
+	a, b := startPair(t, testOptions(t), func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	list, err := fetchSockets(t, a.io)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("fetched %d sockets, %v", len(list), err)
+	}
+	cb.s.Disconnect()
+	eventually(t, "the socket gone from B", func() bool { return b.io.Sockets().Sockets().Len() == 0 })
+	type result struct {
+		args []any
+		err  error
+	}
+	got := make(chan result, 1)
+	list[0].Timeout(time.Minute).Emit("ask", socket.Ack(func(args []any, err error) { got <- result{args, err} }))
+	select {
+	case r := <-got:
+		if r.err != nil || len(r.args) != 0 {
+			t.Fatalf("called back with %v, %v; want nothing", r.args, r.err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("never called back")
+	}
+	if n := a.errs.count("error"); n != 0 {
+		t.Errorf("%d errors reported: %v", n, a.errs.drain("error"))
+	}
+	// A socket that is there still answers.
+	b.connect(t, "/", "cb2")
+	list, err = fetchSockets(t, a.io)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("fetched %d sockets, %v", len(list), err)
+	}
+	list[0].Timeout(time.Minute).Emit("ask", socket.Ack(func(args []any, err error) { got <- result{args, err} }))
+	select {
+	case r := <-got:
+		if r.err != nil || len(r.args) != 1 || r.args[0] != "cb2" {
+			t.Fatalf("called back with %v, %v; want the client's name", r.args, r.err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("never called back")
+	}
+}

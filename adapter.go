@@ -275,6 +275,9 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
 	members := a.snapshotMembers()
+	if single {
+		clientCountCallback = answerForNone(len(members)+1, clientCountCallback, ack)
+	}
 	published := false
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
@@ -315,6 +318,31 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	a.localBroadcastWithAck(packet, opts, raw, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
+}
+
+// answerForNone wraps the client-count callback of a request for one socket's
+// acknowledgement (RemoteSocket.Emit with an ack, ExpectSingleResponse) made to servers
+// servers, this one included. When every server counts zero clients (the socket is
+// gone), socket.io v2.5.0's operator takes the first of no responses, panics, and never
+// calls the caller back, not even at its timeout, which it has cleared; Node's calls it
+// with undefined. The last count is then given as one client, which answers with
+// nothing: the caller gets (nil, nil).
+func answerForNone(servers int, count func(uint64), ack socket.Ack) func(uint64) {
+	var mu sync.Mutex
+	left, clients := servers, uint64(0)
+	return func(n uint64) {
+		mu.Lock()
+		left--
+		clients += n
+		none := left == 0 && clients == 0
+		mu.Unlock()
+		if !none {
+			count(n)
+			return
+		}
+		count(1)
+		ack([]any{[]any(nil)}, nil)
+	}
 }
 
 // ackShape is what one client's acknowledgement contributes to socket.io's
@@ -393,10 +421,14 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 		packet = packet[:len(packet)-1]
 	}
 	data, _, err := wire.NormalizeArgs(packet)
+	wire.CloseReaders(packet)
 	if err != nil {
 		return fmt.Errorf("pgadapter: ServerSideEmit %v: %w", packet[0], err)
 	}
 	if !withAck {
+		if a.closed.Load() {
+			return fmt.Errorf("pgadapter: namespace %q: ServerSideEmit: %w", a.name, ErrClosed)
+		}
 		a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data}, nil)
 		return nil
 	}
@@ -409,18 +441,25 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 	return nil
 }
 
-// prepare normalizes a packet's arguments once for both destinations: the wire, and the
-// local clients (readers are read into bytes, since they cannot be read twice). Without
-// binary data, it also writes their JSON text once, for both (Packet.Raw).
+// prepare normalizes a packet's arguments once, for the wire and for the local clients.
+// Without binary data, it also writes their JSON text once, for both (Packet.Raw). The
+// packet keeps the arguments as the application gave them, for its outgoing-packet
+// listeners (OnAnyOutgoing), as socket.io's own adapter does, unless they hold readers:
+// those are read (into bytes) and closed here, and cannot be read twice.
 func (a *Adapter) prepare(packet *parser.Packet) (wire.Packet, bool) {
 	args, _ := packet.Data.([]any)
 	data, _, err := wire.NormalizeArgs(args)
+	if wire.HasReader(args) {
+		wire.CloseReaders(args)
+		if err == nil {
+			packet.Data = data
+		}
+	}
 	if err != nil {
 		a.b.stats.publishErrors.Add(1)
 		a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not published: %w", a.name, err))
 		return wire.Packet{}, false
 	}
-	packet.Data = data
 	return wire.Packet{Type: wirePacketType(packet.Type), Data: data, Raw: argsText(data)}, true
 }
 
@@ -468,9 +507,7 @@ func jsonSizeHint(v any, depth int) int {
 // publish encodes a message in the caller's goroutine and queues it. It never blocks.
 func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 	if a.closed.Load() {
-		if done != nil {
-			done(ErrClosed)
-		}
+		a.refused(typ, done)
 		return
 	}
 	o, report := a.outgoing(typ, data, done)
@@ -478,15 +515,27 @@ func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 		a.closeMu.RLock()
 		if a.closed.Load() {
 			a.closeMu.RUnlock()
-			if done != nil {
-				done(ErrClosed)
-			}
+			a.refused(typ, done)
 			return
 		}
 		report = a.enqueue(o)
 		a.closeMu.RUnlock()
 	}
 	report()
+}
+
+// refused ends a message that a closed adapter does not publish: through done, or, for
+// an operation of the application without one (a broadcast, a room change, a server-side
+// event without acknowledgement), as a publish error. The adapter's own messages
+// (heartbeats, answers to requests) end silently: the other servers count it gone.
+func (a *Adapter) refused(typ wire.Type, done func(error)) {
+	switch {
+	case done != nil:
+		done(ErrClosed)
+	case typ == wire.Broadcast || typ == wire.SocketsJoin || typ == wire.SocketsLeave ||
+		typ == wire.DisconnectSockets || typ == wire.ServerSideEmit:
+		a.b.reportClosed(fmt.Errorf("pgadapter: namespace %q: %s not published: %w", a.name, typ, ErrClosed))
+	}
 }
 
 // noReport is a report of nothing: what enqueue and warnInlineLocked return when all

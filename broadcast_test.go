@@ -799,3 +799,62 @@ func TestSocketInfoHeaders(t *testing.T) {
 		t.Fatalf("headers %#v, want %#v", got, want)
 	}
 }
+
+// wireMsg is a struct argument: socket.io's encoder sends it as a JSON object.
+type wireMsg struct {
+	Text string `json:"text"`
+}
+
+// Outgoing-packet listeners (OnAnyOutgoing) get the arguments as the application gave
+// them, as with socket.io's own adapter and with the Local flag. A broadcast published
+// to the cluster gave them the values converted for the wire (the struct as a map),
+// and a listener that worked on one server broke once it was clustered. Readers, which
+// cannot be read twice, are the exception: the listener gets their bytes.
+func TestOutgoingListenersSeeTheArguments(t *testing.T) {
+	a, b := startPair(t, testOptions(t), func(*Options) {})
+	ca := a.connect(t, "/", "ca")
+	cb := b.connect(t, "/", "cb")
+	seen := make(chan []any, 4)
+	serverSocket(t, a, ca).OnAnyOutgoing(func(args ...any) { seen <- args })
+	next := func() []any {
+		t.Helper()
+		select {
+		case args := <-seen:
+			return args
+		case <-time.After(waitFor):
+			t.Fatal("listener not called")
+			return nil
+		}
+	}
+	a.io.Emit("m", wireMsg{"hi"})
+	a.io.Local().Emit("m", wireMsg{"hi"})
+	for range 2 {
+		if args := next(); len(args) != 2 || args[1] != (wireMsg{"hi"}) {
+			t.Fatalf("listener got %#v", args)
+		}
+	}
+	// On B too, for the message received: socket.io's encoder left its placeholder
+	// where the bytes were.
+	serverSocket(t, b, cb).OnAnyOutgoing(func(args ...any) {
+		if args[0] == "r" {
+			seen <- args
+		}
+	})
+	a.io.Emit("r", bytes.NewReader([]byte{1, 2}))
+	for range 2 {
+		if args := next(); len(args) != 2 || !bytes.Equal(bufBytes(t, args[1]), []byte{1, 2}) {
+			t.Fatalf("listener got %#v", args)
+		}
+	}
+	// The clients got the same, on both servers (the Local one on A only).
+	for c, n := range map[*tclient]int{ca: 2, cb: 1} {
+		for range n {
+			if got := c.expect(t, "m"); len(got) != 1 || !reflect.DeepEqual(got[0], map[string]any{"text": "hi"}) {
+				t.Fatalf("client got %#v", got)
+			}
+		}
+		if got := c.expect(t, "r"); len(got) != 1 || !bytes.Equal(bufBytes(t, got[0]), []byte{1, 2}) {
+			t.Fatalf("client got %#v", got)
+		}
+	}
+}

@@ -51,6 +51,8 @@ type Builder struct {
 	lastDrop      atomic.Int64 // unix nanos of the last drop report
 	queueFull     atomic.Int64
 	lastQueueFull atomic.Int64
+	closedSends   atomic.Int64 // operations refused by closed adapters (see reportClosed)
+	lastClosed    atomic.Int64
 	stateFrom     atomic.Pointer[runtime] // the runtime whose listener last reported its state
 
 	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
@@ -529,6 +531,20 @@ func (b *Builder) listenerPID() uint32 {
 }
 
 var _ socket.AdapterConstructor = (*Builder)(nil)
+
+// reportClosed reports an operation of the application that a closed adapter did not
+// publish, at most once a second: socket.io closes the adapter of a dynamic namespace
+// that empties, and an application that still holds the namespace reaches only this
+// server's clients through it.
+func (b *Builder) reportClosed(err error) {
+	b.stats.publishErrors.Add(1)
+	n := b.closedSends.Add(1)
+	now := time.Now().UnixNano()
+	last := b.lastClosed.Load()
+	if now-last >= int64(time.Second) && b.lastClosed.CompareAndSwap(last, now) {
+		b.report(fmt.Errorf("%w (%d so far)", err, n))
+	}
+}
 
 // reportQueue reports a message that could not be queued, at most once a second for
 // ErrQueueFull, which comes in floods while PostgreSQL is unreachable.

@@ -414,3 +414,66 @@ func TestEmitterRefusals(t *testing.T) {
 		t.Error("nil DB accepted")
 	}
 }
+
+// closeRecorder is a reader that records its Close.
+type closeRecorder struct {
+	io.Reader
+	closed int
+}
+
+func (c *closeRecorder) Close() error { c.closed++; return nil }
+
+// An io.Closer argument is closed once, whatever Emit returns: before, the calls that
+// failed before reading it (a reserved event name, a cancelled context, an ack, an
+// argument before it that cannot be encoded) left it open.
+func TestEmitterClosesReadersOnEveryPath(t *testing.T) {
+	opts := testOptions(t)
+	n := startNode(t, "A", opts) // makes the attachments table, once its publisher runs
+	eventually(t, "the attachments table", func() bool {
+		var made bool
+		err := n.pool.QueryRow(context.Background(), "SELECT to_regclass($1) IS NOT NULL", opts.TableName).Scan(&made)
+		return err == nil && made
+	})
+	e, err := emitter.New(n.pool, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	ctx := context.Background()
+	cases := map[string]func(r io.Reader) error{
+		"reserved":        func(r io.Reader) error { return e.Emit(ctx, "disconnect", r) },
+		"cancelled":       func(r io.Reader) error { return e.Emit(cancelled, "x", r) },
+		"ack":             func(r io.Reader) error { return e.Emit(ctx, "x", r, func() {}) },
+		"bad before":      func(r io.Reader) error { return e.Emit(ctx, "x", make(chan int), r) },
+		"nested":          func(r io.Reader) error { return e.Emit(ctx, "x", make(chan int), []any{map[string]any{"r": r}}) },
+		"server reserved": func(r io.Reader) error { return e.ServerSideEmit(ctx, "connection", r) },
+		"published":       func(r io.Reader) error { return e.Emit(ctx, "x", r) },
+		"server-side":     func(r io.Reader) error { return e.ServerSideEmit(ctx, "x", r) },
+	}
+	for name, emit := range cases {
+		r := &closeRecorder{Reader: strings.NewReader("data")}
+		err := emit(r)
+		if (err == nil) != (name == "published" || name == "server-side") {
+			t.Errorf("%s: %v", name, err)
+		}
+		if r.closed != 1 {
+			t.Errorf("%s: closed %d times, want once", name, r.closed)
+		}
+	}
+}
+
+// A nil pointer to a reader is null, as every nil pointer is: its Read dereferenced nil.
+func TestEmitterNilReaders(t *testing.T) {
+	pool := newPool(t)
+	defer pool.Close()
+	e, err := emitter.New(pool, &emitter.Options{ChannelPrefix: "nilreaders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arg := range []any{(*bytes.Buffer)(nil), (*strings.Reader)(nil), (*bytes.Reader)(nil), []any{(*bytes.Buffer)(nil)}} {
+		if err := e.Emit(context.Background(), "x", arg); err != nil {
+			t.Errorf("%T: %v", arg, err)
+		}
+	}
+}

@@ -866,3 +866,27 @@ func TestSlowDeliveryDropsNoServer(t *testing.T) {
 		t.Fatalf("B dropped a server while its delivery was held: %v", got)
 	}
 }
+
+// What the application emits through a closed adapter (socket.io closes a dynamic
+// namespace's when it empties, and the application may still hold the namespace)
+// reaches only this server's clients: it is reported, at most once a second, and
+// counted, where it was dropped without a word. ServerSideEmit returns ErrClosed.
+func TestClosedAdapterReportsEmits(t *testing.T) {
+	a := startNode(t, "A", testOptions(t))
+	nsp := a.io.Of("/gone", nil)
+	nsp.Adapter().Close()
+	nsp.Emit("x")
+	nsp.To("r").Emit("y")
+	nsp.SocketsJoin("r")
+	if err := nsp.ServerSideEmit("z"); !errors.Is(err, ErrClosed) {
+		t.Errorf("ServerSideEmit: %v", err)
+	}
+	eventually(t, "the report", func() bool { return a.errs.count("error") > 0 })
+	errs := a.errs.drain("error")
+	if len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrClosed) || !strings.Contains(errs[0][0].(error).Error(), `"/gone": BROADCAST not published`) {
+		t.Fatalf("reported %v", errs)
+	}
+	if n := a.b.Stats().PublishErrors; n != 3 {
+		t.Errorf("PublishErrors %d, want 3", n)
+	}
+}

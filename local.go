@@ -95,7 +95,13 @@ func (a *Adapter) encode(packet *parser.Packet, raw string) []types.BufferInterf
 	enc := a.Nsp().Server().Encoder()
 	if raw == "" || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT {
 		a.fillArgs(packet, raw)
-		return enc.Encode(packet)
+		// socket.io's encoder puts a copy of the arguments in the packet, with its
+		// placeholders where the binary data was: the outgoing-packet listeners, which
+		// get the packet next, are given the arguments back.
+		data := packet.Data
+		encoded := enc.Encode(packet)
+		packet.Data = data
+		return encoded
 	}
 	return []types.BufferInterface{types.NewStringBuffer(encodeEvent(packet, raw))}
 }

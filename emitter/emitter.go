@@ -207,8 +207,10 @@ var reservedServerEvents = map[string]bool{"connect": true, "connection": true, 
 
 // Emit broadcasts an event to the selected clients of every server. Arguments are
 // anything socket.io can send: JSON values, structs, []byte and io.Reader for binary (read
-// to its end before anything is published, and closed if it is an io.Closer).
+// to its end before anything is published; one that is an io.Closer is closed before Emit
+// returns, whatever it returns, as an http.Request's Body is).
 func (e *Emitter) Emit(ctx context.Context, event string, args ...any) error {
+	defer wire.CloseReaders(args)
 	if reservedEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}
@@ -241,6 +243,7 @@ func (e *Emitter) DisconnectSockets(ctx context.Context, close bool) error {
 // ServerSideEmit sends an event to every server of the namespace (their
 // io.On(event, ...) handlers). Acknowledgements are not supported.
 func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any) error {
+	defer wire.CloseReaders(args)
 	if reservedServerEvents[event] {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}

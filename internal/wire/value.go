@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +15,7 @@ import (
 // Normalize turns event arguments into the generic tree the codec carries: nil, bool,
 // string, numbers, []byte, []any and map[string]any. Readers are read once into []byte
 // (they are binary to socket.io, and a reader cannot be read twice: once for the wire and
-// once for local clients); any other value (structs, typed slices and maps) goes through
+// once for local clients), and not closed (see CloseReaders); any other value (structs, typed slices and maps) goes through
 // encoding/json, as socket.io's own encoder would send it to a client, with integers kept
 // exact. The input is not modified.
 //
@@ -76,11 +77,17 @@ func normalize(v any, depth int) (any, bool, error) {
 	case []byte:
 		return x, true, nil
 	case *strings.Reader:
+		if x == nil {
+			return nil, false, nil // as every nil pointer: JSON's null
+		}
 		// socket.io does not treat a strings.Reader as binary; send its text.
 		s, err := io.ReadAll(x)
 		return string(s), false, err
 	case fmt.Stringer:
 		if r, ok := v.(io.Reader); ok && isStringBuffer(v) {
+			if isNilPointer(v) {
+				return nil, false, nil
+			}
 			s, err := io.ReadAll(r)
 			return string(s), false, err
 		}
@@ -117,10 +124,9 @@ func normalize(v any, depth int) (any, bool, error) {
 		}
 		return out, bin, nil
 	}
-	if r, ok := v.(io.Reader); ok {
-		if c, ok := v.(io.Closer); ok {
-			defer c.Close()
-		}
+	if r, ok := v.(io.Reader); ok && !isNilPointer(v) {
+		// A nil *bytes.Buffer is a Reader whose Read dereferences nil; it is null, as
+		// every nil pointer is (encoding/json, below).
 		b, err := io.ReadAll(r)
 		if err != nil {
 			return nil, false, fmt.Errorf("read binary argument: %w", err)
@@ -138,6 +144,77 @@ func normalize(v any, depth int) (any, bool, error) {
 		return nil, false, err
 	}
 	return numbers(out), false, nil
+}
+
+// isNilPointer reports whether v is a nil pointer: a typed nil, which an interface
+// check does not catch.
+func isNilPointer(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
+// CloseReaders closes the arguments that are both io.Reader and io.Closer, in args and
+// the []any and map[string]any in them, the values that Normalize reads. Normalize does
+// not close them: a caller that promises to (the emitter) must do it on every path,
+// including those that fail before the readers are reached.
+func CloseReaders(args []any) {
+	for _, a := range args {
+		closeReader(a, 0)
+	}
+}
+
+func closeReader(v any, depth int) {
+	if depth > maxJSONDepth {
+		return
+	}
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			closeReader(e, depth+1)
+		}
+	case map[string]any:
+		for _, e := range x {
+			closeReader(e, depth+1)
+		}
+	case io.ReadCloser:
+		if !isNilPointer(v) {
+			x.Close()
+		}
+	}
+}
+
+// HasReader reports whether args, or the []any and map[string]any in them, hold an
+// io.Reader: a value that Normalize consumes, which cannot be used again.
+func HasReader(args []any) bool {
+	for _, a := range args {
+		if hasReader(a, 0) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasReader(v any, depth int) bool {
+	if depth > maxJSONDepth {
+		return false
+	}
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			if hasReader(e, depth+1) {
+				return true
+			}
+		}
+	case map[string]any:
+		for _, e := range x {
+			if hasReader(e, depth+1) {
+				return true
+			}
+		}
+	case io.Reader:
+		return !isNilPointer(x)
+	}
+	return false
 }
 
 // isStringBuffer recognises engine.io's *types.StringBuffer by name, which socket.io sends

@@ -335,6 +335,27 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
+// A nil pointer to a reader is null, as any nil pointer (encoding/json): reading it
+// dereferenced nil, and ended the process of an emitter or a server. HasReader does not
+// count it.
+func TestNormalizeNilReaders(t *testing.T) {
+	in := []any{(*bytes.Buffer)(nil), (*strings.Reader)(nil), (*bytes.Reader)(nil), []any{(*bytes.Buffer)(nil)}, map[string]any{"r": (*bytes.Reader)(nil)}}
+	out, bin, err := NormalizeArgs(in)
+	if err != nil || bin {
+		t.Fatalf("err=%v bin=%v", err, bin)
+	}
+	if want := []any{nil, nil, nil, []any{nil}, map[string]any{"r": nil}}; !reflect.DeepEqual(out, want) {
+		t.Fatalf("got %#v, want %#v", out, want)
+	}
+	if HasReader(in) {
+		t.Error("nil pointers counted as readers")
+	}
+	CloseReaders(in) // no panic
+	if !HasReader([]any{1, map[string]any{"r": strings.NewReader("x")}}) {
+		t.Error("nested reader not found")
+	}
+}
+
 // Node servers send rooms joined by number (socket.join(42) in plain JavaScript) as JSON
 // numbers; a Go server took the whole message for malformed. They are read as the string
 // JavaScript makes of them, which is what Node keys its rooms by.
