@@ -36,6 +36,8 @@ type Builder struct {
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
 	stopped  bool // a runtime stopped with the last adapter (io.Close), none since
+	halting  int  // runtimes stopping (see closePool)
+	poolOnce sync.Once
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -125,18 +127,27 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		b.mu.Unlock()
 		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
 	} else if old != nil {
-		// socket.io replaced the namespace's adapter (SetAdapter called again): the old
-		// one would otherwise keep its channel and heartbeats.
+		// socket.io replaced the namespace's adapter (SetAdapter called again). The new
+		// one takes the channel over at once, on the same runtime (listening to it
+		// again announces the new one), and the old one, which would otherwise keep its
+		// heartbeats, closes after. Closed first, it unlistened the channel, and what
+		// arrived before the new one listened was dropped, uncounted; were it the last,
+		// it stopped the runtime, and New waited for that, to start another.
+		a.rt = b.rt
+		b.adapters[a.channel] = a
+		a.rt.lis.listen(a.channel)
 		b.mu.Unlock()
 		old.Close()
+		// Closing it ends its requests, whose callbacks may have closed the Builder
+		// (and the new adapter with it).
 		b.mu.Lock()
-		// Again: Builder.Close may have run meanwhile (a runtime started now would
-		// outlive it), or the close stopped the runtime and another server's namespace
-		// started one.
-		if err := b.refusalLocked(nsp); err != nil {
-			b.mu.Unlock()
+		err := b.refusalLocked(nsp)
+		b.mu.Unlock()
+		if err != nil {
+			a.Close()
 			return b.local(nsp, err)
 		}
+		return a
 	}
 	if b.rt == nil {
 		b.rt = b.start()
@@ -197,7 +208,11 @@ func (b *Builder) Ready(ctx context.Context) error {
 // goroutines to stop or ctx to end, but not for the application's code they run as they
 // apply messages (handlers, request callbacks, outgoing-packet listeners), which may be
 // what calls Close. Namespaces created afterwards work locally only. A Builder made by
-// NewFromURL closes its pool too: such code still running then finds it closed.
+// NewFromURL closes its pool too, once its goroutines have stopped: such code still
+// running then finds it closed. When io.Close (or another Close) is closing the adapters
+// on another goroutine at the same time, Close may return before that ends, and the pool
+// is closed when it does; waiting for it would never end when Close is called from a
+// request callback that closing runs.
 func (b *Builder) Close(ctx context.Context) error {
 	b.mu.Lock()
 	b.closed = true
@@ -211,9 +226,7 @@ func (b *Builder) Close(ctx context.Context) error {
 		for _, a := range list {
 			a.Close()
 		}
-		if b.owned && b.pool != nil {
-			b.pool.Close()
-		}
+		b.closePool()
 		close(done)
 	}()
 	select {
@@ -237,6 +250,7 @@ func (b *Builder) remove(a *Adapter) {
 	if last {
 		b.rt = nil
 		b.stopped = true
+		b.halting++
 	}
 	if rt != nil && registered {
 		rt.lis.unlisten(a.channel) // under b.mu: see New
@@ -247,6 +261,25 @@ func (b *Builder) remove(a *Adapter) {
 	}
 	if last {
 		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
+		b.mu.Lock()
+		b.halting--
+		b.mu.Unlock()
+		b.closePool()
+	}
+}
+
+// closePool closes the pool of a Builder made by NewFromURL once it is closed and no
+// runtime runs or stops. An adapter closed already may still be closing on another
+// goroutine (io.Close, or another Builder.Close) when Close has closed the others: its
+// runtime publishes its ADAPTER_CLOSE on the pool as it stops, and the pool is closed
+// when it has (the message was lost, and the other servers counted this one until their
+// heartbeat timeout).
+func (b *Builder) closePool() {
+	b.mu.Lock()
+	ready := b.owned && b.pool != nil && b.closed && b.rt == nil && b.halting == 0
+	b.mu.Unlock()
+	if ready {
+		b.poolOnce.Do(b.pool.Close)
 	}
 }
 
@@ -386,7 +419,7 @@ func (b *Builder) start() *runtime {
 	rt.lis.report = b.report
 	rt.lis.onDrop = b.onDrop
 	rt.lis.onListen = func(channel string) {
-		if a := b.adapter(channel); a != nil {
+		if a := b.adapter(channel); a != nil && a.rt == rt {
 			a.announce()
 		}
 	}
@@ -486,6 +519,9 @@ func (rt *runtime) tick(ctx context.Context) {
 			return
 		case now := <-t.C:
 			for _, a := range rt.b.snapshot() {
+				if a.rt != rt {
+					continue // a newer runtime's, while this one stops
+				}
 				// Forgetting a silent server completes the requests that waited for it,
 				// which runs their callbacks.
 				a.guard("heartbeat", func() { a.heartbeat(now) })

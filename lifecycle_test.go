@@ -890,3 +890,30 @@ func TestClosedAdapterReportsEmits(t *testing.T) {
 		t.Errorf("PublishErrors %d, want 3", n)
 	}
 }
+
+// Replacing the only adapter of a Builder (SetAdapter again) keeps its runtime and its
+// LISTEN connection. The old adapter was closed first: that unlistened the channel, so
+// what the other servers sent meanwhile was lost, uncounted, and stopped the runtime,
+// which New waited for before starting another, with a new LISTEN connection.
+func TestReplacingTheOnlyAdapterKeepsListening(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	pid := a.b.listenerPID()
+	old := a.io.Sockets().Adapter().(*Adapter)
+	a.io.SetAdapter(a.b) // socket.io replaces every namespace's adapter
+	if now := a.io.Sockets().Adapter(); now == socket.Adapter(old) || !old.closed.Load() {
+		t.Fatal("not replaced")
+	}
+	if got := a.b.listenerPID(); got != pid {
+		t.Fatalf("LISTEN connection %d, was %d", got, pid)
+	}
+	if n := a.b.Stats().ListenerConnects; n != 1 {
+		t.Fatalf("%d LISTEN connections", n)
+	}
+	waitServerCount(t, []*node{a, b}, 2)
+	ca := a.connect(t, "/", "ca")
+	b.io.Emit("after")
+	ca.expect(t, "after")
+}

@@ -78,6 +78,67 @@ func TestNewFromURL(t *testing.T) {
 	}
 }
 
+// Builder.Close while io.Close is closing the adapters on another goroutine: the pool
+// made by NewFromURL is closed once that closing has published the server's
+// ADAPTER_CLOSE. Close found the adapters closed already, and closed the pool under the
+// publisher: the message was lost ("closed pool"), and the other servers counted this
+// one until their heartbeat timeout.
+func TestConcurrentCloseKeepsThePool(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatTimeout = time.Minute // only ADAPTER_CLOSE makes B forget A in time
+	ctx := context.Background()
+	sep := "?"
+	if strings.Contains(dbURL, "?") {
+		sep = "&"
+	}
+	b, err := NewFromURL(ctx, dbURL+sep+"pool_max_conns=2", &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newServerFor(t, b, newPool(t)) // the node's pool is not b's
+	other := startNode(t, "B", opts)
+	waitServerCount(t, []*node{n, other}, 2)
+	adapter := n.io.Sockets().Adapter().(*Adapter)
+	// Both connections held: the publisher cannot send ADAPTER_CLOSE yet.
+	var held []*pgxpool.Conn
+	release := func() {
+		for _, c := range held {
+			c.Release()
+		}
+		held = nil
+	}
+	defer release()
+	for range 2 {
+		c, err := b.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	ioClosed := make(chan struct{})
+	go func() { n.close(); close(ioClosed) }()
+	eventually(t, "io.Close under way", adapter.closed.Load)
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitFor):
+		release()
+		t.Fatal("Builder.Close waited for the connections held: it closed the pool under the closing server")
+	}
+	release()
+	eventually(t, "B forgets A", func() bool { return other.io.Sockets().Adapter().ServerCount() == 1 })
+	select {
+	case <-ioClosed:
+	case <-time.After(waitFor):
+		t.Fatal("io.Close never returned")
+	}
+	eventually(t, "the pool closed", func() bool { return b.pool.Ping(ctx) != nil })
+}
+
 func TestListenURL(t *testing.T) {
 	opts := testOptions(t)
 	sep := "?"

@@ -48,8 +48,10 @@ type publisher struct {
 	queue  chan outgoing
 	stop   chan struct{}
 	// expire ends every query of the goroutine RequestsTimeout after close (see run).
-	expire    context.Context
-	expireNow context.CancelFunc
+	expire      context.Context
+	expireNow   context.CancelFunc
+	expireTimer *time.Timer // set by close (p.mu)
+	finished    bool        // run has returned (p.mu)
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
 
@@ -110,9 +112,23 @@ func (p *publisher) close() {
 	if !p.closed {
 		p.closed = true
 		close(p.stop)
-		time.AfterFunc(p.opts.RequestsTimeout, p.expireNow)
+		if !p.finished {
+			p.expireTimer = time.AfterFunc(p.opts.RequestsTimeout, p.expireNow)
+		}
 	}
 	p.mu.Unlock()
+}
+
+// finish ends what close started once run has returned: the timer would otherwise keep
+// the publisher, and its queue's array, until it fired.
+func (p *publisher) finish() {
+	p.mu.Lock()
+	p.finished = true
+	if p.expireTimer != nil {
+		p.expireTimer.Stop()
+	}
+	p.mu.Unlock()
+	p.expireNow()
 }
 
 // run publishes until close, then drains the queue. Every query runs in a context that
@@ -121,6 +137,7 @@ func (p *publisher) close() {
 // the batch in flight had no bound, and, with PostgreSQL silent, a queue of repeated
 // messages (a batch each) went on for a RequestsTimeout per batch.
 func (p *publisher) run(ctx context.Context) {
+	defer p.finish()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(p.expire, cancel)()

@@ -84,8 +84,16 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		case <-ctx.Done():
 			return false
 		}
+		// Counted, so that stop waits for the read (the pool may be closed next), and
+		// not started once the runtime stops: select picks either case when both are
+		// ready.
+		if ctx.Err() != nil || !rt.running.join() {
+			<-sem
+			return false
+		}
 		pending.Add(1)
 		go func(g []*delivery) {
+			defer rt.running.add(-1)
 			defer func() {
 				<-sem
 				select {
@@ -300,8 +308,10 @@ func (rt *runtime) heard(a *Adapter, uid string) {
 // longer listened to, and malformed notifications (reported).
 func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	a := rt.b.adapter(n.Channel)
-	if a == nil {
-		return nil // a channel just unlistened
+	if a == nil || a.rt != rt {
+		// A channel just unlistened, or this runtime is stopping and a newer one
+		// serves the channel: its own listener hears the message.
+		return nil
 	}
 	if a.isOwn(n.Payload) {
 		return nil // our own message, echoed by PostgreSQL: not worth decoding

@@ -25,7 +25,8 @@ type Stats struct {
 	// notifications arrive together are read by one.
 	AttachmentQueries int64
 	// PublishErrors counts messages lost because their publication failed, or because
-	// they could not be encoded.
+	// they could not be encoded, and the application's operations that a closed adapter
+	// did not publish (a dynamic namespace's, emptied, still used).
 	PublishErrors int64
 	// QueueFull counts messages refused because the publish queue was full.
 	QueueFull int64
