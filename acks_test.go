@@ -379,3 +379,37 @@ func TestRemoteSocketGoneAckCalledBack(t *testing.T) {
 		t.Fatal("never called back")
 	}
 }
+
+// A RemoteSocket's Emit with an ack gives the callback the client's first argument, as
+// Node does, whether the socket is on this server or on another. One on this server gave
+// every argument, one on another the first (only the first travels); a client that
+// answered with none gave [] here and [nil] from another server.
+func TestRemoteSocketAckShapeSameEverywhere(t *testing.T) {
+	a, b := startPair(t, testOptions(t), func(*Options) {})
+	a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+	list, err := fetchSockets(t, a.io)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("fetched %d sockets, %v", len(list), err)
+	}
+	for _, rs := range list {
+		name := rs.Data().(map[string]any)["name"].(string)
+		for ev, want := range map[string][]any{"ack2-q": {name}, "ack0-q": {nil}, "q": {name}} {
+			got := make(chan []any, 1)
+			rs.Timeout(time.Minute).Emit(ev, socket.Ack(func(args []any, err error) {
+				if err != nil {
+					t.Errorf("%s %s: %v", name, ev, err)
+				}
+				got <- args
+			}))
+			select {
+			case args := <-got:
+				if !slices.Equal(args, want) {
+					t.Errorf("%s, %s: called back with %#v, want %#v", name, ev, args, want)
+				}
+			case <-time.After(waitFor):
+				t.Fatalf("%s, %s: never called back", name, ev)
+			}
+		}
+	}
+}

@@ -346,20 +346,20 @@ func answerForNone(servers int, count func(uint64), ack socket.Ack) func(uint64)
 }
 
 // ackShape is what one client's acknowledgement contributes to socket.io's
-// BroadcastOperator: one response each. With ExpectSingleResponse (RemoteSocket.Emit),
-// the operator hands the first response to the caller as the argument list, so the whole
-// list is wrapped.
+// BroadcastOperator: one response each, its first argument (nil if it answered with
+// none), as Node's gives and as one from another server carries. With
+// ExpectSingleResponse (RemoteSocket.Emit), the operator hands the first response to the
+// caller as the argument list, so it is wrapped in one: a socket on this server gave the
+// caller every argument, and one on another server the first.
 func ackShape(args []any, single bool) []any {
+	first := []any{nil}
+	if len(args) > 0 {
+		first = args[:1]
+	}
 	if single {
-		if args == nil {
-			args = []any{}
-		}
-		return []any{args}
+		return []any{first}
 	}
-	if len(args) == 0 {
-		return []any{nil}
-	}
-	return args[:1]
+	return first
 }
 
 // AddSockets makes the matching sockets of every server join rooms.

@@ -95,6 +95,9 @@
 //     many responses as clients have arrived; a client acknowledging with no argument or
 //     several would stall or end it early. The adapter makes each client contribute
 //     exactly one response (its first argument), locally and remotely, as Node does.
+//     When no server has the socket a RemoteSocket's emit with an acknowledgement goes
+//     to, the operator panics and never calls back; the adapter answers for nobody:
+//     the callback gets no arguments and no error.
 //   - The same operator reads its expected server count without synchronisation from the
 //     goroutine that delivers remote answers: a data race inside socket.io that the race
 //     detector reports for any cluster adapter. It is benign on common hardware.
