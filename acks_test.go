@@ -363,6 +363,20 @@ func TestRemoteSocketGoneAckCalledBack(t *testing.T) {
 	if n := a.errs.count("error"); n != 0 {
 		t.Errorf("%d errors reported: %v", n, a.errs.drain("error"))
 	}
+	// One that could not be published (an argument JSON cannot carry) is not answered
+	// for: the operator's timeout gives the caller an error.
+	list[0].Timeout(300*time.Millisecond).Emit("ask", make(chan int), socket.Ack(func(args []any, err error) { got <- result{args, err} }))
+	select {
+	case r := <-got:
+		if r.err == nil {
+			t.Fatalf("called back with %v and no error for a message not published", r.args)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("never called back")
+	}
+	if n := a.errs.count("error"); n != 1 {
+		t.Errorf("%d errors reported, want the publish failure: %v", n, a.errs.drain("error"))
+	}
 	// A socket that is there still answers.
 	b.connect(t, "/", "cb2")
 	list, err = fetchSockets(t, a.io)

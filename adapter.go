@@ -275,8 +275,10 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
 	members := a.snapshotMembers()
+	fail := func() {}
 	if single {
-		clientCountCallback = answerForNone(len(members)+1, clientCountCallback, ack)
+		one := &oneSocket{count: clientCountCallback, ack: ack, left: len(members) + 1}
+		clientCountCallback, fail = one.onCount, one.fail
 	}
 	published := false
 	if !isLocal(opts) {
@@ -284,7 +286,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			raw = p.Raw
 			id := randomID()
 			var done func(error)
-			r := &request{kind: wire.Broadcast, onCount: clientCountCallback, onAck: ack, single: single}
+			r := &request{kind: wire.Broadcast, onCount: clientCountCallback, onAck: ack, single: single, onFail: fail}
 			gone := 0
 			// The snapshot's servers still known, under the lock of the registration: one
 			// that left since the snapshot was taken counts as zero clients (the
@@ -311,6 +313,9 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 		}
 	}
 	if !published {
+		if !isLocal(opts) {
+			fail()
+		}
 		for range members {
 			clientCountCallback(0)
 		}
@@ -320,29 +325,47 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	})
 }
 
-// answerForNone wraps the client-count callback of a request for one socket's
-// acknowledgement (RemoteSocket.Emit with an ack, ExpectSingleResponse) made to servers
-// servers, this one included. When every server counts zero clients (the socket is
-// gone), socket.io v2.5.0's operator takes the first of no responses, panics, and never
-// calls the caller back, not even at its timeout, which it has cleared; Node's calls it
-// with undefined. The last count is then given as one client, which answers with
-// nothing: the caller gets (nil, nil).
-func answerForNone(servers int, count func(uint64), ack socket.Ack) func(uint64) {
-	var mu sync.Mutex
-	left, clients := servers, uint64(0)
-	return func(n uint64) {
-		mu.Lock()
-		left--
-		clients += n
-		none := left == 0 && clients == 0
-		mu.Unlock()
-		if !none {
-			count(n)
-			return
-		}
-		count(1)
-		ack([]any{[]any(nil)}, nil)
+// oneSocket counts the clients of a request for one socket's acknowledgement
+// (RemoteSocket.Emit with an ack, ExpectSingleResponse) for socket.io's operator, which
+// expects a count from each of servers servers, this one included. When every server
+// counts zero clients (the socket is gone), socket.io v2.5.0's operator takes the first
+// of no responses, panics, and never calls the caller back, not even at its timeout,
+// which it has cleared; Node's calls it with undefined. The last count is then given as
+// one client, which answers with nothing: the caller gets (nil, nil). Unless the request
+// failed (not published, or ended by Close): the last count is then withheld, and the
+// operator's timeout gives the caller an error rather than the word that nobody has
+// the socket.
+type oneSocket struct {
+	count func(uint64)
+	ack   socket.Ack
+
+	mu      sync.Mutex
+	left    int
+	clients uint64
+	failed  bool
+}
+
+func (o *oneSocket) onCount(n uint64) {
+	o.mu.Lock()
+	o.left--
+	o.clients += n
+	none := o.left == 0 && o.clients == 0
+	failed := o.failed
+	o.mu.Unlock()
+	switch {
+	case !none:
+		o.count(n)
+	case !failed:
+		o.count(1)
+		o.ack([]any{[]any(nil)}, nil)
 	}
+}
+
+// fail marks the request failed (see oneSocket).
+func (o *oneSocket) fail() {
+	o.mu.Lock()
+	o.failed = true
+	o.mu.Unlock()
 }
 
 // ackShape is what one client's acknowledgement contributes to socket.io's

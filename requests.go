@@ -27,6 +27,7 @@ type request struct {
 
 	onCount func(uint64) // Broadcast
 	onAck   socket.Ack
+	onFail  func() // Broadcast: told when it ends early, failed (see oneSocket)
 	single  bool
 	clients uint64 // Broadcast: the clients counted so far, whose acks are due
 	acked   uint64 // Broadcast: the acks passed on
@@ -111,6 +112,9 @@ func (a *Adapter) finish(id string, err error) {
 	}
 	r.timer.Stop()
 	if r.kind == wire.Broadcast {
+		if r.onFail != nil {
+			r.onFail()
+		}
 		// Each callback guarded: socket.io's operator can panic in one (a RemoteSocket
 		// emit that no client answers), and the others must still run.
 		for range r.waiting {
