@@ -123,7 +123,9 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 			// adapter (SELECT, INSERT, DELETE) lacks: nothing was ever deleted.
 			tag, err = pool.Exec(qctx, st.CleanupUnlocked, retention.Seconds(), n)
 		}
-		timedOut := errors.Is(qctx.Err(), context.DeadlineExceeded)
+		// The server's own statement_timeout cancels it the same way (57014), with qctx
+		// still live: the batch stayed as large, and every cleanup failed for good.
+		timedOut := errors.Is(qctx.Err(), context.DeadlineExceeded) || isCanceled(err)
 		cancel()
 		if err != nil {
 			if timedOut && ctx.Err() == nil && n > minCleanupBatch && time.Now().Before(until) {
@@ -140,4 +142,11 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 			*batch = min(2*n, maxBatch)
 		}
 	}
+}
+
+// isCanceled reports whether err is PostgreSQL's "canceling statement" (57014): a
+// statement_timeout, or a cancel request.
+func isCanceled(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "57014"
 }

@@ -109,8 +109,8 @@ func NewStatements(table string) Statements {
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload, created_at) VALUES ($1, clock_timestamp()) RETURNING id, created_at) " +
 			`SELECT pg_notify($2, $3 || a.id::text || '` + createdAtKey + `' || ` +
-			`coalesce(to_char(a.created_at AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
-		Fetch: "SELECT id, payload, created_at FROM " + t + " WHERE id = ANY($1::bigint[])",
+			`coalesce(to_char(a.created_at::timestamptz AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
+		Fetch: "SELECT id, payload, created_at::timestamptz FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
 			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		CleanupUnlocked: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +

@@ -1,0 +1,83 @@
+package pgadapter
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// poolWith is a pool on the test database whose sessions have the given settings.
+func poolWith(t *testing.T, settings map[string]string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range settings {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// A cleanup that the server's statement_timeout cancels (57014) shrinks its statements,
+// as one that its own deadline ends does. Its batch stayed at 10,000 rows, every cleanup
+// was cancelled, and the table grew for good.
+func TestCleanupShrinksOnStatementTimeout(t *testing.T) {
+	opts := testOptions(t)
+	pool, st := attachmentTable(t, opts.TableName)
+	ctx := context.Background()
+	const rows = 20000
+	if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', convert_to(repeat(md5(i::text), 64), 'UTF8') FROM generate_series(1, $1) AS i", rows); err != nil {
+		t.Fatal(err)
+	}
+	limited := poolWith(t, map[string]string{"statement_timeout": "2"}) // ms
+	batch := cleanupBatch
+	var deleted int64
+	for round := 0; deleted < rows && round < 20; round++ {
+		n, err := cleanupAttachments(ctx, limited, st, time.Hour, &batch, cleanupBatch, 5*time.Second, time.Now().Add(2*time.Second))
+		deleted += n
+		t.Logf("round %d: %d deleted, batch %d, %v", round, n, batch, err)
+	}
+	if deleted != rows {
+		t.Fatalf("%d of %d old rows deleted; batch %d", deleted, rows, batch)
+	}
+	if batch >= cleanupBatch {
+		t.Fatalf("batch %d: never shrunk, so the statement timeout never cancelled one (the case is not reproduced)", batch)
+	}
+}
+
+// An attachments table made by someone else with created_at a timestamp without time
+// zone, and servers whose sessions are not in UTC: the header's time and the row's were
+// read in different zones, and every attachment was refused as a row given again after
+// a crash (ErrAttachmentMissing).
+func TestTimestampColumnOutsideUTC(t *testing.T) {
+	opts := testOptions(t)
+	ctx := context.Background()
+	setup := newPool(t)
+	defer setup.Close()
+	if _, err := setup.Exec(ctx, "CREATE TABLE "+newStatements(opts.TableName).Table+" (id bigserial UNIQUE, created_at timestamp DEFAULT now(), payload bytea)"); err != nil {
+		t.Fatal(err)
+	}
+	berlin := func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["timezone"] = "Europe/Berlin" }
+	a := startNodeWithPool(t, "A", opts, berlin)
+	b := startNodeWithPool(t, "B", opts, berlin)
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("bin", []byte{1, 2, 3})
+	if got := cb.expect(t, "bin"); len(got) != 1 {
+		t.Fatalf("got %v", got)
+	}
+	if errs := b.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("errors on B: %v", errs)
+	}
+	if n := b.b.Stats().AttachmentsRead; n != 1 {
+		t.Fatalf("%d attachments read", n)
+	}
+}
