@@ -513,11 +513,13 @@ func (rt *runtime) tick(ctx context.Context) {
 	period := min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
 	t := time.NewTicker(period)
 	defer t.Stop()
+	var w hearing
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			rt.watchHearing(now, &w)
 			for _, a := range rt.b.snapshot() {
 				if a.rt != rt {
 					continue // a newer runtime's, while this one stops
@@ -528,6 +530,50 @@ func (rt *runtime) tick(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// hearing is what watchHearing knows of the LISTEN connection's hearing, over a window
+// that starts when it last heard something.
+type hearing struct {
+	start      time.Time // the window's start; zero before the first tick
+	heard      int64     // the listener's count of notifications then
+	commits    int64     // the publisher's count of committed batches then
+	midCommits int64     // ... at the window's middle, once reached
+	mid        bool
+	warned     bool // reported deaf, and nothing heard since
+}
+
+// watchHearing reports a LISTEN connection that hears nothing, not even this server's
+// own messages, which PostgreSQL delivers to every session listening on their channel,
+// the sender's included. Connected to another database than the pool (ListenURL), or
+// through a pooler in transaction mode, where the LISTEN stays on a connection the
+// pooler hands to others, it is up and answers its pings, and this server misses every
+// message of the others, which go on counting it: nothing said so. It is reported when
+// a whole HeartbeatTimeout passed, listening, without a notification, although batches
+// were committed in its first half (heartbeats are, every HeartbeatInterval): their
+// echoes had the second half to come. Reported once, until something is heard.
+func (rt *runtime) watchHearing(now time.Time, w *hearing) {
+	heard, commits := rt.lis.heard.Load(), rt.pub.commits.Load()
+	if heard != w.heard || w.start.IsZero() || !rt.lis.isSynced() {
+		if heard != w.heard && w.warned {
+			rt.b.opts.Logger.Info("pgadapter: the LISTEN connection hears again")
+			w.warned = false
+		}
+		*w = hearing{start: now, heard: heard, commits: commits, warned: w.warned}
+		return
+	}
+	timeout := rt.b.opts.HeartbeatTimeout
+	if !w.mid && now.Sub(w.start) >= timeout/2 {
+		w.midCommits, w.mid = commits, true
+	}
+	if !w.mid || now.Sub(w.start) < timeout {
+		return
+	}
+	if w.midCommits > w.commits && !w.warned {
+		w.warned = true
+		rt.b.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received nothing for %v, not even the %d batches this server committed meanwhile, which PostgreSQL sends back to it: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), now.Sub(w.start).Round(time.Millisecond), w.midCommits-w.commits))
+	}
+	*w = hearing{start: now, heard: heard, commits: commits, warned: w.warned}
 }
 
 // cleanup deletes old attachments every CleanupInterval. It has a goroutine of its own:

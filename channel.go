@@ -57,6 +57,7 @@ type listener struct {
 	stopped chan struct{} // closed when run returns: Ready then fails at once
 	waiters atomic.Int32  // calls of waitSynced waiting, for tests
 	pid     atomic.Uint32 // backend pid of the LISTEN connection, 0 when down
+	heard   atomic.Int64  // notifications received, ever (see runtime.watchHearing)
 	// announced is set once the current connection has been reported up (owned by the
 	// goroutine).
 	announced bool
@@ -271,6 +272,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 				continue // only with OnNotification set, which newListener clears
 			}
 			received++
+			l.heard.Add(1)
 			select {
 			case l.inbound <- n:
 			default:

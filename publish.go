@@ -54,6 +54,8 @@ type publisher struct {
 	finished    bool        // run has returned (p.mu)
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
+	// commits counts the batches committed (see runtime.watchHearing).
+	commits atomic.Int64
 
 	// owned by the goroutine
 	tableReady bool
@@ -355,6 +357,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		p.fail(batch, err)
 		return
 	}
+	p.commits.Add(1)
 	for i := range batch {
 		m := &batch[i]
 		countType(&p.stats.published, m.typ)
