@@ -153,7 +153,10 @@ type Options struct {
 	// pooling mode nor on a read replica: point the pool at PgBouncer and this at the
 	// primary directly. ListenURL is the same as a connection string; ListenConnConfig
 	// wins when both are set. Make ListenConnConfig with pgx.ParseConfig (pgx refuses
-	// others: the listener then reports that it cannot connect).
+	// others: the listener then reports that it cannot connect). It must reach the
+	// database the pool publishes to: a LISTEN connection that hears nothing, not even
+	// this server's own messages, for a HeartbeatTimeout is reported through the
+	// ErrorHandler.
 	ListenConnConfig *pgx.ConnConfig
 	ListenURL        string
 
