@@ -574,6 +574,10 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 		m.Caps = ourCaps // Node servers ignore the extra field
 	}
 	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
+	if err == nil && len(enc.Attachment) > a.b.opts.MaxAttachmentSize {
+		// The other servers would not read it.
+		err = fmt.Errorf("%s of %d bytes: %w (%d)", typ, len(enc.Attachment), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize)
+	}
 	if err != nil {
 		a.b.stats.publishErrors.Add(1)
 		err = fmt.Errorf("pgadapter: namespace %q: %w", a.name, err)

@@ -68,28 +68,48 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements, logged 
 type attachment struct {
 	body    []byte // MessagePack
 	created time.Time
+	size    int64 // the payload's size, when it is over the bound and body is nil
 }
 
-// fetchAttachments reads the rows of ids in one query, and returns them by id; an id
-// without a row is missing from the map.
+// fetchAttachments reads the rows of ids, and returns them by id; an id without a row is
+// missing from the map. A query reads payloads of at most max bytes together (see
+// Statements.Fetch): a row over max comes without its body, and the rest of a group
+// over max is read by more queries.
 func fetchAttachments(ctx context.Context, db interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, st statements, ids []int64) (map[int64]attachment, error) {
-	rows, err := db.Query(ctx, st.Fetch, ids)
-	if err != nil {
-		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
-	}
+}, st statements, ids []int64, max int) (map[int64]attachment, error) {
 	found := make(map[int64]attachment, len(ids))
-	var id int64
-	var body []byte
-	var created pgtype.Timestamptz // NULL in a row made without the default
-	_, err = pgx.ForEachRow(rows, []any{&id, &body, &created}, func() error {
-		found[id] = attachment{body: body, created: created.Time}
-		body = nil // the next row gets its own slice
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+	for len(ids) > 0 {
+		rows, err := db.Query(ctx, st.Fetch, ids, int64(max))
+		if err != nil {
+			return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+		}
+		var rest []int64
+		var id int64
+		var body []byte
+		var created pgtype.Timestamptz // NULL in a row made without the default
+		var size pgtype.Int8           // NULL for a NULL payload
+		_, err = pgx.ForEachRow(rows, []any{&id, &body, &created, &size}, func() error {
+			switch {
+			case size.Valid && size.Int64 > int64(max):
+				found[id] = attachment{created: created.Time, size: size.Int64}
+			case body == nil && size.Valid:
+				rest = append(rest, id) // beyond this query's bound
+			default:
+				found[id] = attachment{body: body, created: created.Time}
+			}
+			body = nil // the next row gets its own slice
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+		}
+		if len(rest) == len(ids) {
+			// Cannot happen: the first row in the order of ids fits. Guarded all the
+			// same, as the rows are anyone's.
+			return nil, fmt.Errorf("pgadapter: read attachments %v: no progress", ids)
+		}
+		ids = rest
 	}
 	return found, nil
 }

@@ -1,12 +1,15 @@
 package pgadapter
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
@@ -128,5 +131,87 @@ func TestDeafListenerReported(t *testing.T) {
 	waitServerCount(t, []*node{a}, 2)
 	if errs := a.errs.drain("error"); len(errs) > 0 {
 		t.Fatalf("A reported %v", errs)
+	}
+}
+
+// countingDB counts the queries made through it.
+type countingDB struct {
+	*pgxpool.Pool
+	queries int
+}
+
+func (c *countingDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	c.queries++
+	return c.Pool.Query(ctx, sql, args...)
+}
+
+// Attachments are read within MaxAttachmentSize: a row over it comes without its body
+// (its size says why), and rows that fit, but not together, are read by more queries.
+// Every row was read whatever its size, 64 to a query: anyone who may insert into the
+// table could make every server load rows of up to 1 GB.
+func TestFetchWithinTheBound(t *testing.T) {
+	opts := testOptions(t)
+	pool, st := attachmentTable(t, opts.TableName)
+	ctx := context.Background()
+	var ids []int64
+	for _, size := range []int{12000, 12000, 30000, 12000, 0, 12000} {
+		var id int64
+		if err := pool.QueryRow(ctx, "INSERT INTO "+st.Table+" (payload) VALUES ($1) RETURNING id", bytes.Repeat([]byte{byte(size)}, size)).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	db := &countingDB{Pool: pool}
+	got, err := fetchAttachments(ctx, db, st, append(ids, ids[len(ids)-1]+1000), 20000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ids) {
+		t.Fatalf("%d rows read, want %d", len(got), len(ids))
+	}
+	for i, size := range []int{12000, 12000, 30000, 12000, 0, 12000} {
+		a := got[ids[i]]
+		switch {
+		case size > 20000:
+			if a.body != nil || a.size != int64(size) {
+				t.Errorf("row of %d bytes: body of %d, size %d", size, len(a.body), a.size)
+			}
+		case len(a.body) != size || a.size != 0 || a.created.IsZero():
+			t.Errorf("row of %d bytes: body of %d, size %d, created %v", size, len(a.body), a.size, a.created)
+		}
+	}
+	// 12000 + 0 bytes fit together, the other three 12000-byte rows each alone.
+	if db.queries != 4 {
+		t.Errorf("%d queries, want 4", db.queries)
+	}
+}
+
+// A message over MaxAttachmentSize is not published (reported), and one received over
+// it is not read (reported), while what follows it goes on.
+func TestOversizedAttachments(t *testing.T) {
+	opts := testOptions(t)
+	small := opts
+	small.MaxAttachmentSize = 20000
+	a := startNode(t, "A", opts)
+	b := startNode(t, "B", small)
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	big := strings.Repeat("x", 30000)
+	b.io.Emit("big", big)
+	if errs := b.errs.drain("error"); len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrAttachmentTooLarge) {
+		t.Fatalf("B reported %v", errs)
+	}
+	a.io.Emit("big", big)
+	a.io.Emit("after", 1)
+	cb.expect(t, "after")
+	eventually(t, "B's report", func() bool { return b.errs.count("error") > 0 })
+	if errs := b.errs.drain("error"); len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrAttachmentTooLarge) {
+		t.Fatalf("B reported %v", errs)
+	}
+	if n := cb.sent.count("big"); n != 1 {
+		t.Fatalf("cb got %d oversized messages, want B's own, delivered locally", n)
+	}
+	if s := b.b.Stats(); s.AttachmentErrors != 1 || s.PublishErrors != 1 {
+		t.Fatalf("AttachmentErrors %d, PublishErrors %d", s.AttachmentErrors, s.PublishErrors)
 	}
 }

@@ -101,6 +101,14 @@ type Options struct {
 	// or without UNLOGGED, as Node.js servers do (see LoggedTable).
 	SkipTableCreation bool
 
+	// MaxAttachmentSize bounds, in bytes, the body of a message that goes through the
+	// attachments table: a larger one is neither published nor read, but reported
+	// (ErrAttachmentTooLarge). One query reads attachments of at most that many bytes
+	// together. Default 64 MiB. Anyone who may insert into the table and notify its
+	// channels could otherwise make every server load rows of up to PostgreSQL's 1 GB,
+	// 64 to a query: a memory exhaustion, which no recover stops.
+	MaxAttachmentSize int
+
 	// HeartbeatInterval is how long a namespace adapter stays silent before it publishes
 	// a HEARTBEAT; any message it publishes counts as one. Default 5s.
 	HeartbeatInterval time.Duration
@@ -171,6 +179,7 @@ const (
 	defaultChannelPrefix = "socket.io"
 	defaultTableName     = "socket_io_attachments"
 	maxPayloadThreshold  = 8000
+	defaultMaxAttachment = 64 << 20
 	maxChannelBytes      = 63
 	minDuration          = time.Millisecond
 )
@@ -194,6 +203,7 @@ func (o *Options) defaults() (Options, error) {
 	c.ChannelPrefix = cmp.Or(c.ChannelPrefix, defaultChannelPrefix)
 	c.TableName = cmp.Or(c.TableName, defaultTableName)
 	c.PayloadThreshold = cmp.Or(c.PayloadThreshold, maxPayloadThreshold)
+	c.MaxAttachmentSize = cmp.Or(c.MaxAttachmentSize, defaultMaxAttachment)
 	c.CleanupInterval = cmp.Or(c.CleanupInterval, 30*time.Second)
 	if c.AttachmentRetention == 0 {
 		// Not below a minute: a short CleanupInterval (to keep the table small) made a
@@ -230,6 +240,8 @@ func (o *Options) defaults() (Options, error) {
 		return c, fmt.Errorf("TableName %q is longer than PostgreSQL's %d-byte identifiers", c.TableName, maxChannelBytes)
 	case c.PayloadThreshold < 0 || c.PayloadThreshold > maxPayloadThreshold:
 		return c, fmt.Errorf("PayloadThreshold %d is outside 1..%d (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)", c.PayloadThreshold, maxPayloadThreshold)
+	case c.MaxAttachmentSize < 0:
+		return c, fmt.Errorf("MaxAttachmentSize %d is negative", c.MaxAttachmentSize)
 	case c.AttachmentRetention < 0:
 		return c, fmt.Errorf("AttachmentRetention %v is negative", c.AttachmentRetention)
 	case c.HeartbeatInterval < minDuration || c.HeartbeatTimeout < minDuration || c.RequestsTimeout < minDuration ||
@@ -265,6 +277,10 @@ var (
 	// PostgreSQL, or never written. A row whose created_at differs from the one its
 	// notification gives counts as missing: after a crash, its id was given again.
 	ErrAttachmentMissing = errors.New("pgadapter: attachment row not found")
+
+	// ErrAttachmentTooLarge is reported for a message whose attachment is larger than
+	// Options.MaxAttachmentSize: not published, or, received, not read.
+	ErrAttachmentTooLarge = errors.New("pgadapter: attachment larger than MaxAttachmentSize")
 
 	// ErrMalformed is reported for a notification on one of our channels that cannot be
 	// decoded. It is dropped; other traffic is unaffected.

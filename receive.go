@@ -351,7 +351,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	if err != nil {
 		err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	} else {
-		bodies, err = fetchAttachments(fctx, conn, rt.b.st, ids)
+		bodies, err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize)
 		conn.Release()
 	}
 	cancel()
@@ -377,6 +377,10 @@ func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fe
 		// PostgreSQL crashed after the notification, and gave its id to a new row.
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed)",
 			d.id, ErrAttachmentMissing, row.created.UTC().Format(time.RFC3339Nano), d.created.UTC().Format(time.RFC3339Nano))}
+	}
+	if row.size > 0 {
+		rt.b.stats.attachmentErrors.Add(1)
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: %d bytes, MaxAttachmentSize %d", d.id, ErrAttachmentTooLarge, row.size, rt.b.opts.MaxAttachmentSize)}
 	}
 	body := row.body
 	rt.b.stats.attachmentsRd.Add(1)
