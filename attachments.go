@@ -71,19 +71,21 @@ type attachment struct {
 	size    int64 // the payload's size, when it is over the bound and body is nil
 }
 
-// fetchAttachments reads the rows of ids, and returns them by id; an id without a row is
-// missing from the map. A query reads payloads of at most max bytes together (see
-// Statements.Fetch): a row over max comes without its body, and the rest of a group
-// over max is read by more queries.
+// fetchAttachments reads the rows of ids, and hands each query's rows to each, by id;
+// an id without a row is in none. A query reads payloads of at most max bytes together
+// (see Statements.Fetch): a row over max comes without its body, and the rest of a group
+// over max is read by more queries. Each query's rows are handed over before the next
+// query, so that the caller can decode them and let their bodies go: a group held all
+// its bodies until the last query, up to 64 rows of max bytes.
 func fetchAttachments(ctx context.Context, db interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, st statements, ids []int64, max int) (map[int64]attachment, error) {
-	found := make(map[int64]attachment, len(ids))
+}, st statements, ids []int64, max int, each func(map[int64]attachment)) error {
 	for len(ids) > 0 {
 		rows, err := db.Query(ctx, st.Fetch, ids, int64(max))
 		if err != nil {
-			return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+			return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 		}
+		found := make(map[int64]attachment, len(ids))
 		var rest []int64
 		var id int64
 		var body []byte
@@ -102,16 +104,17 @@ func fetchAttachments(ctx context.Context, db interface {
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+			return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 		}
 		if len(rest) == len(ids) {
 			// Cannot happen: the first row in the order of ids fits. Guarded all the
 			// same, as the rows are anyone's.
-			return nil, fmt.Errorf("pgadapter: read attachments %v: no progress", ids)
+			return fmt.Errorf("pgadapter: read attachments %v: no progress", ids)
 		}
+		each(found)
 		ids = rest
 	}
-	return found, nil
+	return nil
 }
 
 // cleanupBatch bounds the rows one DELETE of the cleanup removes (about 0.1 s of

@@ -162,7 +162,20 @@ func TestFetchWithinTheBound(t *testing.T) {
 		ids = append(ids, id)
 	}
 	db := &countingDB{Pool: pool}
-	got, err := fetchAttachments(ctx, db, st, append(ids, ids[len(ids)-1]+1000), 20000)
+	got := map[int64]attachment{}
+	err := fetchAttachments(ctx, db, st, append(ids, ids[len(ids)-1]+1000), 20000, func(rows map[int64]attachment) {
+		held := 0
+		for id, a := range rows {
+			if _, again := got[id]; again {
+				t.Errorf("row %d handed over twice", id)
+			}
+			got[id] = a
+			held += len(a.body)
+		}
+		if held > 20000 {
+			t.Errorf("one query's rows hold %d bytes", held)
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

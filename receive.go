@@ -337,41 +337,48 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	return d
 }
 
-// fetch reads the attachments of group with one query and hands each delivery its
-// message or its error. It takes one from pending once it holds a connection.
+// fetch reads the attachments of group (one query, or more when they are large: see
+// fetchAttachments) and hands each delivery its message or its error. It takes one from
+// pending once it holds a connection.
 func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic.Int32) {
 	ids := make([]int64, len(group))
+	byID := make(map[int64][]*delivery, len(group))
 	for i, d := range group {
 		ids[i] = d.id
+		byID[d.id] = append(byID[d.id], d)
 	}
 	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
-	var bodies map[int64]attachment
 	conn, err := rt.b.pool.Acquire(fctx)
 	pending.Add(-1)
 	if err != nil {
 		err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	} else {
-		bodies, err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize)
+		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, func(rows map[int64]attachment) {
+			for id, row := range rows {
+				for _, d := range byID[id] {
+					d.fetched <- rt.decodeAttachment(d, row)
+				}
+				delete(byID, id)
+			}
+		})
 		conn.Release()
 	}
 	cancel()
 	rt.b.stats.attachmentQueries.Add(1)
 	for _, d := range group {
-		if err != nil {
-			rt.b.stats.attachmentErrors.Add(1)
-			d.fetched <- fetchResult{err: err}
+		if _, due := byID[d.id]; !due {
 			continue
 		}
-		d.fetched <- rt.decodeAttachment(d, bodies)
+		rt.b.stats.attachmentErrors.Add(1)
+		if err != nil {
+			d.fetched <- fetchResult{err: err}
+		} else {
+			d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
+		}
 	}
 }
 
-func (rt *runtime) decodeAttachment(d *delivery, bodies map[int64]attachment) fetchResult {
-	row, ok := bodies[d.id]
-	if !ok {
-		rt.b.stats.attachmentErrors.Add(1)
-		return fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
-	}
+func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 	if !d.created.IsZero() && !row.created.Equal(d.created) {
 		rt.b.stats.attachmentErrors.Add(1)
 		// PostgreSQL crashed after the notification, and gave its id to a new row.

@@ -184,7 +184,8 @@ func closeReader(v any, depth int) {
 }
 
 // HasReader reports whether args, or the []any and map[string]any in them, hold an
-// io.Reader: a value that Normalize consumes, which cannot be used again.
+// io.Reader: a value that Normalize consumes, which cannot be used again, or a nil
+// pointer to one, which socket.io's encoder reads, and dereferences.
 func HasReader(args []any) bool {
 	for _, a := range args {
 		if hasReader(a, 0) {
@@ -212,7 +213,7 @@ func hasReader(v any, depth int) bool {
 			}
 		}
 	case io.Reader:
-		return !isNilPointer(x)
+		return true
 	}
 	return false
 }
