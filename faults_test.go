@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
+	"github.com/socketio-pg/pgadapter/internal/testenv"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
@@ -67,27 +68,53 @@ func TestFaultListenerKilledRepeatedly(t *testing.T) {
 		took := time.Since(killed)
 		worst = max(worst, took)
 		t.Logf("fault: LISTEN backend killed (%d/%d): listening again after %v", i+1, kills, took.Round(time.Millisecond))
-		// The flow reaches B again.
-		cb.sent.drain("flow")
-		cb.sent.next(t, "cb's server", "flow")
+		// Cross-server delivery works again: a marker published once B listens again
+		// reaches cb (a "flow" message might have been in flight from before the kill).
+		marker := fmt.Sprintf("marker-%d", i)
+		a.io.Emit(marker)
+		cb.sent.next(t, "cb's server", marker)
 	}
 	if worst > 5*time.Second {
 		t.Errorf("slowest recovery %v, bound 5s", worst)
 	}
 	waitServerCount(t, nodes, 3)
-	if c := b.b.Stats().ListenerConnects; c != kills+1 {
+	// At least one new LISTEN connection per kill (each was seen above by its new
+	// backend pid); the exact count is not the point here, and a loaded machine may cost
+	// the listener a reconnection of its own.
+	if c := b.b.Stats().ListenerConnects; c < kills+1 {
 		t.Errorf("%d LISTEN connections opened for %d kills", c, kills)
 	}
 	t.Logf("fault: worst listener recovery %v over %d kills", worst.Round(time.Millisecond), kills)
 }
 
-func TestFaultPostgresRestart(t *testing.T) {
+// requirePostgresEnv turns the skip of the tests that need a PostgreSQL server of their
+// own (to stop or crash it), on a machine without the server binaries, into a failure.
+// Without DATABASE_URL (as in .ci/run) the binaries are needed anyway: the package's
+// tests then run on a temporary server.
+const requirePostgresEnv = "PGADAPTER_REQUIRE_POSTGRES"
+
+// startOwnPostgres starts a temporary PostgreSQL server for t alone, and skips t when
+// there are no server binaries to start it from (see requirePostgresEnv).
+func startOwnPostgres(t *testing.T) *pgtest.Server {
+	t.Helper()
+	if _, err := pgtest.BinDir(); err != nil {
+		testenv.Require(t, requirePostgresEnv, errors.New("no PostgreSQL server binaries (initdb, postgres) to start a server of this test's own: "+
+			"install the server package (Debian: apt-get install postgresql) or set PG_BINDIR"))
+	}
 	srv, err := pgtest.Start(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv
+}
+
+func TestFaultPostgresRestart(t *testing.T) {
+	srv := startOwnPostgres(t)
 	defer srv.Stop()
 	opts := testOptions(t)
+	// No heartbeats: while PostgreSQL is down, A publishes only what the test emits,
+	// so that every one of those messages can be accounted for exactly.
+	quiet(&opts)
 	opts.PublishQueueSize = 200
 	opts.RequestsTimeout = time.Second
 	a := startNodeOn(t, "A", srv.URL(), opts)
@@ -96,6 +123,9 @@ func TestFaultPostgresRestart(t *testing.T) {
 	ca := a.connect(t, "/", "ca")
 	cb := b.connect(t, "/", "cb")
 	pidA, pidB := a.b.listenerPID(), b.b.listenerPID()
+	// What A published so far (no broadcast: heartbeats only) was committed, B having
+	// counted A from it: none of it can fail and be counted below.
+	before := a.b.Stats()
 
 	srv.Down()
 	down := time.Now()
@@ -116,12 +146,17 @@ func TestFaultPostgresRestart(t *testing.T) {
 		}
 		return publishFailed
 	})
-	// None is lost silently: each was refused by the full queue, or failed and was
-	// counted (a channel's length cannot exceed its bound, which the check here was).
-	eventually(t, "every message accounted for", func() bool {
-		st := a.b.Stats()
-		return st.QueueFull+st.PublishErrors >= 2000
-	})
+	// None is lost silently: each of the 2001 broadcasts (the local one included, which
+	// is published too) was refused by the full queue, or failed and was counted, once.
+	const emitted = 2001
+	lost := func(st Stats) int64 {
+		return st.QueueFull + st.PublishErrors - before.QueueFull - before.PublishErrors
+	}
+	eventually(t, "every message accounted for", func() bool { return lost(a.b.Stats()) >= emitted })
+	if st := a.b.Stats(); lost(st) != emitted || st.Published["BROADCAST"] != before.Published["BROADCAST"] {
+		t.Errorf("%d broadcasts emitted while PostgreSQL was down: %d refused by the full queue and %d failed, want %d in all; %d published",
+			emitted, st.QueueFull-before.QueueFull, st.PublishErrors-before.PublishErrors, emitted, st.Published["BROADCAST"]-before.Published["BROADCAST"])
+	}
 	t.Logf("fault: PostgreSQL down %v: local delivery went on, %d queue-full drops reported", time.Since(down).Round(time.Millisecond), a.b.queueFull.Load())
 
 	if err := srv.Up(context.Background()); err != nil {
@@ -158,10 +193,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 // sequence's last advance can be lost with the last commits, so ids are given again.
 func TestFaultCrash(t *testing.T) {
 	ctx := context.Background()
-	srv, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := startOwnPostgres(t)
 	defer srv.Stop()
 	opts := testOptions(t)
 	opts.RequestsTimeout = time.Second
@@ -352,13 +384,14 @@ func TestFaultSlowNode(t *testing.T) {
 	if usage > 0.01 {
 		t.Errorf("PostgreSQL's notification queue is %.1f%% full", usage*100)
 	}
+	// The report may come after the count: wait for it.
 	var reported bool
-	for _, e := range b.errs.drain("error") {
-		reported = reported || errors.Is(e[0].(error), ErrReceiveQueueFull)
-	}
-	if !reported {
-		t.Error("drops not reported")
-	}
+	eventually(t, "B reports its drops (ErrReceiveQueueFull)", func() bool {
+		for _, e := range b.errs.drain("error") {
+			reported = reported || errors.Is(e[0].(error), ErrReceiveQueueFull)
+		}
+		return reported
+	})
 	close(release)
 	// B recovers: once its backlog is through, new messages are applied again (a probe
 	// sent while the queue is still full may itself be dropped, and counted).
@@ -410,42 +443,38 @@ func TestFaultServerKilled(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("request never completed after SIGKILL")
 	}
+	// The request did not wait for its timeout: that would have been ErrTimeout, and
+	// after RequestsTimeout (30 s), beyond the wait above (waitFor).
 	took := time.Since(killed)
 	waitServerCount(t, []*node{a}, 1)
 	t.Logf("fault: server SIGKILLed: dropped and its pending request completed after %v (heartbeat timeout %v)", took.Round(time.Millisecond), opts.HeartbeatTimeout)
-	if took >= opts.RequestsTimeout {
-		t.Errorf("the request waited for its timeout")
-	}
 }
 
 func TestFaultCleanupRacesSlowReader(t *testing.T) {
-	opts := testOptions(t)
-	opts.CleanupInterval = 100 * time.Millisecond
-	opts.AttachmentRetention = 3 * time.Second
-	nodes := cluster(t, 2, opts)
-	a, b := nodes[0], nodes[1]
-	cb := b.connect(t, "/", "cb")
-	big := strings.Repeat("c", 9000)
-	// A broadcast "hold-<round>" holds B's delivery goroutine in an outgoing-packet
-	// listener until the round releases it: B's reading lags.
-	var mu sync.Mutex
-	releases := map[string]chan struct{}{}
-	for _, s := range b.socketsNamed("/", "cb") {
-		s.OnAnyOutgoing(func(args ...any) {
-			mu.Lock()
-			release := releases[fmt.Sprint(args[0])]
-			mu.Unlock()
-			if release != nil {
-				<-release
-			}
-		})
-	}
-	round := func(name string, hold time.Duration) (written, missing int) {
+	// Each round has a cluster of its own, whose retention suits it: the first leaves
+	// the reader (600 attachments of 9 kB, under -race on a loaded machine) ample time,
+	// the second is short enough for the reader to lag beyond it without a long test.
+	round := func(name string, retention, hold time.Duration) (written, missing int) {
+		opts := testOptions(t)
+		opts.CleanupInterval = 100 * time.Millisecond
+		opts.AttachmentRetention = retention
+		nodes := cluster(t, 2, opts)
+		a, b := nodes[0], nodes[1]
+		defer a.close()
+		defer b.close()
+		cb := b.connect(t, "/", "cb")
+		big := strings.Repeat("c", 9000)
+		// The broadcast "hold" holds B's delivery goroutine in an outgoing-packet
+		// listener until release: B's reading lags.
 		release := make(chan struct{})
-		mu.Lock()
-		releases["hold-"+name] = release
-		mu.Unlock()
-		a.io.Emit("hold-" + name)
+		for _, s := range b.socketsNamed("/", "cb") {
+			s.OnAnyOutgoing(func(args ...any) {
+				if args[0] == "hold" {
+					<-release
+				}
+			})
+		}
+		a.io.Emit("hold")
 		// More than B reads while its delivery is held: what its delivery queue (256)
 		// holds (an attachment in the backlog is read when it leaves it).
 		const n = 600
@@ -454,8 +483,8 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		}
 		time.Sleep(hold) // the fault itself: a reader that lags for this long
 		close(release)
-		a.io.Emit("end-" + name)
-		cb.sent.next(t, "cb's server", "end-"+name)
+		a.io.Emit("end")
+		cb.sent.next(t, "cb's server", "end")
 		for _, e := range b.errs.drain("error") {
 			if errors.Is(e[0].(error), ErrAttachmentMissing) {
 				missing++
@@ -463,13 +492,15 @@ func TestFaultCleanupRacesSlowReader(t *testing.T) {
 		}
 		return cb.sent.count(name), missing
 	}
-	written, missing := round("within", 500*time.Millisecond)
-	t.Logf("fault: reader lagging 0.5s (retention %v): %d/600 attachments read, %d missing", opts.AttachmentRetention, written, missing)
+	const retention, hold = 10 * time.Second, 500 * time.Millisecond
+	written, missing := round("within", retention, hold)
+	t.Logf("fault: reader lagging %v (retention %v): %d/600 attachments read, %d missing", hold, retention, written, missing)
 	if written != 600 || missing != 0 {
 		t.Errorf("within the retention window: %d read, %d missing", written, missing)
 	}
-	written, missing = round("beyond", opts.AttachmentRetention+time.Second)
-	t.Logf("fault: reader lagging %v (retention %v): %d/600 read, %d missing and reported", opts.AttachmentRetention+time.Second, opts.AttachmentRetention, written, missing)
+	const shortRetention = 3 * time.Second
+	written, missing = round("beyond", shortRetention, shortRetention+time.Second)
+	t.Logf("fault: reader lagging %v (retention %v): %d/600 read, %d missing and reported", shortRetention+time.Second, shortRetention, written, missing)
 	if written+missing != 600 || missing == 0 {
 		t.Errorf("beyond the window: %d read + %d reported missing, want 600 with some missing: a loss was silent, or the reader did not lag", written, missing)
 	}

@@ -347,7 +347,14 @@ func (n *node) close() {
 	n.closed = true
 	done := make(chan struct{})
 	n.io.Close(func(error) { close(done) })
-	<-done
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		// Not Fatal: close runs from Cleanup too. The HTTP server and the pool are left
+		// open: closing them waits for what the server may still hold.
+		n.t.Errorf("%s: socket.io's Close did not call back within %v", n.name, waitFor)
+		return
+	}
 	n.http.Close()
 	n.pool.Close()
 }
@@ -409,8 +416,9 @@ func (r *recorder) add(name string, args ...any) {
 	}
 }
 
-// next waits for the first event named name, removes it and everything before it that
-// has the same name... only that event is removed; others stay for later calls.
+// next waits (up to waitFor, then fails the test) for the earliest held event named
+// name, removes that one event and returns its arguments; every other event, of that
+// name or another, stays for later calls.
 func (r *recorder) next(t testing.TB, who, name string) []any {
 	t.Helper()
 	deadline := time.NewTimer(waitFor)

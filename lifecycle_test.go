@@ -37,7 +37,7 @@ func (n *node) crash(t *testing.T) {
 
 func TestServerCountFollowsTheCluster(t *testing.T) {
 	opts := testOptions(t)
-	opts.HeartbeatTimeout = 1500 * time.Millisecond
+	opts.HeartbeatTimeout = 3 * time.Second
 	opts.RequestsTimeout = 30 * time.Second // a request must not need its timeout to finish
 	a := startNode(t, "A", opts)
 	b := startNode(t, "B", opts)
@@ -48,13 +48,15 @@ func TestServerCountFollowsTheCluster(t *testing.T) {
 	c := startNode(t, "C", opts)
 	waitServerCount(t, []*node{a, b, c}, 3)
 
-	// A server that closes cleanly is dropped at once (ADAPTER_CLOSE), long before the
-	// heartbeat timeout would.
+	// A server that closes cleanly is dropped at once (ADAPTER_CLOSE), before the
+	// heartbeat timeout could: the others heard from it at most a heartbeat interval
+	// (give or take one) before it closed, so a drop by timeout comes no sooner than
+	// the bound.
 	closedAt := time.Now()
 	c.close()
 	waitServerCount(t, []*node{a, b}, 2)
-	if d := time.Since(closedAt); d >= opts.HeartbeatTimeout {
-		t.Errorf("closed server dropped after %v, not at once", d)
+	if d, bound := time.Since(closedAt), opts.HeartbeatTimeout-2*opts.HeartbeatInterval; d >= bound {
+		t.Errorf("closed server dropped after %v, not at once (bound %v)", d, bound)
 	}
 
 	// A server that crashes is dropped after the heartbeat timeout, and a request
@@ -72,9 +74,9 @@ func TestServerCountFollowsTheCluster(t *testing.T) {
 	if names := socketNames(t, list); !slices.Equal(names, []string{"ca", "cb"}) {
 		t.Fatalf("FetchSockets: %v", names)
 	}
-	if took := time.Since(start); took >= opts.RequestsTimeout {
-		t.Fatalf("FetchSockets took %v: it waited for the timeout", took)
-	}
+	// It did not wait for its timeout: that would have been ErrTimeout, after
+	// RequestsTimeout (30 s), longer than fetchSockets waits (waitFor).
+	t.Logf("FetchSockets with a crashed server completed after %v (heartbeat timeout %v)", time.Since(start).Round(time.Millisecond), opts.HeartbeatTimeout)
 	waitServerCount(t, []*node{a, b}, 2)
 
 	// ServerSideEmitWithAck too.
@@ -172,16 +174,16 @@ func TestLocalDeliveryWithoutDatabase(t *testing.T) {
 	c.expect(t, "still-works")
 	// The publish failure and the listener failure are reported, not hidden.
 	var publishErr *PublishError
-	deadline := time.Now().Add(waitFor)
-	for publishErr == nil {
+	var listenerErr error
+	eventually(t, "a PublishError and the listener's failure reported", func() bool {
 		for _, e := range errs.drain("error") {
-			errors.As(e[0].(error), &publishErr)
+			err := e[0].(error)
+			if !errors.As(err, &publishErr) && strings.Contains(err.Error(), "listener connection lost") {
+				listenerErr = err
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no PublishError reported")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return publishErr != nil && listenerErr != nil
+	})
 	if publishErr.Messages == 0 {
 		t.Fatalf("PublishError %v", publishErr)
 	}
@@ -385,16 +387,29 @@ func TestBuilderMisuse(t *testing.T) {
 func TestTableCreatedOnceByManyServers(t *testing.T) {
 	opts := testOptions(t)
 	const count = 6
+	// The servers are made on the test goroutine (newNode may fail the test) and become
+	// ready, each creating the table, at the same time.
 	nodes := make([]*node, count)
-	var wg sync.WaitGroup
 	for i := range nodes {
+		nodes[i] = newNode(t, string(rune('A'+i)), newPool(t), opts)
+	}
+	ready := make([]error, count)
+	var wg sync.WaitGroup
+	for i, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[i] = startNode(t, string(rune('A'+i)), opts)
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			defer cancel()
+			ready[i] = n.b.Ready(ctx)
 		}()
 	}
 	wg.Wait()
+	for i, err := range ready {
+		if err != nil {
+			t.Fatalf("%s: %v", nodes[i].name, err)
+		}
+	}
 	// Each publisher creates the table before its first message; an attachment proves
 	// it exists for all of them.
 	cb := nodes[1].connect(t, "/", "cb")
@@ -490,8 +505,8 @@ func TestCleanupKeepsRecentAttachments(t *testing.T) {
 	}
 	eventually(t, "the old row deleted", func() bool {
 		var n int
-		a.pool.QueryRow(ctx, "SELECT count(*) FROM "+opts.TableName+" WHERE payload = 'old'").Scan(&n)
-		return n == 0
+		err := a.pool.QueryRow(ctx, "SELECT count(*) FROM "+opts.TableName+" WHERE payload = 'old'").Scan(&n)
+		return err == nil && n == 0
 	})
 	if n := countRows(t, a, opts.TableName); n != 1 {
 		t.Fatalf("%d rows left, want the recent one", n)
@@ -640,8 +655,8 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	eventually(t, "A's LISTEN backend gone", func() bool {
 		var n int
-		b.pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(pid)).Scan(&n)
-		return n == 0
+		err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(pid)).Scan(&n)
+		return err == nil && n == 0
 	})
 	waitServerCount(t, []*node{b}, 1)
 	// The builder can be closed too, and namespaces made afterwards stay local.
@@ -693,8 +708,8 @@ func TestMalformedNotificationsAreReported(t *testing.T) {
 func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
 	opts := testOptions(t)
 	opts.CleanupInterval = 50 * time.Millisecond
-	opts.HeartbeatInterval = 100 * time.Millisecond
-	opts.HeartbeatTimeout = 400 * time.Millisecond
+	opts.HeartbeatInterval = 250 * time.Millisecond
+	opts.HeartbeatTimeout = time.Second
 	opts.RequestsTimeout = time.Minute
 	pool, st := attachmentTable(t, opts.TableName)
 	ctx := context.Background()
@@ -704,9 +719,9 @@ func TestCleanupDoesNotHoldBackHeartbeats(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	eventually(t, "both servers' cleanups waiting for the lock", func() bool {
 		var n int
-		pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, $1)",
+		err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, $1)",
 			"DELETE FROM "+st.Table).Scan(&n)
-		return n == 2
+		return err == nil && n == 2
 	})
 	// Heartbeats go on while the cleanups wait: ten more each way than when they started
 	// waiting, with the other server still counted.
@@ -815,6 +830,9 @@ func TestReplacedAdapterAnnounces(t *testing.T) {
 	}
 	old := a.io.Sockets().Adapter().(*Adapter)
 	replaced := a.b.New(a.io.Sockets()).(*Adapter) // closes old: B drops it at once
+	// socket.io's namespace still holds old, which its Close closes: replaced, made
+	// here and not by socket.io, is the test's to close (it keeps A's runtime running).
+	defer replaced.Close()
 	if replaced == old || !old.closed.Load() {
 		t.Fatal("not replaced")
 	}
@@ -840,7 +858,7 @@ func TestReplacedAdapterAnnounces(t *testing.T) {
 // requests complete without their answers.
 func TestSlowDeliveryDropsNoServer(t *testing.T) {
 	opts := testOptions(t)
-	opts.HeartbeatTimeout = time.Second // A's heartbeats come every 300 ms
+	opts.HeartbeatTimeout = 2 * time.Second // A's heartbeats come every 300 ms
 	logs := &logRecorder{}
 	a, b := startPair(t, opts, func(o *Options) { o.Logger = slog.New(logs) })
 	b.connect(t, "/", "cb")
@@ -851,7 +869,7 @@ func TestSlowDeliveryDropsNoServer(t *testing.T) {
 		s.OnAnyOutgoing(func(args ...any) {
 			if args[0] == "slow" {
 				// The slow listener is the condition under test, not a synchronisation.
-				time.Sleep(3 * opts.HeartbeatTimeout)
+				time.Sleep(2 * opts.HeartbeatTimeout)
 				close(done)
 			}
 		})

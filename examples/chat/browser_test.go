@@ -42,8 +42,13 @@ func TestChatInBrowser(t *testing.T) {
 	go func() { done <- run(ctx, []string{"127.0.0.1:0", "127.0.0.1:0"}, func(u []string) { urls <- u }) }()
 	defer func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("the chat servers did not stop within a minute of being cancelled")
 		}
 	}()
 	var u []string

@@ -50,6 +50,11 @@ type Server struct {
 // newest /usr/lib/postgresql/*/bin (Debian keeps them off the PATH).
 func BinDir() (string, error) {
 	if d := os.Getenv("PG_BINDIR"); d != "" {
+		for _, tool := range []string{"initdb", "postgres"} {
+			if _, err := os.Stat(filepath.Join(d, tool)); err != nil {
+				return "", fmt.Errorf("%w (PG_BINDIR=%s: %v)", ErrNoPostgres, d, err)
+			}
+		}
 		return d, nil
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {
@@ -111,16 +116,29 @@ func start(ctx context.Context, durable bool) (*Server, error) {
 		s.removeDir()
 		return nil, fmt.Errorf("pgtest: initdb: %w: %s", err, out)
 	}
-	if s.port, err = freePort(); err != nil {
-		s.removeDir()
-		return nil, err
+	// freePort's port is free when it returns, not necessarily when postgres binds it:
+	// another process may take it in between. Such a start is tried again on another.
+	for attempt := 1; ; attempt++ {
+		if s.port, err = freePort(); err != nil {
+			s.removeDir()
+			return nil, err
+		}
+		err = s.start(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, errBind) || attempt == bindAttempts {
+			s.removeDir()
+			return nil, err
+		}
 	}
-	if err := s.start(ctx); err != nil {
-		s.removeDir()
-		return nil, err
-	}
-	return s, nil
 }
+
+// errBind is the error of a start whose postgres could not bind its port.
+var errBind = errors.New("pgtest: postgres could not bind its port")
+
+// bindAttempts bounds the starts tried when the port turns out taken.
+const bindAttempts = 5
 
 func (s *Server) data() string { return filepath.Join(s.dir, "data") }
 
@@ -132,9 +150,15 @@ func (s *Server) command(name string, args ...string) *exec.Cmd {
 }
 
 func (s *Server) start(ctx context.Context) error {
-	logf, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logName := filepath.Join(s.dir, "postgres.log")
+	logf, err := os.OpenFile(logName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
+	}
+	// What this start logs begins here: the log of earlier starts is kept.
+	var logStart int64
+	if st, err := logf.Stat(); err == nil {
+		logStart = st.Size()
 	}
 	args := []string{"-D", s.data(), "-p", strconv.Itoa(s.port),
 		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + s.dir,
@@ -165,7 +189,19 @@ func (s *Server) start(ctx context.Context) error {
 		}
 		select {
 		case <-exited:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
+			s.mu.Lock()
+			if s.cmd == cmd {
+				s.cmd = nil
+			}
+			s.mu.Unlock()
+			logf.Close()
+			log, _ := os.ReadFile(logName)
+			if int64(len(log)) >= logStart {
+				log = log[logStart:]
+			}
+			if strings.Contains(string(log), "could not bind") || strings.Contains(string(log), "could not create any TCP/IP sockets") {
+				return fmt.Errorf("%w %d: %s", errBind, s.port, log)
+			}
 			return fmt.Errorf("pgtest: postgres exited at start: %s", log)
 		case <-ctx.Done():
 			s.Kill()
@@ -201,8 +237,22 @@ func (s *Server) Restart(ctx context.Context) error {
 // Up starts it again on the same port.
 func (s *Server) Down() { s.signal(syscall.SIGINT) }
 
-// Up starts a server stopped by Down, and waits until it accepts connections.
-func (s *Server) Up(ctx context.Context) error { return s.start(ctx) }
+// Up starts a server stopped by Down, and waits until it accepts connections. Its port
+// may still be held for a moment (another process may also have taken it meanwhile):
+// a start that cannot bind it is tried again, a few times, a little later.
+func (s *Server) Up(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := s.start(ctx)
+		if err == nil || !errors.Is(err, errBind) || attempt == bindAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+}
 
 func (s *Server) signal(sig syscall.Signal) {
 	s.mu.Lock()

@@ -2,7 +2,13 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -49,4 +55,47 @@ func durability(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestUpRetriesATakenPort: a server's port taken while it is down (by another process,
+// or not yet released) made Up fail with "could not bind". Up tries again.
+func TestUpRetriesATakenPort(t *testing.T) {
+	ctx := context.Background()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	s.Down()
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	up := make(chan error, 1)
+	go func() { up <- s.Up(ctx) }()
+	// Release the port once a start has failed on it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		log, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
+		if strings.Contains(string(log), "could not bind") || strings.Contains(string(log), "could not create any TCP/IP sockets") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("postgres never failed to bind the taken port")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	l.Close()
+	select {
+	case err := <-up:
+		if err != nil {
+			t.Fatalf("Up: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Up did not return")
+	}
+	if got := durability(t, s.URL()); got != "off off" {
+		t.Fatalf("after Up, fsync and synchronous_commit %q", got)
+	}
 }

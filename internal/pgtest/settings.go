@@ -83,3 +83,26 @@ func (r *Recorder) Drop() {
 		r.pool.Exec(ctx, q)
 	}
 }
+
+// IdleSettings returns the value of the run-time parameter name on each of the pool's
+// idle connections (those the pool could hand out now), so that a test can tell that no
+// session kept a setting a transaction made for itself: one SHOW on the pool would look
+// at one connection, whichever it got. It fails when no connection is idle.
+func IdleSettings(ctx context.Context, pool *pgxpool.Pool, name string) ([]string, error) {
+	conns := pool.AcquireAllIdle(ctx)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	if len(conns) == 0 {
+		return nil, fmt.Errorf("pgtest: no idle connection to read %s on", name)
+	}
+	values := make([]string, len(conns))
+	for i, c := range conns {
+		if err := c.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&values[i]); err != nil {
+			return nil, fmt.Errorf("pgtest: %s on connection %d: %w", name, c.Conn().PgConn().PID(), err)
+		}
+	}
+	return values, nil
+}
