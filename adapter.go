@@ -434,7 +434,8 @@ func (a *Adapter) FetchSockets(opts *socket.BroadcastOptions) func(func([]socket
 // ServerSideEmit sends an event to the other servers of the namespace. When the last
 // element of packet is a socket.Ack, each other server's handler answers through it, and
 // the Ack receives one answer per server once all have answered or left, or ErrTimeout
-// with the answers so far after Options.RequestsTimeout.
+// with the answers so far after Options.RequestsTimeout. Once the adapter is closed, it
+// returns ErrClosed, and the Ack is not called.
 func (a *Adapter) ServerSideEmit(packet []any) error {
 	if len(packet) == 0 {
 		return errors.New("pgadapter: ServerSideEmit needs an event name")
@@ -448,10 +449,10 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 	if err != nil {
 		return fmt.Errorf("pgadapter: ServerSideEmit %v: %w", packet[0], err)
 	}
+	if a.closed.Load() {
+		return fmt.Errorf("pgadapter: namespace %q: ServerSideEmit: %w", a.name, ErrClosed)
+	}
 	if !withAck {
-		if a.closed.Load() {
-			return fmt.Errorf("pgadapter: namespace %q: ServerSideEmit: %w", a.name, ErrClosed)
-		}
 		a.publish(wire.ServerSideEmit, &wire.ServerSideEmitData{Packet: data}, nil)
 		return nil
 	}

@@ -536,6 +536,7 @@ func (rt *runtime) tick(ctx context.Context) {
 // that starts when it last heard something.
 type hearing struct {
 	start      time.Time // the window's start; zero before the first tick
+	connects   int64     // the listener's connections then: a reconnection starts anew
 	heard      int64     // the listener's count of notifications then
 	commits    int64     // the publisher's count of committed batches then
 	midCommits int64     // ... at the window's middle, once reached
@@ -553,13 +554,15 @@ type hearing struct {
 // were committed in its first half (heartbeats are, every HeartbeatInterval): their
 // echoes had the second half to come. Reported once, until something is heard.
 func (rt *runtime) watchHearing(now time.Time, w *hearing) {
-	heard, commits := rt.lis.heard.Load(), rt.pub.commits.Load()
-	if heard != w.heard || w.start.IsZero() || !rt.lis.isSynced() {
+	heard, commits, connects := rt.lis.heard.Load(), rt.pub.commits.Load(), rt.b.stats.listenerConnects.Load()
+	// A reconnection between two ticks loses the echoes of what was committed while it
+	// lasted, and need not show as a tick that finds the listener down.
+	if heard != w.heard || connects != w.connects || w.start.IsZero() || !rt.lis.isSynced() {
 		if heard != w.heard && w.warned {
 			rt.b.opts.Logger.Info("pgadapter: the LISTEN connection hears again")
 			w.warned = false
 		}
-		*w = hearing{start: now, heard: heard, commits: commits, warned: w.warned}
+		*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
 		return
 	}
 	timeout := rt.b.opts.HeartbeatTimeout
@@ -573,7 +576,7 @@ func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 		w.warned = true
 		rt.b.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received nothing for %v, not even the %d batches this server committed meanwhile, which PostgreSQL sends back to it: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), now.Sub(w.start).Round(time.Millisecond), w.midCommits-w.commits))
 	}
-	*w = hearing{start: now, heard: heard, commits: commits, warned: w.warned}
+	*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
 }
 
 // cleanup deletes old attachments every CleanupInterval. It has a goroutine of its own:

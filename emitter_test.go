@@ -407,6 +407,16 @@ func TestEmitterRefusals(t *testing.T) {
 	if err := e.Emit(ctx, "bin", []byte{1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("missing table: %v", err)
 	}
+	small, err := emitter.New(pool, &emitter.Options{ChannelPrefix: "refusals", MaxAttachmentSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Emit(ctx, "bin", make([]byte, 200)); !errors.Is(err, emitter.ErrAttachmentTooLarge) {
+		t.Errorf("attachment over MaxAttachmentSize: %v", err)
+	}
+	if _, err := emitter.New(pool, &emitter.Options{MaxAttachmentSize: -1}); err == nil {
+		t.Error("negative MaxAttachmentSize accepted")
+	}
 	if _, err := emitter.New(pool, &emitter.Options{PayloadThreshold: 9000}); err == nil {
 		t.Error("threshold above 8000 accepted")
 	}

@@ -90,7 +90,14 @@ type Options struct {
 	// makes no delivery surer. Through any other DB (a pgx.Tx, a *pgx.Conn), the
 	// emitter never changes it: the transaction, and its commit, are the caller's.
 	SynchronousCommit bool
+	// MaxAttachmentSize must not exceed the servers' Options.MaxAttachmentSize, which
+	// do not read a larger attachment: the emitter refuses to publish one
+	// (ErrAttachmentTooLarge). Default 64 MiB, the servers' default.
+	MaxAttachmentSize int
 }
+
+// defaultMaxAttachment is the servers' default Options.MaxAttachmentSize.
+const defaultMaxAttachment = 64 << 20
 
 // Errors returned by the emitter.
 var (
@@ -99,6 +106,9 @@ var (
 	// ErrAckNotSupported is returned when an acknowledgement callback is passed: an
 	// emitter is not a server and cannot receive answers.
 	ErrAckNotSupported = errors.New("emitter: acknowledgements are not supported")
+	// ErrAttachmentTooLarge is returned for a message whose attachment is larger than
+	// Options.MaxAttachmentSize: the servers would not read it.
+	ErrAttachmentTooLarge = errors.New("emitter: attachment larger than MaxAttachmentSize")
 )
 
 // Emitter publishes to the cluster. Create it with New.
@@ -106,6 +116,7 @@ type Emitter struct {
 	db        DB
 	prefix    string
 	threshold int
+	maxAttach int
 	inline    bool
 	sync      bool
 	st        wire.Statements
@@ -132,6 +143,7 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	o.ChannelPrefix = cmp.Or(o.ChannelPrefix, "socket.io")
 	o.TableName = cmp.Or(o.TableName, "socket_io_attachments")
 	o.PayloadThreshold = cmp.Or(o.PayloadThreshold, wire.MaxNotifyPayload+1)
+	o.MaxAttachmentSize = cmp.Or(o.MaxAttachmentSize, defaultMaxAttachment)
 	switch {
 	case strings.ContainsRune(o.ChannelPrefix, 0) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
 		return nil, fmt.Errorf("emitter: invalid ChannelPrefix %q", o.ChannelPrefix)
@@ -139,8 +151,10 @@ func New(db DB, opts *Options) (*Emitter, error) {
 		return nil, fmt.Errorf("emitter: invalid TableName %q", o.TableName)
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
 		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
+	case o.MaxAttachmentSize < 0:
+		return nil, fmt.Errorf("emitter: MaxAttachmentSize %d is negative", o.MaxAttachmentSize)
 	}
-	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, inline: o.InlineBinary, sync: o.SynchronousCommit,
+	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, maxAttach: o.MaxAttachmentSize, inline: o.InlineBinary, sync: o.SynchronousCommit,
 		st: wire.NewStatements(o.TableName), nsp: "/"}, nil
 }
 
@@ -377,6 +391,9 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	enc, err := wire.EncodeInline(m, threshold, e.inline)
 	if err != nil {
 		return fmt.Errorf("emitter: %w", err)
+	}
+	if len(enc.Attachment) > e.maxAttach {
+		return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
 	}
 	if !isPool && enc.Attachment == nil && strings.HasSuffix(enc.JSON, "}") {
 		// A pgx.Tx, or a *pgx.Conn that may be inside a transaction: two equal
