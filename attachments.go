@@ -71,48 +71,33 @@ type attachment struct {
 	size    int64 // the payload's size, when it is over the bound and body is nil
 }
 
-// fetchAttachments reads the rows of ids, and hands each query's rows to each, by id;
-// an id without a row is in none. A query reads payloads of at most max bytes together
-// (see Statements.Fetch): a row over max comes without its body, and the rest of a group
-// over max is read by more queries. Each query's rows are handed over before the next
-// query, so that the caller can decode them and let their bodies go: a group held all
-// its bodies until the last query, up to 64 rows of max bytes.
+// fetchAttachments reads the rows of ids with one query, and hands each row to each as
+// it is read, by id; an id without a row is never handed. A row over max bytes comes
+// without its body (its size says why). One by one, so that the caller can decode a row
+// and let its body go before the next is read: a group held all its bodies until the
+// query ended, up to 64 rows of any size.
 func fetchAttachments(ctx context.Context, db interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, st statements, ids []int64, max int, each func(map[int64]attachment)) error {
-	for len(ids) > 0 {
-		rows, err := db.Query(ctx, st.Fetch, ids, int64(max))
-		if err != nil {
-			return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+}, st statements, ids []int64, max int, each func(int64, attachment)) error {
+	rows, err := db.Query(ctx, st.Fetch, ids, int64(max))
+	if err != nil {
+		return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+	}
+	var id int64
+	var body []byte
+	var created pgtype.Timestamptz // NULL in a row made without the default
+	var size pgtype.Int8           // NULL for a NULL payload
+	_, err = pgx.ForEachRow(rows, []any{&id, &body, &created, &size}, func() error {
+		if size.Valid && size.Int64 > int64(max) {
+			each(id, attachment{created: created.Time, size: size.Int64})
+		} else {
+			each(id, attachment{body: body, created: created.Time})
 		}
-		found := make(map[int64]attachment, len(ids))
-		var rest []int64
-		var id int64
-		var body []byte
-		var created pgtype.Timestamptz // NULL in a row made without the default
-		var size pgtype.Int8           // NULL for a NULL payload
-		_, err = pgx.ForEachRow(rows, []any{&id, &body, &created, &size}, func() error {
-			switch {
-			case size.Valid && size.Int64 > int64(max):
-				found[id] = attachment{created: created.Time, size: size.Int64}
-			case body == nil && size.Valid:
-				rest = append(rest, id) // beyond this query's bound
-			default:
-				found[id] = attachment{body: body, created: created.Time}
-			}
-			body = nil // the next row gets its own slice
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
-		}
-		if len(rest) == len(ids) {
-			// Cannot happen: the first row in the order of ids fits. Guarded all the
-			// same, as the rows are anyone's.
-			return fmt.Errorf("pgadapter: read attachments %v: no progress", ids)
-		}
-		each(found)
-		ids = rest
+		body = nil // the next row gets its own slice
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	}
 	return nil
 }

@@ -103,10 +103,10 @@ type Options struct {
 
 	// MaxAttachmentSize bounds, in bytes, the body of a message that goes through the
 	// attachments table: a larger one is neither published nor read, but reported
-	// (ErrAttachmentTooLarge). One query reads attachments of at most that many bytes
-	// together. Default 64 MiB. Anyone who may insert into the table and notify its
-	// channels could otherwise make every server load rows of up to PostgreSQL's 1 GB,
-	// 64 to a query: a memory exhaustion, which no recover stops.
+	// (ErrAttachmentTooLarge). Default 64 MiB. Anyone who may insert into the table and
+	// notify its channels could otherwise make every server load rows of up to
+	// PostgreSQL's 1 GB, 64 to a query: a memory exhaustion, which no recover stops.
+	// The rows a query reads are decoded one by one, as they come.
 	MaxAttachmentSize int
 
 	// HeartbeatInterval is how long a namespace adapter stays silent before it publishes

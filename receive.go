@@ -337,9 +337,8 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	return d
 }
 
-// fetch reads the attachments of group (one query, or more when they are large: see
-// fetchAttachments) and hands each delivery its message or its error. It takes one from
-// pending once it holds a connection.
+// fetch reads the attachments of group with one query and hands each delivery its
+// message or its error. It takes one from pending once it holds a connection.
 func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic.Int32) {
 	ids := make([]int64, len(group))
 	byID := make(map[int64][]*delivery, len(group))
@@ -353,13 +352,11 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	if err != nil {
 		err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	} else {
-		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, func(rows map[int64]attachment) {
-			for id, row := range rows {
-				for _, d := range byID[id] {
-					d.fetched <- rt.decodeAttachment(d, row)
-				}
-				delete(byID, id)
+		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, func(id int64, row attachment) {
+			for _, d := range byID[id] {
+				d.fetched <- rt.decodeAttachment(d, row)
 			}
+			delete(byID, id) // a row given twice is handed over once
 		})
 		conn.Release()
 	}

@@ -60,11 +60,12 @@ type Statements struct {
 	// is committed, before other servers read it.
 	InsertNotify string
 	// Fetch reads attachments: $1 their ids, as a bigint array; rows come as (id,
-	// payload, created_at, the payload's size), in no particular order. One statement
-	// reads every attachment whose notification arrived together, but gives the payload
-	// of a row only if it is at most $2 bytes and, in the order of ids, the payloads
-	// given before it and its own sum to at most $2 bytes: another statement reads the
-	// rest. A payload's size costs PostgreSQL no read of it.
+	// payload, created_at, the payload's size), in no particular order, the payload only
+	// if it is at most $2 bytes (its size costs PostgreSQL no read of it). One statement
+	// reads every attachment whose notification arrived together. (Bounding the bytes of
+	// all the payloads of a statement, with a window function, cost a tenth of the
+	// throughput of 1 KB binary broadcasts between two servers: the rows are handed
+	// over one by one instead, as they are read.)
 	Fetch string
 	// Cleanup deletes attachments older than $1 seconds, at most $2 of them, except rows
 	// another transaction has locked: servers cleaning up at the same moment each delete
@@ -113,8 +114,7 @@ func NewStatements(table string) Statements {
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload, created_at) VALUES ($1, clock_timestamp()) RETURNING id, created_at) " +
 			`SELECT pg_notify($2, $3 || a.id::text || '` + createdAtKey + `' || ` +
 			`coalesce(to_char(a.created_at::timestamptz AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
-		Fetch: "SELECT id, CASE WHEN s <= $2 AND sum(CASE WHEN s <= $2 THEN s ELSE 0 END) OVER (ORDER BY id) <= $2 THEN payload END, created_at, s " +
-			"FROM (SELECT id, payload, created_at::timestamptz, octet_length(payload)::bigint AS s FROM " + t + " WHERE id = ANY($1::bigint[])) AS r",
+		Fetch: "SELECT id, CASE WHEN octet_length(payload) <= $2 THEN payload END, created_at::timestamptz, octet_length(payload)::bigint FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
 			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		CleanupUnlocked: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
