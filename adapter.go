@@ -249,13 +249,14 @@ func (a *Adapter) runAll(what string, runs []func()) {
 // servers, unless the Local flag is set. Local delivery never waits for PostgreSQL.
 func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
 	raw := ""
+	var norm []any
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
-			raw = p.Raw
+			raw, norm = p.Raw, p.Data
 			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts)}, nil)
 		}
 	}
-	a.localBroadcast(packet, opts, raw)
+	a.localBroadcast(packet, opts, raw, norm)
 }
 
 // BroadcastWithAck is Broadcast with acknowledgements: each server reports how many of
@@ -274,6 +275,7 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
+	var norm []any
 	members := a.snapshotMembers()
 	fail := func() {}
 	if single {
@@ -283,7 +285,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	published := false
 	if !isLocal(opts) {
 		if p, ok := a.prepare(packet); ok {
-			raw = p.Raw
+			raw, norm = p.Raw, p.Data
 			id := randomID()
 			var done func(error)
 			r := &request{kind: wire.Broadcast, onCount: clientCountCallback, onAck: ack, single: single, onFail: fail}
@@ -320,7 +322,7 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 			clientCountCallback(0)
 		}
 	}
-	a.localBroadcastWithAck(packet, opts, raw, clientCountCallback, func(args []any, err error) {
+	a.localBroadcastWithAck(packet, opts, raw, norm, clientCountCallback, func(args []any, err error) {
 		ack(ackShape(args, single), err)
 	})
 }
@@ -700,10 +702,10 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {
-			a.localBroadcast(packet, opts, raw)
+			a.localBroadcast(packet, opts, raw, nil)
 			return
 		}
-		a.localBroadcastWithAck(packet, opts, raw, func(n uint64) {
+		a.localBroadcastWithAck(packet, opts, raw, nil, func(n uint64) {
 			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
 		}, func(args []any, _ error) {
 			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)

@@ -25,11 +25,12 @@ import (
 // localBroadcast delivers packet to the matching sockets of this server. raw, when set,
 // is the JSON text of packet's arguments, which are then written as they are; packet.Data
 // may be nil, and is decoded from raw only if a socket has outgoing listeners or the
-// server has its own encoder.
-func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string) {
+// server has its own encoder. norm, when set, are packet's arguments as the other
+// servers received them, which its clients are given (see encode).
+func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	w := writes{encoded: a.encode(packet, raw)}
+	w := writes{encoded: a.encode(packet, raw, norm)}
 	a.apply(opts, func(s *socket.Socket) {
 		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(w.to(s), packetOpts)
@@ -37,14 +38,14 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 }
 
 // localBroadcastWithAck delivers packet to the matching sockets of this server, registers
-// ack for each, and reports how many there were. raw is as for localBroadcast.
-func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, clientCount func(uint64), ack socket.Ack) {
+// ack for each, and reports how many there were. raw and norm are as for localBroadcast.
+func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any, clientCount func(uint64), ack socket.Ack) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	w := writes{encoded: a.encode(packet, raw)}
+	w := writes{encoded: a.encode(packet, raw, norm)}
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -91,14 +92,20 @@ var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
 // are not escaped, which reads the same. Binary data, other encoders, and local-only
 // emits (their values were not normalized, and may be of any type) take the server's
 // encoder.
-func (a *Adapter) encode(packet *parser.Packet, raw string) []types.BufferInterface {
+func (a *Adapter) encode(packet *parser.Packet, raw string, norm []any) []types.BufferInterface {
 	enc := a.Nsp().Server().Encoder()
 	if raw == "" || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT {
 		a.fillArgs(packet, raw)
-		// socket.io's encoder puts a copy of the arguments in the packet, with its
-		// placeholders where the binary data was: the outgoing-packet listeners, which
-		// get the packet next, are given the arguments back.
+		// The clients of this server get what those of the others do: the arguments
+		// normalized for the wire (a struct as its JSON object), which a server's own
+		// encoder (MessagePack, say) would otherwise write in its own way. socket.io's
+		// encoder puts a copy of them in the packet, with its placeholders where the
+		// binary data was: the outgoing-packet listeners, which get the packet next,
+		// are given the application's arguments back.
 		data := packet.Data
+		if norm != nil {
+			packet.Data = norm
+		}
 		encoded := enc.Encode(packet)
 		packet.Data = data
 		return encoded
