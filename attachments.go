@@ -119,17 +119,28 @@ const (
 // out all the same (a short RequestsTimeout, large rows, a slow disk) halves *batch,
 // which the caller keeps for the next cleanup; quick full statements double it again, up
 // to maxBatch.
-func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch *int, maxBatch int, timeout time.Duration, until time.Time) (int64, error) {
+//
+// FOR UPDATE, which Cleanup takes, needs the UPDATE privilege, which a role made for
+// Node's adapter (SELECT, INSERT, DELETE) lacks: nothing was ever deleted. Such a role
+// cleans with CleanupUnlocked, one server at a time (see cleanupUnlocked), and *unlocked,
+// which the caller keeps, remembers it: the statement that fails was tried again at
+// every cleanup, an error in PostgreSQL's log each time.
+func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, batch *int, unlocked *bool, maxBatch int, timeout time.Duration, until time.Time) (int64, error) {
 	var total int64
 	for {
 		n := *batch
 		start := time.Now()
 		qctx, cancel := context.WithTimeout(ctx, timeout)
-		tag, err := pool.Exec(qctx, st.Cleanup, retention.Seconds(), n)
-		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42501" {
-			// FOR UPDATE needs the UPDATE privilege, which a role made for Node's
-			// adapter (SELECT, INSERT, DELETE) lacks: nothing was ever deleted.
-			tag, err = pool.Exec(qctx, st.CleanupUnlocked, retention.Seconds(), n)
+		var tag pgconn.CommandTag
+		var err error
+		if !*unlocked {
+			tag, err = pool.Exec(qctx, st.Cleanup, retention.Seconds(), n)
+			if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42501" {
+				*unlocked = true
+			}
+		}
+		if *unlocked {
+			tag, err = cleanupUnlocked(qctx, pool, st, retention, n)
 		}
 		// The server's own statement_timeout cancels it the same way (57014), with qctx
 		// still live: the batch stayed as large, and every cleanup failed for good.
@@ -150,6 +161,25 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 			*batch = min(2*n, maxBatch)
 		}
 	}
+}
+
+// cleanupUnlocked runs CleanupUnlocked if no other server of the table does: two such
+// DELETEs lock the rows they meet in no set order, and deadlocked (reported, 40P01).
+// Another server cleaning counts as nothing to delete.
+func cleanupUnlocked(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, n int) (pgconn.CommandTag, error) {
+	h := fnv.New64a()
+	h.Write([]byte("pgadapter cleanup " + st.Table))
+	var tag pgconn.CommandTag
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var mine bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(h.Sum64())).Scan(&mine); err != nil || !mine {
+			return err
+		}
+		var err error
+		tag, err = tx.Exec(ctx, st.CleanupUnlocked, retention.Seconds(), n)
+		return err
+	})
+	return tag, err
 }
 
 // isCanceled reports whether err is PostgreSQL's "canceling statement" (57014): a

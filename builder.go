@@ -589,13 +589,13 @@ func (rt *runtime) cleanup(ctx context.Context) {
 	}
 	t := time.NewTicker(o.CleanupInterval)
 	defer t.Stop()
-	batch := cleanupBatch
+	batch, unlocked := cleanupBatch, false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, &batch, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
+			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, &batch, &unlocked, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
 			if err != nil && ctx.Err() == nil {
 				rt.b.report(err)
 			} else if n > 0 {

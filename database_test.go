@@ -48,7 +48,7 @@ func TestCleanupShrinksOnStatementTimeout(t *testing.T) {
 	batch := cleanupBatch
 	var deleted int64
 	for round := 0; deleted < rows && round < 20; round++ {
-		n, err := cleanupAttachments(ctx, limited, st, time.Hour, &batch, cleanupBatch, 5*time.Second, time.Now().Add(2*time.Second))
+		n, err := cleanupAttachments(ctx, limited, st, time.Hour, &batch, new(bool), cleanupBatch, 5*time.Second, time.Now().Add(2*time.Second))
 		deleted += n
 		t.Logf("round %d: %d deleted, batch %d, %v", round, n, batch, err)
 	}

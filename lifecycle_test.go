@@ -3,6 +3,8 @@ package pgadapter
 import (
 	"context"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -531,7 +533,7 @@ func TestCleanupSkipsLockedRows(t *testing.T) {
 
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, err := cleanupAttachments(cctx, pool, st, time.Hour, ptr(cleanupBatch), cleanupBatch, 5*time.Second, time.Now())
+	n, err := cleanupAttachments(cctx, pool, st, time.Hour, ptr(cleanupBatch), new(bool), cleanupBatch, 5*time.Second, time.Now())
 	if err != nil || n != 2 {
 		t.Fatalf("cleanup with a row held: %d rows deleted, %v; want 2, nil", n, err)
 	}
@@ -546,7 +548,7 @@ func TestCleanupSkipsLockedRows(t *testing.T) {
 	if err := rows.Err(); err != nil || !slices.Equal(left, []string{"held", "recent"}) {
 		t.Fatalf("rows left %q (%v), want the held and the recent one", left, err)
 	}
-	if n, err := cleanupAttachments(ctx, pool, st, time.Hour, ptr(cleanupBatch), cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 1 {
+	if n, err := cleanupAttachments(ctx, pool, st, time.Hour, ptr(cleanupBatch), new(bool), cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 1 {
 		t.Fatalf("cleanup once released: %d rows deleted, %v; want 1", n, err)
 	}
 }
@@ -584,8 +586,27 @@ func TestCleanupWithoutUpdatePrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer limited.Close()
-	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, ptr(cleanupBatch), cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 3 {
+	var unlocked bool
+	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, ptr(cleanupBatch), &unlocked, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 3 {
 		t.Fatalf("cleanup as a role without UPDATE: %d rows deleted, %v; want 3", n, err)
+	}
+	if !unlocked {
+		t.Fatal("the failed statement will be tried again at every cleanup")
+	}
+	// One such server cleans at a time (their DELETEs deadlocked): while another holds
+	// the table's cleanup lock, there is nothing to do.
+	if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 3)"); err != nil {
+		t.Fatal(err)
+	}
+	h := fnv.New64a()
+	h.Write([]byte("pgadapter cleanup " + st.Table))
+	tx := holdInTx(t, pool, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", int64(h.Sum64())))
+	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, ptr(cleanupBatch), &unlocked, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 0 {
+		t.Fatalf("cleanup while another server cleans: %d rows deleted, %v; want none", n, err)
+	}
+	tx.Rollback(ctx)
+	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, ptr(cleanupBatch), &unlocked, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 3 {
+		t.Fatalf("cleanup once the other is done: %d rows deleted, %v; want 3", n, err)
 	}
 }
 
@@ -617,7 +638,7 @@ func TestCleanupDeletesInBatches(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	n, err := cleanupAttachments(ctx, pool, st, time.Hour, ptr(1000), 1000, 5*time.Second, time.Now().Add(time.Minute))
+	n, err := cleanupAttachments(ctx, pool, st, time.Hour, ptr(1000), new(bool), 1000, 5*time.Second, time.Now().Add(time.Minute))
 	if err != nil || n != 2500 {
 		t.Fatalf("cleanup: %d rows deleted, %v; want 2500", n, err)
 	}
@@ -768,7 +789,7 @@ func TestCleanupShrinksItsBatch(t *testing.T) {
 	// A statement that ends as its timeout expires may have deleted its rows all the
 	// same: what counts is what is left.
 	for i := 0; i < 10 && left > 0; i++ {
-		if _, err := cleanupAttachments(ctx, pool, st, time.Hour, &batch, 1000, 300*time.Millisecond, time.Now().Add(time.Minute)); err != nil {
+		if _, err := cleanupAttachments(ctx, pool, st, time.Hour, &batch, new(bool), 1000, 300*time.Millisecond, time.Now().Add(time.Minute)); err != nil {
 			t.Fatalf("cleanup %d: %v", i, err)
 		}
 		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+st.Table).Scan(&left); err != nil {
