@@ -89,7 +89,7 @@
 //
 //   - engine.io v2.5.0's WebSocket transport stops writing a batch after a packet that
 //     carries a pre-encoded frame, losing the packets after it; the in-memory adapter
-//     attaches one to every broadcast. The adapter delivers broadcasts locally without
+//     attaches one to every JSON broadcast. The adapter delivers broadcasts locally without
 //     it.
 //   - socket.io's BroadcastOperator completes a broadcast with acknowledgements when as
 //     many responses as clients have arrived; a client acknowledging with no argument or

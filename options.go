@@ -148,7 +148,8 @@ type Options struct {
 
 	// ErrorHandler, when set, receives the errors the adapter meets: publish failures,
 	// malformed notifications, lost attachments, listener failures; drops by a full
-	// queue at most once a second (see PublishQueueSize). It is called from the
+	// queue, and operations refused by a closed adapter, at most once a second, with a
+	// running count (see PublishQueueSize). It is called from the
 	// adapter's goroutines, and from the caller's for a message that cannot be encoded,
 	// and must not block. Errors are logged as well.
 	ErrorHandler func(error)

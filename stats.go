@@ -37,7 +37,8 @@ type Stats struct {
 	// channel, an attachment row that does not match its notification).
 	Malformed int64
 	// AttachmentErrors counts messages lost because their attachment row could not be
-	// read: gone (ErrAttachmentMissing), or the query failed.
+	// read: gone or replaced (ErrAttachmentMissing), larger than MaxAttachmentSize
+	// (ErrAttachmentTooLarge), or the query failed.
 	AttachmentErrors int64
 	// Panics counts panics recovered in the adapter's goroutines (see PanicError).
 	Panics int64

@@ -90,9 +90,10 @@ type Options struct {
 	// makes no delivery surer. Through any other DB (a pgx.Tx, a *pgx.Conn), the
 	// emitter never changes it: the transaction, and its commit, are the caller's.
 	SynchronousCommit bool
-	// MaxAttachmentSize must not exceed the servers' Options.MaxAttachmentSize, which
-	// do not read a larger attachment: the emitter refuses to publish one
-	// (ErrAttachmentTooLarge). Default 64 MiB, the servers' default.
+	// MaxAttachmentSize is the largest attachment the emitter publishes: a larger one
+	// fails with ErrAttachmentTooLarge. Set it no higher than the servers'
+	// Options.MaxAttachmentSize: they do not read larger ones. Default 64 MiB, the
+	// servers' default.
 	MaxAttachmentSize int
 }
 
