@@ -40,8 +40,12 @@ func TestChatInBrowser(t *testing.T) {
 	urls := make(chan []string, 1)
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"127.0.0.1:0", "127.0.0.1:0"}, func(u []string) { urls <- u }) }()
+	stopped := false // run returned, and its error was seen
 	defer func() {
 		cancel()
+		if stopped {
+			return
+		}
 		select {
 		case err := <-done:
 			if err != nil {
@@ -55,6 +59,7 @@ func TestChatInBrowser(t *testing.T) {
 	select {
 	case u = <-urls:
 	case err := <-done:
+		stopped = true
 		t.Fatalf("chat servers did not start: %v", err)
 	case <-time.After(time.Minute):
 		t.Fatal("chat servers not ready after a minute")

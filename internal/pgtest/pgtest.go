@@ -182,9 +182,18 @@ func (s *Server) start(ctx context.Context) error {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		conn, err := pgx.Connect(cctx, s.URL())
+		if err == nil {
+			// Another server may answer on the port that this one could not bind
+			// (it exits a moment later): only this one's data directory will do.
+			var dir string
+			err = conn.QueryRow(cctx, "SHOW data_directory").Scan(&dir)
+			conn.Close(context.Background())
+			if err == nil && filepath.Clean(dir) != filepath.Clean(s.data()) {
+				err = fmt.Errorf("pgtest: port %d answered by the server of %s", s.port, dir)
+			}
+		}
 		cancel()
 		if err == nil {
-			conn.Close(context.Background())
 			return nil
 		}
 		select {
