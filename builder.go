@@ -627,7 +627,13 @@ func (b *Builder) reportClosed(err error) {
 	now := time.Now().UnixNano()
 	last := b.lastClosed.Load()
 	if now-last >= int64(time.Second) && b.lastClosed.CompareAndSwap(last, now) {
-		b.report(fmt.Errorf("%w (%d so far)", err, n))
+		// At warning level: report logs ErrClosed at debug level, as what closing
+		// itself ends (requests) is expected then; this is the application's loss.
+		err = fmt.Errorf("%w (%d so far)", err, n)
+		b.opts.Logger.Warn("pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), "error", err)
+		if h := b.opts.ErrorHandler; h != nil {
+			h(err)
+		}
 	}
 }
 
