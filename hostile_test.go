@@ -39,8 +39,8 @@ func TestHostileNotifications(t *testing.T) {
 		`{"type":3,"uid":42}`,
 		`{"type":3,"uid":"x","data":{"packet":"oops"}}`,
 		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[]},"opts":{}}}`,
-		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[7]},"opts":{}}}`,
-		`{"type":4,"uid":"x","data":{"opts":{"rooms":[true]},"rooms":[]}}`, // (a number is a room: Node's String of it)
+		`{"type":3,"uid":"x","data":{"packet":{"type":2,"data":[true]},"opts":{}}}`, // (a number is an event name: Node's String of it)
+		`{"type":4,"uid":"x","data":{"opts":{"rooms":[true]},"rooms":[]}}`,          // (a number is a room: Node's String of it)
 		`{"type":6,"uid":"x","data":{"opts":{},"close":"yes"}}`,
 		`{"type":11,"uid":"x","data":{"requestId":"r","clientCount":-5}}`,
 		`{"type":99,"uid":"x"}`,

@@ -165,7 +165,7 @@ func dataFromTree(typ Type, raw any) (any, error) {
 		if b.Packet.Data, ok = p["data"].([]any); !ok || len(b.Packet.Data) == 0 {
 			return nil, fmt.Errorf("packet.data is %s, want a non-empty array", describe(p["data"]))
 		}
-		if _, ok := b.Packet.Data[0].(string); !ok {
+		if b.Packet.Data[0], ok = eventName(b.Packet.Data[0]); !ok {
 			return nil, fmt.Errorf("event name is %s, want a string", describe(b.Packet.Data[0]))
 		}
 		b.Packet.Nsp, _ = p["nsp"].(string)
@@ -234,7 +234,7 @@ func dataFromTree(typ Type, raw any) (any, error) {
 		if s.Packet, ok = d["packet"].([]any); !ok || len(s.Packet) == 0 {
 			return nil, fmt.Errorf("packet is %s, want a non-empty array", describe(d["packet"]))
 		}
-		if _, ok := s.Packet[0].(string); !ok {
+		if s.Packet[0], ok = eventName(s.Packet[0]); !ok {
 			return nil, fmt.Errorf("event name is %s, want a string", describe(s.Packet[0]))
 		}
 		s.RequestID, err = optionalString(d, "requestId")
@@ -360,6 +360,19 @@ func stringsFromTree(name string, raw any) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// eventName returns v as an event name: a string, or a number as the string JavaScript
+// makes of it. Plain JavaScript emits numbers as event names (io.emit(42)), which a Node
+// server's clients take as the event "42": they were refused as malformed, and lost.
+func eventName(v any) (any, bool) {
+	if s, ok := v.(string); ok {
+		return s, true
+	}
+	if f, ok := asFloat(v); ok {
+		return JSNumber(f), true
+	}
+	return v, false
 }
 
 // JSNumber formats f as JavaScript's String(f) does: integers below 1e21 in full, other

@@ -257,7 +257,7 @@ func TestDecodeErrors(t *testing.T) {
 		"no uid":           `{"type":2}`,
 		"data not object":  `{"type":3,"uid":"a","data":7}`,
 		"packet data str":  `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":"x"},"opts":{}}}`,
-		"event not string": `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":[1]},"opts":{}}}`,
+		"event not string": `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":[null]},"opts":{}}}`,
 		"rooms not array":  `{"type":4,"uid":"a","data":{"opts":{"rooms":"r"},"rooms":[]}}`,
 		"flag type":        `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":["e"]},"opts":{"flags":{"volatile":"yes"}}}}`,
 		"timeout negative": `{"type":3,"uid":"a","data":{"packet":{"type":2,"data":["e"]},"opts":{"flags":{"timeout":-1}}}}`,
@@ -353,6 +353,40 @@ func TestNormalizeNilReaders(t *testing.T) {
 	CloseReaders(in) // no panic
 	if !HasReader([]any{1, map[string]any{"r": strings.NewReader("x")}}) {
 		t.Error("nested reader not found")
+	}
+}
+
+// Plain JavaScript emits numbers as event names (io.emit(42), serverSideEmit(7)), which
+// a Node server's clients take as the event "42": they were refused as malformed, and
+// lost. They are the string JavaScript makes of them, through both decoding paths and
+// in MessagePack.
+func TestNumericEventNames(t *testing.T) {
+	for name, decode := range map[string]func(string) (*Notification, error){"generic": DecodeNotification, "raw": DecodeNotificationRaw} {
+		n, err := decode(`{"type":3,"uid":"x","nsp":"/","data":{"packet":{"type":2,"data":[42,"a"]},"opts":{}}}`)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := n.Message.Data.(*BroadcastData).Packet.Data; !reflect.DeepEqual(got, []any{"42", "a"}) {
+			t.Fatalf("%s: broadcast data %#v", name, got)
+		}
+		n, err = decode(`{"type":9,"uid":"x","nsp":"/","data":{"packet":[1.5]}}`)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := n.Message.Data.(*ServerSideEmitData).Packet; !reflect.DeepEqual(got, []any{"1.5"}) {
+			t.Fatalf("%s: server-side data %#v", name, got)
+		}
+	}
+	body, err := EncodeMsgpack(&Message{Type: Broadcast, UID: "x", Nsp: "/", Data: &BroadcastData{Packet: Packet{Type: EventPacketType, Data: []any{int64(7)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := DecodeAttachment(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Data.(*BroadcastData).Packet.Data; !reflect.DeepEqual(got, []any{"7"}) {
+		t.Fatalf("MessagePack: %#v", got)
 	}
 }
 
