@@ -54,7 +54,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	goio "io"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,6 +183,7 @@ type webSocket struct {
 	writev bool
 	flat   []byte
 
+	readLimit    int64        // the largest message read, engine.io's MaxHttpBufferSize; 0: any
 	hold         atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
 	writeTimeout atomic.Int64 // how long a batch may take, in ns (see defaultWriteTimeout)
 
@@ -260,6 +263,13 @@ func (w *webSocket) Construct(ctx *types.HttpContext) {
 	w.conn.Once("close", func(...any) { w.OnClose() })
 	w.conn.SetPingHandler(w.onPing)
 	w.conn.SetCloseHandler(w.onClose)
+	// The message size limit is this transport's to enforce (see read): gorilla's
+	// answer to a message over it, a Close frame, went out outside w.mu, with batches
+	// after it and its own write deadline on the connection.
+	if limit := readLimitOf(w.conn.Conn); limit > 0 {
+		w.readLimit = limit
+		w.conn.SetReadLimit(0)
+	}
 	go func() {
 		// engine.io creates the transport before the socket that listens to it, and
 		// socket.io attaches its listeners to that socket later still, in the same
@@ -287,6 +297,9 @@ func (w *webSocket) read() {
 	for {
 		mt, r, err := w.conn.NextReader()
 		if err != nil {
+			// gorilla/websocket may have written a Close frame of its own (a protocol
+			// error): nothing more goes out from here, as little as that window allows.
+			w.markClosed()
 			w.failed(err)
 			// engine.io closes the transport only when it is not closed yet, and the
 			// failure has just marked it closed: the socket would stay open until the
@@ -303,8 +316,23 @@ func (w *webSocket) read() {
 		default:
 			continue // control frames are handled by gorilla/websocket
 		}
+		if w.readLimit > 0 {
+			r = goio.LimitReader(r, w.readLimit+1)
+		}
 		if _, err := data.ReadFrom(r); err != nil {
+			w.markClosed()
 			w.failed(err)
+			closeNow(w.raw)
+			return
+		}
+		if w.readLimit > 0 && int64(data.Len()) > w.readLimit {
+			// As gorilla/websocket would (1009, message too big), in turn with the
+			// batches, and nothing after it.
+			if w.lockUntil(time.Now().Add(closeGrace)) {
+				w.closeFrameLocked(ws.CloseMessageTooBig, time.Now().Add(closeGrace))
+				w.mu.Unlock()
+			}
+			w.failed(ws.ErrReadLimit)
 			closeNow(w.raw)
 			return
 		}
@@ -324,6 +352,28 @@ func (w *webSocket) read() {
 		w.Transport.OnData(data)
 		w.deliver.Unlock()
 	}
+}
+
+// markClosed stops every write after the one under way, if any: the connection failed.
+func (w *webSocket) markClosed() {
+	if w.lockUntil(time.Now().Add(closeGrace)) {
+		w.closed = true
+		w.mu.Unlock()
+	}
+}
+
+// readLimitOf returns the message size limit engine.io gave c (SetReadLimit, with its
+// MaxHttpBufferSize), which gorilla/websocket keeps unexported and engine.io does not
+// hand the transport; 0 when it cannot be read.
+func readLimitOf(c *ws.Conn) int64 {
+	if c == nil {
+		return 0
+	}
+	f := reflect.ValueOf(c).Elem().FieldByName("readLimit")
+	if !f.IsValid() || f.Kind() != reflect.Int64 {
+		return 0
+	}
+	return f.Int()
 }
 
 // deliverPong hands a held pong to engine.io, once the read loop is not handing it

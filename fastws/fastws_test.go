@@ -64,6 +64,8 @@ type variant struct {
 	deflate bool
 	// pingInterval and pingTimeout, when set, replace engine.io's.
 	pingInterval, pingTimeout time.Duration
+	// maxBuffer, when set, replaces engine.io's MaxHttpBufferSize.
+	maxBuffer int64
 }
 
 var variants = []variant{{}, {tls: true}, {deflate: true}}
@@ -80,6 +82,9 @@ func serverWith(t testing.TB, v variant) (*socket.Server, string) {
 	if v.pingInterval > 0 {
 		opts.SetPingInterval(v.pingInterval)
 		opts.SetPingTimeout(v.pingTimeout)
+	}
+	if v.maxBuffer > 0 {
+		opts.SetMaxHttpBufferSize(v.maxBuffer)
 	}
 	io := socket.NewServer(nil, opts)
 	io.On("connection", func(args ...any) {
@@ -935,6 +940,41 @@ func TestHeldPongNotConcurrent(t *testing.T) {
 // reviewer: 2 connections in 30), which RFC 6455 (5.5.1) forbids.
 func TestNothingAfterCloseFrame(t *testing.T) {
 	io, url := server(t)
+	// The client closes: a Close frame of its own.
+	closeFrames(t, io, url, clientFrame(8, []byte{0x03, 0xe8}), 0)
+}
+
+// A client message over engine.io's MaxHttpBufferSize ends the connection with a Close
+// frame (1009, message too big), as gorilla/websocket ends it, after which nothing is
+// written. gorilla wrote that frame itself, outside the transport's lock: batches still
+// went out after it, and the transport's own Close frame (1000) after them.
+func TestNothingAfterTooBigMessage(t *testing.T) {
+	io, url := serverWith(t, variant{maxBuffer: 100})
+	closeFrames(t, io, url, clientFrame(1, append([]byte("4"), bytes.Repeat([]byte("a"), 300)...)), ws.CloseMessageTooBig)
+}
+
+// clientFrame is a final frame of opcode op, masked as from a client.
+func clientFrame(op byte, payload []byte) []byte {
+	b := []byte{0x80 | op}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	default:
+		b = binary.BigEndian.AppendUint16(append(b, 0x80|126), uint16(n))
+	}
+	key := []byte{1, 2, 3, 4}
+	b = append(b, key...)
+	for i, c := range payload {
+		b = append(b, c^key[i%4])
+	}
+	return b
+}
+
+// closeFrames connects raw WebSocket clients to a server that emits without pause, has
+// each send trigger after 50 frames, and fails if any connection got a frame after the
+// server's first Close frame, or a first Close frame without code (when code is not 0).
+func closeFrames(t *testing.T, io *socket.Server, url string, trigger []byte, code int) {
+	t.Helper()
 	io.On("connection", func(args ...any) {
 		s := args[0].(*socket.Socket)
 		go func() {
@@ -943,13 +983,6 @@ func TestNothingAfterCloseFrame(t *testing.T) {
 			}
 		}()
 	})
-	frame := func(op byte, payload []byte) []byte { // masked, as from a client
-		b := []byte{0x80 | op, 0x80 | byte(len(payload)), 1, 2, 3, 4}
-		for i, c := range payload {
-			b = append(b, c^b[2+i%4])
-		}
-		return b
-	}
 	bad := 0
 	const rounds = 60
 	for round := range rounds {
@@ -963,7 +996,7 @@ func TestNothingAfterCloseFrame(t *testing.T) {
 		if err != nil || resp.StatusCode != 101 {
 			t.Fatalf("upgrade: %v %v", resp, err)
 		}
-		c.Write(frame(1, []byte("40")))
+		c.Write(clientFrame(1, []byte("40")))
 		c.SetReadDeadline(time.Now().Add(waitFor))
 		frames, sawClose, after := 0, false, 0
 		for {
@@ -986,13 +1019,24 @@ func TestNothingAfterCloseFrame(t *testing.T) {
 				goio.ReadFull(br, l[:])
 				n = int(binary.BigEndian.Uint64(l[:]))
 			}
-			goio.CopyN(goio.Discard, br, int64(n))
+			payload := make([]byte, n)
+			goio.ReadFull(br, payload)
 			if sawClose {
 				after++
 			}
-			sawClose = sawClose || h[0]&0xf == 8
+			if h[0]&0xf == 8 && !sawClose {
+				sawClose = true
+				if got := 0; code != 0 {
+					if len(payload) >= 2 {
+						got = int(binary.BigEndian.Uint16(payload))
+					}
+					if got != code {
+						t.Errorf("round %d: Close frame with code %d, want %d", round, got, code)
+					}
+				}
+			}
 			if frames++; frames == 50 {
-				c.Write(frame(8, []byte{0x03, 0xe8}))
+				c.Write(trigger)
 			}
 		}
 		c.Close()
