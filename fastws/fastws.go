@@ -173,15 +173,13 @@ type webSocket struct {
 	conn *types.WebSocketConn
 	raw  net.Conn
 
-	mu     sync.Mutex // one batch written at a time, in order
-	bufs   net.Buffers
-	header []byte    // the frame headers of the batch being written
-	until  time.Time // the batch's write deadline (see defaultWriteTimeout)
+	mu    sync.Mutex    // one batch written at a time, in order
+	b     *batchBuffers // the batch being built and written; nil between batches
+	until time.Time     // the batch's write deadline (see defaultWriteTimeout)
 	// writev: the connection writes net.Buffers with one writev(2) (TCP and Unix
 	// sockets). Others, TLS above all, would turn each buffer into a Write of its own
 	// (a TLS record each): for them the batch is copied into flat and written once.
 	writev bool
-	flat   []byte
 
 	readLimit    int64        // the largest message read, engine.io's MaxHttpBufferSize; 0: any
 	hold         atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
@@ -212,13 +210,35 @@ type webSocket struct {
 // before, for a client that does not read them.
 const closeGrace = time.Second
 
-// maxKept bounds the buffers a connection keeps between batches: a burst may need more,
-// but an idle connection should not hold on to them. maxFlat is the same bound for the
-// copy of a batch written to a connection without writev (TLS), in bytes.
+// batchBuffers are a batch's: its buffers for writev (headers and payloads), the frame
+// headers, and, for a connection without writev (TLS), its copy. A connection takes them
+// from batchPool for a batch and puts them back once it is written: each connection kept
+// its own between batches, sized by its largest burst (a burst reaches every client at
+// once), 16 KB and more a connection for good, 64 KB more on TLS.
+type batchBuffers struct {
+	bufs   net.Buffers
+	header []byte
+	flat   []byte
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batchBuffers) }}
+
+// maxKept bounds the buffers put back in batchPool: a burst may need more, which are let
+// go. maxFlat is the same bound for the copy of a batch written to a connection without
+// writev (TLS), in bytes.
 const (
 	maxKept = 1 << 10
 	maxFlat = 64 << 10
 )
+
+// buffers returns the batch's buffers, taken from batchPool for its first frame. w.mu
+// is held.
+func (w *webSocket) buffers() *batchBuffers {
+	if w.b == nil {
+		w.b = batchPool.Get().(*batchBuffers)
+	}
+	return w.b
+}
 
 // A batch not written within the server's pingInterval + pingTimeout (the connection's
 // writeTimeout) fails the connection. Were it engine.io's transport, a client that took
@@ -613,11 +633,12 @@ func (w *webSocket) frame(text bool, payload []byte) {
 	if text {
 		op = 0x1
 	}
-	start := len(w.header)
-	w.header = appendHeader(w.header, op, len(payload))
-	w.bufs = append(w.bufs, w.header[start:len(w.header):len(w.header)])
+	b := w.buffers()
+	start := len(b.header)
+	b.header = appendHeader(b.header, op, len(payload))
+	b.bufs = append(b.bufs, b.header[start:len(b.header):len(b.header)])
 	if len(payload) > 0 {
-		w.bufs = append(w.bufs, payload)
+		b.bufs = append(b.bufs, payload)
 	}
 }
 
@@ -650,9 +671,10 @@ func (w *webSocket) closeFrameLocked(code int, by time.Time) bool {
 // control adds a control frame (a pong, a close) to the batch. Its payload, at most 125
 // bytes, is copied after its header: the pong's buffer is written again by the next ping.
 func (w *webSocket) control(op byte, payload []byte) {
-	start := len(w.header)
-	w.header = append(appendHeader(w.header, op, len(payload)), payload...)
-	w.bufs = append(w.bufs, w.header[start:len(w.header):len(w.header)])
+	b := w.buffers()
+	start := len(b.header)
+	b.header = append(appendHeader(b.header, op, len(payload)), payload...)
+	b.bufs = append(b.bufs, b.header[start:len(b.header):len(b.header)])
 }
 
 // appendHeader appends the header of a final, unmasked frame of opcode op carrying n
@@ -670,9 +692,9 @@ func appendHeader(b []byte, op byte, n int) []byte {
 }
 
 // flush writes the batch with one writev(2), or one write(2) of a copy, by the batch's
-// deadline, w.until. The frames' headers live in w.header; when it grows while the batch
-// is built, the headers already in w.bufs keep pointing into its old array, which stays
-// valid.
+// deadline, w.until. The frames' headers live in w.b.header; when it grows while the
+// batch is built, the headers already in w.b.bufs keep pointing into its old array,
+// which stays valid.
 func (w *webSocket) flush() error {
 	return w.flushUntil(w.until)
 }
@@ -681,38 +703,41 @@ func (w *webSocket) flush() error {
 // on the connection by an earlier write (gorilla/websocket's, for a control frame it
 // writes itself) must not cut this one short.
 func (w *webSocket) flushUntil(deadline time.Time) error {
-	if len(w.bufs) == 0 {
+	b := w.b
+	if b == nil || len(b.bufs) == 0 {
 		return nil
 	}
 	w.raw.SetWriteDeadline(deadline)
 	var err error
 	if w.writev {
-		bufs := w.bufs // WriteTo consumes the slice it is called on
+		bufs := b.bufs // WriteTo consumes the slice it is called on
 		_, err = bufs.WriteTo(w.raw)
 	} else {
-		w.flat = w.flat[:0]
-		for _, b := range w.bufs {
-			w.flat = append(w.flat, b...)
+		b.flat = b.flat[:0]
+		for _, p := range b.bufs {
+			b.flat = append(b.flat, p...)
 		}
-		_, err = w.raw.Write(w.flat)
-		if cap(w.flat) > maxFlat {
-			w.flat = nil
-		}
+		_, err = w.raw.Write(b.flat)
 	}
 	w.discard()
 	return err
 }
 
-// discard empties the batch, dropping its references to the payloads, and lets go of
-// buffers a burst grew beyond maxKept.
+// discard empties the batch, dropping its references to the payloads, and puts its
+// buffers back in batchPool, unless a burst grew them beyond maxKept or maxFlat.
 func (w *webSocket) discard() {
-	// Entries past the length were cleared by the batch that used them.
-	clear(w.bufs)
-	w.bufs = w.bufs[:0]
-	w.header = w.header[:0]
-	if cap(w.bufs) > maxKept {
-		w.bufs, w.header = nil, nil
+	b := w.b
+	if b == nil {
+		return
 	}
+	w.b = nil
+	// Entries past the length were cleared by the batch that used them.
+	clear(b.bufs)
+	b.bufs, b.header, b.flat = b.bufs[:0], b.header[:0], b.flat[:0]
+	if cap(b.bufs) > maxKept || cap(b.flat) > maxFlat {
+		return
+	}
+	batchPool.Put(b)
 }
 
 // writeCompressed writes a message through gorilla/websocket's writer, which compresses
