@@ -319,7 +319,10 @@ func (w *webSocket) read() {
 		if err != nil {
 			// gorilla/websocket may have written a Close frame of its own (a protocol
 			// error): nothing more goes out from here, as little as that window allows.
-			w.markClosed()
+			// A client's Close was answered by onClose, which marked it.
+			if _, clientClose := err.(*ws.CloseError); !clientClose {
+				w.markClosed()
+			}
 			w.failed(err)
 			// engine.io closes the transport only when it is not closed yet, and the
 			// failure has just marked it closed: the socket would stay open until the
@@ -347,7 +350,9 @@ func (w *webSocket) read() {
 		}
 		if w.readLimit > 0 && int64(data.Len()) > w.readLimit {
 			// As gorilla/websocket would (1009, message too big), in turn with the
-			// batches, and nothing after it.
+			// batches, and nothing after it. The limit applies to the message as read,
+			// decompressed (as Node's ws counts maxPayload); gorilla counted the bytes
+			// on the wire, and a compressed message could inflate without bound.
 			if w.lockUntil(time.Now().Add(closeGrace)) {
 				w.closeFrameLocked(ws.CloseMessageTooBig, time.Now().Add(closeGrace))
 				w.mu.Unlock()
@@ -724,20 +729,22 @@ func (w *webSocket) flushUntil(deadline time.Time) error {
 }
 
 // discard empties the batch, dropping its references to the payloads, and puts its
-// buffers back in batchPool, unless a burst grew them beyond maxKept or maxFlat.
-func (w *webSocket) discard() {
+// buffers back in batchPool, unless a burst grew them beyond maxKept or maxFlat. It
+// reports whether they went back.
+func (w *webSocket) discard() (pooled bool) {
 	b := w.b
 	if b == nil {
-		return
+		return false
 	}
 	w.b = nil
 	// Entries past the length were cleared by the batch that used them.
 	clear(b.bufs)
 	b.bufs, b.header, b.flat = b.bufs[:0], b.header[:0], b.flat[:0]
 	if cap(b.bufs) > maxKept || cap(b.flat) > maxFlat {
-		return
+		return false
 	}
 	batchPool.Put(b)
+	return true
 }
 
 // writeCompressed writes a message through gorilla/websocket's writer, which compresses

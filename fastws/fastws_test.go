@@ -767,6 +767,20 @@ func TestLargeBatchBufferReleased(t *testing.T) {
 	if kept != nil {
 		t.Fatalf("kept the batch's buffers (%d bytes of copy) after it was written", cap(kept.flat))
 	}
+	// What a burst grew beyond the bounds is let go, not pooled for the next batch.
+	for _, c := range []struct {
+		b    *batchBuffers
+		want bool
+	}{
+		{&batchBuffers{flat: make([]byte, maxFlat+1)}, false},
+		{&batchBuffers{bufs: make([][]byte, maxKept+1)}, false},
+		{&batchBuffers{flat: make([]byte, 100), bufs: make([][]byte, 10)}, true},
+	} {
+		probe := &webSocket{b: c.b}
+		if pooled := probe.discard(); pooled != c.want || probe.b != nil {
+			t.Errorf("buffers of %d bytes and %d entries: pooled %v, want %v", cap(c.b.flat), cap(c.b.bufs), pooled, c.want)
+		}
+	}
 }
 
 // A client that stops reading, but keeps sending engine.io pongs (without reading the
@@ -1043,6 +1057,9 @@ func closeFrames(t *testing.T, io *socket.Server, url string, trigger []byte, co
 		c.Close()
 		if after > 0 {
 			bad++
+		}
+		if code != 0 && !sawClose {
+			t.Errorf("round %d: no Close frame", round)
 		}
 	}
 	if bad > 0 {
