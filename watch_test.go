@@ -4,6 +4,10 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // watchHearing over a LISTEN connection that heard nothing for a heartbeat timeout,
@@ -31,5 +35,25 @@ func TestWatchHearing(t *testing.T) {
 		if want := map[bool]int{false: 1, true: 0}[reconnect]; len(reported) != want {
 			t.Errorf("reconnecting %v: %d reports, want %d: %v", reconnect, len(reported), want, reported)
 		}
+	}
+}
+
+// A runtime that stops while a newer one serves the same channel (the last namespace
+// closed, and another server's namespace given the Builder at once) leaves the newer
+// runtime's adapters alone: it handed them what its own listener still heard, beside
+// the newer listener, which hears the same, so that an adapter could get a message twice.
+func TestStaleRuntimeLeavesNewerAdapters(t *testing.T) {
+	b := &Builder{adapters: map[string]*Adapter{}, opts: Options{HeartbeatTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)}}
+	stale := &runtime{b: b, heardAt: map[heardKey]time.Time{}}
+	current := &runtime{b: b, heardAt: map[heardKey]time.Time{}}
+	a := &Adapter{b: b, channel: "ch", uid: "me", ownSuffix: wire.OwnSuffix("me"), ownPrefix: wire.OwnPrefix("me"),
+		rt: current, nodes: map[string]time.Time{}}
+	b.adapters[a.channel] = a
+	n := &pgconn.Notification{Channel: a.channel, Payload: `{"type":3,"uid":"other","nsp":"/","data":{"packet":{"type":2,"data":["e"]},"opts":{}}}`}
+	if d := stale.decode(n); d != nil {
+		t.Fatal("a stopping runtime decoded a message for a newer runtime's adapter")
+	}
+	if d := current.decode(n); d == nil || d.a != a {
+		t.Fatalf("the adapter's own runtime did not decode its message: %+v", d)
 	}
 }
