@@ -474,8 +474,11 @@ func (a *Adapter) ServerSideEmit(packet []any) error {
 // those are read (into bytes) and closed here, and cannot be read twice.
 func (a *Adapter) prepare(packet *parser.Packet) (wire.Packet, bool) {
 	args, _ := packet.Data.([]any)
-	data, _, err := wire.NormalizeArgs(args)
-	if wire.HasReader(args) {
+	data, bin, err := wire.NormalizeArgs(args)
+	// A reader is binary: arguments without binary hold none that was read (a nil
+	// pointer to one, null on the wire, reaches no encoder: their clients are written
+	// from Raw), unless normalizing them failed.
+	if (bin || err != nil) && wire.HasReader(args) {
 		wire.CloseReaders(args)
 		if err == nil {
 			packet.Data = data

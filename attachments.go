@@ -35,10 +35,8 @@ func ensureTable(ctx context.Context, pool *pgxpool.Pool, st statements, logged 
 	if exists {
 		return nil
 	}
-	h := fnv.New64a()
-	h.Write([]byte("pgadapter table " + st.Table))
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(h.Sum64())); err != nil {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("table", st)); err != nil {
 			return err
 		}
 		if logged {
@@ -167,12 +165,10 @@ func cleanupAttachments(ctx context.Context, pool *pgxpool.Pool, st statements, 
 // DELETEs lock the rows they meet in no set order, and deadlocked (reported, 40P01).
 // Another server cleaning counts as nothing to delete.
 func cleanupUnlocked(ctx context.Context, pool *pgxpool.Pool, st statements, retention time.Duration, n int) (pgconn.CommandTag, error) {
-	h := fnv.New64a()
-	h.Write([]byte("pgadapter cleanup " + st.Table))
 	var tag pgconn.CommandTag
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var mine bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(h.Sum64())).Scan(&mine); err != nil || !mine {
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", lockKey("cleanup", st)).Scan(&mine); err != nil || !mine {
 			return err
 		}
 		var err error
@@ -180,6 +176,14 @@ func cleanupUnlocked(ctx context.Context, pool *pgxpool.Pool, st statements, ret
 		return err
 	})
 	return tag, err
+}
+
+// lockKey is the key of the advisory lock that serialises what for the table of st
+// ("table": its creation; "cleanup": the cleanups without row locks), across servers.
+func lockKey(what string, st statements) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("pgadapter " + what + " " + st.Table))
+	return int64(h.Sum64())
 }
 
 // isCanceled reports whether err is PostgreSQL's "canceling statement" (57014): a

@@ -250,7 +250,7 @@ func (p *latencyProbe) wait(b *testing.B, n int) {
 	deadline := time.Now().Add(time.Minute)
 	for p.applied.Load() < int64(n) {
 		if time.Now().After(deadline) {
-			b.Fatalf("applied %d of %d (drops %d)", p.applied.Load(), n, p.b.drops.Load())
+			b.Fatalf("applied %d of %d (drops %d)", p.applied.Load(), n, p.b.drops.n.Load())
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -48,14 +48,11 @@ type Builder struct {
 	stats counters
 	owned bool // the pool was made by NewFromURL, and is closed by Close
 
-	reported      atomic.Bool // configuration error reported once
-	drops         atomic.Int64
-	lastDrop      atomic.Int64 // unix nanos of the last drop report
-	queueFull     atomic.Int64
-	lastQueueFull atomic.Int64
-	closedSends   atomic.Int64 // operations refused by closed adapters (see reportClosed)
-	lastClosed    atomic.Int64
-	stateFrom     atomic.Pointer[runtime] // the runtime whose listener last reported its state
+	reported    atomic.Bool             // configuration error reported once
+	drops       everySecond             // notifications the receive queue had no room for
+	queueFull   everySecond             // messages the publish queue had no room for
+	closedSends everySecond             // operations refused by closed adapters (see reportClosed)
+	stateFrom   atomic.Pointer[runtime] // the runtime whose listener last reported its state
 
 	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
 	logMu         sync.Mutex
@@ -347,12 +344,24 @@ func (b *Builder) logAllowed(err error, panicked bool) (suppressed int, ok bool)
 // onDrop counts a notification the receive queue had no room for, and reports drops at
 // most once a second so that a flood does not become a flood of reports.
 func (b *Builder) onDrop() {
-	n := b.drops.Add(1)
-	now := time.Now().UnixNano()
-	last := b.lastDrop.Load()
-	if now-last >= int64(time.Second) && b.lastDrop.CompareAndSwap(last, now) {
+	if n, due := b.drops.add(); due {
 		b.report(fmt.Errorf("%w (%d dropped so far)", ErrReceiveQueueFull, n))
 	}
+}
+
+// everySecond counts events that come in floods (queue-full drops), and says when one
+// is due to be reported: at most once a second, with the running count.
+type everySecond struct {
+	n    atomic.Int64
+	last atomic.Int64 // unix nanoseconds of the last report
+}
+
+// add counts one, and returns the count and whether it is to be reported.
+func (e *everySecond) add() (n int64, due bool) {
+	n = e.n.Add(1)
+	now := time.Now().UnixNano()
+	last := e.last.Load()
+	return n, now-last >= int64(time.Second) && e.last.CompareAndSwap(last, now)
 }
 
 // listenerState records and announces a change of the LISTEN connection's state.
@@ -623,10 +632,7 @@ var _ socket.AdapterConstructor = (*Builder)(nil)
 // server's clients through it.
 func (b *Builder) reportClosed(err error) {
 	b.stats.publishErrors.Add(1)
-	n := b.closedSends.Add(1)
-	now := time.Now().UnixNano()
-	last := b.lastClosed.Load()
-	if now-last >= int64(time.Second) && b.lastClosed.CompareAndSwap(last, now) {
+	if n, due := b.closedSends.add(); due {
 		// At warning level: report logs ErrClosed at debug level, as what closing
 		// itself ends (requests) is expected then; this is the application's loss.
 		err = fmt.Errorf("%w (%d so far)", err, n)
@@ -644,10 +650,7 @@ func (b *Builder) reportQueue(err error) {
 		b.report(err)
 		return
 	}
-	n := b.queueFull.Add(1)
-	now := time.Now().UnixNano()
-	last := b.lastQueueFull.Load()
-	if now-last >= int64(time.Second) && b.lastQueueFull.CompareAndSwap(last, now) {
+	if n, due := b.queueFull.add(); due {
 		b.report(fmt.Errorf("%w (%d dropped so far)", err, n))
 	}
 }

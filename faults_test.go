@@ -164,7 +164,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 		t.Errorf("%d broadcasts emitted while PostgreSQL was down: %d refused by the full queue and %d failed, want %d in all; %d published",
 			emitted, st.QueueFull-before.QueueFull, st.PublishErrors-before.PublishErrors, emitted, st.Published["BROADCAST"]-before.Published["BROADCAST"])
 	}
-	t.Logf("fault: PostgreSQL down %v: local delivery went on, %d queue-full drops reported", time.Since(down).Round(time.Millisecond), a.b.queueFull.Load())
+	t.Logf("fault: PostgreSQL down %v: local delivery went on, %d queue-full drops reported", time.Since(down).Round(time.Millisecond), a.b.queueFull.n.Load())
 
 	if err := srv.Up(context.Background()); err != nil {
 		t.Fatal(err)
@@ -383,7 +383,7 @@ func TestFaultSlowNode(t *testing.T) {
 	}
 	// B's listener blocks, yet its LISTEN socket is drained: PostgreSQL's queue stays empty
 	// and the drops are counted and reported.
-	eventually(t, "B drops what it has no room for", func() bool { return b.b.drops.Load() > 0 })
+	eventually(t, "B drops what it has no room for", func() bool { return b.b.drops.n.Load() > 0 })
 	var usage float64
 	if err := a.pool.QueryRow(context.Background(), "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {
 		t.Fatal(err)
@@ -411,7 +411,7 @@ func TestFaultSlowNode(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	written := cb.sent.count("flood")
-	dropped := int(b.b.drops.Load())
+	dropped := int(b.b.drops.n.Load())
 	t.Logf("fault: slow node: %d of %d messages applied, %d dropped and reported, notification queue %.2f%%", written, flood, dropped, usage*100)
 	if written == 0 || written+dropped < flood {
 		t.Errorf("%d applied + %d dropped < %d sent: some loss was silent", written, dropped, flood)

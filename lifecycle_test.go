@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -598,9 +597,7 @@ func TestCleanupWithoutUpdatePrivilege(t *testing.T) {
 	if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 3)"); err != nil {
 		t.Fatal(err)
 	}
-	h := fnv.New64a()
-	h.Write([]byte("pgadapter cleanup " + st.Table))
-	tx := holdInTx(t, pool, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", int64(h.Sum64())))
+	tx := holdInTx(t, pool, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", lockKey("cleanup", st)))
 	if n, err := cleanupAttachments(ctx, limited, st, time.Hour, ptr(cleanupBatch), &unlocked, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 0 {
 		t.Fatalf("cleanup while another server cleans: %d rows deleted, %v; want none", n, err)
 	}

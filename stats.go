@@ -76,7 +76,7 @@ func (b *Builder) Stats() Stats {
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
 		AttachmentQueries: b.stats.attachmentQueries.Load(),
-		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.Load(), ReceiveDrops: b.drops.Load(),
+		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}

@@ -181,9 +181,10 @@ type webSocket struct {
 	// (a TLS record each): for them the batch is copied into flat and written once.
 	writev bool
 
-	readLimit    int64        // the largest message read, engine.io's MaxHttpBufferSize; 0: any
-	hold         atomic.Int64 // how long a pong waits, in nanoseconds (see maxPongHold)
-	writeTimeout atomic.Int64 // how long a batch may take, in ns (see defaultWriteTimeout)
+	readLimit    int64              // the largest message read, engine.io's MaxHttpBufferSize; 0: any
+	limited      goio.LimitedReader // the read loop's, around each message (see read)
+	hold         atomic.Int64       // how long a pong waits, in nanoseconds (see maxPongHold)
+	writeTimeout atomic.Int64       // how long a batch may take, in ns (see defaultWriteTimeout)
 
 	// The answer to the client's latest WebSocket ping, waiting for its turn to be
 	// written (see onPing).
@@ -340,9 +341,12 @@ func (w *webSocket) read() {
 			continue // control frames are handled by gorilla/websocket
 		}
 		if w.readLimit > 0 {
-			r = goio.LimitReader(r, w.readLimit+1)
+			w.limited = goio.LimitedReader{R: r, N: w.readLimit + 1} // reused: one per message cost an allocation
+			r = &w.limited
 		}
-		if _, err := data.ReadFrom(r); err != nil {
+		_, err = data.ReadFrom(r)
+		w.limited.R = nil
+		if err != nil {
 			w.markClosed()
 			w.failed(err)
 			closeNow(w.raw)

@@ -158,64 +158,44 @@ func isNilPointer(v any) bool {
 // not close them: a caller that promises to (the emitter) must do it on every path,
 // including those that fail before the readers are reached.
 func CloseReaders(args []any) {
-	for _, a := range args {
-		closeReader(a, 0)
-	}
-}
-
-func closeReader(v any, depth int) {
-	if depth > maxJSONDepth {
-		return
-	}
-	switch x := v.(type) {
-	case []any:
-		for _, e := range x {
-			closeReader(e, depth+1)
+	eachReader(args, 0, func(r io.Reader) bool {
+		if c, ok := r.(io.Closer); ok && !isNilPointer(r) {
+			c.Close()
 		}
-	case map[string]any:
-		for _, e := range x {
-			closeReader(e, depth+1)
-		}
-	case io.ReadCloser:
-		if !isNilPointer(v) {
-			x.Close()
-		}
-	}
+		return true
+	})
 }
 
 // HasReader reports whether args, or the []any and map[string]any in them, hold an
 // io.Reader: a value that Normalize consumes, which cannot be used again, or a nil
 // pointer to one, which socket.io's encoder reads, and dereferences.
 func HasReader(args []any) bool {
-	for _, a := range args {
-		if hasReader(a, 0) {
-			return true
-		}
-	}
-	return false
+	return !eachReader(args, 0, func(io.Reader) bool { return false })
 }
 
-func hasReader(v any, depth int) bool {
+// eachReader calls fn with each reader in v, and in the []any and map[string]any in it,
+// until fn returns false; it reports whether every call returned true.
+func eachReader(v any, depth int, fn func(io.Reader) bool) bool {
 	if depth > maxJSONDepth {
-		return false
+		return true
 	}
 	switch x := v.(type) {
 	case []any:
 		for _, e := range x {
-			if hasReader(e, depth+1) {
-				return true
+			if !eachReader(e, depth+1, fn) {
+				return false
 			}
 		}
 	case map[string]any:
 		for _, e := range x {
-			if hasReader(e, depth+1) {
-				return true
+			if !eachReader(e, depth+1, fn) {
+				return false
 			}
 		}
 	case io.Reader:
-		return true
+		return fn(x)
 	}
-	return false
+	return true
 }
 
 // isStringBuffer recognises engine.io's *types.StringBuffer by name, which socket.io sends
