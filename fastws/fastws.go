@@ -202,6 +202,7 @@ type webSocket struct {
 	inflight  atomic.Int64              // Send calls whose batch is not written yet
 	closeBy   atomic.Pointer[time.Time] // set by DoClose: when the connection is closed
 	closeOnce sync.Once
+	linger    time.Duration // lingerMax
 	// Nothing more is written (w.mu): the Close frame is, or a write failed, which may
 	// have left a frame cut short.
 	closed bool
@@ -261,6 +262,7 @@ func newWebSocket(ctx *types.HttpContext) *webSocket {
 	w := &webSocket{Transport: transports.MakeTransport()}
 	w.hold.Store(int64(defaultPongHold))
 	w.writeTimeout.Store(int64(defaultWriteTimeout))
+	w.linger = lingerMax
 	w.Prototype(w)
 	w.Construct(ctx)
 	return w
@@ -791,6 +793,15 @@ func (w *webSocket) DoClose(fn types.Callable) {
 // finish writes a Close frame (1000, normal closure) after what is written, and closes
 // the connection, by the time by. A batch stuck on a client that does not read is ended
 // by closing the connection instead.
+//
+// After a Close frame, the connection is closed the way RFC 6455 (7.1.1) asks: this
+// side's half first, then the whole once the client has answered (its Close frame, or
+// the end of its stream, which the read loop sees), or after lingerMax. Closing at once,
+// with anything the client had sent still unread in the kernel (a message that arrived
+// while the read loop waited on a handler, say), made the kernel answer with a reset and
+// throw away what it had not sent yet: the client lost the last packets, socket.io's
+// DISCONNECT among them, saw a transport error and reconnected
+// (TestDisconnectWithUnreadDataKeepsLastPackets).
 func (w *webSocket) finish(by time.Time) {
 	w.closeOnce.Do(func() {
 		clean := false // the Close frame went out
@@ -798,11 +809,35 @@ func (w *webSocket) finish(by time.Time) {
 			clean = w.closeFrameLocked(ws.CloseNormalClosure, by)
 			w.mu.Unlock()
 		}
-		if !clean {
+		if !clean || !closeWrite(w.raw) {
 			closeNow(w.raw)
+			w.conn.Close()
+			return
 		}
-		w.conn.Close()
+		// engine.io let the transport go: it is closed for engine.io now, whatever the
+		// client does with its half.
+		w.conn.Emit("close")
+		time.AfterFunc(w.linger, func() { closeNow(w.raw) })
 	})
+}
+
+// lingerMax bounds how long a connection whose Close frame went out waits, half closed,
+// for the client to close its half (webSocket.linger, which tests shorten).
+const lingerMax = 5 * time.Second
+
+// closeWrite closes the sending half of c, after TLS's close_notify alert on a TLS
+// connection, and reports whether it could.
+func closeWrite(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		// The alert is written with a deadline of tls's own (5 s); the Close frame
+		// before it went out, so that the client reads.
+		if tc.CloseWrite() != nil {
+			return false
+		}
+		c = tc.NetConn()
+	}
+	hc, ok := c.(interface{ CloseWrite() error })
+	return ok && hc.CloseWrite() == nil
 }
 
 // closeNow closes c at once: a TLS connection without its close_notify alert, which

@@ -1,0 +1,119 @@
+package fastws
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	ws "github.com/gorilla/websocket"
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// A server that disconnects a client while what the client sent lies unread keeps the
+// last packets: closing at once made the kernel reset the connection and throw away
+// what it had not sent yet, and the client got neither the last event nor the
+// DISCONNECT, saw a transport error, and would have reconnected. Holding the read loop
+// (w.deliver) keeps the client's messages unread whenever the server closes; a read
+// loop that has not been scheduled yet, or a message that arrives as the server
+// closes, does the same.
+func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.String(), func(t *testing.T) {
+			io, url := serverWith(t, v)
+			c := dial(t, io, url)
+			s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+			if !ok {
+				t.Fatalf("no socket %s", c.sid)
+			}
+			w := s.Conn().Transport().(*webSocket)
+			w.deliver.Lock()
+			held := true
+			defer func() {
+				if held {
+					w.deliver.Unlock()
+				}
+			}()
+			filler := clientFrame(1, []byte(`42["x","`+strings.Repeat("a", 16<<10)+`"]`))
+			if _, err := c.conn.NetConn().Write(bytes.Repeat(filler, 8)); err != nil {
+				t.Fatal(err)
+			}
+			closed := make(chan struct{})
+			s.Conn().Transport().Once("close", func(...any) { close(closed) })
+			big := strings.Repeat("z", 256<<10)
+			s.Emit("last", big)
+			s.Disconnect(true)
+			select {
+			case <-closed: // the server has closed: only now does the client read
+			case <-time.After(waitFor):
+				t.Fatalf("the transport did not close within %v", waitFor)
+			}
+			var got [][]byte
+			var err error
+			c.conn.SetReadDeadline(time.Now().Add(waitFor))
+			for {
+				var msg []byte
+				if _, msg, err = c.conn.ReadMessage(); err != nil {
+					break
+				}
+				got = append(got, msg)
+			}
+			want := [][]byte{[]byte(`42["last","` + big + `"]`), []byte("41")}
+			if !slices.EqualFunc(got, want, bytes.Equal) || !ws.IsCloseError(err, ws.CloseNormalClosure) {
+				summary := make([]string, len(got))
+				for i, m := range got {
+					summary[i] = fmt.Sprintf("%.12q (%d bytes)", m, len(m))
+				}
+				t.Fatalf("got %v then %v, want the last event (%d bytes), the DISCONNECT, then a normal close", summary, err, len(want[0]))
+			}
+			// The client answered the Close frame (gorilla/websocket does): once the
+			// read loop is free to read the answer, the connection is closed, well
+			// before lingerMax.
+			w.deliver.Unlock()
+			held = false
+			waitClosed(t, w.raw, lingerMax/2)
+		})
+	}
+}
+
+// A client that never closes its half is closed w.linger after the Close frame.
+func TestLingerEndsWithoutTheClient(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+	if !ok {
+		t.Fatalf("no socket %s", c.sid)
+	}
+	w := s.Conn().Transport().(*webSocket)
+	w.linger = 100 * time.Millisecond // read by finish, on a goroutine that Disconnect starts
+	s.Disconnect(true)
+	// The client reads its end, and answers nothing: its half stays open.
+	raw := c.conn.NetConn()
+	raw.SetReadDeadline(time.Now().Add(waitFor))
+	var end []byte
+	buf := make([]byte, 256)
+	for !bytes.Contains(end, []byte{0x88, 0x02, 0x03, 0xe8}) { // Close frame, 1000
+		n, err := raw.Read(buf)
+		if err != nil {
+			t.Fatalf("no Close frame before %v (read %q)", err, end)
+		}
+		end = append(end, buf[:n]...)
+	}
+	waitClosed(t, w.raw, waitFor)
+}
+
+// waitClosed waits up to d for the server's side of a connection to be closed, which a
+// closed net.Conn reports by refusing a deadline.
+func waitClosed(t *testing.T, c net.Conn, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for c.SetReadDeadline(time.Time{}) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's connection is still open %v later", d)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
