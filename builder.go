@@ -180,11 +180,14 @@ func (b *Builder) local(nsp socket.Namespace, err error) socket.Adapter {
 }
 
 // Ready waits until the LISTEN connection is up and every namespace created so far is
-// listening, so that this server receives what other servers publish from now on. It
-// returns the configuration error at once, if any, and ErrClosed once the Builder or
-// every namespace adapter is closed. The listener retries a connection that fails for as
-// long as it runs (a database restarting comes back): give ctx a deadline, and the error
-// at its end wraps the last connection error too (a wrong password, say).
+// listening, so that this server receives what other servers publish from now on, and,
+// unless Options.SkipTableCreation is set, until the attachments table exists, so that
+// an emitter may publish large messages at once (it does not create the table). It
+// returns the configuration error at once, if any, the table's creation error, and
+// ErrClosed once the Builder or every namespace adapter is closed. The listener retries
+// a connection that fails for as long as it runs (a database restarting comes back):
+// give ctx a deadline, and the error at its end wraps the last connection error too (a
+// wrong password, say).
 func (b *Builder) Ready(ctx context.Context) error {
 	if b.err != nil {
 		return b.err
@@ -198,7 +201,15 @@ func (b *Builder) Ready(ctx context.Context) error {
 	if rt == nil {
 		return fmt.Errorf("pgadapter: no namespace uses this Builder yet (call io.SetAdapter first)")
 	}
-	return rt.lis.waitSynced(ctx)
+	if err := rt.lis.waitSynced(ctx); err != nil {
+		return err
+	}
+	if b.opts.SkipTableCreation {
+		return nil
+	}
+	// The publisher creates the table as it starts, and may not be done: Ready returned
+	// before it, and an emitter publishing at once found no table.
+	return rt.pub.ensureTable(ctx)
 }
 
 // Close closes every namespace adapter made by b, as io.Close does, and waits for the

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 
+	"github.com/socketio-pg/pgadapter/emitter"
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
@@ -478,11 +479,37 @@ func TestTablePersistence(t *testing.T) {
 	}
 }
 
+// Ready returns once the attachments table exists, so that an emitter (which does not
+// create it) may publish a large message at once: the table came 9-18 ms after Ready,
+// created by the publisher as it started, and such an emitter failed (42P01).
+func TestReadyWaitsForTheTable(t *testing.T) {
+	pool := newPool(t)
+	defer pool.Close()
+	ctx := context.Background()
+	for round := range 5 {
+		opts := testOptions(t)
+		sp := newPool(t)                         // the node's, closed with it
+		n := newServerFor(t, New(sp, &opts), sp) // waits for Ready
+		em, err := emitter.New(pool, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := em.Emit(ctx, "big", strings.Repeat("z", 10000)); err != nil {
+			t.Fatalf("round %d: an emitter right after Ready: %v", round, err)
+		}
+		n.close()
+	}
+}
+
 func TestSkipTableCreation(t *testing.T) {
 	opts := testOptions(t)
 	opts.SkipTableCreation = true
 	nodes := cluster(t, 2, opts)
 	a := nodes[0]
+	var exists bool
+	if err := a.pool.QueryRow(context.Background(), "SELECT to_regclass($1) IS NOT NULL", opts.TableName).Scan(&exists); err != nil || exists {
+		t.Fatalf("table %s exists: %v (%v), though no server may create it", opts.TableName, exists, err)
+	}
 	a.io.Emit("big", strings.Repeat("z", 10000))
 	e := a.errs.next(t, "A", "error")
 	var pe *PublishError

@@ -56,16 +56,18 @@ type publisher struct {
 	idle atomic.Bool
 	// commits counts the batches committed (see runtime.watchHearing).
 	commits atomic.Int64
+	// tableReady is set once the attachments table is known to exist: by the goroutine,
+	// or by Builder.Ready, which waits for it.
+	tableReady atomic.Bool
 
 	// owned by the goroutine
-	tableReady bool
-	lz4        int8       // whether the server compresses with lz4: 0 not known yet, 1 yes, -1 no
-	lz4Probe   time.Time  // when to ask again after a failed probe
-	carry      []outgoing // taken from the queue, to publish before anything queued
-	batch      []outgoing
-	seen       map[string]struct{}
-	chans      []string // sendBatch's NotifyMany arguments, reused
-	payloads   []string
+	lz4      int8       // whether the server compresses with lz4: 0 not known yet, 1 yes, -1 no
+	lz4Probe time.Time  // when to ask again after a failed probe
+	carry    []outgoing // taken from the queue, to publish before anything queued
+	batch    []outgoing
+	seen     map[string]struct{}
+	chans    []string // sendBatch's NotifyMany arguments, reused
+	payloads []string
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
@@ -247,11 +249,23 @@ func (m *outgoing) size() int { return len(m.enc.JSON) + len(m.enc.Attachment) +
 func (p *publisher) createTable(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 	defer cancel()
-	if err := ensureTable(cctx, p.pool, p.st, p.opts.LoggedTable); err != nil {
+	if err := p.ensureTable(cctx); err != nil {
 		p.report(err)
-		return
 	}
-	p.tableReady = true
+}
+
+// ensureTable creates the attachments table unless it is known to exist. Safe beside
+// the goroutine's own calls: creation takes an advisory lock, and creates only what is
+// missing.
+func (p *publisher) ensureTable(ctx context.Context) error {
+	if p.tableReady.Load() {
+		return nil
+	}
+	if err := ensureTable(ctx, p.pool, p.st, p.opts.LoggedTable); err != nil {
+		return err
+	}
+	p.tableReady.Store(true)
+	return nil
 }
 
 // sendBatch publishes a batch in one round trip. A batch that fails before anything
@@ -259,7 +273,7 @@ func (p *publisher) createTable(ctx context.Context) {
 // of it is reported lost.
 func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	attachments := hasAttachment(batch)
-	if !p.tableReady && !p.opts.SkipTableCreation && attachments {
+	if !p.tableReady.Load() && !p.opts.SkipTableCreation && attachments {
 		p.createTable(ctx)
 	}
 	if attachments && p.lz4 == 0 && time.Now().After(p.lz4Probe) {
@@ -333,9 +347,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	if err != nil && attachments && errors.As(err, &pgErr) && ctx.Err() == nil {
 		if pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
 			// The table was dropped while this server ran: create it again, and retry.
-			p.tableReady = false
+			p.tableReady.Store(false)
 			p.createTable(ctx)
-			if p.tableReady {
+			if p.tableReady.Load() {
 				err = send()
 			}
 		}

@@ -72,8 +72,8 @@ type Options struct {
 	ChannelPrefix string
 	// TableName must match the servers' attachments table. Default
 	// "socket_io_attachments". The emitter does not create it: pgadapter servers do
-	// when they start, unless their Options.SkipTableCreation is set; Node.js servers
-	// never do. It is quoted as one identifier, as the servers' Options.TableName.
+	// when they start (their Builder.Ready returns once it exists), unless their
+	// Options.SkipTableCreation is set; Node.js servers never do. It is quoted as one identifier, as the servers' Options.TableName.
 	TableName string
 	// PayloadThreshold is the JSON size in bytes from which a message goes through the
 	// attachments table. Default and maximum 8000 (through a pgx.Tx or a *pgx.Conn, 27
