@@ -579,7 +579,13 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	if typ == wire.InitialHeartbeat || typ == wire.Heartbeat {
 		m.Caps = ourCaps // Node servers ignore the extra field
 	}
-	enc, err := wire.Encode(m, a.b.opts.PayloadThreshold)
+	var enc wire.Encoded
+	var err error
+	if room, bad := wire.BadRoom(data); bad {
+		err = fmt.Errorf("%s names room %q, which is not valid UTF-8: %w", typ, room, ErrInvalidName)
+	} else {
+		enc, err = wire.Encode(m, a.b.opts.PayloadThreshold)
+	}
 	if err == nil && len(enc.Attachment) > a.b.opts.MaxAttachmentSize {
 		// The other servers would not read it.
 		err = fmt.Errorf("%s of %d bytes: %w (%d)", typ, len(enc.Attachment), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -111,6 +112,11 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 			b.report(fmt.Errorf("%w; namespaces work on this server only", b.err))
 		}
 		return socket.NewAdapter(nsp)
+	}
+	if !utf8.ValidString(nsp.Name()) {
+		// Its messages would name another namespace on the other servers (see
+		// ErrInvalidName), and theirs this one, on a channel made of the bytes.
+		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q: %w; it works on this server only", nsp.Name(), ErrInvalidName))
 	}
 	a := newAdapter(b, nsp)
 	b.mu.Lock()

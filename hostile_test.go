@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zishang520/socket.io/v2/socket"
+
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
@@ -156,4 +158,58 @@ func TestNoHeartbeatWhileNotListening(t *testing.T) {
 	if n := a.b.Stats().Published["HEARTBEAT"]; n != 0 {
 		t.Fatalf("%d heartbeats published while not listening", n)
 	}
+}
+
+// Room and namespace names that are not valid UTF-8 cannot travel: JSON replaced their
+// bytes, MessagePack kept them, so that other servers took them for other names,
+// depending on the message's size. Except(vip).DisconnectSockets spared the VIP on the
+// sending server and disconnected the one on the other; a small broadcast to the room
+// missed its members elsewhere, and nothing was reported. Such operations are now
+// refused for the cluster, with ErrInvalidName, and such a namespace works locally.
+func TestInvalidUTF8Names(t *testing.T) {
+	w := newWorld(t, testOptions(t))
+	vip := socket.Room("vip\xff\xfe") // raw hash bytes, say
+	serverSocket(t, w.a, w.clients["a1"]).Join(vip)
+	serverSocket(t, w.b, w.clients["b1"]).Join(vip)
+	bad := func(what string) {
+		t.Helper()
+		e := w.a.errs.next(t, "A", "error")
+		if err, _ := e[0].(error); !errors.Is(err, ErrInvalidName) {
+			t.Fatalf("%s: reported %v, want ErrInvalidName", what, e)
+		}
+	}
+	w.a.io.To(vip).Emit("small")
+	bad("To(room).Emit")
+	w.a.io.To(vip).Emit("large", strings.Repeat("z", 9000))
+	bad("To(room).Emit, large")
+	w.a.io.In("r1").SocketsJoin(vip)
+	bad("SocketsJoin(room)")
+	w.fence(t, w.a, w.all()...)
+	// The sending server's own sockets got what was theirs; the others, nothing.
+	w.checkSent(t, "small", "a1")
+	w.checkSent(t, "large", "a1")
+	if rooms := serverSocket(t, w.c, w.clients["c1"]).Rooms(); rooms.Has(vip) {
+		t.Error("c1 joined the room from another server")
+	}
+	w.a.io.Except(vip).DisconnectSockets(true) // a2 here; none elsewhere
+	bad("Except(room).DisconnectSockets")
+	w.clients["a2"].expect(t, "disconnect")
+	w.fence(t, w.a, "a1", "b1", "b2", "c1")
+	for _, name := range []string{"b1", "b2", "c1"} {
+		if !w.clients[name].s.Connected() {
+			t.Errorf("%s was disconnected from another server", name)
+		}
+	}
+	for _, n := range []*node{w.b, w.c} {
+		if errs := n.errs.drain("error"); len(errs) > 0 {
+			t.Errorf("%s reported %v", n.name, errs)
+		}
+	}
+
+	// A namespace so named works on its own server, and says so.
+	nsp := w.a.io.Of("/inv\xffalid", nil)
+	if _, ok := nsp.Adapter().(*Adapter); ok {
+		t.Fatal("a namespace whose name is not valid UTF-8 joined the cluster")
+	}
+	bad("Of(namespace)")
 }

@@ -287,6 +287,13 @@ var (
 	// decoded. It is dropped; other traffic is unaffected.
 	ErrMalformed = errors.New("pgadapter: malformed notification")
 
+	// ErrInvalidName is reported for a namespace or room name that is not valid UTF-8.
+	// JSON replaces such bytes, MessagePack keeps them, so the other servers would take
+	// it for another name, depending on the message's size: a broadcast to the room, or
+	// a room change, made through it is not published (the servers' own sockets still
+	// get it), and such a namespace works on this server only.
+	ErrInvalidName = errors.New("pgadapter: name is not valid UTF-8")
+
 	// ErrInvalidOptions is wrapped by the error of an invalid Options (Builder.Err,
 	// Builder.Ready, NewFromURL), which says which field and why.
 	ErrInvalidOptions = errors.New("pgadapter: invalid options")

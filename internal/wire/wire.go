@@ -12,6 +12,7 @@ package wire
 import (
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Type is the cluster message type, as numbered by socket.io-adapter's ClusterAdapter.
@@ -178,6 +179,33 @@ type BroadcastData struct {
 	Opts   Opts
 	// RequestID is set when the sender waits for acknowledgements; "" means none.
 	RequestID string
+}
+
+// BadRoom returns the first room that data names (to select sockets, or to join or
+// leave) which is not valid UTF-8, and whether there is one. Such a name cannot travel:
+// JSON replaces its bad bytes with U+FFFD and MessagePack keeps them, so the message
+// would select other rooms on the other servers, depending on its size. Rooms that
+// merely describe (a FETCH_SOCKETS answer's) are not checked.
+func BadRoom(data any) (string, bool) {
+	var lists [3][]string
+	switch d := data.(type) {
+	case *BroadcastData:
+		lists = [3][]string{d.Opts.Rooms, d.Opts.Except}
+	case *RoomsData:
+		lists = [3][]string{d.Opts.Rooms, d.Opts.Except, d.Rooms}
+	case *DisconnectData:
+		lists = [3][]string{d.Opts.Rooms, d.Opts.Except}
+	case *FetchData:
+		lists = [3][]string{d.Opts.Rooms, d.Opts.Except}
+	}
+	for _, list := range lists {
+		for _, r := range list {
+			if !utf8.ValidString(r) {
+				return r, true
+			}
+		}
+	}
+	return "", false
 }
 
 // RoomsData is the data of SOCKETS_JOIN and SOCKETS_LEAVE.
