@@ -263,8 +263,11 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 // its clients were targeted (clientCountCallback), then each client's acknowledgement
 // reaches ack. Every client contributes exactly one response (its first argument, nil if
 // it acknowledged with none), locally and remotely alike, as Node does; servers that leave
-// or that the message could not reach count as zero clients, so the caller's callback
-// fires as soon as everything that can answer has, instead of at the timeout.
+// before they count their clients, or that the message could not reach, count as zero
+// clients, so the caller's callback fires as soon as everything that can answer has,
+// instead of at the timeout. A server that leaves after counting its clients leaves
+// their answers missing: socket.io's operator then waits for its timeout, and gives an
+// error with the answers it has.
 //
 // The message is published even when no other server is known (one that has just
 // started, or that this server lost sight of while its LISTEN connection was down,

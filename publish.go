@@ -465,7 +465,10 @@ func hasAttachment(batch []outgoing) bool {
 }
 
 // PublishError reports messages that could not be published. They are lost: the adapter
-// delivers at most once.
+// delivers at most once, and does not send them again. When the connection failed after
+// the batch was sent (a network partition, say), PostgreSQL may still have received it,
+// and commit it once it notices: those messages then arrive late, possibly after
+// messages published since on another connection.
 type PublishError struct {
 	// Messages is how many messages were lost.
 	Messages int
