@@ -572,6 +572,35 @@ func TestOrderPerSendingServer(t *testing.T) {
 	}
 }
 
+// Equal broadcasts in a burst all arrive, in few transactions: PostgreSQL delivers one
+// of equal notifications of a transaction, and a batch ended at every repeat, so that
+// such a burst went one transaction each. The repeats now carry a nonce, which a Node
+// server ignores as the Go ones do (TestMixedEqualBroadcasts).
+func TestEqualBroadcastsInABurst(t *testing.T) {
+	nodes := cluster(t, 2, testOptions(t))
+	a, b := nodes[0], nodes[1]
+	cb := b.connect(t, "/", "cb")
+	const n = 2000
+	commits := a.b.rt.pub.commits.Load()
+	for range n {
+		a.io.Emit("same", "x")
+	}
+	a.io.Emit("end")
+	for i := range n {
+		if args := cb.sent.next(t, "B", "same"); len(args) != 1 || args[0] != "x" {
+			t.Fatalf("broadcast %d arrived as %v", i, args)
+		}
+	}
+	cb.sent.next(t, "B", "end")
+	if got := cb.sent.count("same"); got != 0 {
+		t.Fatalf("%d more than were sent", got)
+	}
+	// A's heartbeats may take a transaction or two of their own.
+	if c := a.b.rt.pub.commits.Load() - commits; c > n/10 {
+		t.Errorf("%d equal broadcasts took %d transactions", n, c)
+	}
+}
+
 func TestNamespaces(t *testing.T) {
 	opts := testOptions(t)
 	nodes := cluster(t, 2, opts)

@@ -690,8 +690,10 @@ func TestPublisherCloseIsBounded(t *testing.T) {
 		}
 	}, &counters{})
 	const n = 20
-	for range n { // the same heartbeat n times: a batch each
-		if err := p.enqueue(outgoing{channel: "c", typ: wire.Heartbeat, enc: wire.Encoded{JSON: `{"type":1,"uid":"u"}`}}); err != nil {
+	// The same heartbeat n times, too long to take a nonce: a batch each.
+	hb := `{"type":1,"uid":"u","pad":"` + strings.Repeat("p", wire.MaxNotifyPayload-40) + `"}`
+	for range n {
+		if err := p.enqueue(outgoing{channel: "c", typ: wire.Heartbeat, enc: wire.Encoded{JSON: hb}}); err != nil {
 			t.Fatal(err)
 		}
 	}

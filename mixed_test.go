@@ -117,6 +117,32 @@ func TestMixedBroadcastGoToNode(t *testing.T) {
 	m.check(t, "from-socket", []string{"g2", "n1", "n2"})
 }
 
+// Equal broadcasts published in one transaction, the repeats with a nonce first (see
+// publisher.unique), each reach a Node server's clients, in order, with their
+// arguments.
+func TestMixedEqualBroadcasts(t *testing.T) {
+	m := newMixed(t)
+	const n = 300
+	commits := m.g.b.rt.pub.commits.Load()
+	for range n {
+		m.g.io.Emit("same", "x")
+	}
+	m.fence(t, func() { m.g.io.Emit("end") })
+	if c := m.g.b.rt.pub.commits.Load() - commits; c > n/10 {
+		t.Errorf("%d equal broadcasts took %d transactions: the nonce was not tried", n, c)
+	}
+	for _, name := range []string{"n1", "n2"} {
+		for i := range n {
+			if args := m.clients[name].sent.next(t, "N", "same"); len(args) != 1 || args[0] != "x" {
+				t.Fatalf("%s: broadcast %d arrived as %v", name, i, args)
+			}
+		}
+		if got := m.clients[name].sent.count("same"); got != 0 {
+			t.Fatalf("%s: %d more than were sent", name, got)
+		}
+	}
+}
+
 func TestMixedBroadcastNodeToGo(t *testing.T) {
 	m := newMixed(t)
 	obj := map[string]any{"k": []any{1.5, true, nil, "s"}}

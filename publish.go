@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	goruntime "runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +66,8 @@ type publisher struct {
 	lz4Probe time.Time  // when to ask again after a failed probe
 	carry    []outgoing // taken from the queue, to publish before anything queued
 	batch    []outgoing
-	seen     map[string]struct{}
+	seen     map[notification]struct{}
+	nonce    uint64   // the last nonce given (see unique)
 	chans    []string // sendBatch's NotifyMany arguments, reused
 	payloads []string
 }
@@ -198,20 +200,27 @@ func (p *publisher) drain(ctx context.Context) {
 }
 
 // nextBatch takes carried messages first, then queued ones without waiting, up to the
-// batch limits, and stops before a notification that repeats one already in the batch
-// (it is carried to the next batch, keeping the order).
+// batch limits. A notification that repeats one already in the batch, which PostgreSQL
+// would deliver once, is made unique with a nonce (see unique); one too long for that
+// ends the batch (it is carried to the next, keeping the order). A batch used to end at
+// every repeat: a burst of equal broadcasts went one transaction each, 3.5 times slower.
 func (p *publisher) nextBatch() []outgoing {
 	batch := p.batch[:0]
 	if p.seen == nil {
-		p.seen = map[string]struct{}{}
+		p.seen = map[notification]struct{}{}
 	}
 	clear(p.seen)
 	size := 0
 	add := func(m outgoing) bool {
 		if m.enc.Attachment == nil {
-			key := m.channel + "\x00" + m.enc.JSON
+			key := notification{m.channel, m.enc.JSON}
 			if _, dup := p.seen[key]; dup {
-				return false
+				json, ok := p.unique(m.enc.JSON)
+				if !ok {
+					return false
+				}
+				m.enc.JSON = json
+				key.payload = json
 			}
 			p.seen[key] = struct{}{}
 		}
@@ -237,6 +246,30 @@ func (p *publisher) nextBatch() []outgoing {
 		}
 	}
 	return p.keep(batch)
+}
+
+// notification is a NOTIFY's channel and payload: what PostgreSQL compares to merge
+// equal notifications of a transaction.
+type notification struct{ channel, payload string }
+
+// unique returns payload, a JSON object, with a nonce first (wire.NonceKey), which every
+// server ignores, and whether it fits in a notification. First, not last: servers know
+// their own messages by how they end. The nonce counts, so that it differs from every
+// other this publisher made in the batch.
+func (p *publisher) unique(payload string) (string, bool) {
+	if len(payload) < 2 || payload[0] != '{' || payload[1] == '}' {
+		return "", false
+	}
+	p.nonce++
+	b := make([]byte, 0, len(payload)+32)
+	b = append(b, `{"`+wire.NonceKey+`":"`...)
+	b = strconv.AppendUint(b, p.nonce, 36)
+	b = append(b, `",`...)
+	b = append(b, payload[1:]...)
+	if len(b) > wire.MaxNotifyPayload {
+		return "", false
+	}
+	return string(b), true
 }
 
 func (p *publisher) keep(batch []outgoing) []outgoing {
