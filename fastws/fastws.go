@@ -202,7 +202,9 @@ type webSocket struct {
 	inflight  atomic.Int64              // Send calls whose batch is not written yet
 	closeBy   atomic.Pointer[time.Time] // set by DoClose: when the connection is closed
 	closeOnce sync.Once
-	linger    time.Duration // lingerMax
+	linger    time.Duration              // lingerMax
+	lingering atomic.Pointer[time.Timer] // ends the connection lingerMax after finish
+	readDone  atomic.Bool                // the read loop has ended, and closed the connection
 	// Nothing more is written (w.mu): the Close frame is, or a write failed, which may
 	// have left a frame cut short.
 	closed bool
@@ -317,6 +319,10 @@ func (w *webSocket) HandlesUpgrades() bool { return true }
 
 // read hands every message received to engine.io, until the connection ends.
 func (w *webSocket) read() {
+	defer func() {
+		w.readDone.Store(true)
+		w.stopLinger()
+	}()
 	for {
 		mt, r, err := w.conn.NextReader()
 		if err != nil {
@@ -817,8 +823,21 @@ func (w *webSocket) finish(by time.Time) {
 		// engine.io let the transport go: it is closed for engine.io now, whatever the
 		// client does with its half.
 		w.conn.Emit("close")
-		time.AfterFunc(w.linger, func() { closeNow(w.raw) })
+		w.lingering.Store(time.AfterFunc(w.linger, func() { closeNow(w.raw) }))
+		if w.readDone.Load() {
+			// The read loop ended (and closed) before the timer was set: it may not
+			// have seen it to stop it.
+			w.stopLinger()
+		}
 	})
+}
+
+// stopLinger stops the timer that ends a half-closed connection, once the read loop has
+// closed it: the timer held the connection and its buffers for lingerMax.
+func (w *webSocket) stopLinger() {
+	if t := w.lingering.Load(); t != nil {
+		t.Stop()
+	}
 }
 
 // lingerMax bounds how long a connection whose Close frame went out waits, half closed,

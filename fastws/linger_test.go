@@ -75,6 +75,17 @@ func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
 			w.deliver.Unlock()
 			held = false
 			waitClosed(t, w.raw, lingerMax/2)
+			// The read loop closed it, and stops the timer, which held the connection.
+			deadline := time.Now().Add(waitFor)
+			for !w.readDone.Load() {
+				if time.Now().After(deadline) {
+					t.Fatal("the read loop did not end")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if w.lingering.Load().Stop() {
+				t.Error("the linger timer still ran after the read loop closed the connection")
+			}
 		})
 	}
 }
