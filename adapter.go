@@ -38,7 +38,9 @@ type Adapter struct {
 	// PostgreSQL's echo of them without decoding.
 	ownSuffix, ownPrefix string
 
-	lastPublish atomic.Int64 // unix nanoseconds
+	// lastPublish is when a batch holding a message of this adapter last committed, in
+	// unix nanoseconds (set by the publisher): the other servers heard it then.
+	lastPublish atomic.Int64
 	closed      atomic.Bool
 	// closeMu makes publish's check of closed and its enqueue one step against Close's:
 	// nothing this adapter publishes may follow its ADAPTER_CLOSE, or the others (Node's
@@ -606,7 +608,7 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	if enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
 		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
 	}
-	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done}
+	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done, committed: &a.lastPublish}
 	if enc.Attachment != nil {
 		o.prefix = wire.AttachmentHeaderPrefix(a.uid, typ)
 	}
@@ -620,7 +622,6 @@ func (a *Adapter) enqueue(o outgoing) (report func()) {
 	if err := a.rt.pub.enqueue(o); err != nil {
 		return func() { a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, o.typ, err)) }
 	}
-	a.lastPublish.Store(time.Now().UnixNano())
 	return noReport
 }
 
@@ -628,7 +629,10 @@ func (a *Adapter) enqueue(o outgoing) (report func()) {
 func (a *Adapter) announce() { a.publish(wire.InitialHeartbeat, nil, nil) }
 
 // heartbeat forgets servers silent for longer than the heartbeat timeout and publishes a
-// HEARTBEAT if this adapter has published nothing for a heartbeat interval.
+// HEARTBEAT if nothing this adapter published has committed for a heartbeat interval.
+// Committed, not queued: a server whose every message failed (attachments it may not
+// insert, say) sent no heartbeat, since it kept publishing, and the others dropped it
+// while it was up and heard them (TestFailingMessagesKeepTheHeartbeat).
 func (a *Adapter) heartbeat(now time.Time) {
 	var gone []string
 	a.mu.Lock()

@@ -759,3 +759,30 @@ func TestListenerBacksOffFromShortConnections(t *testing.T) {
 		t.Fatalf("%d reconnections in 3 s: the backoff did not grow", reconnects)
 	}
 }
+
+// A server whose every message fails to publish (binary broadcasts whose attachment rows
+// it may not insert; here the table does not exist and no server may create it) still
+// sends its heartbeats: they were skipped, since it kept publishing, and the other
+// servers dropped it (after one HeartbeatTimeout) while it was up and heard them.
+func TestFailingMessagesKeepTheHeartbeat(t *testing.T) {
+	opts := testOptions(t)
+	opts.SkipTableCreation = true // the table never exists
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 500 * time.Millisecond
+	nodes := cluster(t, 2, opts)
+	a, b := nodes[0], nodes[1]
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	end := time.Now().Add(4 * opts.HeartbeatTimeout)
+	for time.Now().Before(end) {
+		<-tick.C
+		a.io.Emit("bin", []byte{1, 2, 3}) // through the table: fails
+		if got := b.io.Sockets().Adapter().ServerCount(); got != 2 {
+			t.Fatalf("B counts %d servers while A fails to publish its broadcasts, want 2", got)
+		}
+	}
+	var pe *PublishError
+	if e := a.errs.next(t, "A", "error"); !errors.As(e[0].(error), &pe) {
+		t.Fatalf("A reported %v, want its lost broadcasts", e)
+	}
+}

@@ -24,6 +24,9 @@ type outgoing struct {
 	enc     wire.Encoded
 	prefix  string      // attachment header prefix, when enc.Attachment is set
 	done    func(error) // optional; called by the publisher once the message is sent or lost
+	// committed, when set, is given the time its batch commits, in unix nanoseconds: the
+	// adapter's last publication, after which its heartbeat is due (Adapter.heartbeat).
+	committed *atomic.Int64
 }
 
 const (
@@ -36,7 +39,7 @@ const (
 // next one: a pipelined batch that PostgreSQL runs as one implicit transaction, so that
 // many notifications share one commit (NOTIFY's commit lock is the cluster-wide
 // bottleneck). Within a transaction PostgreSQL merges notifications with the same channel
-// and payload, so a batch is cut before a repeated one.
+// and payload, so a repeat carries a nonce (see nextBatch).
 type publisher struct {
 	pool   *pgxpool.Pool
 	st     statements
@@ -405,8 +408,14 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return
 	}
 	p.commits.Add(1)
+	now := time.Now().UnixNano()
+	var last *atomic.Int64
 	for i := range batch {
 		m := &batch[i]
+		if m.committed != nil && m.committed != last {
+			m.committed.Store(now)
+			last = m.committed
+		}
 		countType(&p.stats.published, m.typ)
 		p.stats.publishedBytes.Add(int64(len(m.enc.JSON) + len(m.enc.Attachment)))
 		if m.enc.Attachment != nil {
