@@ -318,8 +318,11 @@ func (b *Builder) report(err error) {
 	level := slog.LevelWarn
 	attrs := []any{"error", err}
 	var p *PanicError
+	var lost *PublishError
 	switch {
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrClosed) && !errors.As(err, &lost):
+		// What closing ends on purpose; messages it leaves unpublished are lost, and
+		// keep the warning level.
 		level = slog.LevelDebug
 	case errors.As(err, &p):
 		b.stats.panics.Add(1)

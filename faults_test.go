@@ -546,6 +546,46 @@ func TestPublishRetriesOnAnotherConnection(t *testing.T) {
 	t.Logf("fault: a publishing connection closed under pgx, 3 times: every broadcast delivered, nothing reported")
 }
 
+// A publishing connection that PostgreSQL ended while it was idle in the pool
+// (pg_terminate_backend here; idle_session_timeout, a fast shutdown) loses nothing: the
+// batch sent on it got the FATAL error PostgreSQL had written before ending it, ran
+// nowhere, and was reported lost. It is now tried on another connection.
+func TestPublishRetriesAfterTerminatedConnection(t *testing.T) {
+	opts := testOptions(t)
+	a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) {
+		cfg.MaxConns = 1 // the publisher's next batch takes the connection ended below
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	admin := newPool(t)
+	defer admin.Close()
+	for i := range 3 {
+		a.io.Emit("before", i)
+		cb.expect(t, "before")
+		conn, err := a.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := conn.Conn().PgConn().PID()
+		conn.Release()
+		if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the backend ends", func() bool {
+			var alive bool
+			return admin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", pid).Scan(&alive) == nil && !alive
+		})
+		a.io.Emit("after", i)
+		cb.expect(t, "after")
+	}
+	if errs := a.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("A reported %v", errs)
+	}
+}
+
 // Closing a namespace does not wait for PostgreSQL: with its connections silent, each
 // Close used to wait up to RequestsTimeout for its ADAPTER_CLOSE to be published, on
 // whatever goroutine closed it (for an emptied dynamic namespace, possibly the one that
@@ -680,11 +720,11 @@ func TestPublisherCloseIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := make(chan int, 1)
+	lost := make(chan *PublishError, 1)
 	p := newPublisher(pool, newStatements("x"), &o, func(err error) {
 		if pe := (*PublishError)(nil); errors.As(err, &pe) && errors.Is(err, ErrClosed) {
 			select {
-			case lost <- pe.Messages:
+			case lost <- pe:
 			default: // a second report: the first is what is checked
 			}
 		}
@@ -711,9 +751,9 @@ func TestPublisherCloseIsBounded(t *testing.T) {
 		t.Fatalf("the publisher returned %v after close (RequestsTimeout %v)", took, o.RequestsTimeout)
 	}
 	select {
-	case m := <-lost:
-		if m == 0 || m > n {
-			t.Fatalf("%d messages reported lost of %d", m, n)
+	case pe := <-lost:
+		if m := pe.Messages; m == 0 || m > n || pe.Types["HEARTBEAT"] != m {
+			t.Fatalf("%d messages reported lost of %d, by type %v", m, n, pe.Types)
 		}
 	default:
 		t.Fatal("the messages left were not reported")

@@ -989,3 +989,20 @@ func TestReplacingTheOnlyAdapterKeepsListening(t *testing.T) {
 	b.io.Emit("after")
 	ca.expect(t, "after")
 }
+
+// Messages that closing leaves unpublished are logged as warnings: they were accepted,
+// and are lost. What else closing ends (requests, by design) stays at the debug level.
+func TestLostAtCloseIsAWarning(t *testing.T) {
+	logs := &logRecorder{}
+	pool := newPool(t)
+	defer pool.Close()
+	b := New(pool, &Options{Logger: slog.New(logs)})
+	b.report(fmt.Errorf("pgadapter: request ended: %w", ErrClosed))
+	if n := logs.warnings(); n != 0 {
+		t.Fatalf("a request ended by Close logged %d warnings", n)
+	}
+	b.report(&PublishError{Messages: 3, Types: map[string]int{"BROADCAST": 3}, Err: ErrClosed})
+	if n := logs.warnings(); n != 1 {
+		t.Fatalf("3 messages lost at Close logged %d warnings, want 1", n)
+	}
+}

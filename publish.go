@@ -1,11 +1,13 @@
 package pgadapter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	goruntime "runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,21 +186,13 @@ func (p *publisher) drain(ctx context.Context) {
 	for (len(p.carry) > 0 || len(p.queue) > 0) && ctx.Err() == nil {
 		p.sendBatch(ctx, p.nextBatch())
 	}
-	lost := len(p.carry) + len(p.queue)
-	for _, m := range p.carry {
-		if m.done != nil {
-			m.done(ErrClosed)
-		}
-	}
+	lost := p.carry
 	p.carry = nil
 	for len(p.queue) > 0 {
-		if m := <-p.queue; m.done != nil {
-			m.done(ErrClosed)
-		}
+		lost = append(lost, <-p.queue)
 	}
-	if lost > 0 {
-		p.stats.publishErrors.Add(int64(lost))
-		p.report(&PublishError{Messages: lost, Err: ErrClosed})
+	if len(lost) > 0 {
+		p.fail(lost, ErrClosed)
 	}
 }
 
@@ -363,11 +357,12 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return b
 	}
 	send := func() (err error) {
-		for try := 0; try < 2; try++ {
+		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
-			err = p.pool.SendBatch(qctx, build()).Close()
+			var unrun bool
+			unrun, err = p.sendOnce(qctx, build())
 			cancel()
-			if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
+			if err == nil || ctx.Err() != nil || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
 			}
 		}
@@ -425,6 +420,33 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			m.done(nil)
 		}
 	}
+}
+
+// maxSendTries bounds the attempts at a batch: one more when nothing reached the server,
+// and up to this many while the connections handed over turn out to be ended ones (see
+// sendOnce).
+const maxSendTries = 4
+
+// sendOnce sends b in one round trip, and reports whether it failed before the server
+// ran any of it: its first answer was the server ending the connection (SQLSTATE class
+// 57, FATAL). PostgreSQL writes that error to a connection it ends while idle, in a pool
+// (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
+// it was lost, though nothing of it ran, and a retry on another connection is safe.
+// Ended anywhere later, the transaction may have committed, and is not tried again.
+func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch) (unrun bool, err error) {
+	br := p.pool.SendBatch(ctx, b)
+	for i := range b.Len() {
+		if _, err = br.Exec(); err != nil {
+			var pgErr *pgconn.PgError
+			unrun = i == 0 && errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
+				cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return unrun, err
 }
 
 // fail reports the messages of batch lost, with err.
