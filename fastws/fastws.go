@@ -774,10 +774,10 @@ func (w *webSocket) writeCompressed(text bool, payload []byte) error {
 }
 
 // DoClose closes the connection, once the batches handed over before are written, with
-// a WebSocket Close frame; the read loop then reports "close". The connection is closed
-// closeGrace after DoClose is called at the latest, Close frame or not: waiting for the
-// batches, for the turn to write the Close frame, and writing it share that one
-// deadline. engine.io closes a socket's transport as soon as its own buffer is empty,
+// a WebSocket Close frame, after which the client's half is waited for (see finish).
+// The Close frame is written closeGrace after DoClose is called at the latest, or the
+// connection closed without it: waiting for the batches, for the turn to write the
+// Close frame, and writing it share that one deadline. engine.io closes a socket's transport as soon as its own buffer is empty,
 // and the last batch, just handed over, is still being written: closing at once lost it,
 // and with it socket.io's DISCONNECT packet, so that a client the server disconnected
 // saw a transport error and reconnected (engine.io's own transport loses them too).
