@@ -800,14 +800,16 @@ func (w *webSocket) DoClose(fn types.Callable) {
 // the connection, by the time by. A batch stuck on a client that does not read is ended
 // by closing the connection instead.
 //
-// After a Close frame, the connection is closed the way RFC 6455 (7.1.1) asks: this
-// side's half first, then the whole once the client has answered (its Close frame, or
-// the end of its stream, which the read loop sees), or after lingerMax. Closing at once,
-// with anything the client had sent still unread in the kernel (a message that arrived
-// while the read loop waited on a handler, say), made the kernel answer with a reset and
-// throw away what it had not sent yet: the client lost the last packets, socket.io's
-// DISCONNECT among them, saw a transport error and reconnected
-// (TestDisconnectWithUnreadDataKeepsLastPackets).
+// After a Close frame, the connection is closed once the client has answered (its Close
+// frame, or the end of its stream, which the read loop sees and closes on), or after
+// lingerMax (RFC 6455, 7.1.1). Closing at once, with anything the client had sent still
+// unread in the kernel (a message that arrived while the read loop waited on a handler,
+// say), made the kernel answer with a reset and throw away what it had not sent yet: the
+// client lost the last packets, socket.io's DISCONNECT among them, saw a transport error
+// and reconnected (TestDisconnectWithUnreadDataKeepsLastPackets). Nor does this side
+// close its half first: the JavaScript client (Node's ws) reported the end of the stream
+// before the compressed messages it was still inflating, and socket.io's client dropped
+// them, with the DISCONNECT.
 func (w *webSocket) finish(by time.Time) {
 	w.closeOnce.Do(func() {
 		clean := false // the Close frame went out
@@ -815,7 +817,7 @@ func (w *webSocket) finish(by time.Time) {
 			clean = w.closeFrameLocked(ws.CloseNormalClosure, by)
 			w.mu.Unlock()
 		}
-		if !clean || !closeWrite(w.raw) {
+		if !clean {
 			closeNow(w.raw)
 			w.conn.Close()
 			return
@@ -840,24 +842,9 @@ func (w *webSocket) stopLinger() {
 	}
 }
 
-// lingerMax bounds how long a connection whose Close frame went out waits, half closed,
-// for the client to close its half (webSocket.linger, which tests shorten).
+// lingerMax bounds how long a connection whose Close frame went out waits for the
+// client's answer (webSocket.linger, which tests shorten).
 const lingerMax = 5 * time.Second
-
-// closeWrite closes the sending half of c, after TLS's close_notify alert on a TLS
-// connection, and reports whether it could.
-func closeWrite(c net.Conn) bool {
-	if tc, ok := c.(*tls.Conn); ok {
-		// The alert is written with a deadline of tls's own (5 s); the Close frame
-		// before it went out, so that the client reads.
-		if tc.CloseWrite() != nil {
-			return false
-		}
-		c = tc.NetConn()
-	}
-	hc, ok := c.(interface{ CloseWrite() error })
-	return ok && hc.CloseWrite() == nil
-}
 
 // closeNow closes c at once: a TLS connection without its close_notify alert, which
 // tls.Conn.Close writes with a deadline of its own, 5 s, and which a client that reads
