@@ -128,3 +128,39 @@ func waitClosed(t *testing.T, c net.Conn, d time.Duration) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A batch written without writev (TLS) goes through copies of at most maxFlat bytes,
+// whole and in order: one copy of the whole batch was as large as the batch, what
+// engine.io buffered for a slow client meanwhile.
+func TestWriteCopiesBounded(t *testing.T) {
+	var want []byte
+	b := &batchBuffers{}
+	for i, n := range []int{10, 100 << 10, 3, maxFlat, maxFlat - 3, 1, 200 << 10} {
+		p := bytes.Repeat([]byte{byte('a' + i)}, n)
+		want = append(want, p...)
+		b.bufs = append(b.bufs, p)
+	}
+	rec := &recordingConn{}
+	if err := (&webSocket{raw: rec}).writeCopies(b); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rec.got, want) {
+		t.Fatalf("wrote %d bytes, not the batch's %d in order", len(rec.got), len(want))
+	}
+	if rec.largest > maxFlat || cap(b.flat) > maxFlat {
+		t.Fatalf("a write of %d bytes, a copy of %d; bound %d", rec.largest, cap(b.flat), maxFlat)
+	}
+}
+
+// recordingConn is a net.Conn that keeps what is written to it.
+type recordingConn struct {
+	net.Conn
+	got     []byte
+	largest int
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.got = append(c.got, p...)
+	c.largest = max(c.largest, len(p))
+	return len(p), nil
+}
