@@ -414,7 +414,7 @@ func fromMsgpack(v any) (any, error) {
 	case int32:
 		return float64(x), nil
 	case int64:
-		return float64(x), nil
+		return intValue(x), nil
 	case uint8:
 		return float64(x), nil
 	case uint16:
@@ -422,11 +422,11 @@ func fromMsgpack(v any) (any, error) {
 	case uint32:
 		return float64(x), nil
 	case uint64:
-		return float64(x), nil
+		return uintValue(x), nil
 	case float32:
-		return finite(float64(x)), nil
+		return floatValue(float64(x)), nil
 	case float64:
-		return finite(x), nil
+		return floatValue(x), nil
 	case time.Time: // a JavaScript Date, from Node
 		return jsDate(x), nil
 	case []any:

@@ -425,9 +425,16 @@ func (p *parser) array(depth int) (any, error) {
 }
 
 func (p *parser) number() (any, error) {
+	start := p.i
 	f, err := p.float()
 	if err != nil || p.skip {
 		return nil, err // boxing f would allocate
+	}
+	if f > maxExact || f < -maxExact {
+		if v, ok := exactInteger(p.s[start:p.i]); ok {
+			return v, nil
+		}
+		return floatValue(f), nil
 	}
 	return f, nil
 }

@@ -90,6 +90,14 @@ func checkParse(t *testing.T, in string) {
 	t.Helper()
 	var want any
 	werr := json.Unmarshal([]byte(in), &want)
+	if werr == nil {
+		// Again, for the numbers' text.
+		d := json.NewDecoder(strings.NewReader(in))
+		d.UseNumber()
+		want = nil
+		d.Decode(&want)
+		want = stdNumbers(want)
+	}
 	got, gerr := parseJSON(in)
 	short := in
 	if len(short) > 40 {
@@ -101,6 +109,32 @@ func checkParse(t *testing.T, in string) {
 	if werr == nil && !reflect.DeepEqual(got, want) {
 		t.Fatalf("%q: got %#v, encoding/json gives %#v", short, got, want)
 	}
+}
+
+// stdNumbers turns encoding/json's numbers (json.Number) into the tree's: float64, and
+// integers beyond ±2^53 as int64, or uint64 (see intValue), exact when written as
+// integers.
+func stdNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		f, _ := x.Float64()
+		if f > maxExact || f < -maxExact {
+			if n, ok := exactInteger(string(x)); ok {
+				return n
+			}
+			return floatValue(f)
+		}
+		return f
+	case []any:
+		for i := range x {
+			x[i] = stdNumbers(x[i])
+		}
+	case map[string]any:
+		for k := range x {
+			x[k] = stdNumbers(x[k])
+		}
+	}
+	return v
 }
 
 // FuzzJSON compares the codec's JSON with encoding/json on any input: the same verdict,

@@ -252,13 +252,13 @@ func (r *mpReader) value(depth int) (any, bool) {
 		return append(make([]byte, 0, len(p)), p...), ok
 	case 0xca:
 		u, ok := r.n(4)
-		return finite(float64(math.Float32frombits(uint32(u)))), ok
+		return floatValue(float64(math.Float32frombits(uint32(u)))), ok
 	case 0xcb:
 		u, ok := r.n(8)
-		return finite(math.Float64frombits(u)), ok
+		return floatValue(math.Float64frombits(u)), ok
 	case 0xcc, 0xcd, 0xce, 0xcf:
 		u, ok := r.n(1 << (c - 0xcc))
-		return float64(u), ok
+		return uintValue(u), ok
 	case 0xd0:
 		u, ok := r.n(1)
 		return float64(int8(u)), ok
@@ -270,7 +270,7 @@ func (r *mpReader) value(depth int) (any, bool) {
 		return float64(int32(u)), ok
 	case 0xd3:
 		u, ok := r.n(8)
-		return float64(int64(u)), ok
+		return intValue(int64(u)), ok
 	case 0xd9, 0xda, 0xdb:
 		n, ok := r.n(1 << (c - 0xd9))
 		if !ok {

@@ -120,9 +120,9 @@ func TestMsgpackAgainstLibrary(t *testing.T) {
 		norm, _ := fromMsgpack(v) // numbers as the readers give them
 		switch x := v.(type) {
 		case int:
-			norm = float64(x)
+			norm = intValue(int64(x))
 		case uint:
-			norm = float64(x)
+			norm = uintValue(uint64(x))
 		}
 		if lib, err := libTree(enc); err != nil || !sameTree(lib, norm) {
 			t.Fatalf("%.60v written as %.40x reads back with the library as %.60v (%v)", v, enc, lib, err)

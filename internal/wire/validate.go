@@ -6,8 +6,11 @@ import (
 	"fmt"
 )
 
-// maxDepth bounds the nesting of containers in an attachment.
-const maxDepth = 512
+// maxDepth bounds the nesting of containers in an attachment: the same bound as JSON's,
+// which is also what a message's arguments may have. At 512, arguments nested 508
+// levels or deeper were published, and every receiver refused them as malformed when
+// they travelled as an attachment, not when they travelled inline.
+const maxDepth = maxJSONDepth
 
 var errTruncated = errors.New("truncated")
 

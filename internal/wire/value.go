@@ -36,6 +36,69 @@ var errTooDeep = fmt.Errorf("wire: value nested deeper than %d levels (does it c
 // writes them (null), which is what a Node server's clients get. JSON cannot carry them:
 // a message holding one failed to encode and was not published, and one from a Node
 // server (in MessagePack, which can) reached this server's clients without its data.
+// maxExact is 2^53: integers of larger magnitude are not all float64s.
+const maxExact = 1 << 53
+
+// The tree holds numbers as float64, as JavaScript does, except integers beyond ±2^53,
+// where float64 does not hold every integer: those are int64 (uint64 above
+// math.MaxInt64) when one holds them. By value, whatever their encoding: JSON does not
+// tell 1e18 the float from 1e18 the integer (encoding/json writes both as digits), and a
+// number must read the same whichever way its message travelled, inline as JSON or as a
+// MessagePack attachment. An id such as a snowflake then reaches clients as it was sent:
+// the attachment's reader made it a float64, and rounded it, where the same message
+// inline kept it exact.
+
+// intValue is how the tree holds an integer (see above).
+func intValue(v int64) any {
+	if v >= -maxExact && v <= maxExact {
+		return float64(v)
+	}
+	return v
+}
+
+// uintValue is how the tree holds an unsigned integer (see above).
+func uintValue(u uint64) any {
+	switch {
+	case u <= maxExact:
+		return float64(u)
+	case u <= math.MaxInt64:
+		return int64(u)
+	}
+	return u
+}
+
+// exactInteger reads the JSON number text as intValue or uintValue would hold it, when
+// it is an integer (no fraction, no exponent) that int64 or uint64 holds; ok is false
+// otherwise.
+func exactInteger(text string) (v any, ok bool) {
+	if strings.ContainsAny(text, ".eE") {
+		return nil, false
+	}
+	if i, err := strconv.ParseInt(text, 10, 64); err == nil {
+		return intValue(i), true
+	}
+	if u, err := strconv.ParseUint(text, 10, 64); err == nil {
+		return uintValue(u), true
+	}
+	return nil, false
+}
+
+// floatValue is how the tree holds a float (see above): nil when it is not finite, as
+// JSON has no such number.
+func floatValue(f float64) any {
+	switch {
+	case math.IsNaN(f) || math.IsInf(f, 0):
+		return nil
+	case f >= -maxExact && f <= maxExact:
+		return f
+	case f >= math.MinInt64 && f < math.MaxInt64: // float64(math.MaxInt64) is 2^63
+		return int64(f)
+	case f > 0 && f < math.MaxUint64: // float64(math.MaxUint64) is 2^64
+		return uint64(f)
+	}
+	return f
+}
+
 func finite(f float64) any {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil
@@ -204,13 +267,18 @@ func isStringBuffer(v any) bool {
 	return fmt.Sprintf("%T", v) == "*types.StringBuffer"
 }
 
-// numbers replaces json.Number with int64 when the number is an integer that fits, and
-// float64 otherwise, so that MessagePack gets numbers rather than strings.
+// numbers replaces json.Number with int64 (uint64 above math.MaxInt64) when the number
+// is an integer that fits, and float64 otherwise, so that MessagePack gets numbers
+// rather than strings. A uint64 above math.MaxInt64 in a struct became a float64, and
+// reached even the sender's own clients rounded.
 func numbers(v any) any {
 	switch x := v.(type) {
 	case json.Number:
 		if i, err := x.Int64(); err == nil {
 			return i
+		}
+		if u, err := strconv.ParseUint(string(x), 10, 64); err == nil {
+			return u
 		}
 		f, _ := x.Float64()
 		return f
