@@ -155,8 +155,9 @@ func (s *server) onConnection(args ...any) {
 	}
 	c.SetData(map[string]any{"name": name, "room": room, "server": s.name})
 	c.Join(socket.Room(room))
-	c.Emit("welcome", map[string]any{"server": s.name})
-	s.announce(room)
+	// The handlers before the welcome: a client may send as soon as it is welcomed (or as
+	// soon as its CONNECT is answered, which comes before this runs), and socket.io drops
+	// an event that has no handler yet.
 	c.On("message", func(args ...any) {
 		// A client sends what it likes, and socket.io v2.5.0 does not recover a panic in
 		// an event handler: one without arguments would end the process.
@@ -172,6 +173,8 @@ func (s *server) onConnection(args ...any) {
 		})
 	})
 	c.On("disconnect", func(...any) { s.announce(room) })
+	c.Emit("welcome", map[string]any{"server": s.name})
+	s.announce(room)
 }
 
 // announce sends the room the list of its members on every server.
