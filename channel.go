@@ -151,8 +151,8 @@ func (l *listener) run(ctx context.Context) {
 	attempt := 0
 	for {
 		conn, err := l.connect(ctx)
+		var listened bool
 		if err == nil {
-			var listened bool
 			start := time.Now()
 			listened, err = l.serve(ctx, conn)
 			if listened && l.onState != nil {
@@ -184,8 +184,13 @@ func (l *listener) run(ctx context.Context) {
 		l.mu.Unlock()
 		delay := backoff(attempt)
 		attempt++
-		l.opts.Logger.Warn("pgadapter: listener reconnecting", "error", err, "attempt", attempt, "delay", delay)
-		l.report(fmt.Errorf("pgadapter: listener connection lost, reconnecting in %v: %w", delay, err))
+		// Reported once (the report is logged too), and as what happened: a connection
+		// that never listened was not lost.
+		what := "listener connection lost"
+		if !listened {
+			what = "listener cannot connect"
+		}
+		l.report(fmt.Errorf("pgadapter: %s, attempt %d, reconnecting in %v: %w", what, attempt, delay, err))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -180,7 +180,7 @@ func TestLocalDeliveryWithoutDatabase(t *testing.T) {
 	eventually(t, "a PublishError and the listener's failure reported", func() bool {
 		for _, e := range errs.drain("error") {
 			err := e[0].(error)
-			if !errors.As(err, &publishErr) && strings.Contains(err.Error(), "listener connection lost") {
+			if !errors.As(err, &publishErr) && strings.Contains(err.Error(), "listener cannot connect") {
 				listenerErr = err
 			}
 		}

@@ -151,7 +151,8 @@ type Options struct {
 	// queue, and operations refused by a closed adapter, at most once a second, with a
 	// running count (see PublishQueueSize). It is called from the
 	// adapter's goroutines, and from the caller's for a message that cannot be encoded,
-	// and must not block. Errors are logged as well.
+	// and must not block; it may close the server (Close does not wait for the goroutine
+	// that runs it). Errors are logged as well.
 	ErrorHandler func(error)
 
 	// Logger receives the adapter's logs. Default slog.Default().
