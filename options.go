@@ -168,7 +168,8 @@ type Options struct {
 	// this server's own messages, for a HeartbeatTimeout is reported through the
 	// ErrorHandler.
 	ListenConnConfig *pgx.ConnConfig
-	ListenURL        string
+	// ListenURL is ListenConnConfig as a connection string (see ListenConnConfig).
+	ListenURL string
 
 	// OnListenerState, when set, is called when the LISTEN connection comes up (every
 	// channel listened; err nil) or goes down (with the cause; ErrClosed when the last

@@ -9,18 +9,21 @@ import (
 // Stats is a snapshot of what a Builder has done since it was made. Counting costs an
 // atomic add per message: cheap enough to leave on.
 type Stats struct {
-	// Published and Received count messages by type name ("BROADCAST", "HEARTBEAT", ...).
-	// Received counts messages from other servers and emitters that were decoded.
+	// Published counts messages committed, by type name ("BROADCAST", "HEARTBEAT", ...).
 	Published map[string]int64
-	Received  map[string]int64
+	// Received counts messages from other servers and emitters that were decoded, by
+	// type name.
+	Received map[string]int64
 	// PublishedBytes counts the NOTIFY payloads of messages published inline and the
-	// attachment bodies written (not their header notifications); ReceivedBytes every
-	// NOTIFY payload received from another server and the attachment bodies read.
+	// attachment bodies written (not their header notifications).
 	PublishedBytes int64
-	ReceivedBytes  int64
-	// AttachmentsWritten and AttachmentsRead count rows of the attachments table.
+	// ReceivedBytes counts every NOTIFY payload received from another server and the
+	// attachment bodies read.
+	ReceivedBytes int64
+	// AttachmentsWritten counts rows inserted into the attachments table.
 	AttachmentsWritten int64
-	AttachmentsRead    int64
+	// AttachmentsRead counts rows read from the attachments table.
+	AttachmentsRead int64
 	// AttachmentQueries counts the queries that read attachments: those whose
 	// notifications arrive together are read by one.
 	AttachmentQueries int64

@@ -22,8 +22,8 @@
 // rolls back: PostgreSQL holds NOTIFY until commit, and the attachment row is part of the
 // transaction too. Use it to announce a change exactly when it becomes visible. Equal
 // messages sent in one transaction all arrive: PostgreSQL would keep one of equal
-// notifications, so through a pgx.Tx or a *pgx.Conn each payload carries a random
-// "nonce" key, which servers ignore (and which lowers PayloadThreshold by its 27 bytes).
+// notifications, so through anything but a *pgxpool.Pool (a pgx.Tx, a *pgx.Conn, a
+// *pgxpool.Conn) each payload carries a random "nonce" key, which servers ignore (and which lowers PayloadThreshold by its 27 bytes).
 //
 // A message with an attachment row is inserted inside a savepoint of the caller's
 // transaction: should the insert fail (no table, no privilege), the emit returns the
@@ -76,8 +76,8 @@ type Options struct {
 	// Options.SkipTableCreation is set; Node.js servers never do. It is quoted as one identifier, as the servers' Options.TableName.
 	TableName string
 	// PayloadThreshold is the JSON size in bytes from which a message goes through the
-	// attachments table. Default and maximum 8000 (through a pgx.Tx or a *pgx.Conn, 27
-	// bytes less: see Transactions).
+	// attachments table. Default and maximum 8000 (through anything but a
+	// *pgxpool.Pool, 27 bytes less: see Transactions).
 	PayloadThreshold int
 	// InlineBinary sends messages carrying binary in the NOTIFY payload when they fit, as
 	// the servers' Options.InlineBinary does. Only pgadapter servers read them: enable it
@@ -147,9 +147,9 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	o.MaxAttachmentSize = cmp.Or(o.MaxAttachmentSize, defaultMaxAttachment)
 	switch {
 	case strings.ContainsRune(o.ChannelPrefix, 0) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
-		return nil, fmt.Errorf("emitter: invalid ChannelPrefix %q", o.ChannelPrefix)
+		return nil, fmt.Errorf("emitter: invalid ChannelPrefix %q: at most %d bytes, without NUL", o.ChannelPrefix, wire.MaxChannelBytes-wire.ChannelHashBytes-2)
 	case strings.ContainsRune(o.TableName, 0) || len(o.TableName) > wire.MaxChannelBytes:
-		return nil, fmt.Errorf("emitter: invalid TableName %q", o.TableName)
+		return nil, fmt.Errorf("emitter: invalid TableName %q: at most %d bytes, without NUL", o.TableName, wire.MaxChannelBytes)
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
 		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
 	case o.MaxAttachmentSize < 0:
