@@ -430,7 +430,7 @@ func (b *Builder) start() *runtime {
 		handlerStarted: make(chan struct{}, 1),
 		heardAt:        map[heardKey]time.Time{},
 	}
-	rt.pub = newPublisher(b.pool, b.st, &b.opts, rt.report, &b.stats)
+	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	cfg := b.opts.ListenConnConfig
 	if cfg == nil {
 		cfg = b.pool.Config().ConnConfig
@@ -443,10 +443,10 @@ func (b *Builder) start() *runtime {
 			return
 		}
 		b.stateFrom.Store(rt)
-		rt.running.outside(func() { b.listenerState(up, pid, err) })
+		b.listenerState(up, pid, err)
 	}
-	rt.lis.report = rt.report
-	rt.lis.onDrop = func() { rt.running.outside(b.onDrop) }
+	rt.lis.report = b.report
+	rt.lis.onDrop = b.onDrop
 	rt.lis.onListen = func(channel string) {
 		if a := b.adapter(channel); a != nil && a.rt == rt {
 			a.announce()
@@ -469,37 +469,10 @@ func (b *Builder) start() *runtime {
 // code as they apply a message (see deliver). A WaitGroup would not do: a goroutine
 // leaves the count and joins it again, while stop may be waiting.
 type running struct {
-	mu sync.Mutex
-	n  int
-	// away counts the goroutines of n that run the application's code meanwhile (an
-	// ErrorHandler, see runtime.report): stop does not wait for them.
-	away     int
-	none     chan struct{} // closed while n - away is 0; nil until needed
+	mu       sync.Mutex
+	n        int
+	none     chan struct{} // closed while n is 0; nil until needed
 	stopping bool          // set by stop: no goroutine joins the count any more
-}
-
-// outside runs fn, the application's code, on a counted goroutine, outside the count:
-// fn may be what stops the runtime (an ErrorHandler that closes the server), and stop
-// waited for the very goroutine running it, for RequestsTimeout and 5 s.
-func (r *running) outside(fn func()) {
-	r.mu.Lock()
-	r.away++
-	r.settled()
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		r.away--
-		r.mu.Unlock()
-	}()
-	fn()
-}
-
-// settled closes none once every counted goroutine is done or away. r.mu is held.
-func (r *running) settled() {
-	if r.n-r.away == 0 && r.none != nil {
-		close(r.none)
-		r.none = nil
-	}
 }
 
 // join counts one more goroutine, unless the runtime stops (stop may have seen the count
@@ -518,10 +491,13 @@ func (r *running) add(d int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.n += d
-	if r.n < 0 {
+	switch {
+	case r.n < 0:
 		panic("pgadapter: negative count of goroutines")
+	case r.n == 0 && r.none != nil:
+		close(r.none)
+		r.none = nil
 	}
-	r.settled()
 }
 
 // stop refuses joins from now on, and returns a channel closed once no goroutine is
@@ -530,7 +506,7 @@ func (r *running) stop() <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stopping = true
-	if r.n-r.away == 0 {
+	if r.n == 0 {
 		c := make(chan struct{})
 		close(c)
 		return c
@@ -540,11 +516,6 @@ func (r *running) stop() <-chan struct{} {
 	}
 	return r.none
 }
-
-// report is Builder.report for the runtime's counted goroutines (the publisher, the
-// listener, dispatch, tick, cleanup): the ErrorHandler runs outside the count, so that
-// one that closes the server does not wait for itself (TestErrorHandlerClosesItsServer).
-func (rt *runtime) report(err error) { rt.running.outside(func() { rt.b.report(err) }) }
 
 // stop publishes what is queued, then stops every goroutine and closes the LISTEN
 // connection, waiting at most wait; not for the application's code that the delivery
@@ -632,7 +603,7 @@ func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 	}
 	if w.midCommits > w.commits && !w.warned {
 		w.warned = true
-		rt.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received nothing for %v, not even the %d batches this server committed meanwhile, which PostgreSQL sends back to it: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), now.Sub(w.start).Round(time.Millisecond), w.midCommits-w.commits))
+		rt.b.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received nothing for %v, not even the %d batches this server committed meanwhile, which PostgreSQL sends back to it: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), now.Sub(w.start).Round(time.Millisecond), w.midCommits-w.commits))
 	}
 	*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
 }
@@ -655,7 +626,7 @@ func (rt *runtime) cleanup(ctx context.Context) {
 		case <-t.C:
 			n, err := cleanupAttachments(ctx, rt.b.pool, rt.b.st, o.AttachmentRetention, &batch, &unlocked, cleanupBatch, o.RequestsTimeout, time.Now().Add(o.CleanupInterval))
 			if err != nil && ctx.Err() == nil {
-				rt.report(err)
+				rt.b.report(err)
 			} else if n > 0 {
 				o.Logger.Debug("pgadapter: deleted old attachments", "rows", n)
 			}

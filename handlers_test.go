@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -725,86 +724,6 @@ func TestErrorHandlerClosesItsServer(t *testing.T) {
 		if strings.Contains(err.Error(), "did not stop in time") {
 			t.Fatalf("reported %v", err)
 		}
-	}
-}
-
-// The same from the runtime's other goroutines: an ErrorHandler that closes its server
-// when told of a malformed notification (dispatch), of a lost broadcast (the
-// publisher), or of the LISTEN connection's end (the listener). Each Close took
-// RequestsTimeout and 5 s, waiting for the goroutine that ran it (an adversarial
-// tester's finding: 6.0 s each).
-func TestErrorHandlerClosesItsServerFromEveryGoroutine(t *testing.T) {
-	for _, c := range []struct {
-		name    string
-		matches func(error) bool
-		trigger func(t *testing.T, b *Builder, io *socket.Server, pool *pgxpool.Pool, opts Options)
-	}{
-		{"malformed", func(err error) bool { return errors.Is(err, ErrMalformed) },
-			func(t *testing.T, _ *Builder, _ *socket.Server, pool *pgxpool.Pool, opts Options) {
-				if _, err := pool.Exec(context.Background(), "SELECT pg_notify($1, 'garbage')", ChannelName(opts.ChannelPrefix, "/")); err != nil {
-					t.Fatal(err)
-				}
-			}},
-		{"publish", func(err error) bool { return errors.As(err, new(*PublishError)) },
-			func(t *testing.T, _ *Builder, io *socket.Server, _ *pgxpool.Pool, _ Options) {
-				io.Emit("bin", []byte{1}) // its table does not exist, and may not be created
-			}},
-		{"listener", func(err error) bool { return strings.Contains(err.Error(), "listener connection lost") },
-			func(t *testing.T, b *Builder, _ *socket.Server, pool *pgxpool.Pool, _ Options) {
-				if _, err := pool.Exec(context.Background(), "SELECT pg_terminate_backend($1)", int(b.listenerPID())); err != nil {
-					t.Fatal(err)
-				}
-			}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			opts := testOptions(t)
-			opts.RequestsTimeout = time.Second
-			opts.SkipTableCreation = true
-			opts.Logger = slog.New(slog.DiscardHandler)
-			pool := newPool(t)
-			defer pool.Close() // after the server's Close, deferred below
-			io := socket.NewServer(nil, nil)
-			var once sync.Once
-			took := make(chan time.Duration, 1)
-			var mu sync.Mutex
-			var reports []error
-			opts.ErrorHandler = func(err error) {
-				mu.Lock()
-				reports = append(reports, err)
-				mu.Unlock()
-				if c.matches(err) {
-					once.Do(func() {
-						start := time.Now()
-						io.Close(nil)
-						took <- time.Since(start)
-					})
-				}
-			}
-			b := New(pool, &opts)
-			io.SetAdapter(b)
-			defer io.Close(nil)
-			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-			defer cancel()
-			if err := b.Ready(ctx); err != nil {
-				t.Fatal(err)
-			}
-			c.trigger(t, b, io, pool, opts)
-			select {
-			case d := <-took:
-				if d >= opts.RequestsTimeout {
-					t.Fatalf("Close took %v", d)
-				}
-			case <-time.After(waitFor):
-				t.Fatal("the ErrorHandler was not told")
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, err := range reports {
-				if strings.Contains(err.Error(), "did not stop in time") {
-					t.Fatalf("reported %v", err)
-				}
-			}
-		})
 	}
 }
 

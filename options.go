@@ -151,8 +151,11 @@ type Options struct {
 	// queue, and operations refused by a closed adapter, at most once a second, with a
 	// running count (see PublishQueueSize). It is called from the
 	// adapter's goroutines, and from the caller's for a message that cannot be encoded,
-	// and must not block; it may close the server (Close does not wait for the goroutine
-	// that runs it). Errors are logged as well.
+	// and must not block. To close the server from it, do so on a goroutine of its own
+	// (go io.Close(nil)): Close waits for the adapter's goroutines to finish what they
+	// do (the publisher drains its queue), the one running the handler included, until
+	// RequestsTimeout and 5 s have passed; only the goroutine that applies messages is
+	// not waited for. Errors are logged as well.
 	ErrorHandler func(error)
 
 	// Logger receives the adapter's logs. Default slog.Default().

@@ -319,7 +319,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	note, err := decodeNotification(n.Payload)
 	if err != nil {
 		rt.b.stats.malformed.Add(1)
-		rt.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
+		rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
 		return nil
 	}
 	if note.UID == a.uid {
