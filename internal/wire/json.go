@@ -430,7 +430,8 @@ func (p *parser) number() (any, error) {
 	if err != nil || p.skip {
 		return nil, err // boxing f would allocate
 	}
-	if f > maxExact || f < -maxExact {
+	// At ±2^53 too: the text 9007199254740993 reads as the float 2^53.
+	if f >= maxExact || f <= -maxExact {
 		if v, ok := exactInteger(p.s[start:p.i]); ok {
 			return v, nil
 		}

@@ -3,7 +3,9 @@ package wire
 import (
 	"encoding/json"
 	"math"
+	"math/big"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -117,12 +119,34 @@ func checkParse(t *testing.T, in string) {
 func stdNumbers(v any) any {
 	switch x := v.(type) {
 	case json.Number:
+		// Independently of the codec's functions: big.Int holds any integer text.
 		f, _ := x.Float64()
-		if f > maxExact || f < -maxExact {
-			if n, ok := exactInteger(string(x)); ok {
-				return n
+		classify := func(n *big.Int) (any, bool) {
+			switch {
+			case n.IsInt64() && (n.Int64() > maxExact || n.Int64() < -maxExact):
+				return n.Int64(), true
+			case n.IsInt64():
+				return float64(n.Int64()), true
+			case n.IsUint64():
+				return n.Uint64(), true
 			}
-			return floatValue(f)
+			return nil, false
+		}
+		text := string(x)
+		switch {
+		case (f <= -maxExact || f >= maxExact) && !strings.ContainsAny(text, ".eE"):
+			if n, ok := new(big.Int).SetString(text, 10); ok {
+				if v, ok := classify(n); ok {
+					return v
+				}
+			}
+		case f < -maxExact || f > maxExact:
+			// A float beyond 2^53 is the integer its shortest text names.
+			if n, ok := new(big.Int).SetString(strconv.FormatFloat(f, 'f', -1, 64), 10); ok {
+				if v, ok := classify(n); ok {
+					return v
+				}
+			}
 		}
 		return f
 	case []any:

@@ -116,7 +116,9 @@ func appendMsgpackLen(b []byte, n int, fix, code16 byte) []byte {
 
 func appendMsgpackFloat(b []byte, f float64) []byte {
 	// NaN and the infinities convert to math.MinInt64, which does not convert back.
-	if i := int64(f); float64(i) == f {
+	// Beyond ±2^53 a float stays one: the reader makes it the integer its shortest text
+	// names (see floatValue), which int64(f) is not.
+	if i := int64(f); float64(i) == f && i > -maxExact && i < maxExact {
 		return appendMsgpackInt(b, i)
 	}
 	return binary.BigEndian.AppendUint64(append(b, 0xcb), math.Float64bits(f))

@@ -10,7 +10,11 @@ import (
 // which is also what a message's arguments may have. At 512, arguments nested 508
 // levels or deeper were published, and every receiver refused them as malformed when
 // they travelled as an attachment, not when they travelled inline.
-const maxDepth = maxJSONDepth
+const maxDepth = maxJSONDepth + envelopeDepth
+
+// envelopeDepth bounds the levels a message adds around its arguments (message, data,
+// packet, arguments array): arguments at normalize's bound, maxJSONDepth, fit.
+const envelopeDepth = 8
 
 var errTruncated = errors.New("truncated")
 

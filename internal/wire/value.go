@@ -84,21 +84,24 @@ func exactInteger(text string) (v any, ok bool) {
 }
 
 // floatValue is how the tree holds a float (see above): nil when it is not finite, as
-// JSON has no such number.
+// JSON has no such number. Beyond ±2^53 a float is an integer, held as the one its
+// shortest decimal text names, the text JSON carries it as (encoding/json's, and
+// JavaScript's): 2^60 as 1152921504606847000, not 1152921504606846976, so that it
+// reads the same from a MessagePack float (Node's) as from that text.
 func floatValue(f float64) any {
 	switch {
 	case math.IsNaN(f) || math.IsInf(f, 0):
 		return nil
 	case f >= -maxExact && f <= maxExact:
 		return f
-	case f >= math.MinInt64 && f < math.MaxInt64: // float64(math.MaxInt64) is 2^63
-		return int64(f)
-	case f > 0 && f < math.MaxUint64: // float64(math.MaxUint64) is 2^64
-		return uint64(f)
+	}
+	if v, ok := exactInteger(strconv.FormatFloat(f, 'f', -1, 64)); ok {
+		return v
 	}
 	return f
 }
 
+// finite returns f, or nil when it is not finite, as JSON has no such number.
 func finite(f float64) any {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil
