@@ -41,7 +41,10 @@ type Adapter struct {
 	// lastPublish is when a batch holding a message of this adapter last committed, in
 	// unix nanoseconds (set by the publisher): the other servers heard it then.
 	lastPublish atomic.Int64
-	closed      atomic.Bool
+	// lastHeartbeat is when heartbeat last queued a HEARTBEAT, in unix nanoseconds: while
+	// nothing commits (PostgreSQL slow or down), one a heartbeat interval, not one a tick.
+	lastHeartbeat atomic.Int64
+	closed        atomic.Bool
 	// closeMu makes publish's check of closed and its enqueue one step against Close's:
 	// nothing this adapter publishes may follow its ADAPTER_CLOSE, or the others (Node's
 	// adapter re-adds any uid it hears from) count a server that is gone.
@@ -665,7 +668,10 @@ func (a *Adapter) heartbeat(now time.Time) {
 	// broadcasts) still count it, as any message does on every server, Node's too: a
 	// server that cannot hear but publishes is waited for by the others' requests until
 	// their timeout, for as long as its listener reconnects.
-	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= a.b.opts.HeartbeatInterval && a.rt != nil && a.rt.lis.isSynced() {
+	every := a.b.opts.HeartbeatInterval
+	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= every && now.Sub(time.Unix(0, a.lastHeartbeat.Load())) >= every &&
+		a.rt != nil && a.rt.lis.isSynced() {
+		a.lastHeartbeat.Store(now.UnixNano())
 		a.publish(wire.Heartbeat, nil, nil)
 	}
 }

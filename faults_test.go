@@ -826,3 +826,37 @@ func TestFailingMessagesKeepTheHeartbeat(t *testing.T) {
 		t.Fatalf("A reported %v, want its lost broadcasts", e)
 	}
 }
+
+// While nothing commits (PostgreSQL slow, the pool exhausted), a namespace queues one
+// heartbeat a heartbeat interval, not one a tick: since heartbeats follow commits, each
+// tick queued another, four to five times as many, which crowded the publish queue and
+// went out in a burst once the database answered.
+func TestHeartbeatsWhileNothingCommits(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = time.Hour // the ticks below are this test's, at times of its own
+	opts.HeartbeatTimeout = 2 * time.Hour
+	a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := a.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ad := a.io.Sockets().Adapter().(*Adapter)
+	pub := a.b.rt.pub
+	eventually(t, "the publisher is idle", func() bool { return pub.idle.Load() && len(pub.queue) == 0 })
+	before := a.b.Stats().Published["HEARTBEAT"]
+	conn, err := a.pool.Acquire(ctx) // nothing commits from here
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	const intervals = 10
+	for k := 1; k <= 4*intervals; k++ { // four ticks an interval
+		ad.heartbeat(start.Add(time.Duration(k) * opts.HeartbeatInterval / 4))
+	}
+	conn.Release()
+	eventually(t, "the heartbeats are published", func() bool { return pub.idle.Load() && len(pub.queue) == 0 })
+	if n := a.b.Stats().Published["HEARTBEAT"] - before; n > intervals+1 {
+		t.Fatalf("%d heartbeats queued over %d intervals without a commit, want one an interval", n, intervals)
+	}
+}
