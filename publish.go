@@ -249,20 +249,29 @@ func (p *publisher) nextBatch() []outgoing {
 // equal notifications of a transaction.
 type notification struct{ channel, payload string }
 
-// unique returns payload, a JSON object, with a nonce first (wire.NonceKey), which every
-// server ignores, and whether it fits in a notification. First, not last: servers know
-// their own messages by how they end. The nonce counts, so that it differs from every
-// other this publisher made in the batch.
+// unique returns payload, a JSON object, with a nonce (wire.NonceKey), which every
+// server ignores, and whether it fits in a notification. The nonce goes where it keeps
+// the message recognisable as this server's own when PostgreSQL echoes it: first, for
+// what servers know by how it ends (wire.OwnSuffix), and last for what they know by how
+// it begins (an InlineBinary header, wire.OwnPrefix). The nonce counts, so that it
+// differs from every other this publisher made in the batch.
 func (p *publisher) unique(payload string) (string, bool) {
-	if len(payload) < 2 || payload[0] != '{' || payload[1] == '}' {
+	if len(payload) < 2 || payload[0] != '{' || payload[1] == '}' || payload[len(payload)-1] != '}' {
 		return "", false
 	}
 	p.nonce++
 	b := make([]byte, 0, len(payload)+32)
-	b = append(b, `{"`+wire.NonceKey+`":"`...)
-	b = strconv.AppendUint(b, p.nonce, 36)
-	b = append(b, `",`...)
-	b = append(b, payload[1:]...)
+	if strings.HasPrefix(payload, `{"uid":`) {
+		b = append(b, payload[:len(payload)-1]...)
+		b = append(b, `,"`+wire.NonceKey+`":"`...)
+		b = strconv.AppendUint(b, p.nonce, 36)
+		b = append(b, `"}`...)
+	} else {
+		b = append(b, `{"`+wire.NonceKey+`":"`...)
+		b = strconv.AppendUint(b, p.nonce, 36)
+		b = append(b, `",`...)
+		b = append(b, payload[1:]...)
+	}
 	if len(b) > wire.MaxNotifyPayload {
 		return "", false
 	}
