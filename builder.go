@@ -53,6 +53,7 @@ type Builder struct {
 	drops       everySecond             // notifications the receive queue had no room for
 	queueFull   everySecond             // messages the publish queue had no room for
 	closedSends everySecond             // operations refused by closed adapters (see reportClosed)
+	badNames    everySecond             // namespaces refused for names that are not UTF-8 (see New)
 	stateFrom   atomic.Pointer[runtime] // the runtime whose listener last reported its state
 
 	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
@@ -115,8 +116,12 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	}
 	if !utf8.ValidString(nsp.Name()) {
 		// Its messages would name another namespace on the other servers (see
-		// ErrInvalidName), and theirs this one, on a channel made of the bytes.
-		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q: %w; it works on this server only", nsp.Name(), ErrInvalidName))
+		// ErrInvalidName), and theirs this one, on a channel made of the bytes. Reported
+		// once a second at most: with dynamic namespaces, clients choose the names.
+		if n, due := b.badNames.add(); due {
+			b.report(fmt.Errorf("pgadapter: namespace %q: %w; it works on this server only (%d such so far)", nsp.Name(), ErrInvalidName, n))
+		}
+		return socket.NewAdapter(nsp)
 	}
 	a := newAdapter(b, nsp)
 	b.mu.Lock()

@@ -212,4 +212,9 @@ func TestInvalidUTF8Names(t *testing.T) {
 		t.Fatal("a namespace whose name is not valid UTF-8 joined the cluster")
 	}
 	bad("Of(namespace)")
+	// Clients choose dynamic namespaces' names: reported once a second at most.
+	w.a.io.Of("/inv\xfealid", nil)
+	if errs := w.a.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("a second such namespace within the second reported %v", errs)
+	}
 }

@@ -32,10 +32,6 @@ func Normalize(v any) (any, bool, error) {
 // and hundreds of megabytes to refuse.
 var errTooDeep = fmt.Errorf("wire: value nested deeper than %d levels (does it contain itself?)", maxJSONDepth)
 
-// finite returns f, or nil for NaN and the infinities, as JavaScript's JSON.stringify
-// writes them (null), which is what a Node server's clients get. JSON cannot carry them:
-// a message holding one failed to encode and was not published, and one from a Node
-// server (in MessagePack, which can) reached this server's clients without its data.
 // maxExact is 2^53: integers of larger magnitude are not all float64s.
 const maxExact = 1 << 53
 
@@ -101,7 +97,10 @@ func floatValue(f float64) any {
 	return f
 }
 
-// finite returns f, or nil when it is not finite, as JSON has no such number.
+// finite returns f, or nil for NaN and the infinities, as JavaScript's JSON.stringify
+// writes them (null), which is what a Node server's clients get. JSON cannot carry them:
+// a message holding one failed to encode and was not published, and one from a Node
+// server (in MessagePack, which can) reached this server's clients without its data.
 func finite(f float64) any {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil
