@@ -686,10 +686,7 @@ func TestServerDisconnectKeepsLastPackets(t *testing.T) {
 	io, url := server(t)
 	for i := range 20 {
 		c := dial(t, io, url)
-		s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-		if !ok {
-			t.Fatalf("no socket %s", c.sid)
-		}
+		s := socketOf(t, io, c)
 		s.Emit("last", i)
 		// Once that batch is written and the transport writable again, so that the
 		// DISCONNECT is handed over at once and engine.io closes right after it. While
@@ -706,15 +703,10 @@ func TestServerDisconnectKeepsLastPackets(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		s.Disconnect(true)
+		msgs, err := c.rest()
 		var got []string
-		var err error
-		c.conn.SetReadDeadline(time.Now().Add(waitFor))
-		for {
-			var msg []byte
-			if _, msg, err = c.conn.ReadMessage(); err != nil {
-				break
-			}
-			got = append(got, string(msg))
+		for _, m := range msgs {
+			got = append(got, string(m))
 		}
 		want := []string{fmt.Sprintf(`42["last",%d]`, i), "41"}
 		if !slices.Equal(got, want) || !ws.IsCloseError(err, ws.CloseNormalClosure) {
@@ -799,10 +791,7 @@ func TestStalledReaderIsClosed(t *testing.T) {
 func testStalledReader(t *testing.T, v variant) {
 	io, url := serverWith(t, v)
 	c := dial(t, io, url)
-	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-	if !ok {
-		t.Fatalf("no socket %s", c.sid)
-	}
+	s := socketOf(t, io, c)
 	reasons := make(chan string, 1)
 	s.Conn().On("close", func(args ...any) { reasons <- args[0].(string) })
 	closed := make(chan struct{}) // the transport's end, which its read loop reports
@@ -856,10 +845,7 @@ func testStalledReader(t *testing.T, v variant) {
 func TestCloseWithinGrace(t *testing.T) {
 	io, url := server(t)
 	c := dial(t, io, url)
-	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-	if !ok {
-		t.Fatalf("no socket %s", c.sid)
-	}
+	s := socketOf(t, io, c)
 	w := s.Conn().Transport().(*webSocket)
 	closed := make(chan time.Time, 1)
 	w.On("close", func(...any) { closed <- time.Now() })

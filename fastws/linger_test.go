@@ -25,10 +25,7 @@ func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
 		t.Run(v.String(), func(t *testing.T) {
 			io, url := serverWith(t, v)
 			c := dial(t, io, url)
-			s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-			if !ok {
-				t.Fatalf("no socket %s", c.sid)
-			}
+			s := socketOf(t, io, c)
 			w := s.Conn().Transport().(*webSocket)
 			w.deliver.Lock()
 			held := true
@@ -51,16 +48,7 @@ func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
 			case <-time.After(waitFor):
 				t.Fatalf("the transport did not close within %v", waitFor)
 			}
-			var got [][]byte
-			var err error
-			c.conn.SetReadDeadline(time.Now().Add(waitFor))
-			for {
-				var msg []byte
-				if _, msg, err = c.conn.ReadMessage(); err != nil {
-					break
-				}
-				got = append(got, msg)
-			}
+			got, err := c.rest()
 			want := [][]byte{[]byte(`42["last","` + big + `"]`), []byte("41")}
 			if !slices.EqualFunc(got, want, bytes.Equal) || !ws.IsCloseError(err, ws.CloseNormalClosure) {
 				summary := make([]string, len(got))
@@ -94,10 +82,7 @@ func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
 func TestLingerEndsWithoutTheClient(t *testing.T) {
 	io, url := server(t)
 	c := dial(t, io, url)
-	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-	if !ok {
-		t.Fatalf("no socket %s", c.sid)
-	}
+	s := socketOf(t, io, c)
 	w := s.Conn().Transport().(*webSocket)
 	w.linger = 100 * time.Millisecond // read by finish, on a goroutine that Disconnect starts
 	s.Disconnect(true)
@@ -163,4 +148,27 @@ func (c *recordingConn) Write(p []byte) (int, error) {
 	c.got = append(c.got, p...)
 	c.largest = max(c.largest, len(p))
 	return len(p), nil
+}
+
+// socketOf returns the server's socket of the client c.
+func socketOf(t *testing.T, io *socket.Server, c *rawClient) *socket.Socket {
+	t.Helper()
+	s, ok := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
+	if !ok {
+		t.Fatalf("no socket %s", c.sid)
+	}
+	return s
+}
+
+// rest reads the messages left, until the connection's end, which it returns.
+func (c *rawClient) rest() ([][]byte, error) {
+	var got [][]byte
+	c.conn.SetReadDeadline(time.Now().Add(waitFor))
+	for {
+		_, msg, err := c.conn.ReadMessage()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, msg)
+	}
 }
