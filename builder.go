@@ -49,12 +49,14 @@ type Builder struct {
 	stats counters
 	owned bool // the pool was made by NewFromURL, and is closed by Close
 
-	reported    atomic.Bool             // configuration error reported once
-	drops       everySecond             // notifications the receive queue had no room for
-	queueFull   everySecond             // messages the publish queue had no room for
-	closedSends everySecond             // operations refused by closed adapters (see reportClosed)
-	badNames    everySecond             // namespaces refused for names that are not UTF-8 (see New)
-	stateFrom   atomic.Pointer[runtime] // the runtime whose listener last reported its state
+	reported    atomic.Bool // configuration error reported once
+	drops       everySecond // notifications the receive queue had no room for
+	queueFull   everySecond // messages the publish queue had no room for
+	closedSends everySecond // operations refused by closed adapters (see reportClosed)
+	badNames    everySecond // namespaces refused for names that are not UTF-8 (see New)
+	// stateFrom is the runtime whose listener last reported its state (stateMu).
+	stateMu   sync.Mutex
+	stateFrom *runtime
 
 	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
 	logMu         sync.Mutex
@@ -391,7 +393,6 @@ func (e *everySecond) add() (n int64, due bool) {
 
 // listenerState records and announces a change of the LISTEN connection's state.
 func (b *Builder) listenerState(up bool, pid uint32, err error) {
-	b.stats.listenerUp.Store(up)
 	if up {
 		b.stats.listenerConnects.Add(1)
 		b.opts.Logger.Info("pgadapter: listener up", "pid", pid)
@@ -444,10 +445,16 @@ func (b *Builder) start() *runtime {
 	rt.lis.onState = func(up bool, pid uint32, err error) {
 		// A stopped runtime's "closed" comes after a newer runtime's listener has said
 		// up: it is about a connection nobody uses any more.
-		if !up && errors.Is(err, ErrClosed) && b.stateFrom.Load() != rt {
+		// The check and the state in one step: a stopped runtime's "closed", checked
+		// before a newer listener said up and recorded after, left ListenerUp false.
+		b.stateMu.Lock()
+		if !up && errors.Is(err, ErrClosed) && b.stateFrom != rt {
+			b.stateMu.Unlock()
 			return
 		}
-		b.stateFrom.Store(rt)
+		b.stateFrom = rt
+		b.stats.listenerUp.Store(up)
+		b.stateMu.Unlock()
 		b.listenerState(up, pid, err)
 	}
 	rt.lis.report = b.report
