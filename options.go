@@ -177,7 +177,8 @@ type Options struct {
 	// OnListenerState, when set, is called when the LISTEN connection comes up (every
 	// channel listened; err nil) or goes down (with the cause; ErrClosed when the last
 	// namespace closed it). It is called from the listener's goroutine and must not
-	// block.
+	// block; to close the server from it, do so on a goroutine of its own, as from the
+	// ErrorHandler.
 	OnListenerState func(up bool, err error)
 }
 

@@ -749,8 +749,7 @@ func TestLargeBatchBufferReleased(t *testing.T) {
 	if got := c.event(); len(got) != 2 || got[1] != big {
 		t.Fatalf("got %d arguments", len(got))
 	}
-	s, _ := io.Sockets().Sockets().Load(socket.SocketId(c.sid))
-	w := s.Conn().Transport().(*webSocket)
+	w := socketOf(t, io, c).Conn().Transport().(*webSocket)
 	if !w.lockUntil(time.Now().Add(waitFor)) { // the batch's write has returned
 		t.Fatalf("the transport's lock was not free within %v", waitFor)
 	}

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -103,11 +104,14 @@ func Encode(m *Message, threshold int) (Encoded, error) {
 			}
 		}
 	} else if t = m.tree(); !HasBinary(t["data"]) {
+		// Arguments at normalize's depth bound, inside the message's envelope, are too
+		// deep for JSON, not for MessagePack (see maxDepth): they go as an attachment,
+		// as they would at their size anyway.
 		js, err := marshalJSON(t)
-		if err != nil {
+		if err != nil && !errors.Is(err, errJSONDepth) {
 			return Encoded{}, fmt.Errorf("wire: encode %s: %w", m.Type, err)
 		}
-		if len(js) < threshold {
+		if err == nil && len(js) < threshold {
 			return Encoded{JSON: js}, nil
 		}
 	}
@@ -322,9 +326,9 @@ func decodeInline(uid string, uidOK bool, typ int, typOK bool, text string) (*No
 	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
 }
 
-// DecodeAttachment parses the MessagePack body of an attachment row. Integers are turned
-// into float64, as JSON decoding gives, so that a value reads the same whichever way it
-// travelled.
+// DecodeAttachment parses the MessagePack body of an attachment row. Numbers are turned
+// into what JSON decoding gives (float64, or int64 and uint64 beyond ±2^53: see
+// intValue), so that a value reads the same whichever way it travelled.
 func DecodeAttachment(body []byte) (*Message, error) {
 	if len(body) == 0 {
 		return nil, errEmpty

@@ -22,6 +22,9 @@ import (
 // maxJSONDepth is encoding/json's own nesting limit.
 const maxJSONDepth = 10000
 
+// errJSONDepth is appendJSON's error for a value nested deeper than maxJSONDepth.
+var errJSONDepth = errors.New("json: exceeded max depth")
+
 // AppendJSON appends the JSON text of v to b, as encoding/json with SetEscapeHTML(false)
 // writes it. It is for values the codec decoded (a tree), which it writes without
 // reflection.
@@ -44,7 +47,7 @@ type RawJSON string
 // appendJSON appends the JSON text of v to b.
 func appendJSON(b []byte, v any, depth int) ([]byte, error) {
 	if depth > maxJSONDepth {
-		return nil, errors.New("json: exceeded max depth")
+		return nil, errJSONDepth
 	}
 	switch x := v.(type) {
 	case RawJSON:

@@ -15,8 +15,9 @@ import (
 // differential fuzz test checks that both read every input the same way.
 
 // appendMsgpack appends v's MessagePack encoding to b, with integers in their smallest
-// form and integral floats as integers, as the library's encoder does with compact ints
-// and floats. ok is false when v holds a type of no tree (b is then garbage).
+// form and integral floats within ±2^53 as integers, as the library's encoder does with
+// compact ints and floats (it compacts larger ones too: see appendMsgpackFloat). ok is
+// false when v holds a type of no tree (b is then garbage).
 func appendMsgpack(b []byte, v any, depth int) ([]byte, bool) {
 	if depth > maxDepth {
 		return b, false
@@ -118,7 +119,8 @@ func appendMsgpackFloat(b []byte, f float64) []byte {
 	// NaN and the infinities convert to math.MinInt64, which does not convert back.
 	// Beyond ±2^53 a float stays one: the reader makes it the integer its shortest text
 	// names (see floatValue), which int64(f) is not.
-	if i := int64(f); float64(i) == f && i > -maxExact && i < maxExact {
+	// -0 stays a float too: as the integer 0, it lost its sign (JSON writes -0).
+	if i := int64(f); float64(i) == f && i > -maxExact && i < maxExact && !(i == 0 && math.Signbit(f)) {
 		return appendMsgpackInt(b, i)
 	}
 	return binary.BigEndian.AppendUint64(append(b, 0xcb), math.Float64bits(f))

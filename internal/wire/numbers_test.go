@@ -16,10 +16,11 @@ func TestBigIntegersTravelExactly(t *testing.T) {
 	// int64(1<<53+1): its JSON text reads as the float 2^53. float64(1<<60): a float
 	// beyond 2^53 is the integer its shortest text names, 1152921504606847000, from JSON
 	// and from a MessagePack float (Node's) alike.
+	// -0: as the integer 0 through the table, it lost its sign.
 	args := []any{"ev", int64(1<<60 + 1), uint64(math.MaxUint64), int64(-(1<<60 + 1)), int64(math.MinInt64), int64(1 << 53), 1e18, 0.5,
-		int64(1<<53 + 1), float64(1 << 60)}
+		int64(1<<53 + 1), float64(1 << 60), math.Copysign(0, -1)}
 	want := []any{"ev", int64(1<<60 + 1), uint64(math.MaxUint64), int64(-(1<<60 + 1)), int64(math.MinInt64), float64(1 << 53), int64(1e18), 0.5,
-		int64(1<<53 + 1), int64(1152921504606847000)}
+		int64(1<<53 + 1), int64(1152921504606847000), math.Copysign(0, -1)}
 	for _, c := range []struct {
 		name  string
 		extra []any // what makes it an attachment, or not
@@ -58,7 +59,7 @@ func TestBigIntegersTravelExactly(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if text := `["ev",1152921504606846977,18446744073709551615,-1152921504606846977,-9223372036854775808,9007199254740992,1000000000000000000,0.5,9007199254740993,1152921504606847000]`; js != text {
+			if text := `["ev",1152921504606846977,18446744073709551615,-1152921504606846977,-9223372036854775808,9007199254740992,1000000000000000000,0.5,9007199254740993,1152921504606847000,-0]`; js != text {
 				t.Fatalf("written again for clients as %s, want %s", js, text)
 			}
 		})
@@ -78,10 +79,8 @@ func TestDeepArgumentsTravel(t *testing.T) {
 		for _, extra := range []any{"small", []byte{1}} {
 			m := &Message{Type: ServerSideEmit, UID: "u", Nsp: "/", Data: &ServerSideEmitData{Packet: []any{"ev", deep, extra}}}
 			enc, err := Encode(m, 0)
-			if err != nil && depth <= maxJSONDepth-10 {
+			if err != nil {
 				t.Fatalf("depth %d: %v", depth, err)
-			} else if err != nil {
-				continue // refused by the sender at normalize's bound, as by every receiver
 			}
 			if enc.Attachment != nil {
 				_, err = DecodeAttachment(enc.Attachment)
