@@ -688,19 +688,9 @@ func TestServerDisconnectKeepsLastPackets(t *testing.T) {
 		c := dial(t, io, url)
 		s := socketOf(t, io, c)
 		s.Emit("last", i)
-		// Once that batch is written and the transport writable again, so that the
-		// DISCONNECT is handed over at once and engine.io closes right after it. While
-		// the batch is written, the DISCONNECT waits in engine.io's buffer, and
-		// engine.io's close waits for a "drain" that it can miss (it checks its buffer,
-		// then listens: a flush in between goes unnoticed, and the connection stays
-		// open), a defect of engine.io v2.5.0 whatever the transport.
-		w := s.Conn().Transport().(*webSocket)
-		deadline := time.Now().Add(waitFor)
-		for w.inflight.Load() > 0 || !w.Writable() {
-			if time.Now().After(deadline) {
-				t.Fatal("the transport never became idle")
-			}
-			time.Sleep(time.Millisecond)
+		// Once that batch is written (see idle).
+		if !idle(s.Conn().Transport().(*webSocket)) {
+			t.Fatal("the transport never became idle")
 		}
 		s.Disconnect(true)
 		msgs, err := c.rest()

@@ -32,6 +32,7 @@ func TestJavaScriptClientGetsTheLastPackets(t *testing.T) {
 			for k := range events {
 				s.Compress(k%2 == 1).Emit("e", k, strings.Repeat("z", 2000))
 			}
+			idle(s.Conn().Transport().(*webSocket)) // see idle; the client's check fails otherwise
 			s.Disconnect(true)
 		})
 	})

@@ -42,6 +42,13 @@ func TestDisconnectWithUnreadDataKeepsLastPackets(t *testing.T) {
 			s.Conn().Transport().Once("close", func(...any) { close(closed) })
 			big := strings.Repeat("z", 256<<10)
 			s.Emit("last", big)
+			// Disconnect once that batch is written (into the kernel: the client reads
+			// nothing yet) and the transport writable again, so that the DISCONNECT is
+			// handed over at once: engine.io v2.5.0 can miss the "drain" it waits for
+			// otherwise, and never close (TestServerDisconnectKeepsLastPackets).
+			if !idle(w) {
+				t.Fatal("the transport never became idle")
+			}
 			s.Disconnect(true)
 			select {
 			case <-closed: // the server has closed: only now does the client read
@@ -171,4 +178,20 @@ func (c *rawClient) rest() ([][]byte, error) {
 		}
 		got = append(got, msg)
 	}
+}
+
+// idle waits, up to waitFor, until the batches handed to w are written and w is writable
+// again, and reports whether it is: a DISCONNECT sent then is handed over at once, and
+// engine.io closes right after it. Sent while a batch is written, it waits in engine.io's
+// buffer, and engine.io v2.5.0's close waits for a "drain" that it can miss (it checks
+// its buffer, then listens: a flush in between goes unnoticed), and never closes.
+func idle(w *webSocket) bool {
+	deadline := time.Now().Add(waitFor)
+	for w.inflight.Load() > 0 || !w.Writable() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
