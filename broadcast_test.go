@@ -595,8 +595,9 @@ func TestEqualBroadcastsInABurst(t *testing.T) {
 	if got := cb.sent.count("same"); got != 0 {
 		t.Fatalf("%d more than were sent", got)
 	}
-	// A's heartbeats may take a transaction or two of their own.
-	if c := a.b.rt.pub.commits.Load() - commits; c > n/10 {
+	// Many to a transaction: a loaded machine's publisher may catch up with the emits
+	// now and then; one each is what the repeat check did.
+	if c := a.b.rt.pub.commits.Load() - commits; c > n/2 {
 		t.Errorf("%d equal broadcasts took %d transactions", n, c)
 	}
 }

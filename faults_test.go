@@ -808,12 +808,12 @@ func TestFailingMessagesKeepTheHeartbeat(t *testing.T) {
 	opts := testOptions(t)
 	opts.SkipTableCreation = true // the table never exists
 	opts.HeartbeatInterval = 100 * time.Millisecond
-	opts.HeartbeatTimeout = 500 * time.Millisecond
+	opts.HeartbeatTimeout = time.Second // ten intervals: a loaded machine's delays fit
 	nodes := cluster(t, 2, opts)
 	a, b := nodes[0], nodes[1]
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	end := time.Now().Add(4 * opts.HeartbeatTimeout)
+	end := time.Now().Add(3 * opts.HeartbeatTimeout)
 	for time.Now().Before(end) {
 		<-tick.C
 		a.io.Emit("bin", []byte{1, 2, 3}) // through the table: fails
