@@ -17,7 +17,6 @@ import (
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io/v2/socket"
 
-	"github.com/socketio-pg/pgadapter/internal/pgtest"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
@@ -474,16 +473,7 @@ func TestLargeAndBinaryMessages(t *testing.T) {
 	if want := map[bool]string{true: "lz4", false: "pglz"}[lz4]; method != want {
 		t.Errorf("the 20 KB attachment is compressed with %s, want %s", method, want)
 	}
-	sessions, err := pgtest.IdleSettings(ctx, a.pool, "default_toast_compression")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range sessions {
-		if v != "pglz" {
-			t.Errorf("the pool's sessions now compress with %q: the setting must stay local to the adapter's transactions", sessions)
-			break
-		}
-	}
+	checkIdleSetting(t, ctx, a.pool, "default_toast_compression", "pglz")
 
 	// Binary, at the top level and nested, from a []byte and from a reader.
 	a.io.Emit("bin", []byte{1, 2, 3}, map[string]any{"nested": []byte{4, 5}}, bytes.NewReader([]byte{6}))

@@ -58,16 +58,7 @@ func TestPublishingCommitMode(t *testing.T) {
 			}
 			// The setting stays local to the adapter's transactions: every session the
 			// pool can hand out still has its own.
-			sessions, err := pgtest.IdleSettings(ctx, pool, "synchronous_commit")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range sessions {
-				if v != "remote_apply" {
-					t.Errorf("the pool's sessions now have synchronous_commit %q, want remote_apply everywhere", sessions)
-					break
-				}
-			}
+			checkIdleSetting(t, ctx, pool, "synchronous_commit", "remote_apply")
 			if errs := n.errs.drain("error"); len(errs) > 0 {
 				t.Fatalf("errors: %v", errs)
 			}

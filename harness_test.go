@@ -760,3 +760,19 @@ func (c *tclient) expect(t testing.TB, ev string) []any {
 	t.Helper()
 	return c.rec.next(t, c.name, ev)
 }
+
+// checkIdleSetting fails the test unless every session pool holds idle has setting at
+// want: what a publishing transaction sets must stay local to it.
+func checkIdleSetting(t testing.TB, ctx context.Context, pool *pgxpool.Pool, setting, want string) {
+	t.Helper()
+	sessions, err := pgtest.IdleSettings(ctx, pool, setting)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range sessions {
+		if v != want {
+			t.Errorf("the pool's sessions now have %s %q, want %q everywhere: the setting must stay local to the adapter's transactions", setting, sessions, want)
+			return
+		}
+	}
+}

@@ -357,31 +357,17 @@ const nonceKey = wire.NonceKey
 // nonceBytes is what the nonce adds to a payload: `,"nonce":"` 16 hex digits `"`.
 const nonceBytes = len(`,"`+nonceKey+`":""`) + 16
 
-// validNames reports a namespace or room name that is not valid UTF-8: JSON replaces its
-// bad bytes, MessagePack keeps them, so the message would name another room depending
-// on its size, and a namespace whose channel, made of the bytes, would not match it.
-func (e *Emitter) validNames(rooms []string) error {
+// publish encodes and sends one message in one statement. A namespace or room name that
+// is not valid UTF-8 is refused, as the servers refuse it (wire.BadRoom): JSON replaces
+// its bad bytes, MessagePack keeps them, so the message would name another room
+// depending on its size, and a namespace whose channel, made of the bytes, would not
+// match it.
+func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	if !utf8.ValidString(e.nsp) {
 		return fmt.Errorf("emitter: namespace %q is not valid UTF-8", e.nsp)
 	}
-	for _, list := range [][]string{e.rooms, e.except, rooms} {
-		for _, r := range list {
-			if !utf8.ValidString(r) {
-				return fmt.Errorf("emitter: room %q is not valid UTF-8", r)
-			}
-		}
-	}
-	return nil
-}
-
-// publish encodes and sends one message in one statement.
-func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
-	var rooms []string
-	if d, ok := data.(*wire.RoomsData); ok {
-		rooms = d.Rooms
-	}
-	if err := e.validNames(rooms); err != nil {
-		return err
+	if room, bad := wire.BadRoom(data); bad {
+		return fmt.Errorf("emitter: room %q is not valid UTF-8", room)
 	}
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
 	pool, isPool := e.db.(*pgxpool.Pool)

@@ -185,7 +185,8 @@ type BroadcastData struct {
 // leave) which is not valid UTF-8, and whether there is one. Such a name cannot travel:
 // JSON replaces its bad bytes with U+FFFD and MessagePack keeps them, so the message
 // would select other rooms on the other servers, depending on its size. Rooms that
-// merely describe (a FETCH_SOCKETS answer's) are not checked.
+// merely describe (a FETCH_SOCKETS answer's) are not checked. Servers and the emitter
+// both refuse such messages.
 func BadRoom(data any) (string, bool) {
 	var lists [3][]string
 	switch d := data.(type) {
