@@ -822,6 +822,7 @@ func TestSocketInfoData(t *testing.T) {
 			t.Fatalf("data %#v for %T, want {}", info.Data, d)
 		}
 	}
+	a.b.reports.wait(waitFor)
 	if len(reported) != 1 {
 		t.Fatalf("reported %v, want the func's error", reported)
 	}

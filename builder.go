@@ -46,8 +46,9 @@ type Builder struct {
 	// or one left with handlers that ran long (see watchHandlers).
 	applied func(*wire.Message)
 
-	stats counters
-	owned bool // the pool was made by NewFromURL, and is closed by Close
+	stats   counters
+	reports reporter // calls the ErrorHandler and OnListenerState
+	owned   bool     // the pool was made by NewFromURL, and is closed by Close
 
 	reported    atomic.Bool // configuration error reported once
 	drops       everySecond // notifications the receive queue had no room for
@@ -81,6 +82,7 @@ func New(pool *pgxpool.Pool, opts *Options) *Builder {
 		b.err = errors.New("pgadapter: nil pool")
 	}
 	b.st = newStatements(b.opts.TableName)
+	b.reports.log, b.reports.behind = b.opts.Logger, b.behind
 	return b
 }
 
@@ -120,9 +122,10 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		// Its messages would name another namespace on the other servers (see
 		// ErrInvalidName), and theirs this one, on a channel made of the bytes. Reported
 		// once a second at most: with dynamic namespaces, clients choose the names.
-		if n, due := b.badNames.add(); due {
-			b.report(fmt.Errorf("pgadapter: namespace %q: %w; it works on this server only (%d such so far)", nsp.Name(), ErrInvalidName, n))
-		}
+		name := nsp.Name()
+		b.badNames.add(func(n int64) {
+			b.report(fmt.Errorf("pgadapter: namespace %q: %w; it works on this server only (%d such so far)", name, ErrInvalidName, n))
+		})
 		return socket.NewAdapter(nsp)
 	}
 	a := newAdapter(b, nsp)
@@ -282,6 +285,14 @@ func (b *Builder) remove(a *Adapter) {
 	}
 	if last {
 		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
+		// Drops counted since their last report are reported now, not a second later.
+		b.drops.flush()
+		b.queueFull.flush()
+		// What the runtime reported is passed on before Close returns, so that an
+		// application may close what its callbacks use once Close has returned.
+		if !b.reports.wait(b.opts.RequestsTimeout + 5*time.Second) {
+			b.opts.Logger.Error("pgadapter: an ErrorHandler or OnListenerState callback did not return in time")
+		}
 		b.mu.Lock()
 		b.halting--
 		b.mu.Unlock()
@@ -342,6 +353,21 @@ func (b *Builder) report(err error) {
 		attrs = append(attrs, "suppressed", suppressed)
 	}
 	b.opts.Logger.Log(context.Background(), level, "pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), attrs...)
+	b.handle(err)
+}
+
+// handle passes err to the ErrorHandler, on the reporter's goroutine.
+func (b *Builder) handle(err error) {
+	if h := b.opts.ErrorHandler; h != nil {
+		b.reports.add(func() { h(err) })
+	}
+}
+
+// behind tells the ErrorHandler how many reports it missed while the reporter's queue
+// was full: they were logged.
+func (b *Builder) behind(dropped int) {
+	err := fmt.Errorf("pgadapter: %d reports were not passed to the ErrorHandler: it fell behind by %d (they were logged)", dropped, maxPendingReports)
+	b.opts.Logger.Warn(err.Error())
 	if h := b.opts.ErrorHandler; h != nil {
 		h(err)
 	}
@@ -371,24 +397,59 @@ func (b *Builder) logAllowed(err error, panicked bool) (suppressed int, ok bool)
 // onDrop counts a notification the receive queue had no room for, and reports drops at
 // most once a second so that a flood does not become a flood of reports.
 func (b *Builder) onDrop() {
-	if n, due := b.drops.add(); due {
-		b.report(fmt.Errorf("%w (%d dropped so far)", ErrReceiveQueueFull, n))
-	}
+	b.drops.add(func(n int64) { b.report(fmt.Errorf("%w (%d dropped so far)", ErrReceiveQueueFull, n)) })
 }
 
-// everySecond counts events that come in floods (queue-full drops), and says when one
-// is due to be reported: at most once a second, with the running count.
+// everySecond counts events that come in floods (queue-full drops), and reports them at
+// most once a second, with the running count: at once when none was reported in the
+// last second, else a second after the last report, once for all that came meanwhile.
+// Without that later report, a burst that ended within its first second (a transaction
+// of 20,000 notifications, most dropped) was reported as "1 dropped so far", and the
+// rest only counted in Stats.
 type everySecond struct {
-	n    atomic.Int64
-	last atomic.Int64 // unix nanoseconds of the last report
+	n        atomic.Int64 // read without the lock by Stats
+	mu       sync.Mutex
+	reported int64     // n when last reported
+	last     time.Time // of the last report
+	pending  func(n int64)
+	timer    *time.Timer // reports pending, a second after last
 }
 
-// add counts one, and returns the count and whether it is to be reported.
-func (e *everySecond) add() (n int64, due bool) {
-	n = e.n.Add(1)
-	now := time.Now().UnixNano()
-	last := e.last.Load()
-	return n, now-last >= int64(time.Second) && e.last.CompareAndSwap(last, now)
+// add counts one event, and calls report with the running count now or, with the count
+// then, a second after the last report (report being the last one given by then).
+func (e *everySecond) add(report func(n int64)) {
+	e.mu.Lock()
+	n := e.n.Add(1)
+	now := time.Now()
+	if now.Sub(e.last) >= time.Second {
+		e.last, e.reported = now, n
+		e.mu.Unlock()
+		report(n)
+		return
+	}
+	e.pending = report
+	if e.timer == nil {
+		e.timer = time.AfterFunc(e.last.Add(time.Second).Sub(now), e.flush)
+	}
+	e.mu.Unlock()
+}
+
+// flush reports the events counted since the last report, if any, at once.
+func (e *everySecond) flush() {
+	e.mu.Lock()
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+	report, n := e.pending, e.n.Load()
+	e.pending = nil
+	if report == nil || n == e.reported {
+		e.mu.Unlock()
+		return
+	}
+	e.last, e.reported = time.Now(), n
+	e.mu.Unlock()
+	report(n)
 }
 
 // listenerState records and announces a change of the LISTEN connection's state.
@@ -402,7 +463,7 @@ func (b *Builder) listenerState(up bool, pid uint32, err error) {
 		b.opts.Logger.Warn("pgadapter: listener down", "error", err)
 	}
 	if h := b.opts.OnListenerState; h != nil {
-		h(up, err)
+		b.reports.add(func() { h(up, err) })
 	}
 }
 
@@ -606,7 +667,10 @@ func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 		*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
 		return
 	}
-	timeout := rt.b.opts.HeartbeatTimeout
+	// At least minDeafTimeout: a shorter heartbeat timeout (25 ms) was shorter than the
+	// scheduling delays of a loaded machine, and the connection was reported deaf while
+	// it heard everything.
+	timeout := max(rt.b.opts.HeartbeatTimeout, minDeafTimeout)
 	if !w.mid && now.Sub(w.start) >= timeout/2 {
 		w.midCommits, w.mid = commits, true
 	}
@@ -619,6 +683,10 @@ func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 	}
 	*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
 }
+
+// minDeafTimeout is the least silence of the LISTEN connection, while this server's own
+// messages commit, that watchHearing reports.
+const minDeafTimeout = 2 * time.Second
 
 // cleanup deletes old attachments every CleanupInterval. It has a goroutine of its own:
 // a DELETE of many rows, or one waiting for a lock on the table, must not hold back the
@@ -664,15 +732,13 @@ var _ socket.AdapterConstructor = (*Builder)(nil)
 // server's clients through it.
 func (b *Builder) reportClosed(err error) {
 	b.stats.publishErrors.Add(1)
-	if n, due := b.closedSends.add(); due {
+	b.closedSends.add(func(n int64) {
 		// At warning level: report logs ErrClosed at debug level, as what closing
 		// itself ends (requests) is expected then; this is the application's loss.
-		err = fmt.Errorf("%w (%d so far)", err, n)
+		err := fmt.Errorf("%w (%d so far)", err, n)
 		b.opts.Logger.Warn("pgadapter: "+strings.TrimPrefix(err.Error(), "pgadapter: "), "error", err)
-		if h := b.opts.ErrorHandler; h != nil {
-			h(err)
-		}
-	}
+		b.handle(err)
+	})
 }
 
 // reportQueue reports a message that could not be queued, at most once a second for
@@ -682,7 +748,5 @@ func (b *Builder) reportQueue(err error) {
 		b.report(err)
 		return
 	}
-	if n, due := b.queueFull.add(); due {
-		b.report(fmt.Errorf("%w (%d dropped so far)", err, n))
-	}
+	b.queueFull.add(func(n int64) { b.report(fmt.Errorf("%w (%d dropped so far)", err, n)) })
 }

@@ -60,8 +60,9 @@
 //     goroutine while another applies the next messages. At most 64 are left so at once;
 //     beyond, the messages wait for one of them to return. Other code of the
 //     application run on the goroutine that applies messages (outgoing-packet
-//     listeners, the disconnect listeners of sockets another server disconnects, the
-//     ErrorHandler) is not left to itself, and should not block. Request callbacks run
+//     listeners, the disconnect listeners of sockets another server disconnects) is not
+//     left to itself, and should not block. The ErrorHandler and OnListenerState run on
+//     a goroutine of their own, and may block. Request callbacks run
 //     on the adapter's goroutines (mostly the one that applies answers, also the
 //     heartbeat ticker and timers), and should not block either.
 //   - The LISTEN connection is re-established with jittered exponential backoff, every

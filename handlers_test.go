@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/zishang520/socket.io/v2/socket"
-
-	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // A server-side event handler runs on the goroutine that applies other servers'
@@ -646,27 +644,6 @@ func TestCallbacksCloseTheirServer(t *testing.T) {
 			}
 		}
 		a.close()
-	}
-}
-
-// A delivery goroutine leaves the runtime's count of its goroutines even when the
-// ErrorHandler ends the goroutine again while the Goexit of a handler is reported (here
-// the ErrorHandler ends the runtime's context, then its goroutine, twice): the release
-// came after the report, and stop then waited its whole timeout.
-func TestNestedGoexitReleasesTheCount(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rt := &runtime{b: &Builder{opts: Options{Logger: slog.New(slog.DiscardHandler),
-		ErrorHandler: func(error) { cancel(); goruntime.Goexit() }}}}
-	queue := make(chan *delivery, 1)
-	// A message for another namespace than its channel's: reported, to the ErrorHandler.
-	queue <- &delivery{a: &Adapter{name: "/a"}, msg: &wire.Message{Nsp: "/b", Type: wire.Broadcast}}
-	rt.running.add(1)
-	go rt.deliver(ctx, queue)
-	select {
-	case <-rt.running.stop():
-	case <-time.After(waitFor):
-		t.Fatal("the delivery goroutine never released its count")
 	}
 }
 

@@ -293,6 +293,7 @@ func newNode(t testing.TB, name string, pool *pgxpool.Pool, opts Options) *node 
 	n := &node{t: t, name: name, errs: newRecorder(), sent: map[string]*recorder{}, pool: pool}
 	opts.ErrorHandler = func(err error) { n.errs.add("error", err) }
 	n.b = New(n.pool, &opts)
+	n.errs.settle = func() { n.b.reports.wait(waitFor) }
 	n.io = socket.NewServer(nil, nil)
 	n.io.SetAdapter(n.b)
 	// Every namespace, including those created later and dynamic children, gets the
@@ -402,6 +403,10 @@ type recorder struct {
 	mu     sync.Mutex
 	events []event
 	notify chan struct{}
+	// settle, when set, is called before count and drain: the ErrorHandler is called
+	// on a goroutine of its own, after the report, and a test counts what it was told
+	// once that goroutine has passed on every report made so far.
+	settle func()
 }
 
 func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
@@ -443,6 +448,9 @@ func (r *recorder) next(t testing.TB, who, name string) []any {
 
 // count returns how many events named name are held.
 func (r *recorder) count(name string) int {
+	if r.settle != nil {
+		r.settle()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
@@ -466,6 +474,9 @@ func (r *recorder) names() []string {
 
 // drain removes and returns every event named name.
 func (r *recorder) drain(name string) [][]any {
+	if r.settle != nil {
+		r.settle()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out [][]any

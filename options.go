@@ -124,7 +124,8 @@ type Options struct {
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
 	// ServerSideEmitWithAck, AllRooms) and each query the adapter runs on the pool (the
-	// LISTEN connection's ping is bounded by HeartbeatInterval). Default 5s. A broadcast
+	// LISTEN connection's ping is bounded by HeartbeatInterval, and 1 s at least).
+	// Default 5s. A broadcast
 	// with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck): without one,
 	// socket.io's operator reports "operation has timed out" at once, as Node's does.
 	RequestsTimeout time.Duration
@@ -149,13 +150,17 @@ type Options struct {
 	// ErrorHandler, when set, receives the errors the adapter meets: publish failures,
 	// malformed notifications, lost attachments, listener failures; drops by a full
 	// queue, and operations refused by a closed adapter, at most once a second, with a
-	// running count (see PublishQueueSize). It is called from the
-	// adapter's goroutines, and from the caller's for a message that cannot be encoded,
-	// and must not block. To close the server from it, do so on a goroutine of its own
-	// (go io.Close(nil)): Close waits for the adapter's goroutines to finish what they
-	// do (the publisher drains its queue), the one running the handler included, until
-	// RequestsTimeout and 5 s have passed; only the goroutine that applies messages is
-	// not waited for. Errors are logged as well.
+	// running count (see PublishQueueSize). Errors are logged as well.
+	//
+	// It is called on a goroutine of the adapter's own, one error at a time, in the
+	// order they happened, with OnListenerState's calls, so that a slow handler (one
+	// that sends errors over the network) holds up no message. It may block, and may
+	// close the server. While 65,536 reports wait for it, further ones are not passed on
+	// (they are logged, or counted in Stats, as malformed ones beyond the log's rate are),
+	// and it is then told how many it missed. When the last namespace closes,
+	// Close waits until every report is passed on and the handler has returned, at most
+	// RequestsTimeout and 5 s (not when called from the handler itself), so that the
+	// application may close what its handler uses once Close has returned.
 	ErrorHandler func(error)
 
 	// Logger receives the adapter's logs. Default slog.Default().
@@ -176,9 +181,8 @@ type Options struct {
 
 	// OnListenerState, when set, is called when the LISTEN connection comes up (every
 	// channel listened; err nil) or goes down (with the cause; ErrClosed when the last
-	// namespace closed it). It is called from the listener's goroutine and must not
-	// block; to close the server from it, do so on a goroutine of its own, as from the
-	// ErrorHandler.
+	// namespace closed it). It is called as the ErrorHandler is: on the adapter's
+	// goroutine for reports, in order with the errors.
 	OnListenerState func(up bool, err error)
 }
 

@@ -32,6 +32,7 @@ func TestWatchHearing(t *testing.T) {
 			}
 			rt.watchHearing(now, &w)
 		}
+		b.reports.wait(waitFor)
 		if want := map[bool]int{false: 1, true: 0}[reconnect]; len(reported) != want {
 			t.Errorf("reconnecting %v: %d reports, want %d: %v", reconnect, len(reported), want, reported)
 		}

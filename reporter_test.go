@@ -1,0 +1,216 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	goruntime "runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// The reporter calls its callbacks in order, goes on after one that panics or ends its
+// goroutine (runtime.Goexit), and wait returns once all have returned.
+func TestReporterSurvivesItsCallbacks(t *testing.T) {
+	var r reporter
+	r.log = slog.New(slog.DiscardHandler)
+	var mu sync.Mutex
+	var got []int
+	record := func(i int) func() {
+		return func() { mu.Lock(); got = append(got, i); mu.Unlock() }
+	}
+	r.add(record(1))
+	r.add(func() { panic("handler") })
+	r.add(record(2))
+	r.add(func() { goruntime.Goexit() })
+	r.add(record(3))
+	if !r.wait(waitFor) {
+		t.Fatal("wait timed out")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("delivered %v, want [1 2 3]", got)
+	}
+}
+
+// A callback that blocks holds up only the reports: beyond maxPendingReports waiting,
+// the rest are dropped, and the callback is told how many once it has caught up. wait
+// reports the block.
+func TestReporterBounded(t *testing.T) {
+	var r reporter
+	release := make(chan struct{})
+	var mu sync.Mutex
+	delivered, behind := 0, 0
+	r.behind = func(n int) { mu.Lock(); behind += n; mu.Unlock() }
+	r.add(func() { <-release })
+	for range maxPendingReports + 10 {
+		r.add(func() { mu.Lock(); delivered++; mu.Unlock() })
+	}
+	if r.wait(10 * time.Millisecond) {
+		t.Fatal("wait returned true while a callback blocks")
+	}
+	close(release)
+	if !r.wait(waitFor) {
+		t.Fatal("wait timed out")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The blocked call had left the queue: maxPendingReports more fit in it.
+	if delivered != maxPendingReports || behind != 10 {
+		t.Fatalf("delivered %d and told of %d dropped, want %d and 10", delivered, behind, maxPendingReports)
+	}
+}
+
+// An ErrorHandler that blocks (it sends errors over the network, say) no longer holds up
+// the messages: it ran on the goroutine that met the error, here the one that decodes
+// notifications, and every message behind waited for it.
+func TestBlockingErrorHandlerHoldsNoMessage(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	release := make(chan struct{})
+	defer close(release)
+	told := make(chan error, 1)
+	bopts := opts
+	bopts.ErrorHandler = func(err error) {
+		select {
+		case told <- err:
+		default:
+		}
+		<-release
+	}
+	pool := newPool(t)
+	defer pool.Close()
+	b := newServerFor(t, New(pool, &bopts), pool)
+	waitServerCount(t, []*node{a, b}, 2)
+	got := make(chan []any, 1)
+	b.io.On("after", func(args ...any) { got <- args })
+	if _, err := pool.Exec(context.Background(), "SELECT pg_notify($1, 'not a message')", ChannelName(opts.ChannelPrefix, "/")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-told:
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("told %v, want ErrMalformed", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the ErrorHandler was not told")
+	}
+	if err := a.io.ServerSideEmit("after", 1.0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case args := <-got:
+		if len(args) != 1 || args[0] != 1.0 {
+			t.Fatalf("got %v", args)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the message after the report waited for the ErrorHandler")
+	}
+}
+
+// An ErrorHandler that closes its server when a broadcast cannot be published: the
+// publisher reported it, and Close waited for the publisher, which was running the
+// handler, RequestsTimeout and 5 s, then reported that the goroutines did not stop.
+// Close now returns promptly, whichever goroutine met the error.
+func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Second
+	opts.SkipTableCreation = true // the attachment insert fails: no table
+	logs := &logRecorder{}
+	opts.Logger = slog.New(logs)
+	pool := newPool(t)
+	defer pool.Close() // after the server's Close, deferred below
+	io := socket.NewServer(nil, nil)
+	var once sync.Once
+	took := make(chan time.Duration, 1)
+	opts.ErrorHandler = func(err error) {
+		if pe := (*PublishError)(nil); errors.As(err, &pe) {
+			once.Do(func() {
+				start := time.Now()
+				io.Close(nil)
+				took <- time.Since(start)
+			})
+		}
+	}
+	b := New(pool, &opts)
+	io.SetAdapter(b)
+	defer io.Close(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	io.Emit("binary", []byte{1, 2, 3}) // through the table, which is not there
+	select {
+	case d := <-took:
+		if d >= opts.RequestsTimeout {
+			t.Fatalf("Close took %v", d)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the ErrorHandler was not told")
+	}
+	if m := logs.matching("did not"); len(m) != 0 {
+		t.Fatalf("logged %v", m)
+	}
+}
+
+// Close returns once the ErrorHandler has had every report: an application closes what
+// its handler uses (a connection to an error tracker) after Close.
+func TestCloseWaitsForTheReports(t *testing.T) {
+	opts := testOptions(t)
+	opts.SkipTableCreation = true
+	opts.Logger = slog.New(slog.DiscardHandler)
+	pool := newPool(t)
+	defer pool.Close()
+	gate := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	var mu sync.Mutex
+	lost := 0
+	opts.ErrorHandler = func(err error) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-gate
+		mu.Lock()
+		defer mu.Unlock()
+		if pe := (*PublishError)(nil); errors.As(err, &pe) {
+			lost += pe.Messages
+		}
+	}
+	b := New(pool, &opts)
+	io := socket.NewServer(nil, nil)
+	io.SetAdapter(b)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		io.Emit("binary", []byte{byte(i)}) // each fails: no table
+	}
+	<-entered
+	closed := make(chan struct{})
+	go func() { io.Close(nil); close(closed) }()
+	select {
+	case <-closed:
+		t.Error("Close returned while the ErrorHandler was still to be told")
+	case <-time.After(200 * time.Millisecond): // the window in which it would return
+	}
+	close(gate)
+	select {
+	case <-closed:
+	case <-time.After(waitFor):
+		t.Fatal("Close did not return")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if lost != 50 {
+		t.Fatalf("%d of the 50 lost broadcasts reported before Close returned", lost)
+	}
+}
