@@ -303,7 +303,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			// idle_session_timeout, and a pooler's idle timeout, count the time since
 			// the client's last query, and notifications sent to it do not reset that
 			// (TestListenerSurvivesIdleSessionTimeout).
-			pctx, pcancel := graceful(ctx, l.opts.HeartbeatInterval) // see apply
+			pctx, pcancel := graceful(ctx, pingTimeout(l.opts.HeartbeatInterval)) // see apply
 			err := conn.Ping(pctx)
 			pcancel()
 			if err != nil {
@@ -327,6 +327,16 @@ func (l *listener) interruptLocked() {
 		l.waiting.SetReadDeadline(time.Now())
 	}
 }
+
+// pingTimeout bounds the listener's ping: a heartbeat interval, and at least
+// minPingTimeout. With the interval alone, a short one (10 ms) was shorter than a ping's
+// round trip behind a burst of notifications on a loaded machine: every LISTEN
+// connection of a cluster reconnected again and again, losing what was sent meanwhile.
+func pingTimeout(interval time.Duration) time.Duration { return max(interval, minPingTimeout) }
+
+// minPingTimeout is the least time a ping is given; a connection silent that long is
+// taken for dead.
+const minPingTimeout = time.Second
 
 // statementGrace is how long a statement of the listener's under way when the adapter
 // closes may still take (see graceful).

@@ -309,6 +309,41 @@ func TestFaultCrash(t *testing.T) {
 	}
 }
 
+// A heartbeat interval shorter than the round trip to PostgreSQL: the LISTEN
+// connection's ping was bounded by the interval, timed out every time, and the connection
+// was replaced again and again, each time losing what was sent meanwhile.
+func TestShortHeartbeatsOnASlowLink(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 20 * time.Millisecond
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	p.delay = 30 * time.Millisecond // each way: a ping takes 60 ms at least
+	u.Host = p.addr()
+	opts.ListenURL = u.String()
+	a := startNode(t, "A", opts)
+	var heard func() int64
+	eventually(t, "A's listener", func() bool {
+		a.b.mu.Lock()
+		defer a.b.mu.Unlock()
+		if rt := a.b.rt; rt != nil {
+			heard = rt.lis.heard.Load
+		}
+		return heard != nil
+	})
+	// A's own heartbeats, every 20 ms, come back to it: 50 of them take a second, in
+	// which the listener pinged many times.
+	start := heard()
+	eventually(t, "A hears 50 of its heartbeats, or its listener reconnects", func() bool {
+		return heard()-start >= 50 || a.b.Stats().ListenerConnects > 1
+	})
+	if n := a.b.Stats().ListenerConnects; n != 1 {
+		t.Fatalf("the LISTEN connection was opened %d times", n)
+	}
+}
+
 func TestFaultSilentConnection(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = time.Second
@@ -415,6 +450,56 @@ func TestFaultSlowNode(t *testing.T) {
 	t.Logf("fault: slow node: %d of %d messages applied, %d dropped and reported, notification queue %.2f%%", written, flood, dropped, usage*100)
 	if written == 0 || written+dropped < flood {
 		t.Errorf("%d applied + %d dropped < %d sent: some loss was silent", written, dropped, flood)
+	}
+	// The reports' running count comes to every drop: a burst shorter than a second
+	// was reported as its first drop, and the rest only counted.
+	last := int64(0)
+	eventually(t, "B's reports count every drop", func() bool {
+		for _, e := range b.errs.drain("error") {
+			var n int64
+			if err := e[0].(error); errors.Is(err, ErrReceiveQueueFull) {
+				if _, scan := fmt.Sscanf(err.Error()[strings.LastIndex(err.Error(), "("):], "(%d dropped so far)", &n); scan != nil {
+					t.Fatalf("report %q: %v", err, scan)
+				}
+				last = max(last, n)
+			}
+		}
+		return last == b.b.drops.n.Load()
+	})
+}
+
+// everySecond reports a burst's first event at once, and the rest of the burst once,
+// a second later or when flushed.
+func TestEverySecondReportsTheWholeBurst(t *testing.T) {
+	var e everySecond
+	got := make(chan int64, 10)
+	report := func(n int64) { got <- n }
+	for range 100 {
+		e.add(report)
+	}
+	if n := <-got; n != 1 {
+		t.Fatalf("first report %d, want 1", n)
+	}
+	select {
+	case n := <-got:
+		if n != 100 {
+			t.Fatalf("second report %d, want 100", n)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the rest of the burst was never reported")
+	}
+	for range 5 {
+		e.add(report) // within the second after the last report
+	}
+	e.flush()
+	if n := <-got; n != 105 {
+		t.Fatalf("flushed report %d, want 105", n)
+	}
+	e.flush()
+	select {
+	case n := <-got:
+		t.Fatalf("reported %d again", n)
+	default:
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // proxy forwards TCP connections to a target. stall makes every connection open now go
@@ -17,6 +18,9 @@ type proxy struct {
 	conns  []*proxied
 	closed bool // connections accepted since are closed at once
 	wg     sync.WaitGroup
+	// delay, when set before the first connection, is added before each write: a
+	// slow link.
+	delay time.Duration
 }
 
 type proxied struct {
@@ -87,6 +91,9 @@ func (p *proxy) pipe(pc *proxied, src, dst net.Conn) {
 		default:
 		}
 		if n > 0 {
+			if p.delay > 0 {
+				time.Sleep(p.delay) // the fault: a slow link
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
