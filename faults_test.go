@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
@@ -668,6 +669,92 @@ func TestPublishRetriesAfterTerminatedConnection(t *testing.T) {
 	}
 	if errs := a.errs.drain("error"); len(errs) > 0 {
 		t.Fatalf("A reported %v", errs)
+	}
+}
+
+// A lock on the attachments table held longer than RequestsTimeout (an ALTER TABLE, a
+// CREATE INDEX, an operator's LOCK) costs the attachments sent meanwhile, reported, and
+// nothing else. The batch with an attachment timed out whole, its small messages and
+// heartbeats with it, and the other servers dropped this one. Warm: the insert is
+// prepared on the connection and waits for the lock as it runs; cold: pgx's prepare of
+// it waits, before anything of the batch runs.
+func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
+	for _, warm := range []bool{true, false} {
+		t.Run(map[bool]string{true: "warm", false: "cold"}[warm], func(t *testing.T) {
+			opts := testOptions(t)
+			opts.RequestsTimeout = 2 * time.Second
+			a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) {
+				cfg.MaxConns = 1 // the warm-up prepares the insert on the one connection
+			})
+			b := startNode(t, "B", opts)
+			waitServerCount(t, []*node{a, b}, 2)
+			got := newRecorder()
+			for _, ev := range []string{"big", "small"} {
+				b.io.On(ev, func(args ...any) { got.add(ev, args...) })
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			defer cancel()
+			if warm {
+				a.io.ServerSideEmit("big", []byte{0})
+				got.next(t, "B", "big")
+			}
+			admin := newPool(t)
+			defer admin.Close()
+			tx, err := admin.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background())
+			if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+				t.Fatal(err)
+			}
+			// Two attachments: the second waits behind the first, and the small
+			// messages join its batch.
+			a.io.ServerSideEmit("big", []byte{1})
+			a.io.ServerSideEmit("big", []byte{2})
+			const n = 50
+			for i := range n {
+				a.io.ServerSideEmit("small", float64(i))
+			}
+			for i := range n {
+				if args := got.next(t, "B", "small"); len(args) != 1 || args[0] != float64(i) {
+					t.Fatalf("small message %d: got %v", i, args)
+				}
+			}
+			lost, refused := 0, false
+			eventually(t, "the attachments reported lost", func() bool {
+				for _, e := range a.errs.drain("error") {
+					if pe := (*PublishError)(nil); errors.As(e[0].(error), &pe) {
+						lost += pe.Types["SERVER_SIDE_EMIT"]
+						// Warm, PostgreSQL refuses the insert once lockTimeout has
+						// passed. (pgx forgets the statements of a batch that failed,
+						// so the next one is cold.)
+						pgErr := (*pgconn.PgError)(nil)
+						refused = refused || errors.As(pe, &pgErr) && pgErr.Code == "55P03"
+					} else {
+						t.Errorf("reported %v", e[0])
+					}
+				}
+				return lost >= 2
+			})
+			if lost != 2 {
+				t.Fatalf("%d messages reported lost, want the 2 attachments", lost)
+			}
+			if warm && !refused {
+				t.Error("no insert was refused for the lock (lock_not_available)")
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			a.io.ServerSideEmit("small", float64(n))
+			if args := got.next(t, "B", "small"); len(args) != 1 || args[0] != float64(n) {
+				t.Fatalf("after the lock: got %v", args)
+			}
+			if c := got.count("big"); c != 0 {
+				t.Fatalf("B got %d attachments reported lost", c)
+			}
+			waitServerCount(t, []*node{a, b}, 2)
+		})
 	}
 }
 

@@ -72,6 +72,9 @@ type publisher struct {
 	carry    []outgoing // taken from the queue, to publish before anything queued
 	batch    []outgoing
 	seen     map[notification]struct{}
+	// settings is the statement that begins a batch with attachments, by whether it
+	// commits asynchronously (1) and compresses with lz4 (2): see lockTimeout.
+	settings [4]string
 	nonce    uint64   // the last nonce given (see unique)
 	chans    []string // sendBatch's NotifyMany arguments, reused
 	payloads []string
@@ -81,7 +84,28 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
 		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
 	p.expire, p.expireNow = context.WithCancel(context.Background())
+	lock := fmt.Sprintf("set_config('lock_timeout', '%dms', true)", lockTimeout(opts.RequestsTimeout).Milliseconds())
+	for i := range p.settings {
+		q := "SELECT " + lock
+		if i&1 != 0 {
+			q += ", " + setAsyncSetting
+		}
+		if i&2 != 0 {
+			q += ", " + setLZ4Setting
+		}
+		p.settings[i] = q
+	}
 	return p
+}
+
+// lockTimeout bounds the wait of a batch's transaction for a lock, half its
+// RequestsTimeout, so that a batch held up by a lock on the attachments table (an
+// ALTER TABLE, a CREATE INDEX, an operator's LOCK) fails with PostgreSQL's own error
+// before the batch's timeout, which would leave unknown whether it committed: refused,
+// it ran nowhere, and its heartbeats and small messages go without the attachments.
+// A batch that timed out was lost whole, and the other servers dropped this one.
+func lockTimeout(requests time.Duration) time.Duration {
+	return max(requests/2, time.Millisecond)
 }
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
@@ -335,14 +359,16 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		b := &pgx.Batch{}
 		// Only a batch that inserts rows writes WAL before its commit record, which is
 		// what makes PostgreSQL flush at commit: one that only notifies needs no
-		// setAsync.
-		switch async, lz4 := attachments && !p.opts.SynchronousCommit, attachments && p.lz4 > 0; {
-		case async && lz4:
-			b.Queue(setAsyncLZ4)
-		case async:
-			b.Queue(setAsync)
-		case lz4:
-			b.Queue(setLZ4)
+		// setAsyncSetting. Nor does it wait for the table's locks (see lockTimeout).
+		if attachments {
+			i := 0
+			if !p.opts.SynchronousCommit {
+				i |= 1
+			}
+			if p.lz4 > 0 {
+				i |= 2
+			}
+			b.Queue(p.settings[i])
 		}
 		run, next := 0, 0 // the current run of inline messages in chans/payloads, and its end
 		endRun := func() {
@@ -384,8 +410,13 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		p.chans, p.payloads = chans[:0], payloads[:0]
 	}()
 	var pgErr *pgconn.PgError
-	if err != nil && attachments && errors.As(err, &pgErr) && ctx.Err() == nil {
-		if pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
+	var prep pgx.ErrPreprocessingBatch
+	// Refused by PostgreSQL, or failed while pgx prepared the batch's statements before
+	// running any (the prepare of the insert waited for a lock on the table): nothing
+	// of it ran.
+	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
+	if err != nil && attachments && refused(err) && ctx.Err() == nil {
+		if pgErr != nil && pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
 			// The table was dropped while this server ran: create it again, and retry.
 			p.tableReady.Store(false)
 			p.createTable(ctx)
@@ -393,8 +424,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 				err = send()
 			}
 		}
-		if err != nil && len(chans) > 0 && errors.As(err, &pgErr) {
-			// An insert failed (the table is gone, a privilege revoked): the batch is
+		if err != nil && len(chans) > 0 && refused(err) {
+			// An insert failed (the table is gone, a privilege revoked, a lock held
+			// past lockTimeout): the batch is
 			// one transaction, and its heartbeats and small messages went down with it,
 			// so that other servers could count this one gone. They go without the
 			// attachments, in order; the attachments are lost, and reported. Only if
@@ -486,27 +518,24 @@ func (p *publisher) split(batch []outgoing) (inline, attachments []outgoing) {
 	return inline, attachments
 }
 
-// setLZ4 makes the rest of a batch's transaction compress the attachment rows it inserts
+// setLZ4Setting makes the rest of a batch's transaction compress the attachment rows it inserts
 // with lz4 instead of PostgreSQL's default, pglz: about a tenth of the server's CPU time
 // per 20 KB row (81 µs against 8 µs on the development machine), for rows that live a
 // minute. It is local to the transaction and changes nothing else; readers, Node's
 // included, never see the difference, since PostgreSQL decompresses either on read.
-const setLZ4 = "SELECT set_config('default_toast_compression', 'lz4', true)"
+const setLZ4Setting = "set_config('default_toast_compression', 'lz4', true)"
 
-// setAsync makes a batch's transaction commit without waiting for PostgreSQL to flush
+// setAsyncSetting makes a batch's transaction commit without waiting for PostgreSQL to flush
 // its WAL to disk (and to synchronous standbys), unless Options.SynchronousCommit. The
 // flush is an fsync, 0.3-0.4 ms on the development machine's disk, and it bought nothing
 // here: a NOTIFY is delivered at commit either way, and PostgreSQL keeps no notification
-// across a crash, so a flushed commit does not make delivery any surer. Like setLZ4 it is
+// across a crash, so a flushed commit does not make delivery any surer. Like setLZ4Setting it is
 // local to the transaction; it changes neither visibility nor the order of commits. Only
 // batches with attachment rows need it: PostgreSQL flushes a commit only when the
 // transaction wrote WAL before it, which NOTIFY alone does not (pgbench, 4 connections
 // of pg_notify on a server with fsync on: 19,700 commits/s with synchronous_commit on,
 // 19,900-20,100 off).
-const setAsync = wire.SetAsyncCommit
-
-// setAsyncLZ4 is setAsync and setLZ4 in one statement.
-const setAsyncLZ4 = "SELECT set_config('synchronous_commit', 'off', true), set_config('default_toast_compression', 'lz4', true)"
+const setAsyncSetting = "set_config('synchronous_commit', 'off', true)"
 
 // probeLZ4 asks once whether the server can compress with lz4 (PostgreSQL 14 and later,
 // built with it, which every major distribution's package is). A failed probe is tried
