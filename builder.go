@@ -486,6 +486,9 @@ type runtime struct {
 	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
+	// Notifications examined by the dispatch goroutine, and those of them that were
+	// this server's own messages (see watchHearing).
+	examined, echoes atomic.Int64
 }
 
 func (b *Builder) start() *runtime {
@@ -635,36 +638,49 @@ func (rt *runtime) tick(ctx context.Context) {
 }
 
 // hearing is what watchHearing knows of the LISTEN connection's hearing, over a window
-// that starts when it last heard something.
+// that starts when it last heard this server's own messages.
 type hearing struct {
 	start      time.Time // the window's start; zero before the first tick
 	connects   int64     // the listener's connections then: a reconnection starts anew
-	heard      int64     // the listener's count of notifications then
+	echoes     int64     // this server's own messages heard then
+	drops      int64     // notifications dropped by a full receive queue then
+	heard      int64     // notifications received then (any)
 	commits    int64     // the publisher's count of committed batches then
 	midCommits int64     // ... at the window's middle, once reached
+	midHeard   int64     // notifications received at the window's middle
 	mid        bool
 	warned     bool // reported deaf, and nothing heard since
 }
 
-// watchHearing reports a LISTEN connection that hears nothing, not even this server's
-// own messages, which PostgreSQL delivers to every session listening on their channel,
-// the sender's included. Connected to another database than the pool (ListenURL), or
+// watchHearing reports a LISTEN connection that does not hear this server's own
+// messages, which PostgreSQL delivers to every session listening on their channel, the
+// sender's included. Connected to another database than the pool (ListenURL), or
 // through a pooler in transaction mode, where the LISTEN stays on a connection the
 // pooler hands to others, it is up and answers its pings, and this server misses every
 // message of the others, which go on counting it: nothing said so. It is reported when
-// a whole HeartbeatTimeout passed, listening, without a notification, although batches
-// were committed in its first half (heartbeats are, every HeartbeatInterval): their
-// echoes had the second half to come. Reported once, until something is heard.
+// a whole HeartbeatTimeout passed, listening, without an echo of this server's, although
+// batches were committed in its first half (heartbeats are, every HeartbeatInterval):
+// their echoes had the second half to come. Reported once, until an echo is heard.
+//
+// Echoes, not any notification: in another database where a cluster used the same
+// channels, the connection heard that cluster, and the watch, which counted any
+// notification, said nothing while this server delivered the other cluster's messages
+// and missed its own's. Echoes are counted as notifications are examined, behind the
+// receive queue: a window is judged only once everything heard by its middle has been
+// examined, and not at all when the queue dropped some (an echo among them).
 func (rt *runtime) watchHearing(now time.Time, w *hearing) {
-	heard, commits, connects := rt.lis.heard.Load(), rt.pub.commits.Load(), rt.b.stats.listenerConnects.Load()
+	// examined before echoes: decode counts an echo before counting it examined.
+	examined := rt.examined.Load()
+	echoes, drops, commits := rt.echoes.Load(), rt.b.drops.n.Load(), rt.pub.commits.Load()
+	heard, connects := rt.lis.heard.Load(), rt.b.stats.listenerConnects.Load()
 	// A reconnection between two ticks loses the echoes of what was committed while it
 	// lasted, and need not show as a tick that finds the listener down.
-	if heard != w.heard || connects != w.connects || w.start.IsZero() || !rt.lis.isSynced() {
-		if heard != w.heard && w.warned {
+	if echoes != w.echoes || drops != w.drops || connects != w.connects || w.start.IsZero() || !rt.lis.isSynced() {
+		if echoes != w.echoes && w.warned {
 			rt.b.opts.Logger.Info("pgadapter: the LISTEN connection hears again")
 			w.warned = false
 		}
-		*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
+		*w = hearing{start: now, connects: connects, echoes: echoes, drops: drops, heard: heard, commits: commits, warned: w.warned}
 		return
 	}
 	// At least minDeafTimeout: a shorter heartbeat timeout (25 ms) was shorter than the
@@ -672,16 +688,20 @@ func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 	// it heard everything.
 	timeout := max(rt.b.opts.HeartbeatTimeout, minDeafTimeout)
 	if !w.mid && now.Sub(w.start) >= timeout/2 {
-		w.midCommits, w.mid = commits, true
+		w.midCommits, w.midHeard, w.mid = commits, heard, true
 	}
-	if !w.mid || now.Sub(w.start) < timeout {
-		return
+	if !w.mid || now.Sub(w.start) < timeout || examined+drops < w.midHeard {
+		return // the window's second half to come, or its echoes not examined yet
 	}
 	if w.midCommits > w.commits && !w.warned {
 		w.warned = true
-		rt.b.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received nothing for %v, not even the %d batches this server committed meanwhile, which PostgreSQL sends back to it: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), now.Sub(w.start).Round(time.Millisecond), w.midCommits-w.commits))
+		others := ""
+		if n := heard - w.heard; n > 0 {
+			others = fmt.Sprintf(" (it received %d notifications of other servers)", n)
+		}
+		rt.b.report(fmt.Errorf("pgadapter: the LISTEN connection (backend pid %d) has received none of the %d batches this server committed in %v, which PostgreSQL sends back to it%s: it does not reach the database the pool publishes to (ListenURL naming another database, or a pooler in transaction mode?), and this server misses what the others send", rt.lis.pid.Load(), w.midCommits-w.commits, now.Sub(w.start).Round(time.Millisecond), others))
 	}
-	*w = hearing{start: now, connects: connects, heard: heard, commits: commits, warned: w.warned}
+	*w = hearing{start: now, connects: connects, echoes: echoes, drops: drops, heard: heard, commits: commits, warned: w.warned}
 }
 
 // minDeafTimeout is the least silence of the LISTEN connection, while this server's own

@@ -91,46 +91,56 @@ func TestTimestampColumnOutsideUTC(t *testing.T) {
 
 // A LISTEN connection that reaches another database than the pool (ListenURL naming
 // another one; a pooler in transaction mode does the same) is up, answers its pings,
-// and hears nothing: this server missed every message of the others, which went on
-// counting it, and nothing said so. It is reported once a heartbeat timeout passes
-// without even the echo of its own heartbeats.
+// and hears nothing of its cluster: this server missed every message of the others,
+// which went on counting it, and nothing said so. It is reported once a heartbeat
+// timeout passes without even the echo of its own heartbeats. Crowded: a cluster of the
+// same channels runs in the other database, and the connection hears it; it was not
+// reported, and this server delivered that cluster's messages.
 func TestDeafListenerReported(t *testing.T) {
-	ctx := context.Background()
-	admin := newPool(t)
-	defer admin.Close()
-	other := pgtest.Name("deaf")
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+other); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pool := newPool(t)
-		defer pool.Close()
-		pool.Exec(context.Background(), "DROP DATABASE IF EXISTS "+other+" WITH (FORCE)")
-	})
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + other
-	opts := testOptions(t)
-	opts.HeartbeatTimeout = 2 * time.Second
-	a := startNode(t, "A", opts)
-	deaf := opts
-	deaf.ListenURL = u.String()
-	b := startNode(t, "B", deaf)
-	eventually(t, "B's deafness reported", func() bool {
-		for _, e := range b.errs.drain("error") {
-			if err, _ := e[0].(error); err != nil && strings.Contains(err.Error(), "LISTEN connection") && strings.Contains(err.Error(), "received nothing") {
-				return true
+	for _, crowded := range []bool{false, true} {
+		t.Run(map[bool]string{false: "quiet", true: "crowded"}[crowded], func(t *testing.T) {
+			ctx := context.Background()
+			admin := newPool(t)
+			defer admin.Close()
+			other := pgtest.Name("deaf")
+			if _, err := admin.Exec(ctx, "CREATE DATABASE "+other); err != nil {
+				t.Fatal(err)
 			}
-			t.Errorf("B reported %v", e)
-		}
-		return false
-	})
-	// A, which hears, counts B (its heartbeats arrive) and reports nothing.
-	waitServerCount(t, []*node{a}, 2)
-	if errs := a.errs.drain("error"); len(errs) > 0 {
-		t.Fatalf("A reported %v", errs)
+			t.Cleanup(func() {
+				pool := newPool(t)
+				defer pool.Close()
+				pool.Exec(context.Background(), "DROP DATABASE IF EXISTS "+other+" WITH (FORCE)")
+			})
+			u, err := url.Parse(dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.Path = "/" + other
+			opts := testOptions(t)
+			opts.HeartbeatTimeout = 2 * time.Second
+			a := startNode(t, "A", opts)
+			if crowded {
+				c := startNodeOn(t, "C", u.String(), opts)
+				defer c.close()
+			}
+			deaf := opts
+			deaf.ListenURL = u.String()
+			b := startNode(t, "B", deaf)
+			eventually(t, "B's deafness reported", func() bool {
+				for _, e := range b.errs.drain("error") {
+					if err, _ := e[0].(error); err != nil && strings.Contains(err.Error(), "LISTEN connection") && strings.Contains(err.Error(), "received none") {
+						return true
+					}
+					t.Errorf("B reported %v", e)
+				}
+				return false
+			})
+			// A, which hears, counts B (its heartbeats arrive) and reports nothing.
+			waitServerCount(t, []*node{a}, 2)
+			if errs := a.errs.drain("error"); len(errs) > 0 {
+				t.Fatalf("A reported %v", errs)
+			}
+		})
 	}
 }
 

@@ -172,9 +172,9 @@ type Options struct {
 	// primary directly. ListenURL is the same as a connection string; ListenConnConfig
 	// wins when both are set. Make ListenConnConfig with pgx.ParseConfig (pgx refuses
 	// others: the listener then reports that it cannot connect). It must reach the
-	// database the pool publishes to: a LISTEN connection that hears nothing, not even
-	// this server's own messages, for a HeartbeatTimeout is reported through the
-	// ErrorHandler.
+	// database the pool publishes to: a LISTEN connection that does not hear this
+	// server's own messages for a HeartbeatTimeout (2 s at least) is reported through
+	// the ErrorHandler, whatever else it hears.
 	ListenConnConfig *pgx.ConnConfig
 	// ListenURL is ListenConnConfig as a connection string (see ListenConnConfig).
 	ListenURL string

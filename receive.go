@@ -307,6 +307,7 @@ func (rt *runtime) heard(a *Adapter, uid string) {
 // decode turns a notification into a delivery, or nil for our own messages, channels no
 // longer listened to, and malformed notifications (reported).
 func (rt *runtime) decode(n *pgconn.Notification) *delivery {
+	defer rt.examined.Add(1) // after the echo's count (see watchHearing)
 	a := rt.b.adapter(n.Channel)
 	if a == nil || a.rt != rt {
 		// A channel just unlistened, or this runtime is stopping and a newer one
@@ -314,6 +315,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		return nil
 	}
 	if a.isOwn(n.Payload) {
+		rt.echoes.Add(1)
 		return nil // our own message, echoed by PostgreSQL: not worth decoding
 	}
 	note, err := decodeNotification(n.Payload)
@@ -323,6 +325,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		return nil
 	}
 	if note.UID == a.uid {
+		rt.echoes.Add(1)
 		return nil // our own message, echoed by PostgreSQL
 	}
 	rt.heard(a, note.UID)

@@ -10,12 +10,33 @@ import (
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
-// watchHearing over a LISTEN connection that heard nothing for a heartbeat timeout,
-// although batches were committed in the first half: reported once, as deaf. The same
-// with a reconnection between two ticks (the listener never seen down), whose gap lost
-// the echoes: not reported, the watch starting anew from the reconnection.
+// watchHearing over a LISTEN connection that heard none of this server's messages for a
+// heartbeat timeout, although batches were committed in the first half: reported once,
+// as deaf, whether it heard nothing or other servers' notifications (another cluster in
+// the database it reached, which it used to take for hearing). Not reported when it
+// reconnected between two ticks (the listener never seen down), whose gap lost the
+// echoes, nor while the notifications heard wait to be examined, nor when the receive
+// queue dropped some, nor when echoes arrive.
 func TestWatchHearing(t *testing.T) {
-	for _, reconnect := range []bool{false, true} {
+	for _, c := range []struct {
+		name string
+		want int
+		tick func(rt *runtime)
+	}{
+		{"silent", 1, func(*runtime) {}},
+		{"others", 1, func(rt *runtime) { rt.lis.heard.Add(5); rt.examined.Add(5) }},
+		{"reconnecting", 0, func() func(*runtime) {
+			ticks := 0
+			return func(rt *runtime) {
+				if ticks++; ticks%3 == 0 {
+					rt.b.stats.listenerConnects.Add(1)
+				}
+			}
+		}()},
+		{"behind", 0, func(rt *runtime) { rt.lis.heard.Add(5) }},
+		{"dropping", 0, func(rt *runtime) { rt.lis.heard.Add(5); rt.examined.Add(4); rt.b.drops.n.Add(1) }},
+		{"echoes", 0, func(rt *runtime) { rt.lis.heard.Add(5); rt.examined.Add(5); rt.echoes.Add(1) }},
+	} {
 		var reported []error
 		b := &Builder{opts: Options{HeartbeatTimeout: 4 * time.Second, Logger: slog.New(slog.DiscardHandler),
 			ErrorHandler: func(err error) { reported = append(reported, err) }}}
@@ -27,14 +48,12 @@ func TestWatchHearing(t *testing.T) {
 			if tick%2 == 1 {
 				rt.pub.commits.Add(1) // a heartbeat every other second, never heard
 			}
-			if reconnect && tick%3 == 2 {
-				b.stats.listenerConnects.Add(1)
-			}
+			c.tick(rt)
 			rt.watchHearing(now, &w)
 		}
 		b.reports.wait(waitFor)
-		if want := map[bool]int{false: 1, true: 0}[reconnect]; len(reported) != want {
-			t.Errorf("reconnecting %v: %d reports, want %d: %v", reconnect, len(reported), want, reported)
+		if len(reported) != c.want {
+			t.Errorf("%s: %d reports, want %d: %v", c.name, len(reported), c.want, reported)
 		}
 	}
 }
