@@ -431,3 +431,61 @@ func TestRemoteSocketAckShapeSameEverywhere(t *testing.T) {
 		}
 	}
 }
+
+// A broadcast with acks that failed, as socket.io's operator sees it: its callback gets
+// an error (at the operator's timeout) with the answers it has. The other servers were
+// counted as zero clients, and the caller was told, without an error, that every client
+// had answered: when the message could not be published (here the attachments table is
+// missing), and when the sending server closed while the answers were due (here B has
+// not counted its client yet: its delivery is held).
+func TestFailedBroadcastAckIsAnError(t *testing.T) {
+	t.Run("not published", func(t *testing.T) {
+		opts := testOptions(t)
+		opts.SkipTableCreation = true // the binary message's insert fails
+		a, b := startPair(t, opts, quiet)
+		b.connect(t, "/", "cb")
+		args, err := emitWithAck(t, a.io.Timeout(500*time.Millisecond), "ask", []byte{1})
+		if err == nil {
+			t.Fatalf("called back with %v and no error", args)
+		}
+		if a.errs.count("error") == 0 {
+			t.Error("the publish failure was not reported")
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		a, b := startPair(t, testOptions(t), quiet)
+		b.connect(t, "/", "cb")
+		release := make(chan struct{})
+		defer close(release)
+		held := make(chan struct{}, 1)
+		for _, s := range b.socketsNamed("/", "cb") {
+			s.OnAnyOutgoing(func(args ...any) {
+				if args[0] == "hold" {
+					held <- struct{}{}
+					<-release
+				}
+			})
+		}
+		a.io.Emit("hold")
+		select {
+		case <-held:
+		case <-time.After(waitFor):
+			t.Fatal("B never held")
+		}
+		type result struct {
+			args []any
+			err  error
+		}
+		got := make(chan result, 1)
+		a.io.Timeout(time.Second).EmitWithAck("ask")(func(args []any, err error) { got <- result{args, err} })
+		a.io.Close(nil)
+		select {
+		case r := <-got:
+			if r.err == nil {
+				t.Fatalf("called back with %v and no error", r.args)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("never called back")
+		}
+	})
+}

@@ -154,7 +154,9 @@ func (a *Adapter) Channel() string { return a.channel }
 func (a *Adapter) Init() {}
 
 // Close announces to the other servers that this one leaves (ADAPTER_CLOSE), fails the
-// requests still waiting with ErrClosed, and stops listening to the namespace's channel.
+// requests still waiting with ErrClosed (a broadcast with acks ends at socket.io's
+// timeout, with an error: see BroadcastWithAck), and stops listening to the namespace's
+// channel.
 // Closing the last namespace of a Builder stops its goroutines and closes its LISTEN
 // connection. socket.io calls Close from io.Close and when it removes an empty dynamic
 // namespace. Close is idempotent.
@@ -268,18 +270,20 @@ func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions
 // its clients were targeted (clientCountCallback), then each client's acknowledgement
 // reaches ack. Every client contributes exactly one response (its first argument, nil if
 // it acknowledged with none), locally and remotely alike, as Node does; servers that leave
-// before they count their clients, or that the message could not reach, count as zero
-// clients, so the caller's callback fires as soon as everything that can answer has,
-// instead of at the timeout. A server that leaves after counting its clients leaves
-// their answers missing: socket.io's operator then waits for its timeout, and gives an
-// error with the answers it has.
+// before they count their clients count as zero clients, so the caller's callback fires
+// as soon as everything that can answer has, instead of at the timeout. A server that
+// leaves after counting its clients leaves their answers missing: socket.io's operator
+// then waits for its timeout, and gives an error with the answers it has. So it does
+// when the message could not be published (reported), or this adapter closes while the
+// answers are due: the other servers' counts are withheld, as Node's adapter leaves
+// them, so that the caller gets an error rather than the word that no client there
+// matched.
 //
 // The message is published even when no other server is known (one that has just
 // started, or that this server lost sight of while its LISTEN connection was down,
 // would otherwise miss it), as Node does; answers from servers not known when it was
 // sent are ignored, since socket.io's operator expects ServerCount of them. With the
-// Local flag, or when the packet cannot be published, every other server counts as zero
-// clients at once.
+// Local flag, every other server counts as zero clients at once.
 func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.BroadcastOptions, clientCountCallback func(uint64), ack socket.Ack) {
 	single := opts != nil && opts.Flags != nil && opts.Flags.ExpectSingleResponse
 	raw := ""
@@ -324,10 +328,11 @@ func (a *Adapter) BroadcastWithAck(packet *parser.Packet, opts *socket.Broadcast
 	}
 	if !published {
 		if !isLocal(opts) {
-			fail()
-		}
-		for range members {
-			clientCountCallback(0)
+			fail() // the counts withheld: an error at the operator's timeout
+		} else {
+			for range members {
+				clientCountCallback(0)
+			}
 		}
 	}
 	a.localBroadcastWithAck(packet, opts, raw, norm, clientCountCallback, func(args []any, err error) {

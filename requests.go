@@ -103,8 +103,13 @@ func (a *Adapter) guard(what string, fn func()) {
 	}
 }
 
-// finish ends a request early with err, giving it what it has; a broadcast counts every
-// server still due as zero clients, so that socket.io's operator completes.
+// finish ends a request early with err (not published, or ended by Close), giving it
+// what it has. A broadcast's client counts from the servers still due are withheld:
+// socket.io's operator then ends at its timeout with an error and the answers it has.
+// They were given as zero clients, as for a server that leaves before counting, and the
+// caller was told, without an error, that every client had answered: a broadcast whose
+// server closed while it waited, or that never reached the other servers, looked like
+// one that no client there matched.
 func (a *Adapter) finish(id string, err error) {
 	r := a.take(id)
 	if r == nil {
@@ -114,11 +119,6 @@ func (a *Adapter) finish(id string, err error) {
 	if r.kind == wire.Broadcast {
 		if r.onFail != nil {
 			r.onFail()
-		}
-		// Each callback guarded: socket.io's operator can panic in one (a RemoteSocket
-		// emit that no client answers), and the others must still run.
-		for range r.waiting {
-			a.guard("broadcast client count", func() { r.onCount(0) })
 		}
 		return
 	}
