@@ -382,7 +382,7 @@ func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 	if !d.created.IsZero() && !row.created.Equal(d.created) {
 		rt.b.stats.attachmentErrors.Add(1)
 		// PostgreSQL crashed after the notification, and gave its id to a new row.
-		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed)",
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed, or a created_at column without time zone was read in another TimeZone)",
 			d.id, ErrAttachmentMissing, row.created.UTC().Format(time.RFC3339Nano), d.created.UTC().Format(time.RFC3339Nano))}
 	}
 	if row.size > 0 {

@@ -330,7 +330,8 @@ func (e *Emitter) insert(ctx context.Context, body []byte, channel, header strin
 	err := batcher.SendBatch(ctx, b).Close()
 	if err != nil {
 		// Even if ctx ended meanwhile: without the rollback, the caller's transaction
-		// stays aborted.
+		// stays aborted. (Unless pgx closed the connection, as it does when ctx ends
+		// while the statement runs: the caller's transaction is then gone anyway.)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 		defer cancel()
 		if _, rerr := e.db.Exec(rctx, "ROLLBACK TO SAVEPOINT "+savepoint); rerr == nil {
