@@ -37,8 +37,11 @@ type Builder struct {
 	rt       *runtime            // running machinery; nil when no adapter is open
 	closed   bool
 	stopped  bool // a runtime stopped with the last adapter (io.Close), none since
-	halting  int  // runtimes stopping (see closePool)
-	poolOnce sync.Once
+	// stoppedServer is the server whose runtime stopped with its last adapter: its
+	// io.Close closed them all (see refusalLocked).
+	stoppedServer *socket.Server
+	halting       int // runtimes stopping (see closePool)
+	poolOnce      sync.Once
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -165,7 +168,7 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 	if b.rt == nil {
 		b.rt = b.start()
 		b.rt.server = nsp.Server()
-		b.stopped = false
+		b.stopped, b.stoppedServer = false, nil
 	}
 	a.rt = b.rt
 	b.adapters[a.channel] = a
@@ -181,6 +184,11 @@ func (b *Builder) refusalLocked(nsp socket.Namespace) error {
 	switch {
 	case b.closed:
 		return fmt.Errorf("pgadapter: namespace %q created after Builder.Close: %w", nsp.Name(), ErrClosed)
+	case b.rt == nil && b.stoppedServer != nil && b.stoppedServer == nsp.Server():
+		// io.Close closed every adapter: a namespace created afterwards (io.Of on the
+		// closed server) started the machinery again, LISTEN connection and heartbeats
+		// included, and the other servers counted the closed server again.
+		return fmt.Errorf("pgadapter: namespace %q created after its server closed: %w; it works on this server only", nsp.Name(), ErrClosed)
 	case b.rt != nil && b.rt.server != nsp.Server():
 		// Two servers given one Builder: a namespace of both would replace the first
 		// one's adapter, which then published nothing, and nobody was told.
@@ -273,7 +281,7 @@ func (b *Builder) remove(a *Adapter) {
 	last := rt != nil && b.rt == rt && len(b.adapters) == 0
 	if last {
 		b.rt = nil
-		b.stopped = true
+		b.stopped, b.stoppedServer = true, rt.server
 		b.halting++
 	}
 	if rt != nil && registered {

@@ -1,6 +1,7 @@
 package pgadapter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -755,6 +756,46 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 			}
 			waitServerCount(t, []*node{a, b}, 2)
 		})
+	}
+}
+
+// A lock on the attachments table shorter than lockTimeout is waited for: nothing is
+// lost. (Half of RequestsTimeout, as lockTimeout first was, lost the attachments of a
+// lock of 3 s against a timeout of 5.)
+func TestFaultShortLockLosesNothing(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 2 * time.Second // lockTimeout 1.6 s
+	a, b := startPair(t, opts, func(*Options) {})
+	got := newRecorder()
+	b.io.On("big", func(args ...any) { got.add("big", args...) })
+	a.io.ServerSideEmit("big", []byte{0}) // warm: the insert prepared, the table there
+	got.next(t, "B", "big")
+	admin := newPool(t)
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		a.io.ServerSideEmit("big", []byte{byte(i)})
+	}
+	time.Sleep(1200 * time.Millisecond) // the fault: a lock held 1.2 s
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if args := got.next(t, "B", "big"); len(args) != 1 || !bytes.Equal(args[0].([]byte), []byte{byte(i)}) {
+			t.Fatalf("attachment %d: got %v", i, args)
+		}
+	}
+	if errs := a.errs.drain("error"); len(errs) > 0 {
+		t.Fatalf("A reported %v", errs)
 	}
 }
 

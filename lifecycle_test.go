@@ -1006,3 +1006,53 @@ func TestLostAtCloseIsAWarning(t *testing.T) {
 		t.Fatalf("3 messages lost at Close logged %d warnings, want 1", n)
 	}
 }
+
+// A namespace created on a server after its io.Close (io.Of on the closed server) works
+// on that server only, with ErrClosed reported: it started the machinery again, LISTEN
+// connection and heartbeats included, and the other servers counted the closed server
+// as a member again. A new server given the same Builder still joins the cluster.
+func TestNamespaceAfterServerCloseStaysLocal(t *testing.T) {
+	opts := testOptions(t)
+	pool := newPool(t)
+	defer pool.Close()
+	var mu sync.Mutex
+	var reported []error
+	opts.ErrorHandler = func(err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }
+	b := New(pool, &opts)
+	io := socket.NewServer(nil, nil)
+	io.SetAdapter(b)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	io.Close(nil)
+	late := io.Of("/late", nil)
+	if _, ok := late.Adapter().(*Adapter); ok {
+		t.Fatal("the namespace created after Close got a cluster adapter")
+	}
+	b.mu.Lock()
+	running := b.rt != nil
+	b.mu.Unlock()
+	if running {
+		t.Fatal("a namespace created after Close started the machinery again")
+	}
+	b.reports.wait(waitFor)
+	mu.Lock()
+	told := slices.ContainsFunc(reported, func(err error) bool {
+		return errors.Is(err, ErrClosed) && strings.Contains(err.Error(), `"/late"`)
+	})
+	mu.Unlock()
+	if !told {
+		t.Fatalf("reported %v, want ErrClosed for /late", reported)
+	}
+	io2 := socket.NewServer(nil, nil)
+	defer io2.Close(nil)
+	io2.SetAdapter(b)
+	if _, ok := io2.Of("/late", nil).Adapter().(*Adapter); !ok {
+		t.Fatal("a new server given the Builder got no cluster adapter")
+	}
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -98,14 +98,16 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 	return p
 }
 
-// lockTimeout bounds the wait of a batch's transaction for a lock, half its
+// lockTimeout bounds the wait of a batch's transaction for a lock, four fifths of its
 // RequestsTimeout, so that a batch held up by a lock on the attachments table (an
 // ALTER TABLE, a CREATE INDEX, an operator's LOCK) fails with PostgreSQL's own error
 // before the batch's timeout, which would leave unknown whether it committed: refused,
 // it ran nowhere, and its heartbeats and small messages go without the attachments.
-// A batch that timed out was lost whole, and the other servers dropped this one.
+// A batch that timed out was lost whole, and the other servers dropped this one. (Half
+// of RequestsTimeout, as first made, lost the attachments of locks that the batch would
+// have outwaited: a tester's lock of 3 s against a timeout of 5.)
 func lockTimeout(requests time.Duration) time.Duration {
-	return max(requests/2, time.Millisecond)
+	return max(requests/5*4, time.Millisecond)
 }
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
