@@ -246,6 +246,8 @@ func (b *Builder) Ready(ctx context.Context) error {
 // is closed when it does; waiting for it would never end when Close is called from a
 // request callback that closing runs.
 func (b *Builder) Close(ctx context.Context) error {
+	// Called from the ErrorHandler, which the goroutine below would wait for.
+	b.reports.release()
 	b.mu.Lock()
 	b.closed = true
 	list := make([]*Adapter, 0, len(b.adapters))
@@ -293,9 +295,11 @@ func (b *Builder) remove(a *Adapter) {
 	}
 	if last {
 		rt.stop(b.opts.RequestsTimeout + 5*time.Second)
-		// Drops counted since their last report are reported now, not a second later.
-		b.drops.flush()
-		b.queueFull.flush()
+		// Events counted since their last report are reported now, not a second later,
+		// after Close returned.
+		for _, e := range []*everySecond{&b.drops, &b.queueFull, &b.closedSends, &b.badNames} {
+			e.flush()
+		}
 		// What the runtime reported is passed on before Close returns, so that an
 		// application may close what its callbacks use once Close has returned.
 		if !b.reports.wait(b.opts.RequestsTimeout + 5*time.Second) {
@@ -367,7 +371,11 @@ func (b *Builder) report(err error) {
 // handle passes err to the ErrorHandler, on the reporter's goroutine.
 func (b *Builder) handle(err error) {
 	if h := b.opts.ErrorHandler; h != nil {
-		b.reports.add(func() { h(err) })
+		size := 0
+		if me := (*MessageError)(nil); errors.As(err, &me) {
+			size = len(me.Payload)
+		}
+		b.reports.add(func() { h(err) }, size)
 	}
 }
 
@@ -425,14 +433,16 @@ type everySecond struct {
 
 // add counts one event, and calls report with the running count now or, with the count
 // then, a second after the last report (report being the last one given by then).
+// Reports are made under e.mu, so that they come in order, and so that a flush returns
+// once every report due is made (reports queue the ErrorHandler's call, and log).
 func (e *everySecond) add(report func(n int64)) {
 	e.mu.Lock()
 	n := e.n.Add(1)
 	now := time.Now()
 	if now.Sub(e.last) >= time.Second {
 		e.last, e.reported = now, n
-		e.mu.Unlock()
 		report(n)
+		e.mu.Unlock()
 		return
 	}
 	e.pending = report
@@ -456,8 +466,8 @@ func (e *everySecond) flush() {
 		return
 	}
 	e.last, e.reported = time.Now(), n
-	e.mu.Unlock()
 	report(n)
+	e.mu.Unlock()
 }
 
 // listenerState records and announces a change of the LISTEN connection's state.
@@ -471,7 +481,7 @@ func (b *Builder) listenerState(up bool, pid uint32, err error) {
 		b.opts.Logger.Warn("pgadapter: listener down", "error", err)
 	}
 	if h := b.opts.OnListenerState; h != nil {
-		b.reports.add(func() { h(up, err) })
+		b.reports.add(func() { h(up, err) }, 0)
 	}
 }
 
@@ -497,6 +507,7 @@ type runtime struct {
 	// Notifications examined by the dispatch goroutine, and those of them that were
 	// this server's own messages (see watchHearing).
 	examined, echoes atomic.Int64
+	dropsBefore      int64 // the Builder's drops when this runtime started
 }
 
 func (b *Builder) start() *runtime {
@@ -507,6 +518,7 @@ func (b *Builder) start() *runtime {
 		answers:        make(chan *delivery, 256),
 		handlerStarted: make(chan struct{}, 1),
 		heardAt:        map[heardKey]time.Time{},
+		dropsBefore:    b.drops.n.Load(),
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	cfg := b.opts.ListenConnConfig
@@ -615,7 +627,7 @@ func (rt *runtime) stop(wait time.Duration) {
 	select {
 	case <-rt.running.stop():
 	case <-t.C:
-		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (the application's code still running on one: an ErrorHandler or OnListenerState callback, or a request callback run as a server times out?)"))
+		rt.b.report(errors.New("pgadapter: goroutines did not stop in time (the application's code still running on one: a request callback run as a server times out, or a heartbeat's?)"))
 	}
 }
 
@@ -679,7 +691,8 @@ type hearing struct {
 func (rt *runtime) watchHearing(now time.Time, w *hearing) {
 	// examined before echoes: decode counts an echo before counting it examined.
 	examined := rt.examined.Load()
-	echoes, drops, commits := rt.echoes.Load(), rt.b.drops.n.Load(), rt.pub.commits.Load()
+	// Drops since this runtime started: the Builder counts those of its runtimes before.
+	echoes, drops, commits := rt.echoes.Load(), rt.b.drops.n.Load()-rt.dropsBefore, rt.pub.commits.Load()
 	heard, connects := rt.lis.heard.Load(), rt.b.stats.listenerConnects.Load()
 	// A reconnection between two ticks loses the echoes of what was committed while it
 	// lasted, and need not show as a tick that finds the listener down.

@@ -759,12 +759,60 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 	}
 }
 
-// A lock on the attachments table shorter than lockTimeout is waited for: nothing is
-// lost. (Half of RequestsTimeout, as lockTimeout first was, lost the attachments of a
-// lock of 3 s against a timeout of 5.)
-func TestFaultShortLockLosesNothing(t *testing.T) {
+// While the attachments table stays locked, a server that keeps sending attachments
+// keeps being counted by the others. Every batch with an attachment waited for the lock,
+// in pgx's prepare of the insert, for the whole RequestsTimeout, and its heartbeats
+// behind it twice that: the others dropped it. Now the prepare is bounded as the batch
+// is, and once the table is known locked, batches wait for it only lockedWait.
+func TestFaultLongLockKeepsTheServerCounted(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 2 * time.Second // lockTimeout 1.6 s
+	opts.HeartbeatTimeout = 3500 * time.Millisecond
+	a, b := startPair(t, opts, func(*Options) {})
+	admin := newPool(t)
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	seen := b.io.Sockets().Adapter().(*Adapter)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	least := int64(2)
+	for range 80 { // 8 s of attachments, every 100 ms, into the locked table
+		<-tick.C
+		a.io.ServerSideEmit("big", []byte{1})
+		least = min(least, seen.ServerCount())
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if least < 2 {
+		t.Fatal("B dropped A while A's attachments waited for the locked table")
+	}
+	// And the attachments flow again.
+	got := make(chan []any, 1)
+	b.io.On("after", func(args ...any) { got <- args })
+	a.io.ServerSideEmit("after", []byte{2})
+	select {
+	case <-got:
+	case <-time.After(waitFor):
+		t.Fatal("no attachment after the lock")
+	}
+}
+
+// A lock on the attachments table shorter than lockTimeout is waited for: nothing is
+// lost. (Half of RequestsTimeout, as lockTimeout first was, lost the attachments of a
+// lock of 3 s against a timeout of 5; here 2.4 s against 4.)
+func TestFaultShortLockLosesNothing(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = 4 * time.Second // lockTimeout 3.2 s
 	a, b := startPair(t, opts, func(*Options) {})
 	got := newRecorder()
 	b.io.On("big", func(args ...any) { got.add("big", args...) })
@@ -785,7 +833,7 @@ func TestFaultShortLockLosesNothing(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		a.io.ServerSideEmit("big", []byte{byte(i)})
 	}
-	time.Sleep(1200 * time.Millisecond) // the fault: a lock held 1.2 s
+	time.Sleep(2400 * time.Millisecond) // the fault: a lock held 2.4 s
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}

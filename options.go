@@ -155,12 +155,14 @@ type Options struct {
 	// It is called on a goroutine of the adapter's own, one error at a time, in the
 	// order they happened, with OnListenerState's calls, so that a slow handler (one
 	// that sends errors over the network) holds up no message. It may block, and may
-	// close the server. While 65,536 reports wait for it, further ones are not passed on
+	// close the server. While 65,536 reports, or 16 MB of them (a malformed notification's
+	// error holds its payload), wait for it, further ones are not passed on
 	// (they are logged, or counted in Stats, as malformed ones beyond the log's rate are),
 	// and it is then told how many it missed. When the last namespace closes,
 	// Close waits until every report is passed on and the handler has returned, at most
-	// RequestsTimeout and 5 s (not when called from the handler itself), so that the
-	// application may close what its handler uses once Close has returned.
+	// RequestsTimeout and 5 s (not when called from the handler itself; a handler that
+	// waits for a Close it started on another goroutine makes that one wait its bound),
+	// so that the application may close what its handler uses once Close has returned.
 	ErrorHandler func(error)
 
 	// Logger receives the adapter's logs. Default slog.Default().

@@ -73,8 +73,12 @@ type publisher struct {
 	batch    []outgoing
 	seen     map[notification]struct{}
 	// settings is the statement that begins a batch with attachments, by whether it
-	// commits asynchronously (1) and compresses with lz4 (2): see lockTimeout.
+	// commits asynchronously (1) and compresses with lz4 (2); its argument is the
+	// lock_timeout (see lockWait).
 	settings [4]string
+	// locked is set while the attachments table is known to be locked: a batch's
+	// insert was refused for it (see lockWait).
+	locked   bool
 	nonce    uint64   // the last nonce given (see unique)
 	chans    []string // sendBatch's NotifyMany arguments, reused
 	payloads []string
@@ -84,9 +88,8 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
 		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
 	p.expire, p.expireNow = context.WithCancel(context.Background())
-	lock := fmt.Sprintf("set_config('lock_timeout', '%dms', true)", lockTimeout(opts.RequestsTimeout).Milliseconds())
 	for i := range p.settings {
-		q := "SELECT " + lock
+		q := "SELECT " + setLockTimeout
 		if i&1 != 0 {
 			q += ", " + setAsyncSetting
 		}
@@ -108,6 +111,55 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 // have outwaited: a tester's lock of 3 s against a timeout of 5.)
 func lockTimeout(requests time.Duration) time.Duration {
 	return max(requests/5*4, time.Millisecond)
+}
+
+// lockedWait is the lock_timeout of batches while the table is known to be locked: each
+// batch with an attachment waited lockTimeout, and while the lock lasted, the small
+// messages and heartbeats behind them were late by twice that, long enough for the other
+// servers to drop this one. The first insert that commits ends that state.
+const lockedWait = 100 * time.Millisecond
+
+// lockWait is the lock_timeout of the next batch with attachments, as set_config takes
+// it.
+func (p *publisher) lockWait() string {
+	if p.locked {
+		return fmt.Sprintf("%dms", lockedWait.Milliseconds())
+	}
+	return fmt.Sprintf("%dms", lockTimeout(p.opts.RequestsTimeout).Milliseconds())
+}
+
+// setLockTimeout sets the transaction's lock_timeout ($1; see lockTimeout).
+const setLockTimeout = "set_config('lock_timeout', $1, true)"
+
+// insertPrepared is the key, in a connection's CustomData, that says the insert of the
+// publisher's table is prepared on it (see prepareInsert).
+const insertPrepared = "pgadapter: insert prepared "
+
+// prepareInsert prepares the attachment insert on conn, once per connection, in a
+// transaction bounded by lockWait. pgx prepares a batch's statements in a round trip of
+// their own, before the batch's first statement sets the lock_timeout: the prepare of
+// the insert waited for a lock on the table for the whole RequestsTimeout, and pgx
+// closed the connection when it timed out. And pgx forgets the statements of a batch
+// that fails, so every batch while the lock lasted prepared again, and waited again.
+// Prepared so, under the statement's own text, pgx uses it in every batch whatever its
+// mode, and keeps it. With the simple protocol nothing is prepared.
+func (p *publisher) prepareInsert(ctx context.Context, conn *pgx.Conn) error {
+	key := insertPrepared + p.st.Table
+	data := conn.PgConn().CustomData()
+	if data[key] != nil || conn.Config().DefaultQueryExecMode == pgx.QueryExecModeSimpleProtocol {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT "+setLockTimeout, p.lockWait()); err != nil {
+			return err
+		}
+		_, err := tx.Conn().Prepare(ctx, p.st.InsertNotify, p.st.InsertNotify)
+		return err
+	})
+	if err == nil {
+		data[key] = true
+	}
+	return err
 }
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
@@ -370,7 +422,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			if p.lz4 > 0 {
 				i |= 2
 			}
-			b.Queue(p.settings[i])
+			b.Queue(p.settings[i], p.lockWait())
 		}
 		run, next := 0, 0 // the current run of inline messages in chans/payloads, and its end
 		endRun := func() {
@@ -397,7 +449,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 			var unrun bool
-			unrun, err = p.sendOnce(qctx, build())
+			unrun, err = p.sendOnce(qctx, build(), attachments)
 			cancel()
 			if err == nil || ctx.Err() != nil || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
@@ -406,6 +458,15 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return err
 	}
 	err := send()
+	if attachments {
+		// Known locked until an insert commits (see lockedWait).
+		var pgErr *pgconn.PgError
+		if err == nil {
+			p.locked = false
+		} else if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+			p.locked = true
+		}
+	}
 	defer func() {
 		clear(chans) // drop references to sent payloads; the arrays are reused
 		clear(payloads)
@@ -428,9 +489,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		}
 		if err != nil && len(chans) > 0 && refused(err) {
 			// An insert failed (the table is gone, a privilege revoked, a lock held
-			// past lockTimeout): the batch is
-			// one transaction, and its heartbeats and small messages went down with it,
-			// so that other servers could count this one gone. They go without the
+			// past lockTimeout): the batch is one transaction, and its heartbeats and
+			// small messages went down with it, so that other servers could count this
+			// one gone. They go without the
 			// attachments, in order; the attachments are lost, and reported. Only if
 			// PostgreSQL refused it, as the first time: a retry that failed otherwise
 			// (the connection lost) may have committed, and sending again would deliver
@@ -476,13 +537,26 @@ const maxSendTries = 4
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
 // Ended anywhere later, the transaction may have committed, and is not tried again.
-func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch) (unrun bool, err error) {
-	br := p.pool.SendBatch(ctx, b)
+func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch, attachments bool) (unrun bool, err error) {
+	ended := func(err error) bool { // the server ended the connection (see above)
+		var pgErr *pgconn.PgError
+		return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
+			cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
+	}
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Release()
+	if attachments {
+		if err := p.prepareInsert(ctx, conn.Conn()); err != nil {
+			return ended(err), err // nothing of the batch ran
+		}
+	}
+	br := conn.SendBatch(ctx, b)
 	for i := range b.Len() {
 		if _, err = br.Exec(); err != nil {
-			var pgErr *pgconn.PgError
-			unrun = i == 0 && errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
-				cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
+			unrun = i == 0 && ended(err)
 			break
 		}
 	}

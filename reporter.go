@@ -14,6 +14,14 @@ import (
 // how many it missed once it has caught up.
 const maxPendingReports = 1 << 16
 
+// maxPendingBytes bounds them by size too, reckoned from what each report holds: a
+// malformed notification's error carries its payload, up to 8000 bytes, and 65,536 of
+// them held half a gigabyte while a handler was blocked.
+const maxPendingBytes = 16 << 20
+
+// reportSize is what a queued report is reckoned to hold, beyond its payload.
+const reportSize = 256
+
 // reporter calls the application's callbacks (Options.ErrorHandler and
 // OnListenerState) on a goroutine of its own, one at a time, in the order of the
 // reports. They used to run on the goroutine that met the error (the publisher, the
@@ -31,23 +39,33 @@ type reporter struct {
 	// dropped because the queue was full, once the queue has emptied.
 	behind func(dropped int)
 
-	mu      sync.Mutex
-	queue   []func()
-	busy    bool          // a goroutine is delivering (see run)
-	gid     uint64        // that goroutine's id, to know when wait is called from a callback
-	dropped int           // reports not queued since the last summary (see add)
-	idle    chan struct{} // closed when the delivering goroutine ends; nil while no one waits
+	mu       sync.Mutex
+	queue    []pending
+	bytes    int           // reckoned size of the queue (see maxPendingBytes)
+	busy     bool          // a goroutine is delivering (see run)
+	gid      uint64        // that goroutine's id, to know when wait is called from a callback
+	released uint64        // the delivering goroutine's id, when its callback is not waited for (see release)
+	dropped  int           // reports not queued since the last summary (see add)
+	idle     chan struct{} // closed when the delivering goroutine ends; nil while no one waits
 }
 
-// add queues a call of the application's callback.
-func (r *reporter) add(call func()) {
+// pending is a queued call, and its reckoned size.
+type pending struct {
+	call func()
+	size int
+}
+
+// add queues a call of the application's callback, reckoned to hold size bytes.
+func (r *reporter) add(call func(), size int) {
+	size += reportSize
 	r.mu.Lock()
-	if len(r.queue) >= maxPendingReports {
+	if len(r.queue) >= maxPendingReports || r.bytes+size > maxPendingBytes {
 		r.dropped++
 		r.mu.Unlock()
 		return
 	}
-	r.queue = append(r.queue, call)
+	r.queue = append(r.queue, pending{call, size})
+	r.bytes += size
 	start := !r.busy
 	r.busy = true
 	r.mu.Unlock()
@@ -61,11 +79,11 @@ func (r *reporter) run() {
 	id := goid()
 	for {
 		r.mu.Lock()
-		r.gid = id
+		r.gid, r.released = id, 0
 		if len(r.queue) == 0 && r.dropped > 0 && r.behind != nil {
 			n := r.dropped
 			r.dropped = 0
-			r.queue = append(r.queue, func() { r.behind(n) })
+			r.queue = append(r.queue, pending{call: func() { r.behind(n) }})
 		}
 		if len(r.queue) == 0 {
 			r.busy, r.gid = false, 0
@@ -76,8 +94,9 @@ func (r *reporter) run() {
 			r.mu.Unlock()
 			return
 		}
-		call := r.queue[0]
-		r.queue[0] = nil
+		call := r.queue[0].call
+		r.bytes -= r.queue[0].size
+		r.queue[0] = pending{}
 		r.queue = r.queue[1:]
 		if len(r.queue) == 0 {
 			r.queue = nil // the array would otherwise grow with every report
@@ -122,7 +141,7 @@ func (r *reporter) call(f func()) (goOn bool) {
 // for itself, and the calls queued behind it follow it.
 func (r *reporter) wait(d time.Duration) bool {
 	r.mu.Lock()
-	if !r.busy || r.gid == goid() {
+	if !r.busy || r.gid == goid() || r.released != 0 && r.released == r.gid {
 		r.mu.Unlock()
 		return true
 	}
@@ -139,6 +158,17 @@ func (r *reporter) wait(d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// release, called from a callback, lets wait return without waiting for that callback
+// to return: it closes the Builder, whose Close closes the adapters on a goroutine of its
+// own and waits for it, while that goroutine would wait for the callback.
+func (r *reporter) release() {
+	r.mu.Lock()
+	if id := goid(); r.busy && r.gid == id {
+		r.released = id
+	}
+	r.mu.Unlock()
 }
 
 // goid returns the id of the calling goroutine, from the first line of its stack

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,11 +24,11 @@ func TestReporterSurvivesItsCallbacks(t *testing.T) {
 	record := func(i int) func() {
 		return func() { mu.Lock(); got = append(got, i); mu.Unlock() }
 	}
-	r.add(record(1))
-	r.add(func() { panic("handler") })
-	r.add(record(2))
-	r.add(func() { goruntime.Goexit() })
-	r.add(record(3))
+	r.add(record(1), 0)
+	r.add(func() { panic("handler") }, 0)
+	r.add(record(2), 0)
+	r.add(func() { goruntime.Goexit() }, 0)
+	r.add(record(3), 0)
 	if !r.wait(waitFor) {
 		t.Fatal("wait timed out")
 	}
@@ -47,9 +48,11 @@ func TestReporterBounded(t *testing.T) {
 	var mu sync.Mutex
 	delivered, behind := 0, 0
 	r.behind = func(n int) { mu.Lock(); behind += n; mu.Unlock() }
-	r.add(func() { <-release })
+	entered := make(chan struct{})
+	r.add(func() { close(entered); <-release }, 0)
+	<-entered // out of the queue
 	for range maxPendingReports + 10 {
-		r.add(func() { mu.Lock(); delivered++; mu.Unlock() })
+		r.add(func() { mu.Lock(); delivered++; mu.Unlock() }, 0)
 	}
 	if r.wait(10 * time.Millisecond) {
 		t.Fatal("wait returned true while a callback blocks")
@@ -212,5 +215,103 @@ func TestCloseWaitsForTheReports(t *testing.T) {
 	defer mu.Unlock()
 	if lost != 50 {
 		t.Fatalf("%d of the 50 lost broadcasts reported before Close returned", lost)
+	}
+}
+
+// The queue is bounded by the size of what its reports hold too: a malformed
+// notification's error carries its payload.
+func TestReporterBoundedBySize(t *testing.T) {
+	var r reporter
+	release, entered := make(chan struct{}), make(chan struct{})
+	behind := 0
+	r.behind = func(n int) { behind += n }
+	r.add(func() { close(entered); <-release }, 0)
+	<-entered
+	delivered := 0
+	for range 40 {
+		r.add(func() { delivered++ }, 1<<20)
+	}
+	close(release)
+	if !r.wait(waitFor) {
+		t.Fatal("wait timed out")
+	}
+	if want := maxPendingBytes / (1<<20 + reportSize); delivered != want || behind != 40-want {
+		t.Fatalf("delivered %d and told of %d dropped, want %d and %d", delivered, behind, want, 40-want)
+	}
+}
+
+// Builder.Close from the ErrorHandler returns promptly: it closes the adapters on a
+// goroutine of its own, which waited for the reports, the handler's included, while
+// the handler waited for it: RequestsTimeout and 5 s.
+func TestErrorHandlerClosesItsBuilder(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Second
+	opts.SkipTableCreation = true // the attachment insert fails: no table
+	opts.Logger = slog.New(slog.DiscardHandler)
+	pool := newPool(t)
+	defer pool.Close()
+	io := socket.NewServer(nil, nil)
+	defer io.Close(nil)
+	var b *Builder
+	var once sync.Once
+	took := make(chan time.Duration, 1)
+	opts.ErrorHandler = func(err error) {
+		if pe := (*PublishError)(nil); errors.As(err, &pe) {
+			once.Do(func() {
+				start := time.Now()
+				b.Close(context.Background())
+				took <- time.Since(start)
+			})
+		}
+	}
+	b = New(pool, &opts)
+	io.SetAdapter(b)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	io.Emit("binary", []byte{1})
+	select {
+	case d := <-took:
+		if d >= opts.RequestsTimeout {
+			t.Fatalf("Close took %v", d)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the ErrorHandler was not told")
+	}
+}
+
+// Close reports what the once-a-second counters held back: a second namespace refused
+// for its name within the second was reported a second later, after Close returned.
+func TestCloseReportsWhatCountersHeldBack(t *testing.T) {
+	opts := testOptions(t)
+	opts.Logger = slog.New(slog.DiscardHandler)
+	pool := newPool(t)
+	defer pool.Close()
+	var mu sync.Mutex
+	var reports []string
+	opts.ErrorHandler = func(err error) {
+		if errors.Is(err, ErrInvalidName) {
+			mu.Lock()
+			reports = append(reports, err.Error())
+			mu.Unlock()
+		}
+	}
+	b := New(pool, &opts)
+	io := socket.NewServer(nil, nil)
+	io.SetAdapter(b)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	io.Of("/bad\xff", nil)
+	io.Of("/worse\xfe", nil)
+	io.Close(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reports) != 2 || !strings.Contains(reports[1], "(2 such so far)") {
+		t.Fatalf("reported before Close returned: %q", reports)
 	}
 }
