@@ -765,10 +765,20 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 // behind it twice that: the others dropped it. Now the prepare is bounded as the batch
 // is, and once the table is known locked, batches wait for it only lockedWait.
 func TestFaultLongLockKeepsTheServerCounted(t *testing.T) {
+	// pgx's default mode, where the insert is prepared apart, and the mode that parses
+	// it inside the batch.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		t.Run(mode.String(), func(t *testing.T) { longLock(t, mode) })
+	}
+}
+
+func longLock(t *testing.T, mode pgx.QueryExecMode) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 2 * time.Second // lockTimeout 1.6 s
 	opts.HeartbeatTimeout = 3500 * time.Millisecond
-	a, b := startPair(t, opts, func(*Options) {})
+	a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) { cfg.ConnConfig.DefaultQueryExecMode = mode })
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
 	admin := newPool(t)
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)

@@ -141,12 +141,15 @@ const insertPrepared = "pgadapter: insert prepared "
 // the insert waited for a lock on the table for the whole RequestsTimeout, and pgx
 // closed the connection when it timed out. And pgx forgets the statements of a batch
 // that fails, so every batch while the lock lasted prepared again, and waited again.
-// Prepared so, under the statement's own text, pgx uses it in every batch whatever its
-// mode, and keeps it. With the simple protocol nothing is prepared.
+// Prepared so, under the statement's own text, pgx uses it in the batches and keeps it.
+// Only in pgx's default mode, which prepares statements anyway: the others prepare none
+// that lasts (QueryExecModeExec parses the insert inside the batch, after its
+// lock_timeout), and a pool that chose one may be behind a pooler in transaction mode,
+// where a statement prepared on one server connection is missing on the next.
 func (p *publisher) prepareInsert(ctx context.Context, conn *pgx.Conn) error {
 	key := insertPrepared + p.st.Table
 	data := conn.PgConn().CustomData()
-	if data[key] != nil || conn.Config().DefaultQueryExecMode == pgx.QueryExecModeSimpleProtocol {
+	if data[key] != nil || conn.Config().DefaultQueryExecMode != pgx.QueryExecModeCacheStatement {
 		return nil
 	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
