@@ -673,6 +673,29 @@ func TestPublishRetriesAfterTerminatedConnection(t *testing.T) {
 	}
 }
 
+// lockTable takes an ACCESS EXCLUSIVE lock on table, in a transaction of another
+// session, until unlock is called (or the test ends).
+func lockTable(t *testing.T, table string) (unlock func()) {
+	t.Helper()
+	admin := newPool(t)
+	t.Cleanup(admin.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{table}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := tx.Rollback(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // A lock on the attachments table held longer than RequestsTimeout (an ALTER TABLE, a
 // CREATE INDEX, an operator's LOCK) costs the attachments sent meanwhile, reported, and
 // nothing else. The batch with an attachment timed out whole, its small messages and
@@ -693,22 +716,11 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 			for _, ev := range []string{"big", "small"} {
 				b.io.On(ev, func(args ...any) { got.add(ev, args...) })
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-			defer cancel()
 			if warm {
 				a.io.ServerSideEmit("big", []byte{0})
 				got.next(t, "B", "big")
 			}
-			admin := newPool(t)
-			defer admin.Close()
-			tx, err := admin.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(context.Background())
-			if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
-				t.Fatal(err)
-			}
+			unlock := lockTable(t, opts.TableName)
 			// Two attachments: the second waits behind the first, and the small
 			// messages join its batch.
 			a.io.ServerSideEmit("big", []byte{1})
@@ -744,9 +756,7 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 			if warm && !refused {
 				t.Error("no insert was refused for the lock (lock_not_available)")
 			}
-			if err := tx.Rollback(ctx); err != nil {
-				t.Fatal(err)
-			}
+			unlock()
 			a.io.ServerSideEmit("small", float64(n))
 			if args := got.next(t, "B", "small"); len(args) != 1 || args[0] != float64(n) {
 				t.Fatalf("after the lock: got %v", args)
@@ -779,18 +789,7 @@ func longLock(t *testing.T, mode pgx.QueryExecMode) {
 	a := startNodeWithPool(t, "A", opts, func(cfg *pgxpool.Config) { cfg.ConnConfig.DefaultQueryExecMode = mode })
 	b := startNode(t, "B", opts)
 	waitServerCount(t, []*node{a, b}, 2)
-	admin := newPool(t)
-	defer admin.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	tx, err := admin.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockTable(t, opts.TableName)
 	seen := b.io.Sockets().Adapter().(*Adapter)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -800,9 +799,7 @@ func longLock(t *testing.T, mode pgx.QueryExecMode) {
 		a.io.ServerSideEmit("big", []byte{1})
 		least = min(least, seen.ServerCount())
 	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	if least < 2 {
 		t.Fatal("B dropped A while A's attachments waited for the locked table")
 	}
@@ -828,25 +825,12 @@ func TestFaultShortLockLosesNothing(t *testing.T) {
 	b.io.On("big", func(args ...any) { got.add("big", args...) })
 	a.io.ServerSideEmit("big", []byte{0}) // warm: the insert prepared, the table there
 	got.next(t, "B", "big")
-	admin := newPool(t)
-	defer admin.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	tx, err := admin.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{opts.TableName}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockTable(t, opts.TableName)
 	for i := 1; i <= 3; i++ {
 		a.io.ServerSideEmit("big", []byte{byte(i)})
 	}
 	time.Sleep(2400 * time.Millisecond) // the fault: a lock held 2.4 s
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	for i := 1; i <= 3; i++ {
 		if args := got.next(t, "B", "big"); len(args) != 1 || !bytes.Equal(args[0].([]byte), []byte{byte(i)}) {
 			t.Fatalf("attachment %d: got %v", i, args)

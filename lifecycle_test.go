@@ -1013,19 +1013,10 @@ func TestLostAtCloseIsAWarning(t *testing.T) {
 // as a member again. A new server given the same Builder still joins the cluster.
 func TestNamespaceAfterServerCloseStaysLocal(t *testing.T) {
 	opts := testOptions(t)
-	pool := newPool(t)
-	defer pool.Close()
 	var mu sync.Mutex
 	var reported []error
 	opts.ErrorHandler = func(err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }
-	b := New(pool, &opts)
-	io := socket.NewServer(nil, nil)
-	io.SetAdapter(b)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
+	io, b := startServer(t, opts)
 	io.Close(nil)
 	late := io.Of("/late", nil)
 	if _, ok := late.Adapter().(*Adapter); ok {
@@ -1052,6 +1043,8 @@ func TestNamespaceAfterServerCloseStaysLocal(t *testing.T) {
 	if _, ok := io2.Of("/late", nil).Adapter().(*Adapter); !ok {
 		t.Fatal("a new server given the Builder got no cluster adapter")
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
 	if err := b.Ready(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -119,47 +119,63 @@ func TestBlockingErrorHandlerHoldsNoMessage(t *testing.T) {
 // An ErrorHandler that closes its server when a broadcast cannot be published: the
 // publisher reported it, and Close waited for the publisher, which was running the
 // handler, RequestsTimeout and 5 s, then reported that the goroutines did not stop.
-// Close now returns promptly, whichever goroutine met the error.
+// Close now returns promptly, whichever goroutine met the error. The same with
+// Builder.Close, which closes the adapters on a goroutine of its own and waited for the
+// handler there.
 func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
-	opts := testOptions(t)
-	opts.RequestsTimeout = time.Second
-	opts.SkipTableCreation = true // the attachment insert fails: no table
-	logs := &logRecorder{}
-	opts.Logger = slog.New(logs)
-	pool := newPool(t)
-	defer pool.Close() // after the server's Close, deferred below
-	io := socket.NewServer(nil, nil)
-	var once sync.Once
-	took := make(chan time.Duration, 1)
-	opts.ErrorHandler = func(err error) {
-		if pe := (*PublishError)(nil); errors.As(err, &pe) {
-			once.Do(func() {
-				start := time.Now()
-				io.Close(nil)
-				took <- time.Since(start)
-			})
-		}
+	for _, name := range []string{"io.Close", "Builder.Close"} {
+		t.Run(name, func(t *testing.T) {
+			opts := testOptions(t)
+			opts.RequestsTimeout = time.Second
+			opts.SkipTableCreation = true // the attachment insert fails: no table
+			logs := &logRecorder{}
+			opts.Logger = slog.New(logs)
+			var closeIt func()
+			var once sync.Once
+			took := make(chan time.Duration, 1)
+			opts.ErrorHandler = func(err error) {
+				if pe := (*PublishError)(nil); errors.As(err, &pe) {
+					once.Do(func() {
+						start := time.Now()
+						closeIt()
+						took <- time.Since(start)
+					})
+				}
+			}
+			io, b := startServer(t, opts)
+			closeIt = map[string]func(){"io.Close": func() { io.Close(nil) }, "Builder.Close": func() { b.Close(context.Background()) }}[name]
+			io.Emit("binary", []byte{1, 2, 3}) // through the table, which is not there
+			select {
+			case d := <-took:
+				if d >= opts.RequestsTimeout {
+					t.Fatalf("Close took %v", d)
+				}
+			case <-time.After(waitFor):
+				t.Fatal("the ErrorHandler was not told")
+			}
+			if m := logs.matching("did not"); len(m) != 0 {
+				t.Fatalf("logged %v", m)
+			}
+		})
 	}
+}
+
+// startServer starts a socket.io server with a Builder of opts, closed at the test's end,
+// and waits until the Builder is ready.
+func startServer(t *testing.T, opts Options) (*socket.Server, *Builder) {
+	t.Helper()
+	pool := newPool(t)
+	t.Cleanup(pool.Close) // after the server's Close, registered below
 	b := New(pool, &opts)
+	io := socket.NewServer(nil, nil)
 	io.SetAdapter(b)
-	defer io.Close(nil)
+	t.Cleanup(func() { io.Close(nil) })
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := b.Ready(ctx); err != nil {
 		t.Fatal(err)
 	}
-	io.Emit("binary", []byte{1, 2, 3}) // through the table, which is not there
-	select {
-	case d := <-took:
-		if d >= opts.RequestsTimeout {
-			t.Fatalf("Close took %v", d)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("the ErrorHandler was not told")
-	}
-	if m := logs.matching("did not"); len(m) != 0 {
-		t.Fatalf("logged %v", m)
-	}
+	return io, b
 }
 
 // Close returns once the ErrorHandler has had every report: an application closes what
@@ -168,8 +184,6 @@ func TestCloseWaitsForTheReports(t *testing.T) {
 	opts := testOptions(t)
 	opts.SkipTableCreation = true
 	opts.Logger = slog.New(slog.DiscardHandler)
-	pool := newPool(t)
-	defer pool.Close()
 	gate := make(chan struct{})
 	entered := make(chan struct{}, 1)
 	var mu sync.Mutex
@@ -186,14 +200,7 @@ func TestCloseWaitsForTheReports(t *testing.T) {
 			lost += pe.Messages
 		}
 	}
-	b := New(pool, &opts)
-	io := socket.NewServer(nil, nil)
-	io.SetAdapter(b)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
+	io, _ := startServer(t, opts)
 	for i := range 50 {
 		io.Emit("binary", []byte{byte(i)}) // each fails: no table
 	}
@@ -240,55 +247,11 @@ func TestReporterBoundedBySize(t *testing.T) {
 	}
 }
 
-// Builder.Close from the ErrorHandler returns promptly: it closes the adapters on a
-// goroutine of its own, which waited for the reports, the handler's included, while
-// the handler waited for it: RequestsTimeout and 5 s.
-func TestErrorHandlerClosesItsBuilder(t *testing.T) {
-	opts := testOptions(t)
-	opts.RequestsTimeout = time.Second
-	opts.SkipTableCreation = true // the attachment insert fails: no table
-	opts.Logger = slog.New(slog.DiscardHandler)
-	pool := newPool(t)
-	defer pool.Close()
-	io := socket.NewServer(nil, nil)
-	defer io.Close(nil)
-	var b *Builder
-	var once sync.Once
-	took := make(chan time.Duration, 1)
-	opts.ErrorHandler = func(err error) {
-		if pe := (*PublishError)(nil); errors.As(err, &pe) {
-			once.Do(func() {
-				start := time.Now()
-				b.Close(context.Background())
-				took <- time.Since(start)
-			})
-		}
-	}
-	b = New(pool, &opts)
-	io.SetAdapter(b)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
-	io.Emit("binary", []byte{1})
-	select {
-	case d := <-took:
-		if d >= opts.RequestsTimeout {
-			t.Fatalf("Close took %v", d)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("the ErrorHandler was not told")
-	}
-}
-
 // Close reports what the once-a-second counters held back: a second namespace refused
 // for its name within the second was reported a second later, after Close returned.
 func TestCloseReportsWhatCountersHeldBack(t *testing.T) {
 	opts := testOptions(t)
 	opts.Logger = slog.New(slog.DiscardHandler)
-	pool := newPool(t)
-	defer pool.Close()
 	var mu sync.Mutex
 	var reports []string
 	opts.ErrorHandler = func(err error) {
@@ -298,14 +261,7 @@ func TestCloseReportsWhatCountersHeldBack(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	b := New(pool, &opts)
-	io := socket.NewServer(nil, nil)
-	io.SetAdapter(b)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
+	io, _ := startServer(t, opts)
 	io.Of("/bad\xff", nil)
 	io.Of("/worse\xfe", nil)
 	io.Close(nil)
