@@ -382,7 +382,7 @@ func (b *Builder) handle(err error) {
 // behind tells the ErrorHandler how many reports it missed while the reporter's queue
 // was full: they were logged.
 func (b *Builder) behind(dropped int) {
-	err := fmt.Errorf("pgadapter: %d reports were not passed to the ErrorHandler: it fell behind by %d (they were logged)", dropped, maxPendingReports)
+	err := fmt.Errorf("pgadapter: %d reports were not passed to the ErrorHandler: it fell behind by more than %d reports or %d MB (they were logged, or counted in Stats)", dropped, maxPendingReports, maxPendingBytes>>20)
 	b.opts.Logger.Warn(err.Error())
 	if h := b.opts.ErrorHandler; h != nil {
 		h(err)
@@ -433,16 +433,16 @@ type everySecond struct {
 
 // add counts one event, and calls report with the running count now or, with the count
 // then, a second after the last report (report being the last one given by then).
-// Reports are made under e.mu, so that they come in order, and so that a flush returns
-// once every report due is made (reports queue the ErrorHandler's call, and log).
+// Reports are made with no lock held: they log, and the application's Logger may emit,
+// which can come back here (a full publish queue).
 func (e *everySecond) add(report func(n int64)) {
 	e.mu.Lock()
 	n := e.n.Add(1)
 	now := time.Now()
 	if now.Sub(e.last) >= time.Second {
 		e.last, e.reported = now, n
-		report(n)
 		e.mu.Unlock()
+		report(n)
 		return
 	}
 	e.pending = report
@@ -466,8 +466,8 @@ func (e *everySecond) flush() {
 		return
 	}
 	e.last, e.reported = time.Now(), n
-	report(n)
 	e.mu.Unlock()
+	report(n)
 }
 
 // listenerState records and announces a change of the LISTEN connection's state.

@@ -470,6 +470,23 @@ func TestFaultSlowNode(t *testing.T) {
 	})
 }
 
+// A report that counts another event of its own kind (the application's Logger emits,
+// and the publish queue is full) does not deadlock: reports are made with no lock held.
+func TestEverySecondReentrant(t *testing.T) {
+	var e everySecond
+	done := make(chan struct{})
+	go func() {
+		e.add(func(int64) { e.add(func(int64) {}) })
+		e.flush()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Fatal("a report that counted another event never returned")
+	}
+}
+
 // everySecond reports a burst's first event at once, and the rest of the burst once,
 // a second later or when flushed.
 func TestEverySecondReportsTheWholeBurst(t *testing.T) {
@@ -771,13 +788,14 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 
 // While the attachments table stays locked, a server that keeps sending attachments
 // keeps being counted by the others. Every batch with an attachment waited for the lock,
-// in pgx's prepare of the insert, for the whole RequestsTimeout, and its heartbeats
-// behind it twice that: the others dropped it. Now the prepare is bounded as the batch
-// is, and once the table is known locked, batches wait for it only lockedWait.
+// in its insert, or in pgx's prepare of it (a round trip of its own, before the batch's
+// lock_timeout, and made again after every failed batch), for the whole RequestsTimeout,
+// and its heartbeats behind it twice that: the others dropped it. Now, once the table is
+// known to be locked, a probe that waits lockedWait tells whether it still is. In every
+// exec mode of pgx: they prepare and describe differently.
 func TestFaultLongLockKeepsTheServerCounted(t *testing.T) {
-	// pgx's default mode, where the insert is prepared apart, and the mode that parses
-	// it inside the batch.
-	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
 		t.Run(mode.String(), func(t *testing.T) { longLock(t, mode) })
 	}
 }
@@ -794,7 +812,7 @@ func longLock(t *testing.T, mode pgx.QueryExecMode) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	least := int64(2)
-	for range 80 { // 8 s of attachments, every 100 ms, into the locked table
+	for range 50 { // 5 s of attachments, every 100 ms, into the locked table
 		<-tick.C
 		a.io.ServerSideEmit("big", []byte{1})
 		least = min(least, seen.ServerCount())

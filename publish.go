@@ -74,10 +74,10 @@ type publisher struct {
 	seen     map[notification]struct{}
 	// settings is the statement that begins a batch with attachments, by whether it
 	// commits asynchronously (1) and compresses with lz4 (2); its argument is the
-	// lock_timeout (see lockWait).
+	// lock_timeout (see lockTimeout).
 	settings [4]string
-	// locked is set while the attachments table is known to be locked: a batch's
-	// insert was refused for it (see lockWait).
+	// locked is set while the attachments table may be locked: a batch with
+	// attachments was refused, or failed before it ran (see probeLock).
 	locked   bool
 	nonce    uint64   // the last nonce given (see unique)
 	chans    []string // sendBatch's NotifyMany arguments, reused
@@ -113,57 +113,45 @@ func lockTimeout(requests time.Duration) time.Duration {
 	return max(requests/5*4, time.Millisecond)
 }
 
-// lockedWait is the lock_timeout of batches while the table is known to be locked: each
-// batch with an attachment waited lockTimeout, and while the lock lasted, the small
-// messages and heartbeats behind them were late by twice that, long enough for the other
-// servers to drop this one. The first insert that commits ends that state.
+// lockedWait bounds the probe of a table known to be locked (see probeLock).
 const lockedWait = 100 * time.Millisecond
 
-// lockWait is the lock_timeout of the next batch with attachments, as set_config takes
-// it.
-func (p *publisher) lockWait() string {
-	if p.locked {
-		return fmt.Sprintf("%dms", lockedWait.Milliseconds())
+// probeLock asks, while the attachments table is known to be locked (a batch with
+// attachments was refused, or failed before it ran), whether it still is: it takes the
+// lock an insert takes, in a transaction of its own that gives up after lockedWait, and
+// rolls back. While it is, a batch's attachments fail at once and its small messages go
+// without them. Each batch with an attachment used to wait for the lock anew:
+// lockTimeout in its insert, or, in pgx's prepare of the insert, made in a round trip
+// of its own before the batch's lock_timeout (and again after every failed batch, whose
+// statements pgx forgets), the whole RequestsTimeout. The heartbeats behind were late by
+// twice that, and the other servers dropped this one. It returns the refusal (55P03)
+// while the table is locked, nil otherwise: a probe that fails for another reason
+// leaves the batch to find out.
+func (p *publisher) probeLock(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
+	defer cancel()
+	wait := fmt.Sprintf("%dms", min(lockedWait, lockTimeout(p.opts.RequestsTimeout)).Milliseconds())
+	err := pgx.BeginFunc(qctx, p.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(qctx, "SELECT "+setLockTimeout, wait); err != nil {
+			return err
+		}
+		_, err := tx.Exec(qctx, "LOCK TABLE "+p.st.Table+" IN ROW EXCLUSIVE MODE")
+		return err
+	})
+	if isLockRefusal(err) {
+		return err
 	}
-	return fmt.Sprintf("%dms", lockTimeout(p.opts.RequestsTimeout).Milliseconds())
+	return nil
+}
+
+// isLockRefusal reports whether err is PostgreSQL's lock_not_available.
+func isLockRefusal(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
 // setLockTimeout sets the transaction's lock_timeout ($1; see lockTimeout).
 const setLockTimeout = "set_config('lock_timeout', $1, true)"
-
-// insertPrepared is the key, in a connection's CustomData, that says the insert of the
-// publisher's table is prepared on it (see prepareInsert).
-const insertPrepared = "pgadapter: insert prepared "
-
-// prepareInsert prepares the attachment insert on conn, once per connection, in a
-// transaction bounded by lockWait. pgx prepares a batch's statements in a round trip of
-// their own, before the batch's first statement sets the lock_timeout: the prepare of
-// the insert waited for a lock on the table for the whole RequestsTimeout, and pgx
-// closed the connection when it timed out. And pgx forgets the statements of a batch
-// that fails, so every batch while the lock lasted prepared again, and waited again.
-// Prepared so, under the statement's own text, pgx uses it in the batches and keeps it.
-// Only in pgx's default mode, which prepares statements anyway: the others prepare none
-// that lasts (QueryExecModeExec parses the insert inside the batch, after its
-// lock_timeout), and a pool that chose one may be behind a pooler in transaction mode,
-// where a statement prepared on one server connection is missing on the next.
-func (p *publisher) prepareInsert(ctx context.Context, conn *pgx.Conn) error {
-	key := insertPrepared + p.st.Table
-	data := conn.PgConn().CustomData()
-	if data[key] != nil || conn.Config().DefaultQueryExecMode != pgx.QueryExecModeCacheStatement {
-		return nil
-	}
-	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT "+setLockTimeout, p.lockWait()); err != nil {
-			return err
-		}
-		_, err := tx.Conn().Prepare(ctx, p.st.InsertNotify, p.st.InsertNotify)
-		return err
-	})
-	if err == nil {
-		data[key] = true
-	}
-	return err
-}
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
 // calling m.done with the same error.
@@ -425,7 +413,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			if p.lz4 > 0 {
 				i |= 2
 			}
-			b.Queue(p.settings[i], p.lockWait())
+			b.Queue(p.settings[i], fmt.Sprintf("%dms", lockTimeout(p.opts.RequestsTimeout).Milliseconds()))
 		}
 		run, next := 0, 0 // the current run of inline messages in chans/payloads, and its end
 		endRun := func() {
@@ -452,7 +440,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 			var unrun bool
-			unrun, err = p.sendOnce(qctx, build(), attachments)
+			unrun, err = p.sendOnce(qctx, build())
 			cancel()
 			if err == nil || ctx.Err() != nil || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
@@ -460,15 +448,12 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		}
 		return err
 	}
-	err := send()
-	if attachments {
-		// Known locked until an insert commits (see lockedWait).
-		var pgErr *pgconn.PgError
-		if err == nil {
-			p.locked = false
-		} else if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-			p.locked = true
-		}
+	var err error
+	if attachments && p.locked {
+		err = p.probeLock(ctx) // a refusal is handled as the batch's own would be
+	}
+	if err == nil {
+		err = send()
 	}
 	defer func() {
 		clear(chans) // drop references to sent payloads; the arrays are reused
@@ -481,6 +466,11 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// running any (the prepare of the insert waited for a lock on the table): nothing
 	// of it ran.
 	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
+	if attachments {
+		// Maybe locked, until a batch with attachments commits (see probeLock): refused
+		// for a lock, or failed in pgx's prepare (which a lock holds up to the timeout).
+		p.locked = err != nil && ctx.Err() == nil && (isLockRefusal(err) || errors.As(err, &prep))
+	}
 	if err != nil && attachments && refused(err) && ctx.Err() == nil {
 		if pgErr != nil && pgErr.Code == "42P01" && !p.opts.SkipTableCreation {
 			// The table was dropped while this server ran: create it again, and retry.
@@ -494,11 +484,10 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			// An insert failed (the table is gone, a privilege revoked, a lock held
 			// past lockTimeout): the batch is one transaction, and its heartbeats and
 			// small messages went down with it, so that other servers could count this
-			// one gone. They go without the
-			// attachments, in order; the attachments are lost, and reported. Only if
-			// PostgreSQL refused it, as the first time: a retry that failed otherwise
-			// (the connection lost) may have committed, and sending again would deliver
-			// the small messages twice.
+			// one gone. They go without the attachments, in order; the attachments are
+			// lost, and reported. Only if PostgreSQL refused it, as the first time: a
+			// retry that failed otherwise (the connection lost) may have committed, and
+			// sending again would deliver the small messages twice.
 			inline, rest := p.split(batch)
 			p.fail(rest, err)
 			p.sendBatch(ctx, inline)
@@ -540,26 +529,13 @@ const maxSendTries = 4
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
 // Ended anywhere later, the transaction may have committed, and is not tried again.
-func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch, attachments bool) (unrun bool, err error) {
-	ended := func(err error) bool { // the server ended the connection (see above)
-		var pgErr *pgconn.PgError
-		return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
-			cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
-	}
-	conn, err := p.pool.Acquire(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer conn.Release()
-	if attachments {
-		if err := p.prepareInsert(ctx, conn.Conn()); err != nil {
-			return ended(err), err // nothing of the batch ran
-		}
-	}
-	br := conn.SendBatch(ctx, b)
+func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch) (unrun bool, err error) {
+	br := p.pool.SendBatch(ctx, b)
 	for i := range b.Len() {
 		if _, err = br.Exec(); err != nil {
-			unrun = i == 0 && ended(err)
+			var pgErr *pgconn.PgError
+			unrun = i == 0 && errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
+				cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
 			break
 		}
 	}
