@@ -1049,3 +1049,59 @@ func TestNamespaceAfterServerCloseStaysLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A cleanup runs at READ COMMITTED whatever the role's default: under SERIALIZABLE
+// (default_transaction_isolation on the role or in the URL), two servers' cleanups
+// meeting the same rows failed with 40001, reported every few cleanups (a tester's
+// finding; nothing was lost). A trigger records each DELETE's isolation level.
+func TestCleanupReadCommitted(t *testing.T) {
+	opts := testOptions(t)
+	pool, st := attachmentTable(t, opts.TableName)
+	ctx := context.Background()
+	log, fn := pgtest.Name("levels"), pgtest.Name("level")
+	t.Cleanup(func() {
+		p := newPool(t)
+		defer p.Close()
+		p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
+		p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
+	})
+	for _, q := range []string{
+		"CREATE TABLE " + log + " (level text)",
+		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+			"INSERT INTO " + log + " VALUES (current_setting('transaction_isolation')); RETURN NULL; END $$",
+		"CREATE TRIGGER level AFTER DELETE ON " + st.Table + " FOR EACH STATEMENT EXECUTE FUNCTION " + fn + "()",
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "serializable"
+	serializable, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serializable.Close()
+	for _, unlocked := range []bool{false, true} { // with row locks, and without
+		if _, err := pool.Exec(ctx, "INSERT INTO "+st.Table+" (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 3)"); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := cleanupAttachments(ctx, serializable, st, time.Hour, ptr(cleanupBatch), &unlocked, cleanupBatch, 5*time.Second, time.Now()); err != nil || n != 3 {
+			t.Fatalf("unlocked %v: %d rows deleted, %v; want 3", unlocked, n, err)
+		}
+	}
+	var levels []string
+	rows, err := pool.Query(ctx, "SELECT level FROM "+log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if levels, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(levels) < 2 || slices.ContainsFunc(levels, func(l string) bool { return l != "read committed" }) {
+		t.Fatalf("DELETEs ran at %v, want read committed", levels)
+	}
+}
