@@ -1,7 +1,6 @@
 package pgadapter
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"iter"
@@ -644,63 +643,6 @@ func TestCallbacksCloseTheirServer(t *testing.T) {
 			}
 		}
 		a.close()
-	}
-}
-
-// TestErrorHandlerClosesItsServer: an ErrorHandler that closes its server when told of a
-// notification naming an attachment that cannot be read. The delivery goroutine
-// reported it while counted among the runtime's goroutines, and Close waited for that
-// very goroutine for RequestsTimeout and 5 s, then said the goroutines did not stop.
-func TestErrorHandlerClosesItsServer(t *testing.T) {
-	opts := testOptions(t)
-	opts.RequestsTimeout = time.Second
-	opts.Logger = slog.New(slog.DiscardHandler)
-	pool := newPool(t)
-	defer pool.Close() // after the server's Close, deferred below
-	io := socket.NewServer(nil, nil)
-	var once sync.Once
-	took := make(chan time.Duration, 1)
-	var reports []error
-	var mu sync.Mutex
-	opts.ErrorHandler = func(err error) {
-		mu.Lock()
-		reports = append(reports, err)
-		mu.Unlock()
-		// ErrAttachmentMissing, or the query's error while the table is being created:
-		// reported by the delivery goroutine either way.
-		if me := (*MessageError)(nil); errors.As(err, &me) {
-			once.Do(func() {
-				start := time.Now()
-				io.Close(nil)
-				took <- time.Since(start)
-			})
-		}
-	}
-	b := New(pool, &opts)
-	io.SetAdapter(b)
-	defer io.Close(nil)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := b.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "SELECT pg_notify($1, $2)", ChannelName(opts.ChannelPrefix, "/"), `{"uid":"x","type":2,"attachmentId":"999999999"}`); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case d := <-took:
-		if d >= opts.RequestsTimeout {
-			t.Fatalf("Close took %v", d)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("the ErrorHandler was not told")
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, err := range reports {
-		if strings.Contains(err.Error(), "did not stop in time") {
-			t.Fatalf("reported %v", err)
-		}
 	}
 }
 

@@ -643,20 +643,10 @@ func TestCleanupDeletesInBatches(t *testing.T) {
 	opts := testOptions(t)
 	pool, st := attachmentTable(t, opts.TableName)
 	ctx := context.Background()
-	log, fn := pgtest.Name("deletes"), pgtest.Name("count")
-	t.Cleanup(func() {
-		p := newPool(t)
-		defer p.Close()
-		p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
-		p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
-	})
+	statements := onDelete(t, pool, st, "count(*)::text FROM gone")
 	for _, q := range []string{
 		"INSERT INTO " + st.Table + " (created_at, payload) SELECT now() - interval '2 hours', 'old' FROM generate_series(1, 2500)",
 		"INSERT INTO " + st.Table + " (payload) VALUES ('recent')",
-		"CREATE TABLE " + log + " (n serial, deleted bigint)",
-		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
-			"INSERT INTO " + log + " (deleted) SELECT count(*) FROM gone; RETURN NULL; END $$",
-		"CREATE TRIGGER count AFTER DELETE ON " + st.Table + " REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION " + fn + "()",
 	} {
 		if _, err := pool.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
@@ -666,18 +656,11 @@ func TestCleanupDeletesInBatches(t *testing.T) {
 	if err != nil || n != 2500 {
 		t.Fatalf("cleanup: %d rows deleted, %v; want 2500", n, err)
 	}
-	var statements []int64
-	rows, _ := pool.Query(ctx, "SELECT deleted FROM "+log+" ORDER BY n")
-	for rows.Next() {
-		var d int64
-		rows.Scan(&d)
-		statements = append(statements, d)
-	}
-	if err := rows.Err(); err != nil || !slices.Equal(statements, []int64{1000, 1000, 500}) {
-		t.Fatalf("rows deleted per statement %v (%v), want [1000 1000 500]", statements, err)
+	if got := statements(); !slices.Equal(got, []string{"1000", "1000", "500"}) {
+		t.Fatalf("rows deleted per statement %v, want [1000 1000 500]", got)
 	}
 	var left []string
-	rows, _ = pool.Query(ctx, "SELECT convert_from(payload, 'UTF8') FROM "+st.Table)
+	rows, _ := pool.Query(ctx, "SELECT convert_from(payload, 'UTF8') FROM "+st.Table)
 	for rows.Next() {
 		var p string
 		rows.Scan(&p)
@@ -1058,23 +1041,7 @@ func TestCleanupReadCommitted(t *testing.T) {
 	opts := testOptions(t)
 	pool, st := attachmentTable(t, opts.TableName)
 	ctx := context.Background()
-	log, fn := pgtest.Name("levels"), pgtest.Name("level")
-	t.Cleanup(func() {
-		p := newPool(t)
-		defer p.Close()
-		p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
-		p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
-	})
-	for _, q := range []string{
-		"CREATE TABLE " + log + " (level text)",
-		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
-			"INSERT INTO " + log + " VALUES (current_setting('transaction_isolation')); RETURN NULL; END $$",
-		"CREATE TRIGGER level AFTER DELETE ON " + st.Table + " FOR EACH STATEMENT EXECUTE FUNCTION " + fn + "()",
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	levels := onDelete(t, pool, st, "current_setting('transaction_isolation')")
 	cfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -1093,15 +1060,43 @@ func TestCleanupReadCommitted(t *testing.T) {
 			t.Fatalf("unlocked %v: %d rows deleted, %v; want 3", unlocked, n, err)
 		}
 	}
-	var levels []string
-	rows, err := pool.Query(ctx, "SELECT level FROM "+log)
-	if err != nil {
-		t.Fatal(err)
+	if got := levels(); len(got) < 2 || slices.ContainsFunc(got, func(l string) bool { return l != "read committed" }) {
+		t.Fatalf("DELETEs ran at %v, want read committed", got)
 	}
-	if levels, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-		t.Fatal(err)
+}
+
+// onDelete makes a trigger record, for each DELETE statement on st's table, the text of
+// value (SQL, in which gone is the table of the rows deleted), and returns what it has
+// recorded so far, in order.
+func onDelete(t *testing.T, pool *pgxpool.Pool, st statements, value string) (recorded func() []string) {
+	t.Helper()
+	ctx := context.Background()
+	log, fn := pgtest.Name("deletes"), pgtest.Name("record")
+	t.Cleanup(func() {
+		p := newPool(t)
+		defer p.Close()
+		p.Exec(context.Background(), "DROP TABLE IF EXISTS "+log)
+		p.Exec(context.Background(), "DROP FUNCTION IF EXISTS "+fn+" CASCADE")
+	})
+	for _, q := range []string{
+		"CREATE TABLE " + log + " (n serial, v text)",
+		"CREATE FUNCTION " + fn + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " +
+			"INSERT INTO " + log + " (v) SELECT " + value + "; RETURN NULL; END $$",
+		"CREATE TRIGGER record AFTER DELETE ON " + st.Table + " REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION " + fn + "()",
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
 	}
-	if len(levels) < 2 || slices.ContainsFunc(levels, func(l string) bool { return l != "read committed" }) {
-		t.Fatalf("DELETEs ran at %v, want read committed", levels)
+	return func() []string {
+		rows, err := pool.Query(ctx, "SELECT v FROM "+log+" ORDER BY n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
 }

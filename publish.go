@@ -73,8 +73,8 @@ type publisher struct {
 	batch    []outgoing
 	seen     map[notification]struct{}
 	// settings is the statement that begins a batch with attachments, by whether it
-	// commits asynchronously (1) and compresses with lz4 (2); its argument is the
-	// lock_timeout (see lockTimeout).
+	// commits asynchronously (1) and compresses with lz4 (2), with its lock_timeout
+	// (see lockTimeout).
 	settings [4]string
 	// locked is set while the attachments table may be locked: a batch with
 	// attachments was refused, or failed before it ran (see probeLock).
@@ -88,8 +88,11 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
 		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
 	p.expire, p.expireNow = context.WithCancel(context.Background())
+	// The lock bound is fixed for the publisher: part of the statement's text, so that
+	// no batch formats it.
+	lock := fmt.Sprintf("set_config('lock_timeout', '%dms', true)", lockTimeout(opts.RequestsTimeout).Milliseconds())
 	for i := range p.settings {
-		q := "SELECT " + setLockTimeout
+		q := "SELECT " + lock
 		if i&1 != 0 {
 			q += ", " + setAsyncSetting
 		}
@@ -132,7 +135,7 @@ func (p *publisher) probeLock(ctx context.Context) error {
 	defer cancel()
 	wait := fmt.Sprintf("%dms", min(lockedWait, lockTimeout(p.opts.RequestsTimeout)).Milliseconds())
 	err := pgx.BeginFunc(qctx, p.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(qctx, "SELECT "+setLockTimeout, wait); err != nil {
+		if _, err := tx.Exec(qctx, "SELECT set_config('lock_timeout', $1, true)", wait); err != nil {
 			return err
 		}
 		_, err := tx.Exec(qctx, "LOCK TABLE "+p.st.Table+" IN ROW EXCLUSIVE MODE")
@@ -149,9 +152,6 @@ func isLockRefusal(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
-
-// setLockTimeout sets the transaction's lock_timeout ($1; see lockTimeout).
-const setLockTimeout = "set_config('lock_timeout', $1, true)"
 
 // enqueue queues m without blocking. It fails with ErrQueueFull or ErrClosed, after
 // calling m.done with the same error.
@@ -413,7 +413,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			if p.lz4 > 0 {
 				i |= 2
 			}
-			b.Queue(p.settings[i], fmt.Sprintf("%dms", lockTimeout(p.opts.RequestsTimeout).Milliseconds()))
+			b.Queue(p.settings[i])
 		}
 		run, next := 0, 0 // the current run of inline messages in chans/payloads, and its end
 		endRun := func() {

@@ -116,15 +116,29 @@ func TestBlockingErrorHandlerHoldsNoMessage(t *testing.T) {
 	}
 }
 
-// An ErrorHandler that closes its server when a broadcast cannot be published: the
-// publisher reported it, and Close waited for the publisher, which was running the
-// handler, RequestsTimeout and 5 s, then reported that the goroutines did not stop.
-// Close now returns promptly, whichever goroutine met the error. The same with
-// Builder.Close, which closes the adapters on a goroutine of its own and waited for the
-// handler there.
-func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
-	for _, name := range []string{"io.Close", "Builder.Close"} {
-		t.Run(name, func(t *testing.T) {
+// An ErrorHandler that closes its server when told of an error, from the goroutine that
+// met it: Close waited for that goroutine, which was running the handler, RequestsTimeout
+// and 5 s, then reported that the goroutines did not stop. From the publisher (a
+// broadcast whose attachment cannot be inserted), with io.Close and with Builder.Close,
+// which closes the adapters on a goroutine of its own and waited for the handler there;
+// and from the delivery goroutine (a notification naming an attachment that is not
+// there).
+func TestErrorHandlerClosesItsServer(t *testing.T) {
+	for _, c := range []struct {
+		name, closer string
+		told         func(error) bool
+		trigger      func(t *testing.T, io *socket.Server, b *Builder, opts Options)
+	}{
+		{"publisher/io.Close", "io", isPublishError, emitBinary},
+		{"publisher/Builder.Close", "builder", isPublishError, emitBinary},
+		{"delivery/io.Close", "io", func(err error) bool { return errors.As(err, new(*MessageError)) },
+			func(t *testing.T, _ *socket.Server, b *Builder, opts Options) {
+				if _, err := b.pool.Exec(context.Background(), "SELECT pg_notify($1, $2)", ChannelName(opts.ChannelPrefix, "/"), `{"uid":"x","type":2,"attachmentId":"999999999"}`); err != nil {
+					t.Fatal(err)
+				}
+			}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			opts := testOptions(t)
 			opts.RequestsTimeout = time.Second
 			opts.SkipTableCreation = true // the attachment insert fails: no table
@@ -134,7 +148,7 @@ func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
 			var once sync.Once
 			took := make(chan time.Duration, 1)
 			opts.ErrorHandler = func(err error) {
-				if pe := (*PublishError)(nil); errors.As(err, &pe) {
+				if c.told(err) {
 					once.Do(func() {
 						start := time.Now()
 						closeIt()
@@ -143,8 +157,8 @@ func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
 				}
 			}
 			io, b := startServer(t, opts)
-			closeIt = map[string]func(){"io.Close": func() { io.Close(nil) }, "Builder.Close": func() { b.Close(context.Background()) }}[name]
-			io.Emit("binary", []byte{1, 2, 3}) // through the table, which is not there
+			closeIt = map[string]func(){"io": func() { io.Close(nil) }, "builder": func() { b.Close(context.Background()) }}[c.closer]
+			c.trigger(t, io, b, opts)
 			select {
 			case d := <-took:
 				if d >= opts.RequestsTimeout {
@@ -158,6 +172,13 @@ func TestErrorHandlerClosesItsServerFromThePublisher(t *testing.T) {
 			}
 		})
 	}
+}
+
+func isPublishError(err error) bool { return errors.As(err, new(*PublishError)) }
+
+// emitBinary broadcasts a binary message, which goes through the attachments table.
+func emitBinary(_ *testing.T, io *socket.Server, _ *Builder, _ Options) {
+	io.Emit("binary", []byte{1, 2, 3})
 }
 
 // startServer starts a socket.io server with a Builder of opts, closed at the test's end,
