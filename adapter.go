@@ -45,6 +45,9 @@ type Adapter struct {
 	// nothing commits (PostgreSQL slow or down), one a heartbeat interval, not one a tick.
 	lastHeartbeat atomic.Int64
 	closed        atomic.Bool
+	// unheard is set once the database refused to LISTEN to the channel (see
+	// ErrChannelRefused): nobody can hear it, and nothing is published on it.
+	unheard atomic.Bool
 	// closeMu makes publish's check of closed and its enqueue one step against Close's:
 	// nothing this adapter publishes may follow its ADAPTER_CLOSE, or the others (Node's
 	// adapter re-adds any uid it hears from) count a server that is gone.
@@ -552,6 +555,14 @@ func (a *Adapter) publish(typ wire.Type, data any, done func(error)) {
 		a.refused(typ, done)
 		return
 	}
+	if a.unheard.Load() {
+		// No server can hear the channel (reported once, by refuse): published to
+		// nobody, as with no other server.
+		if done != nil {
+			done(nil)
+		}
+		return
+	}
 	o, report := a.outgoing(typ, data, done)
 	if report == nil {
 		a.closeMu.RLock()
@@ -596,8 +607,8 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	var err error
 	if room, bad := wire.BadRoom(data); bad {
 		err = fmt.Errorf("%s names room %q, which is not valid UTF-8: %w", typ, room, ErrInvalidName)
-	} else {
-		enc, err = wire.Encode(m, a.b.opts.PayloadThreshold)
+	} else if enc, err = wire.Encode(m, a.b.opts.PayloadThreshold); err == nil && a.b.ascii.Load() {
+		enc, err = wire.ASCII(enc, m, a.b.opts.PayloadThreshold)
 	}
 	if err == nil && len(enc.Attachment) > a.b.opts.MaxAttachmentSize {
 		// The other servers would not read it.
@@ -631,6 +642,15 @@ func (a *Adapter) enqueue(o outgoing) (report func()) {
 		return func() { a.b.reportQueue(fmt.Errorf("namespace %q: %s: %w", a.name, o.typ, err)) }
 	}
 	return noReport
+}
+
+// refuse makes the namespace work on this server only: the database refused to LISTEN
+// to its channel for its name, so no server can hear it there.
+func (a *Adapter) refuse(err error) {
+	if a.unheard.Swap(true) {
+		return
+	}
+	a.b.report(fmt.Errorf("pgadapter: namespace %q: %w (channel %q): %w; it works on this server only", a.name, ErrChannelRefused, a.channel, err))
 }
 
 // announce tells the other servers this one is here; they answer with heartbeats.

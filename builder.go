@@ -53,7 +53,12 @@ type Builder struct {
 	reports reporter // calls the ErrorHandler and OnListenerState
 	owned   bool     // the pool was made by NewFromURL, and is closed by Close
 
-	reported    atomic.Bool // configuration error reported once
+	reported atomic.Bool // configuration error reported once
+	// ascii is set while the database's encoding cannot hold every character (see
+	// wire.ASCIIServerEncoding): notifications are then written in ASCII, their other
+	// characters as JSON escapes. Learnt from each connection of the listener and of the
+	// publisher.
+	ascii       atomic.Bool
 	drops       everySecond // notifications the receive queue had no room for
 	queueFull   everySecond // messages the publish queue had no room for
 	closedSends everySecond // operations refused by closed adapters (see reportClosed)
@@ -521,6 +526,7 @@ func (b *Builder) start() *runtime {
 		dropsBefore:    b.drops.n.Load(),
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
+	rt.pub.ascii = &b.ascii
 	cfg := b.opts.ListenConnConfig
 	if cfg == nil {
 		cfg = b.pool.Config().ConnConfig
@@ -548,6 +554,12 @@ func (b *Builder) start() *runtime {
 			a.announce()
 		}
 	}
+	rt.lis.onRefused = func(channel string, err error) {
+		if a := b.adapter(channel); a != nil && a.rt == rt {
+			a.refuse(err)
+		}
+	}
+	rt.lis.onEncoding = func(enc string) { b.ascii.Store(wire.ASCIIServerEncoding(enc)) }
 	pubCtx, pubCancel := context.WithCancel(context.Background())
 	rt.running.add(8)
 	go func() { defer rt.running.add(-1); defer pubCancel(); rt.pub.run(pubCtx) }()

@@ -2,9 +2,12 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,15 +41,25 @@ type listener struct {
 	inbound  chan<- *pgconn.Notification
 	report   func(error)
 	onListen func(channel string) // called after each successful LISTEN
-	onDrop   func()               // called when inbound is full
-	onState  func(up bool, pid uint32, err error)
+	// onRefused is called when the server refuses to LISTEN to a channel for its name
+	// (see isDataRefusal), once per call of listen.
+	onRefused func(channel string, err error)
+	// onEncoding is called with the server's encoding at each connection.
+	onEncoding func(serverEncoding string)
+	onDrop     func() // called when inbound is full
+	onState    func(up bool, pid uint32, err error)
 
 	mu     sync.Mutex
 	wanted map[string]struct{}
 	// fresh: channels listen was called for since the last apply. One that was
 	// unlistened and listened again in between (an adapter replaced by a new one, with
 	// another uid) is still LISTENed, and its new adapter must be announced all the same.
-	fresh   map[string]struct{}
+	fresh map[string]struct{}
+	// refused: wanted channels whose LISTEN the server refused for their name (a
+	// character the database's encoding cannot hold), not tried again until listen is
+	// called for them again. Every other channel is LISTENed all the same: one
+	// namespace's name made every LISTEN fail, and the whole server deaf.
+	refused map[string]struct{}
 	dirty   bool          // wanted changed since the goroutine last applied it
 	waiting net.Conn      // the connection being read for notifications, if any
 	synced  bool          // connected and every wanted channel LISTENed
@@ -69,13 +82,22 @@ func newListener(cfg *pgx.ConnConfig, opts *Options, inbound chan<- *pgconn.Noti
 	// set, and an application's pool often sets it for LISTENs of its own: the listener
 	// would then receive nothing (pgx returns a nil notification).
 	cfg.OnNotification = nil
+	// Channel names and payloads travel in UTF-8, as Node's servers (whose driver sets
+	// this) send and expect them; PostgreSQL converts them to and from the database's
+	// encoding. pgx leaves the client encoding at the database's: in an EUC_JP database
+	// a namespace named in Japanese could not be LISTENed, and in a LATIN1 one Node's
+	// servers and ours read each other's non-ASCII characters as other ones.
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["client_encoding"] = "UTF8"
 	// Cancel waits by deadline only, so that interrupting WaitForNotification (to LISTEN a
 	// new channel or to ping) leaves the connection usable. A pool configured to send
 	// cancel requests would otherwise cancel nothing and break the connection.
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: c.Conn()}
 	}
-	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, fresh: map[string]struct{}{}, changed: make(chan struct{}), stopped: make(chan struct{})}
+	return &listener{cfg: cfg, opts: opts, inbound: inbound, wanted: map[string]struct{}{}, fresh: map[string]struct{}{}, refused: map[string]struct{}{}, changed: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // listen asks for channel to be LISTENed, now and after every reconnect.
@@ -87,6 +109,7 @@ func (l *listener) unlisten(channel string) { l.update(channel, false) }
 func (l *listener) update(channel string, want bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	delete(l.refused, channel) // asked for again: tried again
 	if want {
 		l.wanted[channel] = struct{}{}
 		l.fresh[channel] = struct{}{}
@@ -231,6 +254,9 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 	applied := map[string]struct{}{}
 	l.announced = false
 	l.pid.Store(conn.PgConn().PID())
+	if l.onEncoding != nil {
+		l.onEncoding(conn.PgConn().ParameterStatus("server_encoding"))
+	}
 	netConn := conn.PgConn().Conn()
 	stop := context.AfterFunc(ctx, l.interrupt)
 	defer stop()
@@ -374,6 +400,7 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 			relisted = append(relisted, ch)
 		}
 	}
+	refused := maps.Clone(l.refused)
 	clear(l.fresh)
 	l.dirty = false
 	l.mu.Unlock()
@@ -390,20 +417,44 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 		delete(applied, ch)
 	}
 	added := relisted
+	type refusal struct {
+		channel string
+		err     error
+	}
+	var refusals []refusal
 	for _, ch := range wanted {
 		if _, ok := applied[ch]; ok {
+			continue
+		}
+		if _, ok := refused[ch]; ok {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if _, err := conn.Exec(qctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			if isDataRefusal(err) {
+				// Refused for the name, on any connection: the others go on.
+				refusals = append(refusals, refusal{ch, err})
+				continue
+			}
 			return fmt.Errorf("listen %q: %w", ch, err)
 		}
 		applied[ch] = struct{}{}
 		added = append(added, ch)
 	}
 	l.mu.Lock()
+	kept := refusals[:0]
+	for _, r := range refusals {
+		// Unless unlistened since, or listened again (to be tried again).
+		_, wanted := l.wanted[r.channel]
+		_, again := l.fresh[r.channel]
+		if wanted && !again {
+			l.refused[r.channel] = struct{}{}
+			kept = append(kept, r)
+		}
+	}
+	refusals = kept
 	wasUp := l.synced
 	if !l.dirty {
 		l.setSyncedLocked(true)
@@ -417,5 +468,19 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	for _, ch := range added {
 		l.onListen(ch)
 	}
+	for _, r := range refusals {
+		if l.onRefused != nil {
+			l.onRefused(r.channel, r.err)
+		}
+	}
 	return nil
+}
+
+// isDataRefusal reports whether err is PostgreSQL refusing the data of a statement
+// (SQLSTATE class 22, data exception): a character the database's encoding cannot hold
+// (22P05, 22021), a payload too long (22023). The same data is refused again, on any
+// connection; nothing else is wrong.
+func isDataRefusal(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
 }

@@ -45,6 +45,13 @@ func requireNode(t testing.TB) {
 // channels are per database). It returns its URL, with the attachments table created.
 func mixedDatabase(t testing.TB) string {
 	t.Helper()
+	return mixedDatabaseWith(t, "")
+}
+
+// mixedDatabaseWith is mixedDatabase, created with the CREATE DATABASE options given
+// (ENCODING ...).
+func mixedDatabaseWith(t testing.TB, options string) string {
+	t.Helper()
 	u, err := url.Parse(dbURL)
 	if err != nil || u.Scheme == "" {
 		t.Fatalf("mixed-cluster tests need DATABASE_URL as a postgres:// URL, got %q", dbURL)
@@ -53,7 +60,7 @@ func mixedDatabase(t testing.TB) string {
 	admin := newPool(t)
 	defer admin.Close()
 	ctx := context.Background()
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" "+options); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

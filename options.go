@@ -176,7 +176,9 @@ type Options struct {
 	// others: the listener then reports that it cannot connect). It must reach the
 	// database the pool publishes to: a LISTEN connection that does not hear this
 	// server's own messages for a HeartbeatTimeout (2 s at least) is reported through
-	// the ErrorHandler, whatever else it hears.
+	// the ErrorHandler, whatever else it hears. Its client_encoding is set to UTF8,
+	// whatever the configuration says: names and payloads travel in UTF-8, as Node's
+	// servers send them.
 	ListenConnConfig *pgx.ConnConfig
 	// ListenURL is ListenConnConfig as a connection string (see ListenConnConfig).
 	ListenURL string
@@ -305,6 +307,13 @@ var (
 	// a room change, made through it is not published (the servers' own sockets still
 	// get it), and such a namespace works on this server only.
 	ErrInvalidName = errors.New("pgadapter: name is not valid UTF-8")
+
+	// ErrChannelRefused is reported for a namespace whose channel the database refuses to
+	// LISTEN to, for a character of its name that the database's encoding cannot hold
+	// (an emoji in an EUC_JP or LATIN1 database). No server can hear that channel in
+	// that database, Node's included: the namespace works on this server only, and its
+	// messages are not published. The other namespaces are not affected.
+	ErrChannelRefused = errors.New("pgadapter: the database refuses the namespace's channel")
 
 	// ErrInvalidOptions is wrapped by the error of an invalid Options (Builder.Err,
 	// Builder.Ready, NewFromURL), which says which field and why.

@@ -78,7 +78,10 @@ type publisher struct {
 	settings [4]string
 	// locked is set while the attachments table may be locked: a batch with
 	// attachments was refused, or failed before it ran (see probeLock).
-	locked   bool
+	locked bool
+	// ascii is the Builder's: set when a connection's server_encoding needs ASCII
+	// notifications (see wire.ASCIIServerEncoding).
+	ascii    *atomic.Bool
 	nonce    uint64   // the last nonce given (see unique)
 	chans    []string // sendBatch's NotifyMany arguments, reused
 	payloads []string
@@ -400,8 +403,23 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// statement it ran as on the first connection, and a second attempt on another
 	// connection with the same Batch executed a statement that does not exist there
 	// (TestPublishRetriesOnAnotherConnection).
-	build := func() *pgx.Batch {
+	build := func(conn *pgconn.PgConn) *pgx.Batch {
 		b := &pgx.Batch{}
+		if conn.ParameterStatus("client_encoding") != "UTF8" {
+			// Channel names in UTF-8, converted by the database (see newListener); the
+			// pool's connections speak the database's encoding unless told otherwise.
+			// For this transaction only: the pool is the application's too.
+			b.Queue(wire.SetUTF8)
+		}
+		if wire.ASCIIServerEncoding(conn.ParameterStatus("server_encoding")) && p.ascii != nil {
+			// Messages encoded before the listener's first connection told the adapters
+			// (see Builder.ascii): escaped here; one that the escapes take past
+			// PostgreSQL's limit is refused, alone (see isDataRefusal), and reported.
+			p.ascii.Store(true)
+			for i, s := range payloads {
+				payloads[i] = wire.EscapeNonASCII(s)
+			}
+		}
 		// Only a batch that inserts rows writes WAL before its commit record, which is
 		// what makes PostgreSQL flush at commit: one that only notifies needs no
 		// setAsyncSetting. Nor does it wait for the table's locks (see lockTimeout).
@@ -440,7 +458,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 			var unrun bool
-			unrun, err = p.sendOnce(qctx, build())
+			unrun, err = p.sendOnce(qctx, build)
 			cancel()
 			if err == nil || ctx.Err() != nil || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
@@ -466,6 +484,17 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// running any (the prepare of the insert waited for a lock on the table): nothing
 	// of it ran.
 	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
+	if err != nil && len(batch) > 1 && isDataRefusal(err) && ctx.Err() == nil {
+		// PostgreSQL refused the data of one of its messages (a character the database's
+		// encoding cannot hold in a channel name, a payload the escapes took past the
+		// limit): the batch is one transaction, and every message of it, of every
+		// namespace, was lost with that one. Sent again in halves, in order, down to the
+		// messages refused, which alone are lost, and reported.
+		h := len(batch) / 2
+		p.sendBatch(ctx, batch[:h:h])
+		p.sendBatch(ctx, batch[h:])
+		return
+	}
 	if attachments {
 		// Maybe locked, until a batch with attachments commits (see probeLock): refused
 		// for a lock, or failed in pgx's prepare (which a lock holds up to the timeout).
@@ -529,8 +558,14 @@ const maxSendTries = 4
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
 // Ended anywhere later, the transaction may have committed, and is not tried again.
-func (p *publisher) sendOnce(ctx context.Context, b *pgx.Batch) (unrun bool, err error) {
-	br := p.pool.SendBatch(ctx, b)
+func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pgx.Batch) (unrun bool, err error) {
+	c, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer c.Release()
+	b := build(c.Conn().PgConn())
+	br := c.SendBatch(ctx, b)
 	for i := range b.Len() {
 		if _, err = br.Exec(); err != nil {
 			var pgErr *pgconn.PgError

@@ -62,6 +62,12 @@ import (
 // Transactions) in a pgx.Tx, and in a *pgx.Conn or *pgxpool.Conn on which one was begun
 // with Exec("BEGIN"); through another DB that is inside a transaction, a failed insert
 // aborts that transaction.
+//
+// In a database whose encoding is not UTF8 (nor SQL_ASCII), the emitter writes messages
+// in ASCII, as the servers do, and makes a pool's statements speak UTF-8. Through a
+// connection or transaction that speaks another client_encoding, it refuses a namespace
+// whose name is not ASCII: the channel's name would reach PostgreSQL in that encoding,
+// and no server would hear it. Another implementation of DB is used as it is.
 type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
@@ -341,6 +347,16 @@ func (e *Emitter) insert(ctx context.Context, body []byte, channel, header strin
 	return err
 }
 
+// isASCII reports whether s holds only ASCII bytes.
+func isASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
 func isFunc(v any) bool {
 	return v != nil && reflect.TypeOf(v).Kind() == reflect.Func
 }
@@ -371,7 +387,7 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		return fmt.Errorf("emitter: room %q is not valid UTF-8", room)
 	}
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
-	pool, isPool := e.db.(*pgxpool.Pool)
+	_, isPool := e.db.(*pgxpool.Pool)
 	threshold := e.threshold
 	if !isPool {
 		threshold = max(1, threshold-nonceBytes) // room for the nonce below (0 would mean the default)
@@ -383,24 +399,70 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	if len(enc.Attachment) > e.maxAttach {
 		return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
 	}
+	channel := wire.ChannelName(e.prefix, e.nsp)
+	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
+	db, conn := e.db, (*pgconn.PgConn)(nil)
+	switch d := e.db.(type) {
+	case *pgxpool.Pool:
+		c, err := d.Acquire(ctx)
+		if err != nil {
+			return fmt.Errorf("emitter: %s on %s: %w", typ, channel, err)
+		}
+		defer c.Release()
+		db, conn = c, c.Conn().PgConn()
+	case pgx.Tx:
+		conn = d.Conn().PgConn()
+	case *pgx.Conn:
+		conn = d.PgConn()
+	case *pgxpool.Conn:
+		conn = d.Conn().PgConn()
+	}
+	utf8Client := true
+	if conn != nil {
+		if wire.ASCIIServerEncoding(conn.ParameterStatus("server_encoding")) {
+			// The database cannot hold every character: the servers' way (see
+			// pgadapter's Builder), so that the message is never refused for one.
+			if enc, err = wire.ASCII(enc, m, threshold); err != nil {
+				return fmt.Errorf("emitter: %w", err)
+			}
+			if len(enc.Attachment) > e.maxAttach {
+				return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
+			}
+		}
+		utf8Client = conn.ParameterStatus("client_encoding") == "UTF8"
+	}
+	if !utf8Client && !isPool && !isASCII(channel) {
+		// The servers LISTEN to the channel's name in UTF-8, converted to the
+		// database's encoding: sent in another, it would name another channel, and the
+		// message would be lost, or be refused. A pool's statement is made to speak
+		// UTF-8 below; a connection of the caller's is left as it is.
+		return fmt.Errorf("emitter: %s on %s: the connection's client_encoding is %s, not UTF8, and the namespace's name is not ASCII: set client_encoding to UTF8", typ, channel, conn.ParameterStatus("client_encoding"))
+	}
 	if !isPool && enc.Attachment == nil && strings.HasSuffix(enc.JSON, "}") {
 		// A pgx.Tx, or a *pgx.Conn that may be inside a transaction: two equal
 		// messages in it would arrive once. A pool's Exec is a transaction of its own,
 		// and a message with an attachment row has the row's id in its header.
 		enc.JSON = fmt.Sprintf(`%s,"%s":"%016x"}`, enc.JSON[:len(enc.JSON)-1], nonceKey, rand.Uint64())
 	}
-	channel := wire.ChannelName(e.prefix, e.nsp)
-	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
 	switch {
-	case enc.Attachment == nil:
-		_, err = e.db.Exec(ctx, e.st.Notify, channel, enc.JSON)
-	case isPool && !e.sync:
+	case isPool:
 		// A pool's connection is never inside a transaction: the batch is one implicit
 		// transaction of its own, whose commit need not wait for the disk.
 		b := &pgx.Batch{}
-		b.Queue(wire.SetAsyncCommit)
-		b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
-		err = pool.SendBatch(ctx, b).Close()
+		if !utf8Client {
+			b.Queue(wire.SetUTF8)
+		}
+		if enc.Attachment == nil {
+			b.Queue(e.st.Notify, channel, enc.JSON)
+		} else {
+			if !e.sync {
+				b.Queue(wire.SetAsyncCommit)
+			}
+			b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
+		}
+		err = db.(*pgxpool.Conn).SendBatch(ctx, b).Close()
+	case enc.Attachment == nil:
+		_, err = e.db.Exec(ctx, e.st.Notify, channel, enc.JSON)
 	default:
 		err = e.insert(ctx, enc.Attachment, channel, header)
 	}

@@ -93,6 +93,11 @@ type Statements struct {
 	LoggedSequence string
 }
 
+// SetUTF8 makes the rest of a transaction speak UTF-8 to PostgreSQL, which converts to
+// and from the database's encoding: what Node's servers speak, and what pgadapter's
+// servers LISTEN with, whatever the connection's client_encoding.
+const SetUTF8 = "SELECT set_config('client_encoding', 'UTF8', true)"
+
 // SetAsyncCommit makes the rest of a transaction commit without waiting for PostgreSQL to
 // flush its WAL to disk: run first in the transaction that inserts an attachment row.
 // The flush buys a message nothing (a NOTIFY is delivered at commit either way, and

@@ -1,0 +1,259 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/socketio-pg/pgadapter/emitter"
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// encodedDatabase creates a database of its own in encoding enc, and returns its URL with
+// the attachments table created.
+func encodedDatabase(t *testing.T, enc string) string {
+	t.Helper()
+	return mixedDatabaseWith(t, fmt.Sprintf("ENCODING '%s' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0", enc))
+}
+
+// A database whose encoding is not UTF8, with Go and Node servers. pgx left the client
+// encoding at the database's, and sent UTF-8 as it: in EUC_JP, Japanese text in a
+// message or a namespace's name was refused (invalid byte sequence), the message lost
+// with every other of its batch and the namespace's LISTEN with every other one; in
+// LATIN1, Node's servers (which speak UTF-8) and ours read each other's non-ASCII
+// characters as other ones. Now every connection of the adapter speaks UTF-8, messages
+// are written in ASCII (JSON escapes, or an attachment when the escapes make them too
+// long), and a namespace the database cannot name is refused alone (ErrChannelRefused).
+func TestNonUTF8Databases(t *testing.T) {
+	for _, tc := range []struct{ enc, text string }{{"EUC_JP", "日本語"}, {"LATIN1", "café"}} {
+		t.Run(tc.enc, func(t *testing.T) {
+			db := encodedDatabase(t, tc.enc)
+			opts := Options{Logger: testLogger(), HeartbeatInterval: 300 * time.Millisecond}
+			a := startNodeOn(t, "A", db, opts)
+			b := startNodeOn(t, "B", db, opts)
+			n := startNodeProc(t, "N", db)
+			waitServerCount(t, []*node{a, b}, 3)
+			eventually(t, "the Node server counts the cluster", func() bool { return n.serverCount(t) == 3 })
+			cb, cn := b.connect(t, "/", "cb"), n.connect(t, "cn")
+
+			// Characters of the database's encoding and beyond it (an emoji), short
+			// and past PostgreSQL's limit once escaped.
+			want := []any{tc.text, "😀 and " + tc.text, strings.Repeat(tc.text, 7000/len(tc.text))}
+			a.io.Emit("go", want...)
+			for _, c := range []*tclient{cb, cn} {
+				if got := c.expect(t, "go"); !reflect.DeepEqual(got, want) {
+					t.Fatalf("%s got %.60q, want %.60q", c.name, got, want)
+				}
+			}
+			n.call(t, map[string]any{"op": "emit", "event": "node", "args": []any{tc.text}})
+			if got := cb.expect(t, "node"); !reflect.DeepEqual(got, []any{tc.text}) {
+				t.Fatalf("from Node: got %q, want %q", got, tc.text)
+			}
+
+			// A namespace named in the database's characters.
+			nsp := "/" + tc.text
+			a.io.Of(nsp, nil)
+			b.io.Of(nsp, nil)
+			waitServerCountOf(t, a, nsp, 2)
+			cj := b.connect(t, nsp, "cj")
+			a.io.Of(nsp, nil).Emit("in", tc.text)
+			if got := cj.expect(t, "in"); !reflect.DeepEqual(got, []any{tc.text}) {
+				t.Fatalf("in %s: got %q", nsp, got)
+			}
+
+			// The emitter, through a pool and through a transaction on a connection
+			// that speaks the database's encoding.
+			pool := newPoolURL(t, db)
+			defer pool.Close()
+			em, err := emitter.New(pool, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := em.Emit(ctx, "emitted", want...); err != nil {
+				t.Fatal(err)
+			}
+			if err := em.Of(nsp).Emit(ctx, "in", "emitted"); err != nil {
+				t.Fatal(err)
+			}
+			conn, err := pgx.Connect(ctx, db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			if enc := conn.PgConn().ParameterStatus("client_encoding"); enc != tc.enc {
+				t.Fatalf("the connection speaks %s", enc)
+			}
+			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				et, err := emitter.New(tx, nil)
+				if err != nil {
+					return err
+				}
+				if err := et.Emit(ctx, "in-tx", want...); err != nil {
+					return err
+				}
+				// A namespace's name it would send in the database's encoding: refused.
+				if err := et.Of(nsp).Emit(ctx, "in", "tx"); err == nil || !strings.Contains(err.Error(), "client_encoding") {
+					t.Errorf("emitting to %s from a %s connection: %v", nsp, tc.enc, err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range []string{"emitted", "in-tx"} {
+				for _, c := range []*tclient{cb, cn} {
+					if got := c.expect(t, ev); !reflect.DeepEqual(got, want) {
+						t.Fatalf("%s got %s %.60q, want %.60q", c.name, ev, got, want)
+					}
+				}
+			}
+			if got := cj.expect(t, "in"); !reflect.DeepEqual(got, []any{"emitted"}) {
+				t.Fatalf("in %s: got %q", nsp, got)
+			}
+
+			// One the database cannot name: refused alone, on each server.
+			bad := "/😀"
+			a.io.Of(bad, nil).Emit("lost")
+			b.io.Of(bad, nil)
+			for _, s := range []*node{a, b} {
+				eventually(t, s.name+" reports the refused namespace", func() bool {
+					for _, e := range s.errs.drain("error") {
+						err, _ := e[0].(error)
+						var pe *PublishError
+						switch {
+						case errors.Is(err, ErrChannelRefused) && strings.Contains(err.Error(), bad):
+							return true
+						case errors.As(err, &pe) && pe.Messages == 1:
+							// a message of the namespace published before the refusal
+						default:
+							t.Errorf("%s reported %v", s.name, err)
+						}
+					}
+					return false
+				})
+			}
+			a.io.Of(bad, nil).Emit("lost")
+			a.io.Emit("after", tc.text)
+			for _, c := range []*tclient{cb, cn} {
+				if got := c.expect(t, "after"); !reflect.DeepEqual(got, []any{tc.text}) {
+					t.Fatalf("%s got %q", c.name, got)
+				}
+			}
+			a.io.Of(nsp, nil).Emit("in", "again")
+			if got := cj.expect(t, "in"); !reflect.DeepEqual(got, []any{"again"}) {
+				t.Fatalf("in %s: got %q", nsp, got)
+			}
+			for _, s := range []*node{a, b} {
+				for _, e := range s.errs.drain("error") {
+					// What the namespace published before its refusal came, refused
+					// by PostgreSQL, may be reported after it; nothing else.
+					var pe *PublishError
+					if err, _ := e[0].(error); !errors.As(err, &pe) || pe.Messages != 1 || !isDataRefusal(err) {
+						t.Errorf("%s reported %v", s.name, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// waitServerCountOf waits until namespace nsp of n counts want servers.
+func waitServerCountOf(t *testing.T, n *node, nsp string, want int64) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%s counts %d servers in %s", n.name, want, nsp), func() bool {
+		return n.io.Of(nsp, nil).Adapter().ServerCount() == want
+	})
+}
+
+// A message whose data PostgreSQL refuses (here a channel and a payload that the
+// database's encoding cannot hold, from a publisher that does not know it must escape)
+// is lost alone: the batch is one transaction, and every other message of it went down
+// with it. The others arrive, in order.
+func TestRefusedMessageLosesOnlyItself(t *testing.T) {
+	db := encodedDatabase(t, "EUC_JP")
+	ctx := context.Background()
+	lcfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lcfg.RuntimeParams["client_encoding"] = "UTF8"
+	lis, err := pgx.ConnectConfig(ctx, lcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close(ctx)
+	if _, err := lis.Exec(ctx, `LISTEN "c"`); err != nil {
+		t.Fatal(err)
+	}
+	pool := newPoolURL(t, db)
+	defer pool.Close()
+	o, err := (&Options{SkipTableCreation: true}).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var reported []error
+	p := newPublisher(pool, newStatements(defaultTableName), &o, func(err error) {
+		mu.Lock()
+		reported = append(reported, err)
+		mu.Unlock()
+	}, &counters{})
+	type msg struct{ channel, payload string }
+	msgs := []msg{{"c", "m1"}, {"c", "😀"}, {"c", "m2"}, {"c😀", "m3"}, {"c", "m4"}, {"c", "m5"}}
+	failed := make(chan string, len(msgs))
+	for _, m := range msgs {
+		done := func(err error) {
+			if err != nil {
+				failed <- m.payload
+				if !isDataRefusal(err) {
+					t.Errorf("%s failed with %v", m.payload, err)
+				}
+			}
+		}
+		if err := p.enqueue(outgoing{channel: m.channel, typ: wire.Broadcast, enc: wire.Encoded{JSON: m.payload}, done: done}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { p.run(context.Background()); close(stopped) }()
+	defer func() { p.close(); <-stopped }()
+	for _, want := range []string{"m1", "m2", "m4", "m5"} {
+		wctx, cancel := context.WithTimeout(ctx, waitFor)
+		n, err := lis.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", want, err)
+		}
+		if n.Payload != want {
+			t.Fatalf("got %q, want %q", n.Payload, want)
+		}
+	}
+	for _, want := range []string{"😀", "m3"} {
+		select {
+		case got := <-failed:
+			if got != want {
+				t.Fatalf("%q failed, want %q", got, want)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("%q not failed", want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reported) != 2 {
+		t.Fatalf("reported %v", reported)
+	}
+	for _, err := range reported {
+		if pe := (*PublishError)(nil); !errors.As(err, &pe) || pe.Messages != 1 {
+			t.Fatalf("reported %v", err)
+		}
+	}
+}
