@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/socketio-pg/pgadapter/emitter"
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
 
@@ -63,29 +64,78 @@ func TestCleanupShrinksOnStatementTimeout(t *testing.T) {
 // An attachments table made by someone else with created_at a timestamp without time
 // zone, and servers whose sessions are not in UTC: the header's time and the row's were
 // read in different zones, and every attachment was refused as a row given again after
-// a crash (ErrAttachmentMissing).
+// a crash (ErrAttachmentMissing). With both servers in one zone, the time was made
+// right (the header in the inserting session's zone); with servers in different zones,
+// each read the other's rows in its own, until created_at was read as an instant that
+// does not depend on the session's TimeZone (extract(epoch)). The timestamptz column of
+// pgadapter's and Node's DDL is read the same in every zone.
 func TestTimestampColumnOutsideUTC(t *testing.T) {
-	opts := testOptions(t)
-	ctx := context.Background()
-	setup := newPool(t)
-	defer setup.Close()
-	if _, err := setup.Exec(ctx, "CREATE TABLE "+newStatements(opts.TableName).Table+" (id bigserial UNIQUE, created_at timestamp DEFAULT now(), payload bytea)"); err != nil {
-		t.Fatal(err)
-	}
-	berlin := func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["timezone"] = "Europe/Berlin" }
-	a := startNodeWithPool(t, "A", opts, berlin)
-	b := startNodeWithPool(t, "B", opts, berlin)
-	waitServerCount(t, []*node{a, b}, 2)
-	cb := b.connect(t, "/", "cb")
-	a.io.Emit("bin", []byte{1, 2, 3})
-	if got := cb.expect(t, "bin"); len(got) != 1 {
-		t.Fatalf("got %v", got)
-	}
-	if errs := b.errs.drain("error"); len(errs) > 0 {
-		t.Fatalf("errors on B: %v", errs)
-	}
-	if n := b.b.Stats().AttachmentsRead; n != 1 {
-		t.Fatalf("%d attachments read", n)
+	for _, tc := range []struct{ column, zoneA, zoneB string }{
+		{"timestamp", "Europe/Berlin", "Europe/Berlin"},
+		{"timestamp", "Europe/Berlin", "America/New_York"},
+		{"timestamptz", "Asia/Tokyo", "America/New_York"},
+	} {
+		t.Run(tc.column+"/"+tc.zoneA+"/"+tc.zoneB, func(t *testing.T) {
+			opts := testOptions(t)
+			ctx := context.Background()
+			setup := newPool(t)
+			defer setup.Close()
+			if _, err := setup.Exec(ctx, "CREATE TABLE "+newStatements(opts.TableName).Table+" (id bigserial UNIQUE, created_at "+tc.column+" DEFAULT now(), payload bytea)"); err != nil {
+				t.Fatal(err)
+			}
+			zone := func(z string) func(*pgxpool.Config) {
+				return func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["timezone"] = z }
+			}
+			a := startNodeWithPool(t, "A", opts, zone(tc.zoneA))
+			b := startNodeWithPool(t, "B", opts, zone(tc.zoneB))
+			waitServerCount(t, []*node{a, b}, 2)
+			ca, cb := a.connect(t, "/", "ca"), b.connect(t, "/", "cb")
+			a.io.Emit("from-a", []byte{1, 2, 3})
+			b.io.Emit("from-b", []byte{4, 5, 6})
+			if got := cb.expect(t, "from-a"); len(got) != 1 {
+				t.Fatalf("got %v", got)
+			}
+			if got := ca.expect(t, "from-b"); len(got) != 1 {
+				t.Fatalf("got %v", got)
+			}
+			for _, n := range []*node{a, b} {
+				if errs := n.errs.drain("error"); len(errs) > 0 {
+					t.Fatalf("errors on %s: %v", n.name, errs)
+				}
+				if got := n.b.Stats().AttachmentsRead; got != 1 {
+					t.Fatalf("%s read %d attachments", n.name, got)
+				}
+			}
+			// The emitter, through a pool in B's zone.
+			em, err := emitter.New(b.pool, &emitter.Options{TableName: opts.TableName, ChannelPrefix: opts.ChannelPrefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := em.Emit(ctx, "emitted", []byte{7}); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []*tclient{ca, cb} {
+				if got := c.expect(t, "emitted"); len(got) != 1 {
+					t.Fatalf("got %v", got)
+				}
+			}
+			for _, n := range []*node{a, b} {
+				if errs := n.errs.drain("error"); len(errs) > 0 {
+					t.Fatalf("errors on %s: %v", n.name, errs)
+				}
+			}
+			// Each server's cleanup, with a retention shorter than the zones' offsets,
+			// finds every row young: written in UTC, read as UTC.
+			for _, n := range []*node{a, b} {
+				for _, unlocked := range []bool{false, true} {
+					batch := cleanupBatch
+					deleted, err := cleanupAttachments(ctx, n.pool, newStatements(opts.TableName), 30*time.Minute, &batch, &unlocked, cleanupBatch, 5*time.Second, time.Now().Add(5*time.Second))
+					if err != nil || deleted != 0 {
+						t.Fatalf("%s's cleanup (unlocked %v) deleted %d rows of the last seconds: %v", n.name, unlocked, deleted, err)
+					}
+				}
+			}
+		})
 	}
 }
 

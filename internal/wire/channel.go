@@ -98,6 +98,12 @@ type Statements struct {
 // servers LISTEN with, whatever the connection's client_encoding.
 const SetUTF8 = "SELECT set_config('client_encoding', 'UTF8', true)"
 
+// SetUTC makes the rest of a transaction's session time zone UTC, so that an insert into
+// a created_at column without time zone (an operator's table) writes the time in UTC,
+// whatever the session's TimeZone (see createdAtInstant). A timestamptz column, as
+// pgadapter and Node create it, holds the same instant either way.
+const SetUTC = "SELECT set_config('TimeZone', 'UTC', true)"
+
 // SetAsyncCommit makes the rest of a transaction commit without waiting for PostgreSQL to
 // flush its WAL to disk: run first in the transaction that inserts an attachment row.
 // The flush buys a message nothing (a NOTIFY is delivered at commit either way, and
@@ -105,6 +111,18 @@ const SetUTF8 = "SELECT set_config('client_encoding', 'UTF8', true)"
 // transaction that only notifies writes no WAL before its commit record, and PostgreSQL
 // never flushes its commit: it needs no SetAsyncCommit.
 const SetAsyncCommit = "SELECT set_config('synchronous_commit', 'off', true)"
+
+// createdAtInstant is the SQL of the instant a created_at column holds, the same in
+// every session: for a timestamptz column, its value; for a timestamp without time zone
+// (an operator's table), its value taken as UTC, which is how the servers' inserts
+// write it (SetUTC). A cast to timestamptz read the latter in the session's TimeZone,
+// so that servers whose TimeZones differed read another time than the header's, and
+// took every attachment for missing, and a cleanup in a zone east of the inserting
+// server's deleted rows as soon as they were written. extract(epoch) of either type does
+// not depend on the TimeZone, and is exact (numeric) from PostgreSQL 14.
+func createdAtInstant(col string) string {
+	return "to_timestamp(extract(epoch FROM " + col + "))"
+}
 
 // columns are the attachments table's, as @socket.io/postgres-adapter creates it.
 const columns = " (id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)"
@@ -118,12 +136,12 @@ func NewStatements(table string) Statements {
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload, created_at) VALUES ($1, clock_timestamp()) RETURNING id, created_at) " +
 			`SELECT pg_notify($2, $3 || a.id::text || '` + createdAtKey + `' || ` +
-			`coalesce(to_char(a.created_at::timestamptz AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
-		Fetch: "SELECT id, CASE WHEN octet_length(payload) <= $2 THEN payload END, created_at::timestamptz, octet_length(payload)::bigint FROM " + t + " WHERE id = ANY($1::bigint[])",
+			`coalesce(to_char(` + createdAtInstant("a.created_at") + ` AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
+		Fetch: "SELECT id, CASE WHEN octet_length(payload) <= $2 THEN payload END, " + createdAtInstant("created_at") + ", octet_length(payload)::bigint FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
-			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
+			" WHERE " + createdAtInstant("created_at") + " < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		CleanupUnlocked: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
-			" WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
+			" WHERE " + createdAtInstant("created_at") + " < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
 		Create:         "CREATE TABLE IF NOT EXISTS " + t + columns,
 		CreateUnlogged: "CREATE UNLOGGED TABLE IF NOT EXISTS " + t + columns,
 		LoggedSequence: "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " +
