@@ -693,7 +693,11 @@ func (a *Adapter) heartbeat(now time.Time) {
 	// broadcasts) still count it, as any message does on every server, Node's too: a
 	// server that cannot hear but publishes is waited for by the others' requests until
 	// their timeout, for as long as its listener reconnects.
-	every := a.b.opts.HeartbeatInterval
+	// Due a tick early: the first tick a full interval after the last message came up to
+	// a tick period later, which made the interval 1.25 times the setting, or a second
+	// more (5 s gave 6 s), and a HeartbeatTimeout less than that above the interval had
+	// every server dropped between two heartbeats.
+	every := a.b.opts.HeartbeatInterval - tickPeriod(&a.b.opts)
 	if now.Sub(time.Unix(0, a.lastPublish.Load())) >= every && now.Sub(time.Unix(0, a.lastHeartbeat.Load())) >= every &&
 		a.rt != nil && a.rt.lis.isSynced() {
 		a.lastHeartbeat.Store(now.UnixNano())

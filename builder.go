@@ -216,7 +216,8 @@ func (b *Builder) local(nsp socket.Namespace, err error) socket.Adapter {
 // ErrClosed once the Builder or every namespace adapter is closed. The listener retries
 // a connection that fails for as long as it runs (a database restarting comes back):
 // give ctx a deadline, and the error at its end wraps the last connection error too (a
-// wrong password, say).
+// wrong password, say). Called before any namespace uses the Builder (before
+// io.SetAdapter), it fails at once: there is nothing to wait for.
 func (b *Builder) Ready(ctx context.Context) error {
 	if b.err != nil {
 		return b.err
@@ -645,10 +646,13 @@ func (rt *runtime) stop(wait time.Duration) {
 
 // tick publishes heartbeats for adapters that have been quiet, and forgets servers that
 // have been silent too long.
+// tickPeriod is how often the runtime checks for heartbeats due and servers gone silent.
+func tickPeriod(o *Options) time.Duration {
+	return min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
+}
+
 func (rt *runtime) tick(ctx context.Context) {
-	o := &rt.b.opts
-	period := min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
-	t := time.NewTicker(period)
+	t := time.NewTicker(tickPeriod(&rt.b.opts))
 	defer t.Stop()
 	var w hearing
 	for {

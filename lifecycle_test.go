@@ -1100,3 +1100,49 @@ func onDelete(t *testing.T, pool *pgxpool.Pool, st statements, value string) (re
 		return got
 	}
 }
+
+// Heartbeats come at least every HeartbeatInterval. They came a check period late (the
+// first tick a full interval after the last message): 1.19-1.25 s apart for an interval
+// of 1 s, so that a HeartbeatTimeout of 1.1 s, which Options accepts, had the servers
+// drop each other between two heartbeats, six times in 25 s (a tester's finding).
+func TestHeartbeatsComeWithinTheInterval(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = time.Second
+	opts.HeartbeatTimeout = 1150 * time.Millisecond
+	ctx := context.Background()
+	lis, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close(ctx)
+	if _, err := lis.Exec(ctx, "LISTEN "+pgx.Identifier{ChannelName(opts.ChannelPrefix, "/")}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	a := startNode(t, "A", opts)
+	var last time.Time
+	var gaps []time.Duration
+	for len(gaps) < 4 {
+		wctx, cancel := context.WithTimeout(ctx, waitFor)
+		n, err := lis.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after %d heartbeats: %v", len(gaps), err)
+		}
+		note, err := wire.DecodeNotification(n.Payload)
+		if err != nil || note.UID != a.b.adapter(ChannelName(opts.ChannelPrefix, "/")).uid || note.Type != wire.Heartbeat {
+			continue // the announcement, or another message
+		}
+		if now := time.Now(); !last.IsZero() {
+			gaps = append(gaps, now.Sub(last))
+			last = now
+		} else {
+			last = now
+		}
+	}
+	t.Logf("heartbeats %v apart", gaps)
+	for _, g := range gaps {
+		if g >= opts.HeartbeatTimeout {
+			t.Fatalf("heartbeats %v apart, HeartbeatInterval %v, HeartbeatTimeout %v", gaps, opts.HeartbeatInterval, opts.HeartbeatTimeout)
+		}
+	}
+}

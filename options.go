@@ -109,8 +109,10 @@ type Options struct {
 	// The rows a query reads are decoded one by one, as they come.
 	MaxAttachmentSize int
 
-	// HeartbeatInterval is how long a namespace adapter stays silent before it publishes
-	// a HEARTBEAT; any message it publishes counts as one. Default 5s.
+	// HeartbeatInterval is the longest a namespace adapter stays silent: it publishes a
+	// HEARTBEAT once nothing it published has committed for this long, less the period
+	// of its checks (a quarter of the interval, at most a second), so that the others
+	// hear it at least this often. Any message it publishes counts as one. Default 5s.
 	HeartbeatInterval time.Duration
 
 	// HeartbeatTimeout is how long without any message from a server before it is no
