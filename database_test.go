@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -278,5 +279,58 @@ func TestOversizedAttachments(t *testing.T) {
 	}
 	if s := b.b.Stats(); s.AttachmentErrors != 1 || s.PublishErrors != 1 {
 		t.Fatalf("AttachmentErrors %d, PublishErrors %d", s.AttachmentErrors, s.PublishErrors)
+	}
+}
+
+// A query for attachments that fails is reported once, with how many messages it lost,
+// not once per message: while the database was away, 64 reports a query. Here B's
+// sessions look for the table in a schema where it is not.
+func TestFailedAttachmentReadReportedOnce(t *testing.T) {
+	opts := testOptions(t)
+	ctx := context.Background()
+	admin := newPool(t)
+	defer admin.Close()
+	schema := pgtest.Name("empty")
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(ctx, "DROP SCHEMA "+schema)
+	a := startNode(t, "A", opts)
+	elsewhere := opts
+	elsewhere.SkipTableCreation = true
+	b := startNodeWithPool(t, "B", elsewhere, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["search_path"] = schema })
+	waitServerCount(t, []*node{a, b}, 2)
+	cb := b.connect(t, "/", "cb")
+	const n = 200
+	for i := range n {
+		a.io.Emit("bin", []byte{byte(i)})
+	}
+	a.io.Emit("end")
+	cb.expect(t, "end")
+	var lost int
+	reports := 0
+	for _, e := range b.errs.drain("error") {
+		err, _ := e[0].(error)
+		var me *MessageError
+		if !errors.As(err, &me) || !strings.Contains(err.Error(), "read attachments") {
+			t.Fatalf("B reported %v", err)
+		}
+		var k int
+		if _, serr := fmt.Sscanf(me.Err.Error(), "%d message(s) lost", &k); serr != nil {
+			t.Fatalf("B reported %v", err)
+		}
+		lost += k
+		reports++
+	}
+	st := b.b.Stats()
+	t.Logf("%d reports, %d queries, %d lost", reports, st.AttachmentQueries, lost)
+	if lost != n || st.AttachmentErrors != n {
+		t.Fatalf("reports name %d messages lost, Stats %d, of %d", lost, st.AttachmentErrors, n)
+	}
+	if int64(reports) != st.AttachmentQueries {
+		t.Fatalf("%d reports for %d queries", reports, st.AttachmentQueries)
+	}
+	if reports == n {
+		t.Fatalf("every message read alone: the case is not reproduced")
 	}
 }

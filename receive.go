@@ -42,6 +42,9 @@ type delivery struct {
 type fetchResult struct {
 	msg *wire.Message
 	err error
+	// shared is set when err is the failure of the whole query, the same error for
+	// every message it read: reported once (see deliver).
+	shared bool
 }
 
 // dispatch decodes notifications, drops our own messages, starts attachment reads, and
@@ -365,13 +368,24 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	}
 	cancel()
 	rt.b.stats.attachmentQueries.Add(1)
+	if err != nil {
+		lost := 0
+		for _, d := range group {
+			if _, due := byID[d.id]; due {
+				lost++
+			}
+		}
+		// One report for the query, naming how many messages it lost, rather than one
+		// per message: 64 at a time while the database is away.
+		err = fmt.Errorf("%d message(s) lost: %w", lost, err)
+	}
 	for _, d := range group {
 		if _, due := byID[d.id]; !due {
 			continue
 		}
 		rt.b.stats.attachmentErrors.Add(1)
 		if err != nil {
-			d.fetched <- fetchResult{err: err}
+			d.fetched <- fetchResult{err: err, shared: true}
 		} else {
 			d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
 		}
@@ -382,7 +396,7 @@ func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 	if !d.created.IsZero() && !row.created.Equal(d.created) {
 		rt.b.stats.attachmentErrors.Add(1)
 		// PostgreSQL crashed after the notification, and gave its id to a new row.
-		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed, or a created_at column without time zone was read in another TimeZone)",
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: the row was created at %s, its notification's at %s (the id was given again after PostgreSQL crashed)",
 			d.id, ErrAttachmentMissing, row.created.UTC().Format(time.RFC3339Nano), d.created.UTC().Format(time.RFC3339Nano))}
 	}
 	if row.size > 0 {
@@ -424,9 +438,10 @@ func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 // that closes its server), and a goroutine whose handlers another left to themselves
 // is not counted at all.
 func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
-	var run *handlerRun // the handlers running, if any
-	ended := false      // returned, rather than ended by the application's code
-	applying := false   // in the application's code, and not counted
+	var run *handlerRun  // the handlers running, if any
+	var lastShared error // the failed query last reported (see fetchResult.shared)
+	ended := false       // returned, rather than ended by the application's code
+	applying := false    // in the application's code, and not counted
 	defer func() {
 		if ended {
 			return
@@ -474,8 +489,11 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 				return
 			}
 			if r.err != nil {
-				if ctx.Err() == nil {
+				if ctx.Err() == nil && (!r.shared || r.err != lastShared) {
 					rt.b.report(&MessageError{Channel: d.channel, Err: r.err})
+				}
+				if r.shared {
+					lastShared = r.err
 				}
 				if !next() {
 					return
