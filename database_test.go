@@ -69,9 +69,9 @@ func TestCleanupShrinksOnStatementTimeout(t *testing.T) {
 // read in different zones, and every attachment was refused as a row given again after
 // a crash (ErrAttachmentMissing). With both servers in one zone, the time was made
 // right (the header in the inserting session's zone); with servers in different zones,
-// each read the other's rows in its own, until created_at was read as an instant that
-// does not depend on the session's TimeZone (extract(epoch)). The timestamptz column of
-// pgadapter's and Node's DDL is read the same in every zone.
+// each read the other's rows in its own, until the header and the reads took created_at
+// as an instant that does not depend on the session's TimeZone (extract(epoch)). The
+// timestamptz column of pgadapter's and Node's DDL is read the same in every zone.
 func TestTimestampColumnOutsideUTC(t *testing.T) {
 	for _, tc := range []struct{ column, zoneA, zoneB string }{
 		{"timestamp", "Europe/Berlin", "Europe/Berlin"},
@@ -127,8 +127,14 @@ func TestTimestampColumnOutsideUTC(t *testing.T) {
 					t.Fatalf("errors on %s: %v", n.name, errs)
 				}
 			}
-			// Each server's cleanup, with a retention shorter than the zones' offsets,
-			// finds every row young: written in UTC, read as UTC.
+			// The rows are written in the session's zone, as Node's are: a cleanup in
+			// the same zone (Node's too: the same comparison) finds them young. (A
+			// version that wrote them in UTC had Node's cleanup, east of UTC, delete
+			// them at once.) Across zones, a cleanup east of the writer ages them by
+			// the difference: see the README.
+			if tc.column == "timestamp" && tc.zoneA != tc.zoneB {
+				return
+			}
 			for _, n := range []*node{a, b} {
 				for _, unlocked := range []bool{false, true} {
 					batch := cleanupBatch

@@ -74,7 +74,7 @@ type publisher struct {
 	seen     map[notification]struct{}
 	// settings is the statement that begins a batch with attachments, by whether it
 	// commits asynchronously (1) and compresses with lz4 (2), with its lock_timeout
-	// (see lockTimeout) and its time zone (see wire.SetUTC).
+	// (see lockTimeout).
 	settings [4]string
 	// locked is set while the attachments table may be locked: a batch with
 	// attachments was refused, or failed before it ran (see probeLock).
@@ -95,7 +95,7 @@ func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(
 	// no batch formats it.
 	lock := fmt.Sprintf("set_config('lock_timeout', '%dms', true)", lockTimeout(opts.RequestsTimeout).Milliseconds())
 	for i := range p.settings {
-		q := "SELECT " + lock + ", " + setUTCSetting
+		q := "SELECT " + lock
 		if i&1 != 0 {
 			q += ", " + setAsyncSetting
 		}
@@ -614,9 +614,6 @@ func (p *publisher) split(batch []outgoing) (inline, attachments []outgoing) {
 // minute. It is local to the transaction and changes nothing else; readers, Node's
 // included, never see the difference, since PostgreSQL decompresses either on read.
 const setLZ4Setting = "set_config('default_toast_compression', 'lz4', true)"
-
-// setUTCSetting is wire.SetUTC, as a column of the settings statement.
-const setUTCSetting = "set_config('TimeZone', 'UTC', true)"
 
 // setAsyncSetting makes a batch's transaction commit without waiting for PostgreSQL to flush
 // its WAL to disk (and to synchronous standbys), unless Options.SynchronousCommit. The

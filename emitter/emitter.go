@@ -458,7 +458,6 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 			if !e.sync {
 				b.Queue(wire.SetAsyncCommit)
 			}
-			b.Queue(wire.SetUTC)
 			b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
 		}
 		err = db.(*pgxpool.Conn).SendBatch(ctx, b).Close()

@@ -98,12 +98,6 @@ type Statements struct {
 // servers LISTEN with, whatever the connection's client_encoding.
 const SetUTF8 = "SELECT set_config('client_encoding', 'UTF8', true)"
 
-// SetUTC makes the rest of a transaction's session time zone UTC, so that an insert into
-// a created_at column without time zone (an operator's table) writes the time in UTC,
-// whatever the session's TimeZone (see createdAtInstant). A timestamptz column, as
-// pgadapter and Node create it, holds the same instant either way.
-const SetUTC = "SELECT set_config('TimeZone', 'UTC', true)"
-
 // SetAsyncCommit makes the rest of a transaction commit without waiting for PostgreSQL to
 // flush its WAL to disk: run first in the transaction that inserts an attachment row.
 // The flush buys a message nothing (a NOTIFY is delivered at commit either way, and
@@ -112,14 +106,14 @@ const SetUTC = "SELECT set_config('TimeZone', 'UTC', true)"
 // never flushes its commit: it needs no SetAsyncCommit.
 const SetAsyncCommit = "SELECT set_config('synchronous_commit', 'off', true)"
 
-// createdAtInstant is the SQL of the instant a created_at column holds, the same in
-// every session: for a timestamptz column, its value; for a timestamp without time zone
-// (an operator's table), its value taken as UTC, which is how the servers' inserts
-// write it (SetUTC). A cast to timestamptz read the latter in the session's TimeZone,
-// so that servers whose TimeZones differed read another time than the header's, and
-// took every attachment for missing, and a cleanup in a zone east of the inserting
-// server's deleted rows as soon as they were written. extract(epoch) of either type does
-// not depend on the TimeZone, and is exact (numeric) from PostgreSQL 14.
+// createdAtInstant is the SQL of a created_at column's value as a timestamptz that is
+// the same in every session, for the header's time and the reads that compare with it.
+// For a timestamptz column, as pgadapter and Node create it, it is its value; for a
+// timestamp without time zone (an operator's table), its value taken as UTC. A cast to
+// timestamptz read the latter in the session's TimeZone: servers whose TimeZones
+// differed read another time than the header's, and took every attachment for missing.
+// extract(epoch) of either type does not depend on the TimeZone, and is exact (numeric)
+// from PostgreSQL 14.
 func createdAtInstant(col string) string {
 	return "to_timestamp(extract(epoch FROM " + col + "))"
 }
@@ -139,9 +133,9 @@ func NewStatements(table string) Statements {
 			`coalesce(to_char(` + createdAtInstant("a.created_at") + ` AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
 		Fetch: "SELECT id, CASE WHEN octet_length(payload) <= $2 THEN payload END, " + createdAtInstant("created_at") + ", octet_length(payload)::bigint FROM " + t + " WHERE id = ANY($1::bigint[])",
 		Cleanup: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
-			" WHERE " + createdAtInstant("created_at") + " < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
+			" WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		CleanupUnlocked: "DELETE FROM " + t + " WHERE id IN (SELECT id FROM " + t +
-			" WHERE " + createdAtInstant("created_at") + " < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
+			" WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
 		Create:         "CREATE TABLE IF NOT EXISTS " + t + columns,
 		CreateUnlogged: "CREATE UNLOGGED TABLE IF NOT EXISTS " + t + columns,
 		LoggedSequence: "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " +
