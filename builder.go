@@ -528,6 +528,11 @@ func (b *Builder) start() *runtime {
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	rt.pub.ascii = &b.ascii
+	rt.pub.onRefused = func(channel string, err error) {
+		if a := b.adapter(channel); a != nil && a.rt == rt {
+			a.refuse(err)
+		}
+	}
 	cfg := b.opts.ListenConnConfig
 	if cfg == nil {
 		cfg = b.pool.Config().ConnConfig
@@ -560,7 +565,11 @@ func (b *Builder) start() *runtime {
 			a.refuse(err)
 		}
 	}
-	rt.lis.onEncoding = func(enc string) { b.ascii.Store(wire.ASCIIServerEncoding(enc)) }
+	rt.lis.onEncoding = func(enc string) {
+		if wire.ASCIIServerEncoding(enc) {
+			b.ascii.Store(true) // never unset: the publisher may have learnt it from its connections
+		}
+	}
 	pubCtx, pubCancel := context.WithCancel(context.Background())
 	rt.running.add(8)
 	go func() { defer rt.running.add(-1); defer pubCancel(); rt.pub.run(pubCtx) }()

@@ -81,10 +81,14 @@ type publisher struct {
 	locked bool
 	// ascii is the Builder's: set when a connection's server_encoding needs ASCII
 	// notifications (see wire.ASCIIServerEncoding).
-	ascii    *atomic.Bool
-	nonce    uint64   // the last nonce given (see unique)
-	chans    []string // sendBatch's NotifyMany arguments, reused
-	payloads []string
+	ascii *atomic.Bool
+	// refusedChannels are the channels PostgreSQL refused to notify for their names,
+	// with its error (see refuseChannel); onRefused tells their adapters.
+	refusedChannels map[string]error
+	onRefused       func(channel string, err error)
+	nonce           uint64   // the last nonce given (see unique)
+	chans           []string // sendBatch's NotifyMany arguments, reused
+	payloads        []string
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
@@ -280,7 +284,11 @@ func (p *publisher) nextBatch() []outgoing {
 	}
 	clear(p.seen)
 	size := 0
+	ascii := p.ascii != nil && p.ascii.Load()
 	add := func(m outgoing) bool {
+		if ascii {
+			p.toASCII(&m) // before the comparison: an escaped copy may equal another
+		}
 		if m.enc.Attachment == nil {
 			key := notification{m.channel, m.enc.JSON}
 			if _, dup := p.seen[key]; dup {
@@ -383,6 +391,27 @@ func (p *publisher) ensureTable(ctx context.Context) error {
 // reached the server is tried once more on another connection; otherwise every message
 // of it is reported lost.
 func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
+	if len(p.refusedChannels) > 0 {
+		// Messages on a channel PostgreSQL refused (see refuseChannel), queued before
+		// their adapter knew: lost together, with no round trip, in one report.
+		var lost []outgoing
+		var cause error
+		kept := batch[:0:0]
+		for _, m := range batch {
+			if err, ok := p.refusedChannels[m.channel]; ok {
+				lost, cause = append(lost, m), err
+			} else {
+				kept = append(kept, m)
+			}
+		}
+		if len(lost) > 0 {
+			p.fail(lost, cause)
+			batch = kept
+		}
+		if len(batch) == 0 {
+			return
+		}
+	}
 	attachments := hasAttachment(batch)
 	if !p.tableReady.Load() && !p.opts.SkipTableCreation && attachments {
 		p.createTable(ctx)
@@ -403,22 +432,21 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// statement it ran as on the first connection, and a second attempt on another
 	// connection with the same Batch executed a statement that does not exist there
 	// (TestPublishRetriesOnAnotherConnection).
+	utf8Channels := false // a channel's name is not ASCII
+	for i := range batch {
+		if !wire.IsASCII(batch[i].channel) {
+			utf8Channels = true
+			break
+		}
+	}
 	build := func(conn *pgconn.PgConn) *pgx.Batch {
 		b := &pgx.Batch{}
-		if conn.ParameterStatus("client_encoding") != "UTF8" {
+		if utf8Channels && conn.ParameterStatus("client_encoding") != "UTF8" {
 			// Channel names in UTF-8, converted by the database (see newListener); the
 			// pool's connections speak the database's encoding unless told otherwise.
-			// For this transaction only: the pool is the application's too.
+			// For this transaction only: the pool is the application's too. (Payloads
+			// are ASCII on such a connection: see toASCII.)
 			b.Queue(wire.SetUTF8)
-		}
-		if wire.ASCIIServerEncoding(conn.ParameterStatus("server_encoding")) && p.ascii != nil {
-			// Messages encoded before the listener's first connection told the adapters
-			// (see Builder.ascii): escaped here; one that the escapes take past
-			// PostgreSQL's limit is refused, alone (see isDataRefusal), and reported.
-			p.ascii.Store(true)
-			for i, s := range payloads {
-				payloads[i] = wire.EscapeNonASCII(s)
-			}
 		}
 		// Only a batch that inserts rows writes WAL before its commit record, which is
 		// what makes PostgreSQL flush at commit: one that only notifies needs no
@@ -460,7 +488,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			var unrun bool
 			unrun, err = p.sendOnce(qctx, build)
 			cancel()
-			if err == nil || ctx.Err() != nil || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
+			if err == nil || ctx.Err() != nil || errors.Is(err, errLearntASCII) || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
 			}
 		}
@@ -484,6 +512,13 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// running any (the prepare of the insert waited for a lock on the table): nothing
 	// of it ran.
 	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
+	if errors.Is(err, errLearntASCII) {
+		p.sendBatch(ctx, p.makeASCII(batch))
+		return
+	}
+	if err != nil && len(batch) == 1 && isDataRefusal(err) && ctx.Err() == nil && refusesChannel(batch[0], err) {
+		p.refuseChannel(batch[0].channel, err)
+	}
 	if err != nil && len(batch) > 1 && isDataRefusal(err) && ctx.Err() == nil {
 		// PostgreSQL refused the data of one of its messages (a character the database's
 		// encoding cannot hold in a channel name, a payload the escapes took past the
@@ -564,7 +599,14 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 		return false, err
 	}
 	defer c.Release()
-	b := build(c.Conn().PgConn())
+	pc := c.Conn().PgConn()
+	if p.ascii != nil && !p.ascii.Load() && wire.ASCIIConnection(pc.ParameterStatus("server_encoding"), pc.ParameterStatus("client_encoding")) {
+		// Learnt from this connection, before the listener's first told the adapters:
+		// the batch's payloads are made ASCII (see sendBatch) before it is sent.
+		p.ascii.Store(true)
+		return true, errLearntASCII
+	}
+	b := build(pc)
 	br := c.SendBatch(ctx, b)
 	for i := range b.Len() {
 		if _, err = br.Exec(); err != nil {
@@ -677,3 +719,101 @@ func (e *PublishError) Error() string {
 
 // Unwrap returns the cause, for errors.Is and errors.As.
 func (e *PublishError) Unwrap() error { return e.Err }
+
+// errLearntASCII ends an attempt at a batch, before anything is sent, on the connection
+// that told the publisher its payloads must be ASCII (see sendOnce).
+var errLearntASCII = errors.New("pgadapter: the connection needs ASCII payloads")
+
+// toASCII makes an inline message ASCII, as the adapters encode messages once they know
+// the database needs it (see wire.ASCII): its JSON escaped, or, when the escapes make it
+// too long, an attachment. A message encoded before they knew it went out as it was:
+// PostgreSQL refused it, or, on a connection speaking another encoding, converted its
+// bytes as that encoding's (other characters).
+func (p *publisher) toASCII(m *outgoing) {
+	if m.enc.Attachment != nil || wire.IsASCII(m.enc.JSON) {
+		return
+	}
+	threshold := min(p.opts.PayloadThreshold, wire.MaxNotifyPayload+1)
+	if js := wire.EscapeNonASCII(m.enc.JSON); len(js) < threshold {
+		m.enc.JSON = js
+		return
+	}
+	if !p.toAttachment(m) {
+		m.enc.JSON = wire.EscapeNonASCII(m.enc.JSON) // refused for its length, and reported
+	}
+}
+
+// toAttachment turns an inline message into an attachment, reporting whether it could.
+func (p *publisher) toAttachment(m *outgoing) bool {
+	n, err := wire.DecodeNotification(m.enc.JSON)
+	if err != nil || n.Message == nil {
+		return false
+	}
+	body, err := wire.EncodeMsgpack(n.Message)
+	if err != nil {
+		return false
+	}
+	m.enc = wire.Encoded{Attachment: body}
+	m.prefix = wire.AttachmentHeaderPrefix(n.Message.UID, n.Message.Type)
+	return true
+}
+
+// makeASCII makes the inline messages of batch ASCII (toASCII), and unique again: two
+// that differed only by characters the escapes write as another copy of them may be
+// equal now (PostgreSQL would deliver one). It returns a new slice.
+func (p *publisher) makeASCII(batch []outgoing) []outgoing {
+	out := make([]outgoing, 0, len(batch))
+	seen := map[notification]struct{}{}
+	for _, m := range batch {
+		p.toASCII(&m)
+		if m.enc.Attachment == nil {
+			key := notification{m.channel, m.enc.JSON}
+			if _, dup := seen[key]; dup {
+				if json, ok := p.unique(m.enc.JSON); ok {
+					m.enc.JSON = json
+				} else if !p.toAttachment(&m) {
+					m.enc.JSON = json // empty: refused, and reported
+				}
+				key.payload = m.enc.JSON
+			}
+			seen[key] = struct{}{}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// refusesChannel reports whether PostgreSQL's refusal (err, a data exception) of the
+// single message m is its channel's name: too long in the database's encoding, or
+// holding a character the database cannot hold, when its payload is ASCII.
+func refusesChannel(m outgoing, err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	if strings.Contains(pgErr.Message, "channel name") {
+		return true
+	}
+	return !wire.IsASCII(m.channel) && (m.enc.Attachment != nil || wire.IsASCII(m.enc.JSON)) &&
+		(pgErr.Code == "22P05" || pgErr.Code == "22021")
+}
+
+// maxRefusedChannels bounds the channels remembered as refused: clients choose the
+// names of dynamic namespaces. Their adapters stop publishing once told, so only
+// messages queued before need the record.
+const maxRefusedChannels = 1024
+
+// refuseChannel records that PostgreSQL refused channel for its name: later messages on
+// it are failed without a round trip, and its adapter is told (ErrChannelRefused).
+func (p *publisher) refuseChannel(channel string, err error) {
+	if p.refusedChannels == nil || len(p.refusedChannels) >= maxRefusedChannels {
+		p.refusedChannels = map[string]error{}
+	}
+	if _, ok := p.refusedChannels[channel]; ok {
+		return
+	}
+	p.refusedChannels[channel] = err
+	if p.onRefused != nil {
+		p.onRefused(channel, err)
+	}
+}

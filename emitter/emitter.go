@@ -63,11 +63,12 @@ import (
 // with Exec("BEGIN"); through another DB that is inside a transaction, a failed insert
 // aborts that transaction.
 //
-// In a database whose encoding is not UTF8 (nor SQL_ASCII), the emitter writes messages
-// in ASCII, as the servers do, and makes a pool's statements speak UTF-8. Through a
-// connection or transaction that speaks another client_encoding, it refuses a namespace
-// whose name is not ASCII: the channel's name would reach PostgreSQL in that encoding,
-// and no server would hear it. Another implementation of DB is used as it is.
+// In a database whose encoding is not UTF8 (nor SQL_ASCII), or through a connection whose
+// client_encoding is not UTF8, the emitter writes messages in ASCII, as the servers do,
+// and makes a pool's statements speak UTF-8. Through a connection or transaction of
+// yours that speaks another client_encoding, it refuses a namespace whose name is not
+// ASCII: the channel's name would reach PostgreSQL in that encoding, and no server would
+// hear it. Another implementation of DB is used as it is.
 type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
@@ -419,9 +420,11 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	}
 	utf8Client := true
 	if conn != nil {
-		if wire.ASCIIServerEncoding(conn.ParameterStatus("server_encoding")) {
-			// The database cannot hold every character: the servers' way (see
-			// pgadapter's Builder), so that the message is never refused for one.
+		if wire.ASCIIConnection(conn.ParameterStatus("server_encoding"), conn.ParameterStatus("client_encoding")) {
+			// The database cannot hold every character, or the connection speaks
+			// another encoding than UTF-8: the servers' way (see pgadapter's Builder),
+			// so that the message is neither refused for a character nor read as
+			// other ones.
 			if enc, err = wire.ASCII(enc, m, threshold); err != nil {
 				return fmt.Errorf("emitter: %w", err)
 			}
@@ -449,8 +452,8 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		// A pool's connection is never inside a transaction: the batch is one implicit
 		// transaction of its own, whose commit need not wait for the disk.
 		b := &pgx.Batch{}
-		if !utf8Client {
-			b.Queue(wire.SetUTF8)
+		if !utf8Client && !isASCII(channel) {
+			b.Queue(wire.SetUTF8) // and only then: see the README on table names
 		}
 		if enc.Attachment == nil {
 			b.Queue(e.st.Notify, channel, enc.JSON)

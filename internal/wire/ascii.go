@@ -13,6 +13,17 @@ func ASCIIServerEncoding(enc string) bool {
 	return enc != "" && enc != "UTF8" && enc != "SQL_ASCII"
 }
 
+// ASCIIConnection reports whether what is sent on a connection with these
+// ParameterStatus values must be ASCII: the database cannot hold every character
+// (ASCIIServerEncoding), or the connection speaks another encoding than UTF-8, from
+// which PostgreSQL would convert Go's UTF-8 bytes as if they were in it.
+func ASCIIConnection(serverEncoding, clientEncoding string) bool {
+	return ASCIIServerEncoding(serverEncoding) || clientEncoding != "" && clientEncoding != "UTF8"
+}
+
+// IsASCII reports whether s holds only ASCII bytes.
+func IsASCII(s string) bool { return isASCII(s) }
+
 // isASCII reports whether s holds only ASCII bytes.
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
