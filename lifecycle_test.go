@@ -1146,3 +1146,26 @@ func TestHeartbeatsComeWithinTheInterval(t *testing.T) {
 		}
 	}
 }
+
+// A server closed right after a burst that filled its publish queue announces that it
+// leaves all the same. Its ADAPTER_CLOSE was refused with the burst's overflow: the
+// others counted it until their heartbeat timeout, and their requests waited for it
+// until theirs (a tester's finding: FetchSockets failed after 5 s, the server counted
+// for 11 s). It now goes after the messages queued before it.
+func TestCloseAfterABurstIsAnnounced(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatTimeout = 5 * time.Minute // only the announcement can drop A in time
+	small := opts
+	small.PublishQueueSize = 64
+	a := startNode(t, "A", small)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	for i := range 2000 {
+		a.io.Emit("burst", i)
+	}
+	if a.b.Stats().QueueFull == 0 {
+		t.Fatal("the queue never filled: the case is not reproduced")
+	}
+	a.close()
+	eventually(t, "B no longer counts A", func() bool { return b.io.Of("/", nil).Adapter().ServerCount() == 1 })
+}

@@ -60,6 +60,12 @@ type publisher struct {
 	finished    bool        // run has returned (p.mu)
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
+	// taken counts the messages the goroutine took from queue; closes holds the
+	// ADAPTER_CLOSEs that found queue full (see overflow), under closesMu.
+	taken     atomic.Uint64
+	closesMu  sync.Mutex
+	closes    []overflowed
+	hasCloses atomic.Bool
 	// commits counts the batches committed (see runtime.watchHearing).
 	commits atomic.Int64
 	// tableReady is set once the attachments table is known to exist: by the goroutine,
@@ -171,7 +177,11 @@ func (p *publisher) enqueue(m outgoing) error {
 		select {
 		case p.queue <- m:
 		default:
-			err = ErrQueueFull
+			if m.typ == wire.AdapterClose {
+				p.overflow(m)
+			} else {
+				err = ErrQueueFull
+			}
 		}
 	}
 	p.mu.RUnlock()
@@ -238,10 +248,11 @@ func (p *publisher) run(ctx context.Context) {
 			return
 		default:
 		}
-		if len(p.carry) == 0 {
+		if len(p.carry) == 0 && !p.hasCloses.Load() {
 			p.idle.Store(true)
 			select {
 			case m := <-p.queue:
+				p.taken.Add(1)
 				p.idle.Store(false)
 				p.carry = append(p.carry, m)
 			case <-p.stop:
@@ -259,7 +270,7 @@ func (p *publisher) run(ctx context.Context) {
 // (a batch could otherwise take the table's creation, the lz4 probe and two attempts,
 // each up to RequestsTimeout).
 func (p *publisher) drain(ctx context.Context) {
-	for (len(p.carry) > 0 || len(p.queue) > 0) && ctx.Err() == nil {
+	for (len(p.carry) > 0 || len(p.queue) > 0 || p.hasCloses.Load()) && ctx.Err() == nil {
 		p.sendBatch(ctx, p.nextBatch())
 	}
 	lost := p.carry
@@ -267,6 +278,7 @@ func (p *publisher) drain(ctx context.Context) {
 	for len(p.queue) > 0 {
 		lost = append(lost, <-p.queue)
 	}
+	lost = append(lost, p.takeCloses(true)...)
 	if len(lost) > 0 {
 		p.fail(lost, ErrClosed)
 	}
@@ -312,8 +324,20 @@ func (p *publisher) nextBatch() []outgoing {
 		p.carry = p.carry[1:]
 	}
 	for len(batch) < maxBatchMessages && size < maxBatchBytes {
+		// Closes whose earlier messages are all taken go next (carried, in order).
+		if due := p.takeCloses(false); len(due) > 0 {
+			p.carry = append(p.carry, due...)
+			for len(p.carry) > 0 && len(batch) < maxBatchMessages && size < maxBatchBytes {
+				if !add(p.carry[0]) {
+					return p.keep(batch)
+				}
+				p.carry = p.carry[1:]
+			}
+			continue
+		}
 		select {
 		case m := <-p.queue:
+			p.taken.Add(1)
 			if !add(m) {
 				p.carry = append(p.carry, m)
 				return p.keep(batch)
@@ -816,4 +840,55 @@ func (p *publisher) refuseChannel(channel string, err error) {
 	if p.onRefused != nil {
 		p.onRefused(channel, err)
 	}
+}
+
+// overflowed is an ADAPTER_CLOSE that found the queue full, and the count of messages
+// taken from the queue after which it goes: those queued before it.
+type overflowed struct {
+	m     outgoing
+	after uint64
+}
+
+// overflow queues an ADAPTER_CLOSE that found the queue full, to go after every message
+// queued before it. Refused, as other messages are, it was lost: the other servers
+// counted the closed server until their heartbeat timeout, and their requests waited
+// for it until RequestsTimeout (a tester's finding: io.Close after a burst). There is at
+// most one per adapter.
+func (p *publisher) overflow(m outgoing) {
+	// The queue's length before taken: the goroutine may take messages in between,
+	// which makes the bound later, never earlier.
+	after := uint64(len(p.queue))
+	after += p.taken.Load()
+	p.closesMu.Lock()
+	p.closes = append(p.closes, overflowed{m, after})
+	p.hasCloses.Store(true)
+	p.closesMu.Unlock()
+}
+
+// takeCloses returns the overflowed closes whose turn has come (all of them when all is
+// set). Only the publisher's goroutine calls it.
+func (p *publisher) takeCloses(all bool) []outgoing {
+	if !p.hasCloses.Load() {
+		return nil
+	}
+	p.closesMu.Lock()
+	defer p.closesMu.Unlock()
+	var due []outgoing
+	// An empty queue, seen by the goroutine that alone takes from it, holds nothing
+	// queued before any of them: the bound, counted while the goroutine took messages,
+	// may be too late by those.
+	all = all || len(p.queue) == 0
+	taken := p.taken.Load()
+	rest := p.closes[:0]
+	for _, c := range p.closes {
+		if all || taken >= c.after {
+			due = append(due, c.m)
+		} else {
+			rest = append(rest, c)
+		}
+	}
+	clear(p.closes[len(rest):])
+	p.closes = rest
+	p.hasCloses.Store(len(rest) > 0)
+	return due
 }
