@@ -319,6 +319,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	}
 	if a.isOwn(n.Payload) {
 		rt.echoes.Add(1)
+		a.heardItself()
 		return nil // our own message, echoed by PostgreSQL: not worth decoding
 	}
 	note, err := decodeNotification(n.Payload)
@@ -329,6 +330,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	}
 	if note.UID == a.uid {
 		rt.echoes.Add(1)
+		a.heardItself()
 		return nil // our own message, echoed by PostgreSQL
 	}
 	rt.heard(a, note.UID)
