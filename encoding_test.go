@@ -495,3 +495,56 @@ func TestLatin1Sessions(t *testing.T) {
 		}
 	}
 }
+
+// Two edges of a publisher that learns the database needs ASCII (a reviewer's findings):
+// a batch made before the adapters knew, sent after the listener told them, went out as
+// it was (refused in EUC_JP; converted as LATIN1 in a LATIN1 database, garbled, with no
+// report); and a message that the escapes make an attachment larger than
+// MaxAttachmentSize was inserted, and every server refused to read it, the sender
+// reporting nothing.
+func TestPublisherASCIIEdges(t *testing.T) {
+	db := encodedDatabase(t, "EUC_JP")
+	ctx := context.Background()
+	raw := func(s string) string {
+		return `{"type":9,"uid":"u","nsp":"/","data":{"packet":["ev",` + strconv.Quote(s) + `]}}`
+	}
+	t.Run("told meanwhile", func(t *testing.T) {
+		lis := listenUTF8(t, db, "c")
+		pool := newPoolURL(t, db)
+		defer pool.Close()
+		p, reports, _ := newTestPublisher(t, pool, Options{SkipTableCreation: true})
+		p.ascii.Store(true) // by the listener, after the batch was made
+		p.sendBatch(ctx, []outgoing{{channel: "c", typ: wire.ServerSideEmit, enc: wire.Encoded{JSON: raw("😀")}}})
+		if r := reports(); len(r) > 0 {
+			t.Fatalf("reported %v", r)
+		}
+		wctx, cancel := context.WithTimeout(ctx, waitFor)
+		defer cancel()
+		n, err := lis.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		note, err := wire.DecodeNotification(n.Payload)
+		if err != nil || note.Message.Data.(*wire.ServerSideEmitData).Packet[1] != "😀" {
+			t.Fatalf("received %q: %v", n.Payload, err)
+		}
+	})
+	t.Run("too large an attachment", func(t *testing.T) {
+		pool := newPoolURL(t, db)
+		defer pool.Close()
+		p, reports, _ := newTestPublisher(t, pool, Options{MaxAttachmentSize: 2000})
+		var got error
+		done := func(err error) { got = err }
+		p.sendBatch(ctx, []outgoing{{channel: "c", typ: wire.ServerSideEmit, enc: wire.Encoded{JSON: raw(strings.Repeat("é", 3000))}, done: done}})
+		if !errors.Is(got, ErrAttachmentTooLarge) {
+			t.Fatalf("done got %v", got)
+		}
+		if r := reports(); len(r) != 1 || !errors.Is(r[0], ErrAttachmentTooLarge) {
+			t.Fatalf("reported %v", r)
+		}
+		var rows int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+newStatements(defaultTableName).Table).Scan(&rows); err != nil || rows != 0 {
+			t.Fatalf("%d rows inserted: %v", rows, err)
+		}
+	})
+}

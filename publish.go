@@ -299,7 +299,11 @@ func (p *publisher) nextBatch() []outgoing {
 	ascii := p.ascii != nil && p.ascii.Load()
 	add := func(m outgoing) bool {
 		if ascii {
-			p.toASCII(&m) // before the comparison: an escaped copy may equal another
+			// Before the comparison: an escaped copy may equal another.
+			if err := p.toASCII(&m); err != nil {
+				p.fail([]outgoing{m}, err)
+				return true // taken, and lost
+			}
 		}
 		if m.enc.Attachment == nil {
 			key := notification{m.channel, m.enc.JSON}
@@ -415,6 +419,9 @@ func (p *publisher) ensureTable(ctx context.Context) error {
 // reached the server is tried once more on another connection; otherwise every message
 // of it is reported lost.
 func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
+	if len(batch) == 0 {
+		return // its messages failed before (see makeASCII)
+	}
 	if len(p.refusedChannels) > 0 {
 		// Messages on a channel PostgreSQL refused (see refuseChannel), queued before
 		// their adapter knew: lost together, with no round trip, in one report.
@@ -463,6 +470,14 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			break
 		}
 	}
+	inlineASCII := func() bool { // the inline payloads are ASCII
+		for _, s := range payloads {
+			if !wire.IsASCII(s) {
+				return false
+			}
+		}
+		return true
+	}
 	build := func(conn *pgconn.PgConn) *pgx.Batch {
 		b := &pgx.Batch{}
 		if utf8Channels && conn.ParameterStatus("client_encoding") != "UTF8" {
@@ -510,7 +525,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 			var unrun bool
-			unrun, err = p.sendOnce(qctx, build)
+			unrun, err = p.sendOnce(qctx, build, inlineASCII)
 			cancel()
 			if err == nil || ctx.Err() != nil || errors.Is(err, errLearntASCII) || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
@@ -617,18 +632,22 @@ const maxSendTries = 4
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
 // Ended anywhere later, the transaction may have committed, and is not tried again.
-func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pgx.Batch) (unrun bool, err error) {
+func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pgx.Batch, ascii func() bool) (unrun bool, err error) {
 	c, err := p.pool.Acquire(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer c.Release()
 	pc := c.Conn().PgConn()
-	if p.ascii != nil && !p.ascii.Load() && wire.ASCIIConnection(pc.ParameterStatus("server_encoding"), pc.ParameterStatus("client_encoding")) {
-		// Learnt from this connection, before the listener's first told the adapters:
-		// the batch's payloads are made ASCII (see sendBatch) before it is sent.
+	if p.ascii != nil && wire.ASCIIConnection(pc.ParameterStatus("server_encoding"), pc.ParameterStatus("client_encoding")) {
+		// Learnt from this connection (the adapters may have been told by the
+		// listener's meanwhile): the batch, made before, is made ASCII (see sendBatch)
+		// before it is sent. Whatever p.ascii says: the listener may have set it after
+		// the batch was made.
 		p.ascii.Store(true)
-		return true, errLearntASCII
+		if !ascii() {
+			return true, errLearntASCII
+		}
 	}
 	b := build(pc)
 	br := c.SendBatch(ctx, b)
@@ -753,33 +772,38 @@ var errLearntASCII = errors.New("pgadapter: the connection needs ASCII payloads"
 // too long, an attachment. A message encoded before they knew it went out as it was:
 // PostgreSQL refused it, or, on a connection speaking another encoding, converted its
 // bytes as that encoding's (other characters).
-func (p *publisher) toASCII(m *outgoing) {
+func (p *publisher) toASCII(m *outgoing) error {
 	if m.enc.Attachment != nil || wire.IsASCII(m.enc.JSON) {
-		return
+		return nil
 	}
 	threshold := min(p.opts.PayloadThreshold, wire.MaxNotifyPayload+1)
 	if js := wire.EscapeNonASCII(m.enc.JSON); len(js) < threshold {
 		m.enc.JSON = js
-		return
+		return nil
 	}
-	if !p.toAttachment(m) {
-		m.enc.JSON = wire.EscapeNonASCII(m.enc.JSON) // refused for its length, and reported
-	}
+	return p.toAttachment(m)
 }
 
-// toAttachment turns an inline message into an attachment, reporting whether it could.
-func (p *publisher) toAttachment(m *outgoing) bool {
+// toAttachment turns an inline message into an attachment, as the adapter would have
+// encoded it, within MaxAttachmentSize.
+func (p *publisher) toAttachment(m *outgoing) error {
 	n, err := wire.DecodeNotification(m.enc.JSON)
-	if err != nil || n.Message == nil {
-		return false
+	if err == nil && n.Message == nil {
+		err = errors.New("not an inline message")
 	}
-	body, err := wire.EncodeMsgpack(n.Message)
+	var body []byte
+	if err == nil {
+		body, err = wire.EncodeMsgpack(n.Message)
+	}
 	if err != nil {
-		return false
+		return fmt.Errorf("pgadapter: %s: written as an attachment: %w", m.typ, err)
+	}
+	if len(body) > p.opts.MaxAttachmentSize {
+		return fmt.Errorf("pgadapter: %s of %d bytes: %w (%d)", m.typ, len(body), ErrAttachmentTooLarge, p.opts.MaxAttachmentSize)
 	}
 	m.enc = wire.Encoded{Attachment: body}
 	m.prefix = wire.AttachmentHeaderPrefix(n.Message.UID, n.Message.Type)
-	return true
+	return nil
 }
 
 // makeASCII makes the inline messages of batch ASCII (toASCII), and unique again: two
@@ -789,18 +813,22 @@ func (p *publisher) makeASCII(batch []outgoing) []outgoing {
 	out := make([]outgoing, 0, len(batch))
 	seen := map[notification]struct{}{}
 	for _, m := range batch {
-		p.toASCII(&m)
-		if m.enc.Attachment == nil {
+		err := p.toASCII(&m)
+		if err == nil && m.enc.Attachment == nil {
 			key := notification{m.channel, m.enc.JSON}
 			if _, dup := seen[key]; dup {
 				if json, ok := p.unique(m.enc.JSON); ok {
 					m.enc.JSON = json
-				} else if !p.toAttachment(&m) {
-					m.enc.JSON = json // empty: refused, and reported
+				} else {
+					err = p.toAttachment(&m)
 				}
 				key.payload = m.enc.JSON
 			}
 			seen[key] = struct{}{}
+		}
+		if err != nil {
+			p.fail([]outgoing{m}, err)
+			continue
 		}
 		out = append(out, m)
 	}
@@ -815,11 +843,25 @@ func refusesChannel(m outgoing, err error) bool {
 	if !errors.As(err, &pgErr) {
 		return false
 	}
-	if strings.Contains(pgErr.Message, "channel name") {
+	// The payload is ASCII (an attachment's is its header): PostgreSQL cannot have
+	// refused its characters, nor its length when it is below the limit, which ASCII
+	// holds in every encoding. What is left is the channel's name: a character the
+	// database cannot hold (22P05, 22021), or too long in its encoding (22023). Told
+	// by their codes, not their messages, which lc_messages translates.
+	payload := m.enc.JSON
+	if m.enc.Attachment != nil {
+		payload = m.prefix
+	}
+	// An ASCII channel's name is held by every encoding, in at most 63 bytes (see
+	// ChannelName).
+	if !wire.IsASCII(payload) || len(payload) > wire.MaxNotifyPayload || wire.IsASCII(m.channel) {
+		return false
+	}
+	switch pgErr.Code {
+	case "22P05", "22021", "22023":
 		return true
 	}
-	return !wire.IsASCII(m.channel) && (m.enc.Attachment != nil || wire.IsASCII(m.enc.JSON)) &&
-		(pgErr.Code == "22P05" || pgErr.Code == "22021")
+	return false
 }
 
 // maxRefusedChannels bounds the channels remembered as refused: clients choose the
