@@ -548,3 +548,66 @@ func TestPublisherASCIIEdges(t *testing.T) {
 		}
 	})
 }
+
+// A refusal of every attachment (here an operator's trigger that raises a data
+// exception) does not make the halving of refused batches spend two round trips per
+// message: past maxBisectSends, the batch is handled as any refused one, its inline
+// messages sent, its attachments lost in one report.
+func TestRefusalOfEveryAttachmentIsBounded(t *testing.T) {
+	db := mixedDatabaseWith(t, "")
+	ctx := context.Background()
+	pool := newPoolURL(t, db)
+	defer pool.Close()
+	table := newStatements(defaultTableName).Table
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END $$ LANGUAGE plpgsql;
+		CREATE TRIGGER refuse BEFORE INSERT ON `+table+` FOR EACH ROW EXECUTE FUNCTION refuse()`); err != nil {
+		t.Fatal(err)
+	}
+	lis := listenUTF8(t, db, "c")
+	p, reports, refused := newTestPublisher(t, pool, Options{})
+	const n = 200
+	for i := range n {
+		m := outgoing{channel: "c", typ: wire.Broadcast, enc: wire.Encoded{JSON: fmt.Sprintf(`{"n":%d}`, i)}}
+		if i%2 == 1 {
+			m.enc = wire.Encoded{Attachment: []byte{0x80}}
+			m.prefix = wire.AttachmentHeaderPrefix("u", wire.Broadcast)
+		}
+		if err := p.enqueue(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { p.run(ctx); close(stopped) }()
+	defer func() { p.close(); <-stopped }()
+	last := -1
+	for range n / 2 {
+		wctx, cancel := context.WithTimeout(ctx, waitFor)
+		note, err := lis.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after %d: %v", last, err)
+		}
+		var k int
+		if _, err := fmt.Sscanf(note.Payload, `{"n":%d}`, &k); err != nil || k <= last || k%2 != 0 {
+			t.Fatalf("%q after %d", note.Payload, last)
+		}
+		last = k
+	}
+	eventually(t, "every attachment reported", func() bool {
+		lost := 0
+		for _, err := range reports() {
+			var pe *PublishError
+			if errors.As(err, &pe) {
+				lost += pe.Messages
+			}
+		}
+		return lost == n/2
+	})
+	t.Logf("%d reports", len(reports()))
+	if r := reports(); len(r) > 64 { // maxBisectSends
+		t.Fatalf("%d reports for %d refused attachments", len(r), n/2)
+	}
+	if ch := refused(); len(ch) > 0 {
+		t.Fatalf("channels taken for refused: %q", ch)
+	}
+}

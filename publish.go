@@ -92,9 +92,12 @@ type publisher struct {
 	// with its error (see refuseChannel); onRefused tells their adapters.
 	refusedChannels map[string]error
 	onRefused       func(channel string, err error)
-	nonce           uint64   // the last nonce given (see unique)
-	chans           []string // sendBatch's NotifyMany arguments, reused
-	payloads        []string
+	// bisectDepth is how deep sendBatch is in halving a refused batch, and bisectLeft
+	// the round trips it may still spend on it (see maxBisectSends).
+	bisectDepth, bisectLeft int
+	nonce                   uint64   // the last nonce given (see unique)
+	chans                   []string // sendBatch's NotifyMany arguments, reused
+	payloads                []string
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
@@ -534,6 +537,9 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return err
 	}
 	var err error
+	if p.bisectDepth > 0 {
+		p.bisectLeft-- // a round trip of the budget (see below)
+	}
 	if attachments && p.locked {
 		err = p.probeLock(ctx) // a refusal is handled as the batch's own would be
 	}
@@ -563,11 +569,21 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		// encoding cannot hold in a channel name, a payload the escapes took past the
 		// limit): the batch is one transaction, and every message of it, of every
 		// namespace, was lost with that one. Sent again in halves, in order, down to the
-		// messages refused, which alone are lost, and reported.
-		h := len(batch) / 2
-		p.sendBatch(ctx, batch[:h:h])
-		p.sendBatch(ctx, batch[h:])
-		return
+		// messages refused, which alone are lost, and reported. Within a budget of
+		// round trips per batch: a refusal of every message (an operator's trigger on
+		// the table) would take two per message; past it, what is left is handled as
+		// any refused batch (below).
+		if p.bisectDepth == 0 {
+			p.bisectLeft = maxBisectSends
+		}
+		if p.bisectLeft > 0 {
+			p.bisectDepth++
+			h := len(batch) / 2
+			p.sendBatch(ctx, batch[:h:h])
+			p.sendBatch(ctx, batch[h:])
+			p.bisectDepth--
+			return
+		}
 	}
 	if attachments {
 		// Maybe locked, until a batch with attachments commits (see probeLock): refused
@@ -620,6 +636,10 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		}
 	}
 }
+
+// maxBisectSends bounds the round trips spent on halving one refused batch: a batch of
+// 256 messages with one refused takes 16, with four about 50.
+const maxBisectSends = 64
 
 // maxSendTries bounds the attempts at a batch: one more when nothing reached the server,
 // and up to this many while the connections handed over turn out to be ended ones (see
