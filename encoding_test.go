@@ -39,12 +39,7 @@ func TestNonUTF8Databases(t *testing.T) {
 	for _, tc := range []struct{ enc, text string }{{"EUC_JP", "日本語"}, {"LATIN1", "café"}} {
 		t.Run(tc.enc, func(t *testing.T) {
 			db := encodedDatabase(t, tc.enc)
-			opts := Options{Logger: testLogger(), HeartbeatInterval: 300 * time.Millisecond}
-			a := startNodeOn(t, "A", db, opts)
-			b := startNodeOn(t, "B", db, opts)
-			n := startNodeProc(t, "N", db)
-			waitServerCount(t, []*node{a, b}, 3)
-			eventually(t, "the Node server counts the cluster", func() bool { return n.serverCount(t) == 3 })
+			a, b, n := twoGoOneNode(t, db)
 			cb, cn := b.connect(t, "/", "cb"), n.connect(t, "cn")
 
 			// Characters of the database's encoding and beyond it (an emoji), short
@@ -226,9 +221,7 @@ func TestRefusedMessageLosesOnlyItself(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stopped := make(chan struct{})
-	go func() { p.run(context.Background()); close(stopped) }()
-	defer func() { p.close(); <-stopped }()
+	defer runPublisher(p)()
 	for _, want := range []string{"m1", "m2", "m4", "m5"} {
 		wctx, cancel := context.WithTimeout(ctx, waitFor)
 		n, err := lis.WaitForNotification(wctx)
@@ -295,6 +288,46 @@ func newTestPublisher(t *testing.T, pool *pgxpool.Pool, o Options) (p *publisher
 		}
 }
 
+// runPublisher runs p's goroutine, and returns what closes it and waits for it.
+func runPublisher(p *publisher) (stop func()) {
+	stopped := make(chan struct{})
+	go func() { p.run(context.Background()); close(stopped) }()
+	return func() { p.close(); <-stopped }
+}
+
+// expectNumbered waits for count notifications {"n":K} on lis, K increasing, and returns
+// the Ks.
+func expectNumbered(t *testing.T, lis *pgx.Conn, count int) []int {
+	t.Helper()
+	var got []int
+	for range count {
+		wctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		n, err := lis.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		var k int
+		if _, err := fmt.Sscanf(n.Payload, `{"n":%d}`, &k); err != nil || len(got) > 0 && k <= got[len(got)-1] {
+			t.Fatalf("%q after %v", n.Payload, got)
+		}
+		got = append(got, k)
+	}
+	return got
+}
+
+// lostIn is how many messages the PublishErrors of errs lost.
+func lostIn(errs []error) int {
+	lost := 0
+	for _, err := range errs {
+		var pe *PublishError
+		if errors.As(err, &pe) {
+			lost += pe.Messages
+		}
+	}
+	return lost
+}
+
 // listenUTF8 LISTENs to channel on db, in UTF-8.
 func listenUTF8(t *testing.T, db, channel string) *pgx.Conn {
 	t.Helper()
@@ -335,9 +368,7 @@ func TestPublisherLearnsASCII(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stopped := make(chan struct{})
-	go func() { p.run(context.Background()); close(stopped) }()
-	defer func() { p.close(); <-stopped }()
+	defer runPublisher(p)()
 	var got []string
 	for len(got) < len(payloads) {
 		wctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -394,33 +425,9 @@ func TestRefusedChannelBurst(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stopped := make(chan struct{})
-	go func() { p.run(context.Background()); close(stopped) }()
-	defer func() { p.close(); <-stopped }()
-	last := -1
-	for range good {
-		wctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		n, err := lis.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var k int
-		if _, err := fmt.Sscanf(n.Payload, `{"n":%d}`, &k); err != nil || k <= last {
-			t.Fatalf("%q after %d", n.Payload, last)
-		}
-		last = k
-	}
-	eventually(t, "every refused message reported", func() bool {
-		lost := 0
-		for _, err := range reports() {
-			var pe *PublishError
-			if errors.As(err, &pe) {
-				lost += pe.Messages
-			}
-		}
-		return lost == bad
-	})
+	defer runPublisher(p)()
+	expectNumbered(t, lis, good)
+	eventually(t, "every refused message reported", func() bool { return lostIn(reports()) == bad })
 	if r := reports(); len(r) > 2*8 {
 		t.Fatalf("%d reports for %d refused messages", len(r), bad)
 	}
@@ -576,33 +583,13 @@ func TestRefusalOfEveryAttachmentIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stopped := make(chan struct{})
-	go func() { p.run(ctx); close(stopped) }()
-	defer func() { p.close(); <-stopped }()
-	last := -1
-	for range n / 2 {
-		wctx, cancel := context.WithTimeout(ctx, waitFor)
-		note, err := lis.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("after %d: %v", last, err)
+	defer runPublisher(p)()
+	for _, k := range expectNumbered(t, lis, n/2) {
+		if k%2 != 0 {
+			t.Fatalf("attachment %d arrived", k)
 		}
-		var k int
-		if _, err := fmt.Sscanf(note.Payload, `{"n":%d}`, &k); err != nil || k <= last || k%2 != 0 {
-			t.Fatalf("%q after %d", note.Payload, last)
-		}
-		last = k
 	}
-	eventually(t, "every attachment reported", func() bool {
-		lost := 0
-		for _, err := range reports() {
-			var pe *PublishError
-			if errors.As(err, &pe) {
-				lost += pe.Messages
-			}
-		}
-		return lost == n/2
-	})
+	eventually(t, "every attachment reported", func() bool { return lostIn(reports()) == n/2 })
 	t.Logf("%d reports", len(reports()))
 	if r := reports(); len(r) > 64 { // maxBisectSends
 		t.Fatalf("%d reports for %d refused attachments", len(r), n/2)

@@ -122,19 +122,26 @@ func noErrors(t *testing.T, gos []*node, nodes ...*nodeProc) {
 	}
 }
 
+// twoGoOneNode starts two Go servers, G and H, and a Node server, N, on db, and waits
+// until each counts the three.
+func twoGoOneNode(t *testing.T, db string) (g, h *node, n *nodeProc) {
+	t.Helper()
+	requireNode(t)
+	opts := Options{Logger: testLogger(), HeartbeatInterval: 300 * time.Millisecond}
+	g = startNodeOn(t, "G", db, opts)
+	h = startNodeOn(t, "H", db, opts)
+	n = startNodeProc(t, "N", db)
+	waitServerCount(t, []*node{g, h}, 3)
+	eventually(t, "the Node server counts 3 servers", func() bool { return n.serverCount(t) == 3 })
+	return g, h, n
+}
+
 // Two Go servers and a Node server: requests from each side wait for, and gather, the
 // answers of both others.
 //
 //	G: g1 (r1)   H: h1 (r1)   N: n1 (r2)
 func TestMixedMoreThreeServers(t *testing.T) {
-	requireNode(t)
-	db := mixedDatabase(t)
-	opts := Options{Logger: testLogger(), HeartbeatInterval: 300 * time.Millisecond}
-	g := startNodeOn(t, "G", db, opts)
-	h := startNodeOn(t, "H", db, opts)
-	n := startNodeProc(t, "N", db)
-	waitServerCount(t, []*node{g, h}, 3)
-	eventually(t, "the Node server counts 3 servers", func() bool { return n.serverCount(t) == 3 })
+	g, h, n := twoGoOneNode(t, mixedDatabase(t))
 	clients := map[string]*tclient{
 		"g1": g.connect(t, "/", "g1", "r1"),
 		"h1": h.connect(t, "/", "h1", "r1"),
