@@ -54,10 +54,10 @@ type Builder struct {
 	owned   bool     // the pool was made by NewFromURL, and is closed by Close
 
 	reported atomic.Bool // configuration error reported once
-	// ascii is set while the database's encoding cannot hold every character (see
-	// wire.ASCIIServerEncoding): notifications are then written in ASCII, their other
-	// characters as JSON escapes. Learnt from each connection of the listener and of the
-	// publisher.
+	// ascii is set once notifications must be ASCII (see wire.ASCIIConnection): the
+	// database's encoding cannot hold every character, or the pool's sessions speak
+	// another encoding than UTF-8. They are then written with their other characters as
+	// JSON escapes. Learnt from the listener's connections and the publisher's.
 	ascii       atomic.Bool
 	drops       everySecond // notifications the receive queue had no room for
 	queueFull   everySecond // messages the publish queue had no room for

@@ -85,8 +85,8 @@ type publisher struct {
 	// locked is set while the attachments table may be locked: a batch with
 	// attachments was refused, or failed before it ran (see probeLock).
 	locked bool
-	// ascii is the Builder's: set when a connection's server_encoding needs ASCII
-	// notifications (see wire.ASCIIServerEncoding).
+	// ascii is the Builder's: set once a connection tells that notifications must be
+	// ASCII (see wire.ASCIIConnection).
 	ascii *atomic.Bool
 	// refusedChannels are the channels PostgreSQL refused to notify for their names,
 	// with its error (see refuseChannel); onRefused tells their adapters.
@@ -898,7 +898,7 @@ func (p *publisher) refuseChannel(channel string, err error) {
 	if _, ok := p.refusedChannels[channel]; ok {
 		return
 	}
-	p.refusedChannels[channel] = err
+	p.refusedChannels[channel] = fmt.Errorf("%w (channel %q): %w", ErrChannelRefused, channel, err)
 	if p.onRefused != nil {
 		p.onRefused(channel, err)
 	}
