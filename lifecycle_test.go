@@ -1169,3 +1169,66 @@ func TestCloseAfterABurstIsAnnounced(t *testing.T) {
 	a.close()
 	eventually(t, "B no longer counts A", func() bool { return b.io.Of("/", nil).Adapter().ServerCount() == 1 })
 }
+
+// A namespace made while the publish queue is full announces itself all the same: its
+// INITIAL_HEARTBEAT was refused with the overflow, so that its first client waited
+// RequestsTimeout for an echo that could not come (see Adapter.AddAll), and the other
+// servers did not count it until its next heartbeat (a tester's finding: 5 s connects).
+func TestAnnouncementAfterABurst(t *testing.T) {
+	opts := testOptions(t)
+	quiet(&opts) // only the announcement can make B count A in the namespace
+	opts.RequestsTimeout = 10 * time.Second
+	small := opts
+	small.PublishQueueSize = 64
+	a := startNodeWithPool(t, "A", small, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	b.io.Of("/fresh", nil)
+	// A's publisher waits for the pool's only connection, held here, while a burst
+	// fills its queue and A LISTENs to the new namespace's channel and announces it.
+	ctx := context.Background()
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := sync.OnceFunc(conn.Release)
+	defer release()
+	for i := range 200 {
+		a.io.Emit("burst", i)
+	}
+	if a.b.Stats().QueueFull == 0 {
+		t.Fatal("the queue never filled: the case is not reproduced")
+	}
+	a.io.Of("/fresh", nil)
+	eventually(t, "A's announcement kept aside", func() bool {
+		a.b.mu.Lock()
+		defer a.b.mu.Unlock()
+		return a.b.rt != nil && a.b.rt.pub.hasCloses.Load()
+	})
+	release()
+	waitServerCountOf(t, b, "/fresh", 2)
+}
+
+// The messages kept aside when the queue is full are bounded too: PublishQueueSize of
+// them (closes of dynamic namespaces, while the database is away, piled up without end).
+func TestKeptAsideBounded(t *testing.T) {
+	o, err := (&Options{PublishQueueSize: 2}).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(nil, newStatements("x"), &o, func(error) {}, &counters{})
+	for range 2 {
+		if err := p.enqueue(outgoing{channel: "c", typ: wire.Broadcast}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		err := p.enqueue(outgoing{channel: "c", typ: wire.AdapterClose})
+		if want := i == 2; errors.Is(err, ErrQueueFull) != want {
+			t.Fatalf("close %d: %v", i, err)
+		}
+	}
+	if err := p.enqueue(outgoing{channel: "c", typ: wire.Broadcast}); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("a broadcast: %v", err)
+	}
+}

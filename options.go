@@ -130,6 +130,9 @@ type Options struct {
 	// Default 5s. A broadcast
 	// with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck): without one,
 	// socket.io's operator reports "operation has timed out" at once, as Node's does.
+	// It also bounds, once per namespace, the wait of the namespace's first client on
+	// this server until the server hears it (see Adapter.AddAll): keep it below the
+	// clients' connection timeout (20 s in socket.io's clients).
 	RequestsTimeout time.Duration
 
 	// PublishQueueSize is how many messages may wait to be published. When PostgreSQL is
@@ -138,7 +141,10 @@ type Options struct {
 	// ErrQueueFull goes to ErrorHandler and the log at most once a second, with a running
 	// count (a flood would otherwise flood them). Broadcasts and ServerSideEmit without
 	// ack return no error (socket.io's Emit has none to return); requests complete at
-	// once with ErrQueueFull. Default 10000.
+	// once with ErrQueueFull. A namespace's announcement and its ADAPTER_CLOSE are kept
+	// aside instead, up to PublishQueueSize of them, to go after what was queued before
+	// them: the other servers count a namespace from one and stop at the other. Default
+	// 10000.
 	PublishQueueSize int
 
 	// ReceiveQueueSize is how many received notifications may wait to be processed. The

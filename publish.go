@@ -61,11 +61,13 @@ type publisher struct {
 	// idle is set while the goroutine waits for a message on an empty queue.
 	idle atomic.Bool
 	// taken counts the messages the goroutine took from queue; closes holds the
-	// ADAPTER_CLOSEs that found queue full (see overflow), under closesMu.
+	// ADAPTER_CLOSEs and INITIAL_HEARTBEATs that found queue full (see overflow), under
+	// closesMu.
 	taken     atomic.Uint64
 	closesMu  sync.Mutex
 	closes    []overflowed
 	hasCloses atomic.Bool
+	wake      chan struct{} // signalled by overflow
 	// commits counts the batches committed (see runtime.watchHearing).
 	commits atomic.Int64
 	// tableReady is set once the attachments table is known to exist: by the goroutine,
@@ -102,7 +104,7 @@ type publisher struct {
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
 	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
-		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{})}
+		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{}), wake: make(chan struct{}, 1)}
 	p.expire, p.expireNow = context.WithCancel(context.Background())
 	// The lock bound is fixed for the publisher: part of the statement's text, so that
 	// no batch formats it.
@@ -180,9 +182,7 @@ func (p *publisher) enqueue(m outgoing) error {
 		select {
 		case p.queue <- m:
 		default:
-			if m.typ == wire.AdapterClose {
-				p.overflow(m)
-			} else {
+			if m.typ != wire.AdapterClose && m.typ != wire.InitialHeartbeat || !p.overflow(m) {
 				err = ErrQueueFull
 			}
 		}
@@ -258,6 +258,8 @@ func (p *publisher) run(ctx context.Context) {
 				p.taken.Add(1)
 				p.idle.Store(false)
 				p.carry = append(p.carry, m)
+			case <-p.wake:
+				p.idle.Store(false)
 			case <-p.stop:
 				p.idle.Store(false)
 				p.drain(ctx)
@@ -904,27 +906,40 @@ func (p *publisher) refuseChannel(channel string, err error) {
 	}
 }
 
-// overflowed is an ADAPTER_CLOSE that found the queue full, and the count of messages
-// taken from the queue after which it goes: those queued before it.
+// overflowed is an ADAPTER_CLOSE or INITIAL_HEARTBEAT that found the queue full, and the
+// count of messages taken from the queue after which it goes: those queued before it.
 type overflowed struct {
 	m     outgoing
 	after uint64
 }
 
-// overflow queues an ADAPTER_CLOSE that found the queue full, to go after every message
-// queued before it. Refused, as other messages are, it was lost: the other servers
-// counted the closed server until their heartbeat timeout, and their requests waited
-// for it until RequestsTimeout (a tester's finding: io.Close after a burst). There is at
-// most one per adapter.
-func (p *publisher) overflow(m outgoing) {
-	// The queue's length before taken: the goroutine may take messages in between,
-	// which makes the bound later, never earlier.
+// overflow keeps aside an ADAPTER_CLOSE or an INITIAL_HEARTBEAT that found the queue
+// full, to go after every message queued before it, and reports whether it did: at most
+// PublishQueueSize of them wait so. Refused, as other messages are, a close was lost:
+// the other servers counted the closed server until their heartbeat timeout, and their
+// requests waited for it until RequestsTimeout (a tester's finding: io.Close after a
+// burst). A lost announcement left the namespace's first client waiting RequestsTimeout
+// for its echo (see Adapter.AddAll), and the other servers unaware of it until its next
+// heartbeat.
+func (p *publisher) overflow(m outgoing) bool {
+	// The queue's length before taken, and one more: the goroutine may take messages
+	// in between, and one it has received may not be counted yet (a tester saw a close
+	// go before the last message of its adapter). Later is harmless: an empty queue
+	// lets every one go (see takeCloses).
 	after := uint64(len(p.queue))
-	after += p.taken.Load()
+	after += p.taken.Load() + 1
 	p.closesMu.Lock()
+	defer p.closesMu.Unlock()
+	if len(p.closes) >= cap(p.queue) {
+		return false
+	}
 	p.closes = append(p.closes, overflowed{m, after})
 	p.hasCloses.Store(true)
-	p.closesMu.Unlock()
+	select {
+	case p.wake <- struct{}{}: // the goroutine may have emptied the queue meanwhile, and wait
+	default:
+	}
+	return true
 }
 
 // takeCloses returns the overflowed closes whose turn has come (all of them when all is
