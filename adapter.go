@@ -185,8 +185,11 @@ func (a *Adapter) Close() {
 		a.closeMu.Unlock()
 		return
 	}
-	if report == nil {
+	if report == nil && !a.unheard.Load() { // else nobody heard it, and PostgreSQL refuses it
 		report = a.enqueue(o)
+	}
+	if report == nil {
+		report = noReport
 	}
 	a.closeMu.Unlock()
 	a.heardItself()

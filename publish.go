@@ -67,7 +67,8 @@ type publisher struct {
 	closesMu  sync.Mutex
 	closes    []overflowed
 	hasCloses atomic.Bool
-	wake      chan struct{} // signalled by overflow
+	keptOn    map[string]int // kept messages by channel (closesMu)
+	wake      chan struct{}  // signalled by overflow
 	// commits counts the batches committed (see runtime.watchHearing).
 	commits atomic.Int64
 	// tableReady is set once the attachments table is known to exist: by the goroutine,
@@ -178,6 +179,10 @@ func (p *publisher) enqueue(m outgoing) error {
 	var err error
 	if p.closed {
 		err = ErrClosed
+	} else if kept, ok := p.keepBehind(m); kept {
+		if !ok {
+			err = ErrQueueFull
+		}
 	} else {
 		select {
 		case p.queue <- m:
@@ -564,7 +569,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return
 	}
 	if err != nil && len(batch) == 1 && isDataRefusal(err) && ctx.Err() == nil && refusesChannel(batch[0], err) {
-		p.refuseChannel(batch[0].channel, err)
+		err = p.refuseChannel(batch[0].channel, err)
 	}
 	if err != nil && len(batch) > 1 && isDataRefusal(err) && ctx.Err() == nil {
 		// PostgreSQL refused the data of one of its messages (a character the database's
@@ -584,6 +589,15 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			p.sendBatch(ctx, batch[:h:h])
 			p.sendBatch(ctx, batch[h:])
 			p.bisectDepth--
+			return
+		}
+		// Past the budget: many channels refused for their names (namespaces named
+		// with emoji in a LATIN1 database, closed together), whose halving took the
+		// budget. The messages on channels whose names are not ASCII, which may be
+		// such, are lost, reported; the others go, in order, once more.
+		if ok, suspect := splitSuspects(batch); len(suspect) > 0 {
+			p.fail(suspect, err)
+			p.sendBatch(ctx, ok)
 			return
 		}
 	}
@@ -637,6 +651,19 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			m.done(nil)
 		}
 	}
+}
+
+// splitSuspects returns the messages of batch whose channels' names are ASCII, which no
+// database refuses, and the others, in new slices, in order.
+func splitSuspects(batch []outgoing) (ok, suspect []outgoing) {
+	for _, m := range batch {
+		if wire.IsASCII(m.channel) {
+			ok = append(ok, m)
+		} else {
+			suspect = append(suspect, m)
+		}
+	}
+	return ok, suspect
 }
 
 // maxBisectSends bounds the round trips spent on halving one refused batch: a batch of
@@ -892,18 +919,21 @@ func refusesChannel(m outgoing, err error) bool {
 const maxRefusedChannels = 1024
 
 // refuseChannel records that PostgreSQL refused channel for its name: later messages on
-// it are failed without a round trip, and its adapter is told (ErrChannelRefused).
-func (p *publisher) refuseChannel(channel string, err error) {
+// it are failed without a round trip, and its adapter is told. It returns the refusal,
+// wrapping ErrChannelRefused.
+func (p *publisher) refuseChannel(channel string, err error) error {
 	if p.refusedChannels == nil || len(p.refusedChannels) >= maxRefusedChannels {
 		p.refusedChannels = map[string]error{}
 	}
-	if _, ok := p.refusedChannels[channel]; ok {
-		return
+	if known, ok := p.refusedChannels[channel]; ok {
+		return known
 	}
-	p.refusedChannels[channel] = fmt.Errorf("%w (channel %q): %w", ErrChannelRefused, channel, err)
+	wrapped := fmt.Errorf("%w (channel %q): %w", ErrChannelRefused, channel, err)
+	p.refusedChannels[channel] = wrapped
 	if p.onRefused != nil {
 		p.onRefused(channel, err)
 	}
+	return wrapped
 }
 
 // overflowed is an ADAPTER_CLOSE or INITIAL_HEARTBEAT that found the queue full, and the
@@ -924,8 +954,9 @@ type overflowed struct {
 func (p *publisher) overflow(m outgoing) bool {
 	// The queue's length before taken, and one more: the goroutine may take messages
 	// in between, and one it has received may not be counted yet (a tester saw a close
-	// go before the last message of its adapter). Later is harmless: an empty queue
-	// lets every one go (see takeCloses).
+	// go before the last message of its adapter). Later is harmless: the messages of its
+	// channel queued after it wait behind it (see keepBehind), and an empty queue lets
+	// every one go (see takeCloses).
 	after := uint64(len(p.queue))
 	after += p.taken.Load() + 1
 	p.closesMu.Lock()
@@ -933,13 +964,47 @@ func (p *publisher) overflow(m outgoing) bool {
 	if len(p.closes) >= cap(p.queue) {
 		return false
 	}
+	p.keepLocked(m, after)
+	return true
+}
+
+// keepLocked keeps m aside (closesMu held), and wakes the goroutine.
+func (p *publisher) keepLocked(m outgoing, after uint64) {
 	p.closes = append(p.closes, overflowed{m, after})
+	if p.keptOn == nil {
+		p.keptOn = map[string]int{}
+	}
+	p.keptOn[m.channel]++
 	p.hasCloses.Store(true)
 	select {
 	case p.wake <- struct{}{}: // the goroutine may have emptied the queue meanwhile, and wait
 	default:
 	}
-	return true
+}
+
+// keepBehind keeps m aside, behind a message of its channel kept aside already, so that
+// it does not go before it: kept reports whether one was there, ok whether m found room
+// (PublishQueueSize kept at most). A kept message waits for those queued before it,
+// counted with a margin (see overflow): messages queued after it could go first, and a
+// broadcast went before its namespace's announcement, its close before the message
+// that preceded it (a reviewer's finding). Messages of other channels may; their order
+// with it does not matter.
+func (p *publisher) keepBehind(m outgoing) (kept, ok bool) {
+	if !p.hasCloses.Load() {
+		return false, false
+	}
+	after := uint64(len(p.queue))
+	after += p.taken.Load() + 1
+	p.closesMu.Lock()
+	defer p.closesMu.Unlock()
+	if p.keptOn[m.channel] == 0 {
+		return false, false
+	}
+	if len(p.closes) >= cap(p.queue) {
+		return true, false
+	}
+	p.keepLocked(m, after)
+	return true, true
 }
 
 // takeCloses returns the overflowed closes whose turn has come (all of them when all is
@@ -957,10 +1022,18 @@ func (p *publisher) takeCloses(all bool) []outgoing {
 	all = all || len(p.queue) == 0
 	taken := p.taken.Load()
 	rest := p.closes[:0]
+	var waiting map[string]bool // channels with a kept message not due yet: the later wait too
 	for _, c := range p.closes {
-		if all || taken >= c.after {
+		if (all || taken >= c.after) && !waiting[c.m.channel] {
 			due = append(due, c.m)
+			if p.keptOn[c.m.channel]--; p.keptOn[c.m.channel] == 0 {
+				delete(p.keptOn, c.m.channel)
+			}
 		} else {
+			if waiting == nil {
+				waiting = map[string]bool{}
+			}
+			waiting[c.m.channel] = true
 			rest = append(rest, c)
 		}
 	}
