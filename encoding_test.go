@@ -328,6 +328,18 @@ func lostIn(errs []error) int {
 	return lost
 }
 
+// eucjpPublisher is newTestPublisher on a pool to a new EUC_JP database, with a
+// connection that LISTENs to channel "c" there.
+func eucjpPublisher(t *testing.T, o Options) (p *publisher, lis *pgx.Conn, pool *pgxpool.Pool, reports func() []error, refused func() []string) {
+	t.Helper()
+	db := encodedDatabase(t, "EUC_JP")
+	lis = listenUTF8(t, db, "c")
+	pool = newPoolURL(t, db)
+	t.Cleanup(pool.Close)
+	p, reports, refused = newTestPublisher(t, pool, o)
+	return p, lis, pool, reports, refused
+}
+
 // listenUTF8 LISTENs to channel on db, in UTF-8.
 func listenUTF8(t *testing.T, db, channel string) *pgx.Conn {
 	t.Helper()
@@ -353,11 +365,7 @@ func listenUTF8(t *testing.T, db, channel string) *pgx.Conn {
 // other lost, unreported), or, made too long by the escapes, sent as an attachment (it
 // was refused, and lost). Reviewer's findings.
 func TestPublisherLearnsASCII(t *testing.T) {
-	db := encodedDatabase(t, "EUC_JP")
-	lis := listenUTF8(t, db, "c")
-	pool := newPoolURL(t, db)
-	defer pool.Close()
-	p, reports, _ := newTestPublisher(t, pool, Options{})
+	p, lis, pool, reports, _ := eucjpPublisher(t, Options{})
 	raw := func(s string) string {
 		return `{"type":9,"uid":"u","nsp":"/","data":{"packet":["ev",` + strconv.Quote(s) + `]}}`
 	}
@@ -408,11 +416,7 @@ func TestPublisherLearnsASCII(t *testing.T) {
 // 5000 messages: 2,923 reports, 2.6 s). The first one refused alone marks the channel:
 // the others are lost together, without round trips, and its adapter is told.
 func TestRefusedChannelBurst(t *testing.T) {
-	db := encodedDatabase(t, "EUC_JP")
-	lis := listenUTF8(t, db, "c")
-	pool := newPoolURL(t, db)
-	defer pool.Close()
-	p, reports, refused := newTestPublisher(t, pool, Options{SkipTableCreation: true})
+	p, lis, _, reports, refused := eucjpPublisher(t, Options{SkipTableCreation: true})
 	const bad, good = 240, 16
 	sent := 0
 	for i := range bad + good {
@@ -645,11 +649,7 @@ func TestKeptAsideKeepsItsPlace(t *testing.T) {
 // reviewer's finding: 142 of 240 lost). Past the budget, the messages on channels whose
 // names are ASCII go.
 func TestManyRefusedChannelsInABatch(t *testing.T) {
-	db := encodedDatabase(t, "EUC_JP")
-	lis := listenUTF8(t, db, "c")
-	pool := newPoolURL(t, db)
-	defer pool.Close()
-	p, reports, _ := newTestPublisher(t, pool, Options{SkipTableCreation: true})
+	p, lis, _, reports, _ := eucjpPublisher(t, Options{SkipTableCreation: true})
 	const total, bad = 256, 16
 	for i := range total {
 		m := numbered(i, wire.Broadcast, nil)
