@@ -528,11 +528,13 @@ func (b *Builder) start() *runtime {
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)
 	rt.pub.ascii = &b.ascii
-	rt.pub.onRefused = func(channel string, err error) {
+	// A channel PostgreSQL refused for its name, to LISTEN to or to notify on.
+	refuse := func(channel string, err error) {
 		if a := b.adapter(channel); a != nil && a.rt == rt {
 			a.refuse(err)
 		}
 	}
+	rt.pub.onRefused = refuse
 	cfg := b.opts.ListenConnConfig
 	if cfg == nil {
 		cfg = b.pool.Config().ConnConfig
@@ -560,11 +562,7 @@ func (b *Builder) start() *runtime {
 			a.announce()
 		}
 	}
-	rt.lis.onRefused = func(channel string, err error) {
-		if a := b.adapter(channel); a != nil && a.rt == rt {
-			a.refuse(err)
-		}
-	}
+	rt.lis.onRefused = refuse
 	rt.lis.onEncoding = func(enc string) {
 		if wire.ASCIIServerEncoding(enc) {
 			b.ascii.Store(true) // never unset: the publisher may have learnt it from its connections
@@ -653,13 +651,13 @@ func (rt *runtime) stop(wait time.Duration) {
 	}
 }
 
-// tick publishes heartbeats for adapters that have been quiet, and forgets servers that
-// have been silent too long.
 // tickPeriod is how often the runtime checks for heartbeats due and servers gone silent.
 func tickPeriod(o *Options) time.Duration {
 	return min(time.Second, o.HeartbeatInterval/4, o.HeartbeatTimeout/4)
 }
 
+// tick publishes heartbeats for adapters that have been quiet, and forgets servers that
+// have been silent too long.
 func (rt *runtime) tick(ctx context.Context) {
 	t := time.NewTicker(tickPeriod(&rt.b.opts))
 	defer t.Stop()

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,83 +171,44 @@ func waitServerCountOf(t *testing.T, n *node, nsp string, want int64) {
 	})
 }
 
-// A message whose data PostgreSQL refuses (here a channel and a payload that the
-// database's encoding cannot hold, from a publisher that does not know it must escape)
-// is lost alone: the batch is one transaction, and every other message of it went down
+// A message whose data PostgreSQL refuses (here two channels that the database's
+// encoding cannot hold) is lost alone: the batch is one transaction, and every other message of it went down
 // with it. The others arrive, in order.
 func TestRefusedMessageLosesOnlyItself(t *testing.T) {
-	db := encodedDatabase(t, "EUC_JP")
-	ctx := context.Background()
-	lcfg, err := pgx.ParseConfig(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lcfg.RuntimeParams["client_encoding"] = "UTF8"
-	lis, err := pgx.ConnectConfig(ctx, lcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close(ctx)
-	if _, err := lis.Exec(ctx, `LISTEN "c"`); err != nil {
-		t.Fatal(err)
-	}
-	pool := newPoolURL(t, db)
-	defer pool.Close()
-	o, err := (&Options{SkipTableCreation: true}).withDefaults()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var reported []error
-	p := newPublisher(pool, newStatements(defaultTableName), &o, func(err error) {
-		mu.Lock()
-		reported = append(reported, err)
-		mu.Unlock()
-	}, &counters{})
-	type msg struct{ channel, payload string }
-	msgs := []msg{{"c", "m1"}, {"c", "😀"}, {"c", "m2"}, {"c😀", "m3"}, {"c", "m4"}, {"c", "m5"}}
-	failed := make(chan string, len(msgs))
-	for _, m := range msgs {
-		done := func(err error) {
+	p, lis, _, reports, _ := eucjpPublisher(t, Options{SkipTableCreation: true})
+	failed := make(chan int, 6)
+	for k := range 6 {
+		m := numbered(k, wire.Broadcast, func(err error) {
 			if err != nil {
-				failed <- m.payload
+				failed <- k
 				if !isDataRefusal(err) {
-					t.Errorf("%s failed with %v", m.payload, err)
+					t.Errorf("%d failed with %v", k, err)
 				}
 			}
+		})
+		if k == 1 || k == 3 {
+			m.channel = fmt.Sprintf("c😀%d", k)
 		}
-		if err := p.enqueue(outgoing{channel: m.channel, typ: wire.Broadcast, enc: wire.Encoded{JSON: m.payload}, done: done}); err != nil {
+		if err := p.enqueue(m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	defer runPublisher(p)()
-	for _, want := range []string{"m1", "m2", "m4", "m5"} {
-		wctx, cancel := context.WithTimeout(ctx, waitFor)
-		n, err := lis.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", want, err)
-		}
-		if n.Payload != want {
-			t.Fatalf("got %q, want %q", n.Payload, want)
-		}
+	defer runPublisher(t, p)()
+	if got := expectNumbered(t, lis, 4); !reflect.DeepEqual(got, []int{0, 2, 4, 5}) {
+		t.Fatalf("received %v", got)
 	}
-	for _, want := range []string{"😀", "m3"} {
+	for _, want := range []int{1, 3} {
 		select {
 		case got := <-failed:
 			if got != want {
-				t.Fatalf("%q failed, want %q", got, want)
+				t.Fatalf("%d failed, want %d", got, want)
 			}
 		case <-time.After(waitFor):
-			t.Fatalf("%q not failed", want)
+			t.Fatalf("%d not failed", want)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(reported) != 2 {
-		t.Fatalf("reported %v", reported)
-	}
-	for _, err := range reported {
+	eventually(t, "both reported", func() bool { return len(reports()) == 2 })
+	for _, err := range reports() {
 		if pe := (*PublishError)(nil); !errors.As(err, &pe) || pe.Messages != 1 {
 			t.Fatalf("reported %v", err)
 		}
@@ -271,7 +231,6 @@ func newTestPublisher(t *testing.T, pool *pgxpool.Pool, o Options) (p *publisher
 		errs = append(errs, err)
 		mu.Unlock()
 	}, &counters{})
-	p.ascii = new(atomic.Bool)
 	p.onRefused = func(ch string, _ error) {
 		mu.Lock()
 		chans = append(chans, ch)
@@ -289,10 +248,10 @@ func newTestPublisher(t *testing.T, pool *pgxpool.Pool, o Options) (p *publisher
 }
 
 // runPublisher runs p's goroutine, and returns what closes it and waits for it.
-func runPublisher(p *publisher) (stop func()) {
+func runPublisher(t *testing.T, p *publisher) (stop func()) {
 	stopped := make(chan struct{})
 	go func() { p.run(context.Background()); close(stopped) }()
-	return func() { p.close(); <-stopped }
+	return func() { p.close(); await(t, stopped, "the publisher stops") }
 }
 
 // expectNumbered waits for count notifications {"n":K} on lis, K increasing, and returns
@@ -376,7 +335,7 @@ func TestPublisherLearnsASCII(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer runPublisher(p)()
+	defer runPublisher(t, p)()
 	var got []string
 	for len(got) < len(payloads) {
 		wctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -429,7 +388,7 @@ func TestRefusedChannelBurst(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer runPublisher(p)()
+	defer runPublisher(t, p)()
 	expectNumbered(t, lis, good)
 	eventually(t, "every refused message reported", func() bool { return lostIn(reports()) == bad })
 	if r := reports(); len(r) > 2*8 {
@@ -587,7 +546,7 @@ func TestRefusalOfEveryAttachmentIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer runPublisher(p)()
+	defer runPublisher(t, p)()
 	for _, k := range expectNumbered(t, lis, n/2) {
 		if k%2 != 0 {
 			t.Fatalf("attachment %d arrived", k)
@@ -620,7 +579,7 @@ func TestKeptAsideKeepsItsPlace(t *testing.T) {
 	p, _, _ := newTestPublisher(t, pool, Options{PublishQueueSize: 300})
 	gate0, in0 := make(chan struct{}), make(chan struct{})
 	gate1, in1 := make(chan struct{}), make(chan struct{})
-	defer runPublisher(p)()
+	defer runPublisher(t, p)()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -628,7 +587,7 @@ func TestKeptAsideKeepsItsPlace(t *testing.T) {
 		}
 	}
 	must(p.enqueue(numbered(0, wire.Broadcast, func(error) { close(in0); <-gate0 })))
-	<-in0
+	await(t, in0, "the first batch is held")
 	for k := 1; k <= 300; k++ {
 		var done func(error)
 		if k == 256 {
@@ -638,7 +597,7 @@ func TestKeptAsideKeepsItsPlace(t *testing.T) {
 	}
 	must(p.enqueue(numbered(301, wire.InitialHeartbeat, nil))) // kept aside: the queue is full
 	close(gate0)
-	<-in1 // a batch of 256 taken: the queue has room
+	await(t, in1, "a batch of 256 is taken") // the queue has room
 	must(p.enqueue(numbered(302, wire.AdapterClose, nil)))
 	close(gate1)
 	expectNumbered(t, lis, 303) // in order
@@ -660,7 +619,7 @@ func TestManyRefusedChannelsInABatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defer runPublisher(p)()
+	defer runPublisher(t, p)()
 	expectNumbered(t, lis, total-bad)
 	eventually(t, "the refused messages reported", func() bool { return lostIn(reports()) == bad })
 	for _, err := range reports() {

@@ -380,6 +380,16 @@ func waitServerCount(t testing.TB, nodes []*node, want int64) {
 	}
 }
 
+// await waits until ch is closed (or receives), at most waitFor.
+func await(t testing.TB, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(waitFor):
+		t.Fatalf("timed out waiting until %s", what)
+	}
+}
+
 // eventually polls cond until it holds, failing the test after waitFor.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()

@@ -105,7 +105,8 @@ type publisher struct {
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
 	p := &publisher{pool: pool, st: st, opts: opts, report: report, stats: stats,
-		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{}), wake: make(chan struct{}, 1)}
+		queue: make(chan outgoing, opts.PublishQueueSize), stop: make(chan struct{}), wake: make(chan struct{}, 1),
+		ascii: new(atomic.Bool)} // the Builder's replaces it
 	p.expire, p.expireNow = context.WithCancel(context.Background())
 	// The lock bound is fixed for the publisher: part of the statement's text, so that
 	// no batch formats it.
@@ -306,7 +307,7 @@ func (p *publisher) nextBatch() []outgoing {
 	}
 	clear(p.seen)
 	size := 0
-	ascii := p.ascii != nil && p.ascii.Load()
+	ascii := p.ascii.Load()
 	add := func(m outgoing) bool {
 		if ascii {
 			// Before the comparison: an escaped copy may equal another.
@@ -688,7 +689,7 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 	}
 	defer c.Release()
 	pc := c.Conn().PgConn()
-	if p.ascii != nil && wire.ASCIIConnection(pc.ParameterStatus("server_encoding"), pc.ParameterStatus("client_encoding")) {
+	if wire.ASCIIConnection(pc.ParameterStatus("server_encoding"), pc.ParameterStatus("client_encoding")) {
 		// Learnt from this connection (the adapters may have been told by the
 		// listener's meanwhile): the batch, made before, is made ASCII (see sendBatch)
 		// before it is sent. Whatever p.ascii says: the listener may have set it after
@@ -952,13 +953,7 @@ type overflowed struct {
 // for its echo (see Adapter.AddAll), and the other servers unaware of it until its next
 // heartbeat.
 func (p *publisher) overflow(m outgoing) bool {
-	// The queue's length before taken, and one more: the goroutine may take messages
-	// in between, and one it has received may not be counted yet (a tester saw a close
-	// go before the last message of its adapter). Later is harmless: the messages of its
-	// channel queued after it wait behind it (see keepBehind), and an empty queue lets
-	// every one go (see takeCloses).
-	after := uint64(len(p.queue))
-	after += p.taken.Load() + 1
+	after := p.keptBound()
 	p.closesMu.Lock()
 	defer p.closesMu.Unlock()
 	if len(p.closes) >= cap(p.queue) {
@@ -966,6 +961,17 @@ func (p *publisher) overflow(m outgoing) bool {
 	}
 	p.keepLocked(m, after)
 	return true
+}
+
+// keptBound is how many messages the goroutine must have taken from the queue before a
+// message kept aside now may go: those queued, counted before those taken, and one
+// more. The goroutine may take messages in between, and one it has received may not be
+// counted yet (a tester saw a close go before the last message of its adapter). Later
+// is harmless: the messages of its channel queued after it wait behind it (see
+// keepBehind), and an empty queue lets every one go (see takeCloses).
+func (p *publisher) keptBound() uint64 {
+	queued := uint64(len(p.queue))
+	return queued + p.taken.Load() + 1
 }
 
 // keepLocked keeps m aside (closesMu held), and wakes the goroutine.
@@ -993,8 +999,7 @@ func (p *publisher) keepBehind(m outgoing) (kept, ok bool) {
 	if !p.hasCloses.Load() {
 		return false, false
 	}
-	after := uint64(len(p.queue))
-	after += p.taken.Load() + 1
+	after := p.keptBound()
 	p.closesMu.Lock()
 	defer p.closesMu.Unlock()
 	if p.keptOn[m.channel] == 0 {

@@ -50,7 +50,7 @@ func TestReporterBounded(t *testing.T) {
 	r.behind = func(n int) { mu.Lock(); behind += n; mu.Unlock() }
 	entered := make(chan struct{})
 	r.add(func() { close(entered); <-release }, 0)
-	<-entered // out of the queue
+	await(t, entered, "the first callback runs")
 	for range maxPendingReports + 10 {
 		r.add(func() { mu.Lock(); delivered++; mu.Unlock() }, 0)
 	}
@@ -225,7 +225,7 @@ func TestCloseWaitsForTheReports(t *testing.T) {
 	for i := range 50 {
 		io.Emit("binary", []byte{byte(i)}) // each fails: no table
 	}
-	<-entered
+	await(t, entered, "the first callback runs")
 	closed := make(chan struct{})
 	go func() { io.Close(nil); close(closed) }()
 	select {
@@ -254,7 +254,7 @@ func TestReporterBoundedBySize(t *testing.T) {
 	behind := 0
 	r.behind = func(n int) { behind += n }
 	r.add(func() { close(entered); <-release }, 0)
-	<-entered
+	await(t, entered, "the first callback runs")
 	delivered := 0
 	for range 40 {
 		r.add(func() { delivered++ }, 1<<20)

@@ -348,16 +348,6 @@ func (e *Emitter) insert(ctx context.Context, body []byte, channel, header strin
 	return err
 }
 
-// isASCII reports whether s holds only ASCII bytes.
-func isASCII(s string) bool {
-	for i := range len(s) {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}
-
 func isFunc(v any) bool {
 	return v != nil && reflect.TypeOf(v).Kind() == reflect.Func
 }
@@ -434,7 +424,7 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		}
 		utf8Client = conn.ParameterStatus("client_encoding") == "UTF8"
 	}
-	if !utf8Client && !isPool && !isASCII(channel) {
+	if !utf8Client && !isPool && !wire.IsASCII(channel) {
 		// The servers LISTEN to the channel's name in UTF-8, converted to the
 		// database's encoding: sent in another, it would name another channel, and the
 		// message would be lost, or be refused. A pool's statement is made to speak
@@ -452,7 +442,7 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		// A pool's connection is never inside a transaction: the batch is one implicit
 		// transaction of its own, whose commit need not wait for the disk.
 		b := &pgx.Batch{}
-		if !utf8Client && !isASCII(channel) {
+		if !utf8Client && !wire.IsASCII(channel) {
 			b.Queue(wire.SetUTF8) // and only then: see the README on table names
 		}
 		if enc.Attachment == nil {

@@ -22,10 +22,7 @@ func ASCIIConnection(serverEncoding, clientEncoding string) bool {
 }
 
 // IsASCII reports whether s holds only ASCII bytes.
-func IsASCII(s string) bool { return isASCII(s) }
-
-// isASCII reports whether s holds only ASCII bytes.
-func isASCII(s string) bool {
+func IsASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
 			return false
@@ -40,7 +37,7 @@ func isASCII(s string) bool {
 // strings JSON has only ASCII, so the escapes fall inside strings. Invalid UTF-8 becomes
 // U+FFFD, as encoding/json writes it.
 func EscapeNonASCII(js string) string {
-	if isASCII(js) {
+	if IsASCII(js) {
 		return js
 	}
 	b := make([]byte, 0, len(js)+len(js)/2)
@@ -73,7 +70,7 @@ func EscapeNonASCII(js string) string {
 // escapes take it to threshold bytes or more, the message as an attachment, whose row is
 // bytes and needs no conversion.
 func ASCII(enc Encoded, m *Message, threshold int) (Encoded, error) {
-	if enc.Attachment != nil || isASCII(enc.JSON) {
+	if enc.Attachment != nil || IsASCII(enc.JSON) {
 		return enc, nil
 	}
 	if threshold <= 0 || threshold > MaxNotifyPayload+1 {

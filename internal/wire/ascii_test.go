@@ -19,7 +19,7 @@ func FuzzEscapeNonASCII(f *testing.F) {
 			t.Skip()
 		}
 		esc := EscapeNonASCII(string(js))
-		if !isASCII(esc) {
+		if !IsASCII(esc) {
 			t.Fatalf("%q escaped to %q", js, esc)
 		}
 		var want, got any
@@ -67,8 +67,8 @@ func TestASCII(t *testing.T) {
 		if got.Attachment != nil {
 			back, err = DecodeAttachment(got.Attachment)
 		} else {
-			if !isASCII(got.JSON) || len(got.JSON) >= 8000 {
-				t.Fatalf("%.20q: inline %d bytes, ASCII %v", tc.arg, len(got.JSON), isASCII(got.JSON))
+			if !IsASCII(got.JSON) || len(got.JSON) >= 8000 {
+				t.Fatalf("%.20q: inline %d bytes, ASCII %v", tc.arg, len(got.JSON), IsASCII(got.JSON))
 			}
 			var n *Notification
 			if n, err = DecodeNotification(got.JSON); err == nil {
