@@ -43,6 +43,7 @@ type client struct {
 	dups      atomic.Int64 // broadcasts of the current phase received again
 	stray     atomic.Int64 // receipts of another phase's broadcasts, or without a number
 	rec       atomic.Pointer[histogram]
+	spread    atomic.Pointer[spread] // of the phase, when it records one (paced phases)
 
 	// Under wmu: the current phase's first sequence number, and which of its broadcasts
 	// arrived. Counting receipts made a duplicate hide a loss; a broadcast of the phase
@@ -292,6 +293,9 @@ func (c *client) received(seq, latency int64) {
 	c.next = max(c.next, i+1)
 	c.wmu.Unlock()
 	c.rec.Load().add(latency)
+	if sp := c.spread.Load(); sp != nil {
+		sp.add(i, latency)
+	}
 	c.count.Add(1)
 }
 

@@ -125,9 +125,18 @@ func (cl *cluster) run(ph phase) (*result, error) {
 	cl.phases++
 	base := cl.phases * phaseSpan
 	var all, remote []*client
+	// A paced phase emits about Rate·Duration broadcasts; twice that bounds the record.
+	var sp *spread
+	if ph.Rate > 0 {
+		sp = newSpread(2*int(float64(ph.Rate)*ph.Duration.Seconds()) + 16)
+	}
 	for i, cs := range cl.clients {
 		for _, c := range cs {
 			c.reset(base)
+			c.spread.Store(nil)
+			if sp != nil && (i > 0 || len(cl.clients) == 1) {
+				c.spread.Store(sp)
+			}
 			all = append(all, c)
 			if i > 0 || len(cl.clients) == 1 {
 				remote = append(remote, c)
@@ -244,6 +253,11 @@ func (cl *cluster) run(ph phase) (*result, error) {
 	}
 	res.P50Ms, res.P99Ms, res.MaxMs = h.quantile(0.5), h.quantile(0.99), float64(h.max.Load())/1000
 	res.NegativeLatency = h.negative.Load()
+	if sp != nil {
+		first, last := sp.histograms()
+		res.FirstP50Ms, res.FirstP99Ms = first.quantile(0.5), first.quantile(0.99)
+		res.LastP50Ms, res.LastP99Ms = last.quantile(0.5), last.quantile(0.99)
+	}
 	res.Seconds = time.Since(start).Seconds()
 	for i, p := range cl.procs {
 		cpu1, err := p.cpu()

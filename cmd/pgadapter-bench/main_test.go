@@ -76,6 +76,11 @@ func TestBenchRuns(t *testing.T) {
 			if r.P50Ms <= 0.0011 {
 				t.Errorf("%s: p50 latency %.4f ms: the sender's clock is ahead of the clients'", name, r.P50Ms)
 			}
+			// Paced phases split each broadcast's way into its first and last receipt:
+			// the first no later than any, the last no earlier.
+			if r.Rate > 0 && (r.FirstP50Ms <= 0 || r.FirstP50Ms > r.LastP50Ms || r.FirstP99Ms > r.LastP99Ms || r.LastP99Ms > r.MaxMs*1.01) {
+				t.Errorf("%s: first receipts p50 %.3f p99 %.3f, last p50 %.3f p99 %.3f, max %.3f", name, r.FirstP50Ms, r.FirstP99Ms, r.LastP50Ms, r.LastP99Ms, r.MaxMs)
+			}
 			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != servers {
 				t.Errorf("%s: figures missing: %+v", name, r)
 			}
@@ -95,6 +100,7 @@ func TestBenchRuns(t *testing.T) {
 	var table bytes.Buffer
 	printTable(&table, rep)
 	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") ||
+		!strings.Contains(table.String(), "first and last receipt") ||
 		!strings.Contains(table.String(), "what socket.io itself allows:") {
 		t.Errorf("table:\n%s", table.String())
 	}

@@ -68,7 +68,14 @@ type result struct {
 	P50Ms            float64 `json:"p50ms"`                     // emit on server 0 to receipt on the other servers' clients
 	P99Ms            float64 `json:"p99ms"`
 	MaxMs            float64 `json:"maxMs"`
-	Seconds          float64 `json:"seconds"`
+	// Paced phases: each broadcast's first and last receipt among the other servers'
+	// clients (see spread): the first is the way to the receiving server, the gap to the
+	// last the fan-out to its clients.
+	FirstP50Ms float64 `json:"firstP50ms,omitempty"`
+	FirstP99Ms float64 `json:"firstP99ms,omitempty"`
+	LastP50Ms  float64 `json:"lastP50ms,omitempty"`
+	LastP99Ms  float64 `json:"lastP99ms,omitempty"`
+	Seconds    float64 `json:"seconds"`
 
 	Procs             []procStats `json:"servers_"`
 	LoadGenCPUSeconds float64     `json:"loadGeneratorCPUSeconds"`
@@ -291,6 +298,21 @@ func printTable(w io.Writer, r *report) {
 			strings.Join(cpu, " "), strings.Join(rss, " "), x.Lost, x.Duplicates, x.Reordered, x.Stray)
 	}
 	tw.Flush()
+	var spreads bool
+	for _, x := range r.Results {
+		spreads = spreads || x.LastP99Ms > 0
+	}
+	if spreads {
+		fmt.Fprintln(w, "\npaced phases, each broadcast's first and last receipt on the other servers (the first: the way to the receiving server; the gap to the last: its fan-out to its clients):")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "impl\tscenario\tpayload\tfirst p50 ms\tfirst p99 ms\tlast p50 ms\tlast p99 ms\t")
+		for _, x := range r.Results {
+			if x.LastP99Ms > 0 {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", x.Impl, x.Scenario, x.Payload, x.FirstP50Ms, x.FirstP99Ms, x.LastP50Ms, x.LastP99Ms)
+			}
+		}
+		tw.Flush()
+	}
 	if len(r.Checks) > 0 {
 		fmt.Fprintln(w, "\ntargets:")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
