@@ -623,6 +623,9 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	if err == nil && len(enc.Attachment) > a.b.opts.MaxAttachmentSize {
 		// The other servers would not read it.
 		err = fmt.Errorf("%s of %d bytes: %w (%d)", typ, len(enc.Attachment), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize)
+	} else if err == nil && enc.Attachment != nil && wire.TooCostly(enc.Attachment, a.b.opts.MaxAttachmentSize) {
+		err = fmt.Errorf("%s of %d bytes decodes into more than %d values: %w (%d bytes, /%d)", typ, len(enc.Attachment),
+			wire.CostBound(a.b.opts.MaxAttachmentSize), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize, wire.BytesPerValue)
 	}
 	if err != nil {
 		a.b.stats.publishErrors.Add(1)

@@ -221,3 +221,50 @@ func TestInvalidUTF8Names(t *testing.T) {
 		t.Fatalf("50 such namespaces reported %d times", len(errs))
 	}
 }
+
+// TestCostlyAttachmentRefused: a row within MaxAttachmentSize whose values, one byte
+// each in MessagePack, would decode into many times its size (16 MB of empty maps took
+// 1.3 GB on every server) is refused as too large, before it is decoded; what comes
+// after it is delivered.
+func TestCostlyAttachmentRefused(t *testing.T) {
+	opts := testOptions(t)
+	// B reads rows of 1 MiB at most, so of CostBound(1 MiB) = 65,536 values; A publishes
+	// with the default bound, 4 Mi values.
+	a, b := startPair(t, opts, func(o *Options) { o.MaxAttachmentSize = 1 << 20 })
+	cb := b.connect(t, "/", "cb")
+	maps := make([]any, 20000) // 20,000 bytes; 100,000 in cost, each empty map counting 5
+	for i := range maps {
+		maps[i] = map[string]any{}
+	}
+	a.io.Emit("maps", maps)
+	a.io.Emit("after", strings.Repeat("y", 9000)) // an attachment too
+	cb.expect(t, "after")
+	first := b.errs.next(t, "B", "error")
+	var tooLarge, other []error
+	for _, e := range append(b.errs.drain("error"), first) {
+		if err := e[0].(error); errors.Is(err, ErrAttachmentTooLarge) {
+			tooLarge = append(tooLarge, err)
+		} else {
+			other = append(other, err)
+		}
+	}
+	if len(tooLarge) != 1 || len(other) != 0 {
+		t.Fatalf("reported as too large %v, other %v; want one too large", tooLarge, other)
+	}
+	if !strings.Contains(tooLarge[0].Error(), "65536 values") {
+		t.Errorf("error %q does not name the bound", tooLarge[0])
+	}
+	// A server does not publish what a server with its own limits would refuse.
+	big := make([]any, 1<<20) // cost 5 Mi, over the default bound of 4 Mi
+	for i := range big {
+		big[i] = map[string]any{}
+	}
+	a.io.Emit("too-costly", big)
+	a.io.Emit("after2", "z")
+	cb.expect(t, "after2")
+	errs := [][]any{a.errs.next(t, "A", "error")}
+	errs = append(errs, a.errs.drain("error")...)
+	if len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrAttachmentTooLarge) {
+		t.Fatalf("publishing 1 Mi empty maps reported %v, want ErrAttachmentTooLarge", errs)
+	}
+}

@@ -106,7 +106,11 @@ type Options struct {
 	// (ErrAttachmentTooLarge). Default 64 MiB. Anyone who may insert into the table and
 	// notify its channels could otherwise make every server load rows of up to
 	// PostgreSQL's 1 GB, 64 to a query: a memory exhaustion, which no recover stops.
-	// The rows a query reads are decoded one by one, as they come.
+	// The rows a query reads are decoded one by one, as they come. A body may also
+	// decode into at most MaxAttachmentSize/16 values (65,536 at least; a container
+	// counts 5): each value may take one byte of the body and 16 to 100 bytes of memory
+	// once decoded, and a 16 MB row of empty maps took 1.3 GB of every server. Such a
+	// message is refused too, published or read.
 	MaxAttachmentSize int
 
 	// HeartbeatInterval is the longest a namespace adapter stays silent: it publishes a

@@ -851,6 +851,9 @@ func (p *publisher) toAttachment(m *outgoing) error {
 	if len(body) > p.opts.MaxAttachmentSize {
 		return fmt.Errorf("pgadapter: %s of %d bytes: %w (%d)", m.typ, len(body), ErrAttachmentTooLarge, p.opts.MaxAttachmentSize)
 	}
+	if wire.TooCostly(body, p.opts.MaxAttachmentSize) {
+		return fmt.Errorf("pgadapter: %s of %d bytes decodes into more than %d values: %w", m.typ, len(body), wire.CostBound(p.opts.MaxAttachmentSize), ErrAttachmentTooLarge)
+	}
 	m.enc = wire.Encoded{Attachment: body}
 	m.prefix = wire.AttachmentHeaderPrefix(n.Message.UID, n.Message.Type)
 	return nil

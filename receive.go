@@ -406,6 +406,11 @@ func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: %d bytes, MaxAttachmentSize %d", d.id, ErrAttachmentTooLarge, row.size, rt.b.opts.MaxAttachmentSize)}
 	}
 	body := row.body
+	if wire.TooCostly(body, rt.b.opts.MaxAttachmentSize) {
+		rt.b.stats.attachmentErrors.Add(1)
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: %d bytes that decode into more than %d values (MaxAttachmentSize/%d)",
+			d.id, ErrAttachmentTooLarge, len(body), wire.CostBound(rt.b.opts.MaxAttachmentSize), wire.BytesPerValue)}
+	}
 	rt.b.stats.attachmentsRd.Add(1)
 	rt.b.stats.receivedBytes.Add(int64(len(body)))
 	var m *wire.Message

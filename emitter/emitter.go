@@ -390,6 +390,9 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	if len(enc.Attachment) > e.maxAttach {
 		return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
 	}
+	if enc.Attachment != nil && wire.TooCostly(enc.Attachment, e.maxAttach) {
+		return fmt.Errorf("%w: %s of %d bytes decodes into more than %d values", ErrAttachmentTooLarge, typ, len(enc.Attachment), wire.CostBound(e.maxAttach))
+	}
 	channel := wire.ChannelName(e.prefix, e.nsp)
 	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
 	db, conn := e.db, (*pgconn.PgConn)(nil)
@@ -420,6 +423,9 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 			}
 			if len(enc.Attachment) > e.maxAttach {
 				return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
+			}
+			if enc.Attachment != nil && wire.TooCostly(enc.Attachment, e.maxAttach) {
+				return fmt.Errorf("%w: %s of %d bytes decodes into more than %d values", ErrAttachmentTooLarge, typ, len(enc.Attachment), wire.CostBound(e.maxAttach))
 			}
 		}
 		utf8Client = conn.ParameterStatus("client_encoding") == "UTF8"

@@ -246,3 +246,29 @@ func TestNodeNonFiniteAndDates(t *testing.T) {
 		t.Errorf("normalized %#v, %v", args, err)
 	}
 }
+
+// TestCostOf: each value counts one, each container, empty or not, containerWeight more;
+// the walk stops past its bound.
+func TestCostOf(t *testing.T) {
+	for _, c := range []struct {
+		body []byte
+		want int
+	}{
+		{[]byte{0xc0}, 1},                                 // nil
+		{[]byte{0x80}, 1 + containerWeight},               // {}
+		{[]byte{0x92, 0x80, 0xc0}, 3 + 2*containerWeight}, // [{}, nil]
+		{[]byte{0xa3, 'a', 'b', 'c'}, 1},                  // a string is one value, whatever its length
+		{[]byte{0x92, 0xc0}, 1 + containerWeight},         // two elements declared, one byte left: refused at the array
+	} {
+		if got := CostOf(c.body, 0); got != c.want {
+			t.Errorf("CostOf(% x) = %d, want %d", c.body, got, c.want)
+		}
+	}
+	maps := append([]byte{0xdd, 0, 1, 0, 0}, bytes.Repeat([]byte{0x80}, 1<<16)...) // 65,536 empty maps
+	if got := CostOf(maps, 100); got <= 100 || got > 100+1+containerWeight {
+		t.Errorf("CostOf stopped at %d, want just past 100", got)
+	}
+	if !TooCostly(maps, 1<<20) || TooCostly(maps[:5+CostBound(1<<20)/(1+containerWeight)-1], 1<<20) {
+		t.Errorf("TooCostly: 65,536 empty maps are over CostBound(1 MiB) = %d, fewer are not", CostBound(1<<20))
+	}
+}

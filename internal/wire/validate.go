@@ -23,16 +23,43 @@ var errTruncated = errors.New("truncated")
 // map of four billion entries makes the decoder allocate for hours. Every element takes at
 // least one byte, so a container of n elements needs n more bytes.
 func validateMsgpack(b []byte) error {
+	_, err := walkMsgpack(b, 0)
+	return err
+}
+
+// containerWeight is what a container counts for in a value budget (see CostOf), beyond
+// the one it counts as a value: a Go map or slice costs several times an element.
+const containerWeight = 4
+
+// CostOf returns what body, MessagePack, costs once decoded, in values (each container
+// counting containerWeight more), up to max+1: the walk stops there. A body is decoded
+// into a tree of Go values, 16 bytes each at least (a nil in an []any) and 50 or more for
+// an empty map, each of which may take a single byte in the body: 16 MB of empty maps
+// decoded into 1.3 GB. A malformed body costs what was walked before the fault: its
+// decoding reports the fault.
+func CostOf(body []byte, max int) int {
+	n, _ := walkMsgpack(body, max)
+	return n
+}
+
+// walkMsgpack is validateMsgpack, which also counts the cost of what it walks (see
+// CostOf), and stops once that is over maxCost when maxCost is positive.
+func walkMsgpack(b []byte, maxCost int) (int, error) {
+	cost := 0
 	pending := []int{1} // elements still expected, per open container
 	i := 0
 	for len(pending) > 0 {
+		if maxCost > 0 && cost > maxCost {
+			return cost, nil
+		}
 		if pending[len(pending)-1] == 0 {
 			pending = pending[:len(pending)-1]
 			continue
 		}
 		pending[len(pending)-1]--
+		cost++
 		if i >= len(b) {
-			return fmt.Errorf("msgpack: %w at byte %d", errTruncated, i)
+			return cost, fmt.Errorf("msgpack: %w at byte %d", errTruncated, i)
 		}
 		c := b[i]
 		i++
@@ -82,29 +109,32 @@ func validateMsgpack(b []byte) error {
 			elems, i, err = length(b, i, 4)
 			elems *= 2
 		default: // 0xc1 is never used
-			return fmt.Errorf("msgpack: invalid code 0x%02x at byte %d", c, i-1)
+			return cost, fmt.Errorf("msgpack: invalid code 0x%02x at byte %d", c, i-1)
 		}
 		if err != nil {
-			return err
+			return cost, err
+		}
+		if c >= 0x80 && c <= 0x9f || c >= 0xdc && c <= 0xdf { // a container, empty or not
+			cost += containerWeight
 		}
 		if skip > len(b)-i {
-			return fmt.Errorf("msgpack: value at byte %d declares %d bytes, %d remain", i, skip, len(b)-i)
+			return cost, fmt.Errorf("msgpack: value at byte %d declares %d bytes, %d remain", i, skip, len(b)-i)
 		}
 		i += skip
 		if elems > 0 {
 			if elems > len(b)-i {
-				return fmt.Errorf("msgpack: container at byte %d declares %d elements, %d bytes remain", i, elems, len(b)-i)
+				return cost, fmt.Errorf("msgpack: container at byte %d declares %d elements, %d bytes remain", i, elems, len(b)-i)
 			}
 			if len(pending) >= maxDepth {
-				return fmt.Errorf("msgpack: nested deeper than %d", maxDepth)
+				return cost, fmt.Errorf("msgpack: nested deeper than %d", maxDepth)
 			}
 			pending = append(pending, elems)
 		}
 	}
 	if i != len(b) {
-		return fmt.Errorf("msgpack: %d bytes of trailing data", len(b)-i)
+		return cost, fmt.Errorf("msgpack: %d bytes of trailing data", len(b)-i)
 	}
-	return nil
+	return cost, nil
 }
 
 // length reads a big-endian length of size bytes at b[i:].
@@ -122,4 +152,21 @@ func length(b []byte, i, size int) (int, int, error) {
 		n = uint64(binary.BigEndian.Uint32(b[i:]))
 	}
 	return int(n), i + size, nil
+}
+
+// BytesPerValue is the part of an attachment's size limit that each of its values (see
+// CostOf) takes: an attachment within a limit of n bytes may decode into n/BytesPerValue
+// values, and minCostBound at least, so that the tree it decodes into is of the order of
+// the limit, not 80 times it.
+const BytesPerValue = 16
+
+const minCostBound = 1 << 16
+
+// CostBound is the cost (see CostOf) of an attachment within maxSize bytes at most.
+func CostBound(maxSize int) int { return max(maxSize/BytesPerValue, minCostBound) }
+
+// TooCostly reports whether body, MessagePack, decodes into more than CostBound(maxSize).
+func TooCostly(body []byte, maxSize int) bool {
+	bound := CostBound(maxSize)
+	return CostOf(body, bound) > bound
 }
