@@ -268,3 +268,49 @@ func TestCostlyAttachmentRefused(t *testing.T) {
 		t.Fatalf("publishing 1 Mi empty maps reported %v, want ErrAttachmentTooLarge", errs)
 	}
 }
+
+// TestRowNamedTwiceDecodedOnce: notifications that name one row, read together, are
+// forged (every message has its row): the first is delivered, the others reported, and
+// the row is not decoded and held once per notification (a tester's 200 notifications
+// naming a 20 MB row took 3 GB of every server).
+func TestRowNamedTwiceDecodedOnce(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	a.io.Emit("big", strings.Repeat("x", 9000)) // the table exists from here on
+	cb.expect(t, "big")
+	m := &wire.Message{Type: wire.Broadcast, UID: "forger", Nsp: "/", Data: &wire.BroadcastData{
+		Packet: wire.Packet{Type: wire.EventPacketType, Data: []any{"forged", "y"}}}}
+	body, err := wire.EncodeMsgpack(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var id int64
+	if err := a.pool.QueryRow(ctx, "INSERT INTO "+opts.TableName+" (payload) VALUES ($1) RETURNING id", body).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	// Five notifications in one transaction, made distinct by trailing spaces (PostgreSQL
+	// delivers one of equal notifications of a transaction), arrive together.
+	header := `{"uid":"forger","type":3,"attachmentId":"` + strconv.FormatInt(id, 10) + `"}`
+	if _, err := a.pool.Exec(ctx, "SELECT pg_notify($1, $2 || repeat(' ', g)) FROM generate_series(0, 4) g",
+		ChannelName(opts.ChannelPrefix, "/"), header); err != nil {
+		t.Fatal(err)
+	}
+	a.io.Emit("after", "z")
+	cb.expect(t, "after")
+	errs := [][]any{b.errs.next(t, "B", "error")}
+	for len(errs) < 4 {
+		errs = append(errs, b.errs.next(t, "B", "error"))
+	}
+	errs = append(errs, b.errs.drain("error")...)
+	for _, e := range errs {
+		if err := e[0].(error); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "named by another notification") {
+			t.Errorf("reported %v", err)
+		}
+	}
+	cb.expect(t, "forged")
+	if got := cb.rec.count("forged"); got != 0 || len(errs) != 4 {
+		t.Fatalf("the row was delivered %d times, with %d reports; want once, and 4 reports", got+1, len(errs))
+	}
+}
