@@ -489,3 +489,47 @@ func TestFailedBroadcastAckIsAnError(t *testing.T) {
 		}
 	})
 }
+
+// TestClientAckingTwiceCountsOnce: a client whose ACK arrives twice is one answer.
+// socket.io v2.5.0 applies a client's packets on goroutines of their own, and its onack
+// loads the callback, calls it and then deletes it: both ACKs could call it. A tester's
+// client that acked twice, beside one that never answered, made broadcasts complete with
+// two answers of the one client and no error. The test calls the callback twice as
+// those two goroutines did.
+func TestClientAckingTwiceCountsOnce(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	for _, n := range []*node{a, b} { // on the emitting server, and on another
+		c1, c2 := n.connect(t, "/", n.name+"1"), n.connect(t, "/", n.name+"2")
+		for _, c := range []*tclient{c1, c2} {
+			serverSocket(t, n, c).Join(socket.Room("dup-" + n.name))
+		}
+		type result struct {
+			args []any
+			err  error
+		}
+		done := make(chan result, 1)
+		a.io.To(socket.Room("dup-" + n.name)).Timeout(2 * time.Second).EmitWithAck("noack-dup")(func(args []any, err error) { done <- result{args, err} })
+		c1.expect(t, "noack-dup")
+		c2.expect(t, "noack-dup")
+		var acks []socket.Ack
+		serverSocket(t, n, c1).Acks().Range(func(_ uint64, ack socket.Ack) bool {
+			acks = append(acks, ack)
+			return true
+		})
+		if len(acks) != 1 {
+			t.Fatalf("%s: %d acks registered for c1, want 1", n.name, len(acks))
+		}
+		acks[0]([]any{"once"}, nil)
+		acks[0]([]any{"twice"}, nil)
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(waitFor):
+			t.Fatalf("%s: the broadcast's callback was never called", n.name)
+		}
+		if r.err == nil || len(r.args) != 1 {
+			t.Fatalf("%s: one client answered (twice), the other never: got %v, %v; want one answer and a timeout", n.name, r.args, r.err)
+		}
+	}
+}

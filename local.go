@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"reflect"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
@@ -49,7 +50,17 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
-		s.Acks().Store(id, ack)
+		// Called once per socket at most. socket.io v2.5.0 handles each packet of a
+		// client on a goroutine of its own, and its onack loads the callback, calls it,
+		// then deletes it: a client that sent its ACK twice was counted twice (Node's
+		// single thread counts it once), and a broadcast whose other client never
+		// answered completed without an error, with two answers of one client.
+		var once atomic.Bool
+		s.Acks().Store(id, func(args []any, err error) {
+			if once.CompareAndSwap(false, true) {
+				ack(args, err)
+			}
+		})
 		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(w.to(s), packetOpts)
 	})
