@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -72,11 +73,30 @@ type Adapter struct {
 	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
 	// operator counts by reading ServerCount right after it returns: shared by the
 	// broadcasts with acks made until then, due times over (see snapshotMembers).
+	// peaks: the largest size of nodes, capable, timedOut, left and inlineWarned since
+	// each was last made anew (see shrink).
+	peaks      [5]int
 	snapshot   map[string]struct{}
 	snapshotAt time.Time
 	due        int       // ServerCount calls that return the snapshot's count
 	dueUntil   time.Time // when those not made yet are given up for
 }
+
+// shrink returns m, or a copy of it once it holds less than a quarter of the peak it
+// reached (and that peak was large): a Go map keeps the room of its largest size. A
+// tester's 500,000 heartbeats from invented uids left every server 106 MB larger for
+// good, after the uids were forgotten. peak is m's largest size since it was last made.
+func shrink[V any](m map[string]V, peak *int) map[string]V {
+	*peak = max(*peak, len(m))
+	if *peak < shrinkFrom || len(m) >= *peak/4 {
+		return m
+	}
+	*peak = len(m)
+	return maps.Clone(m)
+}
+
+// shrinkFrom is the peak size from which a map is made anew when it empties.
+const shrinkFrom = 1024
 
 // forgetAfter is how many heartbeat timeouts a server dropped by timeout is remembered
 // for: what it advertised in its heartbeats (capable) still holds if it comes back
@@ -733,6 +753,11 @@ func (a *Adapter) heartbeat(now time.Time) {
 			}
 		}
 	}
+	a.nodes = shrink(a.nodes, &a.peaks[0])
+	a.capable = shrink(a.capable, &a.peaks[1])
+	a.timedOut = shrink(a.timedOut, &a.peaks[2])
+	a.left = shrink(a.left, &a.peaks[3])
+	a.inlineWarned = shrink(a.inlineWarned, &a.peaks[4])
 	a.mu.Unlock()
 	for _, uid := range gone {
 		// Only if nothing came from it since gone was made (logged then).
