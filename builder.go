@@ -559,6 +559,7 @@ func (b *Builder) start() *runtime {
 	rt.lis.onDrop = b.onDrop
 	rt.lis.onListen = func(channel string) {
 		if a := b.adapter(channel); a != nil && a.rt == rt {
+			a.listening(rt.lis.conns.Load())
 			a.announce()
 		}
 	}

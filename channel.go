@@ -41,6 +41,9 @@ type listener struct {
 	inbound  chan<- *pgconn.Notification
 	report   func(error)
 	onListen func(channel string) // called after each successful LISTEN
+	// conns counts the connections that ended. Read on the listener's goroutine (in
+	// onListen), it names the connection a LISTEN was made on.
+	conns atomic.Uint64
 	// onRefused is called when the server refuses to LISTEN to a channel for its name
 	// (see isDataRefusal), once per call of listen.
 	onRefused func(channel string, err error)
@@ -185,6 +188,7 @@ func (l *listener) run(ctx context.Context) {
 				l.onState(false, 0, err)
 			}
 			l.pid.Store(0)
+			l.conns.Add(1)
 			l.mu.Lock()
 			l.setSyncedLocked(false)
 			l.mu.Unlock()

@@ -1133,3 +1133,53 @@ func TestHeartbeatsWhileNothingCommits(t *testing.T) {
 		t.Fatalf("%d heartbeats queued over %d intervals without a commit, want one an interval", n, intervals)
 	}
 }
+
+// TestFaultDeafServerKeepsTheOthers: a server whose LISTEN connection is down hears
+// nobody, which is no sign that the others left. It keeps counting them, and its requests
+// end with an error rather than with its own answers only. It used to drop them after a
+// HeartbeatTimeout of silence: a tester's FetchSockets during an outage of PostgreSQL,
+// and for 2 s after it, returned the requesting server's sockets only, without an error.
+func TestFaultDeafServerKeepsTheOthers(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 300 * time.Millisecond
+	opts.RequestsTimeout = 500 * time.Millisecond
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	aopts := opts
+	aopts.ListenURL = u.String() // only A's LISTEN connection goes through the proxy
+	a := startNode(t, "A", aopts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	a.connect(t, "/", "ca")
+	b.connect(t, "/", "cb")
+
+	p.cut()
+	eventually(t, "A's listener down", func() bool { return !a.b.Stats().ListenerUp })
+	// The fault lasts ten heartbeat timeouts: B is up and publishing all along.
+	outage := time.NewTimer(10 * opts.HeartbeatTimeout)
+	<-outage.C
+	if n := a.io.Sockets().Adapter().ServerCount(); n != 2 {
+		t.Errorf("A, deaf, counts %d servers, want 2: B did not leave", n)
+	}
+	if got, err := fetchSockets(t, a.io); err == nil {
+		t.Errorf("A, deaf, fetched %v without an error", socketNames(t, got))
+	}
+	p.heal()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := a.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fetchSockets(t, a.io)
+	if names := socketNames(t, got); err != nil || !slices.Equal(names, []string{"ca", "cb"}) {
+		t.Fatalf("A, hearing again, fetched %v, %v; want ca and cb", names, err)
+	}
+	// Hearing again, A drops a server that falls silent.
+	b.crash(t)
+	eventually(t, "A drops B, crashed", func() bool { return a.io.Sockets().Adapter().ServerCount() == 1 })
+}

@@ -120,6 +120,26 @@ func (p *proxy) stall() int {
 	return n
 }
 
+// cut closes every connection open now, and those made until heal: a database that
+// cannot be reached.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, pc := range p.conns {
+		pc.client.Close()
+		pc.server.Close()
+	}
+	p.conns = nil
+}
+
+// heal lets connections through again after cut.
+func (p *proxy) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = false
+}
+
 func (p *proxy) close() {
 	p.l.Close()
 	p.mu.Lock()
