@@ -409,13 +409,43 @@ func TestAttachmentRowReplaced(t *testing.T) {
 	if len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrAttachmentMissing) {
 		t.Fatalf("reported %v, want one ErrAttachmentMissing", errs)
 	}
+	// The notification itself, replayed, names a row read already: not read again (see
+	// TestRowNamedTwiceDecodedOnce).
 	replay(created)
+	if n := cb.sent.count("big"); n != 1 {
+		t.Fatalf("the replay with the row's own created_at: %d written, want 1", n)
+	}
+	if errs := b.errs.drain("error"); len(errs) != 1 || !errors.Is(errs[0][0].(error), ErrMalformed) {
+		t.Fatalf("reported %v, want the replay as malformed", errs)
+	}
+	// A row made since, with the same id (the table made again: a crash of PostgreSQL
+	// does the same to an unlogged sequence), is read.
+	if _, err := a.pool.Exec(ctx, "DELETE FROM "+opts.TableName); err != nil {
+		t.Fatal(err)
+	}
+	var again time.Time
+	if err := a.pool.QueryRow(ctx, "INSERT INTO "+opts.TableName+" (id, payload) SELECT $1, $2 RETURNING created_at", id, mustAttachment(t, a)).Scan(&again); err != nil {
+		t.Fatal(err)
+	}
+	replay(again)
 	if n := cb.sent.count("big"); n != 2 {
-		t.Fatalf("the replay with the row's own created_at: %d written, want 2", n)
+		t.Fatalf("a new row with the id of one read before: %d written, want 2", n)
 	}
 	if errs := b.errs.drain("error"); len(errs) != 0 {
 		t.Fatalf("reported %v", errs)
 	}
+}
+
+// mustAttachment is the body of a broadcast "big" from a, as a row holds it.
+func mustAttachment(t *testing.T, a *node) []byte {
+	t.Helper()
+	root := a.io.Sockets().Adapter().(*Adapter)
+	body, err := wire.EncodeMsgpack(&wire.Message{Type: wire.Broadcast, UID: root.UID(), Nsp: "/", Data: &wire.BroadcastData{
+		Packet: wire.Packet{Type: wire.EventPacketType, Data: []any{"big", "again"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
 
 // replayAttachment publishes, through db, the notification A's broadcast of row id

@@ -510,6 +510,7 @@ type runtime struct {
 	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
+	recent  recentRows             // the attachment rows read last (see fetch)
 	// Notifications examined by the dispatch goroutine, and those of them that were
 	// this server's own messages (see watchHearing).
 	examined, echoes atomic.Int64

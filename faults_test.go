@@ -1183,3 +1183,102 @@ func TestFaultDeafServerKeepsTheOthers(t *testing.T) {
 	b.crash(t)
 	eventually(t, "A drops B, crashed", func() bool { return a.io.Sockets().Adapter().ServerCount() == 1 })
 }
+
+// TestAnnouncementAfterAnAnswerIsAnswered: a server that announces itself just after
+// another server's answer to an earlier announcement was sent, before that answer's
+// round trip ended, is answered too: it listened after that answer went, and would
+// otherwise count the other server only at its next heartbeat (a reviewer's finding,
+// with answers to announcements made once for those that arrive while one is queued).
+// A's publishing goes through a slow link, which makes its round trips long.
+func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 30 * time.Second // A's next heartbeat comes after the test's bound
+	opts.HeartbeatTimeout = time.Minute
+	opts.RequestsTimeout = 8 * time.Second
+	w := startNode(t, "W", opts) // makes the table, so that A need not
+	_ = w
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	p.delay = 500 * time.Millisecond // before each write, both ways: a round trip of 1 s
+	u.Host = p.addr()
+	aopts := opts
+	aopts.SkipTableCreation = true
+	aopts.ListenURL = dbURL // A hears at once
+	a := startNodeOn(t, "A", u.String(), aopts)
+	aUID := a.io.Sockets().Adapter().(*Adapter).uid
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	watch, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close(context.Background())
+	channel := ChannelName(opts.ChannelPrefix, "/")
+	if _, err := watch.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	// An announcement; A's answer commits, and its round trip ends half a second later.
+	if _, err := watch.Exec(ctx, "SELECT pg_notify($1, $2)", channel, `{"type":1,"uid":"ghost","nsp":"/"}`); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := watch.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("A's answer never came: %v", err)
+		}
+		if strings.Contains(n.Payload, `"type":2`) && strings.Contains(n.Payload, aUID) {
+			break
+		}
+	}
+	// Within that half second, Y listens and announces itself.
+	y := startNode(t, "Y", opts)
+	// A's answer takes a slow round trip, 1-2 s; without it, Y counts A in 30 s.
+	eventually(t, "Y counts W, A and itself", func() bool { return y.io.Sockets().Adapter().ServerCount() == 3 })
+}
+
+// TestFaultStalledListenerKeepsTheOthers: a LISTEN connection that falls silent without
+// closing is found out by its ping, a second later at least; until then, and after, the
+// server keeps counting the others, whose silence it could not hear (a reviewer's
+// finding: dropped a HeartbeatTimeout after the stall, before it was found out).
+func TestFaultStalledListenerKeepsTheOthers(t *testing.T) {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 300 * time.Millisecond
+	opts.RequestsTimeout = 500 * time.Millisecond
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	aopts := opts
+	aopts.ListenURL = u.String()
+	a := startNode(t, "A", aopts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	pid := a.b.listenerPID()
+	if p.stall() == 0 {
+		t.Fatal("no connection to stall")
+	}
+	heard := a.b.Stats().Received["HEARTBEAT"]
+	// Watched until A has a new LISTEN connection and heard B on it, 5 s at most.
+	lowest := int64(2)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		lowest = min(lowest, a.io.Sockets().Adapter().ServerCount())
+		if n := a.b.listenerPID(); n != 0 && n != pid && a.b.Stats().Received["HEARTBEAT"] > heard {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if lowest != 2 {
+		t.Fatalf("A, its LISTEN connection stalled, counted %d servers at some point; want 2 all along", lowest)
+	}
+	if a.b.listenerPID() == pid {
+		t.Fatal("A's stalled LISTEN connection was not replaced within 5 s")
+	}
+	p.close()
+}

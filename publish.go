@@ -29,6 +29,10 @@ type outgoing struct {
 	// committed, when set, is given the time its batch commits, in unix nanoseconds: the
 	// adapter's last publication, after which its heartbeat is due (Adapter.heartbeat).
 	committed *atomic.Int64
+	// taken, when set, is called once the publisher takes the message into a batch:
+	// what arrives from then on was not there before it was sent (see
+	// Adapter.answerAnnouncement).
+	taken func()
 }
 
 const (
@@ -330,6 +334,9 @@ func (p *publisher) nextBatch() []outgoing {
 		}
 		batch = append(batch, m)
 		size += m.size()
+		if m.taken != nil {
+			m.taken()
+		}
 		return true
 	}
 	for len(p.carry) > 0 && len(batch) < maxBatchMessages && size < maxBatchBytes {

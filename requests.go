@@ -230,6 +230,11 @@ func (a *Adapter) dropNode(uid string, staleBefore time.Time, requests bool) {
 // removeNodeLocked is dropNode's work, with a.mu held; it returns the callbacks to run
 // once a.mu is released.
 func (a *Adapter) removeNodeLocked(uid string, staleBefore time.Time, requests bool) []func() {
+	// The sizes before the deletion, for shrink: heartbeat's own look, once a tick,
+	// misses a peak that came and went between two (a reviewer's finding).
+	for i, n := range [...]int{len(a.nodes), len(a.capable), len(a.timedOut), len(a.left), len(a.inlineWarned)} {
+		a.peaks[i] = max(a.peaks[i], n)
+	}
 	seen, known := a.nodes[uid]
 	if known && !staleBefore.IsZero() && seen.After(staleBefore) {
 		return nil // heard from since it was found silent
