@@ -272,3 +272,11 @@ func TestCostOf(t *testing.T) {
 		t.Errorf("TooCostly: 65,536 empty maps are over CostBound(1 MiB) = %d, fewer are not", CostBound(1<<20))
 	}
 }
+
+// TestCostOfAllocatesNothing: every attachment is walked, published and read.
+func TestCostOfAllocatesNothing(t *testing.T) {
+	body := []byte{0x93, 0x81, 0xa1, 'k', 0x92, 0xc0, 0x80, 0xa3, 'a', 'b', 'c', 0xc3} // [{"k":[nil,{}]},"abc",true]
+	if n := testing.AllocsPerRun(100, func() { CostOf(body, 1000) }); n != 0 {
+		t.Fatalf("CostOf allocates %v times", n)
+	}
+}

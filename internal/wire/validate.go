@@ -46,7 +46,8 @@ func CostOf(body []byte, max int) int {
 // CostOf), and stops once that is over maxCost when maxCost is positive.
 func walkMsgpack(b []byte, maxCost int) (int, error) {
 	cost := 0
-	pending := []int{1} // elements still expected, per open container
+	var stack [32]int               // the common depths without an allocation: every attachment is walked
+	pending := append(stack[:0], 1) // elements still expected, per open container
 	i := 0
 	for len(pending) > 0 {
 		if maxCost > 0 && cost > maxCost {
