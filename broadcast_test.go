@@ -943,14 +943,8 @@ func TestBroadcastToANewNamespaceAtOnce(t *testing.T) {
 	opts := testOptions(t)
 	// B's LISTEN connection goes through a slow link, so that its LISTEN of a new
 	// channel takes longer than the client's connection and A's broadcast.
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	p.delay = 20 * time.Millisecond
-	u.Host = p.addr()
-	a, b := startPair(t, opts, func(o *Options) { o.ListenURL = u.String() })
+	_, proxied := proxiedDB(t, 20*time.Millisecond)
+	a, b := startPair(t, opts, func(o *Options) { o.ListenURL = proxied })
 	for _, n := range []*node{a, b} {
 		n.io.Of(regexpNamespace(`^/fresh-\d+$`), nil)
 	}

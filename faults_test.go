@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -317,14 +316,8 @@ func TestFaultCrash(t *testing.T) {
 func TestShortHeartbeatsOnASlowLink(t *testing.T) {
 	opts := testOptions(t)
 	opts.HeartbeatInterval = 20 * time.Millisecond
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	p.delay = 30 * time.Millisecond // each way: a ping takes 60 ms at least
-	u.Host = p.addr()
-	opts.ListenURL = u.String()
+	_, proxied := proxiedDB(t, 30*time.Millisecond) // each way: a ping takes 60 ms at least
+	opts.ListenURL = proxied
 	a := startNode(t, "A", opts)
 	var heard func() int64
 	eventually(t, "A's listener", func() bool {
@@ -349,14 +342,9 @@ func TestShortHeartbeatsOnASlowLink(t *testing.T) {
 func TestFaultSilentConnection(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = time.Second
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	u.Host = p.addr()
+	p, proxied := proxiedDB(t, 0)
 	a := startNode(t, "A", opts)
-	b := startNodeOn(t, "B", u.String(), opts) // everything of B goes through the proxy
+	b := startNodeOn(t, "B", proxied, opts) // everything of B goes through the proxy
 	waitServerCount(t, []*node{a, b}, 2)
 	cb := b.connect(t, "/", "cb")
 	pid := b.b.listenerPID()
@@ -866,13 +854,8 @@ func TestFaultShortLockLosesNothing(t *testing.T) {
 func TestFaultCloseWhilePostgresSilent(t *testing.T) {
 	opts := testOptions(t)
 	opts.RequestsTimeout = 5 * time.Second
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	u.Host = p.addr()
-	b := startNodeOn(t, "B", u.String(), opts)
+	p, proxied := proxiedDB(t, 0)
+	b := startNodeOn(t, "B", proxied, opts)
 	b.io.Of("/x", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -1134,27 +1117,30 @@ func TestHeartbeatsWhileNothingCommits(t *testing.T) {
 	}
 }
 
+// listenerThroughProxy starts servers A and B, with short heartbeats, each counting the
+// other; only A's LISTEN connection goes through the proxy it returns.
+func listenerThroughProxy(t *testing.T) (Options, *node, *node, *proxy) {
+	t.Helper()
+	opts := testOptions(t)
+	opts.HeartbeatInterval = 100 * time.Millisecond
+	opts.HeartbeatTimeout = 300 * time.Millisecond
+	opts.RequestsTimeout = 500 * time.Millisecond
+	p, proxied := proxiedDB(t, 0)
+	aopts := opts
+	aopts.ListenURL = proxied // only A's LISTEN connection goes through the proxy
+	a := startNode(t, "A", aopts)
+	b := startNode(t, "B", opts)
+	waitServerCount(t, []*node{a, b}, 2)
+	return opts, a, b, p
+}
+
 // TestFaultDeafServerKeepsTheOthers: a server whose LISTEN connection is down hears
 // nobody, which is no sign that the others left. It keeps counting them, and its requests
 // end with an error rather than with its own answers only. It used to drop them after a
 // HeartbeatTimeout of silence: a tester's FetchSockets during an outage of PostgreSQL,
 // and for 2 s after it, returned the requesting server's sockets only, without an error.
 func TestFaultDeafServerKeepsTheOthers(t *testing.T) {
-	opts := testOptions(t)
-	opts.HeartbeatInterval = 100 * time.Millisecond
-	opts.HeartbeatTimeout = 300 * time.Millisecond
-	opts.RequestsTimeout = 500 * time.Millisecond
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	u.Host = p.addr()
-	aopts := opts
-	aopts.ListenURL = u.String() // only A's LISTEN connection goes through the proxy
-	a := startNode(t, "A", aopts)
-	b := startNode(t, "B", opts)
-	waitServerCount(t, []*node{a, b}, 2)
+	opts, a, b, p := listenerThroughProxy(t)
 	a.connect(t, "/", "ca")
 	b.connect(t, "/", "cb")
 
@@ -1195,19 +1181,12 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 	opts.HeartbeatInterval = 30 * time.Second // A's next heartbeat comes after the test's bound
 	opts.HeartbeatTimeout = time.Minute
 	opts.RequestsTimeout = 8 * time.Second
-	w := startNode(t, "W", opts) // makes the table, so that A need not
-	_ = w
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	p.delay = 500 * time.Millisecond // before each write, both ways: a round trip of 1 s
-	u.Host = p.addr()
+	startNode(t, "W", opts)                          // makes the table, so that A need not
+	_, proxied := proxiedDB(t, 500*time.Millisecond) // before each write, both ways: a round trip of 1 s
 	aopts := opts
 	aopts.SkipTableCreation = true
 	aopts.ListenURL = dbURL // A hears at once
-	a := startNodeOn(t, "A", u.String(), aopts)
+	a := startNodeOn(t, "A", proxied, aopts)
 	aUID := a.io.Sockets().Adapter().(*Adapter).uid
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -1244,21 +1223,7 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 // server keeps counting the others, whose silence it could not hear (a reviewer's
 // finding: dropped a HeartbeatTimeout after the stall, before it was found out).
 func TestFaultStalledListenerKeepsTheOthers(t *testing.T) {
-	opts := testOptions(t)
-	opts.HeartbeatInterval = 100 * time.Millisecond
-	opts.HeartbeatTimeout = 300 * time.Millisecond
-	opts.RequestsTimeout = 500 * time.Millisecond
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newProxy(t, u.Host)
-	u.Host = p.addr()
-	aopts := opts
-	aopts.ListenURL = u.String()
-	a := startNode(t, "A", aopts)
-	b := startNode(t, "B", opts)
-	waitServerCount(t, []*node{a, b}, 2)
+	_, a, _, p := listenerThroughProxy(t)
 	pid := a.b.listenerPID()
 	if p.stall() == 0 {
 		t.Fatal("no connection to stall")

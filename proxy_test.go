@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"io"
 	"net"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +44,20 @@ func newProxy(t *testing.T, target string) *proxy {
 }
 
 func (p *proxy) addr() string { return p.l.Addr().String() }
+
+// proxiedDB starts a proxy to the test database, with delay added before each write (0
+// for none), and returns it with the database's URL through it.
+func proxiedDB(t *testing.T, delay time.Duration) (*proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	p.delay = delay
+	u.Host = p.addr()
+	return p, u.String()
+}
 
 func (p *proxy) accept() {
 	defer p.wg.Done()
