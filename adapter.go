@@ -70,11 +70,8 @@ type Adapter struct {
 	requests map[string]*request
 	// inlineWarned: the servers allRead has logged as holding InlineBinary back.
 	inlineWarned map[string]bool
-	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
-	// operator counts by reading ServerCount right after it returns: shared by the
-	// broadcasts with acks made until then, due times over (see snapshotMembers).
-	// answerQueued is when a HEARTBEAT answering an announcement was queued, until it
-	// went out (0 then; see answerAnnouncement).
+	// answerQueued is when a HEARTBEAT answering an announcement was queued, until the
+	// publisher takes it into a batch (0 then; see answerAnnouncement).
 	answerQueued atomic.Int64
 	// lastEcho is when this server last heard one of its own messages on the channel,
 	// in unix nanoseconds (see heartbeat).
@@ -86,7 +83,10 @@ type Adapter struct {
 	listenedOn uint64
 	// peaks: the largest size of nodes, capable, timedOut, left and inlineWarned since
 	// each was last made anew (see shrink).
-	peaks      [5]int
+	peaks [5]int
+	// snapshot is the other servers a BroadcastWithAck sent to, which socket.io's
+	// operator counts by reading ServerCount right after it returns: shared by the
+	// broadcasts with acks made until then, due times over (see snapshotMembers).
 	snapshot   map[string]struct{}
 	snapshotAt time.Time
 	due        int       // ServerCount calls that return the snapshot's count
@@ -658,12 +658,10 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	} else if enc, err = wire.Encode(m, a.b.opts.PayloadThreshold); err == nil && a.b.ascii.Load() {
 		enc, err = wire.ASCII(enc, m, a.b.opts.PayloadThreshold)
 	}
-	if err == nil && len(enc.Attachment) > a.b.opts.MaxAttachmentSize {
-		// The other servers would not read it.
-		err = fmt.Errorf("%s of %d bytes: %w (%d)", typ, len(enc.Attachment), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize)
-	} else if err == nil && enc.Attachment != nil && wire.TooCostly(enc.Attachment, a.b.opts.MaxAttachmentSize) {
-		err = fmt.Errorf("%s of %d bytes decodes into more than %d values: %w (%d bytes, /%d)", typ, len(enc.Attachment),
-			wire.CostBound(a.b.opts.MaxAttachmentSize), ErrAttachmentTooLarge, a.b.opts.MaxAttachmentSize, wire.BytesPerValue)
+	if err == nil && enc.Attachment != nil {
+		if why := wire.Oversize(enc.Attachment, a.b.opts.MaxAttachmentSize); why != "" {
+			err = fmt.Errorf("%s of %s: %w", typ, why, ErrAttachmentTooLarge) // the other servers would not read it
+		}
 	}
 	if err != nil {
 		a.b.stats.publishErrors.Add(1)
@@ -795,6 +793,7 @@ func (a *Adapter) heartbeat(now time.Time) {
 	// their last message, they are dropped only if they stay silent. Dropped, the others
 	// were not waited for: a tester's requests made during an outage of PostgreSQL, and
 	// for 2 s after it, completed with this server's answers only and no error.
+	//
 	// A connection that falls silent without closing is found out only by its ping,
 	// a heartbeat interval later at least: until then, the silence is counted up to a
 	// heartbeat interval past the last time this server heard its own messages, which it

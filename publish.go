@@ -855,11 +855,8 @@ func (p *publisher) toAttachment(m *outgoing) error {
 	if err != nil {
 		return fmt.Errorf("pgadapter: %s: written as an attachment: %w", m.typ, err)
 	}
-	if len(body) > p.opts.MaxAttachmentSize {
-		return fmt.Errorf("pgadapter: %s of %d bytes: %w (%d)", m.typ, len(body), ErrAttachmentTooLarge, p.opts.MaxAttachmentSize)
-	}
-	if wire.TooCostly(body, p.opts.MaxAttachmentSize) {
-		return fmt.Errorf("pgadapter: %s of %d bytes decodes into more than %d values: %w", m.typ, len(body), wire.CostBound(p.opts.MaxAttachmentSize), ErrAttachmentTooLarge)
+	if why := wire.Oversize(body, p.opts.MaxAttachmentSize); why != "" {
+		return fmt.Errorf("pgadapter: %s of %s: %w", m.typ, why, ErrAttachmentTooLarge)
 	}
 	m.enc = wire.Encoded{Attachment: body}
 	m.prefix = wire.AttachmentHeaderPrefix(n.Message.UID, n.Message.Type)

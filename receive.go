@@ -319,9 +319,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		return nil
 	}
 	if a.isOwn(n.Payload) {
-		rt.echoes.Add(1)
-		a.heardItself()
-		a.lastEcho.Store(time.Now().UnixNano())
+		rt.echo(a)
 		return nil // our own message, echoed by PostgreSQL: not worth decoding
 	}
 	note, err := decodeNotification(n.Payload)
@@ -331,9 +329,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		return nil
 	}
 	if note.UID == a.uid {
-		rt.echoes.Add(1)
-		a.heardItself()
-		a.lastEcho.Store(time.Now().UnixNano())
+		rt.echo(a)
 		return nil // our own message, echoed by PostgreSQL
 	}
 	rt.heard(a, note.UID)
@@ -346,6 +342,15 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		countType(&rt.b.stats.received, note.Type)
 	}
 	return d
+}
+
+// echo records that a heard one of its own messages: the runtime hears (see
+// watchHearing), a's clients may connect (see Adapter.awaitHearing), and a hears the
+// others (see Adapter.heartbeat).
+func (rt *runtime) echo(a *Adapter) {
+	rt.echoes.Add(1)
+	a.heardItself()
+	a.lastEcho.Store(time.Now().UnixNano())
 }
 
 // recentRows remembers the last recentRowsKept attachment rows read, so that a row named
@@ -467,10 +472,9 @@ func (rt *runtime) decodeAttachment(d *delivery, row attachment) fetchResult {
 		return fetchResult{err: fmt.Errorf("attachment %d: %w: %d bytes, MaxAttachmentSize %d", d.id, ErrAttachmentTooLarge, row.size, rt.b.opts.MaxAttachmentSize)}
 	}
 	body := row.body
-	if wire.TooCostly(body, rt.b.opts.MaxAttachmentSize) {
+	if why := wire.Oversize(body, rt.b.opts.MaxAttachmentSize); why != "" {
 		rt.b.stats.attachmentErrors.Add(1)
-		return fetchResult{err: fmt.Errorf("attachment %d: %w: %d bytes that decode into more than %d values (MaxAttachmentSize/%d)",
-			d.id, ErrAttachmentTooLarge, len(body), wire.CostBound(rt.b.opts.MaxAttachmentSize), wire.BytesPerValue)}
+		return fetchResult{err: fmt.Errorf("attachment %d: %w: %s", d.id, ErrAttachmentTooLarge, why)}
 	}
 	rt.b.stats.attachmentsRd.Add(1)
 	rt.b.stats.receivedBytes.Add(int64(len(body)))

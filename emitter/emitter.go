@@ -387,11 +387,8 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 	if err != nil {
 		return fmt.Errorf("emitter: %w", err)
 	}
-	if len(enc.Attachment) > e.maxAttach {
-		return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
-	}
-	if enc.Attachment != nil && wire.TooCostly(enc.Attachment, e.maxAttach) {
-		return fmt.Errorf("%w: %s of %d bytes decodes into more than %d values", ErrAttachmentTooLarge, typ, len(enc.Attachment), wire.CostBound(e.maxAttach))
+	if why := wire.Oversize(enc.Attachment, e.maxAttach); why != "" {
+		return fmt.Errorf("%w: %s of %s", ErrAttachmentTooLarge, typ, why)
 	}
 	channel := wire.ChannelName(e.prefix, e.nsp)
 	header := wire.AttachmentHeaderPrefix(wire.EmitterUID, typ)
@@ -421,11 +418,8 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 			if enc, err = wire.ASCII(enc, m, threshold); err != nil {
 				return fmt.Errorf("emitter: %w", err)
 			}
-			if len(enc.Attachment) > e.maxAttach {
-				return fmt.Errorf("%w: %s of %d bytes (%d)", ErrAttachmentTooLarge, typ, len(enc.Attachment), e.maxAttach)
-			}
-			if enc.Attachment != nil && wire.TooCostly(enc.Attachment, e.maxAttach) {
-				return fmt.Errorf("%w: %s of %d bytes decodes into more than %d values", ErrAttachmentTooLarge, typ, len(enc.Attachment), wire.CostBound(e.maxAttach))
+			if why := wire.Oversize(enc.Attachment, e.maxAttach); why != "" {
+				return fmt.Errorf("%w: %s of %s", ErrAttachmentTooLarge, typ, why)
 			}
 		}
 		utf8Client = conn.ParameterStatus("client_encoding") == "UTF8"

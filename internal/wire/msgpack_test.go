@@ -268,8 +268,11 @@ func TestCostOf(t *testing.T) {
 	if got := CostOf(maps, 100); got <= 100 || got > 100+1+containerWeight {
 		t.Errorf("CostOf stopped at %d, want just past 100", got)
 	}
-	if !TooCostly(maps, 1<<20) || TooCostly(maps[:5+CostBound(1<<20)/(1+containerWeight)-1], 1<<20) {
-		t.Errorf("TooCostly: 65,536 empty maps are over CostBound(1 MiB) = %d, fewer are not", CostBound(1<<20))
+	if Oversize(maps, 1<<20) == "" || Oversize(maps[:5+CostBound(1<<20)/(1+containerWeight)-1], 1<<20) != "" {
+		t.Errorf("Oversize: 65,536 empty maps are over CostBound(1 MiB) = %d, fewer are not", CostBound(1<<20))
+	}
+	if why := Oversize(make([]byte, 11), 10); why != "11 bytes, more than 10" {
+		t.Errorf("Oversize of 11 bytes within 10: %q", why)
 	}
 }
 

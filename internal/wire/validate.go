@@ -155,19 +155,27 @@ func length(b []byte, i, size int) (int, int, error) {
 	return int(n), i + size, nil
 }
 
-// BytesPerValue is the part of an attachment's size limit that each of its values (see
-// CostOf) takes: an attachment within a limit of n bytes may decode into n/BytesPerValue
+// bytesPerValue is the part of an attachment's size limit that each of its values (see
+// CostOf) takes: an attachment within a limit of n bytes may decode into n/bytesPerValue
 // values, and minCostBound at least, so that the tree it decodes into is of the order of
 // the limit, not 80 times it.
-const BytesPerValue = 16
+const bytesPerValue = 16
 
 const minCostBound = 1 << 16
 
 // CostBound is the cost (see CostOf) of an attachment within maxSize bytes at most.
-func CostBound(maxSize int) int { return max(maxSize/BytesPerValue, minCostBound) }
+func CostBound(maxSize int) int { return max(maxSize/bytesPerValue, minCostBound) }
 
-// TooCostly reports whether body, MessagePack, decodes into more than CostBound(maxSize).
-func TooCostly(body []byte, maxSize int) bool {
-	bound := CostBound(maxSize)
-	return CostOf(body, bound) > bound
+// Oversize says why body, an attachment, is over the limit of maxSize bytes (the
+// servers' MaxAttachmentSize), or returns "" when it is within it: its size, or the
+// values it would decode into (see CostBound). The one check of publishers and readers,
+// Go servers and the emitter, so that what one publishes the others read.
+func Oversize(body []byte, maxSize int) string {
+	if len(body) > maxSize {
+		return fmt.Sprintf("%d bytes, more than %d", len(body), maxSize)
+	}
+	if bound := CostBound(maxSize); CostOf(body, bound) > bound {
+		return fmt.Sprintf("%d bytes that decode into more than %d values (%d bytes / %d)", len(body), bound, maxSize, bytesPerValue)
+	}
+	return ""
 }
