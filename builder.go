@@ -511,6 +511,7 @@ type runtime struct {
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
 	recent  recentRows             // the attachment rows read last (see fetch)
+	budget  *rowBudget             // bounds the attachment rows read and not yet applied
 	// Notifications examined by the dispatch goroutine, and those of them that were
 	// this server's own messages (see watchHearing).
 	examined, echoes atomic.Int64
@@ -525,6 +526,7 @@ func (b *Builder) start() *runtime {
 		answers:        make(chan *delivery, 256),
 		handlerStarted: make(chan struct{}, 1),
 		heardAt:        map[heardKey]time.Time{},
+		budget:         newRowBudget(rowBudgetFor(b.opts.MaxAttachmentSize)),
 		dropsBefore:    b.drops.n.Load(),
 	}
 	rt.pub = newPublisher(b.pool, b.st, &b.opts, b.report, &b.stats)

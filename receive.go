@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,11 +39,19 @@ type delivery struct {
 	// made it counted again) wait for a server that closed.
 	membersOnly  bool
 	closeApplied *atomic.Bool
+	// For an attachment: wanted once its delivery goroutine waits for it, and, while its
+	// row is put off for memory (see rowBudget), putOff and the row's size.
+	wanted atomic.Bool
+	putOff bool
+	size   int64
 }
 
 type fetchResult struct {
 	msg *wire.Message
 	err error
+	// held is what msg's row holds of the runtime's rowBudget, given back once msg is
+	// applied.
+	held int64
 	// shared is set when err is the failure of the whole query, the same error for
 	// every message it read: reported once (see deliver).
 	shared bool
@@ -98,14 +107,16 @@ func (rt *runtime) dispatch(ctx context.Context) {
 		pending.Add(1)
 		go func(g []*delivery) {
 			defer rt.running.add(-1)
-			defer func() {
+			free := func() {
 				<-sem
 				select {
 				case done <- struct{}{}:
 				default:
 				}
-			}()
+			}
 			rt.fetch(ctx, g, &pending)
+			free()
+			rt.fetchLater(ctx, g, sem, free, &pending)
 		}(group)
 		group, since = nil, 0
 		return true
@@ -401,13 +412,16 @@ func (r *recentRows) claim(id rowKey, conn uint64) bool {
 }
 
 // fetch reads the attachments of group with one query and hands each delivery its
-// message or its error. It takes one from pending once it holds a connection.
+// message or its error, except those whose rows do not fit the runtime's rowBudget: it
+// marks them putOff, to be read again (see fetchLater). It takes one from pending once
+// it holds a connection.
 func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic.Int32) {
 	ids := make([]int64, len(group))
 	byID := make(map[int64][]*delivery, len(group))
 	for i, d := range group {
 		ids[i] = d.id
 		byID[d.id] = append(byID[d.id], d)
+		d.putOff = false
 	}
 	heardOn := rt.lis.conns.Load()
 	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
@@ -417,20 +431,39 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 	} else {
 		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, func(id int64, row attachment) {
+			ds, due := byID[id]
+			if !due {
+				return // a row given twice is handed over once
+			}
+			delete(byID, id)
+			n := int64(len(row.body))
+			if !rt.budget.take(ds, n) {
+				// Read again when it fits: its body is dropped now, rather than held
+				// with the rows of every message queued before it.
+				for _, d := range ds {
+					d.putOff, d.size = true, n
+				}
+				rt.b.stats.attachmentsPutOff.Add(1)
+				return
+			}
 			// A row is decoded once. Each message has a row of its own: several
 			// notifications naming one row are forged, and a tester's 200 naming one
 			// 20 MB row had every server decode and hold it 200 times (3 GB). Read
 			// together or in reads close together (a reviewer's finding: split between
 			// two reads, a row was delivered twice).
-			for _, d := range byID[id] {
+			for _, d := range ds {
 				if rt.recent.claim(rowKey{id, d.created.UnixNano(), row.created.UnixNano()}, heardOn) {
-					d.fetched <- rt.decodeAttachment(d, row)
+					r := rt.decodeAttachment(d, row)
+					if r.err == nil {
+						r.held, n = n, 0
+					}
+					d.fetched <- r
 					continue
 				}
 				rt.b.stats.malformed.Add(1)
 				d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w: named by another notification too", id, ErrMalformed)}
 			}
-			delete(byID, id) // a row given twice is handed over once
+			rt.budget.release(n) // not decoded, or refused
 		})
 		conn.Release()
 	}
@@ -457,6 +490,35 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		} else {
 			d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w", d.id, ErrAttachmentMissing)}
 		}
+	}
+}
+
+// fetchLater reads again the rows of group that fetch put off, as they fit the budget:
+// those that fit, or that a delivery goroutine waits for, with one query, each time the
+// budget may have room. Each read takes a slot of sem, given back by free; the waits in
+// between take none, so that the reads of earlier groups, whose messages hold the
+// budget, are not kept waiting.
+func (rt *runtime) fetchLater(ctx context.Context, group []*delivery, sem chan struct{}, free func(), pending *atomic.Int32) {
+	later := slices.DeleteFunc(group, func(d *delivery) bool { return !d.putOff })
+	for len(later) > 0 {
+		now, changed := rt.budget.pick(later)
+		if len(now) == 0 {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		pending.Add(1)
+		rt.fetch(ctx, now, pending)
+		free()
+		later = slices.DeleteFunc(later, func(d *delivery) bool { return !d.putOff })
 	}
 }
 
@@ -514,7 +576,9 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 	var lastShared error // the failed query last reported (see fetchResult.shared)
 	ended := false       // returned, rather than ended by the application's code
 	applying := false    // in the application's code, and not counted
+	var held int64       // of the budget, by the message being applied
 	defer func() {
+		rt.budget.release(held) // the application's code ended the goroutine
 		if ended {
 			return
 		}
@@ -556,10 +620,18 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			var r fetchResult
 			select {
 			case r = <-d.fetched:
-			case <-ctx.Done():
-				ended = true
-				return
+			default:
+				// Its row may have been put off for memory: it is read now, whatever
+				// the budget holds (see rowBudget).
+				rt.budget.want(d)
+				select {
+				case r = <-d.fetched:
+				case <-ctx.Done():
+					ended = true
+					return
+				}
 			}
+			held = r.held
 			if r.err != nil {
 				if ctx.Err() == nil && (!r.shared || r.err != lastShared) {
 					rt.b.report(&MessageError{Channel: d.channel, Err: r.err})
@@ -575,6 +647,8 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 			msg = r.msg
 		}
 		if msg.Nsp != "" && msg.Nsp != d.a.name {
+			rt.budget.release(held)
+			held = 0
 			if !d.membersOnly { // else reported with the other copy
 				rt.b.stats.malformed.Add(1)
 				rt.b.report(&MessageError{Channel: d.channel, Err: fmt.Errorf("%w: message for namespace %q on the channel of %q", ErrMalformed, msg.Nsp, d.a.name)})
@@ -597,6 +671,8 @@ func (rt *runtime) deliver(ctx context.Context, queue <-chan *delivery) {
 				h(msg)
 			}
 		})
+		rt.budget.release(held)
+		held = 0
 		if d.closeApplied != nil && !d.membersOnly {
 			d.closeApplied.Store(true)
 		}

@@ -27,6 +27,12 @@ type Stats struct {
 	// AttachmentQueries counts the queries that read attachments: those whose
 	// notifications arrive together are read by one.
 	AttachmentQueries int64
+	// AttachmentsPutOff counts attachment rows read and dropped, to be read again later,
+	// because the rows read and not yet applied held as much memory as a server lets
+	// them: twice MaxAttachmentSize, and 64 MiB at least. Rows keep their messages'
+	// order; a count that grows means messages arrive faster than the application
+	// applies them.
+	AttachmentsPutOff int64
 	// PublishErrors counts messages lost because their publication failed, or because
 	// they could not be encoded, and the application's operations that a closed adapter
 	// did not publish (a dynamic namespace's, emptied, still used).
@@ -60,6 +66,7 @@ type counters struct {
 	publishedBytes, receivedBytes     atomic.Int64
 	attachmentsWritten, attachmentsRd atomic.Int64
 	attachmentQueries                 atomic.Int64
+	attachmentsPutOff                 atomic.Int64
 	publishErrors, malformed, panics  atomic.Int64
 	attachmentErrors                  atomic.Int64
 	listenerConnects                  atomic.Int64
@@ -78,8 +85,8 @@ func (b *Builder) Stats() Stats {
 		Published: map[string]int64{}, Received: map[string]int64{}, Nodes: map[string]int{},
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
-		AttachmentQueries: b.stats.attachmentQueries.Load(),
-		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
+		AttachmentQueries: b.stats.attachmentQueries.Load(), AttachmentsPutOff: b.stats.attachmentsPutOff.Load(),
+		PublishErrors: b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}

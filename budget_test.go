@@ -1,0 +1,94 @@
+package pgadapter
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// withRowBudget lowers the least budget of attachment rows (see rowBudget) for the
+// servers a test starts next.
+func withRowBudget(t *testing.T, n int64) {
+	old := minRowBudget
+	minRowBudget = n
+	t.Cleanup(func() { minRowBudget = old })
+}
+
+// TestRowsHeldAreBounded: while an application's listener holds the goroutine that
+// applies messages, the attachment rows read for the messages queued behind it hold at
+// most the server's budget, and the rest are read again once there is room, in order,
+// none lost. Every queued row was held before (512 of up to MaxAttachmentSize: 32 GiB
+// with the default), from a burst of large broadcasts or from anyone who may insert
+// rows and notify.
+//
+// An answer to one of the server's own requests, on the other delivery goroutine, is
+// read meanwhile, whatever the budget holds: its goroutine waits for it.
+func TestRowsHeldAreBounded(t *testing.T) {
+	const row, count = 100 << 10, 40
+	withRowBudget(t, 1<<20)
+	opts := testOptions(t)
+	opts.MaxAttachmentSize = 256 << 10
+	limit := rowBudgetFor(opts.MaxAttachmentSize)
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	release := make(chan struct{})
+	defer closeOpen(slices.Values([]chan struct{}{release}))
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] == "hold" {
+				<-release
+			}
+		})
+	}
+	a.io.Emit("hold")
+	cb.sent.next(t, "B", "hold")
+	payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, row) }
+	for i := range count {
+		a.io.Emit("n", i, payload(i))
+	}
+	eventually(t, "B puts rows off", func() bool { return b.b.Stats().AttachmentsPutOff > 0 })
+	if held, read := b.b.rt.budget.heldBytes(), b.b.Stats().AttachmentsRead; held > limit || read > limit/row+1 {
+		t.Fatalf("held %d bytes in %d rows read, budget %d", held, read, limit)
+	}
+
+	// An answer with a large binary argument goes through the table, and reaches B's
+	// request while its ordered goroutine is held and the budget full.
+	a.io.On("q", func(args ...any) {
+		if ack, ok := args[len(args)-1].(socket.Ack); ok {
+			ack([]any{payload(200)}, nil)
+		}
+	})
+	answered := make(chan error, 1)
+	b.io.ServerSideEmitWithAck("q")(func(answers []any, err error) {
+		if err == nil && len(answers) != 1 {
+			t.Errorf("answers %v", answers)
+		}
+		answered <- err
+	})
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("B's request while its budget was full: %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("B's request while its budget was full: no answer")
+	}
+
+	close(release)
+	for i := range count {
+		args := cb.sent.next(t, "B", "n")
+		if got, ok := args[1].([]byte); len(args) != 2 || args[0] != float64(i) || !ok || !bytes.Equal(got, payload(i)) {
+			t.Fatalf("message %d written as %d arguments, %v first", i, len(args), args[0])
+		}
+	}
+	if s := b.b.Stats(); s.AttachmentErrors != 0 || s.Malformed != 0 {
+		t.Fatalf("attachment errors %d, malformed %d", s.AttachmentErrors, s.Malformed)
+	}
+	eventually(t, "B holds no row", func() bool { return b.b.rt.budget.heldBytes() == 0 })
+	if peak := b.b.rt.budget.peakBytes(); peak > limit+2*row {
+		t.Fatalf("peak %d bytes held, budget %d", peak, limit)
+	}
+}
