@@ -142,13 +142,26 @@ type message struct {
 	payload  []byte
 	text     bool
 	more     []*message // the parts that follow in the same packet (Messages)
+	copied   bool       // made by Clone, for one client: released once written
 }
 
 // Clone shares the bytes, read-only (see Message). socket.io clones what it
 // writes for every client; the buffer is held by value so that a clone is one
 // allocation.
 func (m *message) Clone() types.BufferInterface {
-	return &message{Buffer: *types.NewBuffer(m.original), original: m.original, payload: m.payload, text: m.text, more: m.more}
+	return &message{Buffer: *types.NewBuffer(m.original), original: m.original, payload: m.payload, text: m.text, more: m.more, copied: true}
+}
+
+// release drops what a copy holds of the shared bytes, once the transport is done with
+// it. engine.io keeps the packets it hands a transport: it empties its buffer of packets
+// to send by reslicing it, so that each entry stays until a later batch as long
+// overwrites it. A burst of large broadcasts to a slow client stayed in memory until it
+// had received as many packets again, or disconnected (a tester saw 195-363 MB kept
+// after 20 MB broadcasts).
+func (m *message) release() {
+	if m.copied {
+		m.Buffer, m.original, m.payload, m.more = types.Buffer{}, nil, nil, nil
+	}
 }
 
 // GoString shows the bytes, as engine.io's byte buffers do.
@@ -533,6 +546,13 @@ func (w *webSocket) send(packets []*packet.Packet) {
 	}()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	defer func() {
+		for _, p := range packets {
+			if m, ok := p.Data.(*message); ok {
+				m.release() // written, or never to be (see release)
+			}
+		}
+	}()
 	if w.closed {
 		return // nothing after the Close frame (RFC 6455, 5.5.1)
 	}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1039,5 +1040,44 @@ func closeFrames(t *testing.T, io *socket.Server, url string, trigger []byte, co
 	}
 	if bad > 0 {
 		t.Fatalf("%d of %d connections had frames after the server's Close frame", bad, rounds)
+	}
+}
+
+// TestWrittenBytesLetGo: engine.io keeps each packet it hands the transport until a later
+// batch as long overwrites it (it empties its buffer of packets by reslicing), so a
+// broadcast written to a client stayed in memory until the client had received as many
+// packets again, or disconnected. A Message's copy lets the shared bytes go once it is
+// written: the broadcast's bytes are collected with no more traffic.
+func TestWrittenBytesLetGo(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	collected := make(chan struct{})
+	func() { // nothing of the broadcast stays on this goroutine's stack
+		var shared []types.BufferInterface
+		for i := range 3 {
+			packets := io.Encoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: []any{"big", strings.Repeat("z", 1<<20), i}})
+			if i == 2 {
+				runtime.AddCleanup(&packets[0].Bytes()[0], func(ch chan struct{}) { close(ch) }, collected)
+			}
+			shared = append(shared, Messages(packets)...)
+		}
+		socketOf(t, io, c).Client().WriteToEngine(shared, &socket.WriteOptions{})
+	}()
+	for i := range 3 {
+		if got := c.event(); len(got) != 3 || got[2] != float64(i) {
+			t.Fatalf("event %d: got %d arguments", i, len(got))
+		}
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		runtime.GC()
+		select {
+		case <-collected:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bytes of a broadcast written were still held %v later", waitFor)
+		}
 	}
 }
