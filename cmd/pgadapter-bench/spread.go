@@ -11,14 +11,14 @@ import (
 // to that server's clients. The first receipt of a broadcast has paid only the first;
 // the last, both. Their quantiles tell which of the two sets a phase's tail.
 type spread struct {
-	first, last []atomic.Int64 // µs; first starts at MaxInt64, last at -1
+	first, last []atomic.Int64 // µs; first starts at MaxInt64, last at MinInt64 (none)
 }
 
 func newSpread(n int) *spread {
 	s := &spread{first: make([]atomic.Int64, n), last: make([]atomic.Int64, n)}
 	for i := range n {
 		s.first[i].Store(math.MaxInt64)
-		s.last[i].Store(-1)
+		s.last[i].Store(math.MinInt64)
 	}
 	return s
 }
@@ -42,11 +42,13 @@ func (s *spread) add(i, us int64) {
 	}
 }
 
-// histograms returns the first and last receipts' latencies of the broadcasts received.
+// histograms returns the first and last receipts' latencies of the broadcasts received,
+// those received only with clocks that disagreed (latencies below zero) too: the
+// histograms count them as negative, as the phase's own does.
 func (s *spread) histograms() (first, last *histogram) {
 	first, last = newHistogram(), newHistogram()
 	for i := range s.first {
-		if l := s.last[i].Load(); l >= 0 {
+		if l := s.last[i].Load(); l != math.MinInt64 {
 			first.add(s.first[i].Load())
 			last.add(l)
 		}

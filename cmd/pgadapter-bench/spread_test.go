@@ -4,6 +4,7 @@ import "testing"
 
 // TestSpread: each broadcast's first and last receipts are its smallest and largest
 // latencies; broadcasts nobody received, and numbers past the record, count for nothing.
+// A broadcast received only with negative latencies counts, as negative.
 func TestSpread(t *testing.T) {
 	s := newSpread(4)
 	for _, r := range []struct{ i, us int64 }{
@@ -30,5 +31,21 @@ func TestSpread(t *testing.T) {
 	}
 	if q := last.quantile(0.01); q < 0.899 || q > 0.91 {
 		t.Errorf("earliest last receipt %.4f ms, want 0.9", q)
+	}
+}
+
+// TestSpreadNegative: a broadcast received only with clocks that disagree (latencies
+// below zero) counts, as negative; it was left out.
+func TestSpreadNegative(t *testing.T) {
+	s := newSpread(2)
+	s.add(0, -20)
+	s.add(0, -5)
+	s.add(1, 300)
+	first, last := s.histograms()
+	if f, l := first.total(), last.total(); f != 2 || l != 2 {
+		t.Fatalf("first / last receipts of %d / %d broadcasts, want 2 / 2", f, l)
+	}
+	if f, l := first.negative.Load(), last.negative.Load(); f != 1 || l != 1 {
+		t.Errorf("negative first / last receipts %d / %d, want 1 / 1", f, l)
 	}
 }
