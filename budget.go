@@ -1,6 +1,9 @@
 package pgadapter
 
-import "sync"
+import (
+	"math"
+	"sync"
+)
 
 // minRowBudget is the least memory a server lets attachment rows hold between their read
 // and their application (see rowBudget); a variable so that tests can reach it with
@@ -10,6 +13,9 @@ var minRowBudget int64 = 64 << 20
 // rowBudgetFor is the bound of a server's rowBudget: twice the largest row, so that a row
 // of any allowed size can be read while another waits to be applied.
 func rowBudgetFor(maxAttachment int) int64 {
+	if int64(maxAttachment) > math.MaxInt64/2 {
+		return math.MaxInt64 // no bound: what is allowed cannot be held twice anyway
+	}
 	return max(2*int64(maxAttachment), minRowBudget)
 }
 

@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -90,5 +91,22 @@ func TestRowsHeldAreBounded(t *testing.T) {
 	eventually(t, "B holds no row", func() bool { return b.b.rt.budget.heldBytes() == 0 })
 	if peak := b.b.rt.budget.peakBytes(); peak > limit+2*row {
 		t.Fatalf("peak %d bytes held, budget %d", peak, limit)
+	}
+}
+
+// TestRowBudgetFor: twice the largest row, 64 MiB at least, and no overflow for the
+// largest MaxAttachmentSize.
+func TestRowBudgetFor(t *testing.T) {
+	for _, c := range []struct {
+		max  int
+		want int64
+	}{
+		{1 << 10, minRowBudget},
+		{int(minRowBudget), 2 * minRowBudget},
+		{math.MaxInt, math.MaxInt64},
+	} {
+		if got := rowBudgetFor(c.max); got != c.want {
+			t.Errorf("rowBudgetFor(%d) = %d, want %d", c.max, got, c.want)
+		}
 	}
 }
