@@ -47,8 +47,13 @@ func TestRowsHeldAreBounded(t *testing.T) {
 	a.io.Emit("hold")
 	cb.sent.next(t, "B", "hold")
 	payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, row) }
+	// Each read on its own, so that every row put off waits on a goroutine of its own:
+	// each of them read the rows for which the budget had room as soon as it had, and
+	// all but one put them off again (a tester's 240 rows were put off 900 times).
 	for i := range count {
+		examined := b.b.rt.examined.Load()
 		a.io.Emit("n", i, payload(i))
+		eventually(t, "B reads the notification", func() bool { return b.b.rt.examined.Load() > examined })
 	}
 	eventually(t, "B puts rows off", func() bool { return b.b.Stats().AttachmentsPutOff > 0 })
 	if held, read := b.b.rt.budget.heldBytes(), b.b.Stats().AttachmentsRead; held > limit || read > limit/row+1 {
@@ -85,8 +90,8 @@ func TestRowsHeldAreBounded(t *testing.T) {
 			t.Fatalf("message %d written as %d arguments, %v first", i, len(args), args[0])
 		}
 	}
-	if s := b.b.Stats(); s.AttachmentErrors != 0 || s.Malformed != 0 {
-		t.Fatalf("attachment errors %d, malformed %d", s.AttachmentErrors, s.Malformed)
+	if s := b.b.Stats(); s.AttachmentErrors != 0 || s.Malformed != 0 || s.AttachmentsPutOff > count {
+		t.Fatalf("attachment errors %d, malformed %d; %d rows put off, of %d", s.AttachmentErrors, s.Malformed, s.AttachmentsPutOff, count)
 	}
 	eventually(t, "B holds no row", func() bool { return b.b.rt.budget.heldBytes() == 0 })
 	if peak := b.b.rt.budget.peakBytes(); peak > limit+2*row {
@@ -107,6 +112,47 @@ func TestRowBudgetFor(t *testing.T) {
 	} {
 		if got := rowBudgetFor(c.max); got != c.want {
 			t.Errorf("rowBudgetFor(%d) = %d, want %d", c.max, got, c.want)
+		}
+	}
+}
+
+// TestCostlyRowsCountForTheirValues: a row counts for the values it decodes into, not
+// only for its size: 10 KB of empty maps take 640 KB once decoded, and a tester's
+// forged rows of them held 659 MB of a server whose budget had counted 10 MB.
+func TestCostlyRowsCountForTheirValues(t *testing.T) {
+	const count, maps = 10, 10000 // 10 KB rows, 50,000 in cost each
+	withRowBudget(t, 4<<20)       // a row and a quarter
+	opts := testOptions(t)
+	opts.MaxAttachmentSize = 256 << 10
+	a, b := startPair(t, opts, func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	release := make(chan struct{})
+	defer closeOpen(slices.Values([]chan struct{}{release}))
+	for _, s := range b.socketsNamed("/", "cb") {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] == "hold" {
+				<-release
+			}
+		})
+	}
+	a.io.Emit("hold")
+	cb.sent.next(t, "B", "hold")
+	for i := range count {
+		m := make([]any, maps)
+		for j := range m {
+			m[j] = map[string]any{}
+		}
+		a.io.Emit("maps", i, m)
+	}
+	eventually(t, "B puts rows off", func() bool { return b.b.Stats().AttachmentsPutOff > 0 })
+	if read := b.b.Stats().AttachmentsRead; read > 1 {
+		t.Fatalf("%d rows of %d read while held, for a budget of about one", read, count)
+	}
+	close(release)
+	for i := range count {
+		args := cb.sent.next(t, "B", "maps")
+		if m, ok := args[1].([]any); len(args) != 2 || args[0] != float64(i) || !ok || len(m) != maps {
+			t.Fatalf("message %d written as %d arguments, %v first", i, len(args), args[0])
 		}
 	}
 }
