@@ -147,6 +147,27 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		// (see ChannelName). The one there keeps it.
 		b.mu.Unlock()
 		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
+	} else if old != nil && old.Nsp() != nsp {
+		// Another namespace of that name, made by socket.io while the first was open:
+		// the server's table no longer holds the first (see Adapter.noteCleanup). The
+		// new one takes the channel; sockets still in the first are reported, as they
+		// no longer hear the cluster.
+		a.rt = b.rt
+		b.adapters[a.channel] = a
+		a.rt.lis.listen(a.channel)
+		b.mu.Unlock()
+		if n := old.Nsp().Sockets().Len(); n > 0 {
+			b.report(fmt.Errorf("pgadapter: socket.io made namespace %q again while %d socket(s) were still in the namespace of that name it had removed from its table (CleanupEmptyChildNamespaces: a defect of socket.io v2.5.0, see the README); they receive nothing from the cluster any more", nsp.Name(), n))
+		}
+		old.close()
+		b.mu.Lock()
+		err := b.refusalLocked(nsp)
+		b.mu.Unlock()
+		if err != nil {
+			a.Close()
+			return b.local(nsp, err)
+		}
+		return a
 	} else if old != nil {
 		// socket.io replaced the namespace's adapter (SetAdapter called again). The new
 		// one takes the channel over at once, on the same runtime (listening to it
@@ -158,7 +179,7 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		b.adapters[a.channel] = a
 		a.rt.lis.listen(a.channel)
 		b.mu.Unlock()
-		old.Close()
+		old.close()
 		// Closing it ends its requests, whose callbacks may have closed the Builder
 		// (and the new adapter with it).
 		b.mu.Lock()
@@ -274,6 +295,22 @@ func (b *Builder) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// closeStragglers closes every adapter of b, once io.Close has closed the main
+// namespace's: io.Close closes the namespaces of the server's table, and a namespace that
+// socket.io removed from it while it was in use kept its adapter, and b its goroutines,
+// LISTEN connection and heartbeats, for good (see Adapter.forgetCleanup).
+func (b *Builder) closeStragglers() {
+	b.mu.Lock()
+	list := make([]*Adapter, 0, len(b.adapters))
+	for _, a := range b.adapters {
+		list = append(list, a)
+	}
+	b.mu.Unlock()
+	for _, a := range list {
+		a.close()
 	}
 }
 

@@ -290,11 +290,21 @@ func newServerFor(t testing.TB, b *Builder, pool *pgxpool.Pool) *node {
 // newNode starts a server on pool without waiting for its adapter to be ready.
 func newNode(t testing.TB, name string, pool *pgxpool.Pool, opts Options) *node {
 	t.Helper()
+	return newNodeWith(t, name, pool, opts, nil)
+}
+
+// newNodeWith is newNode with socket.io's server options so (nil: its defaults).
+func newNodeWith(t testing.TB, name string, pool *pgxpool.Pool, opts Options, so *socket.ServerOptions) *node {
+	t.Helper()
 	n := &node{t: t, name: name, errs: newRecorder(), sent: map[string]*recorder{}, pool: pool}
 	opts.ErrorHandler = func(err error) { n.errs.add("error", err) }
 	n.b = New(n.pool, &opts)
 	n.errs.settle = func() { n.b.reports.wait(waitFor) }
-	n.io = socket.NewServer(nil, nil)
+	if so == nil {
+		n.io = socket.NewServer(nil, nil) // an options argument that is nil, not a nil pointer
+	} else {
+		n.io = socket.NewServer(nil, so)
+	}
 	n.io.SetAdapter(n.b)
 	// Every namespace, including those created later and dynamic children, gets the
 	// test middleware.

@@ -1,0 +1,136 @@
+package pgadapter
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// TestSocketInACleanedUpNamespace: socket.io v2.5.0 removes an empty dynamic child
+// namespace (CleanupEmptyChildNamespaces) while a client is still in its middleware. The
+// client then connects into the removed namespace, whose adapter is closed: deaf to the
+// cluster. When it leaves, socket.io's cleanup removes, by name, the namespace made
+// since for another client, which goes deaf once a third client makes another. Both
+// were silent; both are reported. (Closing the first client's connection, for it to
+// connect again, would have it leave at once, with the same effect; taking socket.io's
+// cleanup away is a data race on socket.io's fields.)
+func TestSocketInACleanedUpNamespace(t *testing.T) {
+	opts := testOptions(t)
+	so := socket.DefaultServerOptions()
+	so.SetCleanupEmptyChildNamespaces(true)
+	a := newNodeWith(t, "A", newPool(t), opts, so)
+	gate, gated := make(chan struct{}), make(chan struct{}, 1)
+	a.io.Of(regexpNamespace(`^/dyn-\d+$`), nil).Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
+		if auth, _ := s.Handshake().Auth.(map[string]any); auth["name"] == "gated" {
+			gated <- struct{}{}
+			<-gate
+		}
+		next(nil)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := a.b.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const name = "/dyn-9"
+	channel := ChannelName(opts.ChannelPrefix, name)
+
+	// The second client's socket is looked for in every namespace made, not through
+	// io.Of, which finds the namespace of the table, or makes one.
+	made := &everyNamespace{node: a}
+	a.io.Sockets().On("new_namespace", func(args ...any) { made.add(args[0].(socket.Namespace)) })
+	c1 := a.connect(t, name, "c1")
+	x := a.b.adapter(channel)
+	type result struct {
+		c    *tclient
+		fail string
+	}
+	second := make(chan result, 1)
+	go func() { c, fail := tryConnect(t, made, name, "gated", nil); second <- result{c, fail} }()
+	select {
+	case <-gated:
+	case <-time.After(waitFor):
+		t.Fatal("the second client never reached the middleware")
+	}
+	c1.s.Disconnect() // X empties: socket.io closes its adapter and removes it
+	eventually(t, "X's adapter closes", func() bool { return x.closed.Load() })
+	a.connect(t, name, "c3") // in Y, made for it
+	y := a.b.adapter(channel)
+	if y == nil || y == x {
+		t.Fatal("no new adapter for the namespace made again")
+	}
+	close(gate)
+	r := <-second
+	if r.fail != "" {
+		t.Fatalf("the second client: %s", r.fail)
+	}
+	err := a.errs.next(t, "A", "error")[0].(error)
+	if !strings.Contains(err.Error(), "after socket.io had removed it") {
+		t.Fatalf("reported %v, want the socket connected to a removed namespace", err)
+	}
+	// It leaves: socket.io's cleanup of X removes Y from the table, and the next client
+	// makes Z, which takes the channel from Y and its client.
+	r.c.s.Disconnect()
+	a.errs.next(t, "A", "disconnect")
+	a.connect(t, name, "c4")
+	if z := a.b.adapter(channel); z == y || !y.closed.Load() {
+		t.Fatal("the fourth client did not make a namespace of its own: socket.io v2.5.0 changed?")
+	}
+	err = a.errs.next(t, "A", "error")[0].(error)
+	if !strings.Contains(err.Error(), "while 1 socket(s) were still in") {
+		t.Fatalf("reported %v, want Y's socket stranded", err)
+	}
+}
+
+// TestCloseClosesNamespacesOutsideTheTable: io.Close closes the namespaces of the
+// server's table; one that socket.io had removed from it while in use kept its adapter,
+// and the Builder its LISTEN connection and heartbeats, for good. Closing the main
+// namespace's adapter now closes them all.
+func TestCloseClosesNamespacesOutsideTheTable(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	stray := socket.NewNamespace(a.io, "/stray") // an adapter, outside the table
+	if _, ok := stray.Adapter().(*Adapter); !ok {
+		t.Fatalf("the stray namespace has a %T", stray.Adapter())
+	}
+	a.close()
+	a.b.mu.Lock()
+	rt, left := a.b.rt, len(a.b.adapters)
+	a.b.mu.Unlock()
+	if rt != nil || left != 0 {
+		t.Fatalf("after io.Close: runtime running %v, %d adapters open", rt != nil, left)
+	}
+}
+
+// everyNamespace is a node whose sockets are looked for in every namespace it was told
+// of, whether socket.io's table holds it or not.
+type everyNamespace struct {
+	*node
+	mu   sync.Mutex
+	nsps []socket.Namespace
+}
+
+func (e *everyNamespace) add(nsp socket.Namespace) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.nsps = append(e.nsps, nsp)
+}
+
+func (e *everyNamespace) socketIDs(_ testing.TB, _, name string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ids []string
+	for _, nsp := range e.nsps {
+		nsp.Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+			if d, ok := s.Data().(map[string]any); ok && d["name"] == name {
+				ids = append(ids, string(s.Id()))
+			}
+			return true
+		})
+	}
+	return ids
+}
