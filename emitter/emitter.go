@@ -231,6 +231,10 @@ var reservedServerEvents = map[string]bool{"connect": true, "connection": true, 
 // anything socket.io can send: JSON values, structs, []byte and io.Reader for binary (read
 // to its end before anything is published; one that is an io.Closer is closed before Emit
 // returns, whatever it returns, as an http.Request's Body is).
+//
+// A nil error means the message was committed. An error after ctx ended does not mean
+// it was not: PostgreSQL may still run the statement pgx gave up on, and the message
+// then arrives, possibly after messages emitted later.
 func (e *Emitter) Emit(ctx context.Context, event string, args ...any) error {
 	defer wire.CloseReaders(args)
 	if reservedEvents[event] {
