@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -47,8 +48,8 @@ type Adapter struct {
 	// nothing commits (PostgreSQL slow or down), one a heartbeat interval, not one a tick.
 	lastHeartbeat atomic.Int64
 	closed        atomic.Bool
-	// cleanedUp: closed by socket.io's cleanup of an empty dynamic child namespace (see
-	// noteCleanup), which also removed the namespace from the server's table.
+	// cleanedUp: closed by socket.io's cleanup of an empty dynamic child namespace, which
+	// also removed the namespace from the server's table (see noteCleanup).
 	cleanedUp atomic.Bool
 	// unheard is set once the database refused to LISTEN to the channel (see
 	// ErrChannelRefused): nobody can hear it, and nothing is published on it.
@@ -168,10 +169,11 @@ func (a *Adapter) dropIfClosed(args ...any) {
 	}
 	if a.cleanedUp.Load() && s.Nsp().Adapter() == socket.Adapter(a) {
 		// It waited in the namespace's middleware while socket.io cleaned the namespace
-		// up (see noteCleanup). Closing its connection, for its client to connect again,
-		// would have it leave the namespace, and socket.io remove, by name, the one it
-		// made since: reported instead.
-		a.b.report(fmt.Errorf("pgadapter: socket %s connected to namespace %q after socket.io had removed it as empty (CleanupEmptyChildNamespaces, while the socket was in its middleware): it receives nothing from the cluster, and its leaving will remove the namespace of that name socket.io made since (a defect of socket.io v2.5.0: see the README)", s.Id(), a.name))
+		// up (see noteCleanup): its connection is closed, without a DISCONNECT packet,
+		// so that its client connects again, as clients do after a lost connection, to
+		// the namespace socket.io serves now.
+		a.b.opts.Logger.Warn("pgadapter: closing the connection of a socket that connected to a namespace socket.io had removed as empty, so that it connects again", "namespace", a.name, "socket", string(s.Id()))
+		s.Conn().Close(false)
 		return
 	}
 	if s.Conn().ReadyState() == "open" {
@@ -215,7 +217,7 @@ func (a *Adapter) Init() {}
 // connection. socket.io calls Close from io.Close and when it removes an empty dynamic
 // namespace. Closing the main namespace's adapter ("/"), as io.Close does, closes every
 // adapter of the Builder: io.Close reaches only the namespaces socket.io's table holds,
-// and socket.io v2.5.0 can remove one in use from it (see noteCleanup). Close is
+// and socket.io v2.5.0 could remove one in use from it (see noteCleanup). Close is
 // idempotent.
 //
 // Close does not wait for ADAPTER_CLOSE to be published: the publisher sends it in turn,
@@ -234,26 +236,49 @@ func (a *Adapter) Close() {
 	}
 }
 
-// noteCleanup records that socket.io is cleaning up this adapter's namespace, an empty
-// child of a dynamic namespace (CleanupEmptyChildNamespaces): the cleanup closes the
-// adapter, then removes the namespace from the server's table, by name. socket.io
-// v2.5.0 runs it again whenever a socket leaves the namespace, also for a socket that
-// was still in the namespace's middleware when it emptied (an authentication lookup,
-// say): that socket then connects into the namespace removed, whose adapter is closed,
-// and when it leaves, the cleanup removes whatever namespace of that name the server
-// made since, in use (a tester's finding). Neither can be prevented from an adapter
-// without a data race on socket.io's fields; both are reported (see dropIfClosed and
-// Builder.New), and io.Close closes what the table no longer holds (closeStragglers).
+// noteCleanup keeps socket.io from cleaning up this adapter's namespace a second time,
+// when socket.io is cleaning it up: an empty child of a dynamic namespace
+// (CleanupEmptyChildNamespaces), whose cleanup closes the adapter, then removes the
+// namespace of that name from the server's table. socket.io v2.5.0 runs that cleanup
+// whenever a socket leaves the namespace, also for a socket that was still in the
+// namespace's middleware when it emptied (an authentication lookup, say). That socket
+// connected into the namespace removed, whose adapter was closed, deaf to the cluster;
+// and when it left, the cleanup removed the namespace socket.io had made since, in use,
+// by name: the next client made a third, which took the channel, and the second's
+// sockets went deaf too; io.Close, which closes the namespaces of the table, left the
+// second's adapter, and the server in the cluster (a tester's findings, 8 runs of 8).
+//
+// The cleanup runs only once the namespace has no socket: a placeholder socket, never
+// connected, keeps it from running again. socket.io's cleanup field cannot be changed
+// without a data race. The namespace is out of the table and of its parent's children
+// by then: the placeholder goes with it once its last socket leaves. A socket that
+// connects into it is sent to connect again (see dropIfClosed).
 func (a *Adapter) noteCleanup() {
 	nsp := a.Nsp()
-	if a.name == "/" || !nsp.Server().Opts().CleanupEmptyChildNamespaces() || nsp.Sockets().Len() > 0 {
-		return
+	if a.name == "/" || !nsp.Server().Opts().CleanupEmptyChildNamespaces() || nsp.Sockets().Len() > 0 || !inNamespaceRemove() {
+		return // not socket.io's cleanup: io.Close, Builder.Close, the application
 	}
-	a.b.mu.Lock()
-	closed := a.b.closed
-	a.b.mu.Unlock()
-	if !closed { // else Builder.Close, not socket.io
-		a.cleanedUp.Store(true)
+	nsp.Sockets().Store(placeholderID, &socket.Socket{})
+	a.cleanedUp.Store(true)
+}
+
+// placeholderID is the id of noteCleanup's placeholder, which no socket.io id can be
+// (they are base64url).
+const placeholderID socket.SocketId = "pgadapter: cleaned up"
+
+// inNamespaceRemove reports whether the caller runs within socket.io's
+// namespace.Remove, which runs the cleanup of a dynamic child namespace.
+func inNamespaceRemove() bool {
+	pcs := make([]uintptr, 32)
+	frames := goruntime.CallersFrames(pcs[:goruntime.Callers(3, pcs)])
+	for {
+		f, more := frames.Next()
+		if f.Function == "github.com/zishang520/socket.io/v2/socket.(*namespace).Remove" {
+			return true
+		}
+		if !more {
+			return false
+		}
 	}
 }
 

@@ -149,14 +149,18 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
 	} else if old != nil && old.Nsp() != nsp {
 		// Another namespace of that name, made by socket.io while the first was open:
-		// the server's table no longer holds the first (see Adapter.noteCleanup). The
-		// new one takes the channel; sockets still in the first are reported, as they
-		// no longer hear the cluster.
+		// the server's table no longer holds the first (Adapter.noteCleanup keeps that
+		// from happening the way it did). The new one takes the channel; sockets still
+		// in the first are reported, as they no longer hear the cluster.
 		a.rt = b.rt
 		b.adapters[a.channel] = a
 		a.rt.lis.listen(a.channel)
 		b.mu.Unlock()
-		if n := old.Nsp().Sockets().Len(); n > 0 {
+		n := old.Nsp().Sockets().Len()
+		if _, ok := old.Nsp().Sockets().Load(placeholderID); ok {
+			n--
+		}
+		if n > 0 {
 			b.report(fmt.Errorf("pgadapter: socket.io made namespace %q again while %d socket(s) were still in the namespace of that name it had removed from its table (CleanupEmptyChildNamespaces: a defect of socket.io v2.5.0, see the README); they receive nothing from the cluster any more", nsp.Name(), n))
 		}
 		old.close()
