@@ -3,7 +3,6 @@ package pgadapter
 import (
 	"bytes"
 	"math"
-	"slices"
 	"testing"
 	"time"
 
@@ -35,15 +34,7 @@ func TestRowsHeldAreBounded(t *testing.T) {
 	limit := rowBudgetFor(opts.MaxAttachmentSize)
 	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
-	release := make(chan struct{})
-	defer closeOpen(slices.Values([]chan struct{}{release}))
-	for _, s := range b.socketsNamed("/", "cb") {
-		s.OnAnyOutgoing(func(args ...any) {
-			if args[0] == "hold" {
-				<-release
-			}
-		})
-	}
+	release := holdOn(t, b, "/", "cb", "hold")
 	a.io.Emit("hold")
 	cb.sent.next(t, "B", "hold")
 	payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, row) }
@@ -83,7 +74,7 @@ func TestRowsHeldAreBounded(t *testing.T) {
 		t.Fatal("B's request while its budget was full: no answer")
 	}
 
-	close(release)
+	release()
 	for i := range count {
 		args := cb.sent.next(t, "B", "n")
 		if got, ok := args[1].([]byte); len(args) != 2 || args[0] != float64(i) || !ok || !bytes.Equal(got, payload(i)) {
@@ -126,15 +117,7 @@ func TestCostlyRowsCountForTheirValues(t *testing.T) {
 	opts.MaxAttachmentSize = 256 << 10
 	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
-	release := make(chan struct{})
-	defer closeOpen(slices.Values([]chan struct{}{release}))
-	for _, s := range b.socketsNamed("/", "cb") {
-		s.OnAnyOutgoing(func(args ...any) {
-			if args[0] == "hold" {
-				<-release
-			}
-		})
-	}
+	release := holdOn(t, b, "/", "cb", "hold")
 	a.io.Emit("hold")
 	cb.sent.next(t, "B", "hold")
 	for i := range count {
@@ -148,7 +131,7 @@ func TestCostlyRowsCountForTheirValues(t *testing.T) {
 	if read := b.b.Stats().AttachmentsRead; read > 1 {
 		t.Fatalf("%d rows of %d read while held, for a budget of about one", read, count)
 	}
-	close(release)
+	release()
 	for i := range count {
 		args := cb.sent.next(t, "B", "maps")
 		if m, ok := args[1].([]any); len(args) != 2 || args[0] != float64(i) || !ok || len(m) != maps {

@@ -147,42 +147,28 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		// (see ChannelName). The one there keeps it.
 		b.mu.Unlock()
 		return b.local(nsp, fmt.Errorf("pgadapter: namespace %q has the channel of namespace %q (%s); it works on this server only", nsp.Name(), old.name, a.channel))
-	} else if old != nil && old.Nsp() != nsp {
-		// Another namespace of that name, made by socket.io while the first was open:
-		// the server's table no longer holds the first (Adapter.noteCleanup keeps that
-		// from happening the way it did). The new one takes the channel; sockets still
-		// in the first are reported, as they no longer hear the cluster.
-		a.rt = b.rt
-		b.adapters[a.channel] = a
-		a.rt.lis.listen(a.channel)
-		b.mu.Unlock()
-		n := old.Nsp().Sockets().Len()
-		if _, ok := old.Nsp().Sockets().Load(placeholderID); ok {
-			n--
-		}
-		if n > 0 {
-			b.report(fmt.Errorf("pgadapter: socket.io made namespace %q again while %d socket(s) were still in the namespace of that name it had removed from its table (CleanupEmptyChildNamespaces: a defect of socket.io v2.5.0, see the README); they receive nothing from the cluster any more", nsp.Name(), n))
-		}
-		old.close()
-		b.mu.Lock()
-		err := b.refusalLocked(nsp)
-		b.mu.Unlock()
-		if err != nil {
-			a.Close()
-			return b.local(nsp, err)
-		}
-		return a
 	} else if old != nil {
-		// socket.io replaced the namespace's adapter (SetAdapter called again). The new
-		// one takes the channel over at once, on the same runtime (listening to it
-		// again announces the new one), and the old one, which would otherwise keep its
-		// heartbeats, closes after. Closed first, it unlistened the channel, and what
-		// arrived before the new one listened was dropped, uncounted; were it the last,
-		// it stopped the runtime, and New waited for that, to start another.
+		// socket.io replaced the namespace's adapter (SetAdapter called again), or made
+		// another namespace of that name while the first was open (the server's table no
+		// longer holds the first: Adapter.noteCleanup keeps that from happening the way
+		// it did). The new one takes the channel over at once, on the same runtime
+		// (listening to it again announces the new one), and the old one, which would
+		// otherwise keep its heartbeats, closes after. Closed first, it unlistened the
+		// channel, and what arrived before the new one listened was dropped, uncounted;
+		// were it the last, it stopped the runtime, and New waited for that, to start
+		// another.
 		a.rt = b.rt
 		b.adapters[a.channel] = a
 		a.rt.lis.listen(a.channel)
 		b.mu.Unlock()
+		if stranded := old.Nsp().Sockets().Len(); old.Nsp() != nsp && stranded > 0 {
+			if _, ok := old.Nsp().Sockets().Load(placeholderID); ok {
+				stranded--
+			}
+			if stranded > 0 {
+				b.report(fmt.Errorf("pgadapter: socket.io made namespace %q again while %d socket(s) were still in the namespace of that name it had removed from its table (CleanupEmptyChildNamespaces: a defect of socket.io v2.5.0, see the README); they receive nothing from the cluster any more", nsp.Name(), stranded))
+			}
+		}
 		old.close()
 		// Closing it ends its requests, whose callbacks may have closed the Builder
 		// (and the new adapter with it).

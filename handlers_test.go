@@ -500,22 +500,14 @@ func TestFullBacklogHoldsDispatch(t *testing.T) {
 	opts.Logger = slog.New(slog.DiscardHandler) // the drops are expected
 	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
-	release := make(chan struct{})
-	defer closeOpen(slices.Values([]chan struct{}{release}))
-	for _, s := range b.socketsNamed("/", "cb") {
-		s.OnAnyOutgoing(func(args ...any) {
-			if args[0] == "hold" {
-				<-release
-			}
-		})
-	}
+	release := holdOn(t, b, "/", "cb", "hold")
 	a.io.Emit("hold")
 	cb.sent.next(t, "B", "hold")
 	for i := range 2000 {
 		a.io.Emit("n", i)
 	}
 	eventually(t, "B drops notifications", func() bool { return b.b.Stats().ReceiveDrops > 0 })
-	close(release)
+	release()
 	// Once B has decoded or dropped every broadcast, its receive queue has room for one
 	// more.
 	eventually(t, "B reads every broadcast", func() bool {

@@ -809,3 +809,22 @@ func checkIdleSetting(t testing.TB, ctx context.Context, pool *pgxpool.Pool, set
 		}
 	}
 }
+
+// holdOn makes the sockets of client name on n wait, as they write event, until the
+// returned function is called (once; the test's end calls it too): an application's
+// outgoing-packet listener that holds the goroutine applying the cluster's messages.
+func holdOn(t testing.TB, n *node, nsp, name, event string) (release func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	for _, s := range n.socketsNamed(nsp, name) {
+		s.OnAnyOutgoing(func(args ...any) {
+			if args[0] == event {
+				<-ch
+			}
+		})
+	}
+	return release
+}
