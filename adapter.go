@@ -169,11 +169,8 @@ func (a *Adapter) dropIfClosed(args ...any) {
 	}
 	if a.cleanedUp.Load() && s.Nsp().Adapter() == socket.Adapter(a) {
 		// It waited in the namespace's middleware while socket.io cleaned the namespace
-		// up (see noteCleanup): its connection is closed, without a DISCONNECT packet,
-		// so that its client connects again, as clients do after a lost connection, to
-		// the namespace socket.io serves now.
-		a.b.opts.Logger.Warn("pgadapter: closing the connection of a socket that connected to a namespace socket.io had removed as empty, so that it connects again", "namespace", a.name, "socket", string(s.Id()))
-		s.Conn().Close(false)
+		// up (see noteCleanup).
+		a.b.report(fmt.Errorf("pgadapter: socket %s connected to namespace %q after socket.io had removed it as empty (CleanupEmptyChildNamespaces, while the socket was in its middleware): it receives nothing from the cluster, and its leaving will remove the namespace of that name socket.io made since (a defect of socket.io v2.5.0: see the README)", s.Id(), a.name))
 		return
 	}
 	if s.Conn().ReadyState() == "open" {
@@ -216,8 +213,9 @@ func (a *Adapter) Init() {}
 // Closing the last namespace of a Builder stops its goroutines and closes its LISTEN
 // connection. socket.io calls Close from io.Close and when it removes an empty dynamic
 // namespace. Closing the main namespace's adapter ("/"), as io.Close does, closes every
-// adapter of the Builder: io.Close reaches only the namespaces socket.io's table holds,
-// and socket.io v2.5.0 could remove one in use from it (see noteCleanup). Close is
+// adapter of the Builder that has no socket left: io.Close reaches only the namespaces
+// socket.io's table holds, and socket.io v2.5.0 can remove one in use from it (see
+// noteCleanup). Those with sockets close as io.Close closes their connections. Close is
 // idempotent.
 //
 // Close does not wait for ADAPTER_CLOSE to be published: the publisher sends it in turn,
@@ -236,35 +234,33 @@ func (a *Adapter) Close() {
 	}
 }
 
-// noteCleanup keeps socket.io from cleaning up this adapter's namespace a second time,
-// when socket.io is cleaning it up: an empty child of a dynamic namespace
-// (CleanupEmptyChildNamespaces), whose cleanup closes the adapter, then removes the
-// namespace of that name from the server's table. socket.io v2.5.0 runs that cleanup
-// whenever a socket leaves the namespace, also for a socket that was still in the
-// namespace's middleware when it emptied (an authentication lookup, say). That socket
-// connected into the namespace removed, whose adapter was closed, deaf to the cluster;
-// and when it left, the cleanup removed the namespace socket.io had made since, in use,
-// by name: the next client made a third, which took the channel, and the second's
-// sockets went deaf too; io.Close, which closes the namespaces of the table, left the
-// second's adapter, and the server in the cluster (a tester's findings, 8 runs of 8).
+// noteCleanup records that socket.io is cleaning up this adapter's namespace, an empty
+// child of a dynamic namespace (CleanupEmptyChildNamespaces), whose cleanup closes the
+// adapter, then removes the namespace of that name from the server's table. socket.io
+// v2.5.0 runs that cleanup whenever a socket leaves the namespace, also for a socket that
+// was still in the namespace's middleware when it emptied (an authentication lookup,
+// say), or that its middleware refused. Such a socket connects into the namespace
+// removed, whose adapter is closed, deaf to the cluster; and when it leaves, the cleanup
+// removes the namespace socket.io made since, in use, by name: the next client makes a
+// third, which takes the channel, and the second's sockets are deaf too (a tester's
+// findings). Both are reported (see dropIfClosed and Builder.New). Preventing them
+// takes changing socket.io's fields, with a data race, or a placeholder socket in the
+// namespace, which the application's code sees (a reviewer's findings: a crash, and a
+// client made to connect again for ever by clients that a middleware refuses).
 //
-// The cleanup runs only once the namespace has no socket: a placeholder socket, never
-// connected, keeps it from running again. socket.io's cleanup field cannot be changed
-// without a data race. The namespace is out of the table and of its parent's children
-// by then: the placeholder goes with it once its last socket leaves. A socket that
-// connects into it is sent to connect again (see dropIfClosed).
+// The cleanup is recognised by its caller, socket.io's namespace.Remove (io.Close also
+// comes through it, as it disconnects the namespace's last socket).
 func (a *Adapter) noteCleanup() {
-	nsp := a.Nsp()
-	if a.name == "/" || !nsp.Server().Opts().CleanupEmptyChildNamespaces() || nsp.Sockets().Len() > 0 || !inNamespaceRemove() {
-		return // not socket.io's cleanup: io.Close, Builder.Close, the application
+	if a.name == "/" || !a.Nsp().Server().Opts().CleanupEmptyChildNamespaces() || !inNamespaceRemove() {
+		return
 	}
-	nsp.Sockets().Store(placeholderID, &socket.Socket{})
-	a.cleanedUp.Store(true)
+	a.b.mu.Lock()
+	closed := a.b.closed
+	a.b.mu.Unlock()
+	if !closed { // else Builder.Close, not socket.io
+		a.cleanedUp.Store(true)
+	}
 }
-
-// placeholderID is the id of noteCleanup's placeholder, which no socket.io id can be
-// (they are base64url).
-const placeholderID socket.SocketId = "pgadapter: cleaned up"
 
 // inNamespaceRemove reports whether the caller runs within socket.io's
 // namespace.Remove, which runs the cleanup of a dynamic child namespace.

@@ -2,6 +2,8 @@ package pgadapter
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,11 +13,13 @@ import (
 
 // TestSocketInACleanedUpNamespace: socket.io v2.5.0 removes an empty dynamic child
 // namespace (CleanupEmptyChildNamespaces) while a client is still in its middleware. The
-// client then connected into the removed namespace, whose adapter was closed: deaf to
-// the cluster. When it left, socket.io's cleanup removed, by name, the namespace made
-// since for another client, which went deaf once a third client made another. Now the
-// first client's connection is closed, for it to connect again, and the second
-// namespace stays the server's: the third client joins it, and both hear the cluster.
+// client then connects into the removed namespace, whose adapter is closed: deaf to the
+// cluster. When it leaves, socket.io's cleanup removes, by name, the namespace made
+// since for another client, which goes deaf once a third client makes another. Both
+// were silent; both are reported. (Closing the first client's connection, for it to
+// connect again, would have it leave at once, with the same effect; taking socket.io's
+// cleanup away is a data race on socket.io's fields; a placeholder socket that keeps it
+// from running again is seen by the application: see Adapter.noteCleanup.)
 func TestSocketInACleanedUpNamespace(t *testing.T) {
 	opts := testOptions(t)
 	so := socket.DefaultServerOptions()
@@ -29,7 +33,6 @@ func TestSocketInACleanedUpNamespace(t *testing.T) {
 		}
 		next(nil)
 	})
-	b := startNode(t, "B", opts)
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := a.b.Ready(ctx); err != nil {
@@ -69,31 +72,31 @@ func TestSocketInACleanedUpNamespace(t *testing.T) {
 	}
 	c1.s.Disconnect() // X empties: socket.io closes its adapter and removes it
 	eventually(t, "X's adapter closes", func() bool { return x.closed.Load() })
-	c3 := a.connect(t, name, "c3") // in Y, made for it
+	a.connect(t, name, "c3") // in Y, made for it
 	y := a.b.adapter(channel)
 	if y == nil || y == x {
 		t.Fatal("no new adapter for the namespace made again")
 	}
 	close(gate)
-	if r := <-second; r.fail == "" {
-		r.c.expect(t, "disconnect") // connected, then its connection closed
+	r := <-second
+	if r.fail != "" {
+		t.Fatalf("the second client: %s", r.fail)
 	}
-	args := a.errs.next(t, "A", "disconnect")
-	for args[0] == "c1" { // its own, up to two
-		args = a.errs.next(t, "A", "disconnect")
+	err := a.errs.next(t, "A", "error")[0].(error)
+	if !strings.Contains(err.Error(), "after socket.io had removed it") {
+		t.Fatalf("reported %v, want the socket connected to a removed namespace", err)
 	}
-	if args[0] != "gated" || args[1] != "forced close" {
-		t.Fatalf("A's disconnection after c1's: %v, want the second client's, its connection closed", args)
+	// It leaves: socket.io's cleanup of X removes Y from the table, and the next client
+	// makes Z, which takes the channel from Y and its client.
+	r.c.s.Disconnect()
+	a.errs.next(t, "A", "disconnect")
+	a.connect(t, name, "c4")
+	if z := a.b.adapter(channel); z == y || !y.closed.Load() {
+		t.Fatal("the fourth client did not make a namespace of its own: socket.io v2.5.0 changed?")
 	}
-	c4 := a.connect(t, name, "c4")
-	if a.b.adapter(channel) != y || y.closed.Load() {
-		t.Fatal("the fourth client made a namespace of its own: the second client's leaving removed Y")
-	}
-	b.io.Of(name, nil).Emit("cluster", 1)
-	c3.expect(t, "cluster")
-	c4.expect(t, "cluster")
-	if errs := a.errs.drain("error"); len(errs) != 0 {
-		t.Fatalf("A reported %v", errs)
+	err = a.errs.next(t, "A", "error")[0].(error)
+	if !strings.Contains(err.Error(), "while 1 socket(s) were still in") {
+		t.Fatalf("reported %v, want Y's socket stranded", err)
 	}
 }
 
@@ -144,4 +147,34 @@ func (e *everyNamespace) socketIDs(_ testing.TB, _, name string) []string {
 		})
 	}
 	return ids
+}
+
+// TestDisconnectBroadcastsOnClose: io.Close disconnects the sockets of each namespace,
+// then closes its adapter, namespace by namespace, in no set order. What a "disconnect"
+// handler broadcasts reaches the cluster, also when the main namespace comes first, whose
+// closing closes the adapters left outside the table (a reviewer's finding: it closed
+// every adapter then, and lost the broadcasts of 8 runs of 12).
+func TestDisconnectBroadcastsOnClose(t *testing.T) {
+	opts := testOptions(t)
+	a, b := startPair(t, opts, func(*Options) {})
+	const rounds = 4 // each namespace's broadcast stands for one order of the table
+	a.io.Of("/chat", nil).On("connection", func(args ...any) {
+		s := args[0].(*socket.Socket)
+		s.On("disconnect", func(...any) { a.io.Of("/chat", nil).Emit("left", string(s.Id())) })
+	})
+	b.io.Of("/chat", nil)
+	for i := range rounds {
+		name := fmt.Sprintf("/x%d", i)
+		a.io.Of(name, nil)
+		a.connect(t, name, "ax")
+	}
+	a.connect(t, "/", "a0")
+	a.connect(t, "/chat", "a1")
+	c := b.connect(t, "/chat", "b1")
+	eventually(t, "B counts A on /chat", func() bool { return b.io.Of("/chat", nil).Adapter().ServerCount() == 2 })
+	a.close()
+	c.expect(t, "left")
+	if errs := a.errs.drain("error"); len(errs) != 0 {
+		t.Fatalf("A reported %v", errs)
+	}
 }
