@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+	"weak"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,8 +41,13 @@ type Builder struct {
 	// stoppedServer is the server whose runtime stopped with its last adapter: its
 	// io.Close closed them all (see refusalLocked).
 	stoppedServer *socket.Server
-	halting       int // runtimes stopping (see closePool)
-	poolOnce      sync.Once
+	// refused holds the servers refused as a second server of b (see refusalLocked):
+	// their namespaces stay local, also once the first server has closed. They joined
+	// the cluster then, while the namespaces they had made before stayed local, "/"
+	// included (a tester's finding). Weak: a refused server is not kept alive.
+	refused  map[weak.Pointer[socket.Server]]bool
+	halting  int // runtimes stopping (see closePool)
+	poolOnce sync.Once
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -200,9 +206,15 @@ func (b *Builder) refusalLocked(nsp socket.Namespace) error {
 		// closed server) started the machinery again, LISTEN connection and heartbeats
 		// included, and the other servers counted the closed server again.
 		return fmt.Errorf("pgadapter: namespace %q created after its server closed: %w; it works on this server only", nsp.Name(), ErrClosed)
+	case b.refused[weak.Make(nsp.Server())]:
+		return fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own, as its other namespaces do", nsp.Name())
 	case b.rt != nil && b.rt.server != nsp.Server():
 		// Two servers given one Builder: a namespace of both would replace the first
 		// one's adapter, which then published nothing, and nobody was told.
+		if b.refused == nil {
+			b.refused = map[weak.Pointer[socket.Server]]bool{}
+		}
+		b.refused[weak.Make(nsp.Server())] = true
 		return fmt.Errorf("pgadapter: namespace %q of a second socket.io server: a Builder serves one server (give each its own New); this one works on its own", nsp.Name())
 	}
 	return nil

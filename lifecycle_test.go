@@ -384,6 +384,15 @@ func TestBuilderMisuse(t *testing.T) {
 	if _, ok := a.io.Of("/admin", nil).Adapter().(*Adapter); !ok {
 		t.Fatal("the first server's /admin got a local adapter")
 	}
+	// Once the first server has closed, the second's namespaces stay local: they joined
+	// the cluster then, while its "/" and /admin stayed local (a tester's finding).
+	a.close()
+	if _, ok := other.Of("/later", nil).Adapter().(*Adapter); ok {
+		t.Fatal("once the first server closed, the second's /later got a pgadapter adapter")
+	}
+	if e := a.errs.next(t, "C", "error"); !strings.Contains(e[0].(error).Error(), "as its other namespaces do") {
+		t.Fatalf("reported %v", e[0])
+	}
 }
 
 func TestTableCreatedOnceByManyServers(t *testing.T) {
