@@ -35,15 +35,18 @@ func rowBudgetFor(maxAttachment int) int64 {
 // server-side event handlers are still running after another goroutine took over the
 // queue (see watchHandlers): they hold the message meanwhile.
 type rowBudget struct {
-	mu      sync.Mutex
-	held    int64
-	limit   int64
-	peak    int64         // the most held, for tests
-	changed chan struct{} // closed, and made anew, when held falls or a row becomes wanted
+	mu    sync.Mutex
+	held  int64
+	limit int64
+	peak  int64 // the most held, for tests
+	// changed is closed when held falls or a row becomes wanted, if a read waits for
+	// that (made by pick, for it): a channel made at every release cost an allocation a
+	// message.
+	changed chan struct{}
 }
 
 func newRowBudget(limit int64) *rowBudget {
-	return &rowBudget{limit: limit, changed: make(chan struct{})}
+	return &rowBudget{limit: limit}
 }
 
 // fitsLocked reports whether n more bytes fit, for a row that is wanted or not. The
@@ -114,8 +117,10 @@ func (r *rowBudget) want(d *delivery) {
 }
 
 func (r *rowBudget) signalLocked() {
-	close(r.changed)
-	r.changed = make(chan struct{})
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
 }
 
 // pick returns those of later, in order, whose rows fit the budget now (wanted ones
@@ -134,6 +139,9 @@ func (r *rowBudget) pick(later []*delivery) (now []*delivery, changed <-chan str
 		}
 	}
 	r.peak = max(r.peak, r.held)
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
 	return now, r.changed
 }
 
