@@ -157,12 +157,11 @@ func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
 		// socket.io replaced the namespace's adapter (SetAdapter called again), or made
 		// another namespace of that name while the first was open (the server's table no
 		// longer holds the first: see Adapter.noteCleanup). The new one takes the channel
-		// over at once, on the same runtime
-		// (listening to it again announces the new one), and the old one, which would
-		// otherwise keep its heartbeats, closes after. Closed first, it unlistened the
-		// channel, and what arrived before the new one listened was dropped, uncounted;
-		// were it the last, it stopped the runtime, and New waited for that, to start
-		// another.
+		// over at once, on the same runtime (listening to it again announces the new
+		// one), and the old one, which would otherwise keep its heartbeats, closes after.
+		// Closed first, it unlistened the channel, and what arrived before the new one
+		// listened was dropped, uncounted; were it the last, it stopped the runtime, and
+		// New waited for that, to start another.
 		a.rt = b.rt
 		b.adapters[a.channel] = a
 		a.rt.lis.listen(a.channel)

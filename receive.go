@@ -440,9 +440,9 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 			// What the row holds once decoded: its body, and the tree of values it
 			// decodes into (a tester's 52 KB of empty maps took 3.3 MB).
 			cost, why := wire.Weigh(row.body, rt.b.opts.MaxAttachmentSize)
-			n := int64(len(row.body)) + wire.BytesPerCost*int64(cost)
-			if row.size > 0 || why != "" {
-				n = 0 // refused, not decoded
+			var n int64 // nothing for a row refused, which is not decoded
+			if row.size == 0 && why == "" {
+				n = int64(len(row.body)) + wire.BytesPerCost*int64(cost)
 			}
 			if !rt.budget.take(ds, n) {
 				// Read again when it fits: its body is dropped now, rather than held
