@@ -237,7 +237,7 @@ func backoff(attempt int) time.Duration {
 }
 
 func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
-	cctx, cancel := context.WithTimeout(ctx, l.opts.RequestsTimeout)
+	cctx, cancel := context.WithTimeout(ctx, setupTimeout(l.opts.RequestsTimeout))
 	defer cancel()
 	var conn *pgx.Conn
 	var err error
@@ -364,6 +364,12 @@ func (l *listener) interruptLocked() {
 // connection of a cluster reconnected again and again, losing what was sent meanwhile.
 func pingTimeout(interval time.Duration) time.Duration { return max(interval, minPingTimeout) }
 
+// setupTimeout bounds the listener's connection and its LISTEN statements: the
+// requests' timeout, and at least minPingTimeout. RequestsTimeout alone, set short for
+// requests that must fail fast (1 ms), was shorter than opening a connection, and the
+// listener never came up.
+func setupTimeout(requests time.Duration) time.Duration { return max(requests, minPingTimeout) }
+
 // minPingTimeout is the least time a ping is given; a connection silent that long is
 // taken for dead.
 const minPingTimeout = time.Second
@@ -409,7 +415,7 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	l.dirty = false
 	l.mu.Unlock()
 
-	qctx, cancel := graceful(ctx, l.opts.RequestsTimeout)
+	qctx, cancel := graceful(ctx, setupTimeout(l.opts.RequestsTimeout))
 	defer cancel()
 	for _, ch := range unwanted {
 		if err := ctx.Err(); err != nil {

@@ -122,6 +122,23 @@ func TestRequestTimeout(t *testing.T) {
 	}
 }
 
+// A RequestsTimeout shorter than a connection takes to open must not keep the listener
+// down: it bounds requests and queries, not the LISTEN connection's setup (a tester's
+// finding: with 1ms, the listener never came up, attempt after attempt).
+func TestShortRequestsTimeoutStillListens(t *testing.T) {
+	opts := testOptions(t)
+	opts.RequestsTimeout = time.Millisecond
+	n := startNode(t, "a", opts)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := n.b.Ready(ctx); err != nil {
+		t.Fatalf("Ready: %v (errors: %v)", err, n.errs.drain("error"))
+	}
+	if !n.b.Stats().ListenerUp {
+		t.Fatal("Ready returned with the listener down")
+	}
+}
+
 // terminate ends a backend the way a DBA or a failover would.
 func terminate(t *testing.T, pool *pgxpool.Pool, pid uint32) {
 	t.Helper()

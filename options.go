@@ -130,7 +130,9 @@ type Options struct {
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
 	// ServerSideEmitWithAck, AllRooms) and each query the adapter runs on the pool (the
-	// LISTEN connection's ping is bounded by HeartbeatInterval, and 1 s at least).
+	// LISTEN connection's setup is bounded by RequestsTimeout and its ping by
+	// HeartbeatInterval, each 1 s at least, so that a short RequestsTimeout does not
+	// keep the listener from connecting).
 	// Default 5s. A broadcast
 	// with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck): without one,
 	// socket.io's operator reports "operation has timed out" at once, as Node's does.
