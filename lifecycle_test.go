@@ -1260,3 +1260,68 @@ func TestKeptAsideBounded(t *testing.T) {
 		t.Fatalf("a broadcast: %v", err)
 	}
 }
+
+// Close returns within its documented bound, RequestsTimeout + 5 s, which its two waits
+// share: the publisher's, draining into a pool whose one connection is held, then the
+// wait for an ErrorHandler that does not return (an auditor's finding: each had the
+// whole bound, and Close took 11 s for a bound of 8).
+func TestCloseKeepsItsBound(t *testing.T) {
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions(t)
+	opts.RequestsTimeout = 2 * time.Second
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // runs before the node's close, registered after
+	reported := make(chan error, 1)
+	opts.ErrorHandler = func(err error) {
+		select {
+		case reported <- err:
+		default:
+		}
+		<-release
+	}
+	b := New(pool, &opts)
+	n := newServerFor(t, b, pool)
+	conn, err := pool.Acquire(context.Background()) // publishing waits for it
+	if err != nil {
+		t.Fatal(err)
+	}
+	var released sync.Once
+	free := func() { released.Do(conn.Release) }
+	t.Cleanup(free) // before the node's close, which closes the pool
+	n.io.Emit("lost at close")
+	n.closed = true
+	done := make(chan struct{})
+	start := time.Now()
+	n.io.Close(func(error) { close(done) })
+	select {
+	case <-done:
+	case <-time.After(4 * waitFor):
+		t.Fatal("io.Close did not return")
+	}
+	elapsed := time.Since(start)
+	select {
+	case err := <-reported:
+		t.Logf("the ErrorHandler held on: %v", err)
+	default:
+		t.Fatal("nothing was reported: the test did not hold the ErrorHandler")
+	}
+	unblock()
+	free()
+	// The bound and a second of slack for the machine; without one deadline for both
+	// waits, Close took RequestsTimeout more.
+	if bound := opts.RequestsTimeout + 5*time.Second; elapsed > bound+time.Second {
+		t.Fatalf("Close took %v, beyond its bound of %v", elapsed, bound)
+	}
+	n.http.Close()
+	pool.Close()
+}
