@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -424,6 +425,53 @@ func TestMixedMoreNodeEmitterOperations(t *testing.T) {
 		t.Fatalf("after disconnectSockets in e1: g1 %d sockets, g2 %d", len(m.g.socketsNamed("/", "g1")), len(m.g.socketsNamed("/", "g2")))
 	}
 	noErrors(t, []*node{m.g}, m.n)
+}
+
+// Node's emitter sends socket.io's own namespace events ("connection", "new_namespace")
+// as server-side events: it checks reserved names only in its broadcasts. A Go server
+// delivered them, and its "connection" handlers, written for a *socket.Socket, got a
+// string and panicked (a tester's finding; Node servers drop them, and socket.io's own
+// ServerSideEmit refuses the names). They are reported as malformed, and what follows
+// arrives.
+func TestMixedNodeEmitterReservedServerEvents(t *testing.T) {
+	m := newMixed(t)
+	var called []string
+	m.g.io.On("connection", func(args ...any) {
+		if _, ok := args[0].(*socket.Socket); !ok {
+			called = append(called, fmt.Sprintf("connection(%T)", args[0]))
+		}
+	})
+	m.g.io.On("new_namespace", func(args ...any) {
+		if _, ok := args[0].(socket.Namespace); !ok {
+			called = append(called, fmt.Sprintf("new_namespace(%T)", args[0]))
+		}
+	})
+	events := newRecorder()
+	m.g.io.On("after", func(args ...any) { events.add("after", args...) })
+	for _, ev := range []string{"connection", "new_namespace", "connect"} {
+		m.n.call(t, map[string]any{"op": "emitter", "action": "serverSideEmit", "event": ev, "args": []any{"not-" + ev}})
+	}
+	m.n.call(t, map[string]any{"op": "emitter", "action": "serverSideEmit", "event": "after", "args": []any{1}})
+	// The emitter publishes in order: the three were handled before "after".
+	if args := events.next(t, "G", "after"); !reflect.DeepEqual(args, []any{1.0}) {
+		t.Fatalf("G received after%v", args)
+	}
+	if called != nil {
+		t.Fatalf("socket.io's own events reached the Go server's handlers: %v", called)
+	}
+	m.g.errs.settle()
+	var malformed int
+	for _, e := range m.g.errs.drain("error") {
+		err := e[0].(error)
+		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "reserved") {
+			t.Errorf("unexpected report: %v", err)
+			continue
+		}
+		malformed++
+	}
+	if malformed != 3 {
+		t.Fatalf("%d of the 3 reserved server-side events reported", malformed)
+	}
 }
 
 // The Go emitter's SocketsJoin, SocketsLeave and DisconnectSockets reach the clients of

@@ -224,9 +224,6 @@ func (e *Emitter) Compress(compress bool) *Emitter {
 var reservedEvents = map[string]bool{"connect": true, "connect_error": true, "disconnect": true,
 	"disconnecting": true, "newListener": true, "removeListener": true}
 
-// reservedServerEvents are the event names socket.io refuses for server-side emits.
-var reservedServerEvents = map[string]bool{"connect": true, "connection": true, "new_namespace": true}
-
 // Emit broadcasts an event to the selected clients of every server. Arguments are
 // anything socket.io can send: JSON values, structs, []byte and io.Reader for binary (read
 // to its end before anything is published; one that is an io.Closer is closed before Emit
@@ -270,7 +267,7 @@ func (e *Emitter) DisconnectSockets(ctx context.Context, close bool) error {
 // io.On(event, ...) handlers). Acknowledgements are not supported.
 func (e *Emitter) ServerSideEmit(ctx context.Context, event string, args ...any) error {
 	defer wire.CloseReaders(args)
-	if reservedServerEvents[event] {
+	if wire.ReservedServerEvent(event) {
 		return fmt.Errorf("%w: %q", ErrReservedEvent, event)
 	}
 	data, err := e.args(ctx, event, args)

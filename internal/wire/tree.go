@@ -237,6 +237,9 @@ func dataFromTree(typ Type, raw any) (any, error) {
 		if s.Packet[0], ok = eventName(s.Packet[0]); !ok {
 			return nil, fmt.Errorf("event name is %s, want a string", describe(s.Packet[0]))
 		}
+		if ev := s.Packet[0].(string); ReservedServerEvent(ev) {
+			return nil, fmt.Errorf("event name %q is reserved: socket.io emits it itself", ev)
+		}
 		s.RequestID, err = optionalString(d, "requestId")
 		return s, err
 	case ServerSideEmitResponse, BroadcastAck:
@@ -365,6 +368,19 @@ func stringsFromTree(name string, raw any) ([]string, error) {
 // eventName returns v as an event name: a string, or a number as the string JavaScript
 // makes of it. Plain JavaScript emits numbers as event names (io.emit(42)), which a Node
 // server's clients take as the event "42": they were refused as malformed, and lost.
+// ReservedServerEvent reports whether ev is one of the names socket.io refuses for
+// server-side events, because a namespace emits them itself with values of its own
+// ("connection" with a *socket.Socket). Node's emitter sends them all the same (it checks
+// only its broadcasts): delivered, a handler written for socket.io's values met a string,
+// and panicked on its type assertion.
+func ReservedServerEvent(ev string) bool {
+	switch ev {
+	case "connect", "connection", "new_namespace":
+		return true
+	}
+	return false
+}
+
 func eventName(v any) (any, bool) {
 	if s, ok := v.(string); ok {
 		return s, true

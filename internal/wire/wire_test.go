@@ -269,6 +269,11 @@ func TestDecodeErrors(t *testing.T) {
 		"attachment type":  `{"type":42,"uid":"a","attachmentId":"1"}`,
 		"created number":   `{"type":3,"uid":"a","attachmentId":"1","createdAt":1}`,
 		"created junk":     `{"type":3,"uid":"a","attachmentId":"1","createdAt":"yesterday"}`,
+		// socket.io's own namespace events, which Node's emitter sends as server-side
+		// events: a handler of "connection" got a string, where it asserts a socket.
+		"sse connection":    `{"type":9,"uid":"a","nsp":"/","data":{"packet":["connection","x"]}}`,
+		"sse connect":       `{"type":9,"uid":"a","nsp":"/","data":{"packet":["connect"],"requestId":"r"}}`,
+		"sse new_namespace": `{"type":9,"uid":"a","nsp":"/","data":{"packet":["new_namespace",{}]}}`,
 	}
 	for name, payload := range bad {
 		if _, err := DecodeNotification(payload); err == nil {
@@ -292,6 +297,13 @@ func TestDecodeErrors(t *testing.T) {
 		if n, err := DecodeNotification(payload); err != nil || !n.CreatedAt.IsZero() {
 			t.Fatalf("%s: %v %+v", payload, err, n)
 		}
+	}
+	body, err := EncodeMsgpack(&Message{Type: ServerSideEmit, UID: "a", Nsp: "/", Data: &ServerSideEmitData{Packet: []any{"connection", []byte{1}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeAttachment(body); err == nil {
+		t.Error("no error for a server-side \"connection\" in an attachment")
 	}
 	deep := bytes.Repeat([]byte{0x91}, 10000)
 	deep = append(deep, 0xc0)
