@@ -27,6 +27,9 @@ import (
 // servers in the order it was published. Its goroutines start with the first namespace
 // adapter and stop when the last one closes (io.Close closes them all), at which point
 // the LISTEN connection is closed too.
+//
+// Make it with New or NewFromURL. A zero Builder works as an invalid configuration does:
+// its namespaces work on this server alone, and Err says it was not made by New.
 type Builder struct {
 	pool *pgxpool.Pool
 	opts Options
@@ -48,6 +51,7 @@ type Builder struct {
 	refused  map[weak.Pointer[socket.Server]]bool
 	halting  int // runtimes stopping (see closePool)
 	poolOnce sync.Once
+	made     sync.Once // done by New; a zero Builder does it in init
 
 	// applied, when set (by benchmarks, before the first adapter), sees every message
 	// applied from another server, once applied (a server-side event's handlers
@@ -91,13 +95,27 @@ const maxMalformedLogs = 10
 // on this server alone, as with socket.io's in-memory adapter.
 func New(pool *pgxpool.Pool, opts *Options) *Builder {
 	b := &Builder{pool: pool, adapters: map[string]*Adapter{}}
+	b.made.Do(func() {})
 	b.opts, b.err = opts.withDefaults()
 	if b.err == nil && pool == nil {
-		b.err = errors.New("pgadapter: nil pool")
+		b.err = fmt.Errorf("%w: nil pool", ErrInvalidOptions)
 	}
 	b.st = newStatements(b.opts.TableName)
 	b.reports.log, b.reports.behind = b.opts.Logger, b.behind
 	return b
+}
+
+// init makes a zero Builder, declared rather than made by New, one whose namespaces work
+// on this server alone, and which says why: its first namespace panicked on its nil pool
+// (an auditor's finding). Every exported method calls it first.
+func (b *Builder) init() {
+	b.made.Do(func() {
+		b.opts, _ = (*Options)(nil).withDefaults()
+		b.err = fmt.Errorf("%w: a Builder must be made by New or NewFromURL", ErrInvalidOptions)
+		b.adapters = map[string]*Adapter{}
+		b.st = newStatements(b.opts.TableName)
+		b.reports.log, b.reports.behind = b.opts.Logger, b.behind
+	})
 }
 
 // NewFromURL connects a pool to a PostgreSQL URL ("postgres://user:pass@host:port/db?...")
@@ -121,11 +139,15 @@ func NewFromURL(ctx context.Context, url string, opts *Options) (*Builder, error
 }
 
 // Err returns the configuration error that keeps the Builder from clustering, or nil.
-func (b *Builder) Err() error { return b.err }
+func (b *Builder) Err() error {
+	b.init()
+	return b.err
+}
 
 // New implements socket.AdapterConstructor: it returns the adapter of namespace nsp.
 // socket.io calls it for each namespace, including dynamic ones created later.
 func (b *Builder) New(nsp socket.Namespace) socket.Adapter {
+	b.init()
 	if b.err != nil {
 		if !b.reported.Swap(true) {
 			b.report(fmt.Errorf("%w; namespaces work on this server only", b.err))
@@ -236,6 +258,7 @@ func (b *Builder) local(nsp socket.Namespace, err error) socket.Adapter {
 // wrong password, say). Called before any namespace uses the Builder (before
 // io.SetAdapter), it fails at once: there is nothing to wait for.
 func (b *Builder) Ready(ctx context.Context) error {
+	b.init()
 	if b.err != nil {
 		return b.err
 	}
@@ -269,6 +292,7 @@ func (b *Builder) Ready(ctx context.Context) error {
 // is closed when it does; waiting for it would never end when Close is called from a
 // request callback that closing runs.
 func (b *Builder) Close(ctx context.Context) error {
+	b.init()
 	// Called from the ErrorHandler, which the goroutine below would wait for.
 	b.reports.release()
 	b.mu.Lock()

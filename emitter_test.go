@@ -332,7 +332,7 @@ func TestEmitterRefusesBadNames(t *testing.T) {
 		"joined room":  e.SocketsJoin(ctx, "ok", "bad\xff"),
 		"server event": e.Of("/\xff").ServerSideEmit(ctx, "ev"),
 	} {
-		if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+		if !errors.Is(err, emitter.ErrInvalidName) {
 			t.Errorf("%s: %v", what, err)
 		}
 	}
@@ -414,11 +414,21 @@ func TestEmitterRefusals(t *testing.T) {
 	if err := small.Emit(ctx, "bin", make([]byte, 200)); !errors.Is(err, emitter.ErrAttachmentTooLarge) {
 		t.Errorf("attachment over MaxAttachmentSize: %v", err)
 	}
-	if _, err := emitter.New(pool, &emitter.Options{MaxAttachmentSize: -1}); err == nil {
-		t.Error("negative MaxAttachmentSize accepted")
+	for what, o := range map[string]emitter.Options{
+		"negative MaxAttachmentSize": {MaxAttachmentSize: -1},
+		"threshold above 8000":       {PayloadThreshold: 9000},
+		"table not UTF-8":            {TableName: "t\xff"}, // PostgreSQL refused every insert
+		"prefix not UTF-8":           {ChannelPrefix: "p\xff"},
+		"prefix with NUL":            {ChannelPrefix: "p\x00"},
+	} {
+		if _, err := emitter.New(pool, &o); !errors.Is(err, emitter.ErrInvalidOptions) {
+			t.Errorf("%s: %v", what, err)
+		}
 	}
-	if _, err := emitter.New(pool, &emitter.Options{PayloadThreshold: 9000}); err == nil {
-		t.Error("threshold above 8000 accepted")
+	// A zero Emitter says it was not made by New, not that every message is too large
+	// for its MaxAttachmentSize of 0.
+	if err := new(emitter.Emitter).Emit(ctx, "ev"); !errors.Is(err, emitter.ErrInvalidOptions) {
+		t.Errorf("zero Emitter: %v", err)
 	}
 	if _, err := emitter.New(nil, nil); err == nil {
 		t.Error("nil DB accepted")
@@ -485,5 +495,64 @@ func TestEmitterNilReaders(t *testing.T) {
 		if err := e.Emit(context.Background(), "x", arg); err != nil {
 			t.Errorf("%T: %v", arg, err)
 		}
+	}
+}
+
+// The emitter's attachment rows are compressed with lz4 where the server has it, as the
+// servers' are (an auditor found them in pglz, PostgreSQL's default, which costs it ten
+// times the CPU), through a pool; through a transaction of the caller's, whose settings
+// are the caller's, they keep the session's compression.
+func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	ctx := context.Background()
+	var lz4 bool
+	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
+		t.Fatal(err)
+	}
+	method := func() string {
+		t.Helper()
+		var m string
+		if err := a.pool.QueryRow(ctx, "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+opts.TableName+" ORDER BY id DESC LIMIT 1").Scan(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	big := strings.Repeat("compressible ", 2000)
+	e, err := emitter.New(a.pool, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // the first asks the server, the second knows
+		if err := e.Of("/derived").ServerSideEmit(ctx, "big", big, i); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := method(), map[bool]string{true: "lz4", false: "pglz"}[lz4]; got != want {
+			t.Fatalf("emit %d through the pool: the row is compressed with %s, want %s", i, got, want)
+		}
+	}
+	checkIdleSetting(t, ctx, a.pool, "default_toast_compression", "pglz")
+
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	et, err := emitter.New(tx, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := et.ServerSideEmit(ctx, "big", big); err != nil {
+		t.Fatal(err)
+	}
+	var setting string
+	if err := tx.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&setting); err != nil || setting != "pglz" {
+		t.Fatalf("the caller's transaction has default_toast_compression %q (%v), want its own, pglz", setting, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := method(); got != "pglz" {
+		t.Fatalf("through a transaction: the row is compressed with %s, want the session's pglz", got)
 	}
 }

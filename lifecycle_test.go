@@ -225,6 +225,10 @@ func TestInvalidOptions(t *testing.T) {
 		{"heartbeat", Options{HeartbeatInterval: time.Second, HeartbeatTimeout: time.Second}, "HeartbeatTimeout"},
 		{"prefix", Options{ChannelPrefix: strings.Repeat("p", 50)}, "ChannelPrefix"},
 		{"table", Options{TableName: "a\x00b"}, "TableName"},
+		// PostgreSQL refused every statement naming it: every attachment was lost.
+		{"table not UTF-8", Options{TableName: "t\xff"}, "TableName"},
+		// Every channel would be hashed, "/" included: no Node server could join.
+		{"prefix not UTF-8", Options{ChannelPrefix: "p\xff"}, "ChannelPrefix"},
 		// Seconds meant, nanoseconds given: a 3ns interval made a ticker of period 0,
 		// which panicked on a goroutine of the adapter's and ended the process.
 		{"nanoseconds", Options{HeartbeatInterval: 3, HeartbeatTimeout: 10}, "at least 1ms"},
@@ -243,8 +247,23 @@ func TestInvalidOptions(t *testing.T) {
 			t.Errorf("%s: NewFromURL: %v", tc.name, err)
 		}
 	}
-	if New(nil, nil).Err() == nil {
-		t.Error("nil pool accepted")
+	if err := New(nil, nil).Err(); !errors.Is(err, ErrInvalidOptions) {
+		t.Errorf("nil pool: %v", err)
+	}
+	// A zero Builder works locally and says why: its first namespace panicked on its
+	// nil pool.
+	var zero Builder
+	io := socket.NewServer(nil, nil)
+	io.SetAdapter(&zero)
+	if _, ok := io.Of("/zero", nil).Adapter().(*Adapter); ok || !errors.Is(zero.Err(), ErrInvalidOptions) {
+		t.Errorf("zero Builder: a cluster adapter %v, Err() = %v", ok, zero.Err())
+	}
+	if err := zero.Ready(context.Background()); !errors.Is(err, ErrInvalidOptions) {
+		t.Errorf("zero Builder: Ready() = %v", err)
+	}
+	io.Close(nil)
+	if err := zero.Close(context.Background()); err != nil {
+		t.Errorf("zero Builder: Close() = %v", err)
 	}
 	if b := New(pool, nil); b.Err() != nil {
 		t.Errorf("zero options: %v", b.Err())

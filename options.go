@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -263,8 +264,16 @@ func (o *Options) defaults() (Options, error) {
 	case len(c.ChannelPrefix) > maxChannelBytes-channelHashBytes-2:
 		return c, fmt.Errorf("ChannelPrefix is %d bytes; at most %d leave room for the namespace in a %d-byte channel name",
 			len(c.ChannelPrefix), maxChannelBytes-channelHashBytes-2, maxChannelBytes)
+	case !utf8.ValidString(c.ChannelPrefix):
+		// Every channel's name would be hashed (see ChannelName), "/" included: no Node
+		// server could join.
+		return c, fmt.Errorf("ChannelPrefix %q is not valid UTF-8", c.ChannelPrefix)
 	case strings.ContainsRune(c.TableName, 0):
 		return c, errors.New("TableName contains a NUL byte")
+	case !utf8.ValidString(c.TableName):
+		// PostgreSQL refuses it in every statement: the table was never made, and every
+		// attachment was lost.
+		return c, fmt.Errorf("TableName %q is not valid UTF-8", c.TableName)
 	case len(c.TableName) > maxChannelBytes:
 		return c, fmt.Errorf("TableName %q is longer than PostgreSQL's %d-byte identifiers", c.TableName, maxChannelBytes)
 	case c.PayloadThreshold < 0 || c.PayloadThreshold > maxPayloadThreshold:

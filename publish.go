@@ -777,7 +777,7 @@ func (p *publisher) probeLZ4(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 	defer cancel()
 	var ok bool
-	err := p.pool.QueryRow(qctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&ok)
+	err := p.pool.QueryRow(qctx, wire.ProbeLZ4).Scan(&ok)
 	switch {
 	case err != nil:
 		p.lz4Probe = time.Now().Add(p.opts.RequestsTimeout)

@@ -81,6 +81,7 @@ func countType(arr *[int(wire.AllRoomsResponse) + 1]atomic.Int64, t wire.Type) {
 
 // Stats returns a snapshot of the Builder's counters.
 func (b *Builder) Stats() Stats {
+	b.init()
 	s := Stats{
 		Published: map[string]int64{}, Received: map[string]int64{}, Nodes: map[string]int{},
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),

@@ -47,6 +47,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -117,6 +118,13 @@ var (
 	// ErrAttachmentTooLarge is returned for a message whose attachment is larger than
 	// Options.MaxAttachmentSize: the servers would not read it.
 	ErrAttachmentTooLarge = errors.New("emitter: attachment larger than MaxAttachmentSize")
+	// ErrInvalidOptions is wrapped by New's errors for options the servers could not
+	// share (a ChannelPrefix or TableName too long, with a NUL byte or not valid UTF-8),
+	// and by every method of an Emitter not made by New.
+	ErrInvalidOptions = errors.New("emitter: invalid options")
+	// ErrInvalidName is returned for a namespace or room whose name is not valid UTF-8:
+	// the servers refuse such names, which JSON and MessagePack would carry differently.
+	ErrInvalidName = errors.New("emitter: name not valid UTF-8")
 )
 
 // Emitter publishes to the cluster. Create it with New.
@@ -132,7 +140,42 @@ type Emitter struct {
 	rooms     []string
 	except    []string
 	flags     wire.Flags
+	lz4       *lz4State // shared with the emitters derived from this one
 }
+
+// lz4State is what the emitter knows of the server's lz4 (see wire.SetLZ4): known is 0
+// until a probe answered, then 1 (it has it) or -1; retry is when a failed probe may be
+// tried again (UnixNano), so that a database that is down costs no probe per emit.
+type lz4State struct {
+	known atomic.Int32
+	retry atomic.Int64
+}
+
+// useLZ4 reports whether the row a pool's connection c inserts may be compressed with
+// lz4, as the servers' rows are (an auditor found the emitter's rows in pglz, which costs
+// PostgreSQL ten times the CPU). The first emit with a row asks the server, once.
+func (e *Emitter) useLZ4(ctx context.Context, c *pgxpool.Conn) bool {
+	if k := e.lz4.known.Load(); k != 0 {
+		return k > 0
+	}
+	if time.Now().UnixNano() < e.lz4.retry.Load() {
+		return false
+	}
+	var ok bool
+	if err := c.QueryRow(ctx, wire.ProbeLZ4).Scan(&ok); err != nil {
+		e.lz4.retry.Store(time.Now().Add(lz4Retry).UnixNano())
+		return false
+	}
+	if ok {
+		e.lz4.known.Store(1)
+	} else {
+		e.lz4.known.Store(-1)
+	}
+	return ok
+}
+
+// lz4Retry is how long after a failed lz4 probe the next emit asks again.
+const lz4Retry = 5 * time.Second
 
 // New returns an Emitter for the root namespace "/". It fails for a nil DB and for
 // invalid options.
@@ -153,17 +196,17 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	o.PayloadThreshold = cmp.Or(o.PayloadThreshold, wire.MaxNotifyPayload+1)
 	o.MaxAttachmentSize = cmp.Or(o.MaxAttachmentSize, defaultMaxAttachment)
 	switch {
-	case strings.ContainsRune(o.ChannelPrefix, 0) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
-		return nil, fmt.Errorf("emitter: invalid ChannelPrefix %q: at most %d bytes, without NUL", o.ChannelPrefix, wire.MaxChannelBytes-wire.ChannelHashBytes-2)
-	case strings.ContainsRune(o.TableName, 0) || len(o.TableName) > wire.MaxChannelBytes:
-		return nil, fmt.Errorf("emitter: invalid TableName %q: at most %d bytes, without NUL", o.TableName, wire.MaxChannelBytes)
+	case strings.ContainsRune(o.ChannelPrefix, 0) || !utf8.ValidString(o.ChannelPrefix) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
+		return nil, fmt.Errorf("%w: ChannelPrefix %q: at most %d bytes of UTF-8, without NUL", ErrInvalidOptions, o.ChannelPrefix, wire.MaxChannelBytes-wire.ChannelHashBytes-2)
+	case strings.ContainsRune(o.TableName, 0) || !utf8.ValidString(o.TableName) || len(o.TableName) > wire.MaxChannelBytes:
+		return nil, fmt.Errorf("%w: TableName %q: at most %d bytes of UTF-8, without NUL", ErrInvalidOptions, o.TableName, wire.MaxChannelBytes)
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
-		return nil, fmt.Errorf("emitter: PayloadThreshold %d is outside 1..8000", o.PayloadThreshold)
+		return nil, fmt.Errorf("%w: PayloadThreshold %d is outside 1..8000", ErrInvalidOptions, o.PayloadThreshold)
 	case o.MaxAttachmentSize < 0:
-		return nil, fmt.Errorf("emitter: MaxAttachmentSize %d is negative", o.MaxAttachmentSize)
+		return nil, fmt.Errorf("%w: MaxAttachmentSize %d is negative", ErrInvalidOptions, o.MaxAttachmentSize)
 	}
 	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, maxAttach: o.MaxAttachmentSize, inline: o.InlineBinary, sync: o.SynchronousCommit,
-		st: wire.NewStatements(o.TableName), nsp: "/"}, nil
+		st: wire.NewStatements(o.TableName), nsp: "/", lz4: &lz4State{}}, nil
 }
 
 func (e *Emitter) clone() *Emitter {
@@ -372,11 +415,15 @@ const nonceBytes = len(`,"`+nonceKey+`":""`) + 16
 // depending on its size, and a namespace whose channel, made of the bytes, would not
 // match it.
 func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
+	if e.lz4 == nil {
+		// A zero Emitter: it was told MaxAttachmentSize 0, and said so for every message.
+		return fmt.Errorf("%w: an Emitter must be made by New", ErrInvalidOptions)
+	}
 	if !utf8.ValidString(e.nsp) {
-		return fmt.Errorf("emitter: namespace %q is not valid UTF-8", e.nsp)
+		return fmt.Errorf("%w: namespace %q", ErrInvalidName, e.nsp)
 	}
 	if room, bad := wire.BadRoom(data); bad {
-		return fmt.Errorf("emitter: room %q is not valid UTF-8", room)
+		return fmt.Errorf("%w: room %q", ErrInvalidName, room)
 	}
 	m := &wire.Message{Type: typ, UID: wire.EmitterUID, Nsp: e.nsp, Data: data}
 	_, isPool := e.db.(*pgxpool.Pool)
@@ -451,6 +498,9 @@ func (e *Emitter) publish(ctx context.Context, typ wire.Type, data any) error {
 		} else {
 			if !e.sync {
 				b.Queue(wire.SetAsyncCommit)
+			}
+			if e.useLZ4(ctx, db.(*pgxpool.Conn)) {
+				b.Queue(wire.SetLZ4)
 			}
 			b.Queue(e.st.InsertNotify, enc.Attachment, channel, header, wire.AttachmentHeaderSuffix)
 		}

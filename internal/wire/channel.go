@@ -106,6 +106,17 @@ const SetUTF8 = "SELECT set_config('client_encoding', 'UTF8', true)"
 // never flushes its commit: it needs no SetAsyncCommit.
 const SetAsyncCommit = "SELECT set_config('synchronous_commit', 'off', true)"
 
+// SetLZ4 makes the rest of a transaction compress the attachment rows it inserts with
+// lz4 instead of PostgreSQL's default, pglz: about a tenth of the server's CPU per 20 KB
+// row, for rows that live a minute. Readers, Node's included, see no difference. Only for
+// a server that has lz4 (ProbeLZ4): elsewhere the setting is refused, and the
+// transaction with it.
+const SetLZ4 = "SELECT set_config('default_toast_compression', 'lz4', true)"
+
+// ProbeLZ4 asks whether the server can compress with lz4 (PostgreSQL 14 and later, built
+// with it, as every major distribution's package is): one boolean.
+const ProbeLZ4 = "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'"
+
 // createdAtInstant is the SQL of a created_at column's value as a timestamptz that is
 // the same in every session, for the header's time and the reads that compare with it.
 // For a timestamptz column, as pgadapter and Node create it, it is its value; for a
