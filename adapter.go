@@ -214,8 +214,8 @@ func (a *Adapter) Init() {}
 // connection. socket.io calls Close from io.Close and when it removes an empty dynamic
 // namespace. Closing the main namespace's adapter ("/"), as io.Close does, closes every
 // adapter of the Builder that has no socket left: io.Close reaches only the namespaces
-// socket.io's table holds, and socket.io v2.5.0 can remove one in use from it (see
-// noteCleanup). Those with sockets close as io.Close closes their connections. Close is
+// socket.io's table holds, and socket.io v2.5.0 can remove one in use from it (see the
+// README's defects of socket.io v2.5.0). Those with sockets close as io.Close closes their connections. Close is
 // idempotent.
 //
 // Close does not wait for ADAPTER_CLOSE to be published: the publisher sends it in turn,
@@ -309,16 +309,15 @@ func (a *Adapter) close() {
 // client counts: one from this server and one from each server BroadcastWithAck sent to
 // (servers that leave count as zero). Servers joining or leaving in between used to make
 // the two differ, and the caller got a timeout although every client had answered.
-// ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot,
-// see snapshotMembers), as many times as broadcasts with acks were made, however long
-// their local delivery takes, within snapshotFor (30 s). Servers that leave meanwhile
-// count as zero clients; servers that join are not waited for (nor their clients' acks
-// collected) while the snapshot is kept. Broadcasts with acks that overlap without a
-// break for snapshotFor take a new snapshot: one whose ServerCount call is still due
-// then gets the new count, and, should a server have joined or left, times out.
-// Calling ServerCount for any other purpose while a broadcast with acks is being sent may
-// take the place of the operator's call, which then counts the servers known at that
-// time (Stats does not).
+// ServerCount therefore counts the servers a BroadcastWithAck sent to (its snapshot), as
+// many times as broadcasts with acks were made, however long their local delivery takes,
+// within 30 s. Servers that leave meanwhile count as zero clients; servers that join are
+// not waited for (nor their clients' acks collected) while the snapshot is kept.
+// Broadcasts with acks that overlap without a break for 30 s take a new snapshot: one
+// whose ServerCount call is still due then gets the new count, and, should a server have
+// joined or left, times out. Calling ServerCount for any other purpose while a broadcast
+// with acks is being sent may take the place of the operator's call, which then counts
+// the servers known at that time (Stats does not).
 func (a *Adapter) ServerCount() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -769,7 +768,7 @@ func (a *Adapter) enqueue(o outgoing) (report func()) {
 // AddAll adds a socket to rooms, as socket.io's adapter does. A socket's first join, to
 // its own room, comes before socket.io tells its client that it is connected; in a
 // namespace new on this server, it first waits until the server hears the namespace's
-// channel (awaitHearing), at most RequestsTimeout, once. The channel is LISTENed on
+// channel, at most RequestsTimeout, once. The channel is LISTENed on
 // the listener's goroutine, after the namespace is made: a client that connected and
 // was broadcast to at once by another server missed the message, silently (a tester's
 // finding: 15 of 200 dynamic namespaces), and the other servers, which learn of the
@@ -1153,6 +1152,11 @@ func (a *Adapter) AllRooms(ctx context.Context) ([]socket.Room, error) {
 	}
 	if a.closed.Load() {
 		return collect(), ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		// Asked of no one: with other servers known, the request went out all the same
+		// and ended at once, and without, the local rooms came with no error.
+		return collect(), err
 	}
 	type result struct {
 		rooms map[string]struct{}

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 func TestAllRooms(t *testing.T) {
@@ -39,6 +41,23 @@ func TestAllRooms(t *testing.T) {
 	rooms2, err := AllRooms(ctx, w.c.io.Sockets())
 	if err != nil || !slices.Equal(rooms, rooms2) {
 		t.Fatalf("AllRooms from C: %v %v", rooms2, err)
+	}
+	// A context already ended: the local rooms and its error, without asking anyone
+	// (the request went out all the same, and with no other server known, the error was
+	// not returned: an auditor's finding). Servers' own messages are counted, not read.
+	ended, end := context.WithCancel(context.Background())
+	end()
+	before := w.a.b.Stats().Published[wire.AllRooms.String()]
+	if rooms, err := AllRooms(ended, w.a.io.Sockets()); !errors.Is(err, context.Canceled) || !slices.Contains(rooms, "ra") {
+		t.Fatalf("with an ended context: %v %v", rooms, err)
+	}
+	// One more request, answered: the publisher sends in order, so the first, had it
+	// gone out, would be counted by now too.
+	if _, err := AllRooms(ctx, w.a.io.Sockets()); err != nil {
+		t.Fatal(err)
+	}
+	if after := w.a.b.Stats().Published[wire.AllRooms.String()]; after != before+1 {
+		t.Fatalf("with an ended context, %d requests published", after-before-1)
 	}
 	// A server that stops answering: the request ends at the caller's deadline with what
 	// it has.

@@ -130,16 +130,18 @@ type Options struct {
 	HeartbeatTimeout time.Duration
 
 	// RequestsTimeout bounds requests to other servers (FetchSockets,
-	// ServerSideEmitWithAck, AllRooms) and each query the adapter runs on the pool (the
-	// LISTEN connection's setup is bounded by RequestsTimeout and its ping by
-	// HeartbeatInterval, each 1 s at least, so that a short RequestsTimeout does not
-	// keep the listener from connecting).
-	// Default 5s. A broadcast
-	// with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck): without one,
-	// socket.io's operator reports "operation has timed out" at once, as Node's does.
-	// It also bounds, once per namespace, the wait of the namespace's first client on
-	// this server until the server hears it (see Adapter.AddAll): keep it below the
-	// clients' connection timeout (20 s in socket.io's clients).
+	// ServerSideEmitWithAck, AllRooms) and each query the adapter runs on the pool,
+	// publishing included: keep it well above the database's slowest round trip, or
+	// messages are lost (reported). The LISTEN connection's setup is bounded by it and
+	// its ping by HeartbeatInterval, each 1 s at least, so that a short RequestsTimeout
+	// does not keep the listener from connecting. Default 5s.
+	//
+	// A broadcast with acks is bounded by its own Timeout (io.Timeout(d).EmitWithAck):
+	// without one, socket.io's operator reports "operation has timed out" at once
+	// whenever a client or another server is to answer, as Node's does. RequestsTimeout
+	// also bounds, once per namespace, the wait of the namespace's first client on this
+	// server until the server hears it (see Adapter.AddAll): keep it below the clients'
+	// connection timeout (20 s in socket.io's clients).
 	RequestsTimeout time.Duration
 
 	// PublishQueueSize is how many messages may wait to be published. When PostgreSQL is

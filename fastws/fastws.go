@@ -121,7 +121,8 @@ func Message(data types.BufferInterface) types.BufferInterface {
 // single engine.io packet. Each part given to engine.io separately costs a client a
 // batch of its own (engine.io hands the transport the header, and the attachments only
 // once that write is done): a goroutine and a write(2) each. Messages returns a slice of
-// one element, to give to socket.io's Client.WriteToEngine in place of parts.
+// one element, to give to socket.io's Client.WriteToEngine in place of parts (nil for
+// no parts).
 func Messages(parts []types.BufferInterface) []types.BufferInterface {
 	if len(parts) == 0 {
 		return nil
