@@ -566,10 +566,17 @@ func (a *Adapter) FetchSockets(opts *socket.BroadcastOptions) func(func([]socket
 // element of packet is a socket.Ack, each other server's handler answers through it, and
 // the Ack receives one answer per server once all have answered or left, or ErrTimeout
 // with the answers so far after Options.RequestsTimeout. Once the adapter is closed, it
-// returns ErrClosed, and the Ack is not called.
+// returns ErrClosed, and the Ack is not called. A name socket.io emits itself returns
+// ErrReservedEvent.
 func (a *Adapter) ServerSideEmit(packet []any) error {
 	if len(packet) == 0 {
 		return errors.New("pgadapter: ServerSideEmit needs an event name")
+	}
+	if ev, ok := packet[0].(string); ok && wire.ReservedServerEvent(ev) {
+		// Called directly (socket.io's namespace refuses these first): the receivers
+		// would report it malformed, and an Ack would wait for its timeout.
+		wire.CloseReaders(packet)
+		return fmt.Errorf("%w: %q", ErrReservedEvent, ev)
 	}
 	ack, withAck := packet[len(packet)-1].(socket.Ack)
 	if withAck {

@@ -10,12 +10,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/emitter"
+	"github.com/socketio-pg/pgadapter/internal/pgtest"
 )
 
 // emitterWorld is two servers and an emitter on the test's channel prefix and table:
@@ -418,7 +420,6 @@ func TestEmitterRefusals(t *testing.T) {
 		"negative MaxAttachmentSize": {MaxAttachmentSize: -1},
 		"threshold above 8000":       {PayloadThreshold: 9000},
 		"table not UTF-8":            {TableName: "t\xff"}, // PostgreSQL refused every insert
-		"prefix not UTF-8":           {ChannelPrefix: "p\xff"},
 		"prefix with NUL":            {ChannelPrefix: "p\x00"},
 	} {
 		if _, err := emitter.New(pool, &o); !errors.Is(err, emitter.ErrInvalidOptions) {
@@ -510,6 +511,10 @@ func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
 	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
 		t.Fatal(err)
 	}
+	var session string // the server's default: pglz, unless configured
+	if err := a.pool.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&session); err != nil {
+		t.Fatal(err)
+	}
 	method := func() string {
 		t.Helper()
 		var m string
@@ -527,11 +532,11 @@ func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
 		if err := e.Of("/derived").ServerSideEmit(ctx, "big", big, i); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := method(), map[bool]string{true: "lz4", false: "pglz"}[lz4]; got != want {
+		if got, want := method(), map[bool]string{true: "lz4", false: session}[lz4]; got != want {
 			t.Fatalf("emit %d through the pool: the row is compressed with %s, want %s", i, got, want)
 		}
 	}
-	checkIdleSetting(t, ctx, a.pool, "default_toast_compression", "pglz")
+	checkIdleSetting(t, ctx, a.pool, "default_toast_compression", session)
 
 	tx, err := a.pool.Begin(ctx)
 	if err != nil {
@@ -546,13 +551,132 @@ func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	var setting string
-	if err := tx.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&setting); err != nil || setting != "pglz" {
-		t.Fatalf("the caller's transaction has default_toast_compression %q (%v), want its own, pglz", setting, err)
+	if err := tx.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&setting); err != nil || setting != session {
+		t.Fatalf("the caller's transaction has default_toast_compression %q (%v), want its own, %s", setting, err, session)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := method(); got != "pglz" {
-		t.Fatalf("through a transaction: the row is compressed with %s, want the session's pglz", got)
+	if got := method(); got != session {
+		t.Fatalf("through a transaction: the row is compressed with %s, want the session's %s", got, session)
+	}
+}
+
+// poolWithSearchPath is a pool of the test database whose sessions look in schema first:
+// a view named pg_settings there stands in for PostgreSQL's, for those sessions only.
+func poolWithSearchPath(t *testing.T, schema string, maxConns int32) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema + ", pg_catalog, public"
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// The emitter's lz4 probe (a reviewer's findings): a server without lz4, or a probe that
+// fails, still gets every message, in pglz; emitters made per call on one pool ask once;
+// a context that ends during the probe gives the emit its own error (pgx closed the
+// connection under the emit, "conn closed"), and leaves lz4 on for the next emits.
+func TestEmitterLZ4Probe(t *testing.T) {
+	opts := testOptions(t)
+	a := startNode(t, "A", opts)
+	ctx := context.Background()
+	var lz4 bool
+	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
+		t.Fatal(err)
+	}
+	if !lz4 {
+		t.Skip("this PostgreSQL cannot compress with lz4")
+	}
+	last := func() string {
+		t.Helper()
+		var m string
+		if err := a.pool.QueryRow(ctx, "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+opts.TableName+" ORDER BY id DESC LIMIT 1").Scan(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	schema := func(name, view string) {
+		t.Helper()
+		if _, err := a.pool.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %[1]s CASCADE; CREATE SCHEMA %[1]s; %[2]s", name, view)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+name+" CASCADE") })
+	}
+	var session string
+	if err := a.pool.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&session); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("compressible ", 2000)
+	eo := &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName}
+
+	nolz4, failing := pgtest.Name("nolz4"), pgtest.Name("failing")
+	schema(nolz4, "CREATE VIEW "+nolz4+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz']::text[] AS enumvals")
+	schema(failing, "CREATE VIEW "+failing+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY[(1/(random()*0)::int)::text]::text[] AS enumvals")
+	for _, s := range []string{nolz4, failing} {
+		e, err := emitter.New(poolWithSearchPath(t, s, 0), eo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			if err := e.ServerSideEmit(ctx, "big", big, i); err != nil {
+				t.Fatalf("%s: emit %d: %v", s, i, err)
+			}
+			if got := last(); got != session {
+				t.Errorf("%s: emit %d: row in %s, want the session's %s", s, i, got, session)
+			}
+		}
+	}
+
+	counted := pgtest.Name("counted")
+	schema(counted, "CREATE SEQUENCE "+counted+".probes; CREATE VIEW "+counted+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz','lz4']::text[] AS enumvals FROM (SELECT nextval('"+counted+".probes')) n")
+	p := poolWithSearchPath(t, counted, 0)
+	for i := range 5 { // an emitter per call
+		e, err := emitter.New(p, eo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.ServerSideEmit(ctx, "big", big, i); err != nil {
+			t.Fatal(err)
+		}
+		if got := last(); got != "lz4" {
+			t.Fatalf("emitter %d: row in %s", i, got)
+		}
+	}
+	var probes int64
+	if err := a.pool.QueryRow(ctx, "SELECT last_value FROM "+counted+".probes").Scan(&probes); err != nil || probes != 1 {
+		t.Fatalf("5 emitters on one pool probed %d times (%v), want once", probes, err)
+	}
+
+	slow := pgtest.Name("slow")
+	schema(slow, "CREATE VIEW "+slow+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz','lz4']::text[] AS enumvals FROM pg_sleep(0.3)")
+	p = poolWithSearchPath(t, slow, 1)
+	if err := p.Ping(ctx); err != nil { // a connection ready: the probe is what takes time
+		t.Fatal(err)
+	}
+	e, err := emitter.New(p, eo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	err = e.Emit(short, "big", big)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("an emit whose context ended during the probe: %v, want its context's error", err)
+	}
+	if err := e.Emit(ctx, "big", big); err != nil {
+		t.Fatal(err)
+	}
+	if got := last(); got != "lz4" {
+		t.Errorf("the next emit: row in %s, want lz4", got)
 	}
 }

@@ -334,3 +334,18 @@ func TestCapabilitiesOutliveATimeout(t *testing.T) {
 		t.Fatalf("AllRooms lacks B's room: %v", rooms)
 	}
 }
+
+// Adapter.ServerSideEmit, called directly, refuses the names socket.io emits itself on a
+// namespace, as socket.io's own ServerSideEmit does: the other servers would report the
+// message malformed, and an Ack waited for its timeout (a reviewer's finding).
+func TestServerSideEmitRefusesReservedNames(t *testing.T) {
+	opts := testOptions(t)
+	nodes := cluster(t, 2, opts)
+	adapter := nodes[0].io.Sockets().Adapter()
+	for _, ev := range []string{"connection", "connect", "new_namespace"} {
+		called := false
+		if err := adapter.ServerSideEmit([]any{ev, "x", socket.Ack(func([]any, error) { called = true })}); !errors.Is(err, ErrReservedEvent) || called {
+			t.Errorf("%s: %v (ack called: %v)", ev, err, called)
+		}
+	}
+}

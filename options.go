@@ -266,10 +266,6 @@ func (o *Options) defaults() (Options, error) {
 	case len(c.ChannelPrefix) > maxChannelBytes-channelHashBytes-2:
 		return c, fmt.Errorf("ChannelPrefix is %d bytes; at most %d leave room for the namespace in a %d-byte channel name",
 			len(c.ChannelPrefix), maxChannelBytes-channelHashBytes-2, maxChannelBytes)
-	case !utf8.ValidString(c.ChannelPrefix):
-		// Every channel's name would be hashed (see ChannelName), "/" included: no Node
-		// server could join.
-		return c, fmt.Errorf("ChannelPrefix %q is not valid UTF-8", c.ChannelPrefix)
 	case strings.ContainsRune(c.TableName, 0):
 		return c, errors.New("TableName contains a NUL byte")
 	case !utf8.ValidString(c.TableName):
@@ -343,6 +339,12 @@ var (
 	// ErrInvalidOptions is wrapped by the error of an invalid Options (Builder.Err,
 	// Builder.Ready, NewFromURL), which says which field and why.
 	ErrInvalidOptions = errors.New("pgadapter: invalid options")
+
+	// ErrReservedEvent is returned by Adapter.ServerSideEmit for the names socket.io
+	// emits itself on a namespace ("connect", "connection", "new_namespace"), which
+	// socket.io's own ServerSideEmit refuses: the other servers would refuse them too,
+	// as malformed (ErrMalformed).
+	ErrReservedEvent = errors.New("pgadapter: reserved event name")
 
 	// ErrTimeout is given to requests that did not get every answer in time.
 	ErrTimeout = errors.New("pgadapter: request timed out")

@@ -35,10 +35,10 @@ type Stats struct {
 	AttachmentsPutOff int64
 	// PublishErrors counts messages lost because their publication failed, or because
 	// they could not be encoded, and the application's operations that a closed adapter
-	// did not publish (a dynamic namespace's, emptied, still used): broadcasts, room
-	// changes and server-side events without acknowledgement. Requests refused so are not
-	// counted: their callbacks get ErrClosed (a broadcast with acknowledgements, its
-	// timeout's error).
+	// did not publish (a dynamic namespace's, emptied, still used): broadcasts and room
+	// changes. ServerSideEmit returns ErrClosed instead, with an acknowledgement too, and
+	// FetchSockets gives it to its callback, uncounted (a broadcast with
+	// acknowledgements ends at its timeout, with an error).
 	PublishErrors int64
 	// QueueFull counts messages refused because the publish queue was full.
 	QueueFull int64

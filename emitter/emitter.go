@@ -35,8 +35,12 @@
 //
 // Through a *pgxpool.Pool, a message with an attachment row is its own transaction, which
 // commits without waiting for PostgreSQL's disk flush, as the servers' do (see
-// Options.SynchronousCommit). The emitter never changes the commit of a pgx.Tx or of a
-// *pgx.Conn: it is the caller's.
+// Options.SynchronousCommit), and whose row is compressed with lz4 where the server has
+// it, as the servers' rows are: a tenth of the CPU PostgreSQL's default, pglz, costs it.
+// The first such message through a pool asks the server whether it has lz4 (a round trip,
+// once per pool, whatever the emitters made on it). The emitter never changes the
+// settings or the commit of a pgx.Tx or of a *pgx.Conn: they are the caller's, and its
+// rows there take the session's compression.
 package emitter
 
 import (
@@ -46,10 +50,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+	"weak"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -119,8 +126,10 @@ var (
 	// Options.MaxAttachmentSize: the servers would not read it.
 	ErrAttachmentTooLarge = errors.New("emitter: attachment larger than MaxAttachmentSize")
 	// ErrInvalidOptions is wrapped by New's errors for options the servers could not
-	// share (a ChannelPrefix or TableName too long, with a NUL byte or not valid UTF-8),
-	// and by every method of an Emitter not made by New.
+	// share (a ChannelPrefix or TableName too long or with a NUL byte, a TableName not
+	// valid UTF-8, a PayloadThreshold above 8000), and by what an Emitter not made by New
+	// would publish (once its arguments are checked: an event name reserved, say, is
+	// ErrReservedEvent first).
 	ErrInvalidOptions = errors.New("emitter: invalid options")
 	// ErrInvalidName is returned for a namespace or room whose name is not valid UTF-8:
 	// the servers refuse such names, which JSON and MessagePack would carry differently.
@@ -151,9 +160,36 @@ type lz4State struct {
 	retry atomic.Int64
 }
 
+// lz4States holds what is known of each pool's server (a *lz4State by the pool's weak
+// pointer), so that emitters made per call, in an HTTP handler say, do not each ask: a
+// probe is a round trip and a scan of pg_settings, about 1.5 ms (a reviewer's finding).
+// An entry goes with its pool.
+var lz4States sync.Map
+
+// lz4For returns the state shared by the emitters of db: a pool's, or one of their own
+// for any other DB (which never uses it: see useLZ4).
+func lz4For(db DB) *lz4State {
+	pool, ok := db.(*pgxpool.Pool)
+	if !ok {
+		return &lz4State{}
+	}
+	key := weak.Make(pool)
+	if v, ok := lz4States.Load(key); ok {
+		return v.(*lz4State)
+	}
+	v, loaded := lz4States.LoadOrStore(key, &lz4State{})
+	if !loaded {
+		runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { lz4States.Delete(k) }, key)
+	}
+	return v.(*lz4State)
+}
+
 // useLZ4 reports whether the row a pool's connection c inserts may be compressed with
 // lz4, as the servers' rows are (an auditor found the emitter's rows in pglz, which costs
-// PostgreSQL ten times the CPU). The first emit with a row asks the server, once.
+// PostgreSQL ten times the CPU). The first emit with a row through a pool asks the
+// server, once, under a bound of its own rather than ctx: ended during the probe, ctx
+// made pgx close the connection under the emit, whose error then said "conn closed"
+// instead of wrapping ctx's (a reviewer's finding).
 func (e *Emitter) useLZ4(ctx context.Context, c *pgxpool.Conn) bool {
 	if k := e.lz4.known.Load(); k != 0 {
 		return k > 0
@@ -161,8 +197,10 @@ func (e *Emitter) useLZ4(ctx context.Context, c *pgxpool.Conn) bool {
 	if time.Now().UnixNano() < e.lz4.retry.Load() {
 		return false
 	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lz4ProbeTimeout)
+	defer cancel()
 	var ok bool
-	if err := c.QueryRow(ctx, wire.ProbeLZ4).Scan(&ok); err != nil {
+	if err := c.QueryRow(pctx, wire.ProbeLZ4).Scan(&ok); err != nil {
 		e.lz4.retry.Store(time.Now().Add(lz4Retry).UnixNano())
 		return false
 	}
@@ -174,8 +212,12 @@ func (e *Emitter) useLZ4(ctx context.Context, c *pgxpool.Conn) bool {
 	return ok
 }
 
-// lz4Retry is how long after a failed lz4 probe the next emit asks again.
-const lz4Retry = 5 * time.Second
+// lz4ProbeTimeout bounds the lz4 probe; lz4Retry is how long after a failed one the next
+// emit asks again, so that a database that does not answer costs no probe per emit.
+const (
+	lz4ProbeTimeout = time.Second
+	lz4Retry        = 5 * time.Second
+)
 
 // New returns an Emitter for the root namespace "/". It fails for a nil DB and for
 // invalid options.
@@ -196,8 +238,8 @@ func New(db DB, opts *Options) (*Emitter, error) {
 	o.PayloadThreshold = cmp.Or(o.PayloadThreshold, wire.MaxNotifyPayload+1)
 	o.MaxAttachmentSize = cmp.Or(o.MaxAttachmentSize, defaultMaxAttachment)
 	switch {
-	case strings.ContainsRune(o.ChannelPrefix, 0) || !utf8.ValidString(o.ChannelPrefix) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
-		return nil, fmt.Errorf("%w: ChannelPrefix %q: at most %d bytes of UTF-8, without NUL", ErrInvalidOptions, o.ChannelPrefix, wire.MaxChannelBytes-wire.ChannelHashBytes-2)
+	case strings.ContainsRune(o.ChannelPrefix, 0) || len(o.ChannelPrefix) > wire.MaxChannelBytes-wire.ChannelHashBytes-2:
+		return nil, fmt.Errorf("%w: ChannelPrefix %q: at most %d bytes, without NUL", ErrInvalidOptions, o.ChannelPrefix, wire.MaxChannelBytes-wire.ChannelHashBytes-2)
 	case strings.ContainsRune(o.TableName, 0) || !utf8.ValidString(o.TableName) || len(o.TableName) > wire.MaxChannelBytes:
 		return nil, fmt.Errorf("%w: TableName %q: at most %d bytes of UTF-8, without NUL", ErrInvalidOptions, o.TableName, wire.MaxChannelBytes)
 	case o.PayloadThreshold < 0 || o.PayloadThreshold > wire.MaxNotifyPayload+1:
@@ -206,7 +248,7 @@ func New(db DB, opts *Options) (*Emitter, error) {
 		return nil, fmt.Errorf("%w: MaxAttachmentSize %d is negative", ErrInvalidOptions, o.MaxAttachmentSize)
 	}
 	return &Emitter{db: db, prefix: o.ChannelPrefix, threshold: o.PayloadThreshold, maxAttach: o.MaxAttachmentSize, inline: o.InlineBinary, sync: o.SynchronousCommit,
-		st: wire.NewStatements(o.TableName), nsp: "/", lz4: &lz4State{}}, nil
+		st: wire.NewStatements(o.TableName), nsp: "/", lz4: lz4For(db)}, nil
 }
 
 func (e *Emitter) clone() *Emitter {

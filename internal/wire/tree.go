@@ -365,9 +365,6 @@ func stringsFromTree(name string, raw any) ([]string, error) {
 	return out, nil
 }
 
-// eventName returns v as an event name: a string, or a number as the string JavaScript
-// makes of it. Plain JavaScript emits numbers as event names (io.emit(42)), which a Node
-// server's clients take as the event "42": they were refused as malformed, and lost.
 // ReservedServerEvent reports whether ev is one of the names socket.io refuses for
 // server-side events, because a namespace emits them itself with values of its own
 // ("connection" with a *socket.Socket). Node's emitter sends them all the same (it checks
@@ -381,6 +378,9 @@ func ReservedServerEvent(ev string) bool {
 	return false
 }
 
+// eventName returns v as an event name: a string, or a number as the string JavaScript
+// makes of it. Plain JavaScript emits numbers as event names (io.emit(42)), which a Node
+// server's clients take as the event "42": they were refused as malformed, and lost.
 func eventName(v any) (any, bool) {
 	if s, ok := v.(string); ok {
 		return s, true
