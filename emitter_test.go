@@ -507,22 +507,8 @@ func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
 	opts := testOptions(t)
 	a := startNode(t, "A", opts)
 	ctx := context.Background()
-	var lz4 bool
-	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
-		t.Fatal(err)
-	}
-	var session string // the server's default: pglz, unless configured
-	if err := a.pool.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&session); err != nil {
-		t.Fatal(err)
-	}
-	method := func() string {
-		t.Helper()
-		var m string
-		if err := a.pool.QueryRow(ctx, "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+opts.TableName+" ORDER BY id DESC LIMIT 1").Scan(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	lz4, session := compression(t, a.pool) // session: the server's default, pglz unless configured
+	method := func() string { t.Helper(); return lastCompression(t, a.pool, opts.TableName) }
 	big := strings.Repeat("compressible ", 2000)
 	e, err := emitter.New(a.pool, &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName})
 	if err != nil {
@@ -562,26 +548,6 @@ func TestEmitterRowsCompressedAsTheServers(t *testing.T) {
 	}
 }
 
-// poolWithSearchPath is a pool of the test database whose sessions look in schema first:
-// a view named pg_settings there stands in for PostgreSQL's, for those sessions only.
-func poolWithSearchPath(t *testing.T, schema string, maxConns int32) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema + ", pg_catalog, public"
-	if maxConns > 0 {
-		cfg.MaxConns = maxConns
-	}
-	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return p
-}
-
 // The emitter's lz4 probe (a reviewer's findings): a server without lz4, or a probe that
 // fails, still gets every message, in pglz; emitters made per call on one pool ask once;
 // a context that ends during the probe gives the emit its own error (pgx closed the
@@ -590,31 +556,17 @@ func TestEmitterLZ4Probe(t *testing.T) {
 	opts := testOptions(t)
 	a := startNode(t, "A", opts)
 	ctx := context.Background()
-	var lz4 bool
-	if err := a.pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
-		t.Fatal(err)
-	}
+	lz4, session := compression(t, a.pool)
 	if !lz4 {
 		t.Skip("this PostgreSQL cannot compress with lz4")
 	}
-	last := func() string {
-		t.Helper()
-		var m string
-		if err := a.pool.QueryRow(ctx, "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+opts.TableName+" ORDER BY id DESC LIMIT 1").Scan(&m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	last := func() string { t.Helper(); return lastCompression(t, a.pool, opts.TableName) }
 	schema := func(name, view string) {
 		t.Helper()
 		if _, err := a.pool.Exec(ctx, fmt.Sprintf("DROP SCHEMA IF EXISTS %[1]s CASCADE; CREATE SCHEMA %[1]s; %[2]s", name, view)); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { a.pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+name+" CASCADE") })
-	}
-	var session string
-	if err := a.pool.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&session); err != nil {
-		t.Fatal(err)
 	}
 	big := strings.Repeat("compressible ", 2000)
 	eo := &emitter.Options{ChannelPrefix: opts.ChannelPrefix, TableName: opts.TableName}
@@ -623,7 +575,7 @@ func TestEmitterLZ4Probe(t *testing.T) {
 	schema(nolz4, "CREATE VIEW "+nolz4+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz']::text[] AS enumvals")
 	schema(failing, "CREATE VIEW "+failing+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY[(1/(random()*0)::int)::text]::text[] AS enumvals")
 	for _, s := range []string{nolz4, failing} {
-		e, err := emitter.New(poolWithSearchPath(t, s, 0), eo)
+		e, err := emitter.New(poolWith(t, map[string]string{"search_path": s + ", pg_catalog, public"}), eo)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -639,7 +591,7 @@ func TestEmitterLZ4Probe(t *testing.T) {
 
 	counted := pgtest.Name("counted")
 	schema(counted, "CREATE SEQUENCE "+counted+".probes; CREATE VIEW "+counted+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz','lz4']::text[] AS enumvals FROM (SELECT nextval('"+counted+".probes')) n")
-	p := poolWithSearchPath(t, counted, 0)
+	p := poolWith(t, map[string]string{"search_path": counted + ", pg_catalog, public"})
 	for i := range 5 { // an emitter per call
 		e, err := emitter.New(p, eo)
 		if err != nil {
@@ -659,7 +611,7 @@ func TestEmitterLZ4Probe(t *testing.T) {
 
 	slow := pgtest.Name("slow")
 	schema(slow, "CREATE VIEW "+slow+".pg_settings AS SELECT 'default_toast_compression'::text AS name, ARRAY['pglz','lz4']::text[] AS enumvals FROM pg_sleep(0.3)")
-	p = poolWithSearchPath(t, slow, 1)
+	p = poolWith(t, map[string]string{"search_path": slow + ", pg_catalog, public"})
 	if err := p.Ping(ctx); err != nil { // a connection ready: the probe is what takes time
 		t.Fatal(err)
 	}
@@ -679,4 +631,27 @@ func TestEmitterLZ4Probe(t *testing.T) {
 	if got := last(); got != "lz4" {
 		t.Errorf("the next emit: row in %s, want lz4", got)
 	}
+}
+
+// compression returns whether the server can compress with lz4, and its default method.
+func compression(t *testing.T, pool *pgxpool.Pool) (lz4 bool, session string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := pool.QueryRow(ctx, "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'").Scan(&lz4); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, "SELECT current_setting('default_toast_compression')").Scan(&session); err != nil {
+		t.Fatal(err)
+	}
+	return lz4, session
+}
+
+// lastCompression returns how the last row of table is compressed.
+func lastCompression(t *testing.T, pool *pgxpool.Pool, table string) string {
+	t.Helper()
+	var m string
+	if err := pool.QueryRow(context.Background(), "SELECT coalesce(pg_column_compression(payload), 'none') FROM "+table+" ORDER BY id DESC LIMIT 1").Scan(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
