@@ -1189,12 +1189,13 @@ func (a *Adapter) AllRooms(ctx context.Context) ([]socket.Room, error) {
 }
 
 // AllRooms returns every room of namespace nsp across the cluster (see Adapter.AllRooms).
-// For a namespace whose adapter is not a pgadapter one, it returns the local rooms.
+// For a namespace whose adapter is not a pgadapter one, it returns the local rooms (with
+// ctx's error when ctx has ended, as for a pgadapter one).
 func AllRooms(ctx context.Context, nsp socket.Namespace) ([]socket.Room, error) {
 	if a, ok := nsp.Adapter().(*Adapter); ok {
 		return a.AllRooms(ctx)
 	}
 	rooms := nsp.Adapter().Rooms().Keys()
 	slices.Sort(rooms)
-	return rooms, nil
+	return rooms, ctx.Err()
 }

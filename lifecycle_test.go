@@ -259,6 +259,13 @@ func TestInvalidOptions(t *testing.T) {
 	if err := zero.Ready(context.Background()); !errors.Is(err, ErrInvalidOptions) {
 		t.Errorf("zero Builder: Ready() = %v", err)
 	}
+	// AllRooms on its local adapter: the local rooms, and an ended context's error as
+	// for a pgadapter adapter.
+	ended, end := context.WithCancel(context.Background())
+	end()
+	if _, err := AllRooms(ended, io.Of("/zero", nil)); !errors.Is(err, context.Canceled) {
+		t.Errorf("AllRooms on a local adapter with an ended context: %v", err)
+	}
 	io.Close(nil)
 	if err := zero.Close(context.Background()); err != nil {
 		t.Errorf("zero Builder: Close() = %v", err)
