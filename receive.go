@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
@@ -426,53 +427,83 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 	}
 	heardOn := rt.lis.conns.Load()
 	fctx, cancel := context.WithTimeout(ctx, rt.b.opts.RequestsTimeout)
-	conn, err := rt.b.pool.Acquire(fctx)
-	pending.Add(-1)
-	if err != nil {
-		err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
-	} else {
-		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, func(id int64, row attachment) {
-			ds, due := byID[id]
-			if !due {
-				return // a row given twice is handed over once
-			}
-			delete(byID, id)
-			// What the row holds once decoded: its body, and the tree of values it
-			// decodes into (a tester's 52 KB of empty maps took 3.3 MB).
-			cost, why := wire.Weigh(row.body, rt.b.opts.MaxAttachmentSize)
-			var n int64 // nothing for a row refused, which is not decoded
-			if row.size == 0 && why == "" {
-				n = int64(len(row.body)) + wire.BytesPerCost*int64(cost)
-			}
-			if !rt.budget.take(ds, n) {
-				// Read again when it fits: its body is dropped now, rather than held
-				// with the rows of every message queued before it.
-				for _, d := range ds {
-					d.putOff, d.size = true, n
-				}
-				rt.b.stats.attachmentsPutOff.Add(1)
-				return
-			}
-			// A row is decoded once. Each message has a row of its own: several
-			// notifications naming one row are forged, and a tester's 200 naming one
-			// 20 MB row had every server decode and hold it 200 times (3 GB). Read
-			// together or in reads close together (a reviewer's finding: split between
-			// two reads, a row was delivered twice).
+	each := func(id int64, row attachment) {
+		ds, due := byID[id]
+		if !due {
+			return // a row given twice is handed over once
+		}
+		delete(byID, id)
+		// What the row holds once decoded: its body, and the tree of values it
+		// decodes into (a tester's 52 KB of empty maps took 3.3 MB).
+		cost, why := wire.Weigh(row.body, rt.b.opts.MaxAttachmentSize)
+		var n int64 // nothing for a row refused, which is not decoded
+		if row.size == 0 && why == "" {
+			n = int64(len(row.body)) + wire.BytesPerCost*int64(cost)
+		}
+		if !rt.budget.take(ds, n) {
+			// Read again when it fits: its body is dropped now, rather than held
+			// with the rows of every message queued before it.
 			for _, d := range ds {
-				if rt.recent.claim(rowKey{id, d.created.UnixNano(), row.created.UnixNano()}, heardOn) {
-					r := rt.decodeAttachment(d, row, why)
-					if r.err == nil {
-						r.held, n = n, 0
-					}
-					d.fetched <- r
-					continue
-				}
-				rt.b.stats.malformed.Add(1)
-				d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w: named by another notification too", id, ErrMalformed)}
+				d.putOff, d.size = true, n
 			}
-			rt.budget.release(n) // not decoded, or refused
-		})
+			rt.b.stats.attachmentsPutOff.Add(1)
+			return
+		}
+		// A row is decoded once. Each message has a row of its own: several
+		// notifications naming one row are forged, and a tester's 200 naming one
+		// 20 MB row had every server decode and hold it 200 times (3 GB). Read
+		// together or in reads close together (a reviewer's finding: split between
+		// two reads, a row was delivered twice).
+		for _, d := range ds {
+			if rt.recent.claim(rowKey{id, d.created.UnixNano(), row.created.UnixNano()}, heardOn) {
+				r := rt.decodeAttachment(d, row, why)
+				if r.err == nil {
+					r.held, n = n, 0
+				}
+				d.fetched <- r
+				continue
+			}
+			rt.b.stats.malformed.Add(1)
+			d.fetched <- fetchResult{err: fmt.Errorf("attachment %d: %w: named by another notification too", id, ErrMalformed)}
+		}
+		rt.budget.release(n) // not decoded, or refused
+	}
+	var err error
+	for attempt := 0; ; attempt++ {
+		var conn *pgxpool.Conn
+		conn, err = rt.b.pool.Acquire(fctx)
+		if attempt == 0 {
+			pending.Add(-1)
+		}
+		if err != nil {
+			err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
+			break
+		}
+		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, each)
+		// A connection PostgreSQL ended (idle_session_timeout, pg_terminate_backend, a
+		// restart) fails the read, which is safe to make again on another, for the rows
+		// not handed over yet: each such connection lost a whole group, up to 64
+		// messages (a tester's finding: 4 of 10 messages with an idle_session_timeout of
+		// 200 ms, 125-319 of 2,000 when backends were terminated during a burst). Every
+		// idle connection of the pool may have been ended together, and the pool hands
+		// out one idle for less than a second without checking it: as many attempts as
+		// it holds connections, and one more, each failing at once, within the bound.
+		broken := err != nil && fctx.Err() == nil && conn.Conn().IsClosed()
 		conn.Release()
+		if !broken || attempt >= int(rt.b.pool.Stat().MaxConns()) {
+			break
+		}
+		ids = ids[:0]
+		for _, d := range group {
+			if _, due := byID[d.id]; due && !slices.Contains(ids, d.id) {
+				ids = append(ids, d.id)
+			}
+		}
+		if len(ids) == 0 {
+			err = nil
+			break
+		}
+		rt.b.stats.attachmentRereads.Add(1)
 	}
 	cancel()
 	rt.budget.unreserve(group)

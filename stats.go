@@ -33,6 +33,11 @@ type Stats struct {
 	// order; a count that grows means messages arrive faster than the application
 	// applies them.
 	AttachmentsPutOff int64
+	// AttachmentRereads counts reads of attachment rows made again on another connection
+	// because PostgreSQL ended the one they were made on (idle_session_timeout,
+	// pg_terminate_backend, a restart), for the rows not handed over yet: one for each
+	// ended connection met.
+	AttachmentRereads int64
 	// PublishErrors counts messages lost because their publication failed, or because
 	// they could not be encoded, and the application's operations that a closed adapter
 	// did not publish (a dynamic namespace's, emptied, still used): broadcasts and room
@@ -70,6 +75,7 @@ type counters struct {
 	attachmentsWritten, attachmentsRd atomic.Int64
 	attachmentQueries                 atomic.Int64
 	attachmentsPutOff                 atomic.Int64
+	attachmentRereads                 atomic.Int64
 	publishErrors, malformed, panics  atomic.Int64
 	attachmentErrors                  atomic.Int64
 	listenerConnects                  atomic.Int64
@@ -90,7 +96,8 @@ func (b *Builder) Stats() Stats {
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
 		AttachmentQueries: b.stats.attachmentQueries.Load(), AttachmentsPutOff: b.stats.attachmentsPutOff.Load(),
-		PublishErrors: b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
+		AttachmentRereads: b.stats.attachmentRereads.Load(),
+		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}
