@@ -293,7 +293,10 @@ func (b *Builder) Ready(ctx context.Context) error {
 // running then finds it closed. When io.Close (or another Close) is closing the adapters
 // on another goroutine at the same time, Close may return before that ends, and the pool
 // is closed when it does; waiting for it would never end when Close is called from a
-// request callback that closing runs.
+// request callback that closing runs. Closing that pool waits for pgx to end each of its
+// connections: one whose query timed out in a network that no longer answers takes pgx
+// up to 15 s more (a tester's partition: 17 s after io.Close); a ctx that ends first
+// returns its error, and the pool goes on closing in the background.
 func (b *Builder) Close(ctx context.Context) error {
 	b.init()
 	// Called from the ErrorHandler, which the goroutine below would wait for.
