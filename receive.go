@@ -469,7 +469,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		rt.budget.release(n) // not decoded, or refused
 	}
 	var err error
-	for attempt := 0; ; attempt++ {
+	for attempt, fruitless := 0, 0; ; attempt++ {
 		var conn *pgxpool.Conn
 		conn, err = rt.b.pool.Acquire(fctx)
 		if attempt == 0 {
@@ -479,6 +479,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 			err = fmt.Errorf("pgadapter: read attachments %v: %w", ids, err)
 			break
 		}
+		due := len(byID)
 		err = fetchAttachments(fctx, conn, rt.b.st, ids, rt.b.opts.MaxAttachmentSize, each)
 		// A connection PostgreSQL ended (idle_session_timeout, pg_terminate_backend, a
 		// restart) fails the read, which is safe to make again on another, for the rows
@@ -486,11 +487,19 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		// messages (a tester's finding: 4 of 10 messages with an idle_session_timeout of
 		// 200 ms, 125-319 of 2,000 when backends were terminated during a burst). Every
 		// idle connection of the pool may have been ended together, and the pool hands
-		// out one idle for less than a second without checking it: as many attempts as
-		// it holds connections, and one more, each failing at once, within the bound.
+		// out one idle for less than a second without checking it: as many attempts in a
+		// row that hand nothing over as it holds connections, and one more, each failing
+		// at once, within the bound. An attempt that hands rows over starts the count
+		// again (a reviewer's finding: with the count kept over a read, two sweeps of a
+		// burst's connections lost a whole group of 64).
 		broken := err != nil && fctx.Err() == nil && conn.Conn().IsClosed()
 		conn.Release()
-		if !broken || attempt >= int(rt.b.pool.Stat().MaxConns()) {
+		if len(byID) < due {
+			fruitless = 0
+		} else {
+			fruitless++
+		}
+		if !broken || fruitless > int(rt.b.pool.Stat().MaxConns()) {
 			break
 		}
 		ids = ids[:0]

@@ -35,8 +35,8 @@ type Stats struct {
 	AttachmentsPutOff int64
 	// AttachmentRereads counts reads of attachment rows made again on another connection
 	// because PostgreSQL ended the one they were made on (idle_session_timeout,
-	// pg_terminate_backend, a restart), for the rows not handed over yet: one for each
-	// ended connection met.
+	// pg_terminate_backend, a restart), for the rows not handed over yet: one per read
+	// made again. AttachmentQueries does not count them.
 	AttachmentRereads int64
 	// PublishErrors counts messages lost because their publication failed, or because
 	// they could not be encoded, and the application's operations that a closed adapter
