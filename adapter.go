@@ -215,8 +215,8 @@ func (a *Adapter) Init() {}
 // namespace. Closing the main namespace's adapter ("/"), as io.Close does, closes every
 // adapter of the Builder that has no socket left: io.Close reaches only the namespaces
 // socket.io's table holds, and socket.io v2.5.0 can remove one in use from it (see the
-// README's defects of socket.io v2.5.0). Those with sockets close as io.Close closes their connections. Close is
-// idempotent.
+// README's defects of socket.io v2.5.0). Those with sockets close as io.Close closes
+// their connections. Close is idempotent.
 //
 // Close does not wait for ADAPTER_CLOSE to be published: the publisher sends it in turn,
 // and closing the last namespace waits for what is queued (at most RequestsTimeout and

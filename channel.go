@@ -237,7 +237,7 @@ func backoff(attempt int) time.Duration {
 }
 
 func (l *listener) connect(ctx context.Context) (*pgx.Conn, error) {
-	cctx, cancel := context.WithTimeout(ctx, setupTimeout(l.opts.RequestsTimeout))
+	cctx, cancel := context.WithTimeout(ctx, listenerTimeout(l.opts.RequestsTimeout))
 	defer cancel()
 	var conn *pgx.Conn
 	var err error
@@ -333,7 +333,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			// idle_session_timeout, and a pooler's idle timeout, count the time since
 			// the client's last query, and notifications sent to it do not reset that
 			// (TestListenerSurvivesIdleSessionTimeout).
-			pctx, pcancel := graceful(ctx, pingTimeout(l.opts.HeartbeatInterval)) // see apply
+			pctx, pcancel := graceful(ctx, listenerTimeout(l.opts.HeartbeatInterval)) // see apply
 			err := conn.Ping(pctx)
 			pcancel()
 			if err != nil {
@@ -358,17 +358,13 @@ func (l *listener) interruptLocked() {
 	}
 }
 
-// pingTimeout bounds the listener's ping: a heartbeat interval, and at least
-// minPingTimeout. With the interval alone, a short one (10 ms) was shorter than a ping's
-// round trip behind a burst of notifications on a loaded machine: every LISTEN
-// connection of a cluster reconnected again and again, losing what was sent meanwhile.
-func pingTimeout(interval time.Duration) time.Duration { return max(interval, minPingTimeout) }
-
-// setupTimeout bounds the listener's connection and its LISTEN statements: the
-// requests' timeout, and at least minPingTimeout. RequestsTimeout alone, set short for
-// requests that must fail fast (1 ms), was shorter than opening a connection, and the
-// listener never came up.
-func setupTimeout(requests time.Duration) time.Duration { return max(requests, minPingTimeout) }
+// listenerTimeout bounds the listener's statements: its ping, by a heartbeat interval,
+// and its connection and LISTENs, by RequestsTimeout, each at least minPingTimeout. With
+// the interval alone, a short one (10 ms) was shorter than a ping's round trip behind a
+// burst of notifications on a loaded machine: every LISTEN connection of a cluster
+// reconnected again and again, losing what was sent meanwhile. With RequestsTimeout
+// alone, set short for requests that must fail fast (1 ms), the listener never connected.
+func listenerTimeout(d time.Duration) time.Duration { return max(d, minPingTimeout) }
 
 // minPingTimeout is the least time a ping is given; a connection silent that long is
 // taken for dead.
@@ -415,7 +411,7 @@ func (l *listener) apply(ctx context.Context, conn *pgx.Conn, applied map[string
 	l.dirty = false
 	l.mu.Unlock()
 
-	qctx, cancel := graceful(ctx, setupTimeout(l.opts.RequestsTimeout))
+	qctx, cancel := graceful(ctx, listenerTimeout(l.opts.RequestsTimeout))
 	defer cancel()
 	for _, ch := range unwanted {
 		if err := ctx.Err(); err != nil {

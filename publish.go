@@ -80,11 +80,10 @@ type publisher struct {
 	tableReady atomic.Bool
 
 	// owned by the goroutine
-	lz4      int8       // whether the server compresses with lz4: 0 not known yet, 1 yes, -1 no
-	lz4Probe time.Time  // when to ask again after a failed probe
-	carry    []outgoing // taken from the queue, to publish before anything queued
-	batch    []outgoing
-	seen     map[notification]struct{}
+	lz4   wire.LZ4   // whether the server compresses with lz4
+	carry []outgoing // taken from the queue, to publish before anything queued
+	batch []outgoing
+	seen  map[notification]struct{}
 	// settings is the statement that begins a batch with attachments, by whether it
 	// commits asynchronously (1) and compresses with lz4 (2), with its lock_timeout
 	// (see lockTimeout).
@@ -465,8 +464,12 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	if !p.tableReady.Load() && !p.opts.SkipTableCreation && attachments {
 		p.createTable(ctx)
 	}
-	if attachments && p.lz4 == 0 && time.Now().After(p.lz4Probe) {
-		p.probeLZ4(ctx)
+	lz4 := false
+	if attachments {
+		var err error
+		if lz4, err = p.lz4.Use(func() (bool, error) { return p.probeLZ4(ctx) }, p.opts.RequestsTimeout); err != nil {
+			p.opts.Logger.Debug("pgadapter: lz4 probe failed", "error", err)
+		}
 	}
 	// Runs of inline messages go as one NotifyMany each; attachments between them keep
 	// their place, since the statements of a batch run in order.
@@ -513,7 +516,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			if !p.opts.SynchronousCommit {
 				i |= 1
 			}
-			if p.lz4 > 0 {
+			if lz4 {
 				i |= 2
 			}
 			b.Queue(p.settings[i])
@@ -769,24 +772,14 @@ const setLZ4Setting = "set_config('default_toast_compression', 'lz4', true)"
 // 19,900-20,100 off).
 const setAsyncSetting = "set_config('synchronous_commit', 'off', true)"
 
-// probeLZ4 asks once whether the server can compress with lz4 (PostgreSQL 14 and later,
-// built with it, which every major distribution's package is). A failed probe is tried
-// again a RequestsTimeout later, so that a database that is down does not cost every
-// batch a second timeout.
-func (p *publisher) probeLZ4(ctx context.Context) {
+// probeLZ4 asks whether the server can compress with lz4 (see wire.LZ4: once, and a
+// RequestsTimeout after a failed ask, so that a database that is down does not cost
+// every batch a second timeout).
+func (p *publisher) probeLZ4(ctx context.Context) (ok bool, err error) {
 	qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
 	defer cancel()
-	var ok bool
-	err := p.pool.QueryRow(qctx, wire.ProbeLZ4).Scan(&ok)
-	switch {
-	case err != nil:
-		p.lz4Probe = time.Now().Add(p.opts.RequestsTimeout)
-		p.opts.Logger.Debug("pgadapter: lz4 probe failed", "error", err)
-	case ok:
-		p.lz4 = 1
-	default:
-		p.lz4 = -1
-	}
+	err = p.pool.QueryRow(qctx, wire.ProbeLZ4).Scan(&ok)
+	return ok, err
 }
 
 func hasAttachment(batch []outgoing) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -502,12 +503,7 @@ func (rt *runtime) fetch(ctx context.Context, group []*delivery, pending *atomic
 		if !broken || fruitless > int(rt.b.pool.Stat().MaxConns()) {
 			break
 		}
-		ids = ids[:0]
-		for _, d := range group {
-			if _, due := byID[d.id]; due && !slices.Contains(ids, d.id) {
-				ids = append(ids, d.id)
-			}
-		}
+		ids = slices.AppendSeq(ids[:0], maps.Keys(byID)) // the rows not handed over
 		if len(ids) == 0 {
 			err = nil
 			break

@@ -53,7 +53,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"weak"
@@ -149,18 +148,10 @@ type Emitter struct {
 	rooms     []string
 	except    []string
 	flags     wire.Flags
-	lz4       *lz4State // shared with the emitters derived from this one
+	lz4       *wire.LZ4 // shared with the emitters of its pool
 }
 
-// lz4State is what the emitter knows of the server's lz4 (see wire.SetLZ4): known is 0
-// until a probe answered, then 1 (it has it) or -1; retry is when a failed probe may be
-// tried again (UnixNano), so that a database that is down costs no probe per emit.
-type lz4State struct {
-	known atomic.Int32
-	retry atomic.Int64
-}
-
-// lz4States holds what is known of each pool's server (a *lz4State by the pool's weak
+// lz4States holds what is known of each pool's server (a *wire.LZ4 by the pool's weak
 // pointer), so that emitters made per call, in an HTTP handler say, do not each ask: a
 // probe is a round trip and a scan of pg_settings, about 1.5 ms (a reviewer's finding).
 // An entry goes with its pool.
@@ -168,20 +159,20 @@ var lz4States sync.Map
 
 // lz4For returns the state shared by the emitters of db: a pool's, or one of their own
 // for any other DB (which never uses it: see useLZ4).
-func lz4For(db DB) *lz4State {
+func lz4For(db DB) *wire.LZ4 {
 	pool, ok := db.(*pgxpool.Pool)
 	if !ok {
-		return &lz4State{}
+		return &wire.LZ4{}
 	}
 	key := weak.Make(pool)
 	if v, ok := lz4States.Load(key); ok {
-		return v.(*lz4State)
+		return v.(*wire.LZ4)
 	}
-	v, loaded := lz4States.LoadOrStore(key, &lz4State{})
+	v, loaded := lz4States.LoadOrStore(key, &wire.LZ4{})
 	if !loaded {
 		runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { lz4States.Delete(k) }, key)
 	}
-	return v.(*lz4State)
+	return v.(*wire.LZ4)
 }
 
 // useLZ4 reports whether the row a pool's connection c inserts may be compressed with
@@ -191,24 +182,12 @@ func lz4For(db DB) *lz4State {
 // made pgx close the connection under the emit, whose error then said "conn closed"
 // instead of wrapping ctx's (a reviewer's finding).
 func (e *Emitter) useLZ4(ctx context.Context, c *pgxpool.Conn) bool {
-	if k := e.lz4.known.Load(); k != 0 {
-		return k > 0
-	}
-	if time.Now().UnixNano() < e.lz4.retry.Load() {
-		return false
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lz4ProbeTimeout)
-	defer cancel()
-	var ok bool
-	if err := c.QueryRow(pctx, wire.ProbeLZ4).Scan(&ok); err != nil {
-		e.lz4.retry.Store(time.Now().Add(lz4Retry).UnixNano())
-		return false
-	}
-	if ok {
-		e.lz4.known.Store(1)
-	} else {
-		e.lz4.known.Store(-1)
-	}
+	ok, _ := e.lz4.Use(func() (ok bool, err error) {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lz4ProbeTimeout)
+		defer cancel()
+		err = c.QueryRow(pctx, wire.ProbeLZ4).Scan(&ok)
+		return ok, err
+	}, lz4Retry)
 	return ok
 }
 

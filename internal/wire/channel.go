@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -116,6 +118,37 @@ const SetLZ4 = "SELECT set_config('default_toast_compression', 'lz4', true)"
 // ProbeLZ4 asks whether the server can compress with lz4 (PostgreSQL 14 and later, built
 // with it, as every major distribution's package is): one boolean.
 const ProbeLZ4 = "SELECT coalesce(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings WHERE name = 'default_toast_compression'"
+
+// LZ4 is what a publisher knows of its server's lz4 (ProbeLZ4), safe for concurrent use:
+// the servers' publisher and the emitter's pools ask once, and after a failed ask again
+// only once its retry has passed, so that a database that is down costs no probe per
+// message.
+type LZ4 struct {
+	known atomic.Int32 // 0 not known yet, 1 the server has it, -1 it has not
+	retry atomic.Int64 // UnixNano before which a failed ask is not made again
+}
+
+// Use reports whether rows may be compressed with lz4, asking through ask while that is
+// not known; ask's error, when it failed, is returned too.
+func (l *LZ4) Use(ask func() (bool, error), retry time.Duration) (bool, error) {
+	if k := l.known.Load(); k != 0 {
+		return k > 0, nil
+	}
+	if time.Now().UnixNano() < l.retry.Load() {
+		return false, nil
+	}
+	ok, err := ask()
+	if err != nil {
+		l.retry.Store(time.Now().Add(retry).UnixNano())
+		return false, err
+	}
+	if ok {
+		l.known.Store(1)
+	} else {
+		l.known.Store(-1)
+	}
+	return ok, nil
+}
 
 // createdAtInstant is the SQL of a created_at column's value as a timestamptz that is
 // the same in every session, for the header's time and the reads that compare with it.
