@@ -78,7 +78,12 @@ func TestSocketInACleanedUpNamespace(t *testing.T) {
 		t.Fatal("no new adapter for the namespace made again")
 	}
 	close(gate)
-	r := <-second
+	var r result
+	select {
+	case r = <-second:
+	case <-time.After(2 * waitFor): // tryConnect's own bound, and the gate's
+		t.Fatal("the second client's connection never ended")
+	}
 	if r.fail != "" {
 		t.Fatalf("the second client: %s", r.fail)
 	}
