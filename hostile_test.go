@@ -380,7 +380,10 @@ func TestAnnouncementsAnsweredTogether(t *testing.T) {
 	eventually(t, "A's broadcast published", func() bool { return a.b.Stats().Published["BROADCAST"] >= 1 })
 	n := a.b.Stats().Published["HEARTBEAT"] - before
 	t.Logf("%d heartbeats answered 2,000 announcements", n)
-	if n < 1 || n > 200 {
+	// Without the sharing, one each: 2,000. How many share one depends on how fast the
+	// publisher takes each answer against how fast they are applied: 17-20 on an idle
+	// machine, 273 in a CI run whose other tests loaded it.
+	if n < 1 || n > 500 {
 		t.Fatalf("%d heartbeats answered 2,000 announcements that arrived together; want at least one, and far fewer than 2,000", n)
 	}
 }
