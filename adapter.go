@@ -41,6 +41,14 @@ type Adapter struct {
 	// PostgreSQL's echo of them without decoding.
 	ownSuffix, ownPrefix string
 
+	// sent is the last sequence number given to this adapter's messages (wire.SeqKey),
+	// owned by its runtime's publisher goroutine (see publisher.number); heardSeq, the
+	// last one received from each other server, by its uid, owned by the runtime's
+	// dispatch goroutine (see runtime.sequence). Both live as long as the adapter: a
+	// namespace made again has another uid, and starts again at 1.
+	sent     uint64
+	heardSeq map[string]uint64
+
 	// lastPublish is when a batch holding a message of this adapter last committed, in
 	// unix nanoseconds (set by the publisher): the other servers heard it then.
 	lastPublish atomic.Int64
@@ -732,10 +740,11 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 	}
 	var enc wire.Encoded
 	var err error
+	threshold := wire.SeqThreshold(a.b.opts.PayloadThreshold) // room for the number
 	if room, bad := wire.BadRoom(data); bad {
 		err = fmt.Errorf("%s names room %q, which is not valid UTF-8: %w", typ, room, ErrInvalidName)
-	} else if enc, err = wire.Encode(m, a.b.opts.PayloadThreshold); err == nil && a.b.ascii.Load() {
-		enc, err = wire.ASCII(enc, m, a.b.opts.PayloadThreshold)
+	} else if enc, err = wire.Encode(m, threshold); err == nil && a.b.ascii.Load() {
+		enc, err = wire.ASCII(enc, m, threshold)
 	}
 	if err == nil && enc.Attachment != nil {
 		if why := wire.Oversize(enc.Attachment, a.b.opts.MaxAttachmentSize); why != "" {
@@ -753,9 +762,9 @@ func (a *Adapter) outgoing(typ wire.Type, data any, done func(error)) (outgoing,
 		}
 	}
 	if enc.Attachment != nil && a.b.opts.InlineBinary && a.allRead() {
-		enc = wire.Inline(enc, m, a.b.opts.PayloadThreshold)
+		enc = wire.Inline(enc, m, threshold)
 	}
-	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done, committed: &a.lastPublish}
+	o := outgoing{channel: a.channel, nsp: a.name, typ: typ, enc: enc, done: done, committed: &a.lastPublish, seq: &a.sent}
 	if enc.Attachment != nil {
 		o.prefix = wire.AttachmentHeaderPrefix(a.uid, typ)
 	}

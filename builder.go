@@ -587,8 +587,13 @@ type runtime struct {
 	capWarned      atomic.Bool
 
 	heardAt map[heardKey]time.Time // owned by the dispatch goroutine (see heard)
-	recent  recentRows             // the attachment rows read last (see fetch)
-	budget  *rowBudget             // bounds the attachment rows read and not yet applied
+	// drops counts the numbered notifications the listener dropped (a full receive
+	// queue), by channel and sender, until a gap in the sender's numbers takes them
+	// (see sequence).
+	dropsMu sync.Mutex
+	drops   map[heardKey][]seqRange
+	recent  recentRows // the attachment rows read last (see fetch)
+	budget  *rowBudget // bounds the attachment rows read and not yet applied
 	// Notifications examined by the dispatch goroutine, and those of them that were
 	// this server's own messages (see watchHearing).
 	examined, echoes atomic.Int64
@@ -636,7 +641,10 @@ func (b *Builder) start() *runtime {
 		b.listenerState(up, pid, err)
 	}
 	rt.lis.report = b.report
-	rt.lis.onDrop = b.onDrop
+	rt.lis.onDrop = func(n *pgconn.Notification) {
+		rt.dropped(n)
+		b.onDrop()
+	}
 	rt.lis.onListen = func(channel string) {
 		if a := b.adapter(channel); a != nil && a.rt == rt {
 			a.listening(rt.lis.conns.Load())

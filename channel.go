@@ -49,7 +49,7 @@ type listener struct {
 	onRefused func(channel string, err error)
 	// onEncoding is called with the server's encoding at each connection.
 	onEncoding func(serverEncoding string)
-	onDrop     func() // called when inbound is full
+	onDrop     func(*pgconn.Notification) // called with each notification inbound had no room for
 	onState    func(up bool, pid uint32, err error)
 
 	mu     sync.Mutex
@@ -311,7 +311,7 @@ func (l *listener) serve(ctx context.Context, conn *pgx.Conn) (listened bool, er
 			select {
 			case l.inbound <- n:
 			default:
-				l.onDrop()
+				l.onDrop(n)
 			}
 		}
 		l.mu.Lock()

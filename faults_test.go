@@ -774,6 +774,11 @@ func TestFaultLockedTableLosesOnlyTheAttachments(t *testing.T) {
 			if c := got.count("big"); c != 0 {
 				t.Fatalf("B got %d attachments reported lost", c)
 			}
+			// The batch PostgreSQL refused took its numbers back: A reported the
+			// attachments lost, and B sees no gap for them.
+			if m := b.b.Stats().Missed; m != 0 {
+				t.Errorf("B counts %d messages of A missed, which A reported lost itself", m)
+			}
 			waitServerCount(t, []*node{a, b}, 2)
 		})
 	}

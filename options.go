@@ -31,7 +31,9 @@ type Options struct {
 
 	// PayloadThreshold is the size in bytes from which a message's JSON goes through the
 	// attachments table instead of the NOTIFY payload. Default and maximum 8000, since
-	// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+	// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; above 7973 it is taken as
+	// 7973, which leaves room in the payload for the message's sequence number (see
+	// MissedError).
 	PayloadThreshold int
 
 	// InlineBinary, when true, sends a message that would go through the attachments
@@ -318,6 +320,10 @@ var (
 	// Options.MaxAttachmentSize: not published, or, received, not read.
 	ErrAttachmentTooLarge = errors.New("pgadapter: attachment larger than MaxAttachmentSize")
 
+	// ErrMissed is wrapped by the *MissedError a server reports when messages of another
+	// server did not reach it.
+	ErrMissed = errors.New("pgadapter: messages of another server never arrived")
+
 	// ErrMalformed is reported for a notification on one of our channels that cannot be
 	// decoded. It is dropped; other traffic is unaffected.
 	ErrMalformed = errors.New("pgadapter: malformed notification")
@@ -353,6 +359,38 @@ var (
 	// adapter's goroutines panics.
 	ErrPanic = errors.New("pgadapter: recovered panic")
 )
+
+// MissedError reports messages of another server that never reached this one. Each
+// server numbers its messages on each namespace, in the order it publishes them, and a
+// receiver that sees a number skipped reports the gap once the next message arrives
+// (every server publishes at least once per HeartbeatInterval). PostgreSQL keeps no
+// notification for a listener that is not connected when it commits: the messages
+// committed while this server's LISTEN connection was down or being made again are
+// lost for it, and the last ones committed before a fast shutdown of PostgreSQL can be
+// lost for every listener, though their sender saw them commit. Without the numbers,
+// those losses went unreported. Not counted: notifications this server dropped itself
+// (ErrReceiveQueueFull, reported already), messages of Node's servers and of emitters,
+// which are not numbered, and what a server published before this one first heard it.
+// A batch whose connection failed after it was sent (reported by its sender as a
+// *PublishError, since it may not have committed) shows here too when it did not.
+type MissedError struct {
+	// Namespace is the namespace the messages were published on.
+	Namespace string
+	// Server is the other server's uid on that namespace (Adapter.UID).
+	Server string
+	// Missed is how many of its messages did not arrive.
+	Missed uint64
+	// After and Next are the numbers of the messages received either side of the gap.
+	After, Next uint64
+}
+
+func (e *MissedError) Error() string {
+	return fmt.Sprintf("pgadapter: namespace %q: %d messages of server %s never arrived (numbers %d to %d; sent while this server's LISTEN connection was down, or lost by PostgreSQL around a restart)",
+		e.Namespace, e.Missed, e.Server, e.After+1, e.Next-1)
+}
+
+// Unwrap returns ErrMissed.
+func (e *MissedError) Unwrap() error { return ErrMissed }
 
 // PanicError is a panic recovered in one of the adapter's goroutines: in a handler of a
 // server-side event, an ack or request callback, an outgoing-packet listener, or the

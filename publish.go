@@ -29,6 +29,9 @@ type outgoing struct {
 	// committed, when set, is given the time its batch commits, in unix nanoseconds: the
 	// adapter's last publication, after which its heartbeat is due (Adapter.heartbeat).
 	committed *atomic.Int64
+	// seq, when set, is the sequence number of the message's adapter, which the
+	// publisher gives the message the next of (see number).
+	seq *uint64
 	// taken, when set, is called once the publisher takes the message into a batch:
 	// what arrives from then on was not there before it was sent (see
 	// Adapter.answerAnnouncement).
@@ -101,9 +104,14 @@ type publisher struct {
 	// bisectDepth is how deep sendBatch is in halving a refused batch, and bisectLeft
 	// the round trips it may still spend on it (see maxBisectSends).
 	bisectDepth, bisectLeft int
-	nonce                   uint64   // the last nonce given (see unique)
-	chans                   []string // sendBatch's NotifyMany arguments, reused
-	payloads                []string
+	nonce                   uint64 // the last nonce given (see unique)
+	// number's work: the numbers it gave last (for unnumber), and its buffers, reused.
+	marks      []seqMark
+	numberBuf  []byte
+	numberEnds []int
+	numberOut  []string
+	chans      []string // sendBatch's NotifyMany arguments, reused
+	payloads   []string
 }
 
 func newPublisher(pool *pgxpool.Pool, st statements, opts *Options, report func(error), stats *counters) *publisher {
@@ -319,7 +327,8 @@ func (p *publisher) nextBatch() []outgoing {
 				return true // taken, and lost
 			}
 		}
-		if m.enc.Attachment == nil {
+		if m.enc.Attachment == nil && m.seq == nil {
+			// A numbered message is unique (see number).
 			key := notification{m.channel, m.enc.JSON}
 			if _, dup := p.seen[key]; dup {
 				json, ok := p.unique(m.enc.JSON)
@@ -472,14 +481,21 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		}
 	}
 	// Runs of inline messages go as one NotifyMany each; attachments between them keep
-	// their place, since the statements of a batch run in order.
+	// their place, since the statements of a batch run in order. Each message is
+	// numbered (see number): numbered is its payload, or its attachment header's prefix.
 	chans, payloads := p.chans[:0], p.payloads[:0]
-	for i := range batch {
-		if m := &batch[i]; m.enc.Attachment == nil {
-			chans = append(chans, m.channel)
-			payloads = append(payloads, m.enc.JSON)
+	var numbered []string
+	prepare := func() {
+		numbered = p.number(batch)
+		chans, payloads = chans[:0], payloads[:0]
+		for i := range batch {
+			if m := &batch[i]; m.enc.Attachment == nil {
+				chans = append(chans, m.channel)
+				payloads = append(payloads, numbered[i])
+			}
 		}
 	}
+	prepare()
 	// A pgx.Batch is made for each attempt: pgx records in a queued query the prepared
 	// statement it ran as on the first connection, and a second attempt on another
 	// connection with the same Batch executed a statement that does not exist there
@@ -534,7 +550,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		for i := range batch {
 			if m := &batch[i]; m.enc.Attachment != nil {
 				endRun()
-				b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, m.prefix, wire.AttachmentHeaderSuffix)
+				b.Queue(p.st.InsertNotify, m.enc.Attachment, m.channel, numbered[i], wire.AttachmentHeaderSuffix)
 			} else {
 				next++
 			}
@@ -558,15 +574,17 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	if p.bisectDepth > 0 {
 		p.bisectLeft-- // a round trip of the budget (see below)
 	}
+	sent := false
 	if attachments && p.locked {
 		err = p.probeLock(ctx) // a refusal is handled as the batch's own would be
 	}
 	if err == nil {
-		err = send()
+		sent, err = true, send()
 	}
 	defer func() {
 		clear(chans) // drop references to sent payloads; the arrays are reused
 		clear(payloads)
+		clear(numbered)
 		p.chans, p.payloads = chans[:0], payloads[:0]
 	}()
 	var pgErr *pgconn.PgError
@@ -575,6 +593,13 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// running any (the prepare of the insert waited for a lock on the table): nothing
 	// of it ran.
 	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
+	if err != nil && (!sent || refused(err) || errors.Is(err, errLearntASCII)) {
+		// Not committed: its numbers are given again, to what is sent next (its
+		// messages sent again below, or the next batch), so that the other servers see
+		// no gap for messages this server reports lost itself. A batch that may have
+		// committed keeps them: the others count what did not arrive.
+		p.unnumber()
+	}
 	if errors.Is(err, errLearntASCII) {
 		p.sendBatch(ctx, p.makeASCII(batch))
 		return
@@ -623,7 +648,10 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			p.tableReady.Store(false)
 			p.createTable(ctx)
 			if p.tableReady.Load() {
-				err = send()
+				prepare() // numbered again: the numbers were taken back
+				if err = send(); err != nil && refused(err) {
+					p.unnumber()
+				}
 			}
 		}
 		if err != nil && len(chans) > 0 && refused(err) {
@@ -654,7 +682,11 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			last = m.committed
 		}
 		countType(&p.stats.published, m.typ)
-		p.stats.publishedBytes.Add(int64(len(m.enc.JSON) + len(m.enc.Attachment)))
+		if m.enc.Attachment == nil {
+			p.stats.publishedBytes.Add(int64(len(numbered[i])))
+		} else {
+			p.stats.publishedBytes.Add(int64(len(m.enc.Attachment)))
+		}
 		if m.enc.Attachment != nil {
 			p.stats.attachmentsWritten.Add(1)
 		}
@@ -662,6 +694,63 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			m.done(nil)
 		}
 	}
+}
+
+// number gives each message of batch with an adapter (outgoing.seq) the next sequence
+// number of its adapter (wire.SeqKey), and returns, by index in batch, the payloads
+// numbered: an inline message's, or the prefix of an attachment's header. A gap in a
+// server's numbers tells the others how many of its messages they did not receive
+// (see runtime.sequence). The numbers are given here, by the goroutine that sends in
+// order, not when the message is queued, so that they count what is sent, in the order
+// it commits. The payloads are written into one buffer, one allocation for the batch;
+// messages keep theirs unnumbered, to be numbered again if the batch is taken back
+// (unnumber).
+func (p *publisher) number(batch []outgoing) []string {
+	p.marks = p.marks[:0]
+	buf := p.numberBuf[:0]
+	ends := p.numberEnds[:0]
+	for i := range batch {
+		m := &batch[i]
+		text := m.enc.JSON
+		if m.enc.Attachment != nil {
+			text = m.prefix
+		}
+		if m.seq == nil {
+			buf = append(buf, text...)
+		} else {
+			p.marks = append(p.marks, seqMark{m.seq, *m.seq})
+			*m.seq++
+			buf = wire.AppendSeq(buf, text, *m.seq)
+		}
+		ends = append(ends, len(buf))
+	}
+	all := string(buf)
+	out := p.numberOut[:0]
+	start := 0
+	for _, end := range ends {
+		out = append(out, all[start:end])
+		start = end
+	}
+	if cap(buf) > 64<<10 {
+		buf = nil // a batch of large payloads: not kept for the small ones after it
+	}
+	p.numberBuf, p.numberEnds, p.numberOut = buf[:0], ends[:0], out
+	return out
+}
+
+// seqMark is an adapter's sequence number before number gave one of its messages the
+// next.
+type seqMark struct {
+	seq  *uint64
+	prev uint64
+}
+
+// unnumber takes back the numbers the last call of number gave.
+func (p *publisher) unnumber() {
+	for i := len(p.marks) - 1; i >= 0; i-- {
+		*p.marks[i].seq = p.marks[i].prev
+	}
+	p.marks = p.marks[:0]
 }
 
 // splitSuspects returns the messages of batch whose channels' names are ASCII, which no
@@ -826,7 +915,7 @@ func (p *publisher) toASCII(m *outgoing) error {
 	if m.enc.Attachment != nil || wire.IsASCII(m.enc.JSON) {
 		return nil
 	}
-	threshold := min(p.opts.PayloadThreshold, wire.MaxNotifyPayload+1)
+	threshold := wire.SeqThreshold(p.opts.PayloadThreshold)
 	if js := wire.EscapeNonASCII(m.enc.JSON); len(js) < threshold {
 		m.enc.JSON = js
 		return nil
@@ -864,7 +953,7 @@ func (p *publisher) makeASCII(batch []outgoing) []outgoing {
 	seen := map[notification]struct{}{}
 	for _, m := range batch {
 		err := p.toASCII(&m)
-		if err == nil && m.enc.Attachment == nil {
+		if err == nil && m.enc.Attachment == nil && m.seq == nil {
 			key := notification{m.channel, m.enc.JSON}
 			if _, dup := seen[key]; dup {
 				if json, ok := p.unique(m.enc.JSON); ok {

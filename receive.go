@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -347,6 +348,9 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		return nil // our own message, echoed by PostgreSQL
 	}
 	rt.heard(a, note.UID)
+	if note.Seq != 0 {
+		rt.sequence(a, note.UID, note.Seq, note.Type)
+	}
 	rt.b.stats.receivedBytes.Add(int64(len(n.Payload)))
 	d := &delivery{a: a, channel: n.Channel, msg: note.Message, typ: note.Type}
 	if note.HasAttachment {
@@ -356,6 +360,113 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 		countType(&rt.b.stats.received, note.Type)
 	}
 	return d
+}
+
+// maxHeardSeq bounds how many servers an adapter keeps the last sequence number of (see
+// sequence). A server that closes its namespace says so, and is forgotten then; one that
+// crashed, or an invented uid, is kept until the adapter holds this many, and then all
+// are forgotten: a gap across that moment goes uncounted.
+const maxHeardSeq = 1024
+
+// sequence checks seq, the number of a message from server uid on a's namespace, against
+// the last one heard from it: a gap is messages that did not reach this server, which it
+// reports (MissedError), less those it dropped itself (a full receive queue, reported
+// already). PostgreSQL delivers a notification only to the listeners connected when it
+// commits: what commits while this server's LISTEN connection is down or being made
+// again, and the last commits before a fast shutdown of PostgreSQL, never arrive, and
+// nothing else tells. A number at or below the last is a sender that numbers again from
+// the start (a forged message, say): it is taken as the new last one. Run by the
+// dispatch goroutine, which owns a.heardSeq.
+func (rt *runtime) sequence(a *Adapter, uid string, seq uint64, typ wire.Type) {
+	last, known := a.heardSeq[uid]
+	switch {
+	case typ == wire.AdapterClose:
+		delete(a.heardSeq, uid) // its last message on the namespace
+	case known:
+		a.heardSeq[uid] = seq
+	default:
+		if a.heardSeq == nil || len(a.heardSeq) >= maxHeardSeq {
+			a.heardSeq = map[string]uint64{}
+		}
+		a.heardSeq[uid] = seq
+	}
+	if !known {
+		// The first heard: drops before it are not in a gap, and are forgotten.
+		rt.takeDrops(a.channel, uid, seq)
+		return
+	}
+	if seq <= last+1 {
+		return
+	}
+	gap := seq - last - 1
+	gap -= min(gap, rt.takeDrops(a.channel, uid, seq))
+	if gap == 0 {
+		return
+	}
+	rt.b.stats.missed.Add(int64(min(gap, math.MaxInt64)))
+	rt.b.report(&MissedError{Namespace: a.name, Server: uid, Missed: gap, After: last, Next: seq})
+}
+
+// dropped records a notification the listener dropped, if it is numbered, for sequence.
+// Run by the listener's goroutine, before it hands over the notifications that follow.
+func (rt *runtime) dropped(n *pgconn.Notification) {
+	uid, seq, ok := wire.PeekSeq(n.Payload)
+	if !ok {
+		return
+	}
+	rt.dropsMu.Lock()
+	defer rt.dropsMu.Unlock()
+	if rt.drops == nil || len(rt.drops) >= maxDropsKept {
+		rt.drops = map[heardKey][]seqRange{} // of senders gone quiet since: rarely anything
+	}
+	k := heardKey{n.Channel, uid}
+	runs := rt.drops[k]
+	if last := len(runs) - 1; last >= 0 && runs[last].to+1 == seq {
+		runs[last].to = seq
+	} else {
+		if len(runs) >= maxDropRuns {
+			runs = runs[1:] // the oldest, whose gap sequence has long seen
+		}
+		runs = append(runs, seqRange{seq, seq})
+	}
+	rt.drops[k] = runs
+}
+
+// seqRange is a run of numbers, from and to included.
+type seqRange struct{ from, to uint64 }
+
+// maxDropsKept bounds the senders whose dropped notifications a runtime counts, and
+// maxDropRuns the runs of numbers it keeps for each.
+const (
+	maxDropsKept = 4096
+	maxDropRuns  = 64
+)
+
+// takeDrops returns how many notifications of uid on channel numbered below next the
+// listener dropped, and forgets them. The listener may have dropped later ones already:
+// dispatch reads the notifications it queued before those, and they are kept for the
+// gaps they are in.
+func (rt *runtime) takeDrops(channel, uid string, next uint64) uint64 {
+	rt.dropsMu.Lock()
+	defer rt.dropsMu.Unlock()
+	k := heardKey{channel, uid}
+	runs := rt.drops[k]
+	var n uint64
+	i := 0
+	for ; i < len(runs) && runs[i].from < next; i++ {
+		to := min(runs[i].to, next-1)
+		n += to - runs[i].from + 1
+		if to < runs[i].to {
+			runs[i].from = next // the rest is after next
+			break
+		}
+	}
+	if runs = runs[i:]; len(runs) == 0 {
+		delete(rt.drops, k)
+	} else {
+		rt.drops[k] = runs
+	}
+	return n
 }
 
 // echo records that a heard one of its own messages: the runtime hears (see

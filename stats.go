@@ -49,6 +49,11 @@ type Stats struct {
 	QueueFull int64
 	// ReceiveDrops counts notifications dropped because the receive queue was full.
 	ReceiveDrops int64
+	// Missed counts messages of other servers that never reached this one, told by gaps
+	// in the numbers each server gives its messages on a namespace (see MissedError):
+	// committed while this server's LISTEN connection was down, or lost by PostgreSQL
+	// around a restart. ReceiveDrops are not counted again.
+	Missed int64
 	// Malformed counts notifications and attachments that could not be used: that could
 	// not be decoded, or were refused once decoded (a namespace that does not match its
 	// channel, an attachment row that does not match its notification).
@@ -77,6 +82,7 @@ type counters struct {
 	attachmentsPutOff                 atomic.Int64
 	attachmentRereads                 atomic.Int64
 	publishErrors, malformed, panics  atomic.Int64
+	missed                            atomic.Int64
 	attachmentErrors                  atomic.Int64
 	listenerConnects                  atomic.Int64
 	listenerUp                        atomic.Bool
@@ -98,6 +104,7 @@ func (b *Builder) Stats() Stats {
 		AttachmentQueries: b.stats.attachmentQueries.Load(), AttachmentsPutOff: b.stats.attachmentsPutOff.Load(),
 		AttachmentRereads: b.stats.attachmentRereads.Load(),
 		PublishErrors:     b.stats.publishErrors.Load(), AttachmentErrors: b.stats.attachmentErrors.Load(), QueueFull: b.queueFull.n.Load(), ReceiveDrops: b.drops.n.Load(),
+		Missed:    b.stats.missed.Load(),
 		Malformed: b.stats.malformed.Load(), Panics: b.stats.panics.Load(), ListenerConnects: b.stats.listenerConnects.Load(),
 		ListenerUp: b.stats.listenerUp.Load(),
 	}

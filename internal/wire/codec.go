@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,11 +178,121 @@ const AttachmentHeaderSuffix = `"}`
 // it; the fast decoders skip it, so that such messages are not read the slow way.
 const NonceKey = "nonce"
 
+// SeqKey is the top-level key of a message's sequence number: a server's messages on a
+// channel are numbered 1, 2, 3... in the order they are published (see AppendSeq), so
+// that a receiver can tell, from a gap, how many it did not receive. PostgreSQL keeps no
+// notification for a listener that is not connected, and loses the last ones committed
+// before a fast shutdown: without the numbers those losses were silent. Node's servers
+// ignore the key, and send none.
+const SeqKey = "seq"
+
+// SeqRoom is the most bytes AppendSeq adds to a payload: `"seq":`, 20 digits and a comma.
+const SeqRoom = len(`"`+SeqKey+`":,`) + 20
+
+// maxSeq is the largest sequence number a receiver takes: 2^53, the largest integer
+// that JSON readers (Node's, and the generic decoder's float64) all read exactly.
+const maxSeq = 1 << 53
+
+// SeqThreshold returns the inline threshold, as Encode takes it, for messages that will
+// be numbered: threshold, less the room for the number where the cap would otherwise
+// leave none, so that a numbered payload still fits in a notification.
+func SeqThreshold(threshold int) int {
+	if threshold <= 0 || threshold > MaxNotifyPayload+1-SeqRoom {
+		return MaxNotifyPayload + 1 - SeqRoom
+	}
+	return threshold
+}
+
+// AppendSeq appends to b payload, a JSON object as the codec writes it (or the prefix
+// of an attachment header, AttachmentHeaderPrefix), with seq as its SeqKey. It goes
+// where the payload stays recognisable as its sender's own when PostgreSQL echoes it:
+// right after the uid for what begins with it (OwnPrefix), first for the rest (OwnSuffix).
+func AppendSeq(b []byte, payload string, seq uint64) []byte {
+	at := 1 // after the '{'
+	if strings.HasPrefix(payload, `{"uid":"`) {
+		if end := stringEnd(payload, len(`{"uid":`)); end > 0 && end < len(payload) && payload[end] == ',' {
+			at = end + 1
+		}
+	}
+	b = append(b, payload[:at]...)
+	b = append(b, `"`+SeqKey+`":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	if at < len(payload) && payload[at] != '}' {
+		b = append(b, ',')
+	}
+	return append(b, payload[at:]...)
+}
+
+// stringEnd returns the index just past the JSON string that starts at s[i] (a quote),
+// or -1 if it does not end.
+func stringEnd(s string, i int) int {
+	if i >= len(s) || s[i] != '"' {
+		return -1
+	}
+	for i++; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return -1
+}
+
+// PeekSeq returns the sender and the sequence number of a payload numbered as AppendSeq
+// numbers the codec's, without decoding it: for a notification a receiver drops unread
+// (a full receive queue), so that it does not count it again as missed. ok is false for
+// any other payload.
+func PeekSeq(payload string) (uid string, seq uint64, ok bool) {
+	const first, afterUID, uidKey = `{"` + SeqKey + `":`, `,"` + SeqKey + `":`, `,"uid":"`
+	switch {
+	case strings.HasPrefix(payload, first): // the uid is last (OwnSuffix)
+		p := parser{s: payload, i: len(first)}
+		if seq, ok = p.fastSeq(); !ok {
+			return "", 0, false
+		}
+		i := strings.LastIndex(payload, uidKey)
+		if i < 0 {
+			return "", 0, false
+		}
+		q := parser{s: payload, i: i + len(uidKey) - 1}
+		uid, ok = q.fastString()
+		if !ok || q.i != len(payload)-1 || payload[q.i] != '}' {
+			return "", 0, false
+		}
+		return uid, seq, true
+	case strings.HasPrefix(payload, `{"uid":"`): // the number follows the uid (OwnPrefix)
+		p := parser{s: payload, i: len(`{"uid":`)}
+		if uid, ok = p.fastString(); !ok || !p.match(afterUID) {
+			return "", 0, false
+		}
+		if seq, ok = p.fastSeq(); !ok {
+			return "", 0, false
+		}
+		return uid, seq, true
+	}
+	return "", 0, false
+}
+
+// seqOf returns the sequence number v is, as the generic decoder reads it, or 0 for a
+// value that is not one (which a receiver ignores, as it does a missing one).
+func seqOf(v any) uint64 {
+	f, ok := v.(float64)
+	if !ok || f < 1 || f > maxSeq || f != math.Trunc(f) {
+		return 0
+	}
+	return uint64(f)
+}
+
 // Notification is a decoded NOTIFY payload: a whole message, or the header of one that
 // waits in the attachments table.
 type Notification struct {
 	UID  string
 	Type Type
+	// Seq is the message's number among its sender's messages on its channel (SeqKey);
+	// 0 when it has none: Node's servers and the emitters send none.
+	Seq uint64
 	// Message is the decoded message when it travelled inline; nil for an attachment.
 	Message *Message
 	// AttachmentID is the attachments table row holding the message, when it is not
@@ -232,8 +343,8 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 		return nil, errEmpty
 	}
 	if looksInline(payload) {
-		if uid, typ, b64, ok := inlineFast(payload); ok {
-			return decodeInline(uid, true, typ, true, b64)
+		if uid, typ, seq, b64, ok := inlineFast(payload); ok {
+			return withSeq(decodeInline(uid, true, typ, true, b64))(seq)
 		}
 	}
 	if keepRaw {
@@ -249,6 +360,7 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	if !ok {
 		return nil, fmt.Errorf("wire: notification is %s, want a JSON object", describe(raw))
 	}
+	seq := seqOf(t[SeqKey])
 	if b64, present := t["msgpack"]; present {
 		text, ok := b64.(string)
 		if !ok {
@@ -256,10 +368,10 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 		}
 		uid, uidOK := t["uid"].(string)
 		typ, typOK := asInt(t["type"])
-		return decodeInline(uid, uidOK, typ, typOK, text)
+		return withSeq(decodeInline(uid, uidOK, typ, typOK, text))(seq)
 	}
 	if a, present := t["attachmentId"]; present {
-		n := &Notification{HasAttachment: true}
+		n := &Notification{HasAttachment: true, Seq: seq}
 		typ, ok := asInt(t["type"])
 		if !ok || !Type(typ).Valid() {
 			return nil, fmt.Errorf("wire: attachment header type is %s, want a message type", describe(t["type"]))
@@ -298,14 +410,24 @@ func decodeNotification(payload string, keepRaw bool) (*Notification, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Notification{UID: m.UID, Type: m.Type, Message: m}, nil
+	return &Notification{UID: m.UID, Type: m.Type, Message: m, Seq: seq}, nil
+}
+
+// withSeq sets the sequence number of a notification decodeInline returns.
+func withSeq(n *Notification, err error) func(seq uint64) (*Notification, error) {
+	return func(seq uint64) (*Notification, error) {
+		if n != nil {
+			n.Seq = seq
+		}
+		return n, err
+	}
 }
 
 // looksInline reports whether payload may be in the shape EncodeInline writes, whose
 // "msgpack" key comes within the first bytes, so that other notifications do not pay for
 // a second parse.
 func looksInline(payload string) bool {
-	head := payload[:min(len(payload), 96)]
+	head := payload[:min(len(payload), 128)] // room for a uid and a sequence number
 	return strings.HasSuffix(payload, AttachmentHeaderSuffix) && strings.Contains(head, `"msgpack":"`)
 }
 

@@ -28,8 +28,10 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 		sawUID
 		sawNsp
 		sawData
+		sawSeq
 	)
 	typ := 0
+	var seq uint64
 	ok = p.fastObject(func(key string) bool {
 		switch key {
 		case "type":
@@ -61,6 +63,13 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 		case NonceKey:
 			_, ok := p.fastString()
 			return ok
+		case SeqKey:
+			if !first(&seen, sawSeq) {
+				return false
+			}
+			var ok bool
+			seq, ok = p.fastSeq()
+			return ok
 		}
 		return false
 	})
@@ -69,18 +78,19 @@ func decodeBroadcastFast(payload string) (n *Notification, ok bool) {
 	}
 	m.Type = Broadcast
 	m.Data = d
-	return &Notification{UID: m.UID, Type: Broadcast, Message: m}, true
+	return &Notification{UID: m.UID, Type: Broadcast, Message: m, Seq: seq}, true
 }
 
 // inlineFast finds the parts of a notification in the shape EncodeInline writes, without
 // building a tree; ok is false for any other shape, which the general parser then reads.
-func inlineFast(payload string) (uid string, typ int, b64 string, ok bool) {
+func inlineFast(payload string) (uid string, typ int, seq uint64, b64 string, ok bool) {
 	p := parser{s: payload}
 	var seen uint8
 	const (
 		sawUID = 1 << iota
 		sawType
 		sawBody
+		sawSeq
 	)
 	ok = p.fastObject(func(key string) bool {
 		var ok bool
@@ -102,10 +112,15 @@ func inlineFast(payload string) (uid string, typ int, b64 string, ok bool) {
 			b64, ok = p.plainString()
 		case NonceKey:
 			_, ok = p.fastString()
+		case SeqKey:
+			if !first(&seen, sawSeq) {
+				return false
+			}
+			seq, ok = p.fastSeq()
 		}
 		return ok
 	})
-	return uid, typ, b64, ok && !p.rest() && seen == sawUID|sawType|sawBody
+	return uid, typ, seq, b64, ok && !p.rest() && seen&^sawSeq == sawUID|sawType|sawBody
 }
 
 func (p *parser) fastBroadcastData(d *BroadcastData) bool {
@@ -409,6 +424,16 @@ func (p *parser) fastInt() (int, bool) {
 		return 0, false
 	}
 	return int(f), true
+}
+
+// fastSeq reads a sequence number (SeqKey); it declines any other value, which the
+// generic decoder then reads (and ignores).
+func (p *parser) fastSeq() (uint64, bool) {
+	f, ok := p.fastFloat()
+	if !ok || f < 1 || f > maxSeq || f != math.Trunc(f) {
+		return 0, false
+	}
+	return uint64(f), true
 }
 
 // match consumes word if the input continues with it.

@@ -14,6 +14,8 @@ func FuzzDecodeNotification(f *testing.F) {
 	}
 	for _, s := range []string{``, `{}`, `null`, `{"type":3}`, `{"uid":"x","type":3,"attachmentId":1e300}`,
 		`{"uid":"x","type":3,"attachmentId":"5","createdAt":"2026-12-06T05:40:01.000120Z"}`,
+		`{"uid":"x","seq":9,"type":3,"attachmentId":"5","createdAt":"2026-12-06T05:40:01.000120Z"}`,
+		`{"seq":4,"type":9,"uid":"u","data":{"requestId":"r"}}`,
 		`{"type":8,"uid":"u","data":{"requestId":"r","sockets":[{"id":"i","handshake":[],"rooms":[1]}]}}`} {
 		f.Add(s)
 	}

@@ -17,6 +17,9 @@ func sameAsFullDecode(t *testing.T, payload string) (raw bool) {
 	if (ferr == nil) != (lerr == nil) {
 		t.Fatalf("%q: full decode error %v, raw decode error %v", payload, ferr, lerr)
 	}
+	if ferr == nil && full.Seq != lazy.Seq {
+		t.Fatalf("%q: full decode gives sequence number %d, raw decode %d", payload, full.Seq, lazy.Seq)
+	}
 	if ferr != nil || full.HasAttachment {
 		return false
 	}
@@ -152,6 +155,11 @@ func FuzzDecodeNotificationRaw(f *testing.F) {
 	f.Add("{\"type\":3,\"uid\":\"u\",\"data\":{\"opts\":{},\"packet\":{\"type\":2,\"data\":[\"e\",\"\xff\"]}}}")
 	if enc, err := EncodeInline(binaryBroadcast(16), 8000, true); err == nil {
 		f.Add(enc.JSON)
+		f.Add(string(AppendSeq(nil, enc.JSON, 12)))
+	}
+	if js, err := EncodeJSON(&Message{Type: Broadcast, UID: "u", Data: &BroadcastData{Packet: Packet{Type: 2, Data: []any{"e"}}}}); err == nil {
+		f.Add(string(AppendSeq(nil, js, 3)))
+		f.Add(`{"seq":1.5,` + js[1:])
 	}
 	f.Fuzz(func(t *testing.T, payload string) { sameAsFullDecode(t, payload) })
 }
@@ -195,7 +203,7 @@ func TestBroadcastFastPathTaken(t *testing.T) {
 	if err != nil || enc.Attachment != nil {
 		t.Fatalf("inline: %v", err)
 	}
-	if _, _, _, ok := inlineFast(enc.JSON[:len(enc.JSON)-1] + `,"nonce":"0123456789abcdef"}`); !ok {
+	if _, _, _, _, ok := inlineFast(enc.JSON[:len(enc.JSON)-1] + `,"nonce":"0123456789abcdef"}`); !ok {
 		t.Errorf("inline fast path declined a nonce")
 	}
 	for _, s := range payloads {

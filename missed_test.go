@@ -1,0 +1,186 @@
+package pgadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// total sums a Stats count by type.
+func total(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// quietOptions are testOptions with heartbeats that do not come during a test: every
+// message A publishes is then one the test can account for.
+func quietOptions(t *testing.T) Options {
+	opts := testOptions(t)
+	opts.HeartbeatInterval = time.Hour
+	opts.HeartbeatTimeout = 2 * time.Hour
+	return opts
+}
+
+// TestMissedMessagesAreCounted: what A publishes while B's LISTEN connection is down
+// never reaches B (PostgreSQL keeps nothing for an absent listener); B counts it from
+// the gap in A's numbers, and reports it. Every message of A is then either received by
+// B or counted missed, exactly.
+func TestMissedMessagesAreCounted(t *testing.T) {
+	a, b := startPair(t, quietOptions(t), func(*Options) {})
+	cb := b.connect(t, "/", "cb")
+	fence := func(name string) (published, received int64) {
+		a.io.Emit(name)
+		cb.sent.next(t, "B", name)
+		return total(a.b.Stats().Published), total(b.b.Stats().Received)
+	}
+	p0, r0 := fence("before")
+	// A counts a message published once its batch's commit returns, which may be after
+	// B heard it: the count is taken once it has the fence.
+	eventually(t, "A counts its fence published", func() bool { return a.b.Stats().Published["BROADCAST"] == 1 })
+	p0 = total(a.b.Stats().Published)
+	if m := b.b.Stats().Missed; m != 0 {
+		t.Fatalf("B counts %d missed before any fault", m)
+	}
+
+	const kills = 3
+	sent := 0
+	for k := range kills {
+		pid := b.b.listenerPID()
+		terminate(t, a.pool, pid)
+		// A goes on publishing until B listens again: what commits meanwhile is lost
+		// for B.
+		deadline := time.Now().Add(waitFor)
+		for i := 0; ; i++ {
+			a.io.Emit("m", k, i)
+			sent++
+			if p := b.b.listenerPID(); p != 0 && p != pid && b.b.Stats().ListenerUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("B's listener not back")
+			}
+			if i%10 == 9 {
+				time.Sleep(time.Millisecond) // pace A, so that its messages span the outage
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		err := b.b.Ready(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fence("after")
+	// B's announcement after each reconnection has A answer it, maybe after the fence:
+	// every message A published is received by B or counted missed, once it has arrived.
+	var missed, published, received int64
+	deadline := time.Now().Add(waitFor)
+	for {
+		published = total(a.b.Stats().Published) - p0
+		received = total(b.b.Stats().Received) - r0
+		missed = b.b.Stats().Missed
+		if published == received+missed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A published %d messages; B received %d, and counted %d missed", published, received, missed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a.b.Stats().PublishErrors != 0 {
+		t.Fatalf("A failed to publish: %d", a.b.Stats().PublishErrors)
+	}
+	if missed == 0 {
+		t.Fatalf("nothing missed over %d kills of B's listener (%d broadcasts sent meanwhile): the test did not test", kills, sent)
+	}
+	delivered := len(cb.sent.drain("m"))
+	if int64(sent-delivered) > missed {
+		t.Errorf("%d of %d broadcasts not delivered, %d counted missed", sent-delivered, sent, missed)
+	}
+	var reported uint64
+	for _, e := range b.errs.drain("error") {
+		var me *MissedError
+		if err := e[0].(error); errors.As(err, &me) && errors.Is(err, ErrMissed) {
+			if me.Server != a.io.Sockets().Adapter().(*Adapter).UID() || me.Namespace != "/" || me.Next-me.After-1 != me.Missed {
+				t.Errorf("report %+v: not A's, or its numbers do not add up", me)
+			}
+			reported += me.Missed
+		}
+	}
+	if reported != uint64(missed) {
+		t.Errorf("%d missed counted, %d reported", missed, reported)
+	}
+	t.Logf("%d messages of A: %d received by B, %d missed; %d of %d broadcasts delivered", published, received, missed, delivered, sent)
+}
+
+// TestNothingMissedWithoutFaults: numbers that run on through batches, and namespaces
+// removed and made again on either side (a new adapter, with another uid, on the side
+// that removed it; on the other, numbers that went on while it did not listen), leave
+// no gap.
+func TestNothingMissedWithoutFaults(t *testing.T) {
+	opts := testOptions(t)
+	so := socket.DefaultServerOptions()
+	so.SetCleanupEmptyChildNamespaces(true)
+	nodes := make([]*node, 2)
+	for i, name := range []string{"A", "B"} {
+		n := newNodeWith(t, name, newPool(t), opts, so)
+		n.io.Of(regexpNamespace(`^/dyn$`), nil)
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		err := n.b.Ready(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[i] = n
+	}
+	waitServerCount(t, nodes, 2)
+	clients := make([]*tclient, 2)
+	for round := range 4 {
+		for i, n := range nodes {
+			if clients[i] == nil {
+				clients[i] = n.connect(t, "/dyn", fmt.Sprintf("c%d-%d", i, round))
+			}
+		}
+		for i := range 300 {
+			for _, n := range nodes {
+				n.io.Of("/dyn", nil).Emit("m", i)
+			}
+		}
+		end := fmt.Sprintf("end-%d", round)
+		for i, n := range nodes {
+			n.io.Of("/dyn", nil).Emit(end)
+			clients[1-i].sent.next(t, nodes[1-i].name, end)
+		}
+		// One side's namespace empties, and socket.io removes it; the other goes on
+		// publishing meanwhile, unheard by it.
+		gone := round % 2
+		channel := ChannelName(opts.ChannelPrefix, "/dyn")
+		adapter := nodes[gone].b.adapter(channel)
+		clients[gone].s.Disconnect()
+		clients[gone] = nil
+		eventually(t, "the namespace's adapter closes", func() bool { return adapter.closed.Load() })
+		for i := range 100 {
+			nodes[1-gone].io.Of("/dyn", nil).Emit("unheard", i)
+		}
+	}
+	for _, n := range nodes {
+		n.io.Of("/dyn", nil).Emit("last")
+	}
+	for i := range clients {
+		if clients[i] != nil {
+			clients[i].sent.next(t, nodes[i].name, "last")
+		}
+	}
+	for _, n := range nodes {
+		if m := n.b.Stats().Missed; m != 0 {
+			t.Errorf("%s counts %d missed messages without a fault", n.name, m)
+		}
+	}
+}
