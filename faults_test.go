@@ -124,16 +124,18 @@ func TestFaultPostgresRestart(t *testing.T) {
 	ca := a.connect(t, "/", "ca")
 	cb := b.connect(t, "/", "cb")
 	pidA, pidB := a.b.listenerPID(), b.b.listenerPID()
-	// What A published so far (no broadcast: heartbeats only, the last perhaps an
-	// answer to B's announcement still queued) is committed once its publisher waits on
-	// an empty queue: none of it can fail and be counted below.
+	// What A published so far (heartbeats, the last perhaps an answer to B's
+	// announcement still queued, and a fence that B has received) is committed once its
+	// publisher waits on an empty queue: none of it can fail and be counted below.
+	a.io.Emit("fence")
+	cb.sent.next(t, "B", "fence")
 	eventually(t, "A's publisher idle", func() bool {
 		a.b.mu.Lock()
 		rt := a.b.rt
 		a.b.mu.Unlock()
-		return rt != nil && rt.pub.idle.Load() && len(rt.pub.queue) == 0
+		return rt != nil && rt.pub.idle.Load() && len(rt.pub.queue) == 0 && a.b.Stats().Published["BROADCAST"] == 1
 	})
-	before := a.b.Stats()
+	before, beforeB := a.b.Stats(), b.b.Stats()
 
 	srv.Down()
 	down := time.Now()
@@ -192,6 +194,27 @@ func TestFaultPostgresRestart(t *testing.T) {
 	if resumed > 10*time.Second {
 		t.Errorf("delivery resumed after %v, bound 10s", resumed)
 	}
+	// Every message A published since the fence (none while PostgreSQL was down:
+	// those failed, and took their numbers back) reached B, or B counts it missed: the
+	// probes committed before B listened again.
+	a.io.Emit("fence-after")
+	cb.sent.next(t, "B", "fence-after")
+	var published, received, missed int64
+	deadline = time.Now().Add(waitFor)
+	for {
+		st, stB := a.b.Stats(), b.b.Stats()
+		published = total(st.Published) - total(before.Published)
+		received = total(stB.Received) - total(beforeB.Received)
+		missed = stB.Missed + stB.ReceiveDrops - beforeB.Missed - beforeB.ReceiveDrops
+		if published == received+missed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A published %d messages since the fence; B received %d, and counted %d missed", published, received, missed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("fault: PostgreSQL restarted: B received %d of A's %d messages since, and counted the other %d missed", received, published, missed)
 }
 
 // TestFaultCrash: PostgreSQL crashes (a backend killed: it ends every session and

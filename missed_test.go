@@ -19,21 +19,14 @@ func total(m map[string]int64) int64 {
 	return n
 }
 
-// quietOptions are testOptions with heartbeats that do not come during a test: every
-// message A publishes is then one the test can account for.
-func quietOptions(t *testing.T) Options {
-	opts := testOptions(t)
-	opts.HeartbeatInterval = time.Hour
-	opts.HeartbeatTimeout = 2 * time.Hour
-	return opts
-}
-
 // TestMissedMessagesAreCounted: what A publishes while B's LISTEN connection is down
 // never reaches B (PostgreSQL keeps nothing for an absent listener); B counts it from
 // the gap in A's numbers, and reports it. Every message of A is then either received by
 // B or counted missed, exactly.
 func TestMissedMessagesAreCounted(t *testing.T) {
-	a, b := startPair(t, quietOptions(t), func(*Options) {})
+	opts := testOptions(t)
+	quiet(&opts) // every message A publishes is then one the test accounts for
+	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
 	fence := func(name string) (published, received int64) {
 		a.io.Emit(name)

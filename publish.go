@@ -558,12 +558,17 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		endRun()
 		return b
 	}
+	// maybe is set when the last send failed once the batch had gone to PostgreSQL,
+	// for a reason that leaves unknown whether it committed (the connection lost, the
+	// timeout): its numbers are kept (see number).
+	var maybe bool
 	send := func() (err error) {
 		for try := 0; try < maxSendTries; try++ {
 			qctx, cancel := context.WithTimeout(ctx, p.opts.RequestsTimeout)
-			var unrun bool
-			unrun, err = p.sendOnce(qctx, build, inlineASCII)
+			var sent, unrun bool
+			sent, unrun, err = p.sendOnce(qctx, build, inlineASCII)
 			cancel()
+			maybe = err != nil && sent && !unrun && !pgconn.SafeToRetry(err)
 			if err == nil || ctx.Err() != nil || errors.Is(err, errLearntASCII) || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
 			}
@@ -574,12 +579,11 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	if p.bisectDepth > 0 {
 		p.bisectLeft-- // a round trip of the budget (see below)
 	}
-	sent := false
 	if attachments && p.locked {
 		err = p.probeLock(ctx) // a refusal is handled as the batch's own would be
 	}
 	if err == nil {
-		sent, err = true, send()
+		err = send()
 	}
 	defer func() {
 		clear(chans) // drop references to sent payloads; the arrays are reused
@@ -593,11 +597,12 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 	// running any (the prepare of the insert waited for a lock on the table): nothing
 	// of it ran.
 	refused := func(err error) bool { return errors.As(err, &pgErr) || errors.As(err, &prep) }
-	if err != nil && (!sent || refused(err) || errors.Is(err, errLearntASCII)) {
-		// Not committed: its numbers are given again, to what is sent next (its
-		// messages sent again below, or the next batch), so that the other servers see
-		// no gap for messages this server reports lost itself. A batch that may have
-		// committed keeps them: the others count what did not arrive.
+	if err != nil && (!maybe || refused(err)) {
+		// Not committed (not sent, refused, or ended by the server before it ran): its
+		// numbers are given again, to what is sent next (its messages sent again below,
+		// or the next batch), so that the other servers see no gap for messages this
+		// server reports lost itself. A batch that may have committed keeps them: the
+		// others count what did not arrive.
 		p.unnumber()
 	}
 	if errors.Is(err, errLearntASCII) {
@@ -649,7 +654,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			p.createTable(ctx)
 			if p.tableReady.Load() {
 				prepare() // numbered again: the numbers were taken back
-				if err = send(); err != nil && refused(err) {
+				if err = send(); err != nil && (!maybe || refused(err)) {
 					p.unnumber()
 				}
 			}
@@ -775,16 +780,17 @@ const maxBisectSends = 64
 // sendOnce).
 const maxSendTries = 4
 
-// sendOnce sends b in one round trip, and reports whether it failed before the server
-// ran any of it: its first answer was the server ending the connection (SQLSTATE class
-// 57, FATAL). PostgreSQL writes that error to a connection it ends while idle, in a pool
+// sendOnce sends b in one round trip, and reports whether it was sent (not when no
+// connection could be had), and whether it failed before the server ran any of it: its
+// first answer was the server ending the connection (SQLSTATE class 57, FATAL).
+// PostgreSQL writes that error to a connection it ends while idle, in a pool
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
 // Ended anywhere later, the transaction may have committed, and is not tried again.
-func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pgx.Batch, ascii func() bool) (unrun bool, err error) {
+func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pgx.Batch, ascii func() bool) (sent, unrun bool, err error) {
 	c, err := p.pool.Acquire(ctx)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	defer c.Release()
 	pc := c.Conn().PgConn()
@@ -795,7 +801,7 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 		// the batch was made.
 		p.ascii.Store(true)
 		if !ascii() {
-			return true, errLearntASCII
+			return false, true, errLearntASCII
 		}
 	}
 	b := build(pc)
@@ -811,7 +817,7 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	return unrun, err
+	return true, unrun, err
 }
 
 // fail reports the messages of batch lost, with err.
