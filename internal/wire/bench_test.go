@@ -61,6 +61,19 @@ func BenchmarkEncode(b *testing.B) {
 	}
 }
 
+// BenchmarkAppendSeq numbers a 100-byte broadcast as the publisher does (into a buffer
+// it reuses).
+func BenchmarkAppendSeq(b *testing.B) {
+	js, _ := EncodeJSON(benchMessage(strings.Repeat("x", 100)))
+	b.ReportAllocs()
+	var buf []byte
+	seq := uint64(0)
+	for b.Loop() {
+		seq++
+		buf = AppendSeq(buf[:0], js, seq)
+	}
+}
+
 func BenchmarkDecode(b *testing.B) {
 	js, _ := EncodeJSON(benchMessage(strings.Repeat("x", 100)))
 	b.Run("json-100B", func(b *testing.B) {
@@ -76,6 +89,16 @@ func BenchmarkDecode(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := DecodeNotificationRaw(js); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// Numbered, as a pgadapter server publishes it: the same, and the number read.
+	numbered := string(AppendSeq(nil, js, 123456))
+	b.Run("json-100B-raw-numbered", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if n, err := DecodeNotificationRaw(numbered); err != nil || n.Seq == 0 {
 				b.Fatal(err)
 			}
 		}
