@@ -51,7 +51,10 @@
 //     unreachable, or while a receiver's LISTEN connection is being re-established, is
 //     lost for that receiver. Every such loss the adapter can see (publish failures,
 //     full queues, unreadable attachments, malformed notifications) is reported through
-//     Options.ErrorHandler and the logger, never silently.
+//     Options.ErrorHandler and the logger, never silently. So is what PostgreSQL never
+//     delivered to a server (committed while its LISTEN connection was down, or the last
+//     commits before a fast shutdown): each server numbers its messages on a namespace,
+//     and the others report the gaps they see (*MissedError).
 //   - A panic in code the adapter's goroutines run (a server-side event handler, a
 //     request callback, an outgoing-packet listener, the decoder) is recovered and
 //     reported as a *PanicError; the message is dropped and the next one handled.
