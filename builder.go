@@ -590,10 +590,11 @@ type runtime struct {
 	// drops counts the numbered notifications the listener dropped (a full receive
 	// queue), by channel and sender, until a gap in the sender's numbers takes them
 	// (see sequence).
-	dropsMu sync.Mutex
-	drops   map[heardKey][]seqRange
-	recent  recentRows // the attachment rows read last (see fetch)
-	budget  *rowBudget // bounds the attachment rows read and not yet applied
+	dropsMu  sync.Mutex
+	drops    map[heardKey][]seqRange
+	dropRuns int        // the runs in drops
+	recent   recentRows // the attachment rows read last (see fetch)
+	budget   *rowBudget // bounds the attachment rows read and not yet applied
 	// Notifications examined by the dispatch goroutine, and those of them that were
 	// this server's own messages (see watchHearing).
 	examined, echoes atomic.Int64
