@@ -600,8 +600,8 @@ func TestOrderPerSendingServer(t *testing.T) {
 
 // Equal broadcasts in a burst all arrive, in few transactions: PostgreSQL delivers one
 // of equal notifications of a transaction, and a batch ended at every repeat, so that
-// such a burst went one transaction each. The repeats now carry a nonce, which a Node
-// server ignores as the Go ones do (TestMixedEqualBroadcasts).
+// such a burst went one transaction each. They differ by their sequence numbers, which
+// a Node server ignores as the Go ones do (TestMixedEqualBroadcasts).
 func TestEqualBroadcastsInABurst(t *testing.T) {
 	nodes := cluster(t, 2, testOptions(t))
 	a, b := nodes[0], nodes[1]

@@ -330,8 +330,9 @@ func TestPublisherLearnsASCII(t *testing.T) {
 	}
 	long := strings.Repeat("日", 2600) // 7.8 KB of JSON, 15.6 KB escaped
 	payloads := []string{raw("日本"), wire.EscapeNonASCII(raw("日本")), raw(long)}
+	var seq uint64 // numbered, as an adapter's messages are: the first two, escaped, are equal but for it
 	for _, js := range payloads {
-		if err := p.enqueue(outgoing{channel: "c", typ: wire.ServerSideEmit, enc: wire.Encoded{JSON: js}}); err != nil {
+		if err := p.enqueue(outgoing{channel: "c", typ: wire.ServerSideEmit, enc: wire.Encoded{JSON: js}, seq: &seq}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1018,11 +1018,13 @@ func TestPublisherCloseIsBounded(t *testing.T) {
 			}
 		}
 	}, &counters{})
-	const n = 20
-	// The same heartbeat n times, too long to take a nonce: a batch each.
-	hb := `{"type":1,"uid":"u","pad":"` + strings.Repeat("p", wire.MaxNotifyPayload-40) + `"}`
+	// More heartbeats than two batches take: the first never commits, the second is
+	// ended by close's bound, and the rest wait behind them.
+	const n = 2*maxBatchMessages + 20
+	var seq uint64
+	hb := `{"type":1,"uid":"u"}`
 	for range n {
-		if err := p.enqueue(outgoing{channel: "c", typ: wire.Heartbeat, enc: wire.Encoded{JSON: hb}}); err != nil {
+		if err := p.enqueue(outgoing{channel: "c", typ: wire.Heartbeat, enc: wire.Encoded{JSON: hb}, seq: &seq}); err != nil {
 			t.Fatal(err)
 		}
 	}

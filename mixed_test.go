@@ -117,8 +117,8 @@ func TestMixedBroadcastGoToNode(t *testing.T) {
 	m.check(t, "from-socket", []string{"g2", "n1", "n2"})
 }
 
-// Equal broadcasts published in one transaction, the repeats with a nonce first (see
-// publisher.unique), each reach a Node server's clients, in order, with their
+// Equal broadcasts published in one transaction, apart by their sequence numbers (see
+// publisher.number), each reach a Node server's clients, in order, with their
 // arguments.
 func TestMixedEqualBroadcasts(t *testing.T) {
 	m := newMixed(t)
@@ -129,7 +129,7 @@ func TestMixedEqualBroadcasts(t *testing.T) {
 	}
 	m.fence(t, func() { m.g.io.Emit("end") })
 	if c := m.g.b.rt.pub.commits.Load() - commits; c > n/2 {
-		t.Errorf("%d equal broadcasts took %d transactions: the nonce was not tried", n, c)
+		t.Errorf("%d equal broadcasts took %d transactions", n, c)
 	}
 	for _, name := range []string{"n1", "n2"} {
 		for i := range n {

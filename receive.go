@@ -341,6 +341,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 	if err != nil {
 		rt.b.stats.malformed.Add(1)
 		rt.b.report(&MessageError{Channel: n.Channel, Payload: n.Payload, Err: fmt.Errorf("%w: %w", ErrMalformed, err)})
+		rt.dropped(n) // if it has a number, its gap is this report's
 		return nil
 	}
 	if note.UID == a.uid {
@@ -363,8 +364,7 @@ func (rt *runtime) decode(n *pgconn.Notification) *delivery {
 }
 
 // maxGap is the largest jump in a server's numbers taken for a gap: hours of a sender's
-// full speed. A larger one is a forged number (any role can notify), and is taken as a
-// sender that numbers again, as a number at or below the last is.
+// full speed. A larger one is a forged number (any role can notify), and is ignored.
 const maxGap = 1 << 32
 
 // maxHeardSeq bounds how many servers an adapter keeps the last sequence number of (see
@@ -380,27 +380,33 @@ const maxHeardSeq = 1024
 // commits: what commits while this server's LISTEN connection is down or being made
 // again, and the last commits before a fast shutdown of PostgreSQL, never arrive, and
 // nothing else tells. A number at or below the last, or too far beyond it (maxGap), is
-// a sender that numbers again (a forged message, say): it is taken as the new last one.
-// Run by the dispatch goroutine, which owns a.heardSeq.
+// ignored. Run by the dispatch goroutine, which owns a.heardSeq.
 func (rt *runtime) sequence(a *Adapter, uid string, seq uint64, typ wire.Type) {
 	last, known := a.heardSeq[uid]
-	switch {
-	case typ == wire.AdapterClose:
-		delete(a.heardSeq, uid) // its last message on the namespace
-	case known:
-		a.heardSeq[uid] = seq
-	default:
-		if a.heardSeq == nil || len(a.heardSeq) >= maxHeardSeq {
-			a.heardSeq = map[string]uint64{}
-		}
-		a.heardSeq[uid] = seq
-	}
 	if !known {
+		if typ != wire.AdapterClose {
+			if a.heardSeq == nil || len(a.heardSeq) >= maxHeardSeq {
+				a.heardSeq = map[string]uint64{}
+			}
+			a.heardSeq[uid] = seq
+		}
 		// The first heard: drops before it are not in a gap, and are forgotten.
 		rt.takeDrops(a.channel, uid, seq)
 		return
 	}
-	if seq <= last+1 || seq-last > maxGap {
+	if typ == wire.AdapterClose {
+		delete(a.heardSeq, uid) // its last message on the namespace
+	}
+	if seq <= last || seq-last > maxGap {
+		// Late (a batch PostgreSQL committed after a later one: its connection failed
+		// once it was sent, and the sender reported it lost), or forged: the last stays,
+		// or the messages between it and this one would be counted again at the next.
+		return
+	}
+	if typ != wire.AdapterClose {
+		a.heardSeq[uid] = seq
+	}
+	if seq == last+1 {
 		return
 	}
 	gap := seq - last - 1
@@ -417,12 +423,16 @@ func (rt *runtime) sequence(a *Adapter, uid string, seq uint64, typ wire.Type) {
 	rt.b.report(&MissedError{Namespace: a.name, Server: uid, Missed: gap, After: last, Next: seq})
 }
 
-// dropped records a notification the listener dropped, if it is numbered, for sequence.
-// Run by the listener's goroutine, before it hands over the notifications that follow.
+// dropped records a notification that was dropped unread, if it is numbered, for
+// sequence: by the listener (a full receive queue), before it hands over the
+// notifications that follow, or by dispatch (one it could not decode).
 func (rt *runtime) dropped(n *pgconn.Notification) {
 	uid, seq, ok := wire.PeekSeq(n.Payload)
 	if !ok {
 		return
+	}
+	if a := rt.b.adapter(n.Channel); a == nil || a.uid == uid {
+		return // not listened to any more, or this server's own: no gap is looked for
 	}
 	rt.dropsMu.Lock()
 	defer rt.dropsMu.Unlock()
@@ -465,8 +475,8 @@ func (rt *runtime) takeDrops(channel, uid string, next uint64) uint64 {
 	for ; i < len(runs) && runs[i].from < next; i++ {
 		to := min(runs[i].to, next-1)
 		n += to - runs[i].from + 1
-		if to < runs[i].to {
-			runs[i].from = next // the rest is after next
+		if runs[i].to > next {
+			runs[i].from = next + 1 // the rest is after next (only forged numbers repeat one)
 			break
 		}
 	}

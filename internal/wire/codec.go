@@ -208,12 +208,7 @@ func SeqThreshold(threshold int) int {
 // where the payload stays recognisable as its sender's own when PostgreSQL echoes it:
 // right after the uid for what begins with it (OwnPrefix), first for the rest (OwnSuffix).
 func AppendSeq(b []byte, payload string, seq uint64) []byte {
-	at := 1 // after the '{'
-	if strings.HasPrefix(payload, `{"uid":"`) {
-		if end := stringEnd(payload, len(`{"uid":`)); end > 0 && end < len(payload) && payload[end] == ',' {
-			at = end + 1
-		}
-	}
+	at := seqAt(payload)
 	b = append(b, payload[:at]...)
 	b = append(b, `"`+SeqKey+`":`...)
 	b = strconv.AppendUint(b, seq, 10)
@@ -221,6 +216,30 @@ func AppendSeq(b []byte, payload string, seq uint64) []byte {
 		b = append(b, ',')
 	}
 	return append(b, payload[at:]...)
+}
+
+// WriteSeq is AppendSeq into a strings.Builder: a publisher numbers a batch's payloads
+// into one, grown once to their size, whose string is then theirs without a copy.
+func WriteSeq(sb *strings.Builder, payload string, seq uint64) {
+	at := seqAt(payload)
+	sb.WriteString(payload[:at])
+	sb.WriteString(`"` + SeqKey + `":`)
+	var digits [20]byte
+	sb.Write(strconv.AppendUint(digits[:0], seq, 10))
+	if at < len(payload) && payload[at] != '}' {
+		sb.WriteByte(',')
+	}
+	sb.WriteString(payload[at:])
+}
+
+// seqAt returns where AppendSeq puts the number in payload.
+func seqAt(payload string) int {
+	if strings.HasPrefix(payload, `{"uid":"`) {
+		if end := stringEnd(payload, len(`{"uid":`)); end > 0 && end < len(payload) && payload[end] == ',' {
+			return end + 1
+		}
+	}
+	return 1 // after the '{'
 }
 
 // stringEnd returns the index just past the JSON string that starts at s[i] (a quote),

@@ -429,6 +429,17 @@ func (p *parser) fastInt() (int, bool) {
 // fastSeq reads a sequence number (SeqKey); it declines any other value, which the
 // generic decoder then reads (and ignores).
 func (p *parser) fastSeq() (uint64, bool) {
+	// The digits AppendSeq writes, read as they are: ParseFloat cost a numbered
+	// broadcast's decoding 7% more than an unnumbered one's.
+	i, n := p.i, uint64(0)
+	for i < len(p.s) && i-p.i < 16 && p.s[i] >= '0' && p.s[i] <= '9' {
+		n = n*10 + uint64(p.s[i]-'0')
+		i++
+	}
+	if i > p.i && p.s[p.i] != '0' && i < len(p.s) && (p.s[i] == ',' || p.s[i] == '}') && n <= maxSeq {
+		p.i = i
+		return n, true
+	}
 	f, ok := p.fastFloat()
 	if !ok || f < 1 || f > maxSeq || f != math.Trunc(f) {
 		return 0, false

@@ -28,7 +28,15 @@ func TestAppendSeq(t *testing.T) {
 		created := time.Date(2026, 12, 7, 9, 0, 0, 1000, time.UTC)
 		header := AttachmentHeader(uid, Broadcast, 42, created)
 		for _, seq := range []uint64{1, 77, maxSeq} {
-			stamp := func(s string) string { return string(AppendSeq([]byte("x"), s, seq))[1:] }
+			stamp := func(s string) string {
+				got := string(AppendSeq([]byte("x"), s, seq))[1:]
+				var sb strings.Builder
+				WriteSeq(&sb, s, seq)
+				if sb.String() != got {
+					t.Errorf("WriteSeq gives %s, AppendSeq %s", sb.String(), got)
+				}
+				return got
+			}
 			// The attachment header is numbered in its prefix, as the publisher does.
 			numberedHeader := stamp(AttachmentHeaderPrefix(uid, Broadcast)) + "42" + createdAtKey + created.Format(createdAtLayout) + AttachmentHeaderSuffix
 			for _, c := range []struct {
