@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/socketio-pg/pgadapter/internal/wire"
 	"github.com/zishang520/socket.io/v2/socket"
 )
@@ -259,5 +260,67 @@ func TestForgedNumbers(t *testing.T) {
 	cb.sent.next(t, "B", "after")
 	if m := b.b.Stats().Missed; m < 0 || m > 1000 {
 		t.Errorf("B counts %d missed after 200 forged numbers", m)
+	}
+}
+
+// sequenceRig is a runtime and an adapter of a Builder made by hand, whose decode sees
+// numbered notifications from server "other" on channel "ch" (and its own, "me").
+func sequenceRig(t *testing.T) (rt *runtime, notify func(payload string)) {
+	var b Builder
+	b.init()
+	b.opts.Logger = slog.New(slog.DiscardHandler)
+	b.opts.HeartbeatTimeout = time.Second
+	b.opts.ReceiveQueueSize = 100
+	b.adapters = map[string]*Adapter{}
+	rt = &runtime{b: &b, heardAt: map[heardKey]time.Time{}}
+	a := &Adapter{b: &b, name: "/", channel: "ch", uid: "me", ownSuffix: wire.OwnSuffix("me"), ownPrefix: wire.OwnPrefix("me"),
+		rt: rt, nodes: map[string]time.Time{}}
+	b.adapters[a.channel] = a
+	return rt, func(payload string) { rt.decode(&pgconn.Notification{Channel: "ch", Payload: payload}) }
+}
+
+// numberedFrom is a broadcast of uid numbered seq.
+func numberedFrom(uid string, seq uint64) string {
+	js, _ := wire.EncodeJSON(&wire.Message{Type: wire.Broadcast, UID: uid, Nsp: "/",
+		Data: &wire.BroadcastData{Packet: wire.Packet{Type: wire.EventPacketType, Data: []any{"e"}}}})
+	return string(wire.AppendSeq(nil, js, seq))
+}
+
+// A batch PostgreSQL committed after a later one (its connection failed once sent, and
+// its sender reported it lost) arrives with lower numbers: counted missed once, when the
+// later batch showed the gap, and not again; the numbers received since are not counted
+// missed at the next message.
+func TestLateNumbersCountedOnce(t *testing.T) {
+	rt, notify := sequenceRig(t)
+	for _, seq := range []uint64{1, 2, 3, 7, 8, 4, 5, 6, 9} {
+		notify(numberedFrom("other", seq))
+	}
+	if m := rt.b.stats.missed.Load(); m != 3 {
+		t.Errorf("%d counted missed, want 3 (4 to 6, when 7 came)", m)
+	}
+}
+
+// Notifications dropped unread are not counted missed: the listener's drops, and one
+// dispatch could not decode (reported as malformed). This server's own echoes, which
+// no gap is looked for in, are not kept.
+func TestDroppedNumbersNotMissed(t *testing.T) {
+	rt, notify := sequenceRig(t)
+	notify(numberedFrom("other", 1))
+	rt.dropped(&pgconn.Notification{Channel: "ch", Payload: numberedFrom("other", 2)})
+	rt.dropped(&pgconn.Notification{Channel: "ch", Payload: numberedFrom("me", 7)})
+	notify(`{"seq":3,"type":99,"data":1,"uid":"other"}`) // malformed
+	notify(numberedFrom("other", 4))
+	if m := rt.b.stats.missed.Load(); m != 0 {
+		t.Errorf("%d counted missed, want 0", m)
+	}
+	if mal := rt.b.stats.malformed.Load(); mal != 1 {
+		t.Errorf("%d malformed, want 1", mal)
+	}
+	if len(rt.drops) != 0 || rt.dropRuns != 0 {
+		t.Errorf("drops kept: %v (%d runs)", rt.drops, rt.dropRuns)
+	}
+	notify(numberedFrom("other", 6))
+	if m := rt.b.stats.missed.Load(); m != 1 {
+		t.Errorf("%d counted missed, want 1 (5)", m)
 	}
 }
