@@ -386,7 +386,7 @@ type MissedError struct {
 
 // Error says how many messages of which server did not arrive, and why they may not have.
 func (e *MissedError) Error() string {
-	return fmt.Sprintf("pgadapter: namespace %q: %d messages of server %s never arrived (numbers %d to %d; sent while this server's LISTEN connection was down, or lost by PostgreSQL around a restart)",
+	return fmt.Sprintf("pgadapter: namespace %q: %d messages of server %s never arrived (numbers %d to %d: committed while this server's LISTEN connection was down, lost by PostgreSQL around a restart, or reported failed by their sender)",
 		e.Namespace, e.Missed, e.Server, e.After+1, e.Next-1)
 }
 
