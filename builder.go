@@ -77,16 +77,18 @@ type Builder struct {
 	stateMu   sync.Mutex
 	stateFrom *runtime
 
-	// Log lines of malformed messages: at most maxMalformedLogs a second (see report).
+	// Log lines of malformed messages and gaps: at most maxMalformedLogs a second (see
+	// report).
 	logMu         sync.Mutex
 	logWindow     time.Time
 	logged        int
 	logSuppressed int
 }
 
-// maxMalformedLogs bounds the log lines of malformed messages per second. Anyone who can
-// connect to the database can NOTIFY on the adapter's channels, thousands of times a
-// second; the ErrorHandler still gets every one.
+// maxMalformedLogs bounds the log lines of malformed messages, and of gaps in other
+// servers' numbers (MissedError), per second. Anyone who can connect to the database
+// can NOTIFY on the adapter's channels, thousands of times a second, with any number;
+// the ErrorHandler still gets every report.
 const maxMalformedLogs = 10
 
 // New returns a Builder publishing through pool. opts may be nil; its zero fields take
@@ -473,10 +475,10 @@ func (b *Builder) behind(dropped int) {
 }
 
 // logAllowed reports whether err may be logged at its level: errors of malformed
-// messages are, up to maxMalformedLogs a second; the rest go to the debug level, and the
-// next one logged says how many were (suppressed).
+// messages and gaps are, up to maxMalformedLogs a second together; the rest go to the
+// debug level, and the next one logged says how many were (suppressed).
 func (b *Builder) logAllowed(err error, panicked bool) (suppressed int, ok bool) {
-	if panicked || !errors.Is(err, ErrMalformed) {
+	if panicked || !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrMissed) {
 		return 0, true // panics are always logged at level Error
 	}
 	b.logMu.Lock()

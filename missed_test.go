@@ -235,13 +235,14 @@ func TestSlowReceiverDropsNotCountedMissed(t *testing.T) {
 }
 
 // TestForgedNumbers: any role can notify on the channel, with another server's uid and
-// any number. A jump beyond maxGap is taken as a sender numbering again, not as billions
-// missed, and the count never wraps.
+// any number. A jump beyond maxGap, or a number below the last, is ignored, not taken
+// for billions missed, and the count never wraps. Forged gaps that look real are
+// reported, each to the ErrorHandler, but to the log at most maxMalformedLogs a second.
 func TestForgedNumbers(t *testing.T) {
 	opts := testOptions(t)
 	quiet(&opts)
-	opts.Logger = slog.New(slog.DiscardHandler) // the forged gaps are reported
-	a, b := startPair(t, opts, func(*Options) {})
+	logs := &logRecorder{}
+	a, b := startPair(t, opts, func(o *Options) { o.Logger = slog.New(logs) })
 	cb := b.connect(t, "/", "cb")
 	root := a.io.Sockets().Adapter().(*Adapter)
 	js, err := wire.EncodeJSON(&wire.Message{Type: wire.Broadcast, UID: root.UID(), Nsp: "/",
@@ -249,17 +250,44 @@ func TestForgedNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var payloads []string
+	forge := func(seqs []uint64) {
+		payloads := make([]string, len(seqs))
+		for i, seq := range seqs {
+			payloads[i] = string(wire.AppendSeq(nil, js, seq))
+		}
+		if _, err := a.pool.Exec(context.Background(), "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", root.Channel(), payloads); err != nil {
+			t.Fatal(err)
+		}
+		a.io.Emit("after")
+		cb.sent.next(t, "B", "after")
+	}
+	var seqs []uint64
 	for i := range 200 {
-		payloads = append(payloads, string(wire.AppendSeq(nil, js, []uint64{1, 1 << 53}[i%2])))
+		seqs = append(seqs, []uint64{1, 1 << 53}[i%2])
 	}
-	if _, err := a.pool.Exec(context.Background(), "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", root.Channel(), payloads); err != nil {
-		t.Fatal(err)
+	forge(seqs)
+	if m := b.b.Stats().Missed; m != 0 {
+		t.Errorf("B counts %d missed after 200 forged numbers below the last or beyond maxGap", m)
 	}
-	a.io.Emit("after")
-	cb.sent.next(t, "B", "after")
-	if m := b.b.Stats().Missed; m < 0 || m > 1000 {
-		t.Errorf("B counts %d missed after 200 forged numbers", m)
+	seqs = seqs[:0]
+	for i := range 300 {
+		seqs = append(seqs, 1000+2*uint64(i)) // one skipped before each
+	}
+	forge(seqs)
+	if m := b.b.Stats().Missed; m < 300 || m > 1300 { // the jump to 1,000, and one a message
+		t.Errorf("B counts %d missed after 300 forged gaps from 1,000 on", m)
+	}
+	if n := logs.warnings(); n > 5*maxMalformedLogs {
+		t.Errorf("%d warnings logged for 300 forged gaps", n)
+	}
+	var reported int
+	for _, e := range b.errs.drain("error") {
+		if errors.Is(e[0].(error), ErrMissed) {
+			reported++
+		}
+	}
+	if reported < 300 {
+		t.Errorf("%d gaps reported to the ErrorHandler, want 300 at least", reported)
 	}
 }
 
