@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	goruntime "runtime"
 	"strings"
 	"sync"
@@ -505,7 +506,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			var sent, unrun bool
 			sent, unrun, err = p.sendOnce(qctx, build, inlineASCII)
 			cancel()
-			maybe = err != nil && sent && !unrun && !pgconn.SafeToRetry(err)
+			maybe = err != nil && sent && !unrun && !pgconn.SafeToRetry(err) && !writeFailed(err)
 			if err == nil || ctx.Err() != nil || errors.Is(err, errLearntASCII) || !(unrun || pgconn.SafeToRetry(err) && try == 0) {
 				break
 			}
@@ -725,8 +726,9 @@ const maxBisectSends = 64
 const maxSendTries = 4
 
 // sendOnce sends b in one round trip, and reports whether it was sent (not when no
-// connection could be had), and whether it failed before the server ran any of it: its
-// first answer was the server ending the connection (SQLSTATE class 57, FATAL).
+// connection could be had), and whether it failed before the server ran any of it, and
+// can be tried again: its write failed (see writeFailed), or its first answer was the
+// server ending the connection (SQLSTATE class 57, FATAL).
 // PostgreSQL writes that error to a connection it ends while idle, in a pool
 // (pg_terminate_backend, idle_session_timeout, a fast shutdown): the batch sent next on
 // it was lost, though nothing of it ran, and a retry on another connection is safe.
@@ -754,7 +756,8 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 		if _, err = br.Exec(); err != nil {
 			var pgErr *pgconn.PgError
 			unrun = i == 0 && errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "57P") &&
-				cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL"
+				cmp.Or(pgErr.SeverityUnlocalized, pgErr.Severity) == "FATAL" ||
+				writeFailed(err) && !pgconn.Timeout(err) // a timeout is not tried again: RequestsTimeout bounds the batch
 			break
 		}
 	}
@@ -762,6 +765,19 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 		err = cerr
 	}
 	return true, unrun, err
+}
+
+// writeFailed reports whether err is the failure to write a batch to the server: the
+// server ran none of it. pgx writes a batch in one write, its Sync last (pipelined, its
+// statements' descriptions first, in a round trip of their own that runs nothing), and
+// an implicit transaction commits only at that Sync, which a failed write did not
+// deliver. A batch larger than the socket's buffers, written on a connection the server
+// had ended, fails so after part of it went out ("broken pipe"): pgx calls that unsafe
+// to retry, since bytes were written, and it was lost, and counted missed by the other
+// servers, where one that fails in its first read is tried again (see sendOnce).
+func writeFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "write"
 }
 
 // fail reports the messages of batch lost, with err.
