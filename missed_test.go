@@ -352,3 +352,17 @@ func TestDroppedNumbersNotMissed(t *testing.T) {
 		t.Errorf("%d counted missed, want 1 (5)", m)
 	}
 }
+
+// A late number the listener drops is in no gap: it does not hide the next one.
+func TestLateDroppedNumberHidesNoGap(t *testing.T) {
+	rt, notify := sequenceRig(t)
+	for _, seq := range []uint64{1, 2, 3, 7} {
+		notify(numberedFrom("other", seq)) // 4 to 6 missed
+	}
+	rt.dropped(&pgconn.Notification{Channel: "ch", Payload: numberedFrom("other", 5)}) // late, and dropped
+	notify(numberedFrom("other", 8))
+	notify(numberedFrom("other", 10))
+	if m := rt.b.stats.missed.Load(); m != 4 {
+		t.Errorf("%d counted missed, want 4 (4 to 6, and 9)", m)
+	}
+}

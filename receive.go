@@ -391,7 +391,7 @@ func (rt *runtime) sequence(a *Adapter, uid string, seq uint64, typ wire.Type) {
 			a.heardSeq[uid] = seq
 		}
 		// The first heard: drops before it are not in a gap, and are forgotten.
-		rt.takeDrops(a.channel, uid, seq)
+		rt.takeDrops(a.channel, uid, 0, seq)
 		return
 	}
 	if typ == wire.AdapterClose {
@@ -410,7 +410,7 @@ func (rt *runtime) sequence(a *Adapter, uid string, seq uint64, typ wire.Type) {
 		return
 	}
 	gap := seq - last - 1
-	gap -= min(gap, rt.takeDrops(a.channel, uid, seq))
+	gap -= min(gap, rt.takeDrops(a.channel, uid, last, seq))
 	if gap == 0 {
 		return
 	}
@@ -461,11 +461,13 @@ type seqRange struct{ from, to uint64 }
 // maxDropsKept bounds the senders whose dropped notifications a runtime counts.
 const maxDropsKept = 4096
 
-// takeDrops returns how many notifications of uid on channel numbered below next the
-// listener dropped, and forgets them. The listener may have dropped later ones already:
-// dispatch reads the notifications it queued before those, and they are kept for the
-// gaps they are in.
-func (rt *runtime) takeDrops(channel, uid string, next uint64) uint64 {
+// takeDrops returns how many notifications of uid on channel numbered after last and
+// before next the listener dropped, and forgets them and any numbered before. The
+// listener may have dropped later ones already: dispatch reads the notifications it
+// queued before those, and they are kept for the gaps they are in. One numbered at or
+// below last is a late one (see sequence), in no gap: counted, it would hide a gap
+// that follows.
+func (rt *runtime) takeDrops(channel, uid string, last, next uint64) uint64 {
 	rt.dropsMu.Lock()
 	defer rt.dropsMu.Unlock()
 	k := heardKey{channel, uid}
@@ -473,8 +475,10 @@ func (rt *runtime) takeDrops(channel, uid string, next uint64) uint64 {
 	var n uint64
 	i := 0
 	for ; i < len(runs) && runs[i].from < next; i++ {
-		to := min(runs[i].to, next-1)
-		n += to - runs[i].from + 1
+		from, to := max(runs[i].from, last+1), min(runs[i].to, next-1)
+		if from <= to {
+			n += to - from + 1
+		}
 		if runs[i].to > next {
 			runs[i].from = next + 1 // the rest is after next (only forged numbers repeat one)
 			break
