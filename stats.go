@@ -47,7 +47,10 @@ type Stats struct {
 	PublishErrors int64
 	// QueueFull counts messages refused because the publish queue was full.
 	QueueFull int64
-	// ReceiveDrops counts notifications dropped because the receive queue was full.
+	// ReceiveDrops counts notifications dropped because the receive queue was full:
+	// other servers' messages, and this server's own echoes (which it would have
+	// skipped), so that its count of another server's messages received, missed and
+	// dropped can exceed what that server published by the echoes dropped.
 	ReceiveDrops int64
 	// Missed counts messages of other servers that never reached this one, told by gaps
 	// in the numbers each server gives its messages on a namespace (see MissedError):
