@@ -774,7 +774,12 @@ func (p *publisher) sendOnce(ctx context.Context, build func(*pgconn.PgConn) *pg
 // deliver. A batch larger than the socket's buffers, written on a connection the server
 // had ended, fails so after part of it went out ("broken pipe"): pgx calls that unsafe
 // to retry, since bytes were written, and it was lost, and counted missed by the other
-// servers, where one that fails in its first read is tried again (see sendOnce).
+// servers, where one that fails in its first read is tried again (see sendOnce). (A
+// reviewer traced every exec mode of pgx v5.12.0, and TLS: Go's write returns an error
+// only with the tail unwritten, and reading results never writes. A context's deadline
+// reaches here as pgx's timeout error, without the write's: such a batch is taken as
+// one that may have committed. Not so under TLS renegotiation, which a TLSConfig must
+// not enable: a renegotiation's write fails inside a read of the results.)
 func writeFailed(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "write"
