@@ -199,22 +199,8 @@ func TestFaultPostgresRestart(t *testing.T) {
 	// probes committed before B listened again.
 	a.io.Emit("fence-after")
 	cb.sent.next(t, "B", "fence-after")
-	var published, received, missed int64
-	deadline = time.Now().Add(waitFor)
-	for {
-		st, stB := a.b.Stats(), b.b.Stats()
-		published = total(st.Published) - total(before.Published)
-		received = total(stB.Received) - total(beforeB.Received)
-		missed = stB.Missed + stB.ReceiveDrops - beforeB.Missed - beforeB.ReceiveDrops
-		if published == received+missed {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("A published %d messages since the fence; B received %d, and counted %d missed", published, received, missed)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("fault: PostgreSQL restarted: B received %d of A's %d messages since, and counted the other %d missed", received, published, missed)
+	c := awaitAccounted(t, a, b, before, beforeB, 0)
+	t.Logf("fault: PostgreSQL restarted: B received %d of A's %d messages since, and counted the other %d missed (%d dropped)", c.received, c.published, c.missed, c.dropped)
 }
 
 // TestFaultCrash: PostgreSQL crashes (a backend killed: it ends every session and

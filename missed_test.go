@@ -22,6 +22,31 @@ func total(m map[string]int64) int64 {
 	return n
 }
 
+// accounting is what server A published, and what B received, counted missed and
+// dropped, since a moment of the test.
+type accounting struct{ published, received, missed, dropped int64 }
+
+// awaitAccounted waits until every message a published since a0 (a's Stats then), at
+// least least of them, is one b received, counted missed or dropped since b0, and returns
+// the counts; it fails the test after waitFor. (a counts a message published once its
+// batch's commit returns, which can be after b has it.)
+func awaitAccounted(t *testing.T, a, b *node, a0, b0 Stats, least int64) accounting {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		sa, sb := a.b.Stats(), b.b.Stats()
+		c := accounting{total(sa.Published) - total(a0.Published), total(sb.Received) - total(b0.Received),
+			sb.Missed - b0.Missed, sb.ReceiveDrops - b0.ReceiveDrops}
+		if c.published >= least && c.published == c.received+c.missed+c.dropped {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A published %d messages; B received %d, counted %d missed and dropped %d", c.published, c.received, c.missed, c.dropped)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestMissedMessagesAreCounted: what A publishes while B's LISTEN connection is down
 // never reaches B (PostgreSQL keeps nothing for an absent listener); B counts it from
 // the gap in A's numbers, and reports it. Every message of A is then either received by
@@ -31,18 +56,18 @@ func TestMissedMessagesAreCounted(t *testing.T) {
 	quiet(&opts) // every message A publishes is then one the test accounts for
 	a, b := startPair(t, opts, func(*Options) {})
 	cb := b.connect(t, "/", "cb")
-	fence := func(name string) (published, received int64) {
+	fence := func(name string) {
 		a.io.Emit(name)
 		cb.sent.next(t, "B", name)
-		return total(a.b.Stats().Published), total(b.b.Stats().Received)
 	}
-	p0, r0 := fence("before")
+	fence("before")
+	b0 := b.b.Stats()
 	// A counts a message published once its batch's commit returns, which may be after
 	// B heard it: the count is taken once it has the fence.
 	eventually(t, "A counts its fence published", func() bool { return a.b.Stats().Published["BROADCAST"] == 1 })
-	p0 = total(a.b.Stats().Published)
-	if m := b.b.Stats().Missed; m != 0 {
-		t.Fatalf("B counts %d missed before any fault", m)
+	a0 := a.b.Stats()
+	if b0.Missed != 0 || b0.ReceiveDrops != 0 {
+		t.Fatalf("B counts %d missed and %d dropped before any fault", b0.Missed, b0.ReceiveDrops)
 	}
 
 	const kills = 3
@@ -76,20 +101,8 @@ func TestMissedMessagesAreCounted(t *testing.T) {
 	fence("after")
 	// B's announcement after each reconnection has A answer it, maybe after the fence:
 	// every message A published is received by B or counted missed, once it has arrived.
-	var missed, published, received int64
-	deadline := time.Now().Add(waitFor)
-	for {
-		published = total(a.b.Stats().Published) - p0
-		received = total(b.b.Stats().Received) - r0
-		missed = b.b.Stats().Missed
-		if published == received+missed {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("A published %d messages; B received %d, and counted %d missed", published, received, missed)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	c := awaitAccounted(t, a, b, a0, b0, 0)
+	missed := c.missed
 	if a.b.Stats().PublishErrors != 0 {
 		t.Fatalf("A failed to publish: %d", a.b.Stats().PublishErrors)
 	}
@@ -113,7 +126,7 @@ func TestMissedMessagesAreCounted(t *testing.T) {
 	if reported != uint64(missed) {
 		t.Errorf("%d missed counted, %d reported", missed, reported)
 	}
-	t.Logf("%d messages of A: %d received by B, %d missed; %d of %d broadcasts delivered", published, received, missed, delivered, sent)
+	t.Logf("%d messages of A: %d received by B, %d missed; %d of %d broadcasts delivered", c.published, c.received, missed, delivered, sent)
 }
 
 // TestNothingMissedWithoutFaults: numbers that run on through batches, and namespaces
@@ -203,35 +216,23 @@ func TestSlowReceiverDropsNotCountedMissed(t *testing.T) {
 	}
 	a.io.Emit("before")
 	cb.sent.next(t, "B", "before")
+	b0 := b.b.Stats()
 	eventually(t, "A counts its fence published", func() bool { return a.b.Stats().Published["BROADCAST"] == 1 })
-	p0, r0 := total(a.b.Stats().Published), total(b.b.Stats().Received)
+	a0 := a.b.Stats()
 	for i := range 3000 {
 		a.io.Emit("n", i)
 		if i%5 == 4 {
 			time.Sleep(5 * time.Millisecond) // about 1000 a second: B takes half
 		}
 	}
-	var published, received int64
-	var st Stats
-	deadline := time.Now().Add(waitFor)
-	for {
-		st = b.b.Stats()
-		published, received = total(a.b.Stats().Published)-p0, total(st.Received)-r0
-		if published == received+st.ReceiveDrops+st.Missed && published >= 3000 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("A published %d messages; B received %d, dropped %d, and counted %d missed", published, received, st.ReceiveDrops, st.Missed)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if st.ReceiveDrops == 0 {
+	c := awaitAccounted(t, a, b, a0, b0, 3000)
+	if c.dropped == 0 {
 		t.Fatal("B dropped nothing: the test did not test")
 	}
-	if st.Missed != 0 {
-		t.Errorf("B counts %d of its %d drops again as missed", st.Missed, st.ReceiveDrops)
+	if c.missed != 0 {
+		t.Errorf("B counts %d of its %d drops again as missed", c.missed, c.dropped)
 	}
-	t.Logf("A published %d; B received %d and dropped %d", published, received, st.ReceiveDrops)
+	t.Logf("A published %d; B received %d and dropped %d", c.published, c.received, c.dropped)
 }
 
 // TestForgedNumbers: any role can notify on the channel, with another server's uid and
