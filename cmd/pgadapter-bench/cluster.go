@@ -124,7 +124,7 @@ func (cl *cluster) run(ph phase) (*result, error) {
 	ph.Clients = len(cl.clients[0])
 	cl.phases++
 	base := cl.phases * phaseSpan
-	var all, remote []*client
+	var all, remote, own []*client
 	// A paced phase emits about Rate·Duration broadcasts; twice that bounds the record.
 	var sp *spread
 	if ph.Rate > 0 {
@@ -140,6 +140,8 @@ func (cl *cluster) run(ph phase) (*result, error) {
 			all = append(all, c)
 			if i > 0 || len(cl.clients) == 1 {
 				remote = append(remote, c)
+			} else {
+				own = append(own, c)
 			}
 		}
 	}
@@ -257,6 +259,13 @@ func (cl *cluster) run(ph phase) (*result, error) {
 		first, last := sp.histograms()
 		res.FirstP50Ms, res.FirstP99Ms = first.quantile(0.5), first.quantile(0.99)
 		res.LastP50Ms, res.LastP99Ms = last.quantile(0.5), last.quantile(0.99)
+		if len(own) > 0 {
+			oh := newHistogram()
+			for _, c := range own {
+				oh.merge(c.rec.Load())
+			}
+			res.OwnP50Ms, res.OwnP99Ms = oh.quantile(0.5), oh.quantile(0.99)
+		}
 	}
 	res.Seconds = time.Since(start).Seconds()
 	for i, p := range cl.procs {

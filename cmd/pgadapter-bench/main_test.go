@@ -40,6 +40,9 @@ func TestBenchRuns(t *testing.T) {
 	if rep.Ceiling.OnePerTx <= 0 || rep.Ceiling.ManyPerTx <= 0 || rep.Ceiling.LatencyP99Ms <= 0 {
 		t.Errorf("PostgreSQL ceiling not measured: %+v", rep.Ceiling)
 	}
+	if rep.Machine.TLS == nil {
+		t.Error("whether the connections use TLS is not recorded")
+	}
 	if rep.Databases != "one per implementation" {
 		t.Errorf("databases %q: the clusters, all running at once, must each have one", rep.Databases)
 	}
@@ -81,6 +84,10 @@ func TestBenchRuns(t *testing.T) {
 			if r.Rate > 0 && (r.FirstP50Ms <= 0 || r.FirstP50Ms > r.LastP50Ms || r.FirstP99Ms > r.LastP99Ms || r.LastP99Ms > r.MaxMs*1.01) {
 				t.Errorf("%s: first receipts p50 %.3f p99 %.3f, last p50 %.3f p99 %.3f, max %.3f", name, r.FirstP50Ms, r.FirstP99Ms, r.LastP50Ms, r.LastP99Ms, r.MaxMs)
 			}
+			// The sender's own clients, measured apart in paced phases of a cluster.
+			if ownWanted := r.Rate > 0 && servers > 1; ownWanted != (r.OwnP50Ms > 0 && r.OwnP99Ms >= r.OwnP50Ms) {
+				t.Errorf("%s: own clients p50 %.3f p99 %.3f", name, r.OwnP50Ms, r.OwnP99Ms)
+			}
 			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != servers {
 				t.Errorf("%s: figures missing: %+v", name, r)
 			}
@@ -100,7 +107,8 @@ func TestBenchRuns(t *testing.T) {
 	var table bytes.Buffer
 	printTable(&table, rep)
 	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") ||
-		!strings.Contains(table.String(), "first and last receipt") ||
+		!strings.Contains(table.String(), "first and last receipt") || !strings.Contains(table.String(), "own p99 ms") ||
+		!strings.Contains(table.String(), "TLS") ||
 		!strings.Contains(table.String(), "what socket.io itself allows:") {
 		t.Errorf("table:\n%s", table.String())
 	}
@@ -110,5 +118,26 @@ func TestBenchRuns(t *testing.T) {
 	}
 	if svg, _ := os.ReadFile(chart); !bytes.Contains(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("<rect")) {
 		t.Errorf("chart: %.200s", svg)
+	}
+}
+
+// TestSameTLS: a URL that does not ask for TLS gets none for Go's connections either,
+// as node-postgres reads it; one that names an sslmode keeps it.
+func TestSameTLS(t *testing.T) {
+	t.Setenv("PGSSLMODE", "")
+	for in, want := range map[string]string{
+		"postgres://u@h:5432/db":                 "postgres://u@h:5432/db?sslmode=disable",
+		"postgresql://u@h/db?application_name=x": "postgresql://u@h/db?application_name=x&sslmode=disable",
+		"postgres://u@h/db?sslmode=require":      "postgres://u@h/db?sslmode=require",
+		"postgres://u@h/db?sslmode=disable":      "postgres://u@h/db?sslmode=disable",
+		"host=h user=u dbname=db":                "host=h user=u dbname=db",
+	} {
+		if got := sameTLS(in); got != want {
+			t.Errorf("sameTLS(%q) = %q, want %q", in, got, want)
+		}
+	}
+	t.Setenv("PGSSLMODE", "require")
+	if got := sameTLS("postgres://u@h/db"); got != "postgres://u@h/db" {
+		t.Errorf("with PGSSLMODE set: %q", got)
 	}
 }

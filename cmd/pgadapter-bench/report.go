@@ -42,6 +42,7 @@ type machine struct {
 	// Durability is the server's fsync and synchronous_commit, which decide whether a
 	// commit that wrote WAL (an attachment row's) waits for a disk flush.
 	Durability string `json:"postgresqlDurability,omitempty"`
+	TLS        *bool  `json:"postgresqlTLS,omitempty"` // whether the connections to PostgreSQL use TLS (nil: not recorded)
 }
 
 // result is one phase on one implementation.
@@ -75,7 +76,13 @@ type result struct {
 	FirstP99Ms float64 `json:"firstP99ms,omitempty"`
 	LastP50Ms  float64 `json:"lastP50ms,omitempty"`
 	LastP99Ms  float64 `json:"lastP99ms,omitempty"`
-	Seconds    float64 `json:"seconds"`
+	// Paced phases with more than one server: receipt on the sender's own clients. Node's
+	// adapter writes to them only once its NOTIFY has committed; pgadapter at once, beside
+	// the NOTIFY, whose way to the other servers then shares the machine with that
+	// fan-out.
+	OwnP50Ms float64 `json:"ownP50ms,omitempty"`
+	OwnP99Ms float64 `json:"ownP99ms,omitempty"`
+	Seconds  float64 `json:"seconds"`
 
 	Procs             []procStats `json:"servers_"`
 	LoadGenCPUSeconds float64     `json:"loadGeneratorCPUSeconds"`
@@ -258,6 +265,9 @@ func printTable(w io.Writer, r *report) {
 	if c.GOGC > 0 {
 		goServers = "GOGC " + strconv.Itoa(c.GOGC)
 	}
+	if c.GOMAXPROCS > 0 {
+		goServers += ", GOMAXPROCS " + strconv.Itoa(c.GOMAXPROCS)
+	}
 	if c.InlineBinary {
 		goServers += ", InlineBinary"
 	}
@@ -303,12 +313,12 @@ func printTable(w io.Writer, r *report) {
 		spreads = spreads || x.LastP99Ms > 0
 	}
 	if spreads {
-		fmt.Fprintln(w, "\npaced phases, each broadcast's first and last receipt on the other servers (the first: the way to the receiving server; the gap to the last: its fan-out to its clients):")
+		fmt.Fprintln(w, "\npaced phases, each broadcast's first and last receipt on the other servers (the first: the way to the receiving server; the gap to the last: its fan-out to its clients), and its receipt on the sender's own clients:")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "impl\tscenario\tpayload\tfirst p50 ms\tfirst p99 ms\tlast p50 ms\tlast p99 ms\t")
+		fmt.Fprintln(tw, "impl\tscenario\tpayload\tfirst p50 ms\tfirst p99 ms\tlast p50 ms\tlast p99 ms\town p50 ms\town p99 ms\t")
 		for _, x := range r.Results {
 			if x.LastP99Ms > 0 {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", x.Impl, x.Scenario, x.Payload, x.FirstP50Ms, x.FirstP99Ms, x.LastP50Ms, x.LastP99Ms)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t\n", x.Impl, x.Scenario, x.Payload, x.FirstP50Ms, x.FirstP99Ms, x.LastP50Ms, x.LastP99Ms, ms(x.OwnP50Ms), ms(x.OwnP99Ms))
 			}
 		}
 		tw.Flush()
@@ -350,7 +360,25 @@ func printTable(w io.Writer, r *report) {
 }
 
 // postgres is the server's version, and its durability settings when known.
-func (m machine) postgres() string { return withDurability(m.PostgreSQL, m.Durability) }
+// ms formats milliseconds, or "-" for none measured (older reports, a single server).
+func ms(v float64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 2, 64)
+}
+
+func (m machine) postgres() string {
+	s := withDurability(m.PostgreSQL, m.Durability)
+	if m.TLS != nil {
+		if *m.TLS {
+			s += ", over TLS"
+		} else {
+			s += ", without TLS"
+		}
+	}
+	return s
+}
 
 // shortPostgres is postgres without the distribution's build, to fit the chart's line.
 func (m machine) shortPostgres() string {
