@@ -1,0 +1,156 @@
+package fastws
+
+import (
+	"bytes"
+	"runtime"
+	"testing"
+	"time"
+
+	ws "github.com/gorilla/websocket"
+	"github.com/zishang520/engine.io/v2/types"
+	"github.com/zishang520/socket.io/v2/socket"
+)
+
+// TestQuietPacketsWrittenAtOnce: on a quiet connection each packet is written by the
+// caller, without a goroutine; in a burst, packets gather into batches, each written by
+// a goroutine of its own, with one writev(2) for many.
+func TestQuietPacketsWrittenAtOnce(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("written at once on Linux only")
+	}
+	io, url := server(t)
+	c := dial(t, io, url)
+	s := socketOf(t, io, c)
+	w := s.Conn().Transport().(*webSocket)
+	whole := w.nowWhole.Load()
+	const quiet = 20
+	for i := range quiet {
+		time.Sleep(2 * time.Duration(quietSend.Load())) // the connection is quiet
+		s.Emit("q", i)
+		if args := c.event(); len(args) != 2 || args[0] != "q" || args[1] != float64(i) {
+			t.Fatalf("quiet packet %d: got %v", i, args)
+		}
+	}
+	if n := w.nowWhole.Load() - whole; n != quiet || w.nowPart.Load() != 0 {
+		t.Fatalf("%d of %d quiet packets written at once (%d in part), want all", n, quiet, w.nowPart.Load())
+	}
+	whole = w.nowWhole.Load()
+	const burst = 3000
+	go func() {
+		for i := range burst {
+			io.Emit("n", i)
+		}
+	}()
+	for i := range burst {
+		if args := c.event(); len(args) != 2 || args[0] != "n" || args[1] != float64(i) {
+			t.Fatalf("burst, broadcast %d: got %v", i, args)
+		}
+	}
+	// A packet after the emitter waited a millisecond for a processor may be written at
+	// once; most are not.
+	if n := w.nowWhole.Load() - whole; n > burst/10 {
+		t.Fatalf("%d of a burst of %d written at once, one system call each", n, burst)
+	}
+}
+
+// TestBurstWrittenAtOnceKeepsOrder writes every packet it can at once (quietSend 0), as
+// long as the client keeps up, and the rest in batches behind a goroutine: every
+// broadcast arrives, in order.
+func TestBurstWrittenAtOnceKeepsOrder(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("written at once on Linux only")
+	}
+	defer quietSend.Store(quietSend.Swap(0))
+	io, url := server(t)
+	clients := []*rawClient{dial(t, io, url), dial(t, io, url), dial(t, io, url)}
+	const n = 5000
+	go func() {
+		for i := range n {
+			io.Emit("n", i)
+		}
+	}()
+	for ci, c := range clients {
+		for i := range n {
+			if args := c.event(); len(args) != 2 || args[0] != "n" || args[1] != float64(i) {
+				t.Fatalf("client %d, broadcast %d: got %v", ci, i, args)
+			}
+		}
+	}
+	var at int64
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		at += s.Conn().Transport().(*webSocket).nowWhole.Load()
+		return true
+	})
+	if at == 0 {
+		t.Fatal("no packet written at once")
+	}
+}
+
+// TestPartWrittenAtOnce: a packet larger than the socket's buffers, on a quiet
+// connection, is written in part at once and the rest by a goroutine, which the
+// packets after it wait for: the client reads it whole, then them, in order.
+func TestPartWrittenAtOnce(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("written at once on Linux only")
+	}
+	defer quietSend.Store(quietSend.Swap(0))
+	io, url := server(t)
+	c := dial(t, io, url)
+	s := socketOf(t, io, c)
+	w := s.Conn().Transport().(*webSocket)
+	big := make([]byte, 16<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	s.Conn().Write(Message(types.NewBytesBuffer(big)), nil, nil)
+	if w.nowPart.Load() != 1 {
+		t.Fatalf("%d packets written in part at once, want the large one", w.nowPart.Load())
+	}
+	const after = 10
+	for i := range after {
+		s.Emit("a", i)
+	}
+	if mt, msg := c.next(); mt != ws.BinaryMessage || !bytes.Equal(msg, big) {
+		t.Fatalf("the large packet: type %d, %d bytes, equal %v", mt, len(msg), bytes.Equal(msg, big))
+	}
+	for i := range after {
+		if args := c.event(); len(args) != 2 || args[0] != "a" || args[1] != float64(i) {
+			t.Fatalf("packet %d after the large one: got %v", i, args)
+		}
+	}
+}
+
+// TestAtOnceBudget: a broadcast to more clients than atOnceMax, every connection quiet,
+// writes atOnceMax of its packets at once, on the emitting goroutine, and the rest by
+// goroutines, which the other cores can run: every client receives it.
+func TestAtOnceBudget(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("written at once on Linux only")
+	}
+	// Quiet means 50 ms here: the emitting goroutine, descheduled that long amid the
+	// broadcast, would find the process quiet again, and a fresh budget.
+	defer quietSend.Store(quietSend.Swap(int64(50 * time.Millisecond)))
+	io, url := server(t)
+	clients := make([]*rawClient, 4*atOnceMax)
+	for i := range clients {
+		clients[i] = dial(t, io, url)
+	}
+	at := func() (n int64) {
+		io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+			n += s.Conn().Transport().(*webSocket).nowWhole.Load()
+			return true
+		})
+		return n
+	}
+	before := at()
+	time.Sleep(2 * time.Duration(quietSend.Load())) // every connection is quiet
+	io.Emit("b", 1)
+	for i, c := range clients {
+		if args := c.event(); len(args) != 2 || args[0] != "b" {
+			t.Fatalf("client %d: got %v", i, args)
+		}
+	}
+	if n := at() - before; n != atOnceMax {
+		t.Fatalf("%d of %d packets written at once, want %d", n, len(clients), atOnceMax)
+	}
+}
