@@ -233,7 +233,8 @@ func TestBurstKeepsEveryBroadcast(t *testing.T) {
 	}
 }
 
-func testBurst(t *testing.T, v variant) {
+// testBurst returns the server, for a look at its connections.
+func testBurst(t *testing.T, v variant) *socket.Server {
 	io, url := serverWith(t, v)
 	clients := []*rawClient{dial(t, io, url), dial(t, io, url), dial(t, io, url)}
 	const n = 5000
@@ -250,6 +251,7 @@ func testBurst(t *testing.T, v variant) {
 			}
 		}
 	}
+	return io
 }
 
 // TestFrames sends messages of every header size, text and binary, through broadcasts

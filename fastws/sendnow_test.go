@@ -61,27 +61,8 @@ func TestBurstWrittenAtOnceKeepsOrder(t *testing.T) {
 		t.Skip("written at once on Linux only")
 	}
 	defer quietSend.Store(quietSend.Swap(0))
-	io, url := server(t)
-	clients := []*rawClient{dial(t, io, url), dial(t, io, url), dial(t, io, url)}
-	const n = 5000
-	go func() {
-		for i := range n {
-			io.Emit("n", i)
-		}
-	}()
-	for ci, c := range clients {
-		for i := range n {
-			if args := c.event(); len(args) != 2 || args[0] != "n" || args[1] != float64(i) {
-				t.Fatalf("client %d, broadcast %d: got %v", ci, i, args)
-			}
-		}
-	}
-	var at int64
-	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
-		at += s.Conn().Transport().(*webSocket).nowWhole.Load()
-		return true
-	})
-	if at == 0 {
+	io := testBurst(t, variant{})
+	if writtenAtOnce(io) == 0 {
 		t.Fatal("no packet written at once")
 	}
 }
@@ -135,14 +116,7 @@ func TestAtOnceBudget(t *testing.T) {
 	for i := range clients {
 		clients[i] = dial(t, io, url)
 	}
-	at := func() (n int64) {
-		io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
-			n += s.Conn().Transport().(*webSocket).nowWhole.Load()
-			return true
-		})
-		return n
-	}
-	before := at()
+	before := writtenAtOnce(io)
 	time.Sleep(2 * time.Duration(quietSend.Load())) // every connection is quiet
 	io.Emit("b", 1)
 	for i, c := range clients {
@@ -150,7 +124,16 @@ func TestAtOnceBudget(t *testing.T) {
 			t.Fatalf("client %d: got %v", i, args)
 		}
 	}
-	if n := at() - before; n != atOnceMax {
+	if n := writtenAtOnce(io) - before; n != atOnceMax {
 		t.Fatalf("%d of %d packets written at once, want %d", n, len(clients), atOnceMax)
 	}
+}
+
+// writtenAtOnce counts the packets the connections of io wrote whole at once.
+func writtenAtOnce(io *socket.Server) (n int64) {
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		n += s.Conn().Transport().(*webSocket).nowWhole.Load()
+		return true
+	})
+	return n
 }
