@@ -692,7 +692,7 @@ func (w *webSocket) sendNow(packets []*packet.Packet) bool {
 		w.mu.Unlock()
 		release(packets)
 		w.nowWhole.Add(1)
-		w.Emit("drain")
+		owed.add(w)
 		return true
 	}
 	w.nowPart.Add(1)
@@ -701,6 +701,55 @@ func (w *webSocket) sendNow(packets []*packet.Packet) bool {
 	locked = false
 	go w.sendRest(packets)
 	return true
+}
+
+// owed holds the connections owed a "drain" for a batch written at once. engine.io runs
+// a batch's send callbacks on its transport's "drain", and a callback may write to the
+// socket again (the flow-control idiom), which takes engine.io's flush lock: emitted
+// within Send, which engine.io calls under that lock, it deadlocked (a reviewer's test,
+// TestSendCallbackMayWriteAgain). A goroutine emits them, as engine.io's own transports
+// do, one for all that are owed at the time (a broadcast's, say), and ends when none is.
+// A drain emitted late runs the oldest callbacks engine.io holds for the connection, in
+// their order, after their batch was written.
+var owed drains
+
+type drains struct {
+	mu      sync.Mutex
+	queue   []*webSocket
+	spare   []*webSocket
+	running bool
+}
+
+func (d *drains) add(w *webSocket) {
+	d.mu.Lock()
+	d.queue = append(d.queue, w)
+	start := !d.running
+	d.running = true
+	d.mu.Unlock()
+	if start {
+		go d.run()
+	}
+}
+
+func (d *drains) run() {
+	for {
+		d.mu.Lock()
+		q := d.queue
+		if len(q) == 0 {
+			d.running = false
+			d.mu.Unlock()
+			return
+		}
+		d.queue, d.spare = d.spare[:0], nil
+		d.mu.Unlock()
+		for _, w := range q {
+			w.Emit("drain")
+		}
+		clear(q)
+		d.mu.Lock()
+		d.spare = q[:0]
+		d.mu.Unlock()
+	}
 }
 
 // sendRest writes what sendNow left of its batch, w.b, with w.mu held since.

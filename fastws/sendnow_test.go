@@ -7,6 +7,7 @@ import (
 	"time"
 
 	ws "github.com/gorilla/websocket"
+	"github.com/zishang520/engine.io/v2/transports"
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io/v2/socket"
 )
@@ -136,4 +137,38 @@ func writtenAtOnce(io *socket.Server) (n int64) {
 		return true
 	})
 	return n
+}
+
+// TestSendCallbackMayWriteAgain: engine.io runs a Write's callback on the transport's
+// "drain", and a callback that writes the next packet (flow control) must not hang. A
+// packet written at once is written within engine.io's flush, which holds its flush
+// lock: a "drain" emitted there deadlocked on it (a reviewer's test).
+func TestSendCallbackMayWriteAgain(t *testing.T) {
+	io, url := server(t)
+	c := dial(t, io, url)
+	s := socketOf(t, io, c)
+	conn := s.Conn()
+	w := conn.Transport().(*webSocket)
+	time.Sleep(2 * time.Duration(quietSend.Load())) // the connection is quiet
+	whole := w.nowWhole.Load()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn.Write(types.NewStringBufferString("first"), nil, func(transports.Transport) {
+			conn.Write(types.NewStringBufferString("second"), nil, nil)
+		})
+	}()
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Fatalf("engine.io's Write has not returned %v later: deadlocked", waitFor)
+	}
+	for _, want := range []string{"4first", "4second"} {
+		if _, msg := c.next(); string(msg) != want {
+			t.Fatalf("got %q, want %q", msg, want)
+		}
+	}
+	if runtime.GOOS == "linux" && w.nowWhole.Load() == whole {
+		t.Fatal("the first packet was not written at once: the test shows nothing")
+	}
 }
