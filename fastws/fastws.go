@@ -550,7 +550,10 @@ func (w *webSocket) failed(err error) {
 // the rest goes on in a goroutine, as above.
 func (w *webSocket) Send(packets []*packet.Packet) {
 	now := int64(time.Since(epoch))
-	if now-w.lastSend.Swap(now) >= quietSend.Load() && len(packets) == 1 && !w.busy.Load() && atOnce.take(now) && w.sendNow(packets) {
+	// The budget is taken last: a packet that could not be written at once anyway
+	// (TLS, compression) does not spend it.
+	if now-w.lastSend.Swap(now) >= quietSend.Load() && len(packets) == 1 && !w.busy.Load() &&
+		w.rc != nil && !w.mayCompress(packets) && atOnce.take(now) && w.sendNow(packets) {
 		return
 	}
 	w.SetWritable(false)
@@ -657,14 +660,14 @@ func release(packets []*packet.Packet) {
 
 // sendNow writes packets on the caller's goroutine (socket.io's emit, under engine.io's
 // flush lock), without waiting: it reports false, having written nothing, where the
-// batch needs what only send does (a lock another write holds, compression, a
-// connection without writev, a closed connection, an error building it). What the
+// batch needs what only send does (a lock another write holds, a connection without
+// writev, a closed connection, an error building it; Send leaves compression to send). What the
 // kernel does not take at once (a full socket buffer, an error) goes on in a goroutine
 // that holds w.mu meanwhile, as a batch handed over, and that reports any error: an
 // error reported here, within engine.io's flush, would close the socket under engine.io's
 // own lock.
 func (w *webSocket) sendNow(packets []*packet.Packet) bool {
-	if !w.writev || w.rc == nil || w.mayCompress(packets) || !w.mu.TryLock() {
+	if w.rc == nil || !w.mu.TryLock() { // w.rc: writev, and a way to write without waiting
 		return false
 	}
 	locked := true // until a goroutine takes the lock over, or it is let go

@@ -2,7 +2,10 @@ package fastws
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +173,118 @@ func TestSendCallbackMayWriteAgain(t *testing.T) {
 	}
 	if runtime.GOOS == "linux" && w.nowWhole.Load() == whole {
 		t.Fatal("the first packet was not written at once: the test shows nothing")
+	}
+}
+
+// TestConcurrentEmittersKeepOrder: several goroutines emit to every socket, and one
+// broadcasts, some packets large enough to be written in part, clients pinging
+// meanwhile: each goroutine's packets arrive in order, none lost, with every quiet
+// packet written at once (quietSend 0) and by default. (A reviewer's test.)
+func TestConcurrentEmittersKeepOrder(t *testing.T) {
+	for _, q := range []int64{0, int64(time.Millisecond)} {
+		t.Run(fmt.Sprint(q), func(t *testing.T) {
+			defer quietSend.Store(quietSend.Swap(q))
+			io, url := server(t)
+			const nc, ng, n = 4, 6, 150
+			clients := make([]*rawClient, nc)
+			socks := make([]*socket.Socket, nc)
+			for i := range clients {
+				clients[i] = dial(t, io, url)
+				socks[i] = socketOf(t, io, clients[i])
+			}
+			// More than Linux's largest default send buffer (tcp_wmem, 4 MB): written
+			// at once, in part.
+			big := strings.Repeat("b", 6<<20)
+			var wg sync.WaitGroup
+			for g := range ng {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range n {
+						if g == 0 {
+							io.Emit("g0", i)
+							continue
+						}
+						for _, s := range socks {
+							if i%100 == 7 && g == 1 {
+								s.Emit(fmt.Sprint("g", g), i, big)
+							} else {
+								s.Emit(fmt.Sprint("g", g), i)
+							}
+						}
+						if i%10 == 0 {
+							time.Sleep(2 * time.Millisecond) // quiet moments: load shaping
+						}
+					}
+				}()
+			}
+			var rg sync.WaitGroup
+			errs := make(chan string, nc)
+			for ci, c := range clients {
+				rg.Add(1)
+				go func() {
+					defer rg.Done()
+					next := make([]int, ng)
+					for got := 0; got < ng*n; got++ {
+						if got%100 == 0 {
+							c.conn.WriteControl(ws.PingMessage, []byte("p"), time.Now().Add(time.Second))
+						}
+						c.conn.SetReadDeadline(time.Now().Add(waitFor))
+						mt, msg, err := c.conn.ReadMessage()
+						if err != nil {
+							errs <- fmt.Sprintf("client %d after %d: %v", ci, got, err)
+							return
+						}
+						if mt == ws.TextMessage && string(msg) == "2" {
+							c.conn.WriteMessage(ws.TextMessage, []byte("3"))
+							got--
+							continue
+						}
+						var g, i int
+						if _, err := fmt.Sscanf(string(msg), `42["g%d",%d`, &g, &i); err != nil {
+							errs <- fmt.Sprintf("client %d: %.60q", ci, msg)
+							return
+						}
+						if i != next[g] {
+							errs <- fmt.Sprintf("client %d: goroutine %d's packet %d, want %d", ci, g, i, next[g])
+							return
+						}
+						next[g]++
+					}
+				}()
+			}
+			wg.Wait()
+			rg.Wait()
+			close(errs)
+			for e := range errs {
+				t.Error(e)
+			}
+			var whole, part int64
+			for _, s := range socks {
+				w := s.Conn().Transport().(*webSocket)
+				whole += w.nowWhole.Load()
+				part += w.nowPart.Load()
+			}
+			if q == 0 && (whole == 0 || part == 0) {
+				t.Fatalf("written at once: %d whole, %d in part; the test needs both", whole, part)
+			}
+		})
+	}
+}
+
+// TestTLSSpendsNoBudget: a packet to a TLS client, never written at once (no writev),
+// does not spend the budget of packets written at once.
+func TestTLSSpendsNoBudget(t *testing.T) {
+	io, url := serverWith(t, variant{tls: true})
+	c := dial(t, io, url)
+	s := socketOf(t, io, c)
+	time.Sleep(2 * time.Duration(quietSend.Load())) // the connection is quiet
+	asked := atOnce.last.Load() // when a packet last asked for the budget
+	s.Emit("t", 1)
+	if args := c.event(); len(args) != 2 || args[0] != "t" {
+		t.Fatalf("got %v", args)
+	}
+	if atOnce.last.Load() != asked {
+		t.Fatal("a packet to a TLS client asked for the budget")
 	}
 }
