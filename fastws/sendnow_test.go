@@ -279,7 +279,7 @@ func TestTLSSpendsNoBudget(t *testing.T) {
 	c := dial(t, io, url)
 	s := socketOf(t, io, c)
 	time.Sleep(2 * time.Duration(quietSend.Load())) // the connection is quiet
-	asked := atOnce.last.Load() // when a packet last asked for the budget
+	asked := atOnce.last.Load()                     // when a packet last asked for the budget
 	s.Emit("t", 1)
 	if args := c.event(); len(args) != 2 || args[0] != "t" {
 		t.Fatalf("got %v", args)
