@@ -32,6 +32,7 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	w := writes{encoded: a.encode(packet, raw, norm)}
+	defer w.done()
 	a.apply(opts, func(s *socket.Socket) {
 		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(w.to(s), packetOpts)
@@ -47,6 +48,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	id := a.Nsp().Ids()
 	packet.Id = &id
 	w := writes{encoded: a.encode(packet, raw, norm)}
+	defer w.done()
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
 		n++
@@ -149,6 +151,17 @@ type writes struct {
 	// encoded is the packet; messages and parts are what fastws's clients and the
 	// others are given, each made on the first socket that needs it.
 	encoded, messages, parts []types.BufferInterface
+	// release lets the connections that wrote messages at once have their drains
+	// emitted, by one goroutine for the broadcast (see fastws.Hold).
+	release func()
+}
+
+// done ends the broadcast's writes (see release). Deferred: an outgoing-packet listener
+// that panics must not leave engine.io's callbacks of those connections waiting.
+func (w *writes) done() {
+	if w.release != nil {
+		w.release()
+	}
 }
 
 func (w *writes) to(s *socket.Socket) []types.BufferInterface {
@@ -163,6 +176,7 @@ func (w *writes) to(s *socket.Socket) []types.BufferInterface {
 	}
 	if w.messages == nil {
 		w.messages = fastws.Messages(w.encoded)
+		w.release = fastws.Hold(w.messages)
 	}
 	return w.messages
 }

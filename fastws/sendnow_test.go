@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,5 +287,60 @@ func TestTLSSpendsNoBudget(t *testing.T) {
 	}
 	if atOnce.last.Load() != asked {
 		t.Fatal("a packet to a TLS client asked for the budget")
+	}
+}
+
+// TestHoldGathersDrains: a broadcast to quiet clients, its messages held, writes every
+// packet at once and leaves their drains, which run the writes' callbacks, to release:
+// none runs before it, all run after it, from one goroutine.
+func TestHoldGathersDrains(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("written at once on Linux only")
+	}
+	io, url := server(t)
+	clients := make([]*rawClient, 50)
+	for i := range clients {
+		clients[i] = dial(t, io, url)
+	}
+	time.Sleep(2 * time.Duration(quietSend.Load())) // every connection is quiet
+	msgs := Messages([]types.BufferInterface{types.NewStringBufferString(`2["h",1]`)})
+	release := Hold(msgs)
+	owed.mu.Lock()
+	started := owed.started
+	owed.mu.Unlock()
+	before := writtenAtOnce(io)
+	var called atomic.Int32
+	all := make(chan struct{})
+	io.Sockets().Sockets().Range(func(_ socket.SocketId, s *socket.Socket) bool {
+		s.Conn().Write(msgs[0].(*message).Clone(), nil, func(transports.Transport) {
+			if called.Add(1) == int32(len(clients)) {
+				close(all)
+			}
+		})
+		return true
+	})
+	if n := writtenAtOnce(io) - before; n != int64(len(clients)) {
+		t.Fatalf("%d of %d packets written at once: the test shows nothing", n, len(clients))
+	}
+	if n := called.Load(); n != 0 {
+		t.Fatalf("%d callbacks ran before release", n)
+	}
+	release()
+	release() // again: nothing
+	select {
+	case <-all:
+	case <-time.After(waitFor):
+		t.Fatalf("%d of %d callbacks ran %v after release", called.Load(), len(clients), waitFor)
+	}
+	owed.mu.Lock()
+	started = owed.started - started
+	owed.mu.Unlock()
+	if started != 1 {
+		t.Fatalf("%d goroutines emitted the drains, want 1", started)
+	}
+	for i, c := range clients {
+		if args := c.event(); len(args) != 2 || args[0] != "h" {
+			t.Fatalf("client %d: got %v", i, args)
+		}
 	}
 }
