@@ -1224,6 +1224,15 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 	aopts.ListenURL = dbURL // A hears at once
 	a := startNodeOn(t, "A", proxied, aopts)
 	aUID := a.io.Sockets().Adapter().(*Adapter).uid
+	// A's own announcement first: its first batch opens a connection and prepares its
+	// statements through the proxy, a round trip of a second each (7 s in all), which the
+	// answer below must not wait for within its bound (it did, and failed one run in three
+	// on a slower machine).
+	for deadline := time.Now().Add(3 * waitFor); a.b.Stats().Published["INITIAL_HEARTBEAT"] == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("A's announcement never committed")
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	watch, err := pgx.Connect(ctx, dbURL)
