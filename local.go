@@ -31,11 +31,12 @@ import (
 func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
-	w := writes{encoded: a.encode(packet, raw, norm)}
+	w := writes{a: a, packet: packet, raw: raw, norm: norm}
 	defer w.done()
 	a.apply(opts, func(s *socket.Socket) {
+		parts := w.to(s)
 		a.notifyOutgoing(s, packet, raw)
-		s.Client().WriteToEngine(w.to(s), packetOpts)
+		s.Client().WriteToEngine(parts, packetOpts)
 	})
 }
 
@@ -47,7 +48,7 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	// One id for every socket: the namespace's counter is shared, so it is unique.
 	id := a.Nsp().Ids()
 	packet.Id = &id
-	w := writes{encoded: a.encode(packet, raw, norm)}
+	w := writes{a: a, packet: packet, raw: raw, norm: norm}
 	defer w.done()
 	var n uint64
 	a.apply(opts, func(s *socket.Socket) {
@@ -63,8 +64,9 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 				ack(args, err)
 			}
 		})
+		parts := w.to(s)
 		a.notifyOutgoing(s, packet, raw)
-		s.Client().WriteToEngine(w.to(s), packetOpts)
+		s.Client().WriteToEngine(parts, packetOpts)
 	})
 	clientCount(n)
 }
@@ -148,6 +150,14 @@ func encodeEvent(packet *parser.Packet, raw string) []byte {
 // HTTP long polling, and engine.io's own transport, are given the packet's parts as
 // shareable buffers, also made once.
 type writes struct {
+	// The packet to encode, with raw and norm (see encode), once a socket is to get it:
+	// on most servers, a broadcast to a room matches none of their sockets (a 20 KB
+	// broadcast was copied once more on each of them, for nothing).
+	a         *Adapter
+	packet    *parser.Packet
+	raw       string
+	norm      []any
+	encodedOK bool
 	// encoded is the packet; messages and parts are what fastws's clients and the
 	// others are given, each made on the first socket that needs it.
 	encoded, messages, parts []types.BufferInterface
@@ -164,7 +174,13 @@ func (w *writes) done() {
 	}
 }
 
+// to returns what to write to s. The first call encodes the packet, before any
+// outgoing-packet listener is given it: what a listener does to the packet's arguments
+// is not written.
 func (w *writes) to(s *socket.Socket) []types.BufferInterface {
+	if !w.encodedOK {
+		w.encoded, w.encodedOK = w.a.encode(w.packet, w.raw, w.norm), true
+	}
 	if !fastws.Handles(s.Conn().Transport()) {
 		if w.parts == nil {
 			w.parts = make([]types.BufferInterface, len(w.encoded))
