@@ -982,16 +982,18 @@ func (a *Adapter) onMessage(m *wire.Message) {
 		d := m.Data.(*wire.BroadcastData)
 		packet := &parser.Packet{Type: parser.EVENT}
 		raw := d.Packet.Raw
+		var norm []any
 		if d.Packet.Data != nil { // decoded in full (an attachment, or an unusual shape)
-			packet.Data = d.Packet.Data
-			raw = argsText(d.Packet.Data)
+			// Written as JSON text once a socket is to get it (see encode), not here:
+			// on most servers, a broadcast to a room matches none.
+			packet.Data, norm = d.Packet.Data, d.Packet.Data
 		}
 		opts := fromWireOpts(d.Opts)
 		if d.RequestID == "" {
-			a.localBroadcast(packet, opts, raw, nil)
+			a.localBroadcast(packet, opts, raw, norm)
 			return
 		}
-		a.localBroadcastWithAck(packet, opts, raw, nil, func(n uint64) {
+		a.localBroadcastWithAck(packet, opts, raw, norm, func(n uint64) {
 			a.publish(wire.BroadcastClientCount, &wire.ClientCountData{RequestID: d.RequestID, ClientCount: n}, nil)
 		}, func(args []any, _ error) {
 			a.publish(wire.BroadcastAck, &wire.AckData{RequestID: d.RequestID, Packet: a.firstArg(args)}, nil)

@@ -145,3 +145,28 @@ func TestArgsTextAllocatesOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestNoTextWithoutRecipients: a broadcast decoded in full (one that came as an
+// attachment) is written as JSON text for this server's clients only once one of its
+// sockets is to get it. A broadcast to a room matches none on most servers, and each of
+// them wrote a 20 KB argument's text anyway.
+func TestNoTextWithoutRecipients(t *testing.T) {
+	n := startNode(t, "A", testOptions(t))
+	a := n.io.Sockets().Adapter().(*Adapter)
+	big := strings.Repeat("x", 20000)
+	m := &wire.Message{Type: wire.Broadcast, UID: wire.EmitterUID, Nsp: "/", Data: &wire.BroadcastData{
+		Packet: wire.Packet{Type: 2, Data: []any{"e", big}},
+		Opts:   wire.Opts{Rooms: []string{"nobody"}},
+	}}
+	a.onMessage(m)
+	const calls = 20
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	for range calls {
+		a.onMessage(m)
+	}
+	goruntime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / calls; per > uint64(len(big))/2 {
+		t.Fatalf("%d bytes allocated per broadcast that no socket gets", per)
+	}
+}
