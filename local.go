@@ -102,12 +102,11 @@ var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
 // encode encodes packet for this server's clients. With the JSON text of its arguments
 // (raw: a broadcast without binary data, as it came off the wire or as it was written
 // for it; written from norm here for one decoded in full, an attachment) and socket.io's
-// default encoder, it writes socket.io's string encoding around
-// that text, on the path every broadcast of the cluster takes: no tree is built and no
-// reflection runs. The text is what socket.io's encoder writes, except that <, > and &
-// are not escaped, which reads the same. Binary data, other encoders, and local-only
-// emits (their values were not normalized, and may be of any type) take the server's
-// encoder.
+// default encoder, it writes socket.io's string encoding around that text, on the path
+// every broadcast of the cluster takes: no tree is built and no reflection runs. The
+// text is what socket.io's encoder writes, except that <, > and & are not escaped,
+// which reads the same. Binary data, other encoders, and local-only emits (their values
+// were not normalized, and may be of any type) take the server's encoder.
 func (a *Adapter) encode(packet *parser.Packet, raw string, norm []any) []types.BufferInterface {
 	enc := a.Nsp().Server().Encoder()
 	if raw == "" && norm != nil && packet.Type == parser.EVENT && reflect.TypeOf(enc) == defaultEncoder {
