@@ -83,6 +83,27 @@ func (cl *cluster) connect(n int) error {
 	return nil
 }
 
+// dropEnded closes and forgets the clients that have ended, and reports how many, and
+// how many clients each server had.
+func (cl *cluster) dropEnded() (ended, per int) {
+	for i, cs := range cl.clients {
+		per = max(per, len(cs))
+		kept := cs[:0]
+		for _, c := range cs {
+			select {
+			case <-c.closed:
+				c.close()
+				ended++
+			default:
+				kept = append(kept, c)
+			}
+		}
+		clear(cs[len(kept):])
+		cl.clients[i] = kept
+	}
+	return ended, per
+}
+
 func (cl *cluster) close() {
 	for _, cs := range cl.clients {
 		for _, c := range cs {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -139,5 +140,36 @@ func TestSameTLS(t *testing.T) {
 	t.Setenv("PGSSLMODE", "require")
 	if got := sameTLS("postgres://u@h/db"); got != "postgres://u@h/db" {
 		t.Errorf("with PGSSLMODE set: %q", got)
+	}
+}
+
+// TestEndedClientReplaced: a client that ended (engine.io's own transport closes one now
+// and then for "ping timeout") is dialled again before the next phase, which then
+// receives everything. Before, every phase after it counted its receipts lost: two runs
+// in a row lost all their engine.io-transport phases after one such close.
+func TestEndedClientReplaced(t *testing.T) {
+	cl, err := startCluster(config{}, "go", 1, []string{serveEnv + "=- - -", adapterEnv + "=memory"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.close()
+	if err := cl.connect(3); err != nil {
+		t.Fatal(err)
+	}
+	gone := cl.clients[0][1]
+	gone.p.remove(gone, errors.New("ended by the test"))
+	var log bytes.Buffer
+	r, err := cl.measure(phase{Scenario: scenarioAlone, Payload: allPayloads[0], Window: 100, Duration: 200 * time.Millisecond, Drain: 20 * time.Second}, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cl.clients[0]) != 3 || slices.Contains(cl.clients[0], gone) {
+		t.Fatalf("%d clients, the ended one among them %v", len(cl.clients[0]), slices.Contains(cl.clients[0], gone))
+	}
+	if r.Emitted == 0 || r.Delivered != r.Emitted || r.Lost != 0 || len(r.ClientErrors) > 0 {
+		t.Fatalf("emitted %d, delivered %d, lost %d, client errors %q", r.Emitted, r.Delivered, r.Lost, r.ClientErrors)
+	}
+	if !strings.Contains(log.String(), "1 clients ended, dialled again") {
+		t.Fatalf("log: %q", log.String())
 	}
 }
