@@ -2,7 +2,6 @@ package pgadapter
 
 import (
 	"bytes"
-	"context"
 	"reflect"
 	"sync"
 	"testing"
@@ -60,11 +59,7 @@ func startRecording(t *testing.T, name string, opts Options) (*node, *recordingP
 	so := socket.DefaultServerOptions()
 	so.SetParser(rec)
 	n := newNodeWith(t, name, newPool(t), opts, so)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := n.b.Ready(ctx); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
+	n.ready(t)
 	return n, rec
 }
 

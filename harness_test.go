@@ -181,12 +181,18 @@ func startNode(t testing.TB, name string, opts Options) *node {
 func startNodeOn(t testing.TB, name, url string, opts Options) *node {
 	t.Helper()
 	n := newNode(t, name, newPoolURL(t, url), opts)
+	n.ready(t)
+	return n
+}
+
+// ready waits until n's adapter listens.
+func (n *node) ready(t testing.TB) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := n.b.Ready(ctx); err != nil {
-		t.Fatalf("%s: %v", name, err)
+		t.Fatalf("%s: %v", n.name, err)
 	}
-	return n
 }
 
 // startPair starts servers A, with opts, and B, with opts changed by setB, and waits
@@ -222,11 +228,7 @@ func startNodeWithPool(t testing.TB, name string, opts Options, configure func(*
 		t.Fatal(err)
 	}
 	n := newNode(t, name, pool, opts)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := n.b.Ready(ctx); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
+	n.ready(t)
 	return n
 }
 

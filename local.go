@@ -109,10 +109,11 @@ var defaultEncoder = reflect.TypeOf(parser.NewEncoder())
 // were not normalized, and may be of any type) take the server's encoder.
 func (a *Adapter) encode(packet *parser.Packet, raw string, norm []any) []types.BufferInterface {
 	enc := a.Nsp().Server().Encoder()
-	if raw == "" && norm != nil && packet.Type == parser.EVENT && reflect.TypeOf(enc) == defaultEncoder {
+	asText := packet.Type == parser.EVENT && reflect.TypeOf(enc) == defaultEncoder
+	if asText && raw == "" && norm != nil {
 		raw = argsText(norm) // a message decoded in full; "" for binary data
 	}
-	if raw == "" || reflect.TypeOf(enc) != defaultEncoder || packet.Type != parser.EVENT {
+	if !asText || raw == "" {
 		a.fillArgs(packet, raw)
 		// The clients of this server get what those of the others do: the arguments
 		// normalized for the wire (a struct as its JSON object), which a server's own

@@ -723,11 +723,11 @@ func release(packets []*packet.Packet) {
 // sendNow writes packets on the caller's goroutine (socket.io's emit, under engine.io's
 // flush lock), without waiting: it reports false, having written nothing, where the
 // batch needs what only send does (a lock another write holds, a closed connection, an
-// error building it; Send leaves connections without writev, and compression, to send). What the
-// kernel does not take at once (a full socket buffer, an error) goes on in a goroutine
-// that holds w.mu meanwhile, as a batch handed over, and that reports any error: an
-// error reported here, within engine.io's flush, would close the socket under engine.io's
-// own lock.
+// error building it; Send leaves connections without writev, and compression, to send).
+// What the kernel does not take at once (a full socket buffer, an error) goes on in a
+// goroutine that holds w.mu meanwhile, as a batch handed over, and that reports any
+// error: an error reported here, within engine.io's flush, would close the socket under
+// engine.io's own lock.
 func (w *webSocket) sendNow(packets []*packet.Packet) bool {
 	if !w.mu.TryLock() { // Send has checked w.rc: writev, and a way to write without waiting
 		return false
