@@ -988,7 +988,7 @@ func (a *Adapter) onMessage(m *wire.Message) {
 			// on most servers, a broadcast to a room matches none.
 			packet.Data, norm = d.Packet.Data, d.Packet.Data
 		}
-		opts := fromWireOpts(d.Opts)
+		opts := broadcastOpts(d.Opts)
 		if d.RequestID == "" {
 			a.localBroadcast(packet, opts, raw, norm)
 			return

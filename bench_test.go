@@ -373,7 +373,7 @@ func BenchmarkDispatch(b *testing.B) {
 				return err
 			}
 			d := n.Message.Data.(*wire.BroadcastData)
-			_ = fromWireOpts(d.Opts)
+			_ = broadcastOpts(d.Opts)
 			encodeEvent(&parser.Packet{Type: parser.EVENT, Nsp: "/"}, d.Packet.Raw)
 			return nil
 		}},
@@ -384,7 +384,7 @@ func BenchmarkDispatch(b *testing.B) {
 				return err
 			}
 			d := n.Message.Data.(*wire.BroadcastData)
-			_ = fromWireOpts(d.Opts)
+			_ = broadcastOpts(d.Opts)
 			_, err = wire.AppendJSON([]byte{'2'}, d.Packet.Data)
 			return err
 		}},
@@ -395,7 +395,7 @@ func BenchmarkDispatch(b *testing.B) {
 				return err
 			}
 			d := n.Message.Data.(*wire.BroadcastData)
-			_ = fromWireOpts(d.Opts)
+			_ = broadcastOpts(d.Opts)
 			parser.NewEncoder().Encode(&parser.Packet{Type: parser.EVENT, Nsp: "/", Data: d.Packet.Data})
 			return nil
 		}},

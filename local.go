@@ -244,8 +244,9 @@ func (a *Adapter) apply(opts *socket.BroadcastOptions, fn func(*socket.Socket)) 
 	if opts != nil {
 		rooms, except = opts.Rooms, opts.Except
 	}
-	excluded := map[socket.SocketId]struct{}{}
-	if except != nil {
+	var excluded map[socket.SocketId]struct{} // nil, read as empty, unless there are exceptions
+	if except != nil && except.Len() > 0 {
+		excluded = map[socket.SocketId]struct{}{}
 		for _, room := range except.Keys() {
 			if ids, ok := a.Rooms().Load(room); ok {
 				for _, id := range ids.Keys() {

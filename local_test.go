@@ -170,3 +170,28 @@ func TestNoTextWithoutRecipients(t *testing.T) {
 		t.Fatalf("%d bytes allocated per broadcast that no socket gets", per)
 	}
 }
+
+// A broadcast received without rooms or exceptions makes no set for them: apply reads
+// nil as none. One with them gets them, and fromWireOpts, which socket.io's own adapter
+// methods are given, still makes both sets.
+func TestReceivedBroadcastOptions(t *testing.T) {
+	yes := true
+	o := broadcastOpts(wire.Opts{Flags: wire.Flags{Volatile: &yes}})
+	if o.Rooms != nil || o.Except != nil {
+		t.Fatalf("rooms %v, except %v: want nil for none", o.Rooms, o.Except)
+	}
+	if !o.Flags.Volatile || o.Flags.Compress {
+		t.Fatalf("flags %+v: want volatile only", *o.Flags)
+	}
+	o = broadcastOpts(wire.Opts{Rooms: []string{"r1", "r2"}, Except: []string{"r3"}})
+	if o.Rooms == nil || o.Rooms.Len() != 2 || !o.Rooms.Has("r1") || !o.Rooms.Has("r2") {
+		t.Fatalf("rooms %v: want r1 and r2", o.Rooms)
+	}
+	if o.Except == nil || o.Except.Len() != 1 || !o.Except.Has("r3") {
+		t.Fatalf("except %v: want r3", o.Except)
+	}
+	o = fromWireOpts(wire.Opts{})
+	if o.Rooms == nil || o.Except == nil || o.Rooms.Len() != 0 || o.Except.Len() != 0 {
+		t.Fatalf("fromWireOpts: rooms %v, except %v: want two empty sets", o.Rooms, o.Except)
+	}
+}
