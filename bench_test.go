@@ -107,6 +107,56 @@ func BenchmarkPostgresNotify(b *testing.B) {
 	}
 }
 
+// BenchmarkNotifyStatements compares the publisher's two statements for a run of inline
+// messages, 256 to a statement as in a full batch, from one connection to two listeners
+// (the two servers of a cluster): NotifyMany, a channel per message, and NotifyOne, the
+// channel once, for a run on one namespace.
+func BenchmarkNotifyStatements(b *testing.B) {
+	st := wire.NewStatements("unused")
+	for _, c := range []struct {
+		name string
+		args func(channel string, chans, payloads []string) []any
+		sql  string
+	}{
+		{"many", func(_ string, chans, payloads []string) []any { return []any{chans, payloads} }, st.NotifyMany},
+		{"one", func(channel string, _, payloads []string) []any { return []any{channel, payloads} }, st.NotifyOne},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			const perStatement = 256
+			channel := pgtest.Name("bench")
+			wait1, stop1 := listenCount(b, channel)
+			defer stop1()
+			wait2, stop2 := listenCount(b, channel)
+			defer stop2()
+			conn, err := pgx.Connect(context.Background(), dbURL)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			pad := strings.Repeat("x", 100)
+			chans := make([]string, perStatement)
+			payloads := make([]string, perStatement)
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			sent := 0
+			for sent < b.N {
+				n := min(perStatement, b.N-sent)
+				for i := range n {
+					chans[i], payloads[i] = channel, fmt.Sprint(sent+i, pad) // unique: PostgreSQL merges equal ones
+				}
+				if _, err := conn.Exec(context.Background(), c.sql, c.args(channel, chans[:n], payloads[:n])...); err != nil {
+					b.Fatal(err)
+				}
+				sent += n
+			}
+			wait1(int64(b.N))
+			wait2(int64(b.N))
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+		})
+	}
+}
+
 // BenchmarkClusterBroadcast measures broadcasts from server A applied by server B (no
 // clients: delivery to sockets is not what is measured), with bounded in-flight, and the
 // latency from Emit on A to application on B.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -789,6 +790,87 @@ func TestSimpleProtocolPool(t *testing.T) {
 		args := cb.sent.next(t, "B", "s")
 		if int(args[0].(float64)) != i || args[1] != texts[i%len(texts)] {
 			t.Fatalf("message %d arrived as %v", i, args)
+		}
+	}
+}
+
+// Messages of several namespaces published together arrive in the order they were sent:
+// a batch holds runs of messages on one channel (NotifyOne) and runs across channels
+// (NotifyMany), one statement each, in order. With pgx's default exec mode, and with
+// the simple protocol, where both go as literals.
+func TestBatchesAcrossNamespacesKeepOrder(t *testing.T) {
+	for _, mode := range []string{"", "simple_protocol"} {
+		t.Run("mode="+mode, func(t *testing.T) { acrossNamespaces(t, mode) })
+	}
+}
+
+func acrossNamespaces(t *testing.T, mode string) {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode != "" {
+		q := u.Query()
+		q.Set("default_query_exec_mode", mode)
+		u.RawQuery = q.Encode()
+	}
+	opts := testOptions(t)
+	a := startNodeOn(t, "A", u.String(), opts)
+	b := startNodeOn(t, "B", u.String(), opts)
+	const n = 600
+	nsps := []string{"/", "/x", "/y"}
+	var mu sync.Mutex
+	var got []string
+	done := make(chan struct{})
+	for _, nsp := range nsps {
+		a.io.Of(nsp, nil)
+		b.io.Of(nsp, nil).On("e", func(args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(args) > 0 {
+				if f, ok := args[0].(float64); ok {
+					got = append(got, fmt.Sprintf("%s %d", nsp, int(f)))
+				}
+			}
+			if len(got) == n {
+				close(done)
+			}
+		})
+	}
+	for _, nsp := range nsps {
+		waitServerCountOf(t, a, nsp, 2)
+		waitServerCountOf(t, b, nsp, 2)
+	}
+	// Runs of 1 to 7 messages, the namespace changing between most of them, and every
+	// 13th message an attachment (binary), which ends a run of inline messages: emitted
+	// in one go, they queue while a batch is under way and go in the next ones.
+	var want []string
+	for i := 0; len(want) < n; i++ {
+		nsp := nsps[i*i%len(nsps)]
+		for j := 0; j <= i%7 && len(want) < n; j++ {
+			k := len(want)
+			want = append(want, fmt.Sprintf("%s %d", nsp, k))
+			if k%13 == 12 {
+				a.io.Of(nsp, nil).ServerSideEmit("e", k, []byte{1})
+			} else {
+				a.io.Of(nsp, nil).ServerSideEmit("e", k)
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("B received %d of %d messages", len(got), n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, want) {
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("message %d: got %q, want %q", i, got[i], want[i])
+			}
 		}
 	}
 }

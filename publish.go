@@ -418,9 +418,10 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			p.opts.Logger.Debug("pgadapter: lz4 probe failed", "error", err)
 		}
 	}
-	// Runs of inline messages go as one NotifyMany each; attachments between them keep
-	// their place, since the statements of a batch run in order. Each message is
-	// numbered (see number): numbered is its payload, or its attachment header's prefix.
+	// Runs of inline messages go as one NotifyOne (one channel) or NotifyMany each;
+	// attachments between them keep their place, since the statements of a batch run in
+	// order. Each message is numbered (see number): numbered is its payload, or its
+	// attachment header's prefix.
 	chans, payloads := p.chans[:0], p.payloads[:0]
 	var numbered []string
 	prepare := func() {
@@ -480,6 +481,8 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			switch n := next - run; {
 			case n == 1:
 				b.Queue(p.st.Notify, chans[run], payloads[run])
+			case n > 1 && oneChannel(chans[run:next]):
+				b.Queue(p.st.NotifyOne, chans[run], payloads[run:next])
 			case n > 1:
 				b.Queue(p.st.NotifyMany, chans[run:next], payloads[run:next])
 			}
@@ -637,6 +640,16 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 			m.done(nil)
 		}
 	}
+}
+
+// oneChannel reports whether every channel of chans is the first.
+func oneChannel(chans []string) bool {
+	for _, c := range chans[1:] {
+		if c != chans[0] {
+			return false
+		}
+	}
+	return true
 }
 
 // number gives each message of batch with an adapter (outgoing.seq) the next sequence

@@ -53,6 +53,12 @@ type Statements struct {
 	// an Execute each otherwise), and unnest yields its rows in order, so the
 	// notifications are queued in order.
 	NotifyMany string
+	// NotifyOne is NotifyMany for messages that share a channel, the usual batch (one
+	// namespace): $1 channel, $2 payloads, as a text array. The channel travels and is
+	// taken apart once instead of once per message: 1.1–1.3× the notifications per
+	// second of NotifyMany from one connection, 256 to a statement, two listeners
+	// (BenchmarkNotifyStatements).
+	NotifyOne string
 	// InsertNotify stores an attachment and publishes its header in one statement, so
 	// that a receiver never sees the header before the row: $1 MessagePack body,
 	// $2 channel, $3 AttachmentHeaderPrefix, $4 AttachmentHeaderSuffix. The header ends
@@ -172,6 +178,7 @@ func NewStatements(table string) Statements {
 		Table:      t,
 		Notify:     "SELECT pg_notify($1, $2)",
 		NotifyMany: "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
+		NotifyOne:  "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS m(p)",
 		InsertNotify: "WITH a AS (INSERT INTO " + t + " (payload, created_at) VALUES ($1, clock_timestamp()) RETURNING id, created_at) " +
 			`SELECT pg_notify($2, $3 || a.id::text || '` + createdAtKey + `' || ` +
 			`coalesce(to_char(` + createdAtInstant("a.created_at") + ` AT TIME ZONE 'UTC', '` + createdAtSQL + `'), '') || $4) FROM a`,
