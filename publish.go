@@ -619,6 +619,7 @@ func (p *publisher) sendBatch(ctx context.Context, batch []outgoing) {
 		return
 	}
 	p.commits.Add(1)
+	p.stats.transactions.Add(1)
 	now := time.Now().UnixNano()
 	var last *atomic.Int64
 	for i := range batch {

@@ -14,6 +14,12 @@ type Stats struct {
 	// Received counts messages from other servers and emitters that were decoded, by
 	// type name.
 	Received map[string]int64
+	// Transactions counts the transactions that published messages. Published, summed,
+	// over Transactions is how many messages share a transaction: how well the
+	// publisher batches, which is where a cluster's throughput comes from (PostgreSQL
+	// serialises the commits of NOTIFY). Near 1 while messages come slower than a round
+	// trip each; up to 256 under load.
+	Transactions int64
 	// PublishedBytes counts the NOTIFY payloads of messages published inline and the
 	// attachment bodies written (not their header notifications).
 	PublishedBytes int64
@@ -80,6 +86,7 @@ type Stats struct {
 type counters struct {
 	published, received               [int(wire.AllRoomsResponse) + 1]atomic.Int64
 	publishedBytes, receivedBytes     atomic.Int64
+	transactions                      atomic.Int64
 	attachmentsWritten, attachmentsRd atomic.Int64
 	attachmentQueries                 atomic.Int64
 	attachmentsPutOff                 atomic.Int64
@@ -102,6 +109,7 @@ func (b *Builder) Stats() Stats {
 	b.init()
 	s := Stats{
 		Published: map[string]int64{}, Received: map[string]int64{}, Nodes: map[string]int{},
+		Transactions:   b.stats.transactions.Load(),
 		PublishedBytes: b.stats.publishedBytes.Load(), ReceivedBytes: b.stats.receivedBytes.Load(),
 		AttachmentsWritten: b.stats.attachmentsWritten.Load(), AttachmentsRead: b.stats.attachmentsRd.Load(),
 		AttachmentQueries: b.stats.attachmentQueries.Load(), AttachmentsPutOff: b.stats.attachmentsPutOff.Load(),
