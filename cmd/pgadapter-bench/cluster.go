@@ -256,6 +256,9 @@ func (cl *cluster) run(ph phase) (*result, error) {
 	}
 
 	res.Emitted = st.Count
+	if st.Transactions > 0 {
+		res.MessagesPerTransaction = float64(st.Published) / float64(st.Transactions)
+	}
 	if st.LastUs > st.FirstUs {
 		res.AcceptedPerSec = float64(st.Count) / (float64(st.LastUs-st.FirstUs) / 1e6)
 	}

@@ -89,6 +89,11 @@ func TestBenchRuns(t *testing.T) {
 			if ownWanted := r.Rate > 0 && servers > 1; ownWanted != (r.OwnP50Ms > 0 && r.OwnP99Ms >= r.OwnP50Ms) {
 				t.Errorf("%s: own clients p50 %.3f p99 %.3f", name, r.OwnP50Ms, r.OwnP99Ms)
 			}
+			// The sender's messages per transaction, for Go servers with pgadapter only:
+			// at least one each (its broadcasts, its heartbeats).
+			if goCluster := strings.HasPrefix(impl, "go") && r.Scenario != scenarioAlone; goCluster != (r.MessagesPerTransaction >= 1) {
+				t.Errorf("%s: %.2f messages per transaction", name, r.MessagesPerTransaction)
+			}
 			if r.DeliveredPerSec <= 0 || r.P99Ms <= 0 || len(r.Procs) != servers {
 				t.Errorf("%s: figures missing: %+v", name, r)
 			}
@@ -109,6 +114,7 @@ func TestBenchRuns(t *testing.T) {
 	printTable(&table, rep)
 	if !strings.Contains(table.String(), "between servers") || !strings.Contains(table.String(), "targets:") ||
 		!strings.Contains(table.String(), "first and last receipt") || !strings.Contains(table.String(), "own p99 ms") ||
+		!strings.Contains(table.String(), "msgs/tx") ||
 		!strings.Contains(table.String(), "TLS") ||
 		!strings.Contains(table.String(), "what socket.io itself allows:") {
 		t.Errorf("table:\n%s", table.String())

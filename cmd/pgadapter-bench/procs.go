@@ -36,6 +36,10 @@ type stoppedMsg struct {
 	Count   int64 `json:"count"`
 	FirstUs int64 `json:"firstUs"`
 	LastUs  int64 `json:"lastUs"`
+	// Go servers only: the messages and transactions their adapter published during
+	// the phase.
+	Published    int64 `json:"published"`
+	Transactions int64 `json:"transactions"`
 }
 
 // startProc starts a server process and waits for it to listen.

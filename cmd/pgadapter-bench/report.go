@@ -83,6 +83,9 @@ type result struct {
 	OwnP50Ms float64 `json:"ownP50ms,omitempty"`
 	OwnP99Ms float64 `json:"ownP99ms,omitempty"`
 	Seconds  float64 `json:"seconds"`
+	// The sending server's messages per publishing transaction during the phase (Go
+	// servers): how well its publisher batched, where the saturated rate comes from.
+	MessagesPerTransaction float64 `json:"messagesPerTransaction,omitempty"`
 
 	Procs             []procStats `json:"servers_"`
 	LoadGenCPUSeconds float64     `json:"loadGeneratorCPUSeconds"`
@@ -292,7 +295,7 @@ func printTable(w io.Writer, r *report) {
 	fmt.Fprintln(w)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "impl\tscenario\tpayload\tphase\tclients\tbcast/s accepted\tbcast/s delivered\tdeliveries/s\tp50 ms\tp99 ms\tCPU s/1000 per server\tpeak RSS MB\tlost\trepeated\treordered\tlate\t")
+	fmt.Fprintln(tw, "impl\tscenario\tpayload\tphase\tclients\tbcast/s accepted\tbcast/s delivered\tdeliveries/s\tp50 ms\tp99 ms\tCPU s/1000 per server\tpeak RSS MB\tmsgs/tx\tlost\trepeated\treordered\tlate\t")
 	for _, x := range r.Results {
 		var cpu, rss []string
 		for _, p := range x.Procs {
@@ -303,9 +306,13 @@ func printTable(w io.Writer, r *report) {
 		if x.Rate > 0 {
 			phase = fmt.Sprintf("paced %d/s", x.Rate)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%d\t%d\t%d\t%d\t\n", x.Impl, x.Scenario, x.Payload, phase, x.ClientsPerServer,
+		perTx := "-" // not a Go server with pgadapter
+		if x.MessagesPerTransaction > 0 {
+			perTx = fmt.Sprintf("%.1f", x.MessagesPerTransaction)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t\n", x.Impl, x.Scenario, x.Payload, phase, x.ClientsPerServer,
 			num(x.AcceptedPerSec), num(x.DeliveredPerSec), num(x.DeliveriesPerSec), x.P50Ms, x.P99Ms,
-			strings.Join(cpu, " "), strings.Join(rss, " "), x.Lost, x.Duplicates, x.Reordered, x.Stray)
+			strings.Join(cpu, " "), strings.Join(rss, " "), perTx, x.Lost, x.Duplicates, x.Reordered, x.Stray)
 	}
 	tw.Flush()
 	var spreads bool

@@ -27,7 +27,9 @@ import (
 // its own. It speaks the line protocol of testdata/node/bench-server.js:
 //
 //	stdout: {"type":"ready","port":N}
-//	        {"type":"stopped","count":C,"firstUs":F,"lastUs":L}
+//	        {"type":"stopped","count":C,"firstUs":F,"lastUs":L,"published":P,"transactions":T}
+//	        (P and T: the messages and transactions the adapter published during the
+//	        phase, Go servers with pgadapter only)
 //	        {"type":"error","message":M}
 //	stdin:  {"op":"start","size":S,"binary":B,"rate":R,"window":W}
 //	        {"op":"credit","n":N}
@@ -100,6 +102,10 @@ func serve(dbURL, prefix, table string) error {
 		fastws.Install()
 	}
 	io := socket.NewServer(nil, nil)
+	// published returns how many messages and transactions the adapter has published
+	// (nil for socket.io's in-memory adapter): each phase reports what it added, so that
+	// the report tells how many messages shared a transaction.
+	var published func() (messages, transactions int64)
 	if os.Getenv(adapterEnv) == "memory" {
 		// fastws writes the pre-encoded frames of socket.io's own in-memory adapter
 		// correctly; engine.io's transport needs keepAll.
@@ -125,6 +131,13 @@ func serve(dbURL, prefix, table string) error {
 		})
 		defer b.Close(context.Background())
 		io.SetAdapter(b)
+		published = func() (messages, transactions int64) {
+			st := b.Stats()
+			for _, n := range st.Published {
+				messages += n
+			}
+			return messages, st.Transactions
+		}
 		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := b.Ready(readyCtx); err != nil {
@@ -161,6 +174,7 @@ func serve(dbURL, prefix, table string) error {
 	out.send(map[string]any{"type": "ready", "port": l.Addr().(*net.TCPAddr).Port})
 
 	var s *sender
+	var messages0, transactions0 int64 // published before the phase
 	var traced *os.File
 	stopTrace := func() {
 		if traced != nil {
@@ -182,6 +196,9 @@ func serve(dbURL, prefix, table string) error {
 			if s != nil {
 				s.stop()
 			}
+			if published != nil {
+				messages0, transactions0 = published()
+			}
 			s = startSender(io, cmd)
 		case "credit":
 			if s != nil {
@@ -193,6 +210,10 @@ func serve(dbURL, prefix, table string) error {
 				s.stop()
 				stopped["count"], stopped["firstUs"], stopped["lastUs"] = s.sent, s.first, s.last
 				s = nil
+			}
+			if published != nil {
+				m, t := published()
+				stopped["published"], stopped["transactions"] = m-messages0, t-transactions0
 			}
 			out.send(stopped)
 		case "trace":
