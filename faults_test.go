@@ -1228,11 +1228,7 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 	// statements through the proxy, a round trip of a second each (7 s in all), which the
 	// answer below must not wait for within its bound (it did, and failed one run in three
 	// on a slower machine).
-	for deadline := time.Now().Add(3 * waitFor); a.b.Stats().Published["INITIAL_HEARTBEAT"] == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("A's announcement never committed")
-		}
-	}
+	eventuallyWithin(t, "A's announcement commits", 3*waitFor, func() bool { return a.b.Stats().Published["INITIAL_HEARTBEAT"] > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	watch, err := pgx.Connect(ctx, dbURL)

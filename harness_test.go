@@ -405,7 +405,14 @@ func await(t testing.TB, ch <-chan struct{}, what string) {
 // eventually polls cond until it holds, failing the test after waitFor.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
+	eventuallyWithin(t, what, waitFor, cond)
+}
+
+// eventuallyWithin is eventually with a bound of its own, for a condition slowed on
+// purpose (a delaying proxy).
+func eventuallyWithin(t testing.TB, what string, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting until %s", what)

@@ -77,7 +77,9 @@ type publisher struct {
 	hasCloses atomic.Bool
 	keptOn    map[string]int // kept messages by channel (closesMu)
 	wake      chan struct{}  // signalled by overflow
-	// commits counts the batches committed (see runtime.watchHearing).
+	// commits counts the batches committed by this publisher (see
+	// runtime.watchHearing), which judges this runtime's echoes by them; the Builder's
+	// Stats.Transactions counts those of all its runtimes.
 	commits atomic.Int64
 	// tableReady is set once the attachments table is known to exist: by the goroutine,
 	// or by Builder.Ready, which waits for it.
