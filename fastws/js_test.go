@@ -35,6 +35,8 @@ func TestJavaScriptClientGetsTheLastPackets(t *testing.T) {
 			idle(s.Conn().Transport().(*webSocket)) // see idle; the client's check fails otherwise
 			s.Disconnect(true)
 		})
+		// The client asks only now: see testdata/disconnect.js.
+		s.Emit("ready")
 	})
 	cmd := exec.Command("node", "testdata/disconnect.js", url, "10")
 	cmd.Env = append(os.Environ(), "NODE_MODULES="+modules+"/node_modules")
