@@ -279,7 +279,10 @@ func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
 	opts := testOptions(t)
 	a, _, ca := ackPair(t, opts)
 	adapter := a.io.Sockets().Adapter().(*Adapter)
-	const timeout = 5 * time.Second
+	// The first broadcast's timer runs through C's start, the second's whole round trip
+	// and the second of sleep: a few seconds under -race on a loaded machine. Its bound
+	// only sets how long a failing run takes to fail.
+	const timeout = 20 * time.Second
 	var c *node
 	var first atomic.Bool
 	second := make(chan error, 2) // the goroutine's result, and the listener's verdict
@@ -314,7 +317,7 @@ func TestBroadcastWithAcksOutlivingTheFreeze(t *testing.T) {
 			select {
 			case err := <-second:
 				second <- err
-			case <-time.After(waitFor):
+			case <-time.After(timeout + waitFor):
 				second <- errors.New("the second broadcast never completed")
 			}
 		}()

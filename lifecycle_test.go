@@ -1358,8 +1358,12 @@ func TestCloseKeepsItsBound(t *testing.T) {
 // the reports, it came 38-64 µs after Close returned).
 func TestCloseReportsItsOwnStop(t *testing.T) {
 	opts := testOptions(t)
-	opts.RequestsTimeout = 2 * time.Second
-	opts.HeartbeatTimeout = time.Second // forgotten on the tick goroutine before the request's timeout
+	// B forgets the crashed A on its tick goroutine (HeartbeatTimeout after A's last
+	// message), which then runs the callback; the request's own timeout, which counts
+	// from before A was asked, must come well after that, or a timer's goroutine, which
+	// Close does not wait for, runs the callback instead.
+	opts.RequestsTimeout = 5 * time.Second
+	opts.HeartbeatTimeout = time.Second
 	logs := &logRecorder{}
 	opts.Logger = slog.New(logs)
 	a := startNode(t, "A", opts)
