@@ -166,9 +166,11 @@ func TestDisconnectBroadcastsOnClose(t *testing.T) {
 	opts := testOptions(t)
 	a, b := startPair(t, opts, func(*Options) {})
 	const rounds = 4 // each namespace's broadcast stands for one order of the table
-	a.io.Of("/chat", nil).On("connection", func(args ...any) {
-		s := args[0].(*socket.Socket)
+	// In a middleware: the harness's connect returns once the namespace announces the
+	// socket, which may be before a "connection" handler of the test's has run.
+	a.io.Of("/chat", nil).Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
 		s.On("disconnect", func(...any) { a.io.Of("/chat", nil).Emit("left", string(s.Id())) })
+		next(nil)
 	})
 	b.io.Of("/chat", nil)
 	for i := range rounds {

@@ -52,7 +52,12 @@ func NpmCI(dir string) error {
 	if err, done := npmDone[dir]; done {
 		return err
 	}
-	err := npmCI(dir)
+	unlock, err := lockAcross(dir)
+	if err != nil {
+		return fmt.Errorf("locking %s for npm ci: %w", dir, err)
+	}
+	err = npmCI(dir)
+	unlock()
 	npmDone[dir] = err
 	return err
 }
