@@ -113,9 +113,10 @@ func TestAtOnceBudget(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("written at once on Linux only")
 	}
-	// Quiet means 50 ms here: the emitting goroutine, descheduled that long amid the
-	// broadcast, would find the process quiet again, and a fresh budget.
-	defer quietSend.Store(quietSend.Swap(int64(50 * time.Millisecond)))
+	// Quiet means 250 ms here: the emitting goroutine, descheduled that long amid the
+	// broadcast, would find the process quiet again, and a fresh budget (at 50 ms, a
+	// pause of a loaded machine's could do it).
+	defer quietSend.Store(quietSend.Swap(int64(250 * time.Millisecond)))
 	io, url := server(t)
 	clients := make([]*rawClient, 4*atOnceMax)
 	for i := range clients {
