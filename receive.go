@@ -885,6 +885,8 @@ var handlerTakeover = newNanos(20 * time.Millisecond)
 // (beyond, the queue waits for them, as it waits for any other handler).
 const maxTakenOver = 64
 
+// newNanos returns an atomic holding d in nanoseconds: a duration that a test may
+// change while other tests' goroutines could still read it.
 func newNanos(d time.Duration) *atomic.Int64 {
 	v := new(atomic.Int64)
 	v.Store(int64(d))
