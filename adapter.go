@@ -377,11 +377,13 @@ func (a *Adapter) runAll(what string, runs []func()) {
 }
 
 // Broadcast delivers packet to the matching local clients and publishes it to the other
-// servers, unless the Local flag is set. Local delivery never waits for PostgreSQL.
+// servers, unless the Local flag is set, or, on a server with ConnectionStateRecovery,
+// it targets only the room of one of this server's sockets (see toOwnSocket). Local
+// delivery never waits for PostgreSQL.
 func (a *Adapter) Broadcast(packet *parser.Packet, opts *socket.BroadcastOptions) {
 	raw := ""
 	var norm []any
-	if !isLocal(opts) {
+	if !isLocal(opts) && !a.toOwnSocket(opts) {
 		if p, ok := a.prepare(packet); ok {
 			raw, norm = p.Raw, p.Data
 			a.publish(wire.Broadcast, &wire.BroadcastData{Packet: p, Opts: toWireOpts(opts)}, nil)
@@ -1138,6 +1140,27 @@ func clone(m map[string]struct{}) map[string]struct{} {
 
 func isLocal(opts *socket.BroadcastOptions) bool {
 	return opts != nil && opts.Flags != nil && opts.Flags.Local
+}
+
+// toOwnSocket reports whether opts target the room named by the id of a socket of this
+// server, alone and with no exceptions, on a server with ConnectionStateRecovery. Such a
+// server's sockets send their own emits (socket.Emit) through the adapter's Broadcast,
+// so that a recovering adapter can number them: published, each would be a NOTIFY that
+// every server decodes for a socket none of them has (TestDirectEmitsStayLocal).
+// pgadapter restores no sessions (see the README), and socket ids are unique, so they
+// are delivered here only. The cost: with recovery on, io.To(id) of a socket of this
+// server misses sockets of other servers that an application joined to a room named by
+// that id.
+func (a *Adapter) toOwnSocket(opts *socket.BroadcastOptions) bool {
+	if opts == nil || opts.Rooms == nil || opts.Rooms.Len() != 1 || opts.Except != nil && opts.Except.Len() > 0 {
+		return false
+	}
+	nsp := a.Nsp()
+	if nsp == nil || nsp.Server() == nil || nsp.Server().Opts().GetRawConnectionStateRecovery() == nil {
+		return false
+	}
+	_, ok := nsp.Sockets().Load(socket.SocketId(opts.Rooms.Keys()[0]))
+	return ok
 }
 
 func timeoutOf(opts *socket.BroadcastOptions, def time.Duration) time.Duration {

@@ -304,10 +304,14 @@ func newNodeWith(t testing.TB, name string, pool *pgxpool.Pool, opts Options, so
 	n.errs.settle = func() { n.b.reports.wait(waitFor) }
 	if so == nil {
 		n.io = socket.NewServer(nil, nil) // an options argument that is nil, not a nil pointer
+		n.io.SetAdapter(n.b)
 	} else {
+		// In the options rather than set after: socket.io v2.5.0 would first build
+		// adapters of its own, and with ConnectionStateRecovery those panic on Go 1.26
+		// (the README's defects).
+		so.SetAdapter(n.b)
 		n.io = socket.NewServer(nil, so)
 	}
-	n.io.SetAdapter(n.b)
 	// Every namespace, including those created later and dynamic children, gets the
 	// test middleware.
 	n.io.Sockets().On("new_namespace", func(args ...any) { args[0].(socket.Namespace).Use(n.middleware) })
