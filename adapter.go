@@ -32,6 +32,10 @@ import (
 type Adapter struct {
 	socket.Adapter
 
+	// rec keeps sessions and broadcasts for connection state recovery (recovery.go), on
+	// a server with ConnectionStateRecovery; nil otherwise.
+	rec *recoveryLog
+
 	b       *Builder
 	rt      *runtime
 	name    string
@@ -154,6 +158,7 @@ func newAdapter(b *Builder, nsp socket.Namespace) *Adapter {
 	a.ownPrefix = wire.OwnPrefix(a.uid)
 	a.Prototype(a)
 	a.Construct(nsp)
+	a.rec = newRecoveryLog(nsp)
 	if err := nsp.On("connect", a.dropIfClosed); err != nil {
 		b.report(fmt.Errorf("pgadapter: namespace %q: watching connections: %w", nsp.Name(), err))
 	}
@@ -1145,21 +1150,20 @@ func isLocal(opts *socket.BroadcastOptions) bool {
 // toOwnSocket reports whether opts target the room named by the id of a socket of this
 // server, alone and with no exceptions, on a server with ConnectionStateRecovery. Such a
 // server's sockets send their own emits (socket.Emit) through the adapter's Broadcast,
-// so that a recovering adapter can number them: published, each would be a NOTIFY that
-// every server decodes for a socket none of them has (TestDirectEmitsStayLocal).
-// pgadapter restores no sessions (see the README), and socket ids are unique, so they
-// are delivered here only. The cost: with recovery on, io.To(id) of a socket of this
+// so that they are kept with offsets for the socket's session (recovery.go): published,
+// each would be a NOTIFY that every server decodes for a socket none of them has
+// (TestDirectEmitsStayLocal). Socket ids are unique, and sessions are restored on the
+// server that kept them, so they are delivered here only. The cost: with recovery on, io.To(id) of a socket of this
 // server misses sockets of other servers that an application joined to a room named by
 // that id.
 func (a *Adapter) toOwnSocket(opts *socket.BroadcastOptions) bool {
 	if opts == nil || opts.Rooms == nil || opts.Rooms.Len() != 1 || opts.Except != nil && opts.Except.Len() > 0 {
 		return false
 	}
-	nsp := a.Nsp()
-	if nsp == nil || nsp.Server() == nil || nsp.Server().Opts().GetRawConnectionStateRecovery() == nil {
+	if a.rec == nil {
 		return false
 	}
-	_, ok := nsp.Sockets().Load(socket.SocketId(opts.Rooms.Keys()[0]))
+	_, ok := a.Nsp().Sockets().Load(socket.SocketId(opts.Rooms.Keys()[0]))
 	return ok
 }
 

@@ -29,6 +29,17 @@ import (
 // server has its own encoder. norm, when set, are packet's arguments as the other
 // servers received them, which its clients are given (see encode).
 func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
+	if a.rec != nil && keeps(packet, opts) {
+		// Kept for connection state recovery, with its offset as the last argument, as
+		// socket.io's in-memory adapter gives it (recovery.go).
+		data, _ := packet.Data.([]any)
+		raw, data, norm = a.rec.record(opts, raw, data, norm)
+		if data != nil {
+			p := *packet
+			p.Data = data
+			packet = &p
+		}
+	}
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	w := writes{a: a, packet: packet, raw: raw, norm: norm}

@@ -1,8 +1,14 @@
 package pgadapter
 
 import (
+	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	ws "github.com/gorilla/websocket"
+	"github.com/zishang520/engine.io/v2/types"
 
 	"github.com/zishang520/socket.io/v2/socket"
 )
@@ -40,7 +46,8 @@ func TestDirectEmitsStayLocal(t *testing.T) {
 		socks[0].Emit("direct", i)
 	}
 	for i := range n {
-		if got := a.sentTo("c").next(t, "c", "direct"); len(got) != 1 || got[0] != i {
+		// With the offset that connection state recovery adds (recovery.go).
+		if got := a.sentTo("c").next(t, "c", "direct"); len(got) != 2 || got[0] != i {
 			t.Fatalf("direct emit %d: c got %v", i, got)
 		}
 	}
@@ -78,4 +85,268 @@ func TestDirectEmitsStayLocal(t *testing.T) {
 	// B has no socket of that id: it publishes, and c gets it.
 	b.io.To(socket.Room(socks[0].Id())).Emit("from-b")
 	c.expect(t, "from-b")
+}
+
+// rawSocket is a WebSocket client speaking engine.io v4 and socket.io v5 by hand, so
+// that a test can close its transport and send CONNECT with a session to recover.
+type rawSocket struct {
+	t    testing.TB
+	conn *ws.Conn
+}
+
+// dialRaw opens an engine.io connection to n and sends CONNECT to the main namespace
+// with auth, once n's engine has announced the connection (engine.io's transport drops
+// what it reads before: the README's defects).
+func dialRaw(t testing.TB, n *node, auth map[string]any) *rawSocket {
+	t.Helper()
+	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(n.baseURL(), "http")+"/socket.io/?EIO=4&transport=websocket", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rawSocket{t: t, conn: conn}
+	t.Cleanup(func() { conn.Close() })
+	msg := c.next()
+	var open struct{ Sid string }
+	if !strings.HasPrefix(msg, "0{") || json.Unmarshal([]byte(msg[1:]), &open) != nil {
+		t.Fatalf("open packet: %q", msg)
+	}
+	if !n.awaitEngine(open.Sid, waitFor) {
+		t.Fatal("no engine.io connection event")
+	}
+	a, _ := json.Marshal(auth)
+	if err := conn.WriteMessage(ws.TextMessage, append([]byte("40"), a...)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// next reads one engine.io message, answering pings on the way.
+func (c *rawSocket) next() string {
+	c.t.Helper()
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(waitFor))
+		_, msg, err := c.conn.ReadMessage()
+		if err != nil {
+			c.t.Fatalf("read: %v", err)
+		}
+		if string(msg) == "2" {
+			if err := c.conn.WriteMessage(ws.TextMessage, []byte("3")); err != nil {
+				c.t.Fatal(err)
+			}
+			continue
+		}
+		return string(msg)
+	}
+}
+
+// connectReply reads until the CONNECT reply, returning it and the events read before
+// it (a restored socket's missed broadcasts come first, as socket.io writes them).
+func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]any) {
+	c.t.Helper()
+	for {
+		msg := c.next()
+		switch {
+		case strings.HasPrefix(msg, "40{"):
+			if err := json.Unmarshal([]byte(msg[2:]), &reply); err != nil {
+				c.t.Fatalf("connect reply %q: %v", msg, err)
+			}
+			return reply, before
+		case strings.HasPrefix(msg, "42["):
+			before = append(before, c.decode(msg))
+		default:
+			c.t.Fatalf("unexpected packet %q", msg)
+		}
+	}
+}
+
+// event reads the next event.
+func (c *rawSocket) event() []any {
+	c.t.Helper()
+	msg := c.next()
+	if !strings.HasPrefix(msg, "42[") {
+		c.t.Fatalf("want an event, got %q", msg)
+	}
+	return c.decode(msg)
+}
+
+func (c *rawSocket) decode(msg string) []any {
+	c.t.Helper()
+	var args []any
+	if err := json.Unmarshal([]byte(msg[2:]), &args); err != nil {
+		c.t.Fatalf("event %q: %v", msg, err)
+	}
+	return args
+}
+
+// A client whose transport closed, which comes back to the same server within the
+// time with its session and the offset of the last broadcast it got, gets its socket
+// back (id, rooms) and, in order, the broadcasts for its rooms that it missed: the
+// server's own and another server's. Not those for other rooms, nor those it was
+// excluded from. Then it gets broadcasts as before, and its session is not restored a
+// second time.
+func TestRecoveryOnTheSameServer(t *testing.T) {
+	opts := testOptions(t)
+	a := newNodeWith(t, "A", newPool(t), opts, recoveryOptions())
+	b := newNodeWith(t, "B", newPool(t), opts, recoveryOptions())
+	a.ready(t)
+	b.ready(t)
+	waitServerCount(t, []*node{a, b}, 2)
+	a.connect(t, "/", "w", "news") // tells when A has delivered B's broadcast
+
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, none := r.connectReply()
+	if first.Pid == "" || len(none) != 0 {
+		t.Fatalf("connect reply %+v, events %v", first, none)
+	}
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	a.io.To("news").Emit("ev", 1)
+	got := r.event()
+	if len(got) != 3 || got[0] != "ev" || got[1] != float64(1) {
+		t.Fatalf("r got %v", got)
+	}
+	offset, _ := got[2].(string)
+	r.conn.Close()
+	// socket.io keeps the session before it emits "disconnect".
+	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+		t.Fatalf("disconnect of %v", d)
+	}
+
+	a.io.To("news").Emit("ev", 2)
+	a.io.To("elsewhere").Emit("ev", "for another room")
+	a.io.Except("news").Emit("ev", "excluded")
+	a.io.Volatile().To("news").Emit("ev", "volatile")
+	b.io.To("news").Emit("ev", 3)
+	// What A wrote to w, in order: B's broadcast comes last (the volatile one may be
+	// dropped, as volatile packets are).
+	for i := 0; ; i++ {
+		got := a.sentTo("w").next(t, "w", "ev")
+		if fmt.Sprint(got[0]) == "3" { // a float64, decoded from B's message
+			break
+		}
+		if i == 3 {
+			t.Fatalf("w got %v, not B's broadcast", got)
+		}
+	}
+
+	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
+	reply, missed := r2.connectReply()
+	if reply.Sid != first.Sid {
+		t.Errorf("recovered socket %q, want %q", reply.Sid, first.Sid)
+	}
+	if len(missed) != 2 || missed[0][1] != float64(2) || missed[1][1] != float64(3) {
+		t.Fatalf("missed %v, want ev 2 then ev 3, each with its offset", missed)
+	}
+	s, ok := a.io.Sockets().Sockets().Load(socket.SocketId(reply.Sid))
+	if !ok || !s.Recovered() || !s.Rooms().Has("news") {
+		t.Fatalf("server socket %v: found %v", reply.Sid, ok)
+	}
+	b.io.To("news").Emit("ev", 4)
+	got = r2.event()
+	if got[1] != float64(4) {
+		t.Fatalf("after recovery r got %v", got)
+	}
+
+	// The session was restored once: the same again, while r2 has it, is a new socket.
+	r3 := dialRaw(t, a, map[string]any{"name": "r3", "pid": first.Pid, "offset": offset})
+	if again, missed := r3.connectReply(); again.Sid == first.Sid || len(missed) != 0 {
+		t.Errorf("restored a second time: %+v, %v", again, missed)
+	}
+	// r2's own disconnection keeps the session again, from then on.
+	r2.conn.Close()
+	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+		t.Fatalf("disconnect of %v", d)
+	}
+	r4 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": got[2]})
+	if back, missed := r4.connectReply(); back.Sid != first.Sid || len(missed) != 0 {
+		t.Errorf("after the last broadcast: %+v, missed %v", back, missed)
+	}
+}
+
+// The log of one namespace: a session is given the broadcasts after its offset that
+// were for it, and nothing for an offset that is not kept (unknown, malformed, dropped
+// for the bound, or to come), a session that expired, or one restored already.
+func TestRecoveryLogBounds(t *testing.T) {
+	persisted := func(l *recoveryLog, pid string, rooms ...socket.Room) {
+		l.persist(&socket.SessionToPersist{Sid: socket.SocketId("s-" + pid), Pid: socket.PrivateSessionId(pid), Rooms: types.NewSet(rooms...)})
+	}
+	noReport := func(err error) { t.Errorf("report: %v", err) }
+	newLog := func(maxAge time.Duration, bound int) *recoveryLog {
+		return &recoveryLog{maxAge: maxAge, bound: bound, sessions: map[socket.PrivateSessionId]*socket.SessionWithTimestamp{}}
+	}
+	to := func(rooms ...socket.Room) *socket.BroadcastOptions {
+		return &socket.BroadcastOptions{Rooms: types.NewSet(rooms...), Except: types.NewSet[socket.Room]()}
+	}
+	offsetOf := func(raw string) string {
+		var args []any
+		if err := json.Unmarshal([]byte(raw), &args); err != nil {
+			t.Fatal(err)
+		}
+		return args[len(args)-1].(string)
+	}
+
+	l := newLog(time.Hour, 1<<20)
+	raw0, _, _ := l.record(to(), `["ev",0]`, nil, nil)
+	l.record(to("a"), `["ev",1]`, nil, nil)
+	l.record(to("b"), `["ev",2]`, nil, nil)
+	_, data, _ := l.record(to("a"), "", []any{"bin", []byte{1}}, nil) // binary: kept as values
+	if len(data) != 3 || data[2] != "3" {
+		t.Fatalf("binary arguments with their offset: %v", data)
+	}
+	persisted(l, "p", "a")
+	s := l.restore("p", offsetOf(raw0), noReport)
+	if s == nil || len(s.MissedPackets) != 2 {
+		t.Fatalf("restored %+v", s)
+	}
+	if got := fmt.Sprint(s.MissedPackets); got != "[[ev 1 1] [bin [1] 3]]" {
+		t.Errorf("missed %s", got)
+	}
+	if l.restore("p", offsetOf(raw0), noReport) != nil {
+		t.Error("restored twice")
+	}
+	persisted(l, "p", "a")
+	for _, offset := range []string{"", "!", "4", "zzzzzzzzzzzzzzzzzzzz"} {
+		if l.restore("p", offset, noReport) != nil {
+			t.Errorf("restored from offset %q", offset)
+		}
+	}
+	if l.restore("unknown", "0", noReport) != nil {
+		t.Error("restored an unknown session")
+	}
+
+	// Expired: a session, and the broadcasts, older than the time.
+	l = newLog(time.Nanosecond, 1<<20)
+	raw0, _, _ = l.record(to(), `["ev",0]`, nil, nil)
+	persisted(l, "p")
+	if l.restore("p", offsetOf(raw0), noReport) != nil {
+		t.Error("restored an expired session")
+	}
+
+	// The bound drops the oldest, whatever their time; the newest is always kept.
+	l = newLog(time.Hour, 1000)
+	first, _, _ := l.record(to(), `["ev",0]`, nil, nil)
+	var last string
+	for i := 1; i < 100; i++ {
+		last, _, _ = l.record(to(), fmt.Sprintf(`["ev",%d]`, i), nil, nil)
+	}
+	if l.bytes > 1000 || l.dropEarly == 0 || len(l.packets)-l.head < 2 {
+		t.Fatalf("kept %d bytes in %d packets, %d dropped early", l.bytes, len(l.packets)-l.head, l.dropEarly)
+	}
+	persisted(l, "p")
+	if l.restore("p", offsetOf(first), noReport) != nil {
+		t.Error("restored from an offset dropped for the bound")
+	}
+	persisted(l, "p")
+	if s := l.restore("p", offsetOf(last), noReport); s == nil || len(s.MissedPackets) != 0 {
+		t.Errorf("from the last offset: %+v", s)
+	}
+	big, _, _ := l.record(to(), `["ev","`+strings.Repeat("x", 5000)+`"]`, nil, nil)
+	if n := len(l.packets) - l.head; n != 1 {
+		t.Errorf("a broadcast larger than the bound left %d kept", n)
+	}
+	persisted(l, "p")
+	if s := l.restore("p", offsetOf(big), noReport); s == nil {
+		t.Error("the newest broadcast, larger than the bound, is not kept")
+	}
 }

@@ -1,0 +1,276 @@
+package pgadapter
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/zishang520/engine.io/v2/types"
+	"github.com/zishang520/socket.io-go-parser/v2/parser"
+	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
+)
+
+// Connection state recovery (socket.io's ConnectionStateRecovery option), on the server
+// a client was connected to: a client that reconnects to it within the option's
+// MaxDisconnectionDuration gets its socket back (id, rooms, data) and the broadcasts it
+// missed, as socket.io's own in-memory adapter gives them. Sessions and the broadcasts
+// kept for them stay in the memory of the server where the socket was; a client that
+// reconnects to another server gets a new socket, as with Node's postgres adapter, which
+// restores none. Broadcasts from other servers are kept as this server delivered them, so
+// a restored socket misses none of the cluster's.
+
+// defaultMaxDisconnection is socket.io's default MaxDisconnectionDuration, which it sets
+// only on a server whose options name no adapter.
+const defaultMaxDisconnection = 2 * time.Minute
+
+// recoveryLogBytes bounds the broadcasts a namespace keeps for sessions to recover, as
+// an estimate of their size. Past it the oldest are dropped before their time: a client
+// whose last broadcast was dropped gets a new socket (not recovered), as one that came
+// back too late does. socket.io's in-memory adapter keeps everything for the whole
+// duration, which a saturated server would grow without bound.
+const recoveryLogBytes = 64 << 20
+
+// recoveryLog keeps one namespace's sessions of disconnected sockets and the broadcasts
+// delivered since, numbered by their offsets.
+type recoveryLog struct {
+	maxAge time.Duration
+	bound  int // recoveryLogBytes, smaller in tests
+
+	mu        sync.Mutex
+	sessions  map[socket.PrivateSessionId]*socket.SessionWithTimestamp
+	swept     time.Time
+	packets   []keptPacket // packets[head:] are kept, oldest first
+	head      int
+	first     uint64 // the offset number of packets[head]
+	bytes     int
+	dropEarly int64 // packets dropped for the bound before their time (tests)
+}
+
+// keptPacket is a broadcast kept for recovery: its arguments with their offset last, as
+// text (raw) or values (data), and the rooms it was for.
+type keptPacket struct {
+	at     int64 // UnixNano
+	raw    string
+	data   []any
+	rooms  []socket.Room
+	except []socket.Room
+	size   int
+}
+
+// newRecoveryLog returns the log for a namespace of a server with connection state
+// recovery, or nil.
+func newRecoveryLog(nsp socket.Namespace) *recoveryLog {
+	srv := nsp.Server()
+	if srv == nil || srv.Opts() == nil {
+		return nil
+	}
+	csr := srv.Opts().GetRawConnectionStateRecovery()
+	if csr == nil {
+		return nil
+	}
+	maxAge := defaultMaxDisconnection
+	if csr.GetRawMaxDisconnectionDuration() != nil {
+		maxAge = time.Duration(csr.MaxDisconnectionDuration()) * time.Millisecond
+	}
+	return &recoveryLog{maxAge: maxAge, bound: recoveryLogBytes, sessions: map[socket.PrivateSessionId]*socket.SessionWithTimestamp{}}
+}
+
+// keeps reports whether a broadcast of packet with opts is kept, and given an offset:
+// events without acknowledgements that are not volatile, as socket.io keeps them (an
+// acknowledgement's callback cannot be given to a restored socket).
+func keeps(packet *parser.Packet, opts *socket.BroadcastOptions) bool {
+	return packet.Type == parser.EVENT && packet.Id == nil && (opts == nil || opts.Flags == nil || !opts.Flags.Volatile)
+}
+
+// record keeps a broadcast and returns its arguments with its offset appended, as the
+// clients get them: raw, data and norm as localBroadcast takes them, each a new value
+// when set (the caller's may be shared with the publisher).
+func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, data, norm []any) (string, []any, []any) {
+	now := time.Now().UnixNano()
+	k := keptPacket{at: now}
+	if opts != nil {
+		if opts.Rooms != nil {
+			k.rooms = opts.Rooms.Keys()
+		}
+		if opts.Except != nil {
+			k.except = opts.Except.Keys()
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	offset := strconv.FormatUint(l.first+uint64(len(l.packets)-l.head), 36)
+	if raw != "" {
+		raw = raw[:len(raw)-1] + `,"` + offset + `"]` // raw is a JSON array, of the event name at least
+	}
+	if data != nil {
+		data = append(data[:len(data):len(data)], offset)
+	}
+	if norm != nil {
+		norm = append(norm[:len(norm):len(norm)], offset)
+	}
+	k.raw = raw
+	switch {
+	case raw != "":
+	case norm != nil:
+		k.data = norm
+	default:
+		k.data = data
+	}
+	k.size = 128 + len(raw) + sizeOf(k.data) + 16*(len(k.rooms)+len(k.except))
+	l.packets = append(l.packets, k)
+	l.bytes += k.size
+	l.trim(now)
+	return raw, data, norm
+}
+
+// sizeOf estimates the memory of args: their strings and binary data.
+func sizeOf(args []any) int {
+	n := 0
+	for _, v := range args {
+		switch v := v.(type) {
+		case string:
+			n += len(v)
+		case []byte:
+			n += len(v)
+		case []any:
+			n += 16 + sizeOf(v)
+		case map[string]any:
+			for k, e := range v {
+				n += 16 + len(k) + sizeOf([]any{e})
+			}
+		default:
+			n += 16
+		}
+	}
+	return n
+}
+
+// trim drops the broadcasts older than the sessions' time, and the oldest past the
+// bound. l.mu is held.
+func (l *recoveryLog) trim(now int64) {
+	for l.head < len(l.packets) {
+		k := &l.packets[l.head]
+		old := now-k.at > int64(l.maxAge)
+		if !old && (l.bytes <= l.bound || l.head == len(l.packets)-1) {
+			break
+		}
+		if !old {
+			l.dropEarly++
+		}
+		l.bytes -= k.size
+		*k = keptPacket{}
+		l.head++
+		l.first++
+	}
+	if l.head > 1024 && l.head > len(l.packets)/2 {
+		n := copy(l.packets, l.packets[l.head:])
+		clear(l.packets[n:])
+		l.packets, l.head = l.packets[:n], 0
+	}
+}
+
+// persist keeps the session of a socket that disconnected.
+func (l *recoveryLog) persist(s *socket.SessionToPersist) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > l.maxAge {
+		threshold := now.Add(-l.maxAge).UnixMilli()
+		for pid, old := range l.sessions {
+			if old.DisconnectedAt < threshold {
+				delete(l.sessions, pid)
+			}
+		}
+		l.swept = now
+	}
+	rooms := types.NewSet[socket.Room]()
+	if s.Rooms != nil {
+		rooms.Add(s.Rooms.Keys()...)
+	}
+	l.sessions[s.Pid] = &socket.SessionWithTimestamp{
+		SessionToPersist: &socket.SessionToPersist{Sid: s.Sid, Pid: s.Pid, Rooms: rooms, Data: s.Data},
+		DisconnectedAt:   now.UnixMilli(),
+	}
+}
+
+// restore returns the session of pid with the broadcasts for its rooms kept after the
+// one of offset, and forgets it (a session is restored once), or nil: unknown, expired,
+// or offset not kept (too old, or not this server's). report gets arguments kept as
+// text that fail to decode, which should not happen: they were checked before.
+func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report func(error)) *socket.Session {
+	n, err := strconv.ParseUint(offset, 36, 64)
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.sessions[pid]
+	if !ok {
+		return nil
+	}
+	if time.UnixMilli(s.DisconnectedAt).Add(l.maxAge).Before(now) {
+		delete(l.sessions, pid)
+		return nil
+	}
+	l.trim(now.UnixNano())
+	if err != nil || n < l.first || n >= l.first+uint64(len(l.packets)-l.head) {
+		return nil
+	}
+	delete(l.sessions, pid)
+	missed := []any{}
+	for i := l.head + int(n-l.first) + 1; i < len(l.packets); i++ {
+		k := &l.packets[i]
+		if !forSession(s.Rooms, k) {
+			continue
+		}
+		args := k.data
+		if k.raw != "" {
+			p := wire.Packet{Raw: k.raw}
+			if args, err = p.Args(); err != nil {
+				report(err)
+				continue
+			}
+		}
+		missed = append(missed, args)
+	}
+	return &socket.Session{SessionToPersist: s.SessionToPersist, MissedPackets: missed}
+}
+
+// forSession reports whether a socket in rooms was to get k: k is for all sockets or
+// for one of rooms, and for none of them excluded.
+func forSession(rooms *types.Set[socket.Room], k *keptPacket) bool {
+	for _, r := range k.except {
+		if rooms.Has(r) {
+			return false
+		}
+	}
+	if len(k.rooms) == 0 {
+		return true
+	}
+	for _, r := range k.rooms {
+		if rooms.Has(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// PersistSession keeps the session of a socket that disconnected for a reason socket.io
+// recovers from, on a server with ConnectionStateRecovery, for MaxDisconnectionDuration
+// (two minutes unless set).
+func (a *Adapter) PersistSession(s *socket.SessionToPersist) {
+	if a.rec != nil && s != nil {
+		a.rec.persist(s)
+	}
+}
+
+// RestoreSession returns the session pid kept by this server, with the broadcasts for
+// its rooms delivered here after the one of offset, which its client received last; or
+// nil, and the client gets a new socket: a session unknown here (kept by another
+// server, or none), expired, restored already, or whose offset is no longer kept.
+func (a *Adapter) RestoreSession(pid socket.PrivateSessionId, offset string) (*socket.Session, error) {
+	if a.rec == nil {
+		return nil, nil
+	}
+	return a.rec.restore(pid, offset, func(err error) { a.b.report(&MessageError{Channel: a.channel, Err: err}) }), nil
+}
