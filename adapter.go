@@ -180,6 +180,9 @@ func (a *Adapter) dropIfClosed(args ...any) {
 	if !ok {
 		return
 	}
+	if a.rec != nil && s.Recovered() {
+		a.rec.connected(s.Id())
+	}
 	if a.cleanedUp.Load() && s.Nsp().Adapter() == socket.Adapter(a) {
 		// It waited in the namespace's middleware while socket.io cleaned the namespace
 		// up (see noteCleanup).
@@ -925,6 +928,9 @@ func (a *Adapter) heartbeat(now time.Time) {
 	a.left = shrink(a.left, &a.peaks[3])
 	a.inlineWarned = shrink(a.inlineWarned, &a.peaks[4])
 	a.mu.Unlock()
+	if a.rec != nil {
+		a.rec.sweep(now)
+	}
 	for _, uid := range gone {
 		// Only if nothing came from it since gone was made (logged then).
 		a.removeNode(uid, now.Add(-a.b.opts.HeartbeatTimeout))

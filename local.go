@@ -1,6 +1,7 @@
 package pgadapter
 
 import (
+	"fmt"
 	"reflect"
 	"strconv"
 	"sync/atomic"
@@ -30,15 +31,7 @@ import (
 // servers received them, which its clients are given (see encode).
 func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
 	if a.rec != nil && keeps(packet, opts) {
-		// Kept for connection state recovery, with its offset as the last argument, as
-		// socket.io's in-memory adapter gives it (recovery.go).
-		data, _ := packet.Data.([]any)
-		raw, data, norm = a.rec.record(opts, raw, data, norm)
-		if data != nil {
-			p := *packet
-			p.Data = data
-			packet = &p
-		}
+		a.keep(&packet, opts, &raw, &norm)
 	}
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
@@ -49,6 +42,35 @@ func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOp
 		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(parts, packetOpts)
 	})
+}
+
+// keep keeps a broadcast for connection state recovery (recovery.go), and gives its
+// arguments the offset as the last, as socket.io's in-memory adapter does: raw and norm
+// are replaced, and *packet by a copy.
+func (a *Adapter) keep(packet **parser.Packet, opts *socket.BroadcastOptions, raw *string, norm *[]any) {
+	data, _ := (*packet).Data.([]any)
+	kept := *norm
+	if *raw == "" && kept == nil && data != nil {
+		// A local-only emit: the application's values, which it may change later, and
+		// readers, which the first encoding drains. Kept as the wire's values, and its
+		// readers, read, are what its clients get, as a published broadcast's are.
+		var err error
+		if kept, _, err = wire.NormalizeArgs(data); err != nil {
+			a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not kept for connection state recovery: %w", a.name, err))
+			return
+		}
+		if wire.HasReader(data) {
+			wire.CloseReaders(data)
+			data = kept
+		}
+	}
+	offset, withRaw := a.rec.record(opts, *raw, kept)
+	*raw, *norm = withRaw, withOffset(*norm, offset)
+	if data != nil {
+		p := **packet
+		p.Data = withOffset(data, offset)
+		*packet = &p
+	}
 }
 
 // localBroadcastWithAck delivers packet to the matching sockets of this server, registers

@@ -2,6 +2,7 @@ package pgadapter
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,8 +39,16 @@ type recoveryLog struct {
 	maxAge time.Duration
 	bound  int // recoveryLogBytes, smaller in tests
 
-	mu        sync.Mutex
-	sessions  map[socket.PrivateSessionId]*socket.SessionWithTimestamp
+	// prefix begins every offset of this log: clients take the last string argument of
+	// any event for an offset (a volatile one's too), which a bare counter could match.
+	prefix string
+
+	mu       sync.Mutex
+	sessions map[socket.PrivateSessionId]*socket.SessionWithTimestamp
+	// restoring holds, by socket id, the sessions given to sockets that have not
+	// connected yet: back in sessions if the socket leaves first (a middleware refused
+	// it, its connection closed), forgotten once it connects.
+	restoring map[socket.SocketId]*socket.SessionWithTimestamp
 	swept     time.Time
 	packets   []keptPacket // packets[head:] are kept, oldest first
 	head      int
@@ -74,7 +83,18 @@ func newRecoveryLog(nsp socket.Namespace) *recoveryLog {
 	if csr.GetRawMaxDisconnectionDuration() != nil {
 		maxAge = time.Duration(csr.MaxDisconnectionDuration()) * time.Millisecond
 	}
-	return &recoveryLog{maxAge: maxAge, bound: recoveryLogBytes, sessions: map[socket.PrivateSessionId]*socket.SessionWithTimestamp{}}
+	return newLog(maxAge, recoveryLogBytes)
+}
+
+// newLog returns an empty log.
+func newLog(maxAge time.Duration, bound int) *recoveryLog {
+	return &recoveryLog{
+		maxAge:    maxAge,
+		bound:     bound,
+		prefix:    randomID()[:8] + "-",
+		sessions:  map[socket.PrivateSessionId]*socket.SessionWithTimestamp{},
+		restoring: map[socket.SocketId]*socket.SessionWithTimestamp{},
+	}
 }
 
 // keeps reports whether a broadcast of packet with opts is kept, and given an offset:
@@ -84,10 +104,10 @@ func keeps(packet *parser.Packet, opts *socket.BroadcastOptions) bool {
 	return packet.Type == parser.EVENT && packet.Id == nil && (opts == nil || opts.Flags == nil || !opts.Flags.Volatile)
 }
 
-// record keeps a broadcast and returns its arguments with its offset appended, as the
-// clients get them: raw, data and norm as localBroadcast takes them, each a new value
-// when set (the caller's may be shared with the publisher).
-func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, data, norm []any) (string, []any, []any) {
+// record keeps a broadcast and returns its offset, and raw with the offset appended.
+// raw is the JSON text of its arguments, or kept their values, normalized (wire.Packet),
+// when it has none.
+func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, kept []any) (offset, rawWithOffset string) {
 	now := time.Now().UnixNano()
 	k := keptPacket{at: now}
 	if opts != nil {
@@ -100,29 +120,67 @@ func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, data, no
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	offset := strconv.FormatUint(l.first+uint64(len(l.packets)-l.head), 36)
+	offset = l.prefix + strconv.FormatUint(l.first+uint64(len(l.packets)-l.head), 36)
 	if raw != "" {
 		raw = raw[:len(raw)-1] + `,"` + offset + `"]` // raw is a JSON array, of the event name at least
-	}
-	if data != nil {
-		data = append(data[:len(data):len(data)], offset)
-	}
-	if norm != nil {
-		norm = append(norm[:len(norm):len(norm)], offset)
-	}
-	k.raw = raw
-	switch {
-	case raw != "":
-	case norm != nil:
-		k.data = norm
-	default:
-		k.data = data
+		k.raw = raw
+	} else {
+		k.data = withOffset(kept, offset)
 	}
 	k.size = 128 + len(raw) + sizeOf(k.data) + 16*(len(k.rooms)+len(k.except))
 	l.packets = append(l.packets, k)
 	l.bytes += k.size
 	l.trim(now)
-	return raw, data, norm
+	l.sweepSessions(time.Unix(0, now))
+	return offset, raw
+}
+
+// withOffset returns args with offset appended, in a new array when args is set (the
+// caller's may be shared, with the publisher for one).
+func withOffset(args []any, offset string) []any {
+	if args == nil {
+		return nil
+	}
+	return append(args[:len(args):len(args)], offset)
+}
+
+// number returns the counter of offset, if it is one of this log's.
+func (l *recoveryLog) number(offset string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(offset, l.prefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 36, 64)
+	return n, err == nil && strconv.FormatUint(n, 36) == rest
+}
+
+// sweep drops the broadcasts and sessions older than the sessions' time, so that an idle
+// server frees them too (each adapter's heartbeat tick calls it).
+func (l *recoveryLog) sweep(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.trim(now.UnixNano())
+	l.sweepSessions(now)
+}
+
+// sweepSessions forgets expired sessions, at most once a tenth of their time (and once
+// a second). l.mu is held.
+func (l *recoveryLog) sweepSessions(now time.Time) {
+	if now.Sub(l.swept) < max(l.maxAge/10, time.Second) {
+		return
+	}
+	l.swept = now
+	threshold := now.Add(-l.maxAge).UnixMilli()
+	for pid, s := range l.sessions {
+		if s.DisconnectedAt < threshold {
+			delete(l.sessions, pid)
+		}
+	}
+	for sid, s := range l.restoring { // a socket that neither connected nor left: not seen
+		if s.DisconnectedAt < threshold {
+			delete(l.restoring, sid)
+		}
+	}
 }
 
 // sizeOf estimates the memory of args: their strings and binary data.
@@ -176,15 +234,7 @@ func (l *recoveryLog) persist(s *socket.SessionToPersist) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if now.Sub(l.swept) > l.maxAge {
-		threshold := now.Add(-l.maxAge).UnixMilli()
-		for pid, old := range l.sessions {
-			if old.DisconnectedAt < threshold {
-				delete(l.sessions, pid)
-			}
-		}
-		l.swept = now
-	}
+	l.sweepSessions(now)
 	rooms := types.NewSet[socket.Room]()
 	if s.Rooms != nil {
 		rooms.Add(s.Rooms.Keys()...)
@@ -196,11 +246,12 @@ func (l *recoveryLog) persist(s *socket.SessionToPersist) {
 }
 
 // restore returns the session of pid with the broadcasts for its rooms kept after the
-// one of offset, and forgets it (a session is restored once), or nil: unknown, expired,
-// or offset not kept (too old, or not this server's). report gets arguments kept as
-// text that fail to decode, which should not happen: they were checked before.
+// one of offset, or nil: unknown, expired, or offset not kept (too old, not this
+// server's). The session is restored once: it waits in restoring until its socket
+// connects or leaves (see connected and left). report gets arguments kept as text that
+// fail to decode, which should not happen: they were checked before.
 func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report func(error)) *socket.Session {
-	n, err := strconv.ParseUint(offset, 36, 64)
+	n, valid := l.number(offset)
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -213,10 +264,11 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 		return nil
 	}
 	l.trim(now.UnixNano())
-	if err != nil || n < l.first || n >= l.first+uint64(len(l.packets)-l.head) {
+	if !valid || n < l.first || n >= l.first+uint64(len(l.packets)-l.head) {
 		return nil
 	}
 	delete(l.sessions, pid)
+	l.restoring[s.Sid] = s
 	missed := []any{}
 	for i := l.head + int(n-l.first) + 1; i < len(l.packets); i++ {
 		k := &l.packets[i]
@@ -225,6 +277,7 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 		}
 		args := k.data
 		if k.raw != "" {
+			var err error
 			p := wire.Packet{Raw: k.raw}
 			if args, err = p.Args(); err != nil {
 				report(err)
@@ -234,6 +287,28 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 		missed = append(missed, args)
 	}
 	return &socket.Session{SessionToPersist: s.SessionToPersist, MissedPackets: missed}
+}
+
+// connected forgets the session restored for socket sid, which has connected.
+func (l *recoveryLog) connected(sid socket.SocketId) {
+	l.mu.Lock()
+	delete(l.restoring, sid)
+	l.mu.Unlock()
+}
+
+// left keeps again the session restored for socket sid, which left before it connected,
+// unless its client has a newer one.
+func (l *recoveryLog) left(sid socket.SocketId) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, ok := l.restoring[sid]
+	if !ok {
+		return
+	}
+	delete(l.restoring, sid)
+	if _, newer := l.sessions[s.Pid]; !newer {
+		l.sessions[s.Pid] = s
+	}
 }
 
 // forSession reports whether a socket in rooms was to get k: k is for all sockets or
@@ -273,4 +348,14 @@ func (a *Adapter) RestoreSession(pid socket.PrivateSessionId, offset string) (*s
 		return nil, nil
 	}
 	return a.rec.restore(pid, offset, func(err error) { a.b.report(&MessageError{Channel: a.channel, Err: err}) }), nil
+}
+
+// DelAll removes socket id from every room of this server. A socket made for a restored
+// session that leaves before it connected (a middleware refused it, or its connection
+// closed) gives the session back, for its client to try again.
+func (a *Adapter) DelAll(id socket.SocketId) {
+	a.Adapter.DelAll(id)
+	if a.rec != nil {
+		a.rec.left(id)
+	}
 }

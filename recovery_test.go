@@ -3,6 +3,7 @@ package pgadapter
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +154,8 @@ func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]
 			return reply, before
 		case strings.HasPrefix(msg, "42["):
 			before = append(before, c.decode(msg))
+		case strings.HasPrefix(msg, "45"):
+			before = append(before, c.binary(msg))
 		default:
 			c.t.Fatalf("unexpected packet %q", msg)
 		}
@@ -167,6 +170,31 @@ func (c *rawSocket) event() []any {
 		c.t.Fatalf("want an event, got %q", msg)
 	}
 	return c.decode(msg)
+}
+
+// binary reads the attachments of a binary event, and returns its arguments with each
+// placeholder replaced by its attachment's bytes.
+func (c *rawSocket) binary(msg string) []any {
+	c.t.Helper()
+	dash := strings.IndexByte(msg, '-')
+	n, err := strconv.Atoi(msg[2:max(dash, 2)])
+	if dash < 0 || err != nil {
+		c.t.Fatalf("binary event %q", msg)
+	}
+	var args []any
+	if err := json.Unmarshal([]byte(msg[dash+1:]), &args); err != nil {
+		c.t.Fatalf("binary event %q: %v", msg, err)
+	}
+	parts := make([][]byte, n)
+	for i := range parts {
+		parts[i] = []byte(c.next())
+	}
+	for i, a := range args {
+		if p, ok := a.(map[string]any); ok && p["_placeholder"] == true {
+			args[i] = parts[int(p["num"].(float64))]
+		}
+	}
+	return args
 }
 
 func (c *rawSocket) decode(msg string) []any {
@@ -217,6 +245,8 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 	a.io.To("elsewhere").Emit("ev", "for another room")
 	a.io.Except("news").Emit("ev", "excluded")
 	a.io.Volatile().To("news").Emit("ev", "volatile")
+	// Local, with a reader: kept as read, not as the drained reader.
+	a.io.Local().To("news").Emit("file", types.NewBytesBuffer([]byte{1, 2, 3}))
 	b.io.To("news").Emit("ev", 3)
 	// What A wrote to w, in order: B's broadcast comes last (the volatile one may be
 	// dropped, as volatile packets are).
@@ -235,8 +265,11 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 	if reply.Sid != first.Sid {
 		t.Errorf("recovered socket %q, want %q", reply.Sid, first.Sid)
 	}
-	if len(missed) != 2 || missed[0][1] != float64(2) || missed[1][1] != float64(3) {
-		t.Fatalf("missed %v, want ev 2 then ev 3, each with its offset", missed)
+	if len(missed) != 3 || missed[0][1] != float64(2) || missed[1][0] != "file" || missed[2][1] != float64(3) {
+		t.Fatalf("missed %v, want ev 2, file, ev 3, each with its offset", missed)
+	}
+	if b, _ := missed[1][1].([]byte); string(b) != "\x01\x02\x03" {
+		t.Errorf("the file was replayed as %v", missed[1][1])
 	}
 	s, ok := a.io.Sockets().Sockets().Load(socket.SocketId(reply.Sid))
 	if !ok || !s.Recovered() || !s.Rooms().Has("news") {
@@ -265,88 +298,102 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 }
 
 // The log of one namespace: a session is given the broadcasts after its offset that
-// were for it, and nothing for an offset that is not kept (unknown, malformed, dropped
-// for the bound, or to come), a session that expired, or one restored already.
+// were for it, and nothing for an offset that is not kept (unknown, another log's,
+// malformed, dropped for the bound, or to come), a session that expired, or one being
+// restored; a session whose socket left before it connected is kept again.
 func TestRecoveryLogBounds(t *testing.T) {
 	persisted := func(l *recoveryLog, pid string, rooms ...socket.Room) {
-		l.persist(&socket.SessionToPersist{Sid: socket.SocketId("s-" + pid), Pid: socket.PrivateSessionId(pid), Rooms: types.NewSet(rooms...)})
+		l.persist(&socket.SessionToPersist{Sid: socket.SocketId("s-" + pid), Pid: socket.PrivateSessionId(pid), Rooms: types.NewSet(rooms...), Data: map[string]any{"user": pid}})
 	}
 	noReport := func(err error) { t.Errorf("report: %v", err) }
-	newLog := func(maxAge time.Duration, bound int) *recoveryLog {
-		return &recoveryLog{maxAge: maxAge, bound: bound, sessions: map[socket.PrivateSessionId]*socket.SessionWithTimestamp{}}
-	}
 	to := func(rooms ...socket.Room) *socket.BroadcastOptions {
 		return &socket.BroadcastOptions{Rooms: types.NewSet(rooms...), Except: types.NewSet[socket.Room]()}
 	}
-	offsetOf := func(raw string) string {
-		var args []any
-		if err := json.Unmarshal([]byte(raw), &args); err != nil {
-			t.Fatal(err)
-		}
-		return args[len(args)-1].(string)
-	}
 
 	l := newLog(time.Hour, 1<<20)
-	raw0, _, _ := l.record(to(), `["ev",0]`, nil, nil)
-	l.record(to("a"), `["ev",1]`, nil, nil)
-	l.record(to("b"), `["ev",2]`, nil, nil)
-	_, data, _ := l.record(to("a"), "", []any{"bin", []byte{1}}, nil) // binary: kept as values
-	if len(data) != 3 || data[2] != "3" {
-		t.Fatalf("binary arguments with their offset: %v", data)
+	o0, raw0 := l.record(to(), `["ev",0]`, nil)
+	if raw0 != `["ev",0,"`+o0+`"]` {
+		t.Fatalf("raw with its offset: %s", raw0)
 	}
+	l.record(to("a"), `["ev",1]`, nil)
+	l.record(to("b"), `["ev",2]`, nil)
+	l.record(&socket.BroadcastOptions{Except: types.NewSet[socket.Room]("a")}, `["ev",3]`, nil)
+	o4, _ := l.record(to("a", "b"), "", []any{"bin", []byte{1}}) // binary: kept as values
 	persisted(l, "p", "a")
-	s := l.restore("p", offsetOf(raw0), noReport)
-	if s == nil || len(s.MissedPackets) != 2 {
+	s := l.restore("p", o0, noReport)
+	if s == nil || fmt.Sprint(s.Data) != "map[user:p]" || !s.Rooms.Has("a") {
 		t.Fatalf("restored %+v", s)
 	}
-	if got := fmt.Sprint(s.MissedPackets); got != "[[ev 1 1] [bin [1] 3]]" {
-		t.Errorf("missed %s", got)
+	if got, want := fmt.Sprint(s.MissedPackets), fmt.Sprintf("[[ev 1 %s1] [bin [1] %s]]", l.prefix, o4); got != want {
+		t.Errorf("missed %s, want %s", got, want)
 	}
-	if l.restore("p", offsetOf(raw0), noReport) != nil {
-		t.Error("restored twice")
+	if l.restore("p", o0, noReport) != nil {
+		t.Error("restored while being restored")
 	}
+	// Its socket left before it connected: the session is kept again, once.
+	l.left("s-p")
+	if l.restore("p", o0, noReport) == nil {
+		t.Error("not restored after its socket left before connecting")
+	}
+	l.connected("s-p")
+	l.left("s-p")
+	if l.restore("p", o0, noReport) != nil {
+		t.Error("restored after its socket connected")
+	}
+
 	persisted(l, "p", "a")
-	for _, offset := range []string{"", "!", "4", "zzzzzzzzzzzzzzzzzzzz"} {
+	other := newLog(time.Hour, 1<<20)
+	foreign, _ := other.record(to(), `["ev",0]`, nil)
+	for _, offset := range []string{"", "!", "0", "1", foreign, l.prefix, l.prefix + "01", l.prefix + "5", l.prefix + "zzzzzzzzzzzzzzzzzzzz"} {
 		if l.restore("p", offset, noReport) != nil {
 			t.Errorf("restored from offset %q", offset)
 		}
 	}
-	if l.restore("unknown", "0", noReport) != nil {
-		t.Error("restored an unknown session")
+	if l.restore("unknown", o0, noReport) == nil && l.restore("p", o0, noReport) == nil {
+		t.Error("a bad offset lost the session")
 	}
 
-	// Expired: a session, and the broadcasts, older than the time.
-	l = newLog(time.Nanosecond, 1<<20)
-	raw0, _, _ = l.record(to(), `["ev",0]`, nil, nil)
+	// Expired: a session disconnected longer ago than the time, with its broadcast kept.
+	l = newLog(time.Hour, 1<<20)
+	o0, _ = l.record(to(), `["ev",0]`, nil)
 	persisted(l, "p")
-	if l.restore("p", offsetOf(raw0), noReport) != nil {
+	l.sessions["p"].DisconnectedAt = time.Now().Add(-2 * time.Hour).UnixMilli()
+	if l.restore("p", o0, noReport) != nil {
 		t.Error("restored an expired session")
+	}
+	// Broadcasts older than the time are dropped, on a sweep too.
+	l = newLog(time.Nanosecond, 1<<20)
+	l.record(to(), `["ev",0]`, nil)
+	l.sweep(time.Now().Add(time.Second))
+	persisted(l, "p")
+	l.sweep(time.Now().Add(time.Hour))
+	if n := len(l.packets) - l.head; n != 0 || len(l.sessions) != 0 {
+		t.Errorf("after the time: %d broadcasts and %d sessions kept", n, len(l.sessions))
 	}
 
 	// The bound drops the oldest, whatever their time; the newest is always kept.
 	l = newLog(time.Hour, 1000)
-	first, _, _ := l.record(to(), `["ev",0]`, nil, nil)
+	first, _ := l.record(to(), `["ev",0]`, nil)
 	var last string
 	for i := 1; i < 100; i++ {
-		last, _, _ = l.record(to(), fmt.Sprintf(`["ev",%d]`, i), nil, nil)
+		last, _ = l.record(to(), fmt.Sprintf(`["ev",%d]`, i), nil)
 	}
 	if l.bytes > 1000 || l.dropEarly == 0 || len(l.packets)-l.head < 2 {
 		t.Fatalf("kept %d bytes in %d packets, %d dropped early", l.bytes, len(l.packets)-l.head, l.dropEarly)
 	}
 	persisted(l, "p")
-	if l.restore("p", offsetOf(first), noReport) != nil {
+	if l.restore("p", first, noReport) != nil {
 		t.Error("restored from an offset dropped for the bound")
 	}
-	persisted(l, "p")
-	if s := l.restore("p", offsetOf(last), noReport); s == nil || len(s.MissedPackets) != 0 {
+	if s := l.restore("p", last, noReport); s == nil || len(s.MissedPackets) != 0 {
 		t.Errorf("from the last offset: %+v", s)
 	}
-	big, _, _ := l.record(to(), `["ev","`+strings.Repeat("x", 5000)+`"]`, nil, nil)
+	big, _ := l.record(to(), `["ev","`+strings.Repeat("x", 5000)+`"]`, nil)
 	if n := len(l.packets) - l.head; n != 1 {
 		t.Errorf("a broadcast larger than the bound left %d kept", n)
 	}
-	persisted(l, "p")
-	if s := l.restore("p", offsetOf(big), noReport); s == nil {
+	persisted(l, "q")
+	if s := l.restore("q", big, noReport); s == nil {
 		t.Error("the newest broadcast, larger than the bound, is not kept")
 	}
 }
