@@ -291,9 +291,21 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
 		t.Fatalf("disconnect of %v", d)
 	}
+	// Refused by a middleware: the session waits for the next attempt.
+	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
+		if auth, _ := s.Handshake().Auth.(map[string]any); auth["refuse"] == true {
+			next(socket.NewExtendedError("refused", nil))
+			return
+		}
+		next(nil)
+	})
+	refused := dialRaw(t, a, map[string]any{"name": "refused", "pid": first.Pid, "offset": got[2], "refuse": true})
+	if msg := refused.next(); !strings.HasPrefix(msg, "44") {
+		t.Fatalf("refused connection got %q", msg)
+	}
 	r4 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": got[2]})
 	if back, missed := r4.connectReply(); back.Sid != first.Sid || len(missed) != 0 {
-		t.Errorf("after the last broadcast: %+v, missed %v", back, missed)
+		t.Errorf("after the last broadcast, and a refusal: %+v, missed %v", back, missed)
 	}
 }
 
