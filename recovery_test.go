@@ -21,18 +21,26 @@ func recoveryOptions() *socket.ServerOptions {
 	return so
 }
 
+// recoveryPair starts servers A and B with ConnectionStateRecovery, and waits until
+// each counts the other.
+func recoveryPair(t *testing.T) (a, b *node) {
+	t.Helper()
+	opts := testOptions(t)
+	a = newNodeWith(t, "A", newPool(t), opts, recoveryOptions())
+	b = newNodeWith(t, "B", newPool(t), opts, recoveryOptions())
+	a.ready(t)
+	b.ready(t)
+	waitServerCount(t, []*node{a, b}, 2)
+	return a, b
+}
+
 // With ConnectionStateRecovery, socket.io sends a socket's own emits (socket.Emit)
 // through the adapter's Broadcast, to the room of the socket's id. They reach that
 // socket, in order, and nothing of them goes to PostgreSQL: published, each was a
 // NOTIFY that every other server decoded for a socket it does not have. A broadcast to
 // the room of a socket of another server still reaches it.
 func TestDirectEmitsStayLocal(t *testing.T) {
-	opts := testOptions(t)
-	a := newNodeWith(t, "A", newPool(t), opts, recoveryOptions())
-	b := newNodeWith(t, "B", newPool(t), opts, recoveryOptions())
-	a.ready(t)
-	b.ready(t)
-	waitServerCount(t, []*node{a, b}, 2)
+	a, b := recoveryPair(t)
 	c := a.connect(t, "/", "c")
 	d := b.connect(t, "/", "d")
 	published := a.b.Stats().Published["BROADCAST"]
@@ -213,12 +221,7 @@ func (c *rawSocket) decode(msg string) []any {
 // excluded from. Then it gets broadcasts as before, and its session is not restored a
 // second time.
 func TestRecoveryOnTheSameServer(t *testing.T) {
-	opts := testOptions(t)
-	a := newNodeWith(t, "A", newPool(t), opts, recoveryOptions())
-	b := newNodeWith(t, "B", newPool(t), opts, recoveryOptions())
-	a.ready(t)
-	b.ready(t)
-	waitServerCount(t, []*node{a, b}, 2)
+	a, b := recoveryPair(t)
 	a.connect(t, "/", "w", "news") // tells when A has delivered B's broadcast
 
 	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
