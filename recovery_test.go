@@ -101,6 +101,7 @@ func TestDirectEmitsStayLocal(t *testing.T) {
 type rawSocket struct {
 	t    testing.TB
 	conn *ws.Conn
+	nsp  string // what follows a packet's type: "" for the main namespace, else "/name,"
 }
 
 // dialRaw opens an engine.io connection to n and sends CONNECT to the main namespace
@@ -108,11 +109,20 @@ type rawSocket struct {
 // what it reads before: the README's defects).
 func dialRaw(t testing.TB, n *node, auth map[string]any) *rawSocket {
 	t.Helper()
+	return dialRawTo(t, n, "/", auth)
+}
+
+// dialRawTo is dialRaw to namespace nsp.
+func dialRawTo(t testing.TB, n *node, nsp string, auth map[string]any) *rawSocket {
+	t.Helper()
 	conn, _, err := ws.DefaultDialer.Dial("ws"+strings.TrimPrefix(n.baseURL(), "http")+"/socket.io/?EIO=4&transport=websocket", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &rawSocket{t: t, conn: conn}
+	if nsp != "/" {
+		c.nsp = nsp + ","
+	}
 	t.Cleanup(func() { conn.Close() })
 	msg := c.next()
 	var open struct{ Sid string }
@@ -123,7 +133,7 @@ func dialRaw(t testing.TB, n *node, auth map[string]any) *rawSocket {
 		t.Fatal("no engine.io connection event")
 	}
 	a, _ := json.Marshal(auth)
-	if err := conn.WriteMessage(ws.TextMessage, append([]byte("40"), a...)); err != nil {
+	if err := conn.WriteMessage(ws.TextMessage, append([]byte("40"+c.nsp), a...)); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -155,12 +165,12 @@ func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]
 	for {
 		msg := c.next()
 		switch {
-		case strings.HasPrefix(msg, "40{"):
-			if err := json.Unmarshal([]byte(msg[2:]), &reply); err != nil {
+		case strings.HasPrefix(msg, "40"+c.nsp+"{"):
+			if err := json.Unmarshal([]byte(msg[2+len(c.nsp):]), &reply); err != nil {
 				c.t.Fatalf("connect reply %q: %v", msg, err)
 			}
 			return reply, before
-		case strings.HasPrefix(msg, "42["):
+		case strings.HasPrefix(msg, "42"+c.nsp+"["):
 			before = append(before, c.decode(msg))
 		case strings.HasPrefix(msg, "45"):
 			before = append(before, c.binary(msg))
@@ -174,7 +184,7 @@ func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]
 func (c *rawSocket) event() []any {
 	c.t.Helper()
 	msg := c.next()
-	if !strings.HasPrefix(msg, "42[") {
+	if !strings.HasPrefix(msg, "42"+c.nsp+"[") {
 		c.t.Fatalf("want an event, got %q", msg)
 	}
 	return c.decode(msg)
@@ -186,11 +196,11 @@ func (c *rawSocket) binary(msg string) []any {
 	c.t.Helper()
 	dash := strings.IndexByte(msg, '-')
 	n, err := strconv.Atoi(msg[2:max(dash, 2)])
-	if dash < 0 || err != nil {
+	if dash < 0 || err != nil || !strings.HasPrefix(msg[dash+1:], c.nsp+"[") {
 		c.t.Fatalf("binary event %q", msg)
 	}
 	var args []any
-	if err := json.Unmarshal([]byte(msg[dash+1:]), &args); err != nil {
+	if err := json.Unmarshal([]byte(msg[dash+1+len(c.nsp):]), &args); err != nil {
 		c.t.Fatalf("binary event %q: %v", msg, err)
 	}
 	parts := make([][]byte, n)
@@ -208,7 +218,7 @@ func (c *rawSocket) binary(msg string) []any {
 func (c *rawSocket) decode(msg string) []any {
 	c.t.Helper()
 	var args []any
-	if err := json.Unmarshal([]byte(msg[2:]), &args); err != nil {
+	if err := json.Unmarshal([]byte(msg[2+len(c.nsp):]), &args); err != nil {
 		c.t.Fatalf("event %q: %v", msg, err)
 	}
 	return args
@@ -410,5 +420,44 @@ func TestRecoveryLogBounds(t *testing.T) {
 	persisted(l, "q")
 	if s := l.restore("q", big, noReport); s == nil {
 		t.Error("the newest broadcast, larger than the bound, is not kept")
+	}
+}
+
+// Each namespace keeps its own sessions and broadcasts: a client of /chat gets back the
+// broadcasts of /chat that it missed, in /chat, and not those of the main namespace to
+// a room of the same name.
+func TestRecoveryInANamespace(t *testing.T) {
+	a, b := recoveryPair(t)
+	// Both listen on /chat's channel once each counts the other there.
+	achat, bchat := a.io.Of("/chat", nil), b.io.Of("/chat", nil)
+	eventually(t, "A and B count each other in /chat", func() bool {
+		return achat.Adapter().ServerCount() == 2 && bchat.Adapter().ServerCount() == 2
+	})
+	a.connect(t, "/chat", "w", "news") // tells when A has delivered B's broadcast
+	r := dialRawTo(t, a, "/chat", map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	achat.To("news").Emit("ev", 1)
+	got := r.event()
+	offset, _ := got[len(got)-1].(string)
+	r.conn.Close()
+	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+		t.Fatalf("disconnect of %v", d)
+	}
+	a.io.To("news").Emit("ev", "main namespace")
+	bchat.To("news").Emit("ev", 2)
+	for i := 0; ; i++ {
+		if got := a.sentTo("w").next(t, "w", "ev"); fmt.Sprint(got[0]) == "2" {
+			break
+		} else if i == 2 {
+			t.Fatalf("w got %v, not B's broadcast", got)
+		}
+	}
+	r2 := dialRawTo(t, a, "/chat", map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
+	reply, missed := r2.connectReply()
+	if reply.Sid != first.Sid || len(missed) != 1 || missed[0][1] != float64(2) {
+		t.Fatalf("recovered %+v with %v, want %s with ev 2", reply, missed, first.Sid)
 	}
 }
