@@ -1159,14 +1159,11 @@ func isLocal(opts *socket.BroadcastOptions) bool {
 // so that they are kept with offsets for the socket's session (recovery.go): published,
 // each would be a NOTIFY that every server decodes for a socket none of them has
 // (TestDirectEmitsStayLocal). Socket ids are unique, and sessions are restored on the
-// server that kept them, so they are delivered here only. The cost: with recovery on, io.To(id) of a socket of this
-// server misses sockets of other servers that an application joined to a room named by
-// that id.
+// server that kept them, so they are delivered here only. The cost: with recovery on,
+// io.To(id) of a socket of this server misses sockets of other servers that an
+// application joined to a room named by that id.
 func (a *Adapter) toOwnSocket(opts *socket.BroadcastOptions) bool {
-	if opts == nil || opts.Rooms == nil || opts.Rooms.Len() != 1 || opts.Except != nil && opts.Except.Len() > 0 {
-		return false
-	}
-	if a.rec == nil {
+	if a.rec == nil || opts == nil || opts.Rooms == nil || opts.Rooms.Len() != 1 || opts.Except != nil && opts.Except.Len() > 0 {
 		return false
 	}
 	_, ok := a.Nsp().Sockets().Load(socket.SocketId(opts.Rooms.Keys()[0]))
