@@ -65,3 +65,34 @@ func ExampleBuilder_Ready() {
 	}
 	// Serve, as in the example of New.
 }
+
+// Connection state recovery: a client whose connection drops gets its socket and the
+// broadcasts it missed back when it returns to the same server within two minutes. The
+// adapter goes in socket.io's options: NewServer would otherwise first build socket.io's
+// own session adapter, which panics on Go 1.26 (see the README's defects).
+func ExampleNew_connectionStateRecovery() {
+	pool, err := pgxpool.New(context.Background(), os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+
+	csr := &socket.ConnectionStateRecovery{}
+	csr.SetSkipMiddlewares(true) // socket.io's default, which it sets only without an adapter in its options
+	opts := socket.DefaultServerOptions()
+	opts.SetConnectionStateRecovery(csr)
+	opts.SetAdapter(pgadapter.New(pool, nil))
+	io := socket.NewServer(nil, opts)
+	io.On("connection", func(args ...any) {
+		client := args[0].(*socket.Socket)
+		if !client.Recovered() {
+			client.Join("lobby") // a new session: a recovered one has its rooms back
+		}
+	})
+	defer io.Close(nil)
+
+	http.Handle("/socket.io/", io.ServeHandler(nil))
+	if err := http.ListenAndServe(":3000", nil); err != nil {
+		log.Println(err)
+	}
+}
