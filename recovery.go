@@ -130,8 +130,7 @@ func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, kept []a
 	k.size = 128 + len(raw) + sizeOf(k.data) + 16*(len(k.rooms)+len(k.except))
 	l.packets = append(l.packets, k)
 	l.bytes += k.size
-	l.trim(now)
-	l.sweepSessions(time.Unix(0, now))
+	l.trim(now) // for the bound; sessions are swept on the heartbeat tick (sweep)
 	return offset, raw
 }
 
@@ -154,18 +153,13 @@ func (l *recoveryLog) number(offset string) (uint64, bool) {
 	return n, err == nil && strconv.FormatUint(n, 36) == rest
 }
 
-// sweep drops the broadcasts and sessions older than the sessions' time, so that an idle
-// server frees them too (each adapter's heartbeat tick calls it).
+// sweep drops the broadcasts older than the sessions' time, and, at most once a tenth
+// of that time (and once a second), the expired sessions, so that an idle server frees
+// them too. Each adapter's heartbeat tick calls it.
 func (l *recoveryLog) sweep(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.trim(now.UnixNano())
-	l.sweepSessions(now)
-}
-
-// sweepSessions forgets expired sessions, at most once a tenth of their time (and once
-// a second). l.mu is held.
-func (l *recoveryLog) sweepSessions(now time.Time) {
 	if now.Sub(l.swept) < max(l.maxAge/10, time.Second) {
 		return
 	}
@@ -231,18 +225,12 @@ func (l *recoveryLog) trim(now int64) {
 
 // persist keeps the session of a socket that disconnected.
 func (l *recoveryLog) persist(s *socket.SessionToPersist) {
-	now := time.Now()
+	if s.Rooms == nil { // socket.io gives a copy of the socket's rooms; forSession reads it
+		s.Rooms = types.NewSet[socket.Room]()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.sweepSessions(now)
-	rooms := types.NewSet[socket.Room]()
-	if s.Rooms != nil {
-		rooms.Add(s.Rooms.Keys()...)
-	}
-	l.sessions[s.Pid] = &socket.SessionWithTimestamp{
-		SessionToPersist: &socket.SessionToPersist{Sid: s.Sid, Pid: s.Pid, Rooms: rooms, Data: s.Data},
-		DisconnectedAt:   now.UnixMilli(),
-	}
+	l.sessions[s.Pid] = &socket.SessionWithTimestamp{SessionToPersist: s, DisconnectedAt: time.Now().UnixMilli()}
 }
 
 // restore returns the session of pid with the broadcasts for its rooms kept after the
