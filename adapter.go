@@ -181,7 +181,7 @@ func (a *Adapter) dropIfClosed(args ...any) {
 		return
 	}
 	if a.rec != nil && s.Recovered() {
-		a.rec.connected(s.Id())
+		a.restored(s)
 	}
 	if a.cleanedUp.Load() && s.Nsp().Adapter() == socket.Adapter(a) {
 		// It waited in the namespace's middleware while socket.io cleaned the namespace
@@ -1166,8 +1166,9 @@ func (a *Adapter) toOwnSocket(opts *socket.BroadcastOptions) bool {
 	if a.rec == nil || opts == nil || opts.Rooms == nil || opts.Rooms.Len() != 1 || opts.Except != nil && opts.Except.Len() > 0 {
 		return false
 	}
-	_, ok := a.Nsp().Sockets().Load(socket.SocketId(opts.Rooms.Keys()[0]))
-	return ok
+	id := socket.SocketId(opts.Rooms.Keys()[0])
+	_, ok := a.Nsp().Sockets().Load(id)
+	return ok || a.rec.restoringSocket(id) // restored, in a middleware: held until it connects
 }
 
 func timeoutOf(opts *socket.BroadcastOptions, def time.Duration) time.Duration {

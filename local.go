@@ -30,18 +30,84 @@ import (
 // server has its own encoder. norm, when set, are packet's arguments as the other
 // servers received them, which its clients are given (see encode).
 func (a *Adapter) localBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
-	if a.rec != nil && keeps(packet, opts) {
-		a.keep(&packet, opts, &raw, &norm)
+	var hold func(socket.SocketId) bool
+	if a.rec != nil {
+		if keeps(packet, opts) {
+			a.keptBroadcast(packet, opts, raw, norm)
+			return
+		}
+		hold = a.rec.restoringSocket // a volatile broadcast
 	}
 	packetOpts := writeOptions(opts)
 	packet.Nsp = a.name
 	w := writes{a: a, packet: packet, raw: raw, norm: norm}
 	defer w.done()
-	a.apply(opts, func(s *socket.Socket) {
+	a.apply(opts, hold, func(s *socket.Socket) {
 		parts := w.to(s)
 		a.notifyOutgoing(s, packet, raw)
 		s.Client().WriteToEngine(parts, packetOpts)
 	})
+}
+
+// keptBroadcast is localBroadcast for a broadcast kept for connection state recovery
+// (recovery.go). It takes its offset and is written to the sockets under the log's fan
+// lock, so that every socket gets the kept broadcasts in the order of their offsets;
+// one for a socket being restored is held for it until it connects (see hold). The
+// outgoing-packet listeners are given it once the lock is released: one may emit.
+func (a *Adapter) keptBroadcast(packet *parser.Packet, opts *socket.BroadcastOptions, raw string, norm []any) {
+	l := a.rec
+	w := writes{a: a}
+	defer w.done()
+	var listening []*socket.Socket
+	func() {
+		l.fan.Lock()
+		defer l.fan.Unlock()
+		a.keep(&packet, opts, &raw, &norm)
+		packetOpts := writeOptions(opts)
+		packet.Nsp = a.name
+		w.packet, w.raw, w.norm = packet, raw, norm
+		h := heldPacket{packet: *packet, raw: raw, norm: norm, opts: packetOpts}
+		a.apply(opts, func(id socket.SocketId) bool { return l.hold(id, &h) }, func(s *socket.Socket) {
+			if len(s.ListenersAnyOutgoing()) > 0 {
+				listening = append(listening, s)
+			}
+			s.Client().WriteToEngine(w.to(s), packetOpts)
+		})
+		l.holdUnvisited(&h, opts)
+	}()
+	for _, s := range listening {
+		a.notifyOutgoing(s, packet, raw)
+	}
+}
+
+// restored writes to s, a restored socket that has connected, the kept broadcasts held
+// for it since its session was restored: after its missed packets, which socket.io
+// wrote when it made the socket, and before any broadcast that comes after them.
+func (a *Adapter) restored(s *socket.Socket) {
+	l := a.rec
+	var held []heldPacket
+	var ws []writes
+	defer func() {
+		for i := range ws {
+			ws[i].done()
+		}
+	}()
+	func() {
+		l.fan.Lock()
+		defer l.fan.Unlock()
+		held = l.connected(s.Id())
+		ws = make([]writes, len(held))
+		for i := range held {
+			h := &held[i]
+			ws[i] = writes{a: a, packet: &h.packet, raw: h.raw, norm: h.norm}
+			s.Client().WriteToEngine(ws[i].to(s), h.opts)
+		}
+	}()
+	if len(s.ListenersAnyOutgoing()) > 0 {
+		for i := range held {
+			a.notifyOutgoing(s, &held[i].packet, held[i].raw)
+		}
+	}
 }
 
 // keep keeps a broadcast for connection state recovery (recovery.go), and gives its
@@ -83,8 +149,12 @@ func (a *Adapter) localBroadcastWithAck(packet *parser.Packet, opts *socket.Broa
 	packet.Id = &id
 	w := writes{a: a, packet: packet, raw: raw, norm: norm}
 	defer w.done()
+	var hold func(socket.SocketId) bool
+	if a.rec != nil {
+		hold = a.rec.restoringSocket // it has not connected: its answer is not awaited
+	}
 	var n uint64
-	a.apply(opts, func(s *socket.Socket) {
+	a.apply(opts, hold, func(s *socket.Socket) {
 		n++
 		// Called once per socket at most. socket.io v2.5.0 handles each packet of a
 		// client on a goroutine of its own, and its onack loads the callback, calls it,
@@ -271,8 +341,10 @@ func writeOptions(opts *socket.BroadcastOptions) *socket.WriteOptions {
 }
 
 // apply calls fn for each local socket selected by opts: the sockets of opts.Rooms (all
-// when empty), each once, minus those in opts.Except.
-func (a *Adapter) apply(opts *socket.BroadcastOptions, fn func(*socket.Socket)) {
+// when empty), each once, minus those in opts.Except, and minus those for which hold,
+// when set, returns true (sockets being restored: see recoveryLog.hold), which it is
+// called for whether or not they are in the namespace yet.
+func (a *Adapter) apply(opts *socket.BroadcastOptions, hold func(socket.SocketId) bool, fn func(*socket.Socket)) {
 	var rooms, except *types.Set[socket.Room]
 	if opts != nil {
 		rooms, except = opts.Rooms, opts.Except
@@ -291,6 +363,9 @@ func (a *Adapter) apply(opts *socket.BroadcastOptions, fn func(*socket.Socket)) 
 	sockets := a.Nsp().Sockets()
 	visit := func(id socket.SocketId) {
 		if _, skip := excluded[id]; skip {
+			return
+		}
+		if hold != nil && hold(id) {
 			return
 		}
 		if s, ok := sockets.Load(id); ok {

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zishang520/engine.io/v2/types"
@@ -20,7 +21,9 @@ import (
 // kept for them stay in the memory of the server where the socket was; a client that
 // reconnects to another server gets a new socket, as with Node's postgres adapter, which
 // restores none. Broadcasts from other servers are kept as this server delivered them, so
-// a restored socket misses none of the cluster's.
+// a restored socket misses none of the cluster's; and it gets each once, in the order of
+// their offsets (see recoveryLog.fan), where socket.io's adapter may lose or repeat one
+// around a restore.
 
 // defaultMaxDisconnection is socket.io's default MaxDisconnectionDuration, which it sets
 // only on a server whose options name no adapter.
@@ -43,18 +46,48 @@ type recoveryLog struct {
 	// any event for an offset (a volatile one's too), which a bare counter could match.
 	prefix string
 
+	// fan is held while a kept broadcast takes its offset and is written to the
+	// namespace's sockets, while a session is restored, and while a restored socket is
+	// given what was held for it (see hold): each socket then gets the kept broadcasts
+	// in the order of their offsets, and a restored one each broadcast after its
+	// client's offset once, either among its missed packets, or held until it connects,
+	// or as it comes. Broadcasts emitted at once on several goroutines took their
+	// offsets in one order and could reach a client in another, and a client that
+	// disconnected between two such was given one again, or missed one.
+	fan sync.Mutex
+
 	mu       sync.Mutex
 	sessions map[socket.PrivateSessionId]*socket.SessionWithTimestamp
 	// restoring holds, by socket id, the sessions given to sockets that have not
 	// connected yet: back in sessions if the socket leaves first (a middleware refused
 	// it, its connection closed), forgotten once it connects.
-	restoring map[socket.SocketId]*socket.SessionWithTimestamp
-	swept     time.Time
-	packets   []keptPacket // packets[head:] are kept, oldest first
-	head      int
-	first     uint64 // the offset number of packets[head]
-	bytes     int
-	dropEarly int64 // packets dropped for the bound before their time (tests)
+	restoring map[socket.SocketId]*restoringSession
+	// nRestoring is len(restoring), read without the lock on every socket a kept
+	// broadcast visits.
+	nRestoring atomic.Int32
+	swept      time.Time
+	packets    []keptPacket // packets[head:] are kept, oldest first
+	head       int
+	first      uint64 // the offset number of packets[head]
+	bytes      int
+	dropEarly  int64 // packets dropped for the bound before their time (tests)
+}
+
+// restoringSession is a session given to a socket that has not connected yet, with the
+// kept broadcasts held for it meanwhile (see hold).
+type restoringSession struct {
+	s    *socket.SessionWithTimestamp
+	held []heldPacket
+	last *heldPacket // the last broadcast visited for it (see holdUnvisited)
+}
+
+// heldPacket is a kept broadcast for a socket being restored, as localBroadcast would
+// have written it.
+type heldPacket struct {
+	packet parser.Packet
+	raw    string
+	norm   []any
+	opts   *socket.WriteOptions
 }
 
 // keptPacket is a broadcast kept for recovery: its arguments with their offset last, as
@@ -93,7 +126,7 @@ func newLog(maxAge time.Duration, bound int) *recoveryLog {
 		bound:     bound,
 		prefix:    randomID()[:8] + "-",
 		sessions:  map[socket.PrivateSessionId]*socket.SessionWithTimestamp{},
-		restoring: map[socket.SocketId]*socket.SessionWithTimestamp{},
+		restoring: map[socket.SocketId]*restoringSession{},
 	}
 }
 
@@ -170,9 +203,9 @@ func (l *recoveryLog) sweep(now time.Time) {
 			delete(l.sessions, pid)
 		}
 	}
-	for sid, s := range l.restoring { // a socket that neither connected nor left: not seen
-		if s.DisconnectedAt < threshold {
-			delete(l.restoring, sid)
+	for sid, r := range l.restoring { // a socket that neither connected nor left: not seen
+		if r.s.DisconnectedAt < threshold {
+			l.forget(sid)
 		}
 	}
 }
@@ -236,11 +269,14 @@ func (l *recoveryLog) persist(s *socket.SessionToPersist) {
 // restore returns the session of pid with the broadcasts for its rooms kept after the
 // one of offset, or nil: unknown, expired, or offset not kept (too old, not this
 // server's). The session is restored once: it waits in restoring until its socket
-// connects or leaves (see connected and left). report gets arguments kept as text that
-// fail to decode, which should not happen: they were checked before.
+// connects or leaves (see connected and left), and the kept broadcasts for it are held
+// meanwhile. report gets arguments kept as text that fail to decode, which should not
+// happen: they were checked before.
 func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report func(error)) *socket.Session {
 	n, valid := l.number(offset)
 	now := time.Now()
+	l.fan.Lock() // no broadcast is between its offset and its writes
+	defer l.fan.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, ok := l.sessions[pid]
@@ -256,7 +292,10 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 		return nil
 	}
 	delete(l.sessions, pid)
-	l.restoring[s.Sid] = s
+	if _, ok := l.restoring[s.Sid]; !ok {
+		l.nRestoring.Add(1)
+	}
+	l.restoring[s.Sid] = &restoringSession{s: s}
 	missed := []any{}
 	for i := l.head + int(n-l.first) + 1; i < len(l.packets); i++ {
 		k := &l.packets[i]
@@ -277,25 +316,87 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 	return &socket.Session{SessionToPersist: s.SessionToPersist, MissedPackets: missed}
 }
 
-// connected forgets the session restored for socket sid, which has connected.
-func (l *recoveryLog) connected(sid socket.SocketId) {
+// hold reports whether socket sid is being restored (see restore), and then keeps h, a
+// broadcast for it, unless h is nil: what is held is written to it once it connects
+// (connected). l.fan is held when h is not nil.
+func (l *recoveryLog) hold(sid socket.SocketId, h *heldPacket) bool {
+	if l.nRestoring.Load() == 0 {
+		return false
+	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.restoring[sid]
+	if ok && h != nil {
+		r.held = append(r.held, *h)
+		r.last = h
+	}
+	return ok
+}
+
+// holdUnvisited holds h, a broadcast with opts that hold was called with, for the
+// sockets being restored that it did not visit and that their sessions' rooms select:
+// socket.io makes a socket, which joins its rooms, only once RestoreSession has
+// returned, and a broadcast meanwhile did not find it in them. l.fan is held.
+func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions) {
+	if l.nRestoring.Load() == 0 {
+		return
+	}
+	var k keptPacket
+	if opts != nil {
+		if opts.Rooms != nil {
+			k.rooms = opts.Rooms.Keys()
+		}
+		if opts.Except != nil {
+			k.except = opts.Except.Keys()
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.restoring {
+		if r.last != h && forSession(r.s.Rooms, &k) {
+			r.held = append(r.held, *h)
+			r.last = h
+		}
+	}
+}
+
+// restoringSocket reports whether socket sid is being restored: broadcasts that are
+// not kept (volatile ones, and those with acknowledgements) do not reach it, as they
+// do not reach a socket that has not connected.
+func (l *recoveryLog) restoringSocket(sid socket.SocketId) bool { return l.hold(sid, nil) }
+
+// connected forgets the session restored for socket sid, which has connected, and
+// returns the broadcasts held for it. l.fan is held.
+func (l *recoveryLog) connected(sid socket.SocketId) []heldPacket {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.restoring[sid]
+	if !ok {
+		return nil
+	}
+	l.forget(sid)
+	return r.held
+}
+
+// forget removes socket sid from restoring. l.mu is held.
+func (l *recoveryLog) forget(sid socket.SocketId) {
 	delete(l.restoring, sid)
-	l.mu.Unlock()
+	l.nRestoring.Add(-1)
 }
 
 // left keeps again the session restored for socket sid, which left before it connected,
-// unless its client has a newer one.
+// unless its client has a newer one. What was held for it is dropped: the log keeps it
+// for the client's next attempt, which presents the same offset.
 func (l *recoveryLog) left(sid socket.SocketId) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s, ok := l.restoring[sid]
+	r, ok := l.restoring[sid]
 	if !ok {
 		return
 	}
-	delete(l.restoring, sid)
-	if _, newer := l.sessions[s.Pid]; !newer {
-		l.sessions[s.Pid] = s
+	l.forget(sid)
+	if _, newer := l.sessions[r.s.Pid]; !newer {
+		l.sessions[r.s.Pid] = r.s
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -463,4 +464,221 @@ func TestRecoveryInANamespace(t *testing.T) {
 	if reply.Sid != first.Sid || len(missed) != 1 || missed[0][1] != float64(2) {
 		t.Fatalf("recovered %+v with %v, want %s with ev 2", reply, missed, first.Sid)
 	}
+}
+
+// A restored socket whose middlewares take their time: what is broadcast to it
+// meanwhile (here, and from another server), and what the middleware emits to it, is
+// held and written once it connects, after its missed broadcasts and before the next.
+// socket.io delivered such broadcasts to it neither then nor later (its socket is in
+// its rooms, but not in the namespace yet), and its own in-memory adapter loses them
+// the same way.
+func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
+	a, b := recoveryPair(t)
+	a.connect(t, "/", "w", "news") // tells when A has delivered B's broadcast
+	b.connect(t, "/", "v", "news") // tells what B has decoded of A's
+	entered, release := make(chan *socket.Socket, 1), make(chan struct{})
+	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
+		if auth, _ := s.Handshake().Auth.(map[string]any); auth["wait"] == true {
+			s.Emit("from-middleware")
+			entered <- s
+			<-release
+		}
+		next(nil)
+	})
+
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	a.io.To("news").Emit("ev", 1)
+	offset, _ := r.event()[2].(string)
+	r.conn.Close()
+	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+		t.Fatalf("disconnect of %v", d)
+	}
+	a.io.To("news").Emit("ev", 2) // missed
+	for _, want := range []string{"1", "2"} {
+		if got := b.sentTo("v").next(t, "v", "ev"); fmt.Sprint(got[0]) != want {
+			t.Fatalf("v got %v, want ev %s", got, want)
+		}
+	}
+	received := b.b.Stats().Received["BROADCAST"]
+
+	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "wait": true})
+	var s *socket.Socket
+	select {
+	case s = <-entered:
+	case <-time.After(waitFor):
+		t.Fatal("the middleware did not run")
+	}
+	if !s.Recovered() {
+		t.Fatal("not restored")
+	}
+	a.io.To("news").Emit("ev", 3)
+	// What the middleware emitted to its socket was not published: B decoded ev 3 alone.
+	if got := b.sentTo("v").next(t, "v", "ev"); fmt.Sprint(got[0]) != "3" {
+		t.Fatalf("v got %v, want ev 3", got)
+	}
+	if got := b.b.Stats().Received["BROADCAST"] - received; got != 1 {
+		t.Errorf("B decoded %d broadcasts, want 1 (ev 3)", got)
+	}
+	a.io.Volatile().To("news").Emit("ev", "volatile") // not held
+	b.io.To("news").Emit("ev", 4)
+	for i := 0; ; i++ {
+		if got := a.sentTo("w").next(t, "w", "ev"); fmt.Sprint(got[0]) == "4" {
+			break
+		} else if i == 4 { // ev 1, 2, 3, the volatile one (may be dropped), 4
+			t.Fatalf("w got %v, not B's broadcast", got)
+		}
+	}
+	close(release)
+	reply, missed := r2.connectReply()
+	if reply.Sid != first.Sid || len(missed) != 1 || missed[0][1] != float64(2) {
+		t.Fatalf("recovered %+v with %v, want %s with ev 2", reply, missed, first.Sid)
+	}
+	last := missed[0][2].(string)
+	for _, want := range []string{"from-middleware", "3", "4"} {
+		got := r2.event()
+		if name := fmt.Sprint(got[0]); name != want && (name != "ev" || fmt.Sprint(got[1]) != want) {
+			t.Fatalf("after connecting r got %v, want %s", got, want)
+		}
+		if o, _ := got[len(got)-1].(string); !offsetAfter(a, o, last) {
+			t.Fatalf("offset %q of %v does not follow %q", o, got, last)
+		}
+		last = got[len(got)-1].(string)
+	}
+	b.io.To("news").Emit("ev", 5)
+	if got := r2.event(); got[1] != float64(5) {
+		t.Fatalf("then r got %v, want ev 5", got)
+	}
+}
+
+// offsetAfter reports whether offset o of n's main namespace comes after offset last.
+func offsetAfter(n *node, o, last string) bool {
+	l := n.io.Sockets().Adapter().(*Adapter).rec
+	x, ok1 := l.number(o)
+	y, ok2 := l.number(last)
+	return ok1 && ok2 && x > y
+}
+
+// Kept broadcasts emitted at once on several goroutines, and others arriving from
+// another server, reach a socket in the order of their offsets, and each goroutine's in
+// its own order: a client that disconnects between two of them is given back exactly
+// those after its offset. They took their offsets in one order and could be written in
+// another.
+func TestRecoveryOffsetsInOrderOfDelivery(t *testing.T) {
+	a, b := recoveryPair(t)
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	const senders, each = 6, 100
+	var wg sync.WaitGroup
+	for g := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if g == 0 {
+					b.io.To("news").Emit("ev", g, i) // applied on A by one goroutine
+				} else {
+					a.io.To("news").Emit("ev", g, i)
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	next := make([]int, senders)
+	last := ""
+	for range senders * each {
+		got := r.event()
+		g, i := int(got[1].(float64)), int(got[2].(float64))
+		if i != next[g] {
+			t.Fatalf("sender %d: got %d, want %d", g, i, next[g])
+		}
+		next[g]++
+		o := got[3].(string)
+		if last != "" && !offsetAfter(a, o, last) {
+			t.Fatalf("offset %q after %q", o, last)
+		}
+		last = o
+	}
+}
+
+// A client that drops its connection again and again while three senders broadcast to
+// its room (two on its server, one on another) gets its socket back each time, and, over
+// all its connections, every broadcast exactly once, each sender's in order: the
+// broadcasts in flight as its session is restored are neither given twice (among its
+// missed packets, then as they come) nor missed.
+func TestRecoveryExactlyOnceAcrossReconnects(t *testing.T) {
+	a, b := recoveryPair(t)
+	const senders, each = 3, 300
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(stop)
+	for g := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(time.Millisecond) // paced: the client reconnects meanwhile
+			defer tick.Stop()
+			for i := range each {
+				select {
+				case <-tick.C:
+				case <-stop:
+					return
+				}
+				if g == 0 {
+					b.io.To("news").Emit("ev", g, i)
+				} else {
+					a.io.To("news").Emit("ev", g, i)
+				}
+			}
+		}()
+	}
+	next := make([]int, senders)
+	total, offset, reconnects := 0, "", 0
+	take := func(got []any) {
+		t.Helper()
+		g, i := int(got[1].(float64)), int(got[2].(float64))
+		if i != next[g] {
+			t.Fatalf("after %d reconnections, sender %d: got %d, want %d", reconnects, g, i, next[g])
+		}
+		next[g]++
+		total++
+		offset = got[3].(string)
+	}
+	for total < senders*each {
+		for range 1 + total%17 {
+			if total == senders*each {
+				break
+			}
+			take(r.event())
+		}
+		r.conn.Close()
+		if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+			t.Fatalf("disconnect of %v", d)
+		}
+		reconnects++
+		r = dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
+		reply, missed := r.connectReply()
+		if reply.Sid != first.Sid {
+			t.Fatalf("reconnection %d: socket %q, want %q", reconnects, reply.Sid, first.Sid)
+		}
+		for _, m := range missed {
+			take(m)
+		}
+	}
+	if reconnects < 10 {
+		t.Errorf("only %d reconnections", reconnects)
+	}
+	t.Logf("%d broadcasts over %d reconnections", total, reconnects)
 }
