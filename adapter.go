@@ -180,8 +180,9 @@ func (a *Adapter) dropIfClosed(args ...any) {
 	if !ok {
 		return
 	}
-	if a.rec != nil && s.Recovered() {
-		a.restored(s)
+	var restored *socket.SessionToPersist
+	if a.rec != nil && s.Recovered() && s.Conn().ReadyState() == "open" {
+		restored = a.restored(s)
 	}
 	if a.cleanedUp.Load() && s.Nsp().Adapter() == socket.Adapter(a) {
 		// It waited in the namespace's middleware while socket.io cleaned the namespace
@@ -193,6 +194,14 @@ func (a *Adapter) dropIfClosed(args ...any) {
 		return
 	}
 	a.b.opts.Logger.Debug("pgadapter: disconnecting a socket whose connection closed while it connected", "namespace", a.name, "socket", string(s.Id()))
+	if restored != nil && s.Connected() {
+		// Restored, and given its broadcasts: its client may have read some before its
+		// connection closed, and comes back with a later offset. socket.io keeps the
+		// session of a socket whose transport closed, but not of one disconnected here.
+		// A restored socket whose connection had closed before this listener ran was
+		// given nothing: leaving, it gives its session back as it was (DelAll).
+		a.rec.persistUnlessKept(&socket.SessionToPersist{Sid: s.Id(), Pid: restored.Pid, Rooms: types.NewSet(s.Rooms().Keys()...), Data: s.Data()})
+	}
 	s.Disconnect(false)
 }
 
@@ -802,6 +811,12 @@ func (a *Adapter) enqueue(o outgoing) (report func()) {
 func (a *Adapter) AddAll(id socket.SocketId, rooms *types.Set[socket.Room]) {
 	a.awaitHearing()
 	a.Adapter.AddAll(id, rooms)
+	if a.rec != nil {
+		a.rec.joined(id, func() *types.Set[socket.Room] {
+			in, _ := a.Sids().Load(id)
+			return in
+		})
+	}
 }
 
 // awaitHearing waits until this server has heard its own messages on the channel (its

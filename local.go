@@ -59,21 +59,25 @@ func (a *Adapter) keptBroadcast(packet *parser.Packet, opts *socket.BroadcastOpt
 	w := writes{a: a}
 	defer w.done()
 	var listening []*socket.Socket
+	data, kept, keep := a.toKeep(packet, raw, norm)
 	func() {
 		l.fan.Lock()
 		defer l.fan.Unlock()
-		a.keep(&packet, opts, &raw, &norm)
+		if keep {
+			a.keep(&packet, opts, &raw, &norm, data, kept)
+		}
 		packetOpts := writeOptions(opts)
 		packet.Nsp = a.name
 		w.packet, w.raw, w.norm = packet, raw, norm
 		h := heldPacket{packet: *packet, raw: raw, norm: norm, opts: packetOpts}
+		unjoined := l.unjoined()
 		a.apply(opts, func(id socket.SocketId) bool { return l.hold(id, &h) }, func(s *socket.Socket) {
 			if len(s.ListenersAnyOutgoing()) > 0 {
 				listening = append(listening, s)
 			}
 			s.Client().WriteToEngine(w.to(s), packetOpts)
 		})
-		l.holdUnvisited(&h, opts)
+		l.holdUnvisited(&h, opts, unjoined)
 	}()
 	for _, s := range listening {
 		a.notifyOutgoing(s, packet, raw)
@@ -81,9 +85,10 @@ func (a *Adapter) keptBroadcast(packet *parser.Packet, opts *socket.BroadcastOpt
 }
 
 // restored writes to s, a restored socket that has connected, the kept broadcasts held
-// for it since its session was restored: after its missed packets, which socket.io
-// wrote when it made the socket, and before any broadcast that comes after them.
-func (a *Adapter) restored(s *socket.Socket) {
+// for it since its session was restored: the ones it missed, then those that came
+// meanwhile, after its CONNECT packet and before any broadcast that comes after them.
+// It returns the session, nil if it was not being restored.
+func (a *Adapter) restored(s *socket.Socket) (session *socket.SessionToPersist) {
 	l := a.rec
 	var held []heldPacket
 	var ws []writes
@@ -95,10 +100,14 @@ func (a *Adapter) restored(s *socket.Socket) {
 	func() {
 		l.fan.Lock()
 		defer l.fan.Unlock()
-		held = l.connected(s.Id())
+		session, held = l.connected(s.Id())
 		ws = make([]writes, len(held))
 		for i := range held {
 			h := &held[i]
+			h.packet.Nsp = a.name
+			if h.opts == nil {
+				h.opts = writeOptions(nil)
+			}
 			ws[i] = writes{a: a, packet: &h.packet, raw: h.raw, norm: h.norm}
 			s.Client().WriteToEngine(ws[i].to(s), h.opts)
 		}
@@ -108,28 +117,37 @@ func (a *Adapter) restored(s *socket.Socket) {
 			a.notifyOutgoing(s, &held[i].packet, held[i].raw)
 		}
 	}
+	return session
 }
 
-// keep keeps a broadcast for connection state recovery (recovery.go), and gives its
-// arguments the offset as the last, as socket.io's in-memory adapter does: raw and norm
-// are replaced, and *packet by a copy.
-func (a *Adapter) keep(packet **parser.Packet, opts *socket.BroadcastOptions, raw *string, norm *[]any) {
-	data, _ := (*packet).Data.([]any)
-	kept := *norm
-	if *raw == "" && kept == nil && data != nil {
+// toKeep returns what keep keeps of a broadcast: its arguments (data) and, unless raw is
+// set, their values as the wire carries them (kept); keep is false when they cannot be
+// kept (reported). It runs before the log's fan lock is taken: a value's MarshalJSON
+// and a reader's reads are the application's code.
+func (a *Adapter) toKeep(packet *parser.Packet, raw string, norm []any) (data, kept []any, keep bool) {
+	data, _ = packet.Data.([]any)
+	kept = norm
+	if raw == "" && kept == nil && data != nil {
 		// A local-only emit: the application's values, which it may change later, and
 		// readers, which the first encoding drains. Kept as the wire's values, and its
 		// readers, read, are what its clients get, as a published broadcast's are.
 		var err error
 		if kept, _, err = wire.NormalizeArgs(data); err != nil {
 			a.b.report(fmt.Errorf("pgadapter: namespace %q: broadcast not kept for connection state recovery: %w", a.name, err))
-			return
+			return nil, nil, false
 		}
 		if wire.HasReader(data) {
 			wire.CloseReaders(data)
 			data = kept
 		}
 	}
+	return data, kept, true
+}
+
+// keep keeps a broadcast for connection state recovery (recovery.go), and gives its
+// arguments the offset as the last, as socket.io's in-memory adapter does: raw and norm
+// are replaced, and *packet by a copy. data and kept are from toKeep.
+func (a *Adapter) keep(packet **parser.Packet, opts *socket.BroadcastOptions, raw *string, norm *[]any, data, kept []any) {
 	offset, withRaw := a.rec.record(opts, *raw, kept)
 	*raw, *norm = withRaw, withOffset(*norm, offset)
 	if data != nil {

@@ -10,8 +10,6 @@ import (
 	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
 	"github.com/zishang520/socket.io/v2/socket"
-
-	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // Connection state recovery (socket.io's ConnectionStateRecovery option), on the server
@@ -77,12 +75,16 @@ type recoveryLog struct {
 // kept broadcasts held for it meanwhile (see hold).
 type restoringSession struct {
 	s    *socket.SessionWithTimestamp
-	held []heldPacket
-	last *heldPacket // the last broadcast visited for it (see holdUnvisited)
+	at   time.Time    // when restored
+	held []heldPacket // its missed broadcasts first
+	last *heldPacket  // the last broadcast visited for it (see holdUnvisited)
+	// joined is set once the socket is in every room of its session (see joined): from
+	// then on the broadcasts for it are those that visit it.
+	joined bool
 }
 
 // heldPacket is a kept broadcast for a socket being restored, as localBroadcast would
-// have written it.
+// have written it (opts nil: the default).
 type heldPacket struct {
 	packet parser.Packet
 	raw    string
@@ -204,7 +206,7 @@ func (l *recoveryLog) sweep(now time.Time) {
 		}
 	}
 	for sid, r := range l.restoring { // a socket that neither connected nor left: not seen
-		if r.s.DisconnectedAt < threshold {
+		if r.at.UnixMilli() < threshold {
 			l.forget(sid)
 		}
 	}
@@ -256,25 +258,51 @@ func (l *recoveryLog) trim(now int64) {
 	}
 }
 
-// persist keeps the session of a socket that disconnected.
+// persist keeps the session of a socket that disconnected. One that is not in the room
+// of its own id comes from a socket that had left its rooms already, and does not
+// replace a session kept for its client: socket.io closes a socket twice when its
+// transport closes as dropIfClosed disconnects it, and the second close, which found it
+// cleaned up, replaced the first's session with one in no room.
 func (l *recoveryLog) persist(s *socket.SessionToPersist) {
 	if s.Rooms == nil { // socket.io gives a copy of the socket's rooms; forSession reads it
 		s.Rooms = types.NewSet[socket.Room]()
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if _, kept := l.sessions[s.Pid]; kept && !s.Rooms.Has(socket.Room(s.Sid)) {
+		return
+	}
 	l.sessions[s.Pid] = &socket.SessionWithTimestamp{SessionToPersist: s, DisconnectedAt: time.Now().UnixMilli()}
 }
 
-// restore returns the session of pid with the broadcasts for its rooms kept after the
-// one of offset, or nil: unknown, expired, or offset not kept (too old, not this
-// server's). The session is restored once: it waits in restoring until its socket
-// connects or leaves (see connected and left), and the kept broadcasts for it are held
-// meanwhile. report gets arguments kept as text that fail to decode, which should not
-// happen: they were checked before.
-func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report func(error)) *socket.Session {
+// persistUnlessKept keeps the session of a socket that disconnected, unless one of its
+// client is kept already: socket.io's own, which it keeps when the socket's transport
+// closes, is the one to keep.
+func (l *recoveryLog) persistUnlessKept(s *socket.SessionToPersist) {
+	l.mu.Lock()
+	_, kept := l.sessions[s.Pid]
+	l.mu.Unlock()
+	if !kept {
+		l.persist(s)
+	}
+}
+
+// restore returns the session of pid, or nil: unknown, expired, or offset not kept (too
+// old, not this server's). The session is restored once: it waits in restoring until its
+// socket connects or leaves (see connected and left). Its missed broadcasts, those for
+// its rooms kept after the one of offset, are held for the socket with those that come
+// meanwhile, and written once it has connected: socket.io would write them as it makes
+// the socket, before its middlewares run, and a client whose attempt a middleware then
+// refused kept them, to be given them again on its next attempt.
+func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string) *socket.Session {
 	n, valid := l.number(offset)
 	now := time.Now()
+	l.mu.Lock()
+	_, known := l.sessions[pid]
+	l.mu.Unlock()
+	if !known || !valid {
+		return nil
+	}
 	l.fan.Lock() // no broadcast is between its offset and its writes
 	defer l.fan.Unlock()
 	l.mu.Lock()
@@ -288,32 +316,30 @@ func (l *recoveryLog) restore(pid socket.PrivateSessionId, offset string, report
 		return nil
 	}
 	l.trim(now.UnixNano())
-	if !valid || n < l.first || n >= l.first+uint64(len(l.packets)-l.head) {
+	if n < l.first || n >= l.first+uint64(len(l.packets)-l.head) {
 		return nil
 	}
 	delete(l.sessions, pid)
+	r := &restoringSession{s: s, at: now}
+	for i := l.head + int(n-l.first) + 1; i < len(l.packets); i++ {
+		k := &l.packets[i]
+		if forSession(s.Rooms, k) {
+			r.held = append(r.held, heldPacket{packet: parser.Packet{Type: parser.EVENT, Data: dataOf(k.data)}, raw: k.raw, norm: k.data})
+		}
+	}
 	if _, ok := l.restoring[s.Sid]; !ok {
 		l.nRestoring.Add(1)
 	}
-	l.restoring[s.Sid] = &restoringSession{s: s}
-	missed := []any{}
-	for i := l.head + int(n-l.first) + 1; i < len(l.packets); i++ {
-		k := &l.packets[i]
-		if !forSession(s.Rooms, k) {
-			continue
-		}
-		args := k.data
-		if k.raw != "" {
-			var err error
-			p := wire.Packet{Raw: k.raw}
-			if args, err = p.Args(); err != nil {
-				report(err)
-				continue
-			}
-		}
-		missed = append(missed, args)
+	l.restoring[s.Sid] = r
+	return &socket.Session{SessionToPersist: s.SessionToPersist, MissedPackets: []any{}}
+}
+
+// dataOf returns args as a packet's data: nil, not a nil slice, when there are none.
+func dataOf(args []any) any {
+	if args == nil {
+		return nil
 	}
-	return &socket.Session{SessionToPersist: s.SessionToPersist, MissedPackets: missed}
+	return args
 }
 
 // hold reports whether socket sid is being restored (see restore), and then keeps h, a
@@ -333,12 +359,58 @@ func (l *recoveryLog) hold(sid socket.SocketId, h *heldPacket) bool {
 	return ok
 }
 
-// holdUnvisited holds h, a broadcast with opts that hold was called with, for the
-// sockets being restored that it did not visit and that their sessions' rooms select:
-// socket.io makes a socket, which joins its rooms, only once RestoreSession has
-// returned, and a broadcast meanwhile did not find it in them. l.fan is held.
-func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions) {
+// joined notes that socket sid joined rooms: once a socket being restored is in every
+// room of its session, the broadcasts for it are those that visit it (see hold), and no
+// longer those its session's rooms select (holdUnvisited), which a middleware may have
+// changed since. in are the rooms it is in.
+func (l *recoveryLog) joined(sid socket.SocketId, in func() *types.Set[socket.Room]) {
 	if l.nRestoring.Load() == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.restoring[sid]
+	if !ok || r.joined {
+		return
+	}
+	rooms := in()
+	if rooms == nil {
+		return
+	}
+	for _, room := range r.s.Rooms.Keys() {
+		if !rooms.Has(room) {
+			return
+		}
+	}
+	r.joined = true
+}
+
+// unjoined returns the sockets being restored that have not joined every room of their
+// sessions yet (see joined). A kept broadcast takes them before it visits the sockets:
+// one that joined its rooms since is not always visited, as the rooms were read before.
+// l.fan is held.
+func (l *recoveryLog) unjoined() []*restoringSession {
+	if l.nRestoring.Load() == 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*restoringSession
+	for _, r := range l.restoring {
+		if !r.joined {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// holdUnvisited holds h, a broadcast with opts that hold was called with, for the
+// sockets of unjoined (taken before it visited them) that it did not visit and that
+// their sessions' rooms select: socket.io makes a socket, which joins its rooms, only
+// once RestoreSession has returned, and a broadcast meanwhile did not find it in them.
+// l.fan is held.
+func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions, unjoined []*restoringSession) {
+	if len(unjoined) == 0 {
 		return
 	}
 	var k keptPacket
@@ -352,7 +424,7 @@ func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, r := range l.restoring {
+	for _, r := range unjoined {
 		if r.last != h && forSession(r.s.Rooms, &k) {
 			r.held = append(r.held, *h)
 			r.last = h
@@ -366,16 +438,16 @@ func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions
 func (l *recoveryLog) restoringSocket(sid socket.SocketId) bool { return l.hold(sid, nil) }
 
 // connected forgets the session restored for socket sid, which has connected, and
-// returns the broadcasts held for it. l.fan is held.
-func (l *recoveryLog) connected(sid socket.SocketId) []heldPacket {
+// returns it with the broadcasts held for it. l.fan is held.
+func (l *recoveryLog) connected(sid socket.SocketId) (*socket.SessionToPersist, []heldPacket) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r, ok := l.restoring[sid]
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	l.forget(sid)
-	return r.held
+	return r.s.SessionToPersist, r.held
 }
 
 // forget removes socket sid from restoring. l.mu is held.
@@ -428,15 +500,17 @@ func (a *Adapter) PersistSession(s *socket.SessionToPersist) {
 	}
 }
 
-// RestoreSession returns the session pid kept by this server, with the broadcasts for
-// its rooms delivered here after the one of offset, which its client received last; or
-// nil, and the client gets a new socket: a session unknown here (kept by another
-// server, or none), expired, restored already, or whose offset is no longer kept.
+// RestoreSession returns the session pid kept by this server; or nil, and the client
+// gets a new socket: a session unknown here (kept by another server, or none), expired,
+// restored already, or whose offset is no longer kept. The broadcasts for its rooms
+// delivered here after the one of offset, which its client received last, are not in
+// the session's MissedPackets: they are written to the socket once it has connected,
+// after its CONNECT packet, with those that came meanwhile (see recoveryLog.restore).
 func (a *Adapter) RestoreSession(pid socket.PrivateSessionId, offset string) (*socket.Session, error) {
 	if a.rec == nil {
 		return nil, nil
 	}
-	return a.rec.restore(pid, offset, func(err error) { a.b.report(&MessageError{Channel: a.channel, Err: err}) }), nil
+	return a.rec.restore(pid, offset), nil
 }
 
 // DelAll removes socket id from every room of this server. A socket made for a restored

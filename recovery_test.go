@@ -13,6 +13,8 @@ import (
 	"github.com/zishang520/engine.io/v2/types"
 
 	"github.com/zishang520/socket.io/v2/socket"
+
+	"github.com/socketio-pg/pgadapter/internal/wire"
 )
 
 // recoveryOptions are socket.io's server options with ConnectionStateRecovery.
@@ -160,7 +162,8 @@ func (c *rawSocket) next() string {
 }
 
 // connectReply reads until the CONNECT reply, returning it and the events read before
-// it (a restored socket's missed broadcasts come first, as socket.io writes them).
+// it (socket.io writes a restored socket's missed broadcasts before it; pgadapter
+// writes them after it: see restoredReply).
 func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]any) {
 	c.t.Helper()
 	for {
@@ -179,6 +182,28 @@ func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]
 			c.t.Fatalf("unexpected packet %q", msg)
 		}
 	}
+}
+
+// restoredReply reads the CONNECT reply and then n events (binary ones too): a restored
+// socket's missed broadcasts. An event before the reply fails the test.
+func (c *rawSocket) restoredReply(n int) (reply struct{ Sid, Pid string }, missed [][]any) {
+	c.t.Helper()
+	reply, before := c.connectReply()
+	if len(before) != 0 {
+		c.t.Fatalf("events before the CONNECT reply: %v", before)
+	}
+	for range n {
+		msg := c.next()
+		switch {
+		case strings.HasPrefix(msg, "42"+c.nsp+"["):
+			missed = append(missed, c.decode(msg))
+		case strings.HasPrefix(msg, "45"):
+			missed = append(missed, c.binary(msg))
+		default:
+			c.t.Fatalf("want an event, got %q", msg)
+		}
+	}
+	return reply, missed
 }
 
 // event reads the next event.
@@ -275,7 +300,7 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 	}
 
 	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
-	reply, missed := r2.connectReply()
+	reply, missed := r2.restoredReply(3)
 	if reply.Sid != first.Sid {
 		t.Errorf("recovered socket %q, want %q", reply.Sid, first.Sid)
 	}
@@ -305,7 +330,10 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
 		t.Fatalf("disconnect of %v", d)
 	}
-	// Refused by a middleware: the session waits for the next attempt.
+	a.io.To("news").Emit("ev", 5)
+	// Refused by a middleware: the client was given nothing (socket.io writes the missed
+	// broadcasts before its middlewares run, and clients keep them for their next
+	// attempt, which gets them again), and the session waits for the next attempt.
 	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
 		if auth, _ := s.Handshake().Auth.(map[string]any); auth["refuse"] == true {
 			next(socket.NewExtendedError("refused", nil))
@@ -318,8 +346,13 @@ func TestRecoveryOnTheSameServer(t *testing.T) {
 		t.Fatalf("refused connection got %q", msg)
 	}
 	r4 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": got[2]})
-	if back, missed := r4.connectReply(); back.Sid != first.Sid || len(missed) != 0 {
-		t.Errorf("after the last broadcast, and a refusal: %+v, missed %v", back, missed)
+	back, missed := r4.restoredReply(1)
+	if back.Sid != first.Sid || missed[0][1] != float64(5) {
+		t.Errorf("after a refusal: %+v, missed %v, want ev 5", back, missed)
+	}
+	a.io.To("news").Emit("ev", 6)
+	if got := r4.event(); got[1] != float64(6) {
+		t.Errorf("then r got %v, want ev 6", got)
 	}
 }
 
@@ -331,7 +364,27 @@ func TestRecoveryLogBounds(t *testing.T) {
 	persisted := func(l *recoveryLog, pid string, rooms ...socket.Room) {
 		l.persist(&socket.SessionToPersist{Sid: socket.SocketId("s-" + pid), Pid: socket.PrivateSessionId(pid), Rooms: types.NewSet(rooms...), Data: map[string]any{"user": pid}})
 	}
-	noReport := func(err error) { t.Errorf("report: %v", err) }
+	// missedOf returns the broadcasts held for the socket of session pid: its missed ones.
+	missedOf := func(l *recoveryLog, pid string) string {
+		t.Helper()
+		r := l.restoring[socket.SocketId("s-"+pid)]
+		if r == nil {
+			t.Fatalf("session %s is not being restored", pid)
+		}
+		var out [][]any
+		for _, h := range r.held {
+			args := h.norm
+			if h.raw != "" {
+				p := wire.Packet{Raw: h.raw}
+				var err error
+				if args, err = p.Args(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out = append(out, args)
+		}
+		return fmt.Sprint(out)
+	}
 	to := func(rooms ...socket.Room) *socket.BroadcastOptions {
 		return &socket.BroadcastOptions{Rooms: types.NewSet(rooms...), Except: types.NewSet[socket.Room]()}
 	}
@@ -346,24 +399,24 @@ func TestRecoveryLogBounds(t *testing.T) {
 	l.record(&socket.BroadcastOptions{Except: types.NewSet[socket.Room]("a")}, `["ev",3]`, nil)
 	o4, _ := l.record(to("a", "b"), "", []any{"bin", []byte{1}}) // binary: kept as values
 	persisted(l, "p", "a")
-	s := l.restore("p", o0, noReport)
+	s := l.restore("p", o0)
 	if s == nil || fmt.Sprint(s.Data) != "map[user:p]" || !s.Rooms.Has("a") {
 		t.Fatalf("restored %+v", s)
 	}
-	if got, want := fmt.Sprint(s.MissedPackets), fmt.Sprintf("[[ev 1 %s1] [bin [1] %s]]", l.prefix, o4); got != want {
+	if got, want := missedOf(l, "p"), fmt.Sprintf("[[ev 1 %s1] [bin [1] %s]]", l.prefix, o4); got != want || len(s.MissedPackets) != 0 {
 		t.Errorf("missed %s, want %s", got, want)
 	}
-	if l.restore("p", o0, noReport) != nil {
+	if l.restore("p", o0) != nil {
 		t.Error("restored while being restored")
 	}
 	// Its socket left before it connected: the session is kept again, once.
 	l.left("s-p")
-	if l.restore("p", o0, noReport) == nil {
+	if l.restore("p", o0) == nil {
 		t.Error("not restored after its socket left before connecting")
 	}
 	l.connected("s-p")
 	l.left("s-p")
-	if l.restore("p", o0, noReport) != nil {
+	if l.restore("p", o0) != nil {
 		t.Error("restored after its socket connected")
 	}
 
@@ -371,14 +424,14 @@ func TestRecoveryLogBounds(t *testing.T) {
 	other := newLog(time.Hour, 1<<20)
 	foreign, _ := other.record(to(), `["ev",0]`, nil)
 	for _, offset := range []string{"", "!", "0", "1", foreign, l.prefix, l.prefix + "01", l.prefix + "5", l.prefix + "zzzzzzzzzzzzzzzzzzzz"} {
-		if l.restore("p", offset, noReport) != nil {
+		if l.restore("p", offset) != nil {
 			t.Errorf("restored from offset %q", offset)
 		}
 	}
-	if l.restore("unknown", o0, noReport) != nil {
+	if l.restore("unknown", o0) != nil {
 		t.Error("restored an unknown session")
 	}
-	if l.restore("p", o0, noReport) == nil {
+	if l.restore("p", o0) == nil {
 		t.Error("a bad offset lost the session")
 	}
 
@@ -387,9 +440,28 @@ func TestRecoveryLogBounds(t *testing.T) {
 	o0, _ = l.record(to(), `["ev",0]`, nil)
 	persisted(l, "p")
 	l.sessions["p"].DisconnectedAt = time.Now().Add(-2 * time.Hour).UnixMilli()
-	if l.restore("p", o0, noReport) != nil {
+	if l.restore("p", o0) != nil {
 		t.Error("restored an expired session")
 	}
+	// A session being restored is swept by the time of its restore, not of its
+	// disconnection: one restored just in time, whose socket is still in its middlewares,
+	// keeps what is held for it.
+	l = newLog(time.Hour, 1<<20)
+	o0, _ = l.record(to(), `["ev",0]`, nil)
+	persisted(l, "p")
+	l.sessions["p"].DisconnectedAt = time.Now().Add(-59 * time.Minute).UnixMilli()
+	if l.restore("p", o0) == nil {
+		t.Fatal("not restored within its time")
+	}
+	l.sweep(time.Now().Add(2 * time.Minute))
+	if _, ok := l.restoring["s-p"]; !ok || l.nRestoring.Load() != 1 {
+		t.Error("a session being restored was swept by the time of its disconnection")
+	}
+	l.sweep(time.Now().Add(2 * time.Hour))
+	if _, ok := l.restoring["s-p"]; ok || l.nRestoring.Load() != 0 {
+		t.Error("a session being restored for longer than the time was not swept")
+	}
+
 	// Broadcasts older than the time are dropped, on a sweep too.
 	l = newLog(time.Nanosecond, 1<<20)
 	l.record(to(), `["ev",0]`, nil)
@@ -411,10 +483,10 @@ func TestRecoveryLogBounds(t *testing.T) {
 		t.Fatalf("kept %d bytes in %d packets, %d dropped early", l.bytes, len(l.packets)-l.head, l.dropEarly)
 	}
 	persisted(l, "p")
-	if l.restore("p", first, noReport) != nil {
+	if l.restore("p", first) != nil {
 		t.Error("restored from an offset dropped for the bound")
 	}
-	if s := l.restore("p", last, noReport); s == nil || len(s.MissedPackets) != 0 {
+	if s := l.restore("p", last); s == nil || missedOf(l, "p") != "[]" {
 		t.Errorf("from the last offset: %+v", s)
 	}
 	big, _ := l.record(to(), `["ev","`+strings.Repeat("x", 5000)+`"]`, nil)
@@ -422,7 +494,7 @@ func TestRecoveryLogBounds(t *testing.T) {
 		t.Errorf("a broadcast larger than the bound left %d kept", n)
 	}
 	persisted(l, "q")
-	if s := l.restore("q", big, noReport); s == nil {
+	if s := l.restore("q", big); s == nil {
 		t.Error("the newest broadcast, larger than the bound, is not kept")
 	}
 }
@@ -460,8 +532,8 @@ func TestRecoveryInANamespace(t *testing.T) {
 		}
 	}
 	r2 := dialRawTo(t, a, "/chat", map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
-	reply, missed := r2.connectReply()
-	if reply.Sid != first.Sid || len(missed) != 1 || missed[0][1] != float64(2) {
+	reply, missed := r2.restoredReply(1)
+	if reply.Sid != first.Sid || missed[0][1] != float64(2) {
 		t.Fatalf("recovered %+v with %v, want %s with ev 2", reply, missed, first.Sid)
 	}
 }
@@ -476,12 +548,14 @@ func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
 	a, b := recoveryPair(t)
 	a.connect(t, "/", "w", "news") // tells when A has delivered B's broadcast
 	b.connect(t, "/", "v", "news") // tells what B has decoded of A's
-	entered, release := make(chan *socket.Socket, 1), make(chan struct{})
+	entered, released := make(chan *socket.Socket, 1), make(chan struct{})
+	release := sync.OnceFunc(func() { close(released) })
+	t.Cleanup(release) // a test that failed leaves no middleware waiting
 	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
 		if auth, _ := s.Handshake().Auth.(map[string]any); auth["wait"] == true {
 			s.Emit("from-middleware")
 			entered <- s
-			<-release
+			<-released
 		}
 		next(nil)
 	})
@@ -532,9 +606,9 @@ func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
 			t.Fatalf("w got %v, not B's broadcast", got)
 		}
 	}
-	close(release)
-	reply, missed := r2.connectReply()
-	if reply.Sid != first.Sid || len(missed) != 1 || missed[0][1] != float64(2) {
+	release()
+	reply, missed := r2.restoredReply(1)
+	if reply.Sid != first.Sid || missed[0][1] != float64(2) {
 		t.Fatalf("recovered %+v with %v, want %s with ev 2", reply, missed, first.Sid)
 	}
 	last := missed[0][2].(string)
@@ -664,21 +738,138 @@ func TestRecoveryExactlyOnceAcrossReconnects(t *testing.T) {
 			take(r.event())
 		}
 		r.conn.Close()
-		if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
-			t.Fatalf("disconnect of %v", d)
-		}
+		// Not A's "disconnect" event: socket.io emits it twice for a connection that
+		// closes as its socket connects (see persist and dropIfClosed).
+		eventually(t, "A keeps r's session", func() bool { return sessionKept(a, first.Pid) })
 		reconnects++
 		r = dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
-		reply, missed := r.connectReply()
-		if reply.Sid != first.Sid {
-			t.Fatalf("reconnection %d: socket %q, want %q", reconnects, reply.Sid, first.Sid)
-		}
-		for _, m := range missed {
-			take(m)
+		reply, before := r.connectReply()
+		if reply.Sid != first.Sid || len(before) != 0 {
+			t.Fatalf("reconnection %d: socket %q, want %q; events before: %v", reconnects, reply.Sid, first.Sid, before)
 		}
 	}
 	if reconnects < 10 {
 		t.Errorf("only %d reconnections", reconnects)
 	}
 	t.Logf("%d broadcasts over %d reconnections", total, reconnects)
+}
+
+// What is held for a restored socket in its middlewares follows the rooms it is in once
+// it has joined those of its session: a middleware that makes it leave one and join
+// another changes what it gets, as it would for a socket that connected.
+func TestRecoveryHoldsByTheRoomsItIsIn(t *testing.T) {
+	a, _ := recoveryPair(t)
+	entered, released := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(released) })
+	t.Cleanup(release) // a test that failed leaves no middleware waiting
+	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
+		if auth, _ := s.Handshake().Auth.(map[string]any); auth["move"] == true {
+			s.Leave("news")
+			s.Join("other")
+			close(entered)
+			<-released
+		}
+		next(nil)
+	})
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	a.io.To("news").Emit("ev", 1)
+	offset, _ := r.event()[2].(string)
+	r.conn.Close()
+	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
+		t.Fatalf("disconnect of %v", d)
+	}
+	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "move": true})
+	select {
+	case <-entered:
+	case <-time.After(waitFor):
+		t.Fatal("the middleware did not run")
+	}
+	// Delivered here before Emit returns: held, or not.
+	a.io.To("news").Emit("ev", "left")
+	a.io.Except("other").Emit("ev", "excluded")
+	a.io.To("other").Emit("ev", "joined")
+	release()
+	r2.restoredReply(0)
+	if got := r2.event(); got[1] != "joined" {
+		t.Fatalf("r got %v, want the broadcast to the room it joined", got)
+	}
+	a.io.To("other").Emit("ev", "next")
+	if got := r2.event(); got[1] != "next" {
+		t.Fatalf("then r got %v", got)
+	}
+}
+
+// sessionKept reports whether n's main namespace keeps session pid.
+func sessionKept(n *node, pid string) bool {
+	l := n.io.Sockets().Adapter().(*Adapter).rec
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.sessions[socket.PrivateSessionId(pid)]
+	return ok
+}
+
+// A client whose attempt to recover closed while its socket was in a middleware, after
+// broadcasts were held for it, gets them on its next attempt, from the same offset,
+// once: what was held for the attempt that closed is dropped, and its session kept.
+func TestRecoveryAfterAnAttemptThatClosed(t *testing.T) {
+	a, _ := recoveryPair(t)
+	entered, released := make(chan *socket.Socket, 1), make(chan struct{})
+	release := sync.OnceFunc(func() { close(released) })
+	t.Cleanup(release) // a test that failed leaves no middleware waiting
+	a.io.Use(func(s *socket.Socket, next func(*socket.ExtendedError)) {
+		if auth, _ := s.Handshake().Auth.(map[string]any); auth["wait"] == true {
+			// On a goroutine: the engine.io connection's reads wait for a middleware
+			// that blocks, and would not see it close.
+			entered <- s
+			go func() {
+				<-released
+				next(nil)
+			}()
+			return
+		}
+		next(nil)
+	})
+	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ := r.connectReply()
+	if !a.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	a.io.To("news").Emit("ev", 1)
+	offset, _ := r.event()[2].(string)
+	r.conn.Close()
+	eventually(t, "A keeps r's session", func() bool { return sessionKept(a, first.Pid) })
+	a.io.To("news").Emit("ev", 2) // missed
+
+	closing := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "wait": true})
+	var s *socket.Socket
+	select {
+	case s = <-entered:
+	case <-time.After(waitFor):
+		t.Fatal("the middleware did not run")
+	}
+	a.io.To("news").Emit("ev", 3) // held for the attempt
+	closing.conn.Close()
+	eventually(t, "A sees the connection closed", func() bool { return s.Conn().ReadyState() != "open" })
+	release()
+	eventually(t, "A keeps r's session again", func() bool { return sessionKept(a, first.Pid) })
+	a.io.To("news").Emit("ev", 4)
+
+	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset})
+	reply, missed := r2.restoredReply(3)
+	if reply.Sid != first.Sid {
+		t.Fatalf("recovered %+v, want %s", reply, first.Sid)
+	}
+	for i, m := range missed {
+		if m[1] != float64(i+2) {
+			t.Fatalf("missed %v, want ev 2, 3, 4", missed)
+		}
+	}
+	a.io.To("news").Emit("ev", 5)
+	if got := r2.event(); got[1] != float64(5) {
+		t.Fatalf("then r got %v, want ev 5", got)
+	}
 }
