@@ -200,7 +200,7 @@ func (a *Adapter) dropIfClosed(args ...any) {
 		// session of a socket whose transport closed, but not of one disconnected here.
 		// A restored socket whose connection had closed before this listener ran was
 		// given nothing: leaving, it gives its session back as it was (DelAll).
-		a.rec.persistUnlessKept(&socket.SessionToPersist{Sid: s.Id(), Pid: restored.Pid, Rooms: types.NewSet(s.Rooms().Keys()...), Data: s.Data()})
+		a.rec.persist(&socket.SessionToPersist{Sid: s.Id(), Pid: restored.Pid, Rooms: types.NewSet(s.Rooms().Keys()...), Data: s.Data()})
 	}
 	s.Disconnect(false)
 }

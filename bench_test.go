@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/zishang520/engine.io/v2/types"
 	"github.com/zishang520/socket.io-go-parser/v2/parser"
+	"github.com/zishang520/socket.io/v2/socket"
 
 	"github.com/socketio-pg/pgadapter/internal/pgtest"
 	"github.com/socketio-pg/pgadapter/internal/wire"
@@ -460,6 +462,33 @@ func BenchmarkDispatch(b *testing.B) {
 				if err := c.dispatch(); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkKeptBroadcast measures what connection state recovery adds to delivering a
+// broadcast from another server (its arguments as text, as they come off the wire): its
+// offset, its entry in the namespace's log, and the log's lock. No socket is in the
+// room, so that the writes to clients, the same either way, are not what is measured.
+func BenchmarkKeptBroadcast(b *testing.B) {
+	raw := `["chat",{"p":"` + strings.Repeat("x", 80) + `","s":1,"t":2}]`
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "recovery=off", true: "recovery=on"}[on], func(b *testing.B) {
+			var so *socket.ServerOptions
+			if on {
+				so = recoveryOptions()
+			}
+			n := newNodeWith(b, "A", newPool(b), testOptions(b), so)
+			n.ready(b)
+			a := n.io.Sockets().Adapter().(*Adapter)
+			if (a.rec != nil) != on {
+				b.Fatalf("recovery %v, want %v", a.rec != nil, on)
+			}
+			opts := &socket.BroadcastOptions{Rooms: types.NewSet[socket.Room]("room1"), Except: types.NewSet[socket.Room]()}
+			b.ReportAllocs()
+			for b.Loop() {
+				a.localBroadcast(&parser.Packet{Type: parser.EVENT}, opts, raw, nil)
 			}
 		})
 	}

@@ -1216,7 +1216,10 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 	opts := testOptions(t)
 	opts.HeartbeatInterval = 30 * time.Second // A's next heartbeat comes after the test's bound
 	opts.HeartbeatTimeout = time.Minute
-	opts.RequestsTimeout = 8 * time.Second
+	// A's first batch takes 7 round trips of a second through the proxy (below), and more
+	// on a loaded machine: one that outlasted an 8 s bound failed, and A's announcement
+	// was lost until its next heartbeat, after the test's bound.
+	opts.RequestsTimeout = 30 * time.Second
 	startNode(t, "W", opts)                          // makes the table, so that A need not
 	_, proxied := proxiedDB(t, 500*time.Millisecond) // before each write, both ways: a round trip of 1 s
 	aopts := opts
@@ -1228,7 +1231,7 @@ func TestAnnouncementAfterAnAnswerIsAnswered(t *testing.T) {
 	// statements through the proxy, a round trip of a second each (7 s in all), which the
 	// answer below must not wait for within its bound (it did, and failed one run in three
 	// on a slower machine).
-	eventuallyWithin(t, "A's announcement commits", 3*waitFor, func() bool { return a.b.Stats().Published["INITIAL_HEARTBEAT"] > 0 })
+	eventuallyWithin(t, "A's announcement commits", 4*waitFor, func() bool { return a.b.Stats().Published["INITIAL_HEARTBEAT"] > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	watch, err := pgx.Connect(ctx, dbURL)

@@ -69,15 +69,25 @@ func (a *Adapter) keptBroadcast(packet *parser.Packet, opts *socket.BroadcastOpt
 		packetOpts := writeOptions(opts)
 		packet.Nsp = a.name
 		w.packet, w.raw, w.norm = packet, raw, norm
-		h := heldPacket{packet: *packet, raw: raw, norm: norm, opts: packetOpts}
-		unjoined := l.unjoined()
-		a.apply(opts, func(id socket.SocketId) bool { return l.hold(id, &h) }, func(s *socket.Socket) {
+		// Sessions are restored under the lock: with none being restored now, none is
+		// until this broadcast is written, and nothing is held.
+		var hold func(socket.SocketId) bool
+		var h *heldPacket
+		var unjoined []*restoringSession
+		if l.nRestoring.Load() > 0 {
+			h = &heldPacket{packet: *packet, raw: raw, norm: norm, opts: packetOpts}
+			unjoined = l.unjoined()
+			hold = func(id socket.SocketId) bool { return l.hold(id, h) }
+		}
+		a.apply(opts, hold, func(s *socket.Socket) {
 			if len(s.ListenersAnyOutgoing()) > 0 {
 				listening = append(listening, s)
 			}
 			s.Client().WriteToEngine(w.to(s), packetOpts)
 		})
-		l.holdUnvisited(&h, opts, unjoined)
+		if h != nil {
+			l.holdUnvisited(h, opts, unjoined)
+		}
 	}()
 	for _, s := range listening {
 		a.notifyOutgoing(s, packet, raw)

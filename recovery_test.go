@@ -443,6 +443,21 @@ func TestRecoveryLogBounds(t *testing.T) {
 	if l.restore("p", o0) != nil {
 		t.Error("restored an expired session")
 	}
+	// A second session of the same socket (socket.io's second close, during or after its
+	// first's leaving the rooms) adds its rooms to the first's, and replaces nothing;
+	// another socket's replaces it.
+	l = newLog(time.Hour, 1<<20)
+	persisted(l, "p", "s-p", "a")
+	persisted(l, "p")
+	persisted(l, "p", "s-p", "b")
+	if got := fmt.Sprint(l.sessions["p"].Rooms.Keys()); len(l.sessions["p"].Rooms.Keys()) != 3 || l.sessions["p"].Data == nil {
+		t.Errorf("the same socket's sessions kept rooms %s, want s-p, a and b", got)
+	}
+	l.persist(&socket.SessionToPersist{Sid: "other", Pid: "p", Rooms: types.NewSet[socket.Room]("other")})
+	if l.sessions["p"].Sid != "other" || l.sessions["p"].Rooms.Len() != 1 {
+		t.Errorf("another socket's session did not replace it: %+v", l.sessions["p"])
+	}
+
 	// A session being restored is swept by the time of its restore, not of its
 	// disconnection: one restored just in time, whose socket is still in its middlewares,
 	// keeps what is held for it.
@@ -468,7 +483,7 @@ func TestRecoveryLogBounds(t *testing.T) {
 	l.sweep(time.Now().Add(time.Second))
 	persisted(l, "p")
 	l.sweep(time.Now().Add(time.Hour))
-	if n := len(l.packets) - l.head; n != 0 || len(l.sessions) != 0 {
+	if n := l.packets.n; n != 0 || len(l.sessions) != 0 {
 		t.Errorf("after the time: %d broadcasts and %d sessions kept", n, len(l.sessions))
 	}
 
@@ -479,8 +494,8 @@ func TestRecoveryLogBounds(t *testing.T) {
 	for i := 1; i < 100; i++ {
 		last, _ = l.record(to(), fmt.Sprintf(`["ev",%d]`, i), nil)
 	}
-	if l.bytes > 1000 || l.dropEarly == 0 || len(l.packets)-l.head < 2 {
-		t.Fatalf("kept %d bytes in %d packets, %d dropped early", l.bytes, len(l.packets)-l.head, l.dropEarly)
+	if l.bytes > 1000 || l.dropEarly == 0 || l.packets.n < 2 {
+		t.Fatalf("kept %d bytes in %d packets, %d dropped early", l.bytes, l.packets.n, l.dropEarly)
 	}
 	persisted(l, "p")
 	if l.restore("p", first) != nil {
@@ -490,7 +505,7 @@ func TestRecoveryLogBounds(t *testing.T) {
 		t.Errorf("from the last offset: %+v", s)
 	}
 	big, _ := l.record(to(), `["ev","`+strings.Repeat("x", 5000)+`"]`, nil)
-	if n := len(l.packets) - l.head; n != 1 {
+	if n := l.packets.n; n != 1 {
 		t.Errorf("a broadcast larger than the bound left %d kept", n)
 	}
 	persisted(l, "q")
@@ -871,5 +886,41 @@ func TestRecoveryAfterAnAttemptThatClosed(t *testing.T) {
 	a.io.To("news").Emit("ev", 5)
 	if got := r2.event(); got[1] != float64(5) {
 		t.Fatalf("then r got %v, want ev 5", got)
+	}
+}
+
+// The queue of kept broadcasts agrees with a slice across its chunks' bounds, whatever
+// the mix of pushes and pops, and an emptied queue keeps one chunk at most.
+func TestKeptQueue(t *testing.T) {
+	var q keptQueue
+	var want []int64
+	next := int64(0)
+	for round := range 40 {
+		for range (round * 37) % 700 {
+			q.push(keptPacket{at: next})
+			want = append(want, next)
+			next++
+		}
+		for range (round * 53) % 650 {
+			if q.n == 0 {
+				break
+			}
+			q.pop()
+			want = want[1:]
+		}
+		if q.n != len(want) {
+			t.Fatalf("round %d: %d kept, want %d", round, q.n, len(want))
+		}
+		for i, w := range want {
+			if got := q.at(i).at; got != w {
+				t.Fatalf("round %d: entry %d is %d, want %d", round, i, got, w)
+			}
+		}
+		if q.n == 0 && len(q.chunks) > 1 {
+			t.Fatalf("round %d: empty, with %d chunks", round, len(q.chunks))
+		}
+		if max := (q.head+q.n)/keptChunk + 1; len(q.chunks) > max {
+			t.Fatalf("round %d: %d chunks for %d entries from %d", round, len(q.chunks), q.n, q.head)
+		}
 	}
 }
