@@ -143,15 +143,8 @@ func keeps(packet *parser.Packet, opts *socket.BroadcastOptions) bool {
 // when it has none.
 func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, kept []any) (offset, rawWithOffset string) {
 	now := time.Now().UnixNano()
-	k := keptPacket{at: now}
-	if opts != nil {
-		if opts.Rooms != nil {
-			k.rooms = opts.Rooms.Keys()
-		}
-		if opts.Except != nil {
-			k.except = opts.Except.Keys()
-		}
-	}
+	k := keptFor(opts)
+	k.at = now
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	offset = l.prefix + strconv.FormatUint(l.first+uint64(l.packets.n), 36)
@@ -166,6 +159,20 @@ func (l *recoveryLog) record(opts *socket.BroadcastOptions, raw string, kept []a
 	l.bytes += k.size
 	l.trim(now) // for the bound; sessions are swept on the heartbeat tick (sweep)
 	return offset, raw
+}
+
+// keptFor returns an entry for a broadcast with opts, with its rooms and exceptions.
+func keptFor(opts *socket.BroadcastOptions) keptPacket {
+	var k keptPacket
+	if opts != nil {
+		if opts.Rooms != nil {
+			k.rooms = opts.Rooms.Keys()
+		}
+		if opts.Except != nil {
+			k.except = opts.Except.Keys()
+		}
+	}
+	return k
 }
 
 // withOffset returns args with offset appended, in a new array when args is set (the
@@ -441,15 +448,7 @@ func (l *recoveryLog) holdUnvisited(h *heldPacket, opts *socket.BroadcastOptions
 	if len(unjoined) == 0 {
 		return
 	}
-	var k keptPacket
-	if opts != nil {
-		if opts.Rooms != nil {
-			k.rooms = opts.Rooms.Keys()
-		}
-		if opts.Except != nil {
-			k.except = opts.Except.Keys()
-		}
-	}
+	k := keptFor(opts)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, r := range unjoined {

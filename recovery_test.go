@@ -168,20 +168,31 @@ func (c *rawSocket) connectReply() (reply struct{ Sid, Pid string }, before [][]
 	c.t.Helper()
 	for {
 		msg := c.next()
-		switch {
-		case strings.HasPrefix(msg, "40"+c.nsp+"{"):
+		if strings.HasPrefix(msg, "40"+c.nsp+"{") {
 			if err := json.Unmarshal([]byte(msg[2+len(c.nsp):]), &reply); err != nil {
 				c.t.Fatalf("connect reply %q: %v", msg, err)
 			}
 			return reply, before
-		case strings.HasPrefix(msg, "42"+c.nsp+"["):
-			before = append(before, c.decode(msg))
-		case strings.HasPrefix(msg, "45"):
-			before = append(before, c.binary(msg))
-		default:
+		}
+		ev, ok := c.anyEvent(msg)
+		if !ok {
 			c.t.Fatalf("unexpected packet %q", msg)
 		}
+		before = append(before, ev)
 	}
+}
+
+// anyEvent returns the arguments of msg, an event or a binary event (whose attachments
+// it reads), or false.
+func (c *rawSocket) anyEvent(msg string) ([]any, bool) {
+	c.t.Helper()
+	switch {
+	case strings.HasPrefix(msg, "42"+c.nsp+"["):
+		return c.decode(msg), true
+	case strings.HasPrefix(msg, "45"):
+		return c.binary(msg), true
+	}
+	return nil, false
 }
 
 // restoredReply reads the CONNECT reply and then n events (binary ones too): a restored
@@ -194,14 +205,11 @@ func (c *rawSocket) restoredReply(n int) (reply struct{ Sid, Pid string }, misse
 	}
 	for range n {
 		msg := c.next()
-		switch {
-		case strings.HasPrefix(msg, "42"+c.nsp+"["):
-			missed = append(missed, c.decode(msg))
-		case strings.HasPrefix(msg, "45"):
-			missed = append(missed, c.binary(msg))
-		default:
+		ev, ok := c.anyEvent(msg)
+		if !ok {
 			c.t.Fatalf("want an event, got %q", msg)
 		}
+		missed = append(missed, ev)
 	}
 	return reply, missed
 }
@@ -575,17 +583,7 @@ func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
 		next(nil)
 	})
 
-	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
-	first, _ := r.connectReply()
-	if !a.awaitAnnounced(first.Sid, waitFor) {
-		t.Fatal("no connection event for r")
-	}
-	a.io.To("news").Emit("ev", 1)
-	offset, _ := r.event()[2].(string)
-	r.conn.Close()
-	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
-		t.Fatalf("disconnect of %v", d)
-	}
+	first, offset := leftAfterOne(t, a)
 	a.io.To("news").Emit("ev", 2) // missed
 	for _, want := range []string{"1", "2"} {
 		if got := b.sentTo("v").next(t, "v", "ev"); fmt.Sprint(got[0]) != want {
@@ -595,12 +593,7 @@ func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
 	received := b.b.Stats().Received["BROADCAST"]
 
 	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "wait": true})
-	var s *socket.Socket
-	select {
-	case s = <-entered:
-	case <-time.After(waitFor):
-		t.Fatal("the middleware did not run")
-	}
+	s := within(t, entered, "the middleware's run")
 	if !s.Recovered() {
 		t.Fatal("not restored")
 	}
@@ -641,6 +634,39 @@ func TestRecoveryHoldsWhatComesBeforeItConnects(t *testing.T) {
 	if got := r2.event(); got[1] != float64(5) {
 		t.Fatalf("then r got %v, want ev 5", got)
 	}
+}
+
+// leftAfterOne connects client r to n in room "news", broadcasts ev 1 to it, and
+// closes its connection once it has it; it returns r's CONNECT reply and the offset of
+// ev 1, once n keeps r's session.
+func leftAfterOne(t *testing.T, n *node) (first struct{ Sid, Pid string }, offset string) {
+	t.Helper()
+	r := dialRaw(t, n, map[string]any{"name": "r", "rooms": []any{"news"}})
+	first, _ = r.connectReply()
+	if !n.awaitAnnounced(first.Sid, waitFor) {
+		t.Fatal("no connection event for r")
+	}
+	n.io.To("news").Emit("ev", 1)
+	got := r.event()
+	if len(got) != 3 || got[1] != float64(1) {
+		t.Fatalf("r got %v, want ev 1 with its offset", got)
+	}
+	offset, _ = got[2].(string)
+	r.conn.Close()
+	eventually(t, "the server keeps r's session", func() bool { return sessionKept(n, first.Pid) })
+	return first, offset
+}
+
+// within returns what ch gives, failing the test after waitFor.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitFor):
+		t.Fatalf("no %s within %v", what, waitFor)
+	}
+	panic("unreachable")
 }
 
 // offsetAfter reports whether offset o of n's main namespace comes after offset last.
@@ -786,23 +812,9 @@ func TestRecoveryHoldsByTheRoomsItIsIn(t *testing.T) {
 		}
 		next(nil)
 	})
-	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
-	first, _ := r.connectReply()
-	if !a.awaitAnnounced(first.Sid, waitFor) {
-		t.Fatal("no connection event for r")
-	}
-	a.io.To("news").Emit("ev", 1)
-	offset, _ := r.event()[2].(string)
-	r.conn.Close()
-	if d := a.errs.next(t, "A", "disconnect"); d[0] != "r" {
-		t.Fatalf("disconnect of %v", d)
-	}
+	first, offset := leftAfterOne(t, a)
 	r2 := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "move": true})
-	select {
-	case <-entered:
-	case <-time.After(waitFor):
-		t.Fatal("the middleware did not run")
-	}
+	within(t, entered, "the middleware's run")
 	// Delivered here before Emit returns: held, or not.
 	a.io.To("news").Emit("ev", "left")
 	a.io.Except("other").Emit("ev", "excluded")
@@ -848,24 +860,11 @@ func TestRecoveryAfterAnAttemptThatClosed(t *testing.T) {
 		}
 		next(nil)
 	})
-	r := dialRaw(t, a, map[string]any{"name": "r", "rooms": []any{"news"}})
-	first, _ := r.connectReply()
-	if !a.awaitAnnounced(first.Sid, waitFor) {
-		t.Fatal("no connection event for r")
-	}
-	a.io.To("news").Emit("ev", 1)
-	offset, _ := r.event()[2].(string)
-	r.conn.Close()
-	eventually(t, "A keeps r's session", func() bool { return sessionKept(a, first.Pid) })
+	first, offset := leftAfterOne(t, a)
 	a.io.To("news").Emit("ev", 2) // missed
 
 	closing := dialRaw(t, a, map[string]any{"name": "r", "pid": first.Pid, "offset": offset, "wait": true})
-	var s *socket.Socket
-	select {
-	case s = <-entered:
-	case <-time.After(waitFor):
-		t.Fatal("the middleware did not run")
-	}
+	s := within(t, entered, "the middleware's run")
 	a.io.To("news").Emit("ev", 3) // held for the attempt
 	closing.conn.Close()
 	eventually(t, "A sees the connection closed", func() bool { return s.Conn().ReadyState() != "open" })
