@@ -194,15 +194,21 @@ func (a *Adapter) dropIfClosed(args ...any) {
 		return
 	}
 	a.b.opts.Logger.Debug("pgadapter: disconnecting a socket whose connection closed while it connected", "namespace", a.name, "socket", string(s.Id()))
-	if restored != nil && s.Connected() {
+	var rooms []socket.Room
+	if restored != nil {
+		rooms = s.Rooms().Keys()
+	}
+	s.Disconnect(false)
+	if restored != nil {
 		// Restored, and given its broadcasts: its client may have read some before its
 		// connection closed, and comes back with a later offset. socket.io keeps the
 		// session of a socket whose transport closed, but not of one disconnected here.
-		// A restored socket whose connection had closed before this listener ran was
-		// given nothing: leaving, it gives its session back as it was (DelAll).
-		a.rec.persist(&socket.SessionToPersist{Sid: s.Id(), Pid: restored.Pid, Rooms: types.NewSet(s.Rooms().Keys()...), Data: s.Data()})
+		// Kept once the socket has left: a next attempt of the client, restored before,
+		// would have been taken for this one by its leaving (left). A restored socket
+		// whose connection had closed before this listener ran was given nothing:
+		// leaving, it gives its session back as it was (DelAll).
+		a.rec.persist(&socket.SessionToPersist{Sid: s.Id(), Pid: restored.Pid, Rooms: types.NewSet(rooms...), Data: s.Data()})
 	}
-	s.Disconnect(false)
 }
 
 // ourCaps are the capabilities every pgadapter server advertises.

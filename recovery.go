@@ -58,7 +58,9 @@ type recoveryLog struct {
 	sessions map[socket.PrivateSessionId]*socket.SessionWithTimestamp
 	// restoring holds, by socket id, the sessions given to sockets that have not
 	// connected yet: back in sessions if the socket leaves first (a middleware refused
-	// it, its connection closed), forgotten once it connects.
+	// it, its connection closed), forgotten once it connects, or swept after
+	// MaxDisconnectionDuration (a socket that connects after that, out of middlewares
+	// that took so long, is given nothing of what was held for it).
 	restoring map[socket.SocketId]*restoringSession
 	// nRestoring is len(restoring), read without the lock on every socket a kept
 	// broadcast visits.
@@ -308,7 +310,8 @@ func (q *keptQueue) pop() {
 // disconnects it, and the second close, which runs while the first makes it leave its
 // rooms, or after, took a session in some of them, or none, in place of the first's.
 // (A client's session that was restored is no longer kept, and one that was not gets a
-// new socket, with another session: only the same socket persists a kept one.)
+// new socket, with another session: only the socket restored, of the same sid, or one
+// of its sid, persists a kept one.)
 func (l *recoveryLog) persist(s *socket.SessionToPersist) {
 	if s.Rooms == nil { // socket.io gives a copy of the socket's rooms; forSession reads it
 		s.Rooms = types.NewSet[socket.Room]()
@@ -483,9 +486,10 @@ func (l *recoveryLog) forget(sid socket.SocketId) {
 	l.nRestoring.Add(-1)
 }
 
-// left keeps again the session restored for socket sid, which left before it connected,
-// unless its client has a newer one. What was held for it is dropped: the log keeps it
-// for the client's next attempt, which presents the same offset.
+// left keeps again the session restored for socket sid, which left before it connected.
+// What was held for it is dropped: the log keeps it for the client's next attempt, which
+// presents the same offset. (A client's sockets share its session's sid and pid: a
+// session kept for the pid is of this socket.)
 func (l *recoveryLog) left(sid socket.SocketId) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -494,9 +498,12 @@ func (l *recoveryLog) left(sid socket.SocketId) {
 		return
 	}
 	l.forget(sid)
-	if _, newer := l.sessions[r.s.Pid]; !newer {
-		l.sessions[r.s.Pid] = r.s
+	if kept, ok := l.sessions[r.s.Pid]; ok && kept.Sid == r.s.Sid {
+		// Kept meanwhile by the socket's second close (see persist), which may have
+		// found it out of its rooms already: the session restored is the one.
+		r.s.Rooms.Add(kept.Rooms.Keys()...)
 	}
+	l.sessions[r.s.Pid] = r.s
 }
 
 // forSession reports whether a socket in rooms was to get k: k is for all sockets or

@@ -466,6 +466,20 @@ func TestRecoveryLogBounds(t *testing.T) {
 		t.Errorf("another socket's session did not replace it: %+v", l.sessions["p"])
 	}
 
+	// A restored socket that leaves before it connects gives its session back with its
+	// rooms, though its second close kept one, in no room, meanwhile.
+	l = newLog(time.Hour, 1<<20)
+	o0, _ = l.record(to(), `["ev",0]`, nil)
+	persisted(l, "p", "s-p", "a")
+	if l.restore("p", o0) == nil {
+		t.Fatal("not restored")
+	}
+	persisted(l, "p")
+	l.left("s-p")
+	if got := l.sessions["p"].Rooms; got.Len() != 2 || !got.Has("a") {
+		t.Errorf("after a second close and leaving, the session is in %v, want s-p and a", got.Keys())
+	}
+
 	// A session being restored is swept by the time of its restore, not of its
 	// disconnection: one restored just in time, whose socket is still in its middlewares,
 	// keeps what is held for it.
