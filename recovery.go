@@ -292,15 +292,12 @@ func (q *keptQueue) pop() {
 	*q.at(0) = keptPacket{}
 	q.head++
 	q.n--
-	if q.head == keptChunk || q.n == 0 {
-		if q.head == keptChunk {
-			q.chunks[0] = nil
-			q.chunks = q.chunks[1:]
-		}
-		q.head = 0
-		if q.n == 0 && len(q.chunks) > 0 {
-			q.chunks = q.chunks[:1] // an idle namespace keeps one chunk
-		}
+	switch {
+	case q.n == 0: // an idle namespace keeps one chunk, cleared
+		q.chunks, q.head = q.chunks[:1], 0
+	case q.head == keptChunk:
+		q.chunks[0] = nil
+		q.chunks, q.head = q.chunks[1:], 0
 	}
 }
 
